@@ -1,0 +1,53 @@
+# The README's two commands: `make dev` brings the broker up, `make test`
+# runs everything CI runs.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/.bin
+BUF := $(GO) run github.com/bufbuild/buf/cmd/buf@v1.75.0
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+export PATH := $(BIN):$(PATH)
+export CGO_ENABLED := 1
+
+.PHONY: all build deps dev test vet lint proto proto-check unit tools clean
+
+all: build
+
+deps:
+	@./scripts/ensure-deps.sh
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+dev: deps build
+	$(BIN)/breakglassd dev
+
+test: deps vet lint proto-check unit
+
+vet:
+	$(GO) vet ./...
+
+tools:
+	@mkdir -p $(BIN)
+	@test -x $(BIN)/protoc-gen-go || GOBIN=$(BIN) $(GO) install $(PROTOC_GEN_GO)
+	@test -x $(BIN)/protoc-gen-go-grpc || GOBIN=$(BIN) $(GO) install $(PROTOC_GEN_GO_GRPC)
+
+lint:
+	$(BUF) lint
+
+proto: tools
+	$(BUF) generate
+
+# Regenerates into a scratch directory and fails if the committed code differs.
+proto-check: tools
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(BUF) generate -o $$tmp && \
+	diff -r -x '*.proto' $$tmp/proto proto >/dev/null 2>&1 || \
+	  { diff -r -x '*.proto' $$tmp/proto proto; echo "generated protobuf code is stale: run 'make proto' and commit" >&2; exit 1; }
+	@echo "generated protobuf code is up to date"
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,396 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/server/config"
+)
+
+// hsmFlags are the settings every ceremony command shares. Flags override
+// the hsm: section of --config. There is deliberately no PIN flag: a PIN on
+// a command line is visible to every user of the host.
+type hsmFlags struct {
+	config      string
+	module      string
+	tokenLabel  string
+	tokenSerial string
+	slot        int
+	pinFile     string
+	pinEnv      string
+	output      string
+}
+
+func (f *hsmFlags) register(cmd *cobra.Command) {
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.config, "config", "", "broker configuration file; its hsm: section is used")
+	pf.StringVar(&f.module, "module", "", "PKCS#11 module path (default: the first well-known SoftHSM2 path that exists)")
+	pf.StringVar(&f.tokenLabel, "token-label", "", "select the token by label")
+	pf.StringVar(&f.tokenSerial, "token-serial", "", "select the token by serial number")
+	pf.IntVar(&f.slot, "slot", -1, "select the token by slot ID")
+	pf.StringVar(&f.pinFile, "pin-file", "", "file holding the user PIN (mode 0600 or stricter)")
+	pf.StringVar(&f.pinEnv, "pin-env", "", "environment variable holding the user PIN (default "+hsm.DefaultPINEnv+")")
+	pf.StringVarP(&f.output, "output", "o", "", "output format: table (default for list) or json")
+}
+
+// hsmConfig merges --config with the flags.
+func (f *hsmFlags) hsmConfig() (hsm.Config, *config.Config, error) {
+	var cfg config.Config
+	if f.config != "" {
+		c, err := config.Load(f.config)
+		if err != nil {
+			return hsm.Config{}, nil, err
+		}
+		cfg = *c
+	}
+	h := cfg.HSM
+	if f.module != "" {
+		h.Module = f.module
+	}
+	if f.tokenLabel != "" || f.tokenSerial != "" || f.slot >= 0 {
+		h.TokenLabel, h.TokenSerial, h.Slot = f.tokenLabel, f.tokenSerial, nil
+		if f.slot >= 0 {
+			s := uint(f.slot)
+			h.Slot = &s
+		}
+	}
+	if f.pinFile != "" {
+		h.PINFile, h.PINEnv = f.pinFile, ""
+	}
+	if f.pinEnv != "" {
+		h.PINEnv, h.PINFile = f.pinEnv, ""
+	}
+	return h, &cfg, nil
+}
+
+func (f *hsmFlags) open(ctx context.Context, stderr io.Writer) (*hsm.Module, error) {
+	h, _, err := f.hsmConfig()
+	if err != nil {
+		return nil, err
+	}
+	return hsm.Open(ctx, h, newLogger(stderr, false))
+}
+
+func newHSMCmd(stdout, stderr io.Writer) *cobra.Command {
+	f := &hsmFlags{}
+	cmd := &cobra.Command{
+		Use:   "hsm",
+		Short: "HSM key ceremonies: generate, list, export and test keys",
+		Long: `HSM key ceremonies. The PIN is read from a file (--pin-file, mode 0600) or an
+environment variable (--pin-env, default ` + hsm.DefaultPINEnv + `), never from a flag.`,
+	}
+	f.register(cmd)
+	cmd.AddCommand(newKeygenCmd(f, stdout, stderr), newListCmd(f, stdout, stderr), newPubkeyCmd(f, stdout, stderr), newSelftestCmd(f, stdout, stderr))
+	return cmd
+}
+
+// CeremonyRecord is what keygen prints: enough for a second person to check
+// later, from the token alone, that the key is the one generated here.
+type CeremonyRecord struct {
+	Ceremony    string          `json:"ceremony"`
+	Time        time.Time       `json:"time"`
+	Operator    string          `json:"operator"`
+	Host        string          `json:"host"`
+	Token       hsm.Token       `json:"token"`
+	Key         CeremonyKey     `json:"key"`
+	Attributes  map[string]bool `json:"attributes"`
+	Mechanisms  []string        `json:"allowed_mechanisms"`
+	Unsupported []string        `json:"unsupported_attributes"`
+}
+
+// CeremonyKey describes the generated key.
+type CeremonyKey struct {
+	Label       string `json:"label"`
+	ID          string `json:"id"`
+	Purpose     string `json:"purpose"`
+	Algorithm   string `json:"algorithm"`
+	Curve       string `json:"curve"`
+	Fingerprint string `json:"fingerprint_sha256"`
+	KID         string `json:"kid"`
+	PublicKey   string `json:"public_key_pem"`
+}
+
+func operatorName(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if s := os.Getenv("SUDO_USER"); s != "" {
+		return s
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
+}
+
+func newKeygenCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
+	var purpose, label, idHex, operator string
+	cmd := &cobra.Command{
+		Use:   "keygen --purpose token|audit|checkpoint --label LABEL",
+		Short: "Generate a key inside the token and print the ceremony record (JSON)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := hsm.ParsePurpose(purpose)
+			if err != nil {
+				return err
+			}
+			var id []byte
+			if idHex != "" {
+				if id, err = hex.DecodeString(idHex); err != nil || len(id) == 0 {
+					return fmt.Errorf("--id must be non-empty hex, like pkcs11-tool prints it")
+				}
+			}
+			m, err := f.open(cmd.Context(), stderr)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			g, err := m.GenerateKey(cmd.Context(), hsm.GenerateRequest{Purpose: p, Label: label, ID: id})
+			if err != nil {
+				return err
+			}
+			rec, err := ceremonyRecord(m, g, operatorName(operator))
+			if err != nil {
+				return err
+			}
+			return writeJSON(stdout, rec)
+		},
+	}
+	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit or checkpoint (required)")
+	cmd.Flags().StringVar(&label, "label", "", "key label (required; must be unused on the token)")
+	cmd.Flags().StringVar(&idHex, "id", "", "CKA_ID in hex (default: 16 random bytes)")
+	cmd.Flags().StringVar(&operator, "operator", "", "name recorded as the operator (default: $SUDO_USER or the current user)")
+	_ = cmd.MarkFlagRequired("purpose")
+	_ = cmd.MarkFlagRequired("label")
+	return cmd
+}
+
+func ceremonyRecord(m *hsm.Module, g *hsm.Generated, operator string) (*CeremonyRecord, error) {
+	k := g.Key
+	pemBytes, err := hsm.PublicPEM(k.Public)
+	if err != nil {
+		return nil, err
+	}
+	kid, err := hsm.Thumbprint(k.Public)
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	curve := "P-256"
+	if k.Algorithm == hsm.EdDSA {
+		curve = "Ed25519"
+	}
+	unsupported := g.Unsupported
+	if unsupported == nil {
+		unsupported = []string{}
+	}
+	return &CeremonyRecord{
+		Ceremony: "keygen",
+		Time:     time.Now().UTC(),
+		Operator: operator,
+		Host:     host,
+		Token:    m.Token(),
+		Key: CeremonyKey{
+			Label: k.Label, ID: k.IDHex(), Purpose: string(k.Purpose), Algorithm: string(k.Algorithm), Curve: curve,
+			Fingerprint: k.Fingerprint(), KID: kid, PublicKey: string(pemBytes),
+		},
+		Attributes:  k.Attributes,
+		Mechanisms:  k.AllowedMechanisms,
+		Unsupported: unsupported,
+	}, nil
+}
+
+// listedKey is one row of `hsm list -o json`.
+type listedKey struct {
+	Label             string          `json:"label"`
+	ID                string          `json:"id"`
+	Algorithm         string          `json:"algorithm"`
+	Purpose           string          `json:"purpose"`
+	Fingerprint       string          `json:"fingerprint_sha256"`
+	Sensitive         bool            `json:"sensitive"`
+	Extractable       bool            `json:"extractable"`
+	Attributes        map[string]bool `json:"attributes"`
+	AllowedMechanisms []string        `json:"allowed_mechanisms"`
+}
+
+func newListCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List every key on the token with its flags as the token reports them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, err := f.open(cmd.Context(), stderr)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			keys, err := m.ListKeys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			rows := make([]listedKey, 0, len(keys))
+			for _, k := range keys {
+				purpose := string(k.Purpose)
+				if purpose == "" {
+					purpose = "-"
+				}
+				rows = append(rows, listedKey{
+					Label: k.Label, ID: k.IDHex(), Algorithm: string(k.Algorithm), Purpose: purpose,
+					Fingerprint: k.Fingerprint(), Sensitive: k.Attributes["sensitive"], Extractable: k.Attributes["extractable"],
+					Attributes: k.Attributes, AllowedMechanisms: k.AllowedMechanisms,
+				})
+			}
+			if f.output == "json" {
+				return writeJSON(stdout, rows)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "LABEL\tID\tALGORITHM\tPURPOSE\tSENSITIVE\tEXTRACTABLE\tFINGERPRINT (SHA-256)\n")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%t\t%s\n", r.Label, r.ID, r.Algorithm, r.Purpose, r.Sensitive, r.Extractable, r.Fingerprint)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func newPubkeyCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
+	var label, format, noteName string
+	cmd := &cobra.Command{
+		Use:   "pubkey --label LABEL [--format pem|jwk|note] [--note-name NAME]",
+		Short: "Print a key's public half as PEM (SPKI), JWK, or signed-note verifier key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, err := f.open(cmd.Context(), stderr)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			k, err := m.FindKey(cmd.Context(), label, nil)
+			if err != nil {
+				return err
+			}
+			switch format {
+			case "pem":
+				b, err := hsm.PublicPEM(k.Public)
+				if err != nil {
+					return err
+				}
+				_, err = stdout.Write(b)
+				return err
+			case "jwk":
+				jwk, err := hsm.JWK(k.Public)
+				if err != nil {
+					return err
+				}
+				return writeJSON(stdout, jwk)
+			case "note":
+				if k.Algorithm != hsm.EdDSA {
+					return fmt.Errorf("%w: key %q is %s; signed-note verifier keys exist only for Ed25519 (checkpoint) keys", hsm.ErrPurposeMismatch, label, k.Algorithm)
+				}
+				name := noteName
+				if name == "" {
+					name = k.Label
+				}
+				vkey, err := hsm.NoteVerifierKey(name, k.Public)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(stdout, vkey)
+				return err
+			}
+			return fmt.Errorf("unknown --format %q: want pem, jwk or note", format)
+		},
+	}
+	cmd.Flags().StringVar(&label, "label", "", "key label (required)")
+	cmd.Flags().StringVar(&format, "format", "pem", "pem, jwk or note")
+	cmd.Flags().StringVar(&noteName, "note-name", "", "signed-note key name (default: the key label; the audit log uses its origin)")
+	_ = cmd.MarkFlagRequired("label")
+	return cmd
+}
+
+func newSelftestCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "selftest",
+		Short: "Sign and verify a fixed message with every broker key on the token",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			m, err := f.open(ctx, stderr)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			infos, err := m.ListKeys(ctx)
+			if err != nil {
+				return err
+			}
+			var results []hsm.KeyHealth
+			for _, info := range infos {
+				if info.Purpose == "" {
+					results = append(results, hsm.KeyHealth{Label: info.Label, Algorithm: info.Algorithm, Fingerprint: info.Fingerprint(), Error: "not a breakglass key (no purpose); skipped"})
+					continue
+				}
+				k, err := m.Signer(ctx, info.Label, info.Purpose)
+				if err != nil {
+					results = append(results, hsm.KeyHealth{Label: info.Label, Purpose: info.Purpose, Algorithm: info.Algorithm, Error: err.Error()})
+					continue
+				}
+				results = append(results, m.Check(ctx, k)...)
+			}
+			failed := 0
+			for _, r := range results {
+				if !r.OK && r.Purpose != "" {
+					failed++
+				}
+			}
+			if f.output == "json" {
+				if err := writeJSON(stdout, results); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintf(tw, "LABEL\tPURPOSE\tALGORITHM\tRESULT\tLATENCY\n")
+				for _, r := range results {
+					res := "ok"
+					if !r.OK {
+						res = "FAIL: " + r.Error
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Label, orDash(string(r.Purpose)), r.Algorithm, res, r.Latency.Round(time.Microsecond))
+				}
+				_ = tw.Flush()
+			}
+			if len(infos) == 0 {
+				return exitError{code: 1, msg: "the token holds no keys; generate them with `breakglassd hsm keygen`"}
+			}
+			if failed > 0 {
+				return exitError{code: 1, msg: fmt.Sprintf("%d of %d keys failed the self-test", failed, len(results))}
+			}
+			return nil
+		},
+	}
+}
+
+func orDash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+

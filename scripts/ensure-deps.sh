@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages the broker and its tests need, when missing:
+# SoftHSM2 (the PKCS#11 token used in dev mode and tests) and OpenSC
+# (pkcs11-tool, used by tests to inspect tokens as an outsider would).
+set -euo pipefail
+need=()
+have_softhsm=0
+for p in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so; do
+  [ -e "$p" ] && have_softhsm=1
+done
+{ [ "$have_softhsm" = 1 ] && command -v softhsm2-util >/dev/null; } || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+command -v openssl >/dev/null || need+=(openssl)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing: ${need[*]}" >&2
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq "${need[@]}" >/dev/null
