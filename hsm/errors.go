@@ -34,16 +34,16 @@ var (
 // reopenCodes are PKCS#11 return values after which the sessions or login of
 // the current context cannot be trusted; the module reopens and retries once.
 var reopenCodes = map[pkcs11.Error]bool{
-	pkcs11.CKR_SESSION_HANDLE_INVALID:    true,
-	pkcs11.CKR_SESSION_CLOSED:            true,
-	pkcs11.CKR_DEVICE_ERROR:              true,
-	pkcs11.CKR_DEVICE_REMOVED:            true,
-	pkcs11.CKR_TOKEN_NOT_PRESENT:         true,
-	pkcs11.CKR_USER_NOT_LOGGED_IN:        true,
-	pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED:  true,
-	pkcs11.CKR_KEY_HANDLE_INVALID:        true,
-	pkcs11.CKR_OBJECT_HANDLE_INVALID:     true,
-	pkcs11.CKR_GENERAL_ERROR:             true,
+	pkcs11.CKR_SESSION_HANDLE_INVALID:   true,
+	pkcs11.CKR_SESSION_CLOSED:           true,
+	pkcs11.CKR_DEVICE_ERROR:             true,
+	pkcs11.CKR_DEVICE_REMOVED:           true,
+	pkcs11.CKR_TOKEN_NOT_PRESENT:        true,
+	pkcs11.CKR_USER_NOT_LOGGED_IN:       true,
+	pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED: true,
+	pkcs11.CKR_KEY_HANDLE_INVALID:       true,
+	pkcs11.CKR_OBJECT_HANDLE_INVALID:    true,
+	pkcs11.CKR_GENERAL_ERROR:            true,
 }
 
 // sessionsGone are the codes after which the old sessions no longer exist in

@@ -361,7 +361,9 @@ func TestErrorsPeopleCanActOn(t *testing.T) {
 		mention []string
 		never   []string
 	}{
-		{"module not found", func() error { return open(hsm.Config{Module: "/nonexistent/libp11.so", TokenLabel: tok.Label, PINFile: tok.Config.PINFile}) },
+		{"module not found", func() error {
+			return open(hsm.Config{Module: "/nonexistent/libp11.so", TokenLabel: tok.Label, PINFile: tok.Config.PINFile})
+		},
 			hsm.ErrModuleNotFound, []string{"/nonexistent/libp11.so", "apt-get install -y softhsm2"}, nil},
 		{"token not found", func() error { return open(hsm.Config{TokenLabel: "no-such-token", PINFile: tok.Config.PINFile}) },
 			hsm.ErrTokenNotFound, []string{`"no-such-token"`, tok.Label}, nil},
