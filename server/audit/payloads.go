@@ -1,0 +1,92 @@
+package audit
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/policy"
+)
+
+// The payload of each entry type. Field names are part of the log format:
+// add fields, never rename or remove them. The offline verifier replays the
+// lifecycle from these payloads alone.
+
+// PolicyLoaded records the policy in force from this entry on.
+type PolicyLoaded struct {
+	// Hash is the SHA-256 of Policy's canonical JSON, hex.
+	Hash string `json:"hash"`
+	// Previous is the hash of the policy logged before, empty for the first.
+	Previous string `json:"previous,omitempty"`
+	// Source says where it was read from (a file name).
+	Source string          `json:"source"`
+	Policy json.RawMessage `json:"policy"`
+}
+
+// RequestCreated records a new request and the rule it will be judged by.
+type RequestCreated struct {
+	Justification    string      `json:"justification"`
+	Ticket           string      `json:"ticket"`
+	TTLSeconds       int64       `json:"ttl_seconds"`
+	Drill            bool        `json:"drill"`
+	CreatedAt        time.Time   `json:"created_at"`
+	ApprovalDeadline time.Time   `json:"approval_deadline"`
+	Quorum           policy.Rule `json:"quorum"`
+	DenyThreshold    int         `json:"deny_threshold"`
+	MaxIssuances     int         `json:"max_issuances"`
+	ActivationWindow int64       `json:"activation_window_seconds"`
+	PolicyHash       string      `json:"policy_hash"`
+	// ContentDigest is the SHA-256 of the request's immutable content, the
+	// value signed approvals bind to.
+	ContentDigest string `json:"content_digest"`
+}
+
+// RequestReviewed records one review. The reviewer is the entry's actor.
+type RequestReviewed struct {
+	Decision string `json:"decision"`
+	Comment  string `json:"comment"`
+	// Groups are the reviewer's eligible groups when the review arrived.
+	Groups []string `json:"groups"`
+}
+
+// RequestApproved records the moment the quorum was met.
+type RequestApproved struct {
+	ApprovedAt         time.Time         `json:"approved_at"`
+	GrantExpiresAt     time.Time         `json:"grant_expires_at"`
+	ActivationDeadline time.Time         `json:"activation_deadline"`
+	Alternative        int               `json:"alternative"`
+	Assignment         map[string]string `json:"assignment"`
+}
+
+// RequestFinal records a request ending: denied, cancelled, expired or a
+// grant revoked.
+type RequestFinal struct {
+	Reason string `json:"reason"`
+	// At is when the state took effect: for expiry, the deadline.
+	At time.Time `json:"at"`
+	// Denials lists the principals whose denials reached the threshold.
+	Denials []string `json:"denials,omitempty"`
+}
+
+// TokenIssued records a token by its claims and hash, never the token.
+type TokenIssued struct {
+	JTI         string          `json:"jti"`
+	KID         string          `json:"kid"`
+	Audience    string          `json:"audience"`
+	IssuedAt    time.Time       `json:"issued_at"`
+	ExpiresAt   time.Time       `json:"expires_at"`
+	TokenSHA256 string          `json:"token_sha256"`
+	Claims      json.RawMessage `json:"claims"`
+	Issuance    int             `json:"issuance"`
+}
+
+// PermissionDenied aggregates the refusals of one principal over a window,
+// so a hostile caller costs at most one entry per minute.
+type PermissionDenied struct {
+	Principal   string         `json:"principal"`
+	Count       int            `json:"count"`
+	WindowStart time.Time      `json:"window_start"`
+	WindowEnd   time.Time      `json:"window_end"`
+	Methods     map[string]int `json:"methods"`
+	// Sample is the first refusal's reason, for the SOC.
+	Sample string `json:"sample"`
+}

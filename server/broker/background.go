@@ -1,0 +1,124 @@
+package broker
+
+import (
+	"context"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+)
+
+// Run does the broker's background work until ctx ends: it records expired
+// deadlines, signs entries written while the HSM was down, and flushes
+// aggregated permission denials. Reads apply deadlines themselves, so a
+// stalled Run never extends access.
+func (b *Broker) Run(ctx context.Context) {
+	tick := time.NewTicker(b.cfg.SweepInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// Flush what is pending so a clean shutdown loses no denial.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = b.FlushDenials(fctx, true)
+			cancel()
+			return
+		case <-tick.C:
+		}
+		if _, err := b.Sweep(ctx); err != nil && ctx.Err() == nil {
+			b.log.Error("expiry sweep failed", "err", err)
+		}
+		if _, err := b.SignBacklog(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn("unsigned audit entries are still waiting for the HSM", "err", err)
+		}
+		if err := b.FlushDenials(ctx, false); err != nil && ctx.Err() == nil {
+			b.log.Error("recording permission denials failed", "err", err)
+		}
+	}
+}
+
+// Sweep records every deadline that has passed: pending requests whose
+// approval window ended, grants never activated, grants that ended. It
+// returns how many requests it expired.
+func (b *Broker) Sweep(ctx context.Context) (int, error) {
+	now := b.now().UTC()
+	var due []*request.Request
+	if err := b.view(ctx, func(r store.Reader) error {
+		var err error
+		due, err = r.DueForExpiry(ctx, now, 100)
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range due {
+		err := b.update(ctx, func(tx store.Tx) error {
+			r, err := tx.Request(ctx, d.ID)
+			if err != nil {
+				return err
+			}
+			state, reason, at := r.Effective(now)
+			if state != request.Expired || r.State == request.Expired {
+				return nil
+			}
+			if _, err := b.appendEntry(ctx, tx, now, audit.Draft{
+				Type: audit.TypeRequestExpired, Actor: "broker", Request: r.ID, Account: r.Account,
+				Payload: audit.RequestFinal{Reason: reason, At: at},
+			}, false); err != nil {
+				return err
+			}
+			r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Expired, at, "broker", reason
+			n++
+			return tx.SaveRequest(ctx, r)
+		})
+		if err != nil {
+			return n, err
+		}
+		b.notify(d.ID)
+	}
+	return n, nil
+}
+
+// SignBacklog signs entries written while the HSM was down, oldest first.
+// It returns how many it signed.
+func (b *Broker) SignBacklog(ctx context.Context) (int, error) {
+	signed := 0
+	for {
+		var batch []audit.Record
+		if err := b.view(ctx, func(r store.Reader) error {
+			var err error
+			batch, err = r.Unsigned(ctx, 64)
+			return err
+		}); err != nil || len(batch) == 0 {
+			return signed, err
+		}
+		err := b.update(ctx, func(tx store.Tx) error {
+			for i := range batch {
+				if err := audit.Sign(ctx, b.auditKey, b.auditKID, &batch[i]); err != nil {
+					return hsmDown(err)
+				}
+				if err := tx.SetSignature(ctx, batch[i].Index, batch[i].Signature, batch[i].KeyID); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return signed, err
+		}
+		signed += len(batch)
+		b.log.Info("signed audit entries written while the HSM was down", "count", len(batch), "through", batch[len(batch)-1].Index)
+	}
+}
+
+// Backlog is the number of entries waiting for a signature.
+func (b *Broker) Backlog(ctx context.Context) (int, error) {
+	n := 0
+	err := b.view(ctx, func(r store.Reader) error {
+		var err error
+		n, err = r.UnsignedCount(ctx)
+		return err
+	})
+	return n, err
+}

@@ -1,0 +1,251 @@
+// Package broker is the break-glass flow: requests, reviews, grants and
+// tokens, each state change committed together with its audit entry. It
+// enforces DESIGN §4: no token without quorum, fail closed for access and
+// open for taking it away, no standing access.
+package broker
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/token"
+)
+
+// Config builds a Broker.
+type Config struct {
+	Store        store.Store
+	Policy       *policy.Policy
+	PolicySource string
+	// AuditKey signs every audit entry.
+	AuditKey audit.Signer
+	// Minter signs tokens with the HSM token key.
+	Minter *token.Minter
+	// Now is the clock; time.Now when nil. Tests inject their own so that
+	// expiry is tested without sleeping.
+	Now func() time.Time
+	Log *slog.Logger
+	// SweepInterval is how often deadlines are recorded and unsigned
+	// entries retried (default 1s).
+	SweepInterval time.Duration
+	// DenialWindow is the aggregation window of permission_denied entries
+	// (default one minute).
+	DenialWindow time.Duration
+	// OptionalSignTimeout bounds the signature attempt for entries that
+	// may be stored unsigned (revocations and the like), so that taking
+	// access away stays quick while the HSM hangs (default 300ms).
+	OptionalSignTimeout time.Duration
+	// MaxWatchesPerPrincipal bounds concurrent WatchRequest streams per
+	// principal (default 16).
+	MaxWatchesPerPrincipal int
+}
+
+// Broker runs the flow.
+type Broker struct {
+	cfg      Config
+	store    store.Store
+	policy   atomic.Pointer[policy.Policy]
+	auditKey audit.Signer
+	auditKID string
+	minter   *token.Minter
+	now      func() time.Time
+	log      *slog.Logger
+
+	// hsmDown is set by the health checker; while it is set, optional
+	// signatures are not even attempted.
+	hsmDown atomic.Bool
+
+	watchMu  sync.Mutex
+	watchers map[string]map[chan struct{}]struct{}
+	watching map[string]int
+
+	denials denials
+}
+
+// New builds a broker and records the policy in the audit log when it
+// differs from the last one logged.
+func New(ctx context.Context, cfg Config) (*Broker, error) {
+	if cfg.Store == nil || cfg.Policy == nil || cfg.AuditKey == nil || cfg.Minter == nil {
+		return nil, errors.New("broker: Store, Policy, AuditKey and Minter are required")
+	}
+	if _, ok := cfg.AuditKey.Public().(*ecdsa.PublicKey); !ok {
+		return nil, errors.New("broker: the audit key must be ECDSA P-256")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = time.Second
+	}
+	if cfg.DenialWindow <= 0 {
+		cfg.DenialWindow = time.Minute
+	}
+	if cfg.OptionalSignTimeout <= 0 {
+		cfg.OptionalSignTimeout = 300 * time.Millisecond
+	}
+	if cfg.MaxWatchesPerPrincipal <= 0 {
+		cfg.MaxWatchesPerPrincipal = 16
+	}
+	kid, err := hsm.Thumbprint(cfg.AuditKey.Public())
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{
+		cfg: cfg, store: cfg.Store, auditKey: cfg.AuditKey, auditKID: kid, minter: cfg.Minter,
+		now: cfg.Now, log: cfg.Log,
+		watchers: map[string]map[chan struct{}]struct{}{}, watching: map[string]int{},
+	}
+	b.denials.init()
+	b.policy.Store(cfg.Policy)
+	if err := b.logPolicy(ctx, cfg.Policy, cfg.PolicySource); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Policy returns the policy in force.
+func (b *Broker) Policy() *policy.Policy { return b.policy.Load() }
+
+// AuditKID is the RFC 7638 thumbprint of the audit key.
+func (b *Broker) AuditKID() string { return b.auditKID }
+
+// Minter returns the token minter.
+func (b *Broker) Minter() *token.Minter { return b.minter }
+
+// SetHSMDown records the HSM health as the health checker sees it.
+func (b *Broker) SetHSMDown(down bool) { b.hsmDown.Store(down) }
+
+// logPolicy appends a policy_loaded entry unless the last one logged has
+// the same hash.
+func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source string) error {
+	return b.store.Update(ctx, func(tx store.Tx) error {
+		prev := ""
+		last, err := tx.LastOfType(ctx, audit.TypePolicyLoaded)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return err
+		default:
+			e, err := audit.Parse(last.Bytes)
+			if err != nil {
+				return fmt.Errorf("reading the last policy entry: %w", err)
+			}
+			var pl audit.PolicyLoaded
+			if err := jsonUnmarshal(e.Payload, &pl); err != nil {
+				return fmt.Errorf("reading the last policy entry: %w", err)
+			}
+			if pl.Hash == p.Hash() {
+				return nil
+			}
+			prev = pl.Hash
+		}
+		_, err = b.appendEntry(ctx, tx, b.now(), audit.Draft{
+			Type: audit.TypePolicyLoaded, Actor: "broker",
+			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: prev, Source: source, Policy: p.CanonicalJSON()},
+		}, true)
+		return err
+	})
+}
+
+// appendEntry builds the next entry, signs it and appends it. When
+// mustSign is set (the entry records something that grants access) a
+// failed signature fails the whole transaction. Otherwise the entry is
+// chained now and signed later, so taking access away never waits for the
+// HSM.
+func (b *Broker) appendEntry(ctx context.Context, tx store.Tx, now time.Time, d audit.Draft, mustSign bool) (audit.Record, error) {
+	head, err := tx.Head(ctx)
+	if err != nil {
+		return audit.Record{}, err
+	}
+	rec, err := audit.Build(head, now, d)
+	if err != nil {
+		return audit.Record{}, err
+	}
+	if mustSign {
+		if err := audit.Sign(ctx, b.auditKey, b.auditKID, &rec); err != nil {
+			return audit.Record{}, hsmDown(err)
+		}
+	} else if !b.hsmDown.Load() {
+		sctx, cancel := context.WithTimeout(ctx, b.cfg.OptionalSignTimeout)
+		err := audit.Sign(sctx, b.auditKey, b.auditKID, &rec)
+		cancel()
+		if err != nil {
+			rec.Signature, rec.KeyID = nil, ""
+			b.log.Warn("audit entry stored unsigned; it will be signed when the HSM is back", "index", rec.Index, "type", rec.Type, "err", err)
+		}
+	}
+	if err := tx.Append(ctx, rec); err != nil {
+		return audit.Record{}, err
+	}
+	return rec, nil
+}
+
+// update runs fn in a write transaction and maps foreign errors to
+// internal ones.
+func (b *Broker) update(ctx context.Context, fn func(tx store.Tx) error) error {
+	if err := b.store.Update(ctx, fn); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return &Error{Kind: KindState, Msg: "the request changed while this call was being made; try again", Err: err}
+		}
+		return internal(err)
+	}
+	return nil
+}
+
+func (b *Broker) view(ctx context.Context, fn func(r store.Reader) error) error {
+	if err := b.store.View(ctx, fn); err != nil {
+		return internal(err)
+	}
+	return nil
+}
+
+// loadRequest reads a request and hides it from callers who may not see it.
+func (b *Broker) loadRequest(ctx context.Context, r store.Reader, id, caller string) (*request.Request, error) {
+	req, err := r.Request(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !b.canSee(b.Policy(), req, caller) {
+		return nil, notFound(id)
+	}
+	return req, nil
+}
+
+// canSee: the requester, anyone who may review it, the account's owners
+// and auditors.
+func (b *Broker) canSee(p *policy.Policy, r *request.Request, caller string) bool {
+	if caller == r.Requester || p.IsAuditor(caller) || p.Eligible(r.Rule, caller) {
+		return true
+	}
+	if a, ok := p.Account(r.Account); ok && p.IsOwner(a, caller) {
+		return true
+	}
+	return false
+}
+
+// newID returns a time-ordered UUID (v7) for a request.
+func newID() (string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", err
+	}
+	return id.String(), nil
+}

@@ -1,0 +1,857 @@
+package broker_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/hsm/hsmtest"
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/store/sqlite"
+	"github.com/bgbroker/breakglass/server/token"
+)
+
+func TestMain(m *testing.M) { os.Exit(hsmtest.Main(m)) }
+
+const testPolicy = `
+auditors: auditors
+relying_parties: relying
+groups:
+  sre: [alice, frank, carol]
+  db-admins: [bob, carol, dual]
+  security: [erin, dual]
+  auditors: [dave]
+  relying: [svc]
+  owners: [olivia]
+  other: [mallory]
+accounts:
+  - name: prod-db
+    description: Production database superuser
+    owner: owners
+    requesters: [sre]
+    audiences: [db.prod.example, db-replica.prod.example]
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 10m
+    max_issuances: 2
+    deny_threshold: 1
+    quorum:
+      - require:
+          - {group: db-admins, approvals: 1}
+          - {group: security, approvals: 1}
+  - name: ledger
+    owner: owners
+    requesters: [other]
+    audiences: [ledger.example]
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 10m
+    deny_threshold: 2
+    require_ticket: true
+    quorum:
+      - require:
+          - {group: db-admins, approvals: 2}
+`
+
+// clock is a settable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// faultyKey passes through to a real HSM key and fails on command, for the
+// fail-closed tests. The key underneath is real: only the answer changes.
+type faultyKey struct {
+	*hsm.Key
+	down atomic.Bool
+}
+
+func (k *faultyKey) SignContext(ctx context.Context, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	if k.down.Load() {
+		return nil, fmt.Errorf("%w: CKR_DEVICE_ERROR (injected)", hsm.ErrUnavailable)
+	}
+	return k.Key.SignContext(ctx, d, o)
+}
+
+type harness struct {
+	t        *testing.T
+	b        *broker.Broker
+	clock    *clock
+	store    store.Store
+	dbPath   string
+	audit    *faultyKey
+	tokenKey *faultyKey
+	ctx      context.Context
+	cancel   context.CancelFunc
+}
+
+func newHarness(t *testing.T, policyYAML string) *harness {
+	t.Helper()
+	tok := hsmtest.NewToken(t)
+	m := tok.Open(t)
+	keys := hsmtest.Keys(t, m)
+	h := &harness{t: t, clock: &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)},
+		audit: &faultyKey{Key: keys[hsm.PurposeAudit]}, tokenKey: &faultyKey{Key: keys[hsm.PurposeToken]},
+		dbPath: filepath.Join(t.TempDir(), "broker.db")}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	t.Cleanup(h.cancel)
+	h.start(policyYAML)
+	return h
+}
+
+func (h *harness) start(policyYAML string) {
+	h.t.Helper()
+	p, err := policy.Load([]byte(policyYAML), "policy.yaml")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	st, err := sqlite.Open(h.ctx, sqlite.Config{Path: h.dbPath})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { _ = st.Close() })
+	h.store = st
+	minter, err := token.NewMinter(h.tokenKey, "https://broker.test")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", AuditKey: h.audit, Minter: minter, Now: h.clock.Now})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// restart closes the store and builds a new broker on the same database.
+func (h *harness) restart(policyYAML string) {
+	h.t.Helper()
+	_ = h.store.Close()
+	h.start(policyYAML)
+}
+
+func (h *harness) create(caller, account string) *request.Request {
+	h.t.Helper()
+	res, err := h.b.CreateRequest(h.ctx, caller, broker.CreateInput{Account: account, Justification: "primary is down, INC-42", Ticket: "INC-42", TTL: 30 * time.Minute})
+	if err != nil {
+		h.t.Fatalf("create: %v", err)
+	}
+	return res.Request
+}
+
+func (h *harness) review(caller, id string, d request.Decision) (*broker.Result, error) {
+	return h.b.Review(h.ctx, caller, broker.ReviewInput{ID: id, Decision: d, Comment: "ok"})
+}
+
+func (h *harness) approved(caller string) *request.Request {
+	h.t.Helper()
+	r := h.create(caller, "prod-db")
+	if _, err := h.review("bob", r.ID, request.Approve); err != nil {
+		h.t.Fatal(err)
+	}
+	res, err := h.review("erin", r.ID, request.Approve)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if res.Request.State != request.Approved {
+		h.t.Fatalf("state %s after quorum", res.Request.State)
+	}
+	return res.Request
+}
+
+// snapshot is everything a refused call must leave alone.
+type snapshot struct {
+	head     uint64
+	requests string
+}
+
+func (h *harness) snap() snapshot {
+	h.t.Helper()
+	var s snapshot
+	err := h.store.View(h.ctx, func(r store.Reader) error {
+		head, err := r.Head(h.ctx)
+		if err != nil {
+			return err
+		}
+		s.head = head.Size
+		rs, err := r.Requests(h.ctx, store.Filter{Limit: 1000})
+		if err != nil {
+			return err
+		}
+		b, _ := json.Marshal(rs)
+		s.requests = string(b)
+		return nil
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return s
+}
+
+// verifyChain checks every entry's link and signature: what the offline
+// verifier will do, in its smallest form.
+func (h *harness) verifyChain() []audit.Record {
+	h.t.Helper()
+	var all []audit.Record
+	_ = h.store.View(h.ctx, func(r store.Reader) error {
+		head, _ := r.Head(h.ctx)
+		var err error
+		all, err = r.Entries(h.ctx, 0, head.Size)
+		return err
+	})
+	prev := audit.ZeroPrev
+	var last time.Time
+	pub := h.audit.Public().(*ecdsa.PublicKey)
+	for i, rec := range all {
+		e, err := audit.Parse(rec.Bytes)
+		if err != nil {
+			h.t.Fatalf("entry %d: %v", i, err)
+		}
+		if e.Index != uint64(i) || e.Prev != fmt.Sprintf("%x", prev) || string(audit.LeafHash(rec.Bytes)) != string(rec.LeafHash) {
+			h.t.Fatalf("entry %d breaks the chain", i)
+		}
+		if e.Time.Before(last) {
+			h.t.Fatalf("entry %d goes back in time", i)
+		}
+		if rec.Signature != nil && !audit.VerifySignature(pub, rec.Bytes, rec.Signature) {
+			h.t.Fatalf("entry %d has a bad signature", i)
+		}
+		prev, last = rec.LeafHash, e.Time
+	}
+	return all
+}
+
+func kindOf(err error) broker.Kind { return broker.KindOf(err) }
+
+func wantKind(t *testing.T, err error, k broker.Kind, msg string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want kind %d (%s)", k, msg)
+	}
+	if kindOf(err) != k {
+		t.Fatalf("error %q has kind %d, want %d", err, kindOf(err), k)
+	}
+	if msg != "" && !strings.Contains(broker.PublicMessage(err), msg) {
+		t.Fatalf("message %q does not contain %q", broker.PublicMessage(err), msg)
+	}
+}
+
+func TestHappyPathTokenVerifiesWithJOSE(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	res, err := h.review("bob", r.ID, request.Approve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Request.State != request.Pending {
+		t.Fatalf("one approval approved the request")
+	}
+	h.clock.Advance(time.Minute)
+	res, err = h.review("erin", r.ID, request.Approve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	approvedAt := h.clock.Now()
+	if res.Request.State != request.Approved || !res.Request.ApprovedAt.Equal(approvedAt) || fmt.Sprint(res.Request.Approvers) != "[bob erin]" {
+		t.Fatalf("after quorum: %+v", res.Request)
+	}
+	h.clock.Advance(time.Minute)
+	iss, err := h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	jwks, err := h.b.JWKS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(jwks, &set); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.ParseSigned(iss.Token, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := tok.Headers[0]
+	if hdr.KeyID != iss.KID || hdr.ExtraHeaders["typ"] != "at+jwt" || hdr.Algorithm != "ES256" {
+		t.Fatalf("header %+v", hdr)
+	}
+	keys := set.Key(hdr.KeyID)
+	if len(keys) != 1 {
+		t.Fatalf("kid %s not in JWKS %s", hdr.KeyID, jwks)
+	}
+	var std jwt.Claims
+	var priv struct {
+		ClientID  string   `json:"client_id"`
+		Account   string   `json:"bg_account"`
+		Request   string   `json:"bg_request"`
+		Approvers []string `json:"bg_approvers"`
+		Drill     bool     `json:"bg_drill"`
+	}
+	if err := tok.Claims(keys[0].Key, &std, &priv); err != nil {
+		t.Fatalf("signature: %v", err)
+	}
+	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: "https://broker.test", AnyAudience: jwt.Audience{"db.prod.example"}, Time: h.clock.Now()}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if std.Subject != "alice" || priv.ClientID != "alice" || priv.Account != "prod-db" || priv.Request != r.ID || fmt.Sprint(priv.Approvers) != "[bob erin]" || priv.Drill {
+		t.Fatalf("claims %+v %+v", std, priv)
+	}
+	if std.Expiry.Time().After(approvedAt.Add(30*time.Minute)) || std.ID != iss.JTI {
+		t.Fatalf("exp %s after approval+TTL %s", std.Expiry.Time(), approvedAt.Add(30*time.Minute))
+	}
+	if iss.IssuancesLeft != 1 {
+		t.Errorf("issuances left %d", iss.IssuancesLeft)
+	}
+	// The token appears nowhere in the store; its hash does.
+	entries := h.verifyChain()
+	raw, _ := os.ReadFile(h.dbPath)
+	wal, _ := os.ReadFile(h.dbPath + "-wal")
+	for _, b := range [][]byte{raw, wal} {
+		if strings.Contains(string(b), iss.Token) || strings.Contains(string(b), strings.Split(iss.Token, ".")[2]) {
+			t.Fatal("the token is stored")
+		}
+	}
+	last := entries[len(entries)-1]
+	if last.Type != audit.TypeTokenIssued || !strings.Contains(string(last.Bytes), iss.SHA256) {
+		t.Fatalf("last entry %s", last.Bytes)
+	}
+	types := []audit.Type{}
+	for _, e := range entries {
+		types = append(types, e.Type)
+	}
+	if fmt.Sprint(types) != "[policy_loaded request_created request_reviewed request_reviewed request_approved token_issued]" {
+		t.Errorf("entries %v", types)
+	}
+	check, err := h.b.CheckToken(h.ctx, "svc", iss.JTI)
+	if err != nil || check.Status != broker.TokenValid {
+		t.Fatalf("CheckToken = %+v %v", check, err)
+	}
+}
+
+// Invariant 1: no token without quorum.
+func TestNoTokenWithoutQuorum(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	_, err := h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "still pending")
+	if _, err := h.review("bob", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "still pending")
+
+	// An approver removed from the policy after approving no longer counts
+	// when the token is issued.
+	r2 := h.approved("alice")
+	h.restart(strings.Replace(testPolicy, "security: [erin, dual]", "security: [dual]", 1))
+	before := h.snap()
+	_, err = h.b.IssueToken(h.ctx, "alice", r2.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "no longer meets its quorum")
+	if after := h.snap(); after != before {
+		t.Fatal("a refused issuance changed the store")
+	}
+	h.verifyChain()
+}
+
+func TestReviewRules(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	tests := []struct {
+		name   string
+		setup  func() string
+		caller string
+		kind   broker.Kind
+		msg    string
+	}{
+		{"self-approval by a requester who is also an approver", func() string { return h.create("carol", "prod-db").ID },
+			"carol", broker.KindPermission, "your own request"},
+		{"double approval", func() string {
+			id := h.create("alice", "prod-db").ID
+			if _, err := h.review("bob", id, request.Approve); err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}, "bob", broker.KindExists, "already reviewed"},
+		{"non-member cannot even see it", func() string { return h.create("alice", "prod-db").ID }, "mallory", broker.KindNotFound, "not found"},
+		{"auditor sees it but may not review", func() string { return h.create("alice", "prod-db").ID }, "dave", broker.KindPermission, "not an eligible approver"},
+		{"owner sees it but may not review", func() string { return h.create("alice", "prod-db").ID }, "olivia", broker.KindPermission, "not an eligible approver"},
+		{"after expiry", func() string {
+			id := h.create("alice", "prod-db").ID
+			h.clock.Advance(31 * time.Minute)
+			return id
+		}, "bob", broker.KindState, "expired"},
+		{"after denial", func() string {
+			id := h.create("alice", "prod-db").ID
+			if _, err := h.review("erin", id, request.Deny); err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}, "bob", broker.KindState, "denied"},
+		{"after cancel", func() string {
+			id := h.create("alice", "prod-db").ID
+			if _, err := h.b.CancelRequest(h.ctx, "alice", id, ""); err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}, "bob", broker.KindState, "cancelled"},
+		{"after approval", func() string { return h.approved("alice").ID }, "dual", broker.KindState, "already approved"},
+		{"unknown id", func() string { return "01890000-0000-7000-8000-000000000000" }, "bob", broker.KindNotFound, "not found"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := tc.setup()
+			before := h.snap()
+			_, err := h.review(tc.caller, id, request.Approve)
+			wantKind(t, err, tc.kind, tc.msg)
+			if after := h.snap(); after != before {
+				t.Fatal("a refused review changed the store")
+			}
+		})
+	}
+	h.verifyChain()
+}
+
+func TestOnePersonFillsOneRequirement(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	res, err := h.review("dual", r.ID, request.Approve) // in db-admins and security
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Request.State != request.Pending {
+		t.Fatal("one person in two groups met an AND of two groups")
+	}
+	res, err = h.review("bob", r.ID, request.Approve)
+	if err != nil || res.Request.State != request.Approved {
+		t.Fatalf("dual+bob: %v %v", err, res.Request.State)
+	}
+}
+
+func TestDenyThreshold(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	// ledger needs two denials.
+	res, err := h.b.CreateRequest(h.ctx, "mallory", broker.CreateInput{Account: "ledger", Justification: "close the books", Ticket: "CHG-9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Request.ID
+	r1, err := h.review("bob", id, request.Deny)
+	if err != nil || r1.Request.State != request.Pending {
+		t.Fatalf("one denial of two: %v %v", err, r1.Request.State)
+	}
+	r2, err := h.review("carol", id, request.Deny)
+	if err != nil || r2.Request.State != request.Denied {
+		t.Fatalf("second denial: %v %v", err, r2.Request.State)
+	}
+	if r2.Request.FinalReason != "denied by bob, carol" {
+		t.Errorf("reason %q", r2.Request.FinalReason)
+	}
+}
+
+func TestCreateValidation(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	tests := []struct {
+		name   string
+		caller string
+		in     broker.CreateInput
+		kind   broker.Kind
+		msg    string
+	}{
+		{"TTL over max", "alice", broker.CreateInput{Account: "prod-db", Justification: "x", TTL: 2 * time.Hour}, broker.KindInvalid, "exceeds the account's max_ttl"},
+		{"negative TTL", "alice", broker.CreateInput{Account: "prod-db", Justification: "x", TTL: -time.Second}, broker.KindInvalid, "must be positive"},
+		{"sub-second TTL", "alice", broker.CreateInput{Account: "prod-db", Justification: "x", TTL: time.Millisecond}, broker.KindInvalid, "at least one second"},
+		{"unknown account", "alice", broker.CreateInput{Account: "nope", Justification: "x"}, broker.KindNotFound, "does not exist"},
+		{"not a requester", "bob", broker.CreateInput{Account: "prod-db", Justification: "x"}, broker.KindPermission, "not in a requester group"},
+		{"missing ticket", "mallory", broker.CreateInput{Account: "ledger", Justification: "x"}, broker.KindInvalid, "requires a ticket"},
+		{"blank justification", "alice", broker.CreateInput{Account: "prod-db", Justification: "  "}, broker.KindInvalid, "justification is required"},
+		{"oversize justification", "alice", broker.CreateInput{Account: "prod-db", Justification: strings.Repeat("x", 2001)}, broker.KindInvalid, "at most 2000"},
+		{"control characters", "alice", broker.CreateInput{Account: "prod-db", Justification: "ok\x1b[31mred"}, broker.KindInvalid, "control character"},
+		{"bidi override", "alice", broker.CreateInput{Account: "prod-db", Justification: "ok\u202edlrow"}, broker.KindInvalid, "bidirectional"},
+		{"oversize ticket", "alice", broker.CreateInput{Account: "prod-db", Justification: "x", Ticket: strings.Repeat("T", 129)}, broker.KindInvalid, "at most 128"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := h.snap()
+			_, err := h.b.CreateRequest(h.ctx, tc.caller, tc.in)
+			wantKind(t, err, tc.kind, tc.msg)
+			if h.snap() != before {
+				t.Fatal("a refused request changed the store")
+			}
+		})
+	}
+	// A TTL left out asks for the account's max_ttl.
+	res, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+	if err != nil || res.Request.TTL != time.Hour {
+		t.Fatalf("default TTL: %v %v", err, res)
+	}
+}
+
+func TestTokenRules(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.approved("alice")
+	before := h.snap()
+	_, err := h.b.IssueToken(h.ctx, "alice", r.ID, "ledger.example")
+	wantKind(t, err, broker.KindInvalid, "not one of account prod-db's audiences")
+	_, err = h.b.IssueToken(h.ctx, "bob", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindPermission, "only the requester")
+	_, err = h.b.IssueToken(h.ctx, "mallory", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindNotFound, "not found")
+	if h.snap() != before {
+		t.Fatal("refused issuance changed the store")
+	}
+	// max_issuances is 2.
+	for i := range 2 {
+		if _, err := h.b.IssueToken(h.ctx, "alice", r.ID, "db-replica.prod.example"); err != nil {
+			t.Fatalf("token %d: %v", i, err)
+		}
+	}
+	_, err = h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "issued all 2 tokens")
+
+	// Concurrent issuance never exceeds max_issuances.
+	r2 := h.approved("frank")
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := h.b.IssueToken(h.ctx, "frank", r2.ID, "db.prod.example"); err == nil {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 2 {
+		t.Fatalf("%d concurrent issuances succeeded, want 2", ok.Load())
+	}
+	h.verifyChain()
+}
+
+func TestRevocation(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.approved("alice")
+	iss, err := h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.b.RevokeGrant(h.ctx, "mallory", r.ID, "x")
+	wantKind(t, err, broker.KindNotFound, "")
+	_, err = h.b.RevokeGrant(h.ctx, "dave", r.ID, "x")
+	wantKind(t, err, broker.KindPermission, "may revoke")
+	res, err := h.b.RevokeGrant(h.ctx, "olivia", r.ID, "incident over")
+	if err != nil || res.Request.State != request.Revoked {
+		t.Fatalf("owner revoke: %v", err)
+	}
+	_, err = h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "revoked")
+	c, err := h.b.CheckToken(h.ctx, "svc", iss.JTI)
+	if err != nil || c.Status != broker.TokenRevoked {
+		t.Fatalf("CheckToken after revoke: %+v %v", c, err)
+	}
+	_, err = h.b.RevokeGrant(h.ctx, "alice", r.ID, "again")
+	wantKind(t, err, broker.KindState, "revoked")
+	// A pending request is cancelled, not revoked.
+	p := h.create("alice", "prod-db")
+	_, err = h.b.RevokeGrant(h.ctx, "alice", p.ID, "x")
+	wantKind(t, err, broker.KindState, "still pending")
+	_, err = h.b.CancelRequest(h.ctx, "bob", p.ID, "")
+	wantKind(t, err, broker.KindPermission, "only the requester")
+}
+
+// Invariant 5: no standing access.
+func TestDeadlines(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	// Unapproved requests expire; reads see it before the sweep does.
+	p := h.create("alice", "prod-db")
+	h.clock.Advance(30 * time.Minute)
+	got, err := h.b.GetRequest(h.ctx, "alice", p.ID)
+	if err != nil || got.State != request.Expired {
+		t.Fatalf("pending after approval window: %v %v", err, got.State)
+	}
+	// An approved grant never used expires after the activation window.
+	a := h.approved("alice")
+	h.clock.Advance(10 * time.Minute)
+	_, err = h.b.IssueToken(h.ctx, "alice", a.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "activation window passed")
+
+	// A used grant ends after its TTL; its tokens end no later.
+	g := h.approved("alice")
+	iss, err := h.b.IssueToken(h.ctx, "alice", g.ID, "db.prod.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if iss.ExpiresAt.After(g.GrantExpiresAt) {
+		t.Fatalf("token exp %s after grant end %s", iss.ExpiresAt, g.GrantExpiresAt)
+	}
+	h.clock.Advance(30 * time.Minute)
+	_, err = h.b.IssueToken(h.ctx, "alice", g.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "grant ended")
+	c, _ := h.b.CheckToken(h.ctx, "svc", iss.JTI)
+	if c.Status != broker.TokenExpired {
+		t.Fatalf("token after grant end: %s", c.Status)
+	}
+	// The sweep records all three, once.
+	n, err := h.b.Sweep(h.ctx)
+	if err != nil || n != 3 {
+		t.Fatalf("sweep expired %d: %v", n, err)
+	}
+	if n, _ := h.b.Sweep(h.ctx); n != 0 {
+		t.Fatalf("second sweep expired %d", n)
+	}
+	var expired []string
+	for _, e := range h.verifyChain() {
+		if e.Type == audit.TypeRequestExpired {
+			expired = append(expired, string(e.Bytes))
+		}
+	}
+	if len(expired) != 3 || !strings.Contains(expired[0], "approval window passed") {
+		t.Fatalf("expiry entries %v", expired)
+	}
+}
+
+// Invariant 2: fail closed for access, open for taking it away.
+func TestHSMDown(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	if _, err := h.review("bob", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	g := h.approved("frank")
+	pending := h.create("alice", "prod-db")
+
+	h.audit.down.Store(true)
+	h.tokenKey.down.Store(true)
+	before := h.snap()
+	_, err := h.review("erin", r.ID, request.Approve)
+	wantKind(t, err, broker.KindUnavailable, "HSM")
+	_, err = h.b.IssueToken(h.ctx, "frank", g.ID, "db.prod.example")
+	wantKind(t, err, broker.KindUnavailable, "HSM")
+	_, err = h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+	wantKind(t, err, broker.KindUnavailable, "HSM")
+	if h.snap() != before {
+		t.Fatal("a granting call wrote while the HSM was down")
+	}
+	// Only the token key down: issuance still fails and writes nothing.
+	h.audit.down.Store(false)
+	_, err = h.b.IssueToken(h.ctx, "frank", g.ID, "db.prod.example")
+	wantKind(t, err, broker.KindUnavailable, "HSM")
+	if h.snap() != before {
+		t.Fatal("issuance wrote without a token signature")
+	}
+	h.audit.down.Store(true)
+
+	// Taking access away still works.
+	if _, err := h.b.RevokeGrant(h.ctx, "frank", g.ID, "done"); err != nil {
+		t.Fatalf("revoke while HSM down: %v", err)
+	}
+	if _, err := h.b.CancelRequest(h.ctx, "alice", pending.ID, ""); err != nil {
+		t.Fatalf("cancel while HSM down: %v", err)
+	}
+	if _, err := h.review("erin", r.ID, request.Deny); err != nil {
+		t.Fatalf("deny while HSM down: %v", err)
+	}
+	if n, _ := h.b.Backlog(h.ctx); n != 4 { // revoke, cancel, review, denied
+		t.Fatalf("backlog %d, want 4", n)
+	}
+	if _, err := h.b.SignBacklog(h.ctx); err == nil {
+		t.Fatal("backlog signed while the HSM is down")
+	}
+	h.audit.down.Store(false)
+	h.tokenKey.down.Store(false)
+	if n, err := h.b.SignBacklog(h.ctx); err != nil || n != 4 {
+		t.Fatalf("SignBacklog = %d, %v", n, err)
+	}
+	for _, e := range h.verifyChain() {
+		if e.Signature == nil {
+			t.Fatalf("entry %d still unsigned", e.Index)
+		}
+	}
+}
+
+func TestVisibilityAndListing(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	a := h.create("alice", "prod-db")
+	f := h.create("frank", "prod-db")
+	l, err := h.b.CreateRequest(h.ctx, "mallory", broker.CreateInput{Account: "ledger", Justification: "x", Ticket: "T-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func(caller string, in broker.ListInput) []string {
+		rs, _, err := h.b.ListRequests(h.ctx, caller, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, r := range rs {
+			ids = append(ids, r.ID)
+		}
+		return ids
+	}
+	eq := func(name string, got []string, want ...string) {
+		t.Helper()
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: %v, want %v", name, got, want)
+		}
+	}
+	eq("alice sees her own", list("alice", broker.ListInput{}), a.ID)
+	eq("bob reviews both accounts", list("bob", broker.ListInput{}), l.Request.ID, f.ID, a.ID)
+	eq("erin reviews prod-db only", list("erin", broker.ListInput{}), f.ID, a.ID)
+	eq("auditor sees all", list("dave", broker.ListInput{}), l.Request.ID, f.ID, a.ID)
+	eq("owner sees its accounts", list("olivia", broker.ListInput{Account: "ledger"}), l.Request.ID)
+	eq("stranger sees nothing", list("svc", broker.ListInput{}))
+	if _, err := h.review("bob", a.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	eq("awaiting bob", list("bob", broker.ListInput{AwaitingMyReview: true}), l.Request.ID, f.ID)
+	eq("mine", list("frank", broker.ListInput{Mine: true}), f.ID)
+	eq("paged", list("dave", broker.ListInput{PageSize: 2}), l.Request.ID, f.ID)
+	_, next, _ := h.b.ListRequests(h.ctx, "dave", broker.ListInput{PageSize: 2})
+	eq("second page", list("dave", broker.ListInput{PageSize: 2, PageToken: next}), a.ID)
+	_, _, err = h.b.ListRequests(h.ctx, "dave", broker.ListInput{PageToken: "garbage!"})
+	wantKind(t, err, broker.KindInvalid, "page_token")
+	h.clock.Advance(time.Hour)
+	eq("expired in effect", list("dave", broker.ListInput{State: request.Expired}), l.Request.ID, f.ID, a.ID)
+	eq("none pending", list("dave", broker.ListInput{State: request.Pending}))
+	if _, err := h.b.GetRequest(h.ctx, "svc", a.ID); kindOf(err) != broker.KindNotFound {
+		t.Errorf("stranger GetRequest: %v", err)
+	}
+	accts := h.b.Accounts("erin")
+	if len(accts) != 1 || accts[0].Account.Name != "prod-db" || !accts[0].CanReview || accts[0].CanRequest {
+		t.Errorf("erin's accounts: %+v", accts)
+	}
+	if n := len(h.b.Accounts("dave")); n != 2 {
+		t.Errorf("auditor sees %d accounts", n)
+	}
+}
+
+func TestPermissionDenialsAreAggregated(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	for i := range 50 {
+		h.b.RecordDenial("mallory", fmt.Sprintf("/m%d", i%3), "not an approver")
+	}
+	h.b.RecordDenial("svc", "/x", "no")
+	before := h.snap()
+	if err := h.b.FlushDenials(h.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if h.snap() != before {
+		t.Fatal("flushed before the window closed")
+	}
+	h.clock.Advance(time.Minute)
+	if err := h.b.FlushDenials(h.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	var got []audit.PermissionDenied
+	for _, e := range h.verifyChain() {
+		if e.Type == audit.TypePermissionDenied {
+			ent, _ := audit.Parse(e.Bytes)
+			var pd audit.PermissionDenied
+			_ = json.Unmarshal(ent.Payload, &pd)
+			got = append(got, pd)
+		}
+	}
+	if len(got) != 2 || got[0].Principal != "mallory" || got[0].Count != 50 || len(got[0].Methods) != 3 || got[1].Count != 1 {
+		t.Fatalf("denial entries %+v", got)
+	}
+}
+
+func TestPolicyLoggedOncePerChange(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	h.restart(testPolicy)
+	h.restart(strings.Replace(testPolicy, "max_ttl: 1h\n    approval_window: 30m\n    activation_window: 10m\n    max_issuances: 2", "max_ttl: 2h\n    approval_window: 30m\n    activation_window: 10m\n    max_issuances: 2", 1))
+	var hashes []string
+	for _, e := range h.verifyChain() {
+		if e.Type == audit.TypePolicyLoaded {
+			ent, _ := audit.Parse(e.Bytes)
+			var pl audit.PolicyLoaded
+			_ = json.Unmarshal(ent.Payload, &pl)
+			hashes = append(hashes, pl.Hash+"<"+pl.Previous)
+		}
+	}
+	if len(hashes) != 2 || !strings.HasSuffix(hashes[0], "<") || !strings.HasSuffix(hashes[1], "<"+strings.Split(hashes[0], "<")[0]) {
+		t.Fatalf("policy entries %v", hashes)
+	}
+}
+
+func TestWatch(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	states := make(chan request.State, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- h.b.Watch(h.ctx, "alice", r.ID, func(r *request.Request) error { states <- r.State; return nil })
+	}()
+	if s := <-states; s != request.Pending {
+		t.Fatalf("first %s", s)
+	}
+	if _, err := h.review("bob", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-states; s != request.Pending {
+		t.Fatalf("after one review %s", s)
+	}
+	if _, err := h.review("erin", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-states; s != request.Approved {
+		t.Fatalf("after quorum %s", s)
+	}
+	if _, err := h.b.RevokeGrant(h.ctx, "alice", r.ID, "done"); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-states; s != request.Revoked {
+		t.Fatalf("after revoke %s", s)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("watch ended with %v", err)
+	}
+	// Watches per principal are bounded.
+	ctx, cancel := context.WithCancel(h.ctx)
+	defer cancel()
+	p := h.create("alice", "prod-db")
+	started := make(chan struct{}, 16)
+	for range 16 {
+		go func() { _ = h.b.Watch(ctx, "alice", p.ID, func(*request.Request) error { started <- struct{}{}; return nil }) }()
+	}
+	for range 16 {
+		<-started
+	}
+	err := h.b.Watch(ctx, "alice", p.ID, func(*request.Request) error { return nil })
+	wantKind(t, err, broker.KindExhausted, "watch streams")
+	if err := h.b.Watch(ctx, "mallory", p.ID, func(*request.Request) error { return nil }); kindOf(err) != broker.KindNotFound {
+		t.Fatalf("stranger watch: %v", err)
+	}
+	if errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,336 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+)
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// CreateInput is what a requester asks for.
+type CreateInput struct {
+	Account       string
+	Justification string
+	Ticket        string
+	// TTL is the requested grant length; zero asks for the account's max_ttl.
+	TTL   time.Duration
+	Drill bool
+}
+
+// Result is a request after a change, with the entry that recorded it.
+type Result struct {
+	Request *request.Request
+	Entry   audit.Record
+}
+
+// effective returns a copy of r showing its state at now.
+func effective(r *request.Request, now time.Time) *request.Request {
+	c := *r
+	state, reason, at := r.Effective(now)
+	if state != r.State {
+		c.State, c.FinalReason, c.FinalAt, c.FinalBy = state, reason, at, "broker"
+	}
+	return &c
+}
+
+// CreateRequest records a new request from caller.
+func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInput) (*Result, error) {
+	p := b.Policy()
+	acct, ok := p.Account(in.Account)
+	if !ok {
+		return nil, newErr(KindNotFound, "account %q does not exist; `bgctl accounts` lists the accounts you may use", in.Account)
+	}
+	if !p.CanRequest(acct, caller) {
+		return nil, denied("you are not in a requester group of account %s (%s)", acct.Name, strings.Join(acct.Requesters, ", "))
+	}
+	if in.TTL == 0 {
+		in.TTL = acct.MaxTTL.D()
+	}
+	if err := validateText("justification", in.Justification, 2000, true); err != nil {
+		return nil, err
+	}
+	if err := validateText("ticket", in.Ticket, 128, false); err != nil {
+		return nil, err
+	}
+	if err := request.Validate(acct, in.Justification, in.Ticket, in.TTL); err != nil {
+		return nil, invalid("%s", err)
+	}
+	id, err := newID()
+	if err != nil {
+		return nil, internal(err)
+	}
+	now := b.now().UTC()
+	r := &request.Request{
+		ID: id, Account: acct.Name, Requester: caller, Justification: in.Justification, Ticket: in.Ticket,
+		TTL: in.TTL, Drill: in.Drill, State: request.Pending, CreatedAt: now,
+		ApprovalDeadline: now.Add(acct.ApprovalWindow.D()), Rule: acct.Quorum, DenyThreshold: acct.DenyThreshold,
+		MaxIssuances: acct.MaxIssuances, PolicyHash: p.Hash(), ActivationWindow: acct.ActivationWindow.D(),
+	}
+	var res Result
+	err = b.update(ctx, func(tx store.Tx) error {
+		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+			Type: audit.TypeRequestCreated, Actor: caller, Request: r.ID, Account: r.Account,
+			Payload: audit.RequestCreated{
+				Justification: r.Justification, Ticket: r.Ticket, TTLSeconds: int64(r.TTL / time.Second), Drill: r.Drill,
+				CreatedAt: r.CreatedAt, ApprovalDeadline: r.ApprovalDeadline, Quorum: r.Rule, DenyThreshold: r.DenyThreshold,
+				MaxIssuances: r.MaxIssuances, ActivationWindow: int64(r.ActivationWindow / time.Second), PolicyHash: r.PolicyHash,
+				ContentDigest: r.Content().Digest(),
+			},
+		}, true)
+		if err != nil {
+			return err
+		}
+		r.CreatedEntry, r.CreatedLeaf = rec.Index, rec.LeafHash
+		if err := tx.CreateRequest(ctx, r); err != nil {
+			return err
+		}
+		res = Result{Request: r, Entry: rec}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.notify(r.ID)
+	b.log.Info("request created", "request", r.ID, "account", r.Account, "requester", caller, "drill", r.Drill, "entry", res.Entry.Index)
+	return &res, nil
+}
+
+// validateText refuses control and bidi characters in free text that
+// approvers will read in a terminal. The API layer checks the same with
+// protovalidate; this keeps the broker safe for any caller.
+func validateText(field, s string, maxLen int, required bool) error {
+	if required && strings.TrimSpace(s) == "" {
+		return invalid("%s is required", field)
+	}
+	if len(s) > maxLen {
+		return invalid("%s is %d bytes; at most %d", field, len(s), maxLen)
+	}
+	for _, r := range s {
+		switch {
+		case r == '\t' || r == '\n':
+		case r < 0x20 || r == 0x7f:
+			return invalid("%s contains a control character (U+%04X)", field, r)
+		case r >= 0x202A && r <= 0x202E, r >= 0x2066 && r <= 0x2069:
+			return invalid("%s contains a bidirectional override (U+%04X)", field, r)
+		case r == 0xFFFD:
+			return invalid("%s is not valid UTF-8", field)
+		}
+	}
+	return nil
+}
+
+// GetRequest returns a request the caller may see.
+func (b *Broker) GetRequest(ctx context.Context, caller, id string) (*request.Request, error) {
+	var out *request.Request
+	err := b.view(ctx, func(r store.Reader) error {
+		req, err := b.loadRequest(ctx, r, id, caller)
+		if err != nil {
+			return err
+		}
+		out = effective(req, b.now())
+		return nil
+	})
+	return out, err
+}
+
+// ListInput filters ListRequests.
+type ListInput struct {
+	State            request.State
+	Account          string
+	Mine             bool
+	AwaitingMyReview bool
+	PageSize         int
+	PageToken        string
+}
+
+// ListRequests returns the requests caller may see, newest first, and a
+// token for the next page.
+func (b *Broker) ListRequests(ctx context.Context, caller string, in ListInput) ([]*request.Request, string, error) {
+	p := b.Policy()
+	size := in.PageSize
+	if size <= 0 {
+		size = 50
+	}
+	if size > 500 {
+		size = 500
+	}
+	f := store.Filter{Account: in.Account, Limit: size * 2}
+	if in.Mine {
+		f.Requester = caller
+	}
+	switch in.State {
+	case "":
+	case request.Expired:
+		// Stored PENDING or APPROVED past their deadline are expired too.
+		f.States = []request.State{request.Expired, request.Pending, request.Approved}
+	case request.Pending, request.Approved:
+		f.States = []request.State{in.State}
+	default:
+		f.States = []request.State{in.State}
+	}
+	if in.AwaitingMyReview {
+		f.States = []request.State{request.Pending}
+	}
+	if in.PageToken != "" {
+		t, id, err := decodePageToken(in.PageToken)
+		if err != nil {
+			return nil, "", invalid("page_token is not one this broker issued")
+		}
+		f.BeforeTime, f.BeforeID = t, id
+	}
+	now := b.now()
+	var out []*request.Request
+	next := ""
+	err := b.view(ctx, func(r store.Reader) error {
+		for len(out) < size {
+			batch, err := r.Requests(ctx, f)
+			if err != nil {
+				return err
+			}
+			for _, req := range batch {
+				f.BeforeTime, f.BeforeID = req.CreatedAt, req.ID
+				if !b.canSee(p, req, caller) {
+					continue
+				}
+				e := effective(req, now)
+				if in.State != "" && e.State != in.State {
+					continue
+				}
+				if in.AwaitingMyReview && (e.State != request.Pending || req.Requester == caller || req.Reviewed(caller) || !p.Eligible(req.Rule, caller)) {
+					continue
+				}
+				out = append(out, e)
+				if len(out) == size {
+					next = encodePageToken(req.CreatedAt, req.ID)
+					return nil
+				}
+			}
+			if len(batch) < f.Limit {
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return out, next, nil
+}
+
+func encodePageToken(t time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%d|%s", t.UnixNano(), id))
+}
+
+func decodePageToken(s string) (time.Time, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return time.Time{}, "", err
+	}
+	var n int64
+	var id string
+	parts := strings.SplitN(string(b), "|", 2)
+	if len(parts) != 2 {
+		return time.Time{}, "", errors.New("malformed")
+	}
+	if _, err := fmt.Sscanf(parts[0], "%d", &n); err != nil {
+		return time.Time{}, "", err
+	}
+	id = parts[1]
+	if len(id) > 64 {
+		return time.Time{}, "", errors.New("malformed")
+	}
+	return time.Unix(0, n).UTC(), id, nil
+}
+
+// CancelRequest withdraws a pending request; only its requester may.
+func (b *Broker) CancelRequest(ctx context.Context, caller, id, reason string) (*Result, error) {
+	if err := validateText("reason", reason, 500, false); err != nil {
+		return nil, err
+	}
+	var res Result
+	err := b.update(ctx, func(tx store.Tx) error {
+		r, err := b.loadRequest(ctx, tx, id, caller)
+		if err != nil {
+			return err
+		}
+		if r.Requester != caller {
+			return denied("only the requester (%s) may cancel request %s", r.Requester, id)
+		}
+		now := b.now().UTC()
+		if err := requireState(r, now, request.Pending, "cancelled"); err != nil {
+			return err
+		}
+		if reason == "" {
+			reason = "cancelled by the requester"
+		}
+		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+			Type: audit.TypeRequestCancelled, Actor: caller, Request: r.ID, Account: r.Account,
+			Payload: audit.RequestFinal{Reason: reason, At: now},
+		}, false)
+		if err != nil {
+			return err
+		}
+		r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Cancelled, now, caller, reason
+		if err := tx.SaveRequest(ctx, r); err != nil {
+			return err
+		}
+		res = Result{Request: r, Entry: rec}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.notify(id)
+	b.log.Info("request cancelled", "request", id, "by", caller, "entry", res.Entry.Index)
+	return &res, nil
+}
+
+// requireState refuses a transition unless r is in want at now, with a
+// message that says what state it is in and since when.
+func requireState(r *request.Request, now time.Time, want request.State, action string) error {
+	state, reason, at := r.Effective(now)
+	if state == want {
+		return nil
+	}
+	switch state {
+	case request.Expired:
+		return wrongState("request %s expired at %s (%s) and cannot be %s", r.ID, at.UTC().Format(time.RFC3339), reason, action)
+	case request.Pending:
+		return wrongState("request %s is still pending approval and cannot be %s", r.ID, action)
+	case request.Approved:
+		return wrongState("request %s is already approved and cannot be %s", r.ID, action)
+	}
+	return wrongState("request %s is %s (%s) and cannot be %s", r.ID, strings.ToLower(string(state)), reason, action)
+}
+
+// Accounts returns the accounts caller may request, review or own (every
+// account for auditors).
+func (b *Broker) Accounts(caller string) []AccountView {
+	p := b.Policy()
+	var out []AccountView
+	for _, a := range p.Accounts {
+		v := AccountView{Account: a, CanRequest: p.CanRequest(a, caller), CanReview: p.Eligible(a.Quorum, caller), IsOwner: p.IsOwner(a, caller)}
+		if v.CanRequest || v.CanReview || v.IsOwner || p.IsAuditor(caller) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// AccountView is an account and what the caller may do with it.
+type AccountView struct {
+	Account    *policy.Account
+	CanRequest bool
+	CanReview  bool
+	IsOwner    bool
+}

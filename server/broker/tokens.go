@@ -1,0 +1,246 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/token"
+)
+
+// Issued is a freshly minted token.
+type Issued struct {
+	Token         string
+	JTI           string
+	KID           string
+	ExpiresAt     time.Time
+	SHA256        string
+	IssuancesLeft int
+	Entry         audit.Record
+}
+
+// checkIssuable decides, from the stored request and its stored reviews,
+// whether a token may be issued now. It trusts no state column alone: the
+// quorum is evaluated again from the reviews under the current policy.
+func (b *Broker) checkIssuable(p *policy.Policy, r *request.Request, caller, audience string, now time.Time) (*policy.Account, policy.Outcome, error) {
+	if r.Requester != caller {
+		return nil, policy.Outcome{}, denied("only the requester (%s) may issue tokens for request %s", r.Requester, r.ID)
+	}
+	if err := requireState(r, now, request.Approved, "used for a token"); err != nil {
+		return nil, policy.Outcome{}, err
+	}
+	acct, ok := p.Account(r.Account)
+	if !ok {
+		return nil, policy.Outcome{}, wrongState("account %s is no longer in the policy; no token can be issued", r.Account)
+	}
+	if !slices.Contains(acct.Audiences, audience) {
+		return nil, policy.Outcome{}, invalid("audience %q is not one of account %s's audiences (%s)", audience, acct.Name, strings.Join(acct.Audiences, ", "))
+	}
+	if r.Issued >= r.MaxIssuances {
+		return nil, policy.Outcome{}, wrongState("request %s has issued all %d tokens it may", r.ID, r.MaxIssuances)
+	}
+	approvals, _ := r.ApprovalsAndDenials()
+	o := policy.Evaluate(p, r.Rule, r.Requester, approvals)
+	if !o.Met {
+		return nil, policy.Outcome{}, wrongState("request %s no longer meets its quorum (%s) under the current policy; no token can be issued", r.ID, r.Rule)
+	}
+	return acct, o, nil
+}
+
+// IssueToken mints a token for an approved grant. The token is signed
+// before the transaction (so HSM signing does not hold the write lock) and
+// is thrown away unless the transaction, which checks everything again,
+// commits with its audit entry.
+func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*Issued, error) {
+	p := b.Policy()
+	now := b.now().UTC()
+	var r *request.Request
+	var outcome policy.Outcome
+	err := b.view(ctx, func(rd store.Reader) error {
+		var err error
+		if r, err = b.loadRequest(ctx, rd, id, caller); err != nil {
+			return err
+		}
+		_, outcome, err = b.checkIssuable(p, r, caller, audience, now)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	jti := uuid.New().String()
+	claims := token.Claims{
+		Subject: r.Requester, Audience: []string{audience}, IssuedAt: token.NumericDate(now), NotBefore: token.NumericDate(now),
+		Expiry: token.NumericDate(r.GrantExpiresAt), ID: jti, ClientID: r.Requester,
+		Account: r.Account, Request: r.ID, Approvers: outcome.Approvers(), Drill: r.Drill,
+	}
+	minted, err := b.minter.Mint(ctx, claims)
+	if err != nil {
+		return nil, hsmDown(err)
+	}
+	var out Issued
+	err = b.update(ctx, func(tx store.Tx) error {
+		r, err := b.loadRequest(ctx, tx, id, caller)
+		if err != nil {
+			return err
+		}
+		now := b.now().UTC()
+		if _, o, err := b.checkIssuable(b.Policy(), r, caller, audience, now); err != nil {
+			return err
+		} else if !slices.Equal(o.Approvers(), claims.Approvers) {
+			return &Error{Kind: KindState, Msg: "the request's approvals changed while the token was being made; try again"}
+		}
+		if claims.Expiry.Time().After(r.GrantExpiresAt) {
+			return errors.New("token would outlive its grant") // cannot happen: exp is the grant end
+		}
+		r.Issued++
+		if r.FirstIssuedAt.IsZero() {
+			r.FirstIssuedAt = now
+		}
+		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+			Type: audit.TypeTokenIssued, Actor: caller, Request: r.ID, Account: r.Account,
+			Payload: audit.TokenIssued{JTI: jti, KID: minted.KID, Audience: audience, IssuedAt: claims.IssuedAt.Time().UTC(),
+				ExpiresAt: claims.Expiry.Time().UTC(), TokenSHA256: minted.SHA256, Claims: minted.ClaimsJSON, Issuance: r.Issued},
+		}, true)
+		if err != nil {
+			return err
+		}
+		if err := tx.AddToken(ctx, &store.TokenRecord{
+			JTI: jti, RequestID: r.ID, Account: r.Account, Subject: r.Requester, Audience: audience, KID: minted.KID,
+			IssuedAt: claims.IssuedAt.Time().UTC(), ExpiresAt: claims.Expiry.Time().UTC(), TokenSHA256: minted.SHA256,
+			Drill: r.Drill, EntryIndex: rec.Index,
+		}); err != nil {
+			return err
+		}
+		if err := tx.SaveRequest(ctx, r); err != nil {
+			return err
+		}
+		out = Issued{Token: minted.Token, JTI: jti, KID: minted.KID, ExpiresAt: claims.Expiry.Time().UTC(), SHA256: minted.SHA256,
+			IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.notify(id)
+	b.log.Info("token issued", "request", id, "requester", caller, "audience", audience, "jti", jti, "token_sha256", minted.SHA256, "entry", out.Entry.Index)
+	return &out, nil
+}
+
+// RevokeGrant ends an approved grant now. Its requester, anyone eligible to
+// review it and the account's owners may revoke. The entry is written even
+// while the HSM is down and signed when it returns.
+func (b *Broker) RevokeGrant(ctx context.Context, caller, id, reason string) (*Result, error) {
+	if err := validateText("reason", reason, 500, true); err != nil {
+		return nil, err
+	}
+	var res Result
+	err := b.update(ctx, func(tx store.Tx) error {
+		r, err := b.loadRequest(ctx, tx, id, caller)
+		if err != nil {
+			return err
+		}
+		p := b.Policy()
+		acct, _ := p.Account(r.Account)
+		owner := acct != nil && p.IsOwner(acct, caller)
+		if caller != r.Requester && !p.Eligible(r.Rule, caller) && !owner {
+			return denied("only the requester, the request's approvers and the owners of account %s may revoke its grant", r.Account)
+		}
+		now := b.now().UTC()
+		if err := requireState(r, now, request.Approved, "revoked"); err != nil {
+			return err
+		}
+		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+			Type: audit.TypeGrantRevoked, Actor: caller, Request: r.ID, Account: r.Account,
+			Payload: audit.RequestFinal{Reason: reason, At: now},
+		}, false)
+		if err != nil {
+			return err
+		}
+		r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Revoked, now, caller, reason
+		if err := tx.SaveRequest(ctx, r); err != nil {
+			return err
+		}
+		res = Result{Request: r, Entry: rec}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.notify(id)
+	b.log.Info("grant revoked", "request", id, "by", caller, "entry", res.Entry.Index)
+	return &res, nil
+}
+
+// TokenStatus is what CheckToken reports.
+type TokenStatus string
+
+// Token statuses.
+const (
+	TokenValid   TokenStatus = "VALID"
+	TokenExpired TokenStatus = "EXPIRED"
+	TokenRevoked TokenStatus = "REVOKED"
+)
+
+// TokenCheck is the answer to CheckToken.
+type TokenCheck struct {
+	Status    TokenStatus
+	Record    store.TokenRecord
+	RevokedAt time.Time
+}
+
+// CheckToken reports a token's status by jti. Relying parties, auditors
+// and the token's own requester may ask.
+func (b *Broker) CheckToken(ctx context.Context, caller, jti string) (*TokenCheck, error) {
+	p := b.Policy()
+	var out TokenCheck
+	err := b.view(ctx, func(rd store.Reader) error {
+		tk, err := rd.Token(ctx, jti)
+		if errors.Is(err, store.ErrNotFound) {
+			if !p.IsRelyingParty(caller) && !p.IsAuditor(caller) {
+				return denied("only relying parties and auditors may check tokens")
+			}
+			return newErr(KindNotFound, "no token with jti %s was issued by this broker", jti)
+		}
+		if err != nil {
+			return err
+		}
+		if !p.IsRelyingParty(caller) && !p.IsAuditor(caller) && caller != tk.Subject {
+			return denied("only relying parties and auditors may check tokens")
+		}
+		r, err := rd.Request(ctx, tk.RequestID)
+		if err != nil {
+			return err
+		}
+		now := b.now()
+		out.Record = *tk
+		state, _, at := r.Effective(now)
+		switch {
+		case state == request.Revoked:
+			out.Status, out.RevokedAt = TokenRevoked, at
+		case !now.Before(tk.ExpiresAt):
+			out.Status = TokenExpired
+		case state == request.Expired:
+			out.Status = TokenExpired
+		default:
+			out.Status = TokenValid
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// JWKS returns the key set that verifies tokens.
+func (b *Broker) JWKS() ([]byte, error) {
+	return token.JWKS(b.minter.Public())
+}

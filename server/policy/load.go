@@ -1,0 +1,443 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Problem is one thing wrong with a policy, with where it is.
+type Problem struct {
+	Line, Column int
+	// Path names the setting, e.g. "accounts[0](prod-db).quorum[1]".
+	Path string
+	Msg  string
+}
+
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("%d:%d: %s: %s", p.Line, p.Column, p.Path, p.Msg)
+	}
+	return fmt.Sprintf("%s: %s", p.Path, p.Msg)
+}
+
+// InvalidError lists every problem found while loading a policy.
+type InvalidError struct {
+	Source   string
+	Problems []Problem
+}
+
+func (e *InvalidError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "policy %s is invalid (%d problem", e.Source, len(e.Problems))
+	if len(e.Problems) != 1 {
+		b.WriteString("s")
+	}
+	b.WriteString("):")
+	for _, p := range e.Problems {
+		if p.Line > 0 {
+			b.WriteString("\n  " + e.Source + ":" + p.String())
+		} else {
+			b.WriteString("\n  " + e.Source + ": " + p.String())
+		}
+	}
+	return b.String()
+}
+
+// Load parses and validates a policy document. Every problem is reported,
+// not only the first; any problem makes the whole policy invalid.
+func Load(b []byte, source string) (*Policy, error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &InvalidError{Source: source, Problems: []Problem{{Path: "(document)", Msg: "the policy is empty"}}}
+		}
+		return nil, &InvalidError{Source: source, Problems: []Problem{{Path: "(document)", Msg: "not valid YAML: " + err.Error()}}}
+	}
+	if len(doc.Content) == 0 {
+		return nil, &InvalidError{Source: source, Problems: []Problem{{Path: "(document)", Msg: "the policy is empty"}}}
+	}
+	return LoadNode(doc.Content[0], source)
+}
+
+// LoadNode validates a policy held in a YAML node, such as the policy:
+// section of the broker's configuration.
+func LoadNode(n *yaml.Node, source string) (*Policy, error) {
+	l := &loader{}
+	p := l.policy(n)
+	if len(l.problems) > 0 {
+		sort.SliceStable(l.problems, func(i, j int) bool { return l.problems[i].Line < l.problems[j].Line })
+		return nil, &InvalidError{Source: source, Problems: l.problems}
+	}
+	p.finish()
+	return p, nil
+}
+
+type loader struct {
+	problems []Problem
+}
+
+func (l *loader) add(n *yaml.Node, path, format string, args ...any) {
+	pr := Problem{Path: path, Msg: fmt.Sprintf(format, args...)}
+	if n != nil {
+		pr.Line, pr.Column = n.Line, n.Column
+	}
+	l.problems = append(l.problems, pr)
+}
+
+// fields checks that n is a mapping with only the allowed keys and returns
+// the value node of each key present.
+func (l *loader) fields(n *yaml.Node, path string, allowed ...string) map[string]*yaml.Node {
+	out := map[string]*yaml.Node{}
+	if n.Kind != yaml.MappingNode {
+		l.add(n, path, "must be a mapping")
+		return out
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if !slices.Contains(allowed, k.Value) {
+			l.add(k, path, "unknown setting %q (allowed: %s)", k.Value, strings.Join(allowed, ", "))
+			continue
+		}
+		if _, dup := out[k.Value]; dup {
+			l.add(k, path, "%q is set twice", k.Value)
+			continue
+		}
+		out[k.Value] = v
+	}
+	return out
+}
+
+func (l *loader) str(n *yaml.Node, path string) string {
+	if n == nil {
+		return ""
+	}
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		l.add(n, path, "must be a string")
+		return ""
+	}
+	return n.Value
+}
+
+func (l *loader) strs(n *yaml.Node, path string) []string {
+	if n == nil {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		l.add(n, path, "must be a list")
+		return nil
+	}
+	out := make([]string, 0, len(n.Content))
+	for i, c := range n.Content {
+		out = append(out, l.str(c, fmt.Sprintf("%s[%d]", path, i)))
+	}
+	return out
+}
+
+func (l *loader) integer(n *yaml.Node, path string, def int) int {
+	if n == nil {
+		return def
+	}
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		l.add(n, path, "must be a whole number")
+		return def
+	}
+	v, err := strconv.Atoi(n.Value)
+	if err != nil {
+		l.add(n, path, "must be a whole number")
+		return def
+	}
+	return v
+}
+
+func (l *loader) boolean(n *yaml.Node, path string) bool {
+	if n == nil {
+		return false
+	}
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		l.add(n, path, "must be true or false")
+		return false
+	}
+	return n.Value == "true"
+}
+
+// duration parses a Go duration ("90m", "1h30m") within [MinDuration, ceiling].
+func (l *loader) duration(n *yaml.Node, path string, ceiling time.Duration) Duration {
+	if n == nil {
+		l.add(nil, path, "is required (a duration such as \"1h\")")
+		return 0
+	}
+	s := l.str(n, path)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		l.add(n, path, "%q is not a duration (write e.g. \"30m\" or \"1h\")", s)
+		return 0
+	}
+	if d < MinDuration {
+		l.add(n, path, "%s is shorter than %s", d, MinDuration)
+	}
+	if ceiling > 0 && d > ceiling {
+		l.add(n, path, "%s is longer than the ceiling of %s (max_duration)", d, ceiling)
+	}
+	return Duration(d)
+}
+
+func (l *loader) policy(n *yaml.Node) *Policy {
+	p := &Policy{Groups: map[string][]string{}}
+	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "max_duration", "accounts")
+
+	ceiling := DefaultCeiling
+	if v := f["max_duration"]; v != nil {
+		ceiling = l.duration(v, "max_duration", 0).D()
+		if ceiling < MinDuration {
+			ceiling = DefaultCeiling
+		}
+	}
+	p.MaxDuration = Duration(ceiling)
+
+	if g := f["groups"]; g != nil {
+		if g.Kind != yaml.MappingNode {
+			l.add(g, "groups", "must be a mapping of group name to a list of principals")
+		} else {
+			for i := 0; i+1 < len(g.Content); i += 2 {
+				k, v := g.Content[i], g.Content[i+1]
+				path := "groups." + k.Value
+				if !nameRE.MatchString(k.Value) {
+					l.add(k, path, "group name %q must be lower-case letters, digits, . _ - (at most 64)", k.Value)
+				}
+				if _, dup := p.Groups[k.Value]; dup {
+					l.add(k, path, "group %q is defined twice", k.Value)
+				}
+				members := l.strs(v, path)
+				seen := map[string]bool{}
+				for j, m := range members {
+					if !principalRE.MatchString(m) {
+						l.add(v.Content[j], fmt.Sprintf("%s[%d]", path, j), "principal %q must be letters, digits, . _ @ - (at most 128)", m)
+					}
+					if seen[m] {
+						l.add(v.Content[j], fmt.Sprintf("%s[%d]", path, j), "principal %q is listed twice", m)
+					}
+					seen[m] = true
+				}
+				members = slices.Clone(members)
+				sort.Strings(members)
+				p.Groups[k.Value] = members
+			}
+		}
+	}
+	groupRef := func(n *yaml.Node, path string) string {
+		name := l.str(n, path)
+		if n != nil && name != "" {
+			if _, ok := p.Groups[name]; !ok {
+				l.add(n, path, "unknown group %q", name)
+			}
+		}
+		return name
+	}
+	p.Auditors = groupRef(f["auditors"], "auditors")
+	p.RelyingParties = groupRef(f["relying_parties"], "relying_parties")
+
+	audiences := map[string]string{}
+	if as := f["accounts"]; as != nil {
+		if as.Kind != yaml.SequenceNode {
+			l.add(as, "accounts", "must be a list")
+		} else {
+			names := map[string]bool{}
+			for i, an := range as.Content {
+				a := l.account(an, i, p, ceiling)
+				if a == nil {
+					continue
+				}
+				path := fmt.Sprintf("accounts[%d](%s)", i, a.Name)
+				if names[a.Name] {
+					l.add(an, path, "account %q is defined twice", a.Name)
+				}
+				names[a.Name] = true
+				for _, aud := range a.Audiences {
+					if other, ok := audiences[aud]; ok && other != a.Name {
+						l.add(an, path+".audiences", "audience %q is already used by account %q: a token for one must never be accepted by the other", aud, other)
+					}
+					audiences[aud] = a.Name
+				}
+				p.Accounts = append(p.Accounts, a)
+			}
+		}
+	}
+	return p
+}
+
+func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) *Account {
+	before := len(l.problems)
+	path := fmt.Sprintf("accounts[%d]", i)
+	f := l.fields(n, path, "name", "description", "owner", "requesters", "audiences", "max_ttl",
+		"approval_window", "activation_window", "max_issuances", "deny_threshold", "require_ticket", "quorum")
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	a := &Account{Name: l.str(f["name"], path+".name")}
+	if !nameRE.MatchString(a.Name) {
+		l.add(n, path+".name", "account name %q must be lower-case letters, digits, . _ - (at most 64)", a.Name)
+	}
+	path = fmt.Sprintf("accounts[%d](%s)", i, a.Name)
+	a.Description = l.str(f["description"], path+".description")
+	if len(a.Description) > 500 {
+		l.add(f["description"], path+".description", "is longer than 500 bytes")
+	}
+	known := func(g string) bool { _, ok := p.Groups[g]; return ok }
+
+	a.Owner = l.str(f["owner"], path+".owner")
+	switch {
+	case f["owner"] == nil:
+		l.add(n, path+".owner", "is required (the group that owns the account and may revoke its grants)")
+	case !known(a.Owner):
+		l.add(f["owner"], path+".owner", "unknown group %q", a.Owner)
+	}
+
+	a.Requesters = l.strs(f["requesters"], path+".requesters")
+	if len(a.Requesters) == 0 {
+		l.add(n, path+".requesters", "is required: at least one group whose members may request access")
+	}
+	var requesters []string
+	for j, g := range a.Requesters {
+		if !known(g) {
+			l.add(f["requesters"].Content[j], fmt.Sprintf("%s.requesters[%d]", path, j), "unknown group %q", g)
+			continue
+		}
+		for _, m := range p.Groups[g] {
+			if !slices.Contains(requesters, m) {
+				requesters = append(requesters, m)
+			}
+		}
+	}
+	if len(a.Requesters) > 0 && len(requesters) == 0 && len(l.problems) == before {
+		l.add(f["requesters"], path+".requesters", "the requester groups have no members: nobody could use this account")
+	}
+
+	a.Audiences = l.strs(f["audiences"], path+".audiences")
+	if len(a.Audiences) == 0 {
+		l.add(n, path+".audiences", "is required: at least one audience (the relying system's identifier)")
+	}
+	for j, aud := range a.Audiences {
+		if !audienceRE.MatchString(aud) {
+			l.add(f["audiences"].Content[j], fmt.Sprintf("%s.audiences[%d]", path, j), "audience %q must be 1-256 printable ASCII characters without spaces", aud)
+		}
+		if slices.Index(a.Audiences, aud) != j {
+			l.add(f["audiences"].Content[j], fmt.Sprintf("%s.audiences[%d]", path, j), "audience %q is listed twice", aud)
+		}
+	}
+
+	a.MaxTTL = l.duration(f["max_ttl"], path+".max_ttl", ceiling)
+	a.ApprovalWindow = l.duration(f["approval_window"], path+".approval_window", ceiling)
+	a.ActivationWindow = l.duration(f["activation_window"], path+".activation_window", ceiling)
+
+	a.MaxIssuances = l.integer(f["max_issuances"], path+".max_issuances", DefaultMaxIssuances)
+	if a.MaxIssuances < 1 || a.MaxIssuances > MaxIssuancesLimit {
+		l.add(f["max_issuances"], path+".max_issuances", "must be between 1 and %d", MaxIssuancesLimit)
+	}
+	a.DenyThreshold = l.integer(f["deny_threshold"], path+".deny_threshold", DefaultDenyThreshold)
+	if a.DenyThreshold < 1 {
+		l.add(f["deny_threshold"], path+".deny_threshold", "must be at least 1")
+	}
+	a.RequireTicket = l.boolean(f["require_ticket"], path+".require_ticket")
+
+	a.Quorum = l.rule(f["quorum"], n, path+".quorum", known)
+	if len(l.problems) == before {
+		// Only with every group reference sound would the matching mean anything.
+		l.satisfiable(f["quorum"], path, p, a, requesters)
+	}
+	return a
+}
+
+func (l *loader) rule(n, parent *yaml.Node, path string, known func(string) bool) Rule {
+	if n == nil {
+		l.add(parent, path, "is required: a list of alternatives, each `require:` a list of {group, approvals}")
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode || len(n.Content) == 0 {
+		l.add(n, path, "must be a non-empty list of alternatives")
+		return nil
+	}
+	var rule Rule
+	for i, an := range n.Content {
+		apath := fmt.Sprintf("%s[%d]", path, i)
+		f := l.fields(an, apath, "require")
+		rn := f["require"]
+		if rn == nil || rn.Kind != yaml.SequenceNode || len(rn.Content) == 0 {
+			l.add(an, apath, "needs zero approvals: `require` must list at least one {group, approvals}")
+			rule = append(rule, nil)
+			continue
+		}
+		var alt Alternative
+		total := 0
+		for j, qn := range rn.Content {
+			qpath := fmt.Sprintf("%s.require[%d]", apath, j)
+			qf := l.fields(qn, qpath, "group", "approvals")
+			req := Requirement{Group: l.str(qf["group"], qpath+".group"), Approvals: l.integer(qf["approvals"], qpath+".approvals", 0)}
+			switch {
+			case qf["group"] == nil:
+				l.add(qn, qpath+".group", "is required")
+			case !known(req.Group):
+				l.add(qf["group"], qpath+".group", "unknown group %q", req.Group)
+			}
+			if req.Approvals < 1 {
+				l.add(qn, qpath+".approvals", "must be at least 1 (an alternative must never be met by nobody)")
+			}
+			for _, prev := range alt {
+				if prev.Group == req.Group {
+					l.add(qn, qpath, "group %q appears twice in one alternative: list it once with the total approvals", req.Group)
+				}
+			}
+			total += max(req.Approvals, 0)
+			alt = append(alt, req)
+		}
+		if total == 0 {
+			l.add(an, apath, "needs zero approvals")
+		}
+		rule = append(rule, alt)
+	}
+	return rule
+}
+
+// satisfiable checks every alternative can be met by the eligible approvers
+// whoever among the possible requesters asks, and that the deny threshold
+// can be reached.
+func (l *loader) satisfiable(n *yaml.Node, path string, p *Policy, a *Account, requesters []string) {
+	for i, alt := range a.Quorum {
+		for _, r := range requesters {
+			var candidates []string
+			for _, req := range alt {
+				for _, m := range p.Groups[req.Group] {
+					if m != r && !slices.Contains(candidates, m) {
+						candidates = append(candidates, m)
+					}
+				}
+			}
+			if _, ok := match(p, alt, candidates); !ok {
+				l.add(n.Content[i], fmt.Sprintf("%s.quorum[%d]", path, i),
+					"cannot be met when %s requests: needs %s from distinct approvers other than %s, but only %d eligible (%s)",
+					r, Rule{alt}.describeShort(), r, len(candidates), strings.Join(candidates, ", "))
+				break
+			}
+		}
+	}
+	for _, r := range requesters {
+		if n := len(p.eligibleApprovers(a.Quorum, r)); n < a.DenyThreshold {
+			l.add(nil, path+".deny_threshold", "is %d but only %d approvers other than %s could deny", a.DenyThreshold, n, r)
+			break
+		}
+	}
+}
+
+func (r Rule) describeShort() string {
+	s := r.String()
+	return strings.TrimSuffix(s, " (the requester never counts; each approver counts once)")
+}

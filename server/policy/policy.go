@@ -1,0 +1,242 @@
+// Package policy holds the broker's access policy: groups of principals,
+// accounts and their quorum rules. It is pure: loading, validation and
+// quorum evaluation do no I/O beyond the bytes they are given.
+package policy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Defaults and bounds applied when a policy is loaded.
+const (
+	DefaultMaxIssuances  = 3
+	DefaultDenyThreshold = 1
+	// DefaultCeiling bounds every window and TTL unless the policy sets
+	// max_duration.
+	DefaultCeiling = 7 * 24 * time.Hour
+	// MinDuration is the shortest window or TTL accepted.
+	MinDuration = time.Second
+	// MaxIssuancesLimit bounds max_issuances.
+	MaxIssuancesLimit = 1000
+)
+
+var (
+	nameRE      = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	principalRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
+	audienceRE  = regexp.MustCompile(`^[\x21-\x7E]{1,256}$`)
+)
+
+// ValidPrincipal reports whether s may name a principal. The identity layer
+// refuses certificates whose principal fails this.
+func ValidPrincipal(s string) bool { return principalRE.MatchString(s) }
+
+// Policy is a loaded, validated policy. Treat it as immutable.
+type Policy struct {
+	// Groups maps a group name to its members, sorted.
+	Groups map[string][]string `json:"groups"`
+	// Auditors names the group that may read everything.
+	Auditors string `json:"auditors,omitempty"`
+	// RelyingParties names the group that may call CheckToken.
+	RelyingParties string `json:"relying_parties,omitempty"`
+	// MaxDuration is the ceiling for windows and TTLs.
+	MaxDuration Duration   `json:"max_duration"`
+	Accounts    []*Account `json:"accounts"`
+
+	byName map[string]*Account
+	hash   string
+}
+
+// Account is one protected system or role.
+type Account struct {
+	Name             string   `json:"name"`
+	Description      string   `json:"description,omitempty"`
+	Owner            string   `json:"owner"`
+	Requesters       []string `json:"requesters"`
+	Audiences        []string `json:"audiences"`
+	MaxTTL           Duration `json:"max_ttl"`
+	ApprovalWindow   Duration `json:"approval_window"`
+	ActivationWindow Duration `json:"activation_window"`
+	MaxIssuances     int      `json:"max_issuances"`
+	DenyThreshold    int      `json:"deny_threshold"`
+	RequireTicket    bool     `json:"require_ticket"`
+	Quorum           Rule     `json:"quorum"`
+}
+
+// Rule is a quorum rule: any one alternative satisfies it.
+type Rule []Alternative
+
+// Alternative is satisfied when every requirement is, with each approver
+// filling at most one requirement.
+type Alternative []Requirement
+
+// Requirement asks for Approvals distinct approvers from Group.
+type Requirement struct {
+	Group     string `json:"group"`
+	Approvals int    `json:"approvals"`
+}
+
+// Duration is a time.Duration that encodes as a Go duration string.
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// MarshalJSON encodes the duration as "1h0m0s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON decodes "1h" or a number of nanoseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		*d = Duration(v)
+		return nil
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("duration must be a string like \"1h\"")
+	}
+	*d = Duration(n)
+	return nil
+}
+
+// Account returns the named account.
+func (p *Policy) Account(name string) (*Account, bool) {
+	a, ok := p.byName[name]
+	return a, ok
+}
+
+// Hash is the SHA-256 of the policy's canonical JSON, hex. Two policies
+// that grant the same access have the same hash whatever their YAML layout.
+func (p *Policy) Hash() string { return p.hash }
+
+// CanonicalJSON is the form that is hashed and logged.
+func (p *Policy) CanonicalJSON() []byte {
+	b, err := json.Marshal(p)
+	if err != nil {
+		panic(err) // plain data: cannot fail
+	}
+	return b
+}
+
+// IsMember reports whether principal belongs to group.
+func (p *Policy) IsMember(group, principal string) bool {
+	_, ok := slices.BinarySearch(p.Groups[group], principal)
+	return ok
+}
+
+// IsAuditor reports whether principal may read everything.
+func (p *Policy) IsAuditor(principal string) bool {
+	return p.Auditors != "" && p.IsMember(p.Auditors, principal)
+}
+
+// IsRelyingParty reports whether principal may check tokens.
+func (p *Policy) IsRelyingParty(principal string) bool {
+	return p.RelyingParties != "" && p.IsMember(p.RelyingParties, principal)
+}
+
+// Known reports whether the principal appears anywhere in the policy.
+func (p *Policy) Known(principal string) bool {
+	for _, members := range p.Groups {
+		if _, ok := slices.BinarySearch(members, principal); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// CanRequest reports whether principal may ask for access to a.
+func (p *Policy) CanRequest(a *Account, principal string) bool {
+	for _, g := range a.Requesters {
+		if p.IsMember(g, principal) {
+			return true
+		}
+	}
+	return false
+}
+
+// IsOwner reports whether principal is in a's owner group.
+func (p *Policy) IsOwner(a *Account, principal string) bool {
+	return p.IsMember(a.Owner, principal)
+}
+
+// Eligible reports whether principal may review under rule: a member of a
+// group the rule names. The requester is excluded by the caller, who knows
+// who the requester is.
+func (p *Policy) Eligible(rule Rule, principal string) bool {
+	for _, alt := range rule {
+		for _, req := range alt {
+			if p.IsMember(req.Group, principal) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// EligibleGroups lists the groups of rule that principal belongs to.
+func (p *Policy) EligibleGroups(rule Rule, principal string) []string {
+	var out []string
+	for _, alt := range rule {
+		for _, req := range alt {
+			if p.IsMember(req.Group, principal) && !slices.Contains(out, req.Group) {
+				out = append(out, req.Group)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// String describes the rule in words, e.g. "1 of db-admins and 1 of
+// security, or 2 of db-admins".
+func (r Rule) String() string {
+	alts := make([]string, 0, len(r))
+	for _, alt := range r {
+		reqs := make([]string, 0, len(alt))
+		for _, req := range alt {
+			reqs = append(reqs, fmt.Sprintf("%d of %s", req.Approvals, req.Group))
+		}
+		alts = append(alts, strings.Join(reqs, " and "))
+	}
+	s := strings.Join(alts, ", or ")
+	if s == "" {
+		return "(none)"
+	}
+	return s + " (the requester never counts; each approver counts once)"
+}
+
+// finish indexes and hashes a validated policy.
+func (p *Policy) finish() {
+	p.byName = map[string]*Account{}
+	for _, a := range p.Accounts {
+		p.byName[a.Name] = a
+	}
+	sum := sha256.Sum256(p.CanonicalJSON())
+	p.hash = hex.EncodeToString(sum[:])
+}
+
+// FromCanonicalJSON rebuilds a policy from its logged form, as the offline
+// verifier does. It does not re-validate: a logged policy is history.
+func FromCanonicalJSON(b []byte) (*Policy, error) {
+	var p Policy
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, err
+	}
+	for g := range p.Groups {
+		sort.Strings(p.Groups[g])
+	}
+	p.finish()
+	return &p, nil
+}

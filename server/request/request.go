@@ -1,0 +1,193 @@
+// Package request holds the request state machine: what a request is, what
+// state it is in at a given moment, and which transitions are allowed. It
+// is pure: no storage, no clock of its own.
+package request
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/policy"
+)
+
+// State is a request's state.
+type State string
+
+// The states of DESIGN §5.
+const (
+	Pending   State = "PENDING"
+	Approved  State = "APPROVED"
+	Denied    State = "DENIED"
+	Cancelled State = "CANCELLED"
+	Expired   State = "EXPIRED"
+	Revoked   State = "REVOKED"
+)
+
+// Final reports whether no transition leaves s.
+func (s State) Final() bool { return s != Pending && s != Approved }
+
+// Decision is a review's answer.
+type Decision string
+
+// Review decisions.
+const (
+	Approve Decision = "approve"
+	Deny    Decision = "deny"
+)
+
+// Review is one principal's decision.
+type Review struct {
+	Reviewer string
+	Decision Decision
+	Comment  string
+	At       time.Time
+	// EntryIndex and LeafHash locate the audit entry that recorded it.
+	EntryIndex uint64
+	LeafHash   []byte
+}
+
+// Request is a request and, once approved, its grant.
+type Request struct {
+	ID            string
+	Account       string
+	Requester     string
+	Justification string
+	Ticket        string
+	TTL           time.Duration
+	Drill         bool
+
+	// State is the stored state; Effective gives the state at a moment,
+	// taking deadlines into account.
+	State State
+
+	CreatedAt        time.Time
+	ApprovalDeadline time.Time
+	// Rule is the quorum rule in force when the request was created; it
+	// stays the rule of this request whatever later policies say.
+	Rule          policy.Rule
+	DenyThreshold int
+	MaxIssuances  int
+	PolicyHash    string
+	// ActivationWindow is copied from the account at creation.
+	ActivationWindow time.Duration
+
+	ApprovedAt         time.Time
+	GrantExpiresAt     time.Time
+	ActivationDeadline time.Time
+	Approvers          []string
+
+	Issued        int
+	FirstIssuedAt time.Time
+
+	FinalAt     time.Time
+	FinalReason string
+	FinalBy     string
+
+	Reviews []Review
+
+	CreatedEntry uint64
+	CreatedLeaf  []byte
+	// Version increases with every stored change, for watchers.
+	Version int64
+}
+
+// Effective returns the state at now and, when a deadline has moved the
+// request on, the reason and the moment. A request whose stored state is
+// PENDING or APPROVED can be EXPIRED in effect before the background sweep
+// records it: a stalled timer never extends access.
+func (r *Request) Effective(now time.Time) (State, string, time.Time) {
+	switch r.State {
+	case Pending:
+		if !now.Before(r.ApprovalDeadline) {
+			return Expired, "approval window passed without quorum", r.ApprovalDeadline
+		}
+	case Approved:
+		end, why := r.GrantExpiresAt, "grant ended"
+		if r.Issued == 0 && r.ActivationDeadline.Before(end) {
+			end, why = r.ActivationDeadline, "activation window passed without a token"
+		}
+		if !now.Before(end) {
+			return Expired, why, end
+		}
+	}
+	return r.State, r.FinalReason, r.FinalAt
+}
+
+// Reviewed reports whether principal has already reviewed.
+func (r *Request) Reviewed(principal string) bool {
+	for _, rv := range r.Reviews {
+		if rv.Reviewer == principal {
+			return true
+		}
+	}
+	return false
+}
+
+// ApprovalsAndDenials splits the reviewers by decision.
+func (r *Request) ApprovalsAndDenials() (approvals, denials []string) {
+	for _, rv := range r.Reviews {
+		if rv.Decision == Approve {
+			approvals = append(approvals, rv.Reviewer)
+		} else {
+			denials = append(denials, rv.Reviewer)
+		}
+	}
+	return approvals, denials
+}
+
+// Content is the immutable part of a request: what approvers approve. Its
+// digest binds signed reviews to exactly this request.
+type Content struct {
+	ID            string    `json:"id"`
+	Account       string    `json:"account"`
+	Requester     string    `json:"requester"`
+	Justification string    `json:"justification"`
+	Ticket        string    `json:"ticket"`
+	TTLSeconds    int64     `json:"ttl_seconds"`
+	Drill         bool      `json:"drill"`
+	CreatedAt     time.Time `json:"created_at"`
+}
+
+// Content returns the request's immutable content.
+func (r *Request) Content() Content {
+	return Content{ID: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification,
+		Ticket: r.Ticket, TTLSeconds: int64(r.TTL / time.Second), Drill: r.Drill, CreatedAt: r.CreatedAt.UTC()}
+}
+
+// Digest is the SHA-256 of the content's JSON, hex.
+func (c Content) Digest() string {
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// GrantEnd computes the end of a grant approved at t: the requested TTL,
+// which validation already capped at the account's max_ttl.
+func (r *Request) GrantEnd(t time.Time) time.Time { return t.Add(r.TTL) }
+
+// Validate checks a new request against its account. It returns a message
+// for the requester when something is wrong.
+func Validate(a *policy.Account, justification, ticket string, ttl time.Duration) error {
+	if justification == "" {
+		return fmt.Errorf("a justification is required")
+	}
+	if a.RequireTicket && ticket == "" {
+		return fmt.Errorf("account %s requires a ticket reference (--ticket)", a.Name)
+	}
+	if ttl <= 0 {
+		return fmt.Errorf("the requested TTL must be positive")
+	}
+	if ttl < time.Second {
+		return fmt.Errorf("the requested TTL must be at least one second")
+	}
+	if ttl > a.MaxTTL.D() {
+		return fmt.Errorf("the requested TTL %s exceeds the account's max_ttl of %s", ttl, a.MaxTTL.D())
+	}
+	return nil
+}

@@ -1,0 +1,87 @@
+package sqlite_test
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	_ "modernc.org/sqlite"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/store/sqlite"
+	"github.com/bgbroker/breakglass/server/store/storetest"
+)
+
+func open(t *testing.T, path string) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return open(t, filepath.Join(t.TempDir(), "broker.db"))
+	})
+}
+
+// The append-only rules hold in the database itself, not only in our code:
+// an operator with the sqlite3 shell cannot quietly edit or delete entries.
+func TestEntriesAreAppendOnlyInTheDatabase(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s := open(t, path)
+	ctx := context.Background()
+	err := s.Update(ctx, func(tx store.Tx) error {
+		rec, err := audit.Build(audit.Head{}, storetestTime, audit.Draft{Type: audit.TypeGrantRevoked, Actor: "a", Payload: 1})
+		if err != nil {
+			return err
+		}
+		rec.Signature, rec.KeyID = []byte("s"), "k"
+		return tx.Append(ctx, rec)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, stmt := range []string{
+		`UPDATE entries SET body = 'x' WHERE idx = 0`,
+		`UPDATE entries SET leaf_hash = x'00' WHERE idx = 0`,
+		`UPDATE entries SET signature = x'00' WHERE idx = 0`,
+		`DELETE FROM entries WHERE idx = 0`,
+		`INSERT INTO entries (idx, time, type, body, leaf_hash) VALUES (5, 0, 't', 'b', x'00')`,
+	} {
+		if _, err := db.Exec(stmt); err == nil || !strings.Contains(err.Error(), "audit entr") {
+			t.Errorf("%s: %v", stmt, err)
+		}
+	}
+}
+
+func TestCorruptFileIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string][]byte{
+		"truncated": []byte("SQLite format 3\x00"),
+		"garbage":   []byte(strings.Repeat("not a database ", 200)),
+	} {
+		p := filepath.Join(dir, name+".db")
+		if err := os.WriteFile(p, body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := sqlite.Open(context.Background(), sqlite.Config{Path: p})
+		if err == nil || !strings.Contains(err.Error(), "restore it from a backup") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+var storetestTime = mustTime("2026-11-29T12:00:00Z")

@@ -1,0 +1,438 @@
+// Package sqlstore implements the store's reads and writes over database/sql
+// for the SQL engines the broker supports. Engines differ only in how they
+// open, migrate and lock; their packages wrap this one.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+)
+
+// Dialect describes an engine's SQL differences.
+type Dialect struct {
+	// Numbered placeholders ($1) instead of ?.
+	Numbered bool
+	// IsConflict reports whether err is a uniqueness or constraint failure.
+	IsConflict func(error) bool
+}
+
+// Querier is *sql.Tx or *sql.Conn.
+type Querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Tx implements store.Tx over a database transaction.
+type Tx struct {
+	Q Querier
+	D Dialect
+}
+
+var _ store.Tx = (*Tx)(nil)
+
+func (t *Tx) q(query string) string {
+	if !t.D.Numbered {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, c := range query {
+		if c == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func (t *Tx) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := t.Q.ExecContext(ctx, t.q(query), args...)
+	if err != nil && t.D.IsConflict != nil && t.D.IsConflict(err) {
+		return nil, fmt.Errorf("%w: %v", store.ErrConflict, err)
+	}
+	return res, err
+}
+
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+func nullNanos(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixNano(), Valid: true}
+}
+
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+func fromNull(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return fromNanos(n.Int64)
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+const requestCols = `id, account, requester, justification, ticket, ttl_ns, drill, state, created_at,
+	approval_deadline, rule_json, deny_threshold, max_issuances, activation_window_ns, policy_hash,
+	approved_at, grant_expires_at, activation_deadline, approvers_json, issued, first_issued_at,
+	final_at, final_reason, final_by, created_entry, created_leaf, version`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanRequest(s scanner) (*request.Request, error) {
+	var (
+		r                                                 request.Request
+		ttl, aw, created, deadline                        int64
+		drill                                             int
+		state, ruleJSON, approversJSON                    string
+		approved, grantEnd, activation, firstIssued, final sql.NullInt64
+	)
+	if err := s.Scan(&r.ID, &r.Account, &r.Requester, &r.Justification, &r.Ticket, &ttl, &drill, &state, &created,
+		&deadline, &ruleJSON, &r.DenyThreshold, &r.MaxIssuances, &aw, &r.PolicyHash,
+		&approved, &grantEnd, &activation, &approversJSON, &r.Issued, &firstIssued,
+		&final, &r.FinalReason, &r.FinalBy, &r.CreatedEntry, &r.CreatedLeaf, &r.Version); err != nil {
+		return nil, err
+	}
+	r.TTL, r.ActivationWindow = time.Duration(ttl), time.Duration(aw)
+	r.Drill = drill != 0
+	r.State = request.State(state)
+	r.CreatedAt, r.ApprovalDeadline = fromNanos(created), fromNanos(deadline)
+	r.ApprovedAt, r.GrantExpiresAt, r.ActivationDeadline = fromNull(approved), fromNull(grantEnd), fromNull(activation)
+	r.FirstIssuedAt, r.FinalAt = fromNull(firstIssued), fromNull(final)
+	if err := json.Unmarshal([]byte(ruleJSON), &r.Rule); err != nil {
+		return nil, fmt.Errorf("request %s: stored rule: %w", r.ID, err)
+	}
+	if err := json.Unmarshal([]byte(approversJSON), &r.Approvers); err != nil {
+		return nil, fmt.Errorf("request %s: stored approvers: %w", r.ID, err)
+	}
+	return &r, nil
+}
+
+// Request implements store.Reader.
+func (t *Tx) Request(ctx context.Context, id string) (*request.Request, error) {
+	r, err := scanRequest(t.Q.QueryRowContext(ctx, t.q(`SELECT `+requestCols+` FROM requests WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := t.loadReviews(ctx, []*request.Request{r}); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (t *Tx) loadReviews(ctx context.Context, rs []*request.Request) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	byID := map[string]*request.Request{}
+	args := make([]any, 0, len(rs))
+	for _, r := range rs {
+		byID[r.ID] = r
+		args = append(args, r.ID)
+	}
+	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT request_id, reviewer, decision, comment, at, entry_index, leaf_hash
+		FROM reviews WHERE request_id IN (?`+strings.Repeat(",?", len(rs)-1)+`) ORDER BY entry_index`), args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id, decision string
+			rv           request.Review
+			at           int64
+		)
+		if err := rows.Scan(&id, &rv.Reviewer, &decision, &rv.Comment, &at, &rv.EntryIndex, &rv.LeafHash); err != nil {
+			return err
+		}
+		rv.Decision, rv.At = request.Decision(decision), fromNanos(at)
+		if r := byID[id]; r != nil {
+			r.Reviews = append(r.Reviews, rv)
+		}
+	}
+	return rows.Err()
+}
+
+// Requests implements store.Reader.
+func (t *Tx) Requests(ctx context.Context, f store.Filter) ([]*request.Request, error) {
+	var (
+		where []string
+		args  []any
+	)
+	if len(f.States) > 0 {
+		where = append(where, "state IN (?"+strings.Repeat(",?", len(f.States)-1)+")")
+		for _, s := range f.States {
+			args = append(args, string(s))
+		}
+	}
+	if f.Account != "" {
+		where = append(where, "account = ?")
+		args = append(args, f.Account)
+	}
+	if len(f.Accounts) > 0 {
+		where = append(where, "account IN (?"+strings.Repeat(",?", len(f.Accounts)-1)+")")
+		for _, a := range f.Accounts {
+			args = append(args, a)
+		}
+	}
+	if f.Requester != "" {
+		where = append(where, "requester = ?")
+		args = append(args, f.Requester)
+	}
+	if !f.BeforeTime.IsZero() {
+		where = append(where, "(created_at < ? OR (created_at = ? AND id < ?))")
+		args = append(args, nanos(f.BeforeTime), nanos(f.BeforeTime), f.BeforeID)
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	query := `SELECT ` + requestCols + ` FROM requests`
+	if len(where) > 0 {
+		query += " WHERE " + strings.Join(where, " AND ")
+	}
+	query += " ORDER BY created_at DESC, id DESC LIMIT " + strconv.Itoa(limit)
+	return t.queryRequests(ctx, query, args...)
+}
+
+func (t *Tx) queryRequests(ctx context.Context, query string, args ...any) ([]*request.Request, error) {
+	rows, err := t.Q.QueryContext(ctx, t.q(query), args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []*request.Request
+	for rows.Next() {
+		r, err := scanRequest(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return out, t.loadReviews(ctx, out)
+}
+
+// DueForExpiry implements store.Reader.
+func (t *Tx) DueForExpiry(ctx context.Context, now time.Time, limit int) ([]*request.Request, error) {
+	n := nanos(now)
+	return t.queryRequests(ctx, `SELECT `+requestCols+` FROM requests
+		WHERE (state = 'PENDING' AND approval_deadline <= ?)
+		   OR (state = 'APPROVED' AND (grant_expires_at <= ? OR (issued = 0 AND activation_deadline <= ?)))
+		ORDER BY created_at LIMIT `+strconv.Itoa(max(limit, 1)), n, n, n)
+}
+
+// CreateRequest implements store.Tx.
+func (t *Tx) CreateRequest(ctx context.Context, r *request.Request) error {
+	rule, err := json.Marshal(r.Rule)
+	if err != nil {
+		return err
+	}
+	approvers, err := json.Marshal(orEmpty(r.Approvers))
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(ctx, `INSERT INTO requests (`+requestCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		r.ID, r.Account, r.Requester, r.Justification, r.Ticket, int64(r.TTL), boolInt(r.Drill), string(r.State), nanos(r.CreatedAt),
+		nanos(r.ApprovalDeadline), string(rule), r.DenyThreshold, r.MaxIssuances, int64(r.ActivationWindow), r.PolicyHash,
+		nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline), string(approvers), r.Issued, nullNanos(r.FirstIssuedAt),
+		nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.CreatedEntry, r.CreatedLeaf, 1)
+	if err == nil {
+		r.Version = 1
+	}
+	return err
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// SaveRequest implements store.Tx.
+func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
+	approvers, err := json.Marshal(orEmpty(r.Approvers))
+	if err != nil {
+		return err
+	}
+	res, err := t.exec(ctx, `UPDATE requests SET state = ?, approved_at = ?, grant_expires_at = ?, activation_deadline = ?,
+		approvers_json = ?, issued = ?, first_issued_at = ?, final_at = ?, final_reason = ?, final_by = ?, version = version + 1
+		WHERE id = ? AND version = ?`,
+		string(r.State), nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline),
+		string(approvers), r.Issued, nullNanos(r.FirstIssuedAt), nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.ID, r.Version)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != 1 {
+		return fmt.Errorf("%w: request %s changed underneath (version %d)", store.ErrConflict, r.ID, r.Version)
+	}
+	r.Version++
+	return nil
+}
+
+// AddReview implements store.Tx.
+func (t *Tx) AddReview(ctx context.Context, requestID string, rv request.Review) error {
+	_, err := t.exec(ctx, `INSERT INTO reviews (request_id, reviewer, decision, comment, at, entry_index, leaf_hash) VALUES (?,?,?,?,?,?,?)`,
+		requestID, rv.Reviewer, string(rv.Decision), rv.Comment, nanos(rv.At), rv.EntryIndex, rv.LeafHash)
+	return err
+}
+
+// AddToken implements store.Tx.
+func (t *Tx) AddToken(ctx context.Context, tk *store.TokenRecord) error {
+	_, err := t.exec(ctx, `INSERT INTO tokens (jti, request_id, account, subject, audience, kid, issued_at, expires_at, token_sha256, drill, entry_index)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+		tk.JTI, tk.RequestID, tk.Account, tk.Subject, tk.Audience, tk.KID, nanos(tk.IssuedAt), nanos(tk.ExpiresAt), tk.TokenSHA256, boolInt(tk.Drill), tk.EntryIndex)
+	return err
+}
+
+// Token implements store.Reader.
+func (t *Tx) Token(ctx context.Context, jti string) (*store.TokenRecord, error) {
+	var (
+		tk          store.TokenRecord
+		iat, exp    int64
+		drill       int
+	)
+	err := t.Q.QueryRowContext(ctx, t.q(`SELECT jti, request_id, account, subject, audience, kid, issued_at, expires_at, token_sha256, drill, entry_index
+		FROM tokens WHERE jti = ?`), jti).Scan(&tk.JTI, &tk.RequestID, &tk.Account, &tk.Subject, &tk.Audience, &tk.KID, &iat, &exp, &tk.TokenSHA256, &drill, &tk.EntryIndex)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	tk.IssuedAt, tk.ExpiresAt, tk.Drill = fromNanos(iat), fromNanos(exp), drill != 0
+	return &tk, nil
+}
+
+// Head implements store.Reader.
+func (t *Tx) Head(ctx context.Context) (audit.Head, error) {
+	var (
+		idx, tm int64
+		leaf    []byte
+	)
+	err := t.Q.QueryRowContext(ctx, `SELECT idx, time, leaf_hash FROM entries ORDER BY idx DESC LIMIT 1`).Scan(&idx, &tm, &leaf)
+	if errors.Is(err, sql.ErrNoRows) {
+		return audit.Head{}, nil
+	}
+	if err != nil {
+		return audit.Head{}, err
+	}
+	return audit.Head{Size: uint64(idx) + 1, LeafHash: leaf, Time: fromNanos(tm)}, nil
+}
+
+const entryCols = `idx, time, type, body, leaf_hash, signature, key_id`
+
+func (t *Tx) entries(ctx context.Context, query string, args ...any) ([]audit.Record, error) {
+	rows, err := t.Q.QueryContext(ctx, t.q(query), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []audit.Record
+	for rows.Next() {
+		var (
+			r     audit.Record
+			idx   int64
+			tm    int64
+			typ   string
+			keyID sql.NullString
+		)
+		if err := rows.Scan(&idx, &tm, &typ, &r.Bytes, &r.LeafHash, &r.Signature, &keyID); err != nil {
+			return nil, err
+		}
+		r.Index, r.Time, r.Type, r.KeyID = uint64(idx), fromNanos(tm), audit.Type(typ), keyID.String
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Entries implements store.Reader.
+func (t *Tx) Entries(ctx context.Context, from, to uint64) ([]audit.Record, error) {
+	if to <= from {
+		return nil, nil
+	}
+	return t.entries(ctx, `SELECT `+entryCols+` FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx`, int64(from), int64(to))
+}
+
+// Unsigned implements store.Reader.
+func (t *Tx) Unsigned(ctx context.Context, limit int) ([]audit.Record, error) {
+	return t.entries(ctx, `SELECT `+entryCols+` FROM entries WHERE signature IS NULL ORDER BY idx LIMIT `+strconv.Itoa(max(limit, 1)))
+}
+
+// UnsignedCount implements store.Reader.
+func (t *Tx) UnsignedCount(ctx context.Context) (int, error) {
+	var n int
+	err := t.Q.QueryRowContext(ctx, `SELECT COUNT(*) FROM entries WHERE signature IS NULL`).Scan(&n)
+	return n, err
+}
+
+// LastOfType implements store.Reader.
+func (t *Tx) LastOfType(ctx context.Context, typ audit.Type) (audit.Record, error) {
+	rs, err := t.entries(ctx, `SELECT `+entryCols+` FROM entries WHERE type = ? ORDER BY idx DESC LIMIT 1`, string(typ))
+	if err != nil {
+		return audit.Record{}, err
+	}
+	if len(rs) == 0 {
+		return audit.Record{}, store.ErrNotFound
+	}
+	return rs[0], nil
+}
+
+// Append implements store.Tx.
+func (t *Tx) Append(ctx context.Context, r audit.Record) error {
+	var sig any
+	if r.Signature != nil {
+		sig = r.Signature
+	}
+	var keyID any
+	if r.KeyID != "" {
+		keyID = r.KeyID
+	}
+	_, err := t.exec(ctx, `INSERT INTO entries (`+entryCols+`) VALUES (?,?,?,?,?,?,?)`,
+		int64(r.Index), nanos(r.Time), string(r.Type), r.Bytes, r.LeafHash, sig, keyID)
+	return err
+}
+
+// SetSignature implements store.Tx.
+func (t *Tx) SetSignature(ctx context.Context, index uint64, sig []byte, keyID string) error {
+	res, err := t.exec(ctx, `UPDATE entries SET signature = ?, key_id = ? WHERE idx = ? AND signature IS NULL`, sig, keyID, int64(index))
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != 1 {
+		return fmt.Errorf("%w: entry %d is missing or already signed", store.ErrConflict, index)
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+// Package store defines the broker's storage: requests, reviews, token
+// records and the audit log, written together in one transaction so that a
+// state change and its audit entry commit together or not at all.
+// Implementations live in sub-packages and pass the conformance suite in
+// storetest.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/request"
+)
+
+// Errors every implementation returns for the same conditions.
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a uniqueness rule refused the write (a second
+	// review by one principal, a reused id, an index out of sequence).
+	ErrConflict = errors.New("conflict")
+)
+
+// Store is a transactional store.
+type Store interface {
+	// Update runs fn in a write transaction. Write transactions are
+	// serialized and hold the audit chain's head for their whole length,
+	// so two writers can never fork the log. If fn returns an error,
+	// nothing it wrote is kept.
+	Update(ctx context.Context, fn func(Tx) error) error
+	// View runs fn in a read-only snapshot.
+	View(ctx context.Context, fn func(Reader) error) error
+	// Close releases the store.
+	Close() error
+}
+
+// Filter selects requests.
+type Filter struct {
+	// States, when not empty, keeps requests whose stored state is one of
+	// these.
+	States    []request.State
+	Account   string
+	Requester string
+	// Accounts, when not empty, keeps requests for one of these accounts.
+	Accounts []string
+	// Before pages: only requests created before this (CreatedAt, ID).
+	BeforeTime time.Time
+	BeforeID   string
+	// Limit caps the result; zero means 100.
+	Limit int
+}
+
+// Reader reads in a transaction or snapshot.
+type Reader interface {
+	// Request returns a request with its reviews, or ErrNotFound.
+	Request(ctx context.Context, id string) (*request.Request, error)
+	// Requests returns requests with their reviews, newest first.
+	Requests(ctx context.Context, f Filter) ([]*request.Request, error)
+	// DueForExpiry returns PENDING or APPROVED requests with a deadline at
+	// or before now, oldest deadline first.
+	DueForExpiry(ctx context.Context, now time.Time, limit int) ([]*request.Request, error)
+	// Token returns a token record by jti, or ErrNotFound.
+	Token(ctx context.Context, jti string) (*TokenRecord, error)
+	// Head returns the end of the audit chain.
+	Head(ctx context.Context) (audit.Head, error)
+	// Entries returns entries with from <= index < to.
+	Entries(ctx context.Context, from, to uint64) ([]audit.Record, error)
+	// Unsigned returns up to limit entries without a signature, in order.
+	Unsigned(ctx context.Context, limit int) ([]audit.Record, error)
+	// UnsignedCount is the number of entries waiting for a signature.
+	UnsignedCount(ctx context.Context) (int, error)
+	// LastOfType returns the newest entry of a type, or ErrNotFound.
+	LastOfType(ctx context.Context, t audit.Type) (audit.Record, error)
+}
+
+// Tx writes. It sees its own writes.
+type Tx interface {
+	Reader
+	// CreateRequest inserts a new request (without reviews).
+	CreateRequest(ctx context.Context, r *request.Request) error
+	// SaveRequest stores a request's mutable fields and increments its
+	// version.
+	SaveRequest(ctx context.Context, r *request.Request) error
+	// AddReview inserts a review; a second review by the same principal is
+	// ErrConflict.
+	AddReview(ctx context.Context, requestID string, rv request.Review) error
+	// AddToken records an issued token.
+	AddToken(ctx context.Context, t *TokenRecord) error
+	// Append adds the next audit entry; its index must equal Head().Size.
+	Append(ctx context.Context, r audit.Record) error
+	// SetSignature signs a stored unsigned entry; signing twice is refused.
+	SetSignature(ctx context.Context, index uint64, sig []byte, keyID string) error
+}
+
+// TokenRecord is what the broker keeps of an issued token: its claims and
+// hash, never the token.
+type TokenRecord struct {
+	JTI         string
+	RequestID   string
+	Account     string
+	Subject     string
+	Audience    string
+	KID         string
+	IssuedAt    time.Time
+	ExpiresAt   time.Time
+	TokenSHA256 string
+	Drill       bool
+	EntryIndex  uint64
+}

@@ -1,0 +1,489 @@
+// Package storetest is the conformance suite every store implementation
+// runs: the same behaviours, the same errors, on every engine.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+)
+
+// Factory returns a new, empty store; the suite closes it.
+type Factory func(t *testing.T) store.Store
+
+// Run runs the whole suite.
+func Run(t *testing.T, newStore Factory) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, store.Store)
+	}{
+		{"AppendIsDenseAndChained", testAppend},
+		{"SignaturesAreAddedOnce", testSignatures},
+		{"RollbackKeepsNothing", testRollback},
+		{"RequestsRoundTrip", testRequests},
+		{"OneReviewPerPrincipal", testReviews},
+		{"StaleSaveIsRefused", testStaleSave},
+		{"FilterAndPage", testFilter},
+		{"DueForExpiry", testDueForExpiry},
+		{"Tokens", testTokens},
+		{"ConcurrentWritersNeverFork", testConcurrentAppends},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			t.Cleanup(func() { _ = s.Close() })
+			tc.fn(t, s)
+		})
+	}
+}
+
+var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+
+// appendEntry appends an entry built from the head, as the broker does.
+func appendEntry(ctx context.Context, tx store.Tx, now time.Time, typ audit.Type) (audit.Record, error) {
+	head, err := tx.Head(ctx)
+	if err != nil {
+		return audit.Record{}, err
+	}
+	rec, err := audit.Build(head, now, audit.Draft{Type: typ, Actor: "tester", Payload: map[string]int{"n": int(head.Size)}})
+	if err != nil {
+		return audit.Record{}, err
+	}
+	rec.Signature, rec.KeyID = []byte("sig"), "kid"
+	return rec, tx.Append(ctx, rec)
+}
+
+func testAppend(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	var recs []audit.Record
+	for i := range 5 {
+		err := s.Update(ctx, func(tx store.Tx) error {
+			r, err := appendEntry(ctx, tx, t0.Add(time.Duration(i)*time.Second), audit.TypeRequestCreated)
+			recs = append(recs, r)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := s.View(ctx, func(r store.Reader) error {
+		head, err := r.Head(ctx)
+		if err != nil {
+			return err
+		}
+		if head.Size != 5 || string(head.LeafHash) != string(recs[4].LeafHash) {
+			return fmt.Errorf("head = %+v", head)
+		}
+		got, err := r.Entries(ctx, 1, 4)
+		if err != nil {
+			return err
+		}
+		if len(got) != 3 || got[0].Index != 1 || got[2].Index != 3 {
+			return fmt.Errorf("entries [1,4) = %d records", len(got))
+		}
+		for i, g := range got {
+			want := recs[i+1]
+			if string(g.Bytes) != string(want.Bytes) || string(g.LeafHash) != string(want.LeafHash) || !g.Time.Equal(want.Time) || g.Type != want.Type {
+				return fmt.Errorf("entry %d stored as %+v", g.Index, g)
+			}
+			e, err := audit.Parse(g.Bytes)
+			if err != nil {
+				return err
+			}
+			if want := fmt.Sprintf("%x", recs[i].LeafHash); e.Prev != want {
+				return fmt.Errorf("entry %d prev %s, want %s", g.Index, e.Prev, want)
+			}
+		}
+		last, err := r.LastOfType(ctx, audit.TypeRequestCreated)
+		if err != nil || last.Index != 4 {
+			return fmt.Errorf("LastOfType = %d, %v", last.Index, err)
+		}
+		if _, err := r.LastOfType(ctx, audit.TypePolicyLoaded); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("LastOfType(absent) = %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An entry out of sequence is refused: no gap, no overwrite.
+	for _, idx := range []uint64{3, 7} {
+		err := s.Update(ctx, func(tx store.Tx) error {
+			rec := recs[0]
+			rec.Index = idx
+			return tx.Append(ctx, rec)
+		})
+		if err == nil {
+			t.Errorf("append at index %d succeeded", idx)
+		}
+	}
+}
+
+func testSignatures(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	err := s.Update(ctx, func(tx store.Tx) error {
+		for i := range 3 {
+			head, _ := tx.Head(ctx)
+			rec, err := audit.Build(head, t0, audit.Draft{Type: audit.TypeGrantRevoked, Actor: "a", Payload: i})
+			if err != nil {
+				return err
+			}
+			if i == 1 {
+				rec.Signature, rec.KeyID = []byte("signed"), "k"
+			}
+			if err := tx.Append(ctx, rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unsigned []audit.Record
+	_ = s.View(ctx, func(r store.Reader) error {
+		unsigned, err = r.Unsigned(ctx, 10)
+		return err
+	})
+	if len(unsigned) != 2 || unsigned[0].Index != 0 || unsigned[1].Index != 2 || unsigned[0].Signature != nil {
+		t.Fatalf("unsigned = %+v", unsigned)
+	}
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.SetSignature(ctx, 0, []byte("late"), "k2") }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.SetSignature(ctx, 0, []byte("again"), "k3") }); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("second signature: %v", err)
+	}
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.SetSignature(ctx, 1, []byte("again"), "k3") }); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("re-signing a signed entry: %v", err)
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		n, err := r.UnsignedCount(ctx)
+		if err != nil || n != 1 {
+			t.Errorf("UnsignedCount = %d, %v", n, err)
+		}
+		es, _ := r.Entries(ctx, 0, 1)
+		if string(es[0].Signature) != "late" || es[0].KeyID != "k2" {
+			t.Errorf("entry 0 = %+v", es[0])
+		}
+		return nil
+	})
+}
+
+func newRequest(id string, created time.Time) *request.Request {
+	return &request.Request{
+		ID: id, Account: "prod-db", Requester: "alice", Justification: "disk full on primary", Ticket: "INC-1",
+		TTL: time.Hour, State: request.Pending, CreatedAt: created, ApprovalDeadline: created.Add(30 * time.Minute),
+		Rule:          policy.Rule{{{Group: "db", Approvals: 1}, {Group: "sec", Approvals: 1}}},
+		DenyThreshold: 1, MaxIssuances: 3, PolicyHash: "abc", ActivationWindow: 10 * time.Minute,
+		CreatedEntry: 0, CreatedLeaf: []byte{1, 2, 3},
+	}
+}
+
+func testRollback(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	boom := errors.New("boom")
+	err := s.Update(ctx, func(tx store.Tx) error {
+		if err := tx.CreateRequest(ctx, newRequest("r1", t0)); err != nil {
+			return err
+		}
+		if _, err := appendEntry(ctx, tx, t0, audit.TypeRequestCreated); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Update = %v", err)
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		if _, err := r.Request(ctx, "r1"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("request survived rollback: %v", err)
+		}
+		if h, _ := r.Head(ctx); h.Size != 0 {
+			t.Errorf("entry survived rollback: %+v", h)
+		}
+		return nil
+	})
+}
+
+func testRequests(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	r := newRequest("r1", t0)
+	r.Drill = true
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.CreateRequest(ctx, r) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.CreateRequest(ctx, newRequest("r1", t0)) }); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("duplicate id: %v", err)
+	}
+	err := s.Update(ctx, func(tx store.Tx) error {
+		got, err := tx.Request(ctx, "r1")
+		if err != nil {
+			return err
+		}
+		got.State = request.Approved
+		got.ApprovedAt = t0.Add(time.Minute)
+		got.GrantExpiresAt = t0.Add(61 * time.Minute)
+		got.ActivationDeadline = t0.Add(11 * time.Minute)
+		got.Approvers = []string{"bob", "erin"}
+		return tx.SaveRequest(ctx, got)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.View(ctx, func(rd store.Reader) error {
+		got, err := rd.Request(ctx, "r1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != request.Approved || !got.ApprovedAt.Equal(t0.Add(time.Minute)) || len(got.Approvers) != 2 || !got.Drill ||
+			got.Version != 2 || got.TTL != time.Hour || got.Rule.String() != r.Rule.String() || !got.CreatedAt.Equal(t0) ||
+			got.Justification != r.Justification || got.Ticket != "INC-1" || got.ActivationWindow != 10*time.Minute {
+			t.Errorf("round trip: %+v", got)
+		}
+		if _, err := rd.Request(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("missing request: %v", err)
+		}
+		return nil
+	})
+}
+
+func testReviews(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.CreateRequest(ctx, newRequest("r1", t0)) }); err != nil {
+		t.Fatal(err)
+	}
+	add := func(who string, d request.Decision, idx uint64) error {
+		return s.Update(ctx, func(tx store.Tx) error {
+			return tx.AddReview(ctx, "r1", request.Review{Reviewer: who, Decision: d, Comment: "ok", At: t0, EntryIndex: idx, LeafHash: []byte{byte(idx)}})
+		})
+	}
+	if err := add("bob", request.Approve, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := add("erin", request.Deny, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := add("bob", request.Deny, 3); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("second review by bob: %v", err)
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		got, _ := r.Request(ctx, "r1")
+		if len(got.Reviews) != 2 || got.Reviews[0].Reviewer != "bob" || got.Reviews[0].Decision != request.Approve || got.Reviews[1].Decision != request.Deny {
+			t.Errorf("reviews = %+v", got.Reviews)
+		}
+		return nil
+	})
+}
+
+func testStaleSave(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.CreateRequest(ctx, newRequest("r1", t0)) }); err != nil {
+		t.Fatal(err)
+	}
+	var stale *request.Request
+	_ = s.View(ctx, func(r store.Reader) error { stale, _ = r.Request(ctx, "r1"); return nil })
+	if err := s.Update(ctx, func(tx store.Tx) error {
+		fresh, _ := tx.Request(ctx, "r1")
+		fresh.State = request.Cancelled
+		return tx.SaveRequest(ctx, fresh)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stale.State = request.Approved
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.SaveRequest(ctx, stale) }); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("stale save: %v", err)
+	}
+}
+
+func testFilter(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	err := s.Update(ctx, func(tx store.Tx) error {
+		for i := range 7 {
+			r := newRequest(fmt.Sprintf("r%d", i), t0.Add(time.Duration(i)*time.Minute))
+			if i%2 == 1 {
+				r.Account, r.Requester = "other", "frank"
+			}
+			if i == 6 {
+				r.State = request.Cancelled
+			}
+			if err := tx.CreateRequest(ctx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := func(f store.Filter) []string {
+		var out []string
+		_ = s.View(ctx, func(r store.Reader) error {
+			rs, err := r.Requests(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range rs {
+				out = append(out, x.ID)
+			}
+			return nil
+		})
+		return out
+	}
+	check := func(name string, got []string, want ...string) {
+		t.Helper()
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: got %v, want %v", name, got, want)
+		}
+	}
+	check("all newest first", ids(store.Filter{}), "r6", "r5", "r4", "r3", "r2", "r1", "r0")
+	check("account", ids(store.Filter{Account: "other"}), "r5", "r3", "r1")
+	check("accounts", ids(store.Filter{Accounts: []string{"other", "nope"}}), "r5", "r3", "r1")
+	check("requester", ids(store.Filter{Requester: "alice"}), "r6", "r4", "r2", "r0")
+	check("state", ids(store.Filter{States: []request.State{request.Cancelled}}), "r6")
+	check("limit", ids(store.Filter{Limit: 2}), "r6", "r5")
+	check("page", ids(store.Filter{Limit: 2, BeforeTime: t0.Add(5 * time.Minute), BeforeID: "r5"}), "r4", "r3")
+	// Hostile strings are data, not SQL.
+	check("metacharacters", ids(store.Filter{Account: "x' OR '1'='1"}))
+}
+
+func testDueForExpiry(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	err := s.Update(ctx, func(tx store.Tx) error {
+		pending := newRequest("pending", t0) // deadline t0+30m
+		approvedIdle := newRequest("idle", t0)
+		approvedIdle.State = request.Approved
+		approvedIdle.ApprovedAt, approvedIdle.ActivationDeadline, approvedIdle.GrantExpiresAt = t0, t0.Add(10*time.Minute), t0.Add(time.Hour)
+		approvedUsed := newRequest("used", t0)
+		approvedUsed.State = request.Approved
+		approvedUsed.Issued = 1
+		approvedUsed.ApprovedAt, approvedUsed.ActivationDeadline, approvedUsed.GrantExpiresAt = t0, t0.Add(10*time.Minute), t0.Add(time.Hour)
+		done := newRequest("done", t0)
+		done.State = request.Denied
+		for _, r := range []*request.Request{pending, approvedIdle, approvedUsed, done} {
+			if err := tx.CreateRequest(ctx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := func(at time.Time) []string {
+		var out []string
+		_ = s.View(ctx, func(r store.Reader) error {
+			rs, err := r.DueForExpiry(ctx, at, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range rs {
+				out = append(out, x.ID)
+			}
+			return nil
+		})
+		return out
+	}
+	if got := due(t0.Add(5 * time.Minute)); len(got) != 0 {
+		t.Errorf("at +5m: %v", got)
+	}
+	if got := fmt.Sprint(due(t0.Add(10 * time.Minute))); got != "[idle]" {
+		t.Errorf("at +10m: %v", got)
+	}
+	if got := len(due(t0.Add(30 * time.Minute))); got != 2 {
+		t.Errorf("at +30m: %d due", got)
+	}
+	if got := len(due(t0.Add(time.Hour))); got != 3 {
+		t.Errorf("at +1h: %d due", got)
+	}
+}
+
+func testTokens(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	tk := &store.TokenRecord{JTI: "j1", RequestID: "r1", Account: "prod-db", Subject: "alice", Audience: "db", KID: "k",
+		IssuedAt: t0, ExpiresAt: t0.Add(time.Hour), TokenSHA256: "ff", Drill: true, EntryIndex: 9}
+	err := s.Update(ctx, func(tx store.Tx) error {
+		if err := tx.CreateRequest(ctx, newRequest("r1", t0)); err != nil {
+			return err
+		}
+		return tx.AddToken(ctx, tk)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.AddToken(ctx, tk) }); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("duplicate jti: %v", err)
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		got, err := r.Token(ctx, "j1")
+		if err != nil || *got != *tk {
+			t.Errorf("token = %+v, %v", got, err)
+		}
+		if _, err := r.Token(ctx, "j2"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("missing token: %v", err)
+		}
+		return nil
+	})
+}
+
+// Many writers at once: the log stays dense and every entry links to the
+// one before it.
+func testConcurrentAppends(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				err := s.Update(ctx, func(tx store.Tx) error {
+					if err := tx.CreateRequest(ctx, newRequest(fmt.Sprintf("w%d-%d", w, i), t0)); err != nil {
+						return err
+					}
+					_, err := appendEntry(ctx, tx, t0, audit.TypeRequestCreated)
+					return err
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		all, err := r.Entries(ctx, 0, writers*each+10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) != writers*each {
+			t.Fatalf("%d entries, want %d", len(all), writers*each)
+		}
+		prev := audit.ZeroPrev
+		for i, rec := range all {
+			e, err := audit.Parse(rec.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Index != uint64(i) || e.Index != uint64(i) || e.Prev != fmt.Sprintf("%x", prev) {
+				t.Fatalf("entry %d: index %d/%d prev %s", i, rec.Index, e.Index, e.Prev)
+			}
+			prev = rec.LeafHash
+		}
+		return nil
+	})
+}
