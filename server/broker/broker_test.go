@@ -841,7 +841,9 @@ func TestWatch(t *testing.T) {
 	p := h.create("alice", "prod-db")
 	started := make(chan struct{}, 16)
 	for range 16 {
-		go func() { _ = h.b.Watch(ctx, "alice", p.ID, func(*request.Request) error { started <- struct{}{}; return nil }) }()
+		go func() {
+			_ = h.b.Watch(ctx, "alice", p.ID, func(*request.Request) error { started <- struct{}{}; return nil })
+		}()
 	}
 	for range 16 {
 		<-started

@@ -88,9 +88,13 @@ func TestLoadProblems(t *testing.T) {
 		want    []string
 		wantPos string
 	}{
-		{"unknown setting", func(s string) string { return strings.Replace(s, "    max_ttl: 1h", "    max_tll: 1h\n    max_ttl: 1h", 1) },
+		{"unknown setting", func(s string) string {
+			return strings.Replace(s, "    max_ttl: 1h", "    max_tll: 1h\n    max_ttl: 1h", 1)
+		},
 			[]string{`unknown setting "max_tll"`}, "test.yaml:17:5: accounts[0]"},
-		{"unknown group in quorum", func(s string) string { return strings.Replace(s, "{group: security, approvals: 1}", "{group: secops, approvals: 1}", 1) },
+		{"unknown group in quorum", func(s string) string {
+			return strings.Replace(s, "{group: security, approvals: 1}", "{group: secops, approvals: 1}", 1)
+		},
 			[]string{`unknown group "secops"`}, "quorum[0].require[1].group"},
 		{"unknown requester group", func(s string) string { return strings.Replace(s, "requesters: [sre]", "requesters: [nobody]", 1) },
 			[]string{`unknown group "nobody"`}, "requesters[0]"},
@@ -98,7 +102,9 @@ func TestLoadProblems(t *testing.T) {
 			[]string{`unknown group "ghosts"`}, ".owner"},
 		{"unknown auditors group", func(s string) string { return strings.Replace(s, "auditors: auditors", "auditors: audit", 1) },
 			[]string{`unknown group "audit"`}, "test.yaml:2:"},
-		{"zero approvals", func(s string) string { return strings.Replace(s, "{group: security, approvals: 1}", "{group: security, approvals: 0}", 1) },
+		{"zero approvals", func(s string) string {
+			return strings.Replace(s, "{group: security, approvals: 1}", "{group: security, approvals: 0}", 1)
+		},
 			[]string{"must be at least 1"}, "approvals"},
 		{"alternative with no requirements", func(s string) string {
 			return strings.Replace(s, "      - require:\n", "      - require: []\n      - require:\n", 1)
@@ -135,9 +141,13 @@ func TestLoadProblems(t *testing.T) {
 			[]string{"activation_window: is required"}, ""},
 		{"not a duration", func(s string) string { return strings.Replace(s, "max_ttl: 1h", "max_ttl: soon", 1) },
 			[]string{`"soon" is not a duration`}, ""},
-		{"negative issuances", func(s string) string { return strings.Replace(s, "    max_ttl: 1h", "    max_issuances: -1\n    max_ttl: 1h", 1) },
+		{"negative issuances", func(s string) string {
+			return strings.Replace(s, "    max_ttl: 1h", "    max_issuances: -1\n    max_ttl: 1h", 1)
+		},
 			[]string{"max_issuances: must be between 1 and 1000"}, ""},
-		{"deny threshold beyond approvers", func(s string) string { return strings.Replace(s, "    max_ttl: 1h", "    deny_threshold: 9\n    max_ttl: 1h", 1) },
+		{"deny threshold beyond approvers", func(s string) string {
+			return strings.Replace(s, "    max_ttl: 1h", "    deny_threshold: 9\n    max_ttl: 1h", 1)
+		},
 			[]string{"deny_threshold: is 9 but only 3 approvers"}, ""},
 		{"bad principal", func(s string) string { return strings.Replace(s, "sre: [alice, frank]", "sre: [alice, \"fr ank\"]", 1) },
 			[]string{`principal "fr ank"`}, ""},

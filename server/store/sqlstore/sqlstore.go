@@ -100,10 +100,10 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scanRequest(s scanner) (*request.Request, error) {
 	var (
-		r                                                 request.Request
-		ttl, aw, created, deadline                        int64
-		drill                                             int
-		state, ruleJSON, approversJSON                    string
+		r                                                  request.Request
+		ttl, aw, created, deadline                         int64
+		drill                                              int
+		state, ruleJSON, approversJSON                     string
 		approved, grantEnd, activation, firstIssued, final sql.NullInt64
 	)
 	if err := s.Scan(&r.ID, &r.Account, &r.Requester, &r.Justification, &r.Ticket, &ttl, &drill, &state, &created,
@@ -318,9 +318,9 @@ func (t *Tx) AddToken(ctx context.Context, tk *store.TokenRecord) error {
 // Token implements store.Reader.
 func (t *Tx) Token(ctx context.Context, jti string) (*store.TokenRecord, error) {
 	var (
-		tk          store.TokenRecord
-		iat, exp    int64
-		drill       int
+		tk       store.TokenRecord
+		iat, exp int64
+		drill    int
 	)
 	err := t.Q.QueryRowContext(ctx, t.q(`SELECT jti, request_id, account, subject, audience, kid, issued_at, expires_at, token_sha256, drill, entry_index
 		FROM tokens WHERE jti = ?`), jti).Scan(&tk.JTI, &tk.RequestID, &tk.Account, &tk.Subject, &tk.Audience, &tk.KID, &iat, &exp, &tk.TokenSHA256, &drill, &tk.EntryIndex)
