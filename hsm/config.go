@@ -56,6 +56,9 @@ type Config struct {
 	// MaxQueue bounds how many signatures may wait for a slot; more fail at
 	// once with ErrUnavailable. Zero means 64 per slot.
 	MaxQueue int `yaml:"max_queue" json:"max_queue,omitempty"`
+	// Env holds environment variables the module reads when it loads, such
+	// as SOFTHSM2_CONF; Open sets them first.
+	Env map[string]string `yaml:"env" json:"env,omitempty"`
 }
 
 func (c Config) withDefaults() Config {

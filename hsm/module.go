@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Module, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	for k, v := range cfg.Env {
+		// The library reads these when it initializes, which happens below.
+		if err := os.Setenv(k, v); err != nil {
+			return nil, fmt.Errorf("hsm: setting %s: %w", k, err)
+		}
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -1,12 +1,121 @@
 // Command bgctl is the command line for requesters, approvers and auditors.
+// Every flag can also come from a BGCTL_* environment variable (BGCTL_ADDR,
+// BGCTL_CA, BGCTL_CERT, BGCTL_KEY, BGCTL_OUTPUT, ...).
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc/status"
+
+	"github.com/bgbroker/breakglass/client"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "bgctl: no commands yet")
-	os.Exit(2)
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// app holds the global flags and streams.
+type app struct {
+	addr, ca, cert, key string
+	output              string
+	timeout             time.Duration
+	stdin               io.Reader
+	stdout, stderr      io.Writer
+	// isTerminal reports whether stdin is a terminal (confirmations).
+	isTerminal func() bool
+}
+
+// exitCode ends the command with a code after it has printed what happened.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, isTerminal: func() bool { return stdinIsTerminal(stdin) }}
+	root := a.root()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var ec exitCode
+	if errors.As(err, &ec) {
+		return int(ec)
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != 0 {
+		fmt.Fprintf(stderr, "bgctl: %s: %s\n", st.Code(), st.Message())
+		return 1
+	}
+	fmt.Fprintln(stderr, "bgctl:", err)
+	return 1
+}
+
+func (a *app) root() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "bgctl",
+		Short: "Ask for, approve and audit break-glass access",
+		Long: `bgctl talks to the break-glass broker over mTLS. Your identity is your client
+certificate; every flag can also be set with BGCTL_<FLAG> (BGCTL_ADDR, BGCTL_CA,
+BGCTL_CERT, BGCTL_KEY, BGCTL_OUTPUT ...).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return bindEnv(cmd)
+		},
+	}
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.addr, "addr", "", "broker gRPC address host:port (BGCTL_ADDR)")
+	pf.StringVar(&a.ca, "ca", "", "CA certificate that signed the broker's certificate (BGCTL_CA)")
+	pf.StringVar(&a.cert, "cert", "", "your client certificate (BGCTL_CERT)")
+	pf.StringVar(&a.key, "key", "", "your client key (BGCTL_KEY)")
+	pf.StringVarP(&a.output, "output", "o", "table", "table or json")
+	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call")
+	root.AddCommand(a.requestCmd(), a.listCmd(), a.showCmd(), a.reviewCmd("approve"), a.reviewCmd("deny"),
+		a.cancelCmd(), a.tokenCmd(), a.revokeCmd(), a.checkCmd(), a.keysCmd(), a.verifyCmd(), a.accountsCmd())
+	return root
+}
+
+// bindEnv fills every flag not given on the command line from BGCTL_<NAME>.
+func bindEnv(cmd *cobra.Command) error {
+	var err error
+	set := func(f *pflag.Flag) {
+		if f.Changed || err != nil {
+			return
+		}
+		name := "BGCTL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", name, v, e)
+			}
+		}
+	}
+	cmd.Flags().VisitAll(set)
+	cmd.InheritedFlags().VisitAll(set)
+	return err
+}
+
+func (a *app) dial() (*client.Client, error) {
+	if a.output != "table" && a.output != "json" {
+		return nil, fmt.Errorf("-o %q: want table or json", a.output)
+	}
+	return client.Dial(client.Options{Addr: a.addr, CAFile: a.ca, CertFile: a.cert, KeyFile: a.key})
+}
+
+func (a *app) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), a.timeout)
 }

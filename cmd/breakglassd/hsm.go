@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/user"
 	"strings"
@@ -79,7 +80,7 @@ func (f *hsmFlags) open(ctx context.Context, stderr io.Writer) (*hsm.Module, err
 	if err != nil {
 		return nil, err
 	}
-	return hsm.Open(ctx, h, newLogger(stderr, false))
+	return hsm.Open(ctx, h, slog.New(slog.NewTextHandler(stderr, nil)))
 }
 
 func newHSMCmd(stdout, stderr io.Writer) *cobra.Command {

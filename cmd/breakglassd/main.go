@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -56,15 +55,6 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newHSMCmd(stdout, stderr))
+	root.AddCommand(newHSMCmd(stdout, stderr), newServeCmd(stderr), newDevCmd(stdout, stderr), newPolicyCmd(stdout))
 	return root
-}
-
-// newLogger returns the process logger: text on stderr.
-func newLogger(w io.Writer, debug bool) *slog.Logger {
-	level := slog.LevelInfo
-	if debug {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }

@@ -71,6 +71,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
 		return nil, err
 	}
+	// Create the file owner-only before SQLite does, so the -wal and -shm
+	// files SQLite derives from it are owner-only too.
+	if f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+		_ = f.Close()
+	}
 	if fi, err := os.Stat(cfg.Path); err == nil && fi.Size() > 0 && fi.Size() < 512 {
 		return nil, fmt.Errorf("sqlite: %s is %d bytes: truncated or not a database; restore it from a backup", cfg.Path, fi.Size())
 	}

@@ -1,0 +1,157 @@
+// Package client is the Go SDK for the break-glass broker: dial it with
+// mTLS, make requests, review them, fetch tokens, and verify tokens as a
+// relying party. It is pure Go (no cgo) so that anyone can import it.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+)
+
+// Options says where the broker is and who the caller is.
+type Options struct {
+	// Addr is the broker's gRPC address, host:port.
+	Addr string
+	// CAFile verifies the broker's server certificate.
+	CAFile string
+	// CertFile and KeyFile are the caller's client certificate and key;
+	// the broker knows the caller only by this certificate.
+	CertFile string
+	KeyFile  string
+	// TLS, when set, is used instead of the files.
+	TLS *tls.Config
+}
+
+// Client is a connection to the broker with a method per RPC.
+type Client struct {
+	bgv1.RequestServiceClient
+	bgv1.ReviewServiceClient
+	bgv1.TokenServiceClient
+	bgv1.AccountServiceClient
+
+	conn *grpc.ClientConn
+}
+
+// TLSConfig builds the mTLS client configuration from PEM files.
+func TLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
+	if caFile == "" || certFile == "" || keyFile == "" {
+		return nil, errors.New("the broker CA, a client certificate and its key are required (--ca, --cert, --key or BGCTL_CA, BGCTL_CERT, BGCTL_KEY)")
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading the client certificate: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}, nil
+}
+
+// Dial connects to the broker. The connection is made lazily; the first
+// call reports a broker that cannot be reached.
+func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
+	if o.Addr == "" {
+		return nil, errors.New("the broker address is required (--addr or BGCTL_ADDR)")
+	}
+	tc := o.TLS
+	if tc == nil {
+		var err error
+		if tc, err = TLSConfig(o.CAFile, o.CertFile, o.KeyFile); err != nil {
+			return nil, err
+		}
+	}
+	conn, err := grpc.NewClient(o.Addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	return New(conn), nil
+}
+
+// New wraps an existing connection.
+func New(conn *grpc.ClientConn) *Client {
+	return &Client{
+		RequestServiceClient: bgv1.NewRequestServiceClient(conn),
+		ReviewServiceClient:  bgv1.NewReviewServiceClient(conn),
+		TokenServiceClient:   bgv1.NewTokenServiceClient(conn),
+		AccountServiceClient: bgv1.NewAccountServiceClient(conn),
+		conn:                 conn,
+	}
+}
+
+// Conn is the underlying connection.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// WaitForDecision blocks until the request leaves PENDING (approved,
+// denied, cancelled or expired) and returns it. It follows WatchRequest and
+// resumes after a dropped stream.
+func (c *Client) WaitForDecision(ctx context.Context, id string) (*bgv1.Request, error) {
+	backoff := 200 * time.Millisecond
+	for {
+		r, err := c.watchUntilDecided(ctx, id)
+		if err == nil {
+			return r, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if code := status.Code(err); code != codes.Unavailable && code != codes.Internal {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (c *Client) watchUntilDecided(ctx context.Context, id string) (*bgv1.Request, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.WatchRequest(ctx, &bgv1.WatchRequestRequest{Id: id})
+	if err != nil {
+		return nil, err
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			// The broker ends the stream at a final state; read it.
+			got, err := c.GetRequest(ctx, &bgv1.GetRequestRequest{Id: id})
+			if err != nil {
+				return nil, err
+			}
+			if got.GetRequest().GetState() == bgv1.RequestState_REQUEST_STATE_PENDING {
+				return nil, status.Error(codes.Unavailable, "watch ended while the request is pending")
+			}
+			return got.GetRequest(), nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if r := resp.GetRequest(); r.GetState() != bgv1.RequestState_REQUEST_STATE_PENDING {
+			return r, nil
+		}
+	}
+}

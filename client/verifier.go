@@ -1,0 +1,239 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+)
+
+// Claims are the claims of a verified access token.
+type Claims struct {
+	jwt.Claims
+	ClientID  string   `json:"client_id"`
+	Account   string   `json:"bg_account"`
+	Request   string   `json:"bg_request"`
+	Approvers []string `json:"bg_approvers"`
+	Drill     bool     `json:"bg_drill"`
+	// KeyID is the kid the token was signed with.
+	KeyID string `json:"-"`
+}
+
+// KeySource fetches the broker's JWKS document.
+type KeySource interface {
+	FetchJWKS(ctx context.Context) ([]byte, error)
+}
+
+// HTTPKeys fetches the JWKS over HTTPS.
+type HTTPKeys struct {
+	URL    string
+	Client *http.Client
+}
+
+// FetchJWKS implements KeySource.
+func (h HTTPKeys) FetchJWKS(ctx context.Context) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
+	if err != nil {
+		return nil, err
+	}
+	hc := h.Client
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetching %s: %s", h.URL, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+}
+
+// GRPCKeys fetches the JWKS with GetSigningKeys.
+type GRPCKeys struct{ Client bgv1.TokenServiceClient }
+
+// FetchJWKS implements KeySource.
+func (g GRPCKeys) FetchJWKS(ctx context.Context) ([]byte, error) {
+	resp, err := g.Client.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return []byte(resp.GetJwks()), nil
+}
+
+// VerifierConfig configures a relying party's verifier.
+type VerifierConfig struct {
+	// Issuer is the broker's HTTPS base URL; tokens must carry it as iss.
+	Issuer string
+	// Audience is this relying party's identifier; tokens must name it.
+	Audience string
+	// Keys fetches the JWKS; by default HTTPS from Issuer.
+	Keys KeySource
+	// HTTPClient is used for the default key source.
+	HTTPClient *http.Client
+	// Leeway tolerates clock skew on exp, nbf and iat (default 30s, at
+	// most 5 minutes).
+	Leeway time.Duration
+	// RefreshInterval is the least time between two fetches of the JWKS
+	// caused by unknown kids (default 30s), so forged kids cannot make the
+	// verifier hammer the broker.
+	RefreshInterval time.Duration
+	// Checker, when set, asks the broker whether the token was revoked.
+	Checker bgv1.TokenServiceClient
+	// AllowDrill accepts drill tokens; relying parties refuse them for
+	// real work by default.
+	AllowDrill bool
+	// Now is the clock (time.Now by default).
+	Now func() time.Time
+}
+
+// Verifier checks access tokens: signature with a key from the broker's
+// JWKS, typ at+jwt, iss, aud, exp/nbf, and optionally revocation.
+type Verifier struct {
+	cfg VerifierConfig
+
+	mu        sync.Mutex
+	keys      jose.JSONWebKeySet
+	fetchedAt time.Time
+}
+
+// Errors callers can test for.
+var (
+	ErrTokenInvalid = errors.New("token invalid")
+	ErrTokenRevoked = errors.New("token revoked")
+)
+
+// NewVerifier builds a verifier.
+func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
+	if cfg.Issuer == "" || cfg.Audience == "" {
+		return nil, errors.New("verifier: Issuer and Audience are required")
+	}
+	if cfg.Keys == nil {
+		cfg.Keys = HTTPKeys{URL: strings.TrimRight(cfg.Issuer, "/") + "/.well-known/jwks.json", Client: cfg.HTTPClient}
+	}
+	if cfg.Leeway == 0 {
+		cfg.Leeway = 30 * time.Second
+	}
+	if cfg.Leeway < 0 || cfg.Leeway > 5*time.Minute {
+		return nil, errors.New("verifier: Leeway must be between 0 and 5 minutes")
+	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Verifier{cfg: cfg}, nil
+}
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrTokenInvalid}, args...)...)
+}
+
+// maxTokenBytes bounds what the verifier parses.
+const maxTokenBytes = 16 << 10
+
+// Verify checks a compact JWT and returns its claims.
+func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
+	if len(raw) > maxTokenBytes {
+		return nil, invalidf("token is %d bytes", len(raw))
+	}
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		return nil, invalidf("%v", err)
+	}
+	if len(tok.Headers) != 1 {
+		return nil, invalidf("want exactly one signature")
+	}
+	h := tok.Headers[0]
+	// RFC 9068 §4: typ must be at+jwt (or application/at+jwt), so that an
+	// ID token or other JWT from the same keys is never taken for access.
+	typ, _ := h.ExtraHeaders[jose.HeaderType].(string)
+	if !strings.EqualFold(typ, "at+jwt") && !strings.EqualFold(typ, "application/at+jwt") {
+		return nil, invalidf("typ %q is not at+jwt", typ)
+	}
+	if h.KeyID == "" {
+		return nil, invalidf("no kid")
+	}
+	key, err := v.key(ctx, h.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	var c Claims
+	if err := tok.Claims(key.Key, &c); err != nil {
+		return nil, invalidf("signature: %v", err)
+	}
+	c.KeyID = h.KeyID
+	if c.Expiry == nil || c.IssuedAt == nil || c.Subject == "" || c.ID == "" {
+		return nil, invalidf("missing a required claim (exp, iat, sub, jti)")
+	}
+	err = c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: jwt.Audience{v.cfg.Audience}, Time: v.cfg.Now()}, v.cfg.Leeway)
+	if err != nil {
+		return nil, invalidf("%v", err)
+	}
+	if c.Drill && !v.cfg.AllowDrill {
+		return nil, invalidf("drill token: it exercises the flow and grants nothing")
+	}
+	if v.cfg.Checker != nil {
+		resp, err := v.cfg.Checker.CheckToken(ctx, &bgv1.CheckTokenRequest{Jti: c.ID})
+		if err != nil {
+			return nil, fmt.Errorf("checking revocation: %w", err)
+		}
+		switch resp.GetStatus() {
+		case bgv1.TokenStatus_TOKEN_STATUS_VALID:
+		case bgv1.TokenStatus_TOKEN_STATUS_REVOKED:
+			return nil, fmt.Errorf("%w: its grant was revoked", ErrTokenRevoked)
+		default:
+			return nil, invalidf("the broker says the token is %s", resp.GetStatus())
+		}
+	}
+	return &c, nil
+}
+
+// key finds kid in the cached JWKS, refreshing it (at most once per
+// RefreshInterval) when the kid is unknown.
+func (v *Verifier) key(ctx context.Context, kid string) (*jose.JSONWebKey, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if k := v.find(kid); k != nil {
+		return k, nil
+	}
+	if !v.fetchedAt.IsZero() && v.cfg.Now().Sub(v.fetchedAt) < v.cfg.RefreshInterval {
+		return nil, invalidf("unknown kid %q", kid)
+	}
+	b, err := v.cfg.Keys.FetchJWKS(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("fetching the broker's keys: %w", err)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(b, &set); err != nil {
+		return nil, fmt.Errorf("the broker's JWKS does not parse: %w", err)
+	}
+	v.keys, v.fetchedAt = set, v.cfg.Now()
+	if k := v.find(kid); k != nil {
+		return k, nil
+	}
+	return nil, invalidf("unknown kid %q", kid)
+}
+
+func (v *Verifier) find(kid string) *jose.JSONWebKey {
+	for i, k := range v.keys.Keys {
+		if k.KeyID == kid && k.Valid() && k.IsPublic() && (k.Use == "" || k.Use == "sig") &&
+			(k.Algorithm == "" || k.Algorithm == string(jose.ES256)) {
+			return &v.keys.Keys[i]
+		}
+	}
+	return nil
+}

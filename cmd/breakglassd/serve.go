@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bgbroker/breakglass/server/config"
+	"github.com/bgbroker/breakglass/server/daemon"
+	"github.com/bgbroker/breakglass/server/devmode"
+	"github.com/bgbroker/breakglass/server/policy"
+)
+
+func logger(w io.Writer, cfg config.Log, levelFlag string) (*slog.Logger, error) {
+	lv := cfg.Level
+	if levelFlag != "" {
+		lv = levelFlag
+	}
+	var level slog.Level
+	if lv != "" {
+		if err := level.UnmarshalText([]byte(lv)); err != nil {
+			return nil, fmt.Errorf("log level %q: want debug, info, warn or error", lv)
+		}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// serveUntilDone runs the daemon until ctx ends or a listener fails.
+func serveUntilDone(ctx context.Context, d *daemon.Daemon, log *slog.Logger) error {
+	defer d.Close()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return nil
+	case err := <-d.Err():
+		return err
+	}
+}
+
+func newServeCmd(stderr io.Writer) *cobra.Command {
+	var cfgPath, readyFile, level string
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run the broker",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				return err
+			}
+			log, err := logger(stderr, cfg.Log, level)
+			if err != nil {
+				return err
+			}
+			d, err := daemon.Start(cmd.Context(), daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile})
+			if err != nil {
+				return err
+			}
+			return serveUntilDone(cmd.Context(), d, log)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "configuration file (required)")
+	cmd.Flags().StringVar(&readyFile, "ready-file", "", "write the listening addresses as JSON to this file once serving")
+	cmd.Flags().StringVar(&level, "log-level", "", "debug, info, warn or error (overrides log.level)")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func newDevCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o devmode.Options
+	var readyFile, level string
+	cmd := &cobra.Command{
+		Use:   "dev [--dir DIR] [--addr HOST:PORT] [--http-addr HOST:PORT]",
+		Short: "Run a complete broker for trying it out: SoftHSM2 token, CA, demo identities and policy in DIR",
+		Long: `Dev mode creates, on its first run, everything a broker needs in DIR: a SoftHSM2
+token with the token, audit and checkpoint keys, a CA with a server certificate
+and client certificates for alice (requester), bob and carol (db-admins), erin
+(security) and dave (auditor), a policy, config.yaml and the database. Later
+runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			path, created, err := devmode.Setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("addr") {
+				cfg.Listen.GRPC = o.GRPCAddr
+			}
+			if cmd.Flags().Changed("http-addr") {
+				cfg.Listen.HTTPS = o.HTTPAddr
+			}
+			log, err := logger(stderr, cfg.Log, level)
+			if err != nil {
+				return err
+			}
+			d, err := daemon.Start(ctx, daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile})
+			if err != nil {
+				return err
+			}
+			envs, err := devmode.WriteIdentityEnv(o.Dir, d.Ready.GRPC)
+			if err != nil {
+				d.Close()
+				return err
+			}
+			printBanner(stdout, o.Dir, path, created, d.Ready, envs)
+			return serveUntilDone(ctx, d, log)
+		},
+	}
+	cmd.Flags().StringVar(&o.Dir, "dir", ".breakglass-dev", "directory holding the dev broker's state")
+	cmd.Flags().StringVar(&o.GRPCAddr, "addr", "127.0.0.1:7443", "gRPC (mTLS) listen address")
+	cmd.Flags().StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:7444", "HTTPS listen address (JWKS, metadata, health)")
+	cmd.Flags().StringVar(&readyFile, "ready-file", "", "write the listening addresses as JSON to this file once serving")
+	cmd.Flags().StringVar(&level, "log-level", "", "debug, info, warn or error")
+	return cmd
+}
+
+func printBanner(w io.Writer, dir, cfgPath string, created bool, r daemon.Ready, envs []string) {
+	abs, _ := filepath.Abs(dir)
+	state := "reusing"
+	if created {
+		state = "created"
+	}
+	fmt.Fprintf(w, `
+breakglass broker, DEV MODE (not for production)
+  state     %s %s (CA key, HSM PIN and client keys live here; in production the CA key belongs to the security team)
+  gRPC      %s (mTLS, TLS 1.3)
+  HTTPS     %s  (JWKS at %s/.well-known/jwks.json, CA %s)
+  config    %s  (breakglassd serve --config %s runs the same broker)
+
+identities (source one per shell):
+`, state, abs, r.GRPC, r.Issuer, r.Issuer, filepath.Join(abs, "ca", "ca.crt"), cfgPath, cfgPath)
+	for i, e := range envs {
+		fmt.Fprintf(w, "  source %-60s # %s\n", e, devmode.Principals[i].Role)
+	}
+	fmt.Fprintf(w, `
+try it:
+  (alice) bgctl request --account prod-db --justification "primary is down" --wait
+  (bob)   bgctl list --awaiting-my-review; bgctl approve ID
+  (erin)  bgctl approve ID
+  (alice) bgctl token ID --audience db.prod.example
+`)
+}
+
+func newPolicyCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "Work with the access policy"}
+	var cfgPath, policyPath string
+	check := &cobra.Command{
+		Use:   "check --config FILE | --policy FILE",
+		Short: "Validate a policy and print every problem with where it is",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var (
+				p   *policy.Policy
+				src string
+				err error
+			)
+			switch {
+			case policyPath != "":
+				var b []byte
+				if b, err = os.ReadFile(policyPath); err != nil {
+					return err
+				}
+				src = policyPath
+				p, err = policy.Load(b, policyPath)
+			case cfgPath != "":
+				cfg, lerr := config.Load(cfgPath)
+				if lerr != nil {
+					return lerr
+				}
+				p, src, err = cfg.LoadPolicy()
+			default:
+				return errors.New("give --config FILE or --policy FILE")
+			}
+			var inv *policy.InvalidError
+			if errors.As(err, &inv) {
+				fmt.Fprintln(stdout, inv.Error())
+				return exitError{code: 1, msg: fmt.Sprintf("the policy has %d problem(s); the broker refuses to start with it", len(inv.Problems))}
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "policy %s is valid\n  hash %s\n  %d groups, %d accounts\n", src, p.Hash(), len(p.Groups), len(p.Accounts))
+			for _, a := range p.Accounts {
+				fmt.Fprintf(stdout, "  %s: requesters %s; quorum %s\n", a.Name, strings.Join(a.Requesters, ", "), a.Quorum)
+			}
+			return nil
+		},
+	}
+	check.Flags().StringVar(&cfgPath, "config", "", "broker configuration naming the policy")
+	check.Flags().StringVar(&policyPath, "policy", "", "policy file")
+	cmd.AddCommand(check)
+	return cmd
+}

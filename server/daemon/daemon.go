@@ -1,0 +1,323 @@
+// Package daemon wires the broker together from its configuration: HSM,
+// store, policy, identity, gRPC and HTTPS listeners, and the background
+// loops. cmd/breakglassd and the end-to-end tests start it the same way.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+
+	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/config"
+	"github.com/bgbroker/breakglass/server/grpcapi"
+	"github.com/bgbroker/breakglass/server/httpapi"
+	"github.com/bgbroker/breakglass/server/identity"
+	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/store/sqlite"
+	"github.com/bgbroker/breakglass/server/token"
+)
+
+// Options starts a daemon.
+type Options struct {
+	Config *config.Config
+	Log    *slog.Logger
+	// Now is the broker's clock (time.Now when nil); tests inject one.
+	Now func() time.Time
+	// ReadyFile, when set, receives the listening addresses as JSON once
+	// the daemon serves.
+	ReadyFile string
+}
+
+// Ready is what the ready file holds.
+type Ready struct {
+	GRPC   string `json:"grpc"`
+	HTTPS  string `json:"https"`
+	HTTP   string `json:"http,omitempty"`
+	Issuer string `json:"issuer"`
+	PID    int    `json:"pid"`
+}
+
+// Daemon is a running broker.
+type Daemon struct {
+	Broker *broker.Broker
+	Ready  Ready
+
+	log     *slog.Logger
+	cfg     *config.Config
+	module  *hsm.Module
+	keys    []*hsm.Key
+	store   store.Store
+	grpc    *grpcapi.Server
+	https   *http.Server
+	plain   *http.Server
+	lis     []net.Listener
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errc    chan error
+	healthy healthState
+}
+
+type healthState struct {
+	mu     sync.Mutex
+	checks map[string]string
+	ok     bool
+}
+
+// Start brings the broker up and returns once it is serving.
+func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
+	cfg := opts.Config
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pol, source, err := cfg.LoadPolicy()
+	if err != nil {
+		return nil, err
+	}
+	ident, err := identity.New(cfg.Identity, log)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return nil, fmt.Errorf("loading the server certificate: %w", err)
+	}
+	d := &Daemon{log: log, cfg: cfg, errc: make(chan error, 4)}
+	defer func() {
+		if err != nil {
+			d.closeResources()
+		}
+	}()
+	if d.module, err = hsm.Open(ctx, cfg.HSM, log); err != nil {
+		return nil, err
+	}
+	tokenKey, err := d.module.Signer(ctx, cfg.Keys.Token, hsm.PurposeToken)
+	if err != nil {
+		return nil, fmt.Errorf("keys.token: %w", err)
+	}
+	auditKey, err := d.module.Signer(ctx, cfg.Keys.Audit, hsm.PurposeAudit)
+	if err != nil {
+		return nil, fmt.Errorf("keys.audit: %w", err)
+	}
+	cpKey, err := d.module.Signer(ctx, cfg.Keys.Checkpoint, hsm.PurposeCheckpoint)
+	if err != nil {
+		return nil, fmt.Errorf("keys.checkpoint: %w", err)
+	}
+	d.keys = []*hsm.Key{tokenKey, auditKey, cpKey}
+	if err := hsm.Healthy(d.module.Check(ctx, d.keys...)); err != nil {
+		return nil, fmt.Errorf("HSM self-test failed: %w", err)
+	}
+	switch cfg.Store.Driver {
+	case "sqlite":
+		d.store, err = sqlite.Open(ctx, cfg.Store.SQLite)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
+	if err != nil {
+		return nil, fmt.Errorf("listen.grpc: %w", err)
+	}
+	d.lis = append(d.lis, grpcLis)
+	httpsLis, err := net.Listen("tcp", cfg.Listen.HTTPS)
+	if err != nil {
+		return nil, fmt.Errorf("listen.https: %w", err)
+	}
+	d.lis = append(d.lis, httpsLis)
+	issuer := cfg.Issuer
+	if issuer == "" {
+		issuer = "https://" + httpsLis.Addr().String()
+	}
+	minter, err := token.NewMinter(tokenKey, issuer)
+	if err != nil {
+		return nil, err
+	}
+	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: pol, PolicySource: source, AuditKey: auditKey,
+		Minter: minter, Now: opts.Now, Log: log, SweepInterval: cfg.SweepInterval})
+	if err != nil {
+		return nil, err
+	}
+	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: ident, TLS: credentials.NewTLS(ident.ServerTLS(cert)), Limits: cfg.Limits, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, Health: d.health, Log: log})
+	d.https = httpapi.Server(handler)
+	d.https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	d.https.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	d.Ready = Ready{GRPC: grpcLis.Addr().String(), HTTPS: httpsLis.Addr().String(), Issuer: issuer, PID: os.Getpid()}
+	var plainLis net.Listener
+	if cfg.Listen.PlainHTTP != "" {
+		if plainLis, err = net.Listen("tcp", cfg.Listen.PlainHTTP); err != nil {
+			return nil, fmt.Errorf("listen.plain_http: %w", err)
+		}
+		d.lis = append(d.lis, plainLis)
+		d.plain = httpapi.Server(handler)
+		d.Ready.HTTP = plainLis.Addr().String()
+	}
+
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.cancel = cancel
+	d.checkHealth(rctx)
+	d.goRun(func() error { d.Broker.Run(rctx); return nil })
+	d.goRun(func() error { d.healthLoop(rctx); return nil })
+	d.goRun(func() error { return d.grpc.GRPC.Serve(grpcLis) })
+	d.goRun(func() error { return ignoreClosed(d.https.ServeTLS(httpsLis, "", "")) })
+	if d.plain != nil {
+		d.goRun(func() error { return ignoreClosed(d.plain.Serve(plainLis)) })
+	}
+	if opts.ReadyFile != "" {
+		b, _ := json.MarshalIndent(d.Ready, "", "  ")
+		if err := os.WriteFile(opts.ReadyFile, append(b, '\n'), 0o600); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "issuer", issuer, "policy", pol.Hash(),
+		"token_kid", minter.KID(), "audit_kid", d.Broker.AuditKID())
+	return d, nil
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (d *Daemon) goRun(f func() error) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := f(); err != nil {
+			select {
+			case d.errc <- err:
+			default:
+			}
+		}
+	}()
+}
+
+// Err delivers the first fatal error of a listener.
+func (d *Daemon) Err() <-chan error { return d.errc }
+
+// Close stops serving and releases everything. In-flight calls get a few
+// seconds to finish.
+func (d *Daemon) Close() {
+	if d.cancel != nil {
+		d.cancel()
+	}
+	done := make(chan struct{})
+	go func() {
+		if d.grpc != nil {
+			d.grpc.GRPC.GracefulStop()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		d.grpc.GRPC.Stop()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if d.https != nil {
+		_ = d.https.Shutdown(sctx)
+	}
+	if d.plain != nil {
+		_ = d.plain.Shutdown(sctx)
+	}
+	d.wg.Wait()
+	d.closeResources()
+}
+
+func (d *Daemon) closeResources() {
+	for _, l := range d.lis {
+		_ = l.Close()
+	}
+	if d.store != nil {
+		_ = d.store.Close()
+	}
+	if d.module != nil {
+		_ = d.module.Close()
+	}
+}
+
+func (d *Daemon) healthLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.checkHealth(ctx)
+		}
+	}
+}
+
+// checkHealth test-signs with every key and reads the store; the result
+// drives gRPC health, /healthz and whether optional signatures are tried.
+func (d *Daemon) checkHealth(ctx context.Context) {
+	checks := map[string]string{}
+	ok := true
+	hsmOK := true
+	for _, r := range d.module.Check(ctx, d.keys...) {
+		if r.OK {
+			checks["hsm:"+string(r.Purpose)] = "ok"
+		} else {
+			checks["hsm:"+string(r.Purpose)] = r.Error
+			ok, hsmOK = false, false
+		}
+	}
+	d.Broker.SetHSMDown(!hsmOK)
+	if n, err := d.Broker.Backlog(ctx); err != nil {
+		checks["store"] = err.Error()
+		ok = false
+	} else {
+		checks["store"] = "ok"
+		if n > 0 {
+			checks["audit_backlog"] = fmt.Sprintf("%d entries wait for the HSM", n)
+		}
+	}
+	d.healthy.mu.Lock()
+	changed := d.healthy.ok != ok
+	d.healthy.checks, d.healthy.ok = checks, ok
+	d.healthy.mu.Unlock()
+	d.grpc.SetServing(ok)
+	if changed {
+		d.log.Info("health changed", "serving", ok, "checks", checks)
+	}
+}
+
+func (d *Daemon) health(ctx context.Context) httpapi.Health {
+	d.healthy.mu.Lock()
+	h := httpapi.Health{Serving: d.healthy.ok, Checks: map[string]string{}}
+	for k, v := range d.healthy.checks {
+		h.Checks[k] = v
+	}
+	d.healthy.mu.Unlock()
+	h.Status = "NOT_SERVING"
+	if h.Serving {
+		h.Status = "SERVING"
+	}
+	h.UnsignedBacklog, _ = d.Broker.Backlog(ctx)
+	h.PolicyHash = d.Broker.Policy().Hash()
+	return h
+}

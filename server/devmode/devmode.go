@@ -1,0 +1,254 @@
+// Package devmode creates a complete, self-contained broker in one
+// directory: a SoftHSM2 token with the three keys, a CA with a server
+// certificate and client certificates for demo principals, a policy and a
+// configuration. Everything a person needs to try the broker alone; none of
+// it is fit for production (the CA key and the HSM PIN sit on disk).
+package devmode
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/bgbroker/breakglass/hsm"
+)
+
+// URIPrefix is the dev CA's principal namespace.
+const URIPrefix = "spiffe://breakglass.dev/user/"
+
+// Principals are the demo identities.
+var Principals = []struct{ Name, Role string }{
+	{"alice", "requester (sre)"},
+	{"bob", "approver (db-admins)"},
+	{"carol", "approver (db-admins), owner of prod-db"},
+	{"erin", "approver (security)"},
+	{"dave", "auditor"},
+}
+
+const tokenLabel = "breakglass-dev"
+
+// Key labels in the dev token.
+const (
+	TokenKeyLabel      = "token-dev"
+	AuditKeyLabel      = "audit-dev"
+	CheckpointKeyLabel = "checkpoint-dev"
+)
+
+const demoPolicy = `# Demo policy written by breakglassd dev.
+#
+# prod-db needs one approval from db-admins AND one from security; the
+# requester never counts and one person fills at most one requirement.
+auditors: auditors
+groups:
+  sre: [alice]
+  db-admins: [bob, carol]
+  security: [erin]
+  db-owners: [carol]
+  auditors: [dave]
+accounts:
+  - name: prod-db
+    description: Superuser on the production database
+    owner: db-owners
+    requesters: [sre]
+    audiences: [db.prod.example]
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 15m
+    max_issuances: 3
+    deny_threshold: 1
+    require_ticket: false
+    quorum:
+      - require:
+          - {group: db-admins, approvals: 1}
+          - {group: security, approvals: 1}
+`
+
+// Options are dev mode's flags.
+type Options struct {
+	Dir      string
+	GRPCAddr string
+	HTTPAddr string
+}
+
+// ConfigPath is where Setup writes the configuration.
+func ConfigPath(dir string) string { return filepath.Join(dir, "config.yaml") }
+
+// Setup creates dir on the first run and returns the configuration path.
+// Later runs reuse what is there. Created reports whether this run made it.
+func Setup(ctx context.Context, o Options) (path string, created bool, err error) {
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return "", false, err
+	}
+	path = ConfigPath(dir)
+	if _, err := os.Stat(path); err == nil {
+		return path, false, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", false, err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", false, err
+	}
+	if err := setupHSM(ctx, dir); err != nil {
+		return "", false, fmt.Errorf("dev mode: HSM: %w", err)
+	}
+	if err := setupPKI(dir); err != nil {
+		return "", false, fmt.Errorf("dev mode: certificates: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(demoPolicy), 0o600); err != nil {
+		return "", false, err
+	}
+	cfg := fmt.Sprintf(`# Written by breakglassd dev. Run it again with:
+#   breakglassd serve --config %s
+hsm:
+  token_label: %s
+  pin_file: hsm/pin
+  env:
+    SOFTHSM2_CONF: hsm/softhsm2.conf
+keys:
+  token: %s
+  audit: %s
+  checkpoint: %s
+listen:
+  grpc: %s
+  https: %s
+tls:
+  cert: tls/server.crt
+  key: tls/server.key
+identity:
+  client_ca: ca/ca.crt
+  crl: ca/crl.pem
+  mode: uri
+  uri_prefix: %s
+policy_file: policy.yaml
+store:
+  driver: sqlite
+  sqlite:
+    path: broker.db
+`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, o.GRPCAddr, o.HTTPAddr, URIPrefix)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return "", false, err
+	}
+	return path, true, nil
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func setupHSM(ctx context.Context, dir string) error {
+	hdir := filepath.Join(dir, "hsm")
+	conf, err := hsm.WriteSoftHSMConfig(hdir)
+	if err != nil {
+		return err
+	}
+	// SoftHSM2 reads this when the library initializes, which happens next.
+	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
+		return err
+	}
+	pin, soPIN := randHex(8), randHex(8)
+	pinFile := filepath.Join(hdir, "pin")
+	if err := os.WriteFile(pinFile, []byte(pin+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(hdir, "so-pin"), []byte(soPIN+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := hsm.InitToken("", tokenLabel, soPIN, pin); err != nil {
+		return err
+	}
+	m, err := hsm.Open(ctx, hsm.Config{TokenLabel: tokenLabel, PINFile: pinFile}, nil)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	for p, label := range map[hsm.Purpose]string{hsm.PurposeToken: TokenKeyLabel, hsm.PurposeAudit: AuditKeyLabel, hsm.PurposeCheckpoint: CheckpointKeyLabel} {
+		if _, err := m.GenerateKey(ctx, hsm.GenerateRequest{Purpose: p, Label: label}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func setupPKI(dir string) error {
+	for _, d := range []string{"ca", "tls", "identities"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	ca, err := NewCA("breakglass dev client CA", 5*365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	if err := WriteCert(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.key"), ca.Cert, ca.Key); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca", "README"), []byte(
+		"DEV ONLY. ca.key signs client certificates. In production this key belongs to the\n"+
+			"security team and never sits next to the broker: the broker needs only ca.crt\n"+
+			"(and a CRL, crl.pem, which the broker re-reads when it changes).\n"), 0o644); err != nil {
+		return err
+	}
+	crl, err := ca.CRL(1)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca", "crl.pem"), crl, 0o644); err != nil {
+		return err
+	}
+	srv, key, err := ca.Issue(LeafOptions{CommonName: "localhost", DNSNames: []string{"localhost"},
+		IPs: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}, Server: true})
+	if err != nil {
+		return err
+	}
+	if err := WriteCert(filepath.Join(dir, "tls", "server.crt"), filepath.Join(dir, "tls", "server.key"), srv, key); err != nil {
+		return err
+	}
+	for _, p := range Principals {
+		c, k, err := ca.Issue(LeafOptions{CommonName: p.Name, URIs: []string{URIPrefix + p.Name}})
+		if err != nil {
+			return err
+		}
+		if err := WriteCert(filepath.Join(dir, "identities", p.Name+".crt"), filepath.Join(dir, "identities", p.Name+".key"), c, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WriteIdentityEnv writes DIR/identities/NAME.env for each principal with
+// the four BGCTL_* variables, pointing at addr.
+func WriteIdentityEnv(dir, addr string) ([]string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range Principals {
+		f := filepath.Join(dir, "identities", p.Name+".env")
+		body := strings.Join([]string{
+			"# " + p.Name + ": " + p.Role,
+			"export BGCTL_ADDR=" + addr,
+			"export BGCTL_CA=" + filepath.Join(dir, "ca", "ca.crt"),
+			"export BGCTL_CERT=" + filepath.Join(dir, "identities", p.Name+".crt"),
+			"export BGCTL_KEY=" + filepath.Join(dir, "identities", p.Name+".key"),
+			"",
+		}, "\n")
+		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}

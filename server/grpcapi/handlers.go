@@ -1,0 +1,209 @@
+package grpcapi
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bgbroker/breakglass/hsm"
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/request"
+)
+
+var stateToProto = map[request.State]bgv1.RequestState{
+	request.Pending:   bgv1.RequestState_REQUEST_STATE_PENDING,
+	request.Approved:  bgv1.RequestState_REQUEST_STATE_APPROVED,
+	request.Denied:    bgv1.RequestState_REQUEST_STATE_DENIED,
+	request.Cancelled: bgv1.RequestState_REQUEST_STATE_CANCELLED,
+	request.Expired:   bgv1.RequestState_REQUEST_STATE_EXPIRED,
+	request.Revoked:   bgv1.RequestState_REQUEST_STATE_REVOKED,
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func ref(r audit.Record) *bgv1.AuditRef {
+	return &bgv1.AuditRef{Index: r.Index, LeafHash: r.LeafHash}
+}
+
+func toProto(r *request.Request) *bgv1.Request {
+	out := &bgv1.Request{
+		Id: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification, Ticket: r.Ticket,
+		RequestedTtl: durationpb.New(r.TTL), Drill: r.Drill, State: stateToProto[r.State],
+		CreateTime: ts(r.CreatedAt), ApprovalDeadline: ts(r.ApprovalDeadline), ApproveTime: ts(r.ApprovedAt),
+		GrantExpireTime: ts(r.GrantExpiresAt), ActivationDeadline: ts(r.ActivationDeadline), FinalTime: ts(r.FinalAt),
+		FinalReason: r.FinalReason, FinalBy: r.FinalBy, Approvers: r.Approvers, TokensIssued: int32(r.Issued),
+		MaxIssuances: int32(r.MaxIssuances), Quorum: r.Rule.String(), PolicyHash: r.PolicyHash,
+		CreatedEntry: &bgv1.AuditRef{Index: r.CreatedEntry, LeafHash: r.CreatedLeaf},
+	}
+	for _, rv := range r.Reviews {
+		d := bgv1.ReviewDecision_REVIEW_DECISION_APPROVE
+		if rv.Decision == request.Deny {
+			d = bgv1.ReviewDecision_REVIEW_DECISION_DENY
+		}
+		out.Reviews = append(out.Reviews, &bgv1.Review{Reviewer: rv.Reviewer, Decision: d, Comment: rv.Comment, CreateTime: ts(rv.At),
+			Entry: &bgv1.AuditRef{Index: rv.EntryIndex, LeafHash: rv.LeafHash}})
+	}
+	return out
+}
+
+// CreateRequest implements RequestService.
+func (s *Server) CreateRequest(ctx context.Context, in *bgv1.CreateRequestRequest) (*bgv1.CreateRequestResponse, error) {
+	var ttl time.Duration
+	if in.RequestedTtl != nil {
+		ttl = in.RequestedTtl.AsDuration()
+	}
+	res, err := s.b.CreateRequest(ctx, caller(ctx), broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket, TTL: ttl, Drill: in.Drill})
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.CreateRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry)}, nil
+}
+
+// GetRequest implements RequestService.
+func (s *Server) GetRequest(ctx context.Context, in *bgv1.GetRequestRequest) (*bgv1.GetRequestResponse, error) {
+	r, err := s.b.GetRequest(ctx, caller(ctx), in.Id)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.GetRequestResponse{Request: toProto(r)}, nil
+}
+
+// ListRequests implements RequestService.
+func (s *Server) ListRequests(ctx context.Context, in *bgv1.ListRequestsRequest) (*bgv1.ListRequestsResponse, error) {
+	var st request.State
+	for k, v := range stateToProto {
+		if v == in.State {
+			st = k
+		}
+	}
+	rs, next, err := s.b.ListRequests(ctx, caller(ctx), broker.ListInput{State: st, Account: in.Account, Mine: in.Mine,
+		AwaitingMyReview: in.AwaitingMyReview, PageSize: int(in.PageSize), PageToken: in.PageToken})
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	out := &bgv1.ListRequestsResponse{NextPageToken: next}
+	for _, r := range rs {
+		out.Requests = append(out.Requests, toProto(r))
+	}
+	return out, nil
+}
+
+// WatchRequest implements RequestService.
+func (s *Server) WatchRequest(in *bgv1.WatchRequestRequest, stream bgv1.RequestService_WatchRequestServer) error {
+	ctx := stream.Context()
+	err := s.b.Watch(ctx, caller(ctx), in.Id, func(r *request.Request) error {
+		return stream.Send(&bgv1.WatchRequestResponse{Request: toProto(r)})
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil // the client went away
+	}
+	return s.toStatus(ctx, err)
+}
+
+// CancelRequest implements RequestService.
+func (s *Server) CancelRequest(ctx context.Context, in *bgv1.CancelRequestRequest) (*bgv1.CancelRequestResponse, error) {
+	res, err := s.b.CancelRequest(ctx, caller(ctx), in.Id, in.Reason)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.CancelRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry)}, nil
+}
+
+// ReviewRequest implements ReviewService.
+func (s *Server) ReviewRequest(ctx context.Context, in *bgv1.ReviewRequestRequest) (*bgv1.ReviewRequestResponse, error) {
+	d := request.Approve
+	if in.Decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
+		d = request.Deny
+	}
+	res, err := s.b.Review(ctx, caller(ctx), broker.ReviewInput{ID: in.Id, Decision: d, Comment: in.Comment})
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.ReviewRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry)}, nil
+}
+
+// IssueToken implements TokenService.
+func (s *Server) IssueToken(ctx context.Context, in *bgv1.IssueTokenRequest) (*bgv1.IssueTokenResponse, error) {
+	iss, err := s.b.IssueToken(ctx, caller(ctx), in.RequestId, in.Audience)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.IssueTokenResponse{Token: iss.Token, Jti: iss.JTI, Kid: iss.KID, ExpireTime: ts(iss.ExpiresAt),
+		IssuancesLeft: int32(iss.IssuancesLeft), TokenSha256: iss.SHA256, Entry: ref(iss.Entry)}, nil
+}
+
+// RevokeGrant implements TokenService.
+func (s *Server) RevokeGrant(ctx context.Context, in *bgv1.RevokeGrantRequest) (*bgv1.RevokeGrantResponse, error) {
+	res, err := s.b.RevokeGrant(ctx, caller(ctx), in.RequestId, in.Reason)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.RevokeGrantResponse{Request: toProto(res.Request), Entry: ref(res.Entry)}, nil
+}
+
+// CheckToken implements TokenService.
+func (s *Server) CheckToken(ctx context.Context, in *bgv1.CheckTokenRequest) (*bgv1.CheckTokenResponse, error) {
+	c, err := s.b.CheckToken(ctx, caller(ctx), in.Jti)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	st := map[broker.TokenStatus]bgv1.TokenStatus{
+		broker.TokenValid: bgv1.TokenStatus_TOKEN_STATUS_VALID, broker.TokenExpired: bgv1.TokenStatus_TOKEN_STATUS_EXPIRED,
+		broker.TokenRevoked: bgv1.TokenStatus_TOKEN_STATUS_REVOKED,
+	}[c.Status]
+	return &bgv1.CheckTokenResponse{Status: st, RequestId: c.Record.RequestID, Account: c.Record.Account, Subject: c.Record.Subject,
+		Audience: c.Record.Audience, IssueTime: ts(c.Record.IssuedAt), ExpireTime: ts(c.Record.ExpiresAt), RevokeTime: ts(c.RevokedAt),
+		Drill: c.Record.Drill}, nil
+}
+
+// GetSigningKeys implements TokenService.
+func (s *Server) GetSigningKeys(ctx context.Context, _ *bgv1.GetSigningKeysRequest) (*bgv1.GetSigningKeysResponse, error) {
+	jwks, err := s.b.JWKS()
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	m := s.b.Minter()
+	pub := m.Public()
+	pemBytes, err := hsm.PublicPEM(pub)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	key := &bgv1.PublicKey{Purpose: bgv1.KeyPurpose_KEY_PURPOSE_TOKEN, Algorithm: "ES256", Kid: m.KID(),
+		FingerprintSha256: hsm.Fingerprint(pub), Pem: string(pemBytes)}
+	if _, ok := pub.(*ecdsa.PublicKey); !ok {
+		key.Algorithm = "unknown"
+	}
+	return &bgv1.GetSigningKeysResponse{Jwks: string(jwks), Keys: []*bgv1.PublicKey{key}, Issuer: m.Issuer()}, nil
+}
+
+// ListAccounts implements AccountService.
+func (s *Server) ListAccounts(ctx context.Context, _ *bgv1.ListAccountsRequest) (*bgv1.ListAccountsResponse, error) {
+	out := &bgv1.ListAccountsResponse{}
+	for _, v := range s.b.Accounts(caller(ctx)) {
+		a := v.Account
+		pa := &bgv1.Account{Name: a.Name, Description: a.Description, OwnerGroup: a.Owner, RequesterGroups: a.Requesters,
+			Audiences: a.Audiences, MaxTtl: durationpb.New(a.MaxTTL.D()), ApprovalWindow: durationpb.New(a.ApprovalWindow.D()),
+			ActivationWindow: durationpb.New(a.ActivationWindow.D()), MaxIssuances: int32(a.MaxIssuances),
+			DenyThreshold: int32(a.DenyThreshold), RequireTicket: a.RequireTicket, QuorumDescription: a.Quorum.String(),
+			CanRequest: v.CanRequest, CanReview: v.CanReview, IsOwner: v.IsOwner}
+		for _, alt := range a.Quorum {
+			qa := &bgv1.QuorumAlternative{}
+			for _, req := range alt {
+				qa.Requirements = append(qa.Requirements, &bgv1.QuorumRequirement{Group: req.Group, Approvals: int32(req.Approvals)})
+			}
+			pa.Quorum = append(pa.Quorum, qa)
+		}
+		out.Accounts = append(out.Accounts, pa)
+	}
+	return out, nil
+}

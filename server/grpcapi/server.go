@@ -1,0 +1,256 @@
+// Package grpcapi serves the broker over gRPC: mTLS identity, interceptors,
+// and the one place where broker errors become gRPC status codes with fixed
+// messages (the log keeps the detail).
+package grpcapi
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	pvmw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/identity"
+)
+
+// Limits protect the broker from one caller.
+type Limits struct {
+	// RatePerSecond and Burst bound calls per principal (defaults 20/s, 40).
+	RatePerSecond float64 `yaml:"rate_per_second"`
+	Burst         int     `yaml:"burst"`
+	// MaxMessageBytes bounds a request message (default 64 KiB).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// HandshakeTimeout bounds the TLS handshake (default 10s).
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.RatePerSecond <= 0 {
+		l.RatePerSecond = 20
+	}
+	if l.Burst <= 0 {
+		l.Burst = 40
+	}
+	if l.MaxMessageBytes <= 0 {
+		l.MaxMessageBytes = 64 << 10
+	}
+	if l.HandshakeTimeout <= 0 {
+		l.HandshakeTimeout = 10 * time.Second
+	}
+	return l
+}
+
+// Config builds the gRPC server.
+type Config struct {
+	Broker   *broker.Broker
+	Identity *identity.Verifier
+	// TLS is the listener's configuration (identity.Verifier.ServerTLS).
+	TLS    credentials.TransportCredentials
+	Limits Limits
+	Log    *slog.Logger
+}
+
+// Server is the broker's gRPC server.
+type Server struct {
+	bgv1.UnimplementedRequestServiceServer
+	bgv1.UnimplementedReviewServiceServer
+	bgv1.UnimplementedTokenServiceServer
+	bgv1.UnimplementedAccountServiceServer
+
+	b      *broker.Broker
+	id     *identity.Verifier
+	log    *slog.Logger
+	limits Limits
+	Health *health.Server
+	GRPC   *grpc.Server
+
+	mu       sync.Mutex
+	limiters map[string]*rate.Limiter
+}
+
+// ServiceNames are the services whose health is reported.
+var ServiceNames = []string{
+	bgv1.RequestService_ServiceDesc.ServiceName,
+	bgv1.ReviewService_ServiceDesc.ServiceName,
+	bgv1.TokenService_ServiceDesc.ServiceName,
+	bgv1.AccountService_ServiceDesc.ServiceName,
+}
+
+// New builds the server with its interceptors: recovery first, then
+// logging, authentication, rate limiting and validation.
+func New(cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{b: cfg.Broker, id: cfg.Identity, log: cfg.Log, limits: cfg.Limits.withDefaults(), limiters: map[string]*rate.Limiter{}}
+	validator, err := protovalidate.New()
+	if err != nil {
+		return nil, err
+	}
+	recoveryOpt := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		s.log.ErrorContext(ctx, "panic in handler", "method", methodOf(ctx), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
+			if p, _, err := s.id.FromPeer(ctx); err == nil {
+				return logging.Fields{"principal", p}
+			}
+			return nil
+		}),
+	}
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	s.GRPC = grpc.NewServer(
+		grpc.Creds(cfg.TLS),
+		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
+		grpc.ConnectionTimeout(s.limits.HandshakeTimeout),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute}),
+		grpc.MaxConcurrentStreams(256),
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(recoveryOpt),
+			logging.UnaryServerInterceptor(logger, logOpts...),
+			auth.UnaryServerInterceptor(s.authenticate),
+			pvmw.UnaryServerInterceptor(validator),
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(recoveryOpt),
+			logging.StreamServerInterceptor(logger, logOpts...),
+			auth.StreamServerInterceptor(s.authenticate),
+			pvmw.StreamServerInterceptor(validator),
+		),
+	)
+	bgv1.RegisterRequestServiceServer(s.GRPC, s)
+	bgv1.RegisterReviewServiceServer(s.GRPC, s)
+	bgv1.RegisterTokenServiceServer(s.GRPC, s)
+	bgv1.RegisterAccountServiceServer(s.GRPC, s)
+	s.Health = health.NewServer()
+	healthpb.RegisterHealthServer(s.GRPC, s.Health)
+	reflection.Register(s.GRPC)
+	return s, nil
+}
+
+// SetServing sets the health of every service.
+func (s *Server) SetServing(ok bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.Health.SetServingStatus("", st)
+	for _, n := range ServiceNames {
+		s.Health.SetServingStatus(n, st)
+	}
+}
+
+func methodOf(ctx context.Context) string {
+	m, _ := grpc.Method(ctx)
+	return m
+}
+
+// open services need a verified certificate (the TLS stack demands one) but
+// no principal in the policy.
+func openMethod(m string) bool {
+	return strings.HasPrefix(m, "/grpc.health.v1.Health/") || strings.HasPrefix(m, "/grpc.reflection.")
+}
+
+// authenticate puts the caller's principal into the context, from the
+// verified client certificate and nothing else, and applies the caller's
+// rate limit.
+func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
+	m := methodOf(ctx)
+	p, _, err := s.id.FromPeer(ctx)
+	if err != nil {
+		if openMethod(m) {
+			return ctx, nil
+		}
+		s.log.WarnContext(ctx, "unauthenticated call", "method", m, "err", err)
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if !openMethod(m) {
+		if !s.b.Policy().Known(p) {
+			s.b.RecordDenial(p, m, "principal not in the policy")
+			return nil, status.Errorf(codes.PermissionDenied, "principal %s is not in the broker's policy", p)
+		}
+		if !s.limiter(p).Allow() {
+			return nil, status.Errorf(codes.ResourceExhausted, "rate limit: at most %g calls per second for %s; slow down and retry", s.limits.RatePerSecond, p)
+		}
+	}
+	return identity.WithPrincipal(ctx, p), nil
+}
+
+func (s *Server) limiter(p string) *rate.Limiter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.limiters[p]
+	if l == nil {
+		l = rate.NewLimiter(rate.Limit(s.limits.RatePerSecond), s.limits.Burst)
+		s.limiters[p] = l
+	}
+	return l
+}
+
+func caller(ctx context.Context) string {
+	p, _ := identity.PrincipalFrom(ctx)
+	return p
+}
+
+// toStatus is the single place broker errors become gRPC errors. The caller
+// sees the kind's code and the public message; the log gets the detail.
+func (s *Server) toStatus(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	code := codes.Internal
+	switch broker.KindOf(err) {
+	case broker.KindInvalid:
+		code = codes.InvalidArgument
+	case broker.KindNotFound:
+		code = codes.NotFound
+	case broker.KindPermission:
+		code = codes.PermissionDenied
+	case broker.KindState:
+		code = codes.FailedPrecondition
+	case broker.KindExists:
+		code = codes.AlreadyExists
+	case broker.KindUnavailable:
+		code = codes.Unavailable
+	case broker.KindExhausted:
+		code = codes.ResourceExhausted
+	}
+	msg := broker.PublicMessage(err)
+	p := caller(ctx)
+	switch code {
+	case codes.Internal:
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		s.log.ErrorContext(ctx, "internal error", "method", methodOf(ctx), "principal", p, "err", err)
+	case codes.Unavailable:
+		s.log.WarnContext(ctx, "unavailable", "method", methodOf(ctx), "principal", p, "err", err)
+	case codes.PermissionDenied:
+		s.b.RecordDenial(p, methodOf(ctx), msg)
+	}
+	return status.Error(code, msg)
+}

@@ -1,0 +1,110 @@
+// Package httpapi serves what relying parties and monitors fetch without a
+// client certificate: the JWKS, RFC 8414 metadata and health.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Health is the broker's health as /healthz reports it.
+type Health struct {
+	Serving bool `json:"serving"`
+	// Status is SERVING or NOT_SERVING, as gRPC health says it.
+	Status string            `json:"status"`
+	Checks map[string]string `json:"checks"`
+	// UnsignedBacklog counts audit entries waiting for the HSM.
+	UnsignedBacklog int    `json:"unsigned_backlog"`
+	PolicyHash      string `json:"policy_hash"`
+}
+
+// Config builds the handler.
+type Config struct {
+	// Issuer is the HTTPS base URL, the iss of every token.
+	Issuer string
+	// JWKS returns the current key set document.
+	JWKS func() ([]byte, error)
+	// Health reports health.
+	Health func(ctx context.Context) Health
+	Log    *slog.Logger
+}
+
+// Handler returns the HTTP handler.
+func Handler(cfg Config) http.Handler {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /.well-known/jwks.json", func(w http.ResponseWriter, r *http.Request) {
+		b, err := cfg.JWKS()
+		if err != nil {
+			cfg.Log.Error("jwks", "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		w.Header().Set("Cache-Control", "public, max-age=300")
+		_, _ = w.Write(b)
+	})
+	mux.HandleFunc("GET /.well-known/oauth-authorization-server", func(w http.ResponseWriter, r *http.Request) {
+		// RFC 8414 §2. The broker has no OAuth endpoints: tokens are issued
+		// over its gRPC API after a quorum of approvals, so the lists of
+		// supported response and grant types are honestly empty.
+		writeJSON(w, http.StatusOK, map[string]any{
+			"issuer":                                cfg.Issuer,
+			"jwks_uri":                              cfg.Issuer + "/.well-known/jwks.json",
+			"response_types_supported":              []string{},
+			"grant_types_supported":                 []string{},
+			"token_endpoint_auth_methods_supported": []string{"tls_client_auth"},
+			"id_token_signing_alg_values_supported": []string{},
+			"service_documentation":                 cfg.Issuer + "/",
+		})
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		h := cfg.Health(ctx)
+		code := http.StatusOK
+		if !h.Serving {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, h)
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("breakglass broker\n\n/.well-known/jwks.json\n/.well-known/oauth-authorization-server\n/healthz\n"))
+	})
+	return securityHeaders(mux)
+}
+
+func securityHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Strict-Transport-Security", "max-age=31536000")
+		h.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// Server returns an http.Server with timeouts that a slow client cannot
+// hold open.
+func Server(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
