@@ -93,8 +93,8 @@ func (a *app) printRequest(out io.Writer, r *bgv1.Request) {
 func (a *app) requestCmd() *cobra.Command {
 	var (
 		account, justification, ticket string
-		ttl                             time.Duration
-		drill, wait                     bool
+		ttl                            time.Duration
+		drill, wait                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "request --account NAME --justification TEXT [--ticket REF] [--ttl DURATION] [--drill] [--wait]",

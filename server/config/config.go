@@ -32,11 +32,11 @@ type Config struct {
 	// https://<https listen address>.
 	Issuer string `yaml:"issuer"`
 	// PolicyFile names the policy; Policy holds it inline instead.
-	PolicyFile string    `yaml:"policy_file"`
-	Policy     yaml.Node `yaml:"policy"`
-	Store      Store     `yaml:"store"`
+	PolicyFile string         `yaml:"policy_file"`
+	Policy     yaml.Node      `yaml:"policy"`
+	Store      Store          `yaml:"store"`
 	Limits     grpcapi.Limits `yaml:"limits"`
-	Log        Log       `yaml:"log"`
+	Log        Log            `yaml:"log"`
 	// HealthInterval is how often the HSM keys are test-signed (default 5s).
 	HealthInterval time.Duration `yaml:"health_interval"`
 	// SweepInterval is how often deadlines are recorded (default 1s).
