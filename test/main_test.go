@@ -92,6 +92,24 @@ type result struct {
 // runCmd runs a binary and returns its output and exit code.
 func runCmd(t *testing.T, env []string, stdin string, name string, args ...string) result {
 	t.Helper()
+	r, err := runCmdErr(env, stdin, name, args...)
+	if err != nil {
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return r
+}
+
+// runCmdNoFatal is runCmd for goroutines other than the test's.
+func runCmdNoFatal(env []string, name string, args ...string) result {
+	r, err := runCmdErr(env, "", name, args...)
+	if err != nil {
+		r.stderr += err.Error()
+		r.code = -1
+	}
+	return r
+}
+
+func runCmdErr(env []string, stdin string, name string, args ...string) (result, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Env = env
 	var out, errb bytes.Buffer
@@ -104,11 +122,11 @@ func runCmd(t *testing.T, env []string, stdin string, name string, args ...strin
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
-			t.Fatalf("%s %v: %v", name, args, err)
+			return result{}, err
 		}
 		code = ee.ExitCode()
 	}
-	return result{out.String(), errb.String(), code}
+	return result{out.String(), errb.String(), code}, nil
 }
 
 // must runs a command that has to succeed.

@@ -1,0 +1,207 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bgbroker/breakglass/client"
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+	"github.com/bgbroker/breakglass/server/daemon"
+	"github.com/bgbroker/breakglass/server/devmode"
+)
+
+// devBroker is `breakglassd dev` running as a separate process.
+type devBroker struct {
+	t     *testing.T
+	dir   string
+	ready daemon.Ready
+	cmd   *exec.Cmd
+	logs  *strings.Builder
+	done  chan error
+}
+
+func startDev(t *testing.T) *devBroker {
+	t.Helper()
+	d := &devBroker{t: t, dir: t.TempDir()}
+	d.start()
+	t.Cleanup(d.stop)
+	return d
+}
+
+func (d *devBroker) start(extra ...string) {
+	d.t.Helper()
+	readyFile := filepath.Join(d.dir, "ready.json")
+	_ = os.Remove(readyFile)
+	args := append([]string{"dev", "--dir", filepath.Join(d.dir, "state"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, extra...)
+	d.cmd = exec.Command(bin.breakglassd, args...)
+	// Dev mode sets SOFTHSM2_CONF itself; make sure nothing else leaks in.
+	d.cmd.Env = append(os.Environ(), "SOFTHSM2_CONF=")
+	d.logs = &strings.Builder{}
+	stderr, _ := d.cmd.StderrPipe()
+	d.cmd.Stdout = io.Discard
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	logs := d.logs
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs.WriteString(sc.Text() + "\n")
+		}
+	}()
+	d.done = make(chan error, 1)
+	go func(c *exec.Cmd) { d.done <- c.Wait() }(d.cmd)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(readyFile); err == nil && len(b) > 0 && json.Unmarshal(b, &d.ready) == nil {
+			return
+		}
+		select {
+		case err := <-d.done:
+			d.t.Fatalf("breakglassd dev exited: %v\n%s", err, d.logs)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	d.t.Fatalf("breakglassd dev did not become ready\n%s", d.logs)
+}
+
+// stop ends the daemon with SIGTERM, as an operator would.
+func (d *devBroker) stop() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(15 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
+	d.cmd = nil
+}
+
+func (d *devBroker) restart() {
+	d.stop()
+	d.start()
+}
+
+func (d *devBroker) state(parts ...string) string {
+	return filepath.Join(append([]string{d.dir, "state"}, parts...)...)
+}
+
+// env is the environment of a bgctl run as principal name.
+func (d *devBroker) env(name string) []string {
+	return append(os.Environ(),
+		"BGCTL_ADDR="+d.ready.GRPC,
+		"BGCTL_CA="+d.state("ca", "ca.crt"),
+		"BGCTL_CERT="+d.state("identities", name+".crt"),
+		"BGCTL_KEY="+d.state("identities", name+".key"),
+	)
+}
+
+// client dials as principal name with the SDK.
+func (d *devBroker) client(name string) *client.Client {
+	d.t.Helper()
+	c, err := client.Dial(client.Options{Addr: d.ready.GRPC, CAFile: d.state("ca", "ca.crt"),
+		CertFile: d.state("identities", name+".crt"), KeyFile: d.state("identities", name+".key")})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// clientTLS dials with an arbitrary TLS configuration.
+func (d *devBroker) clientTLS(tc *tls.Config) *client.Client {
+	d.t.Helper()
+	c, err := client.Dial(client.Options{Addr: d.ready.GRPC, TLS: tc})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (d *devBroker) caPool() *x509.CertPool {
+	d.t.Helper()
+	b, err := os.ReadFile(d.state("ca", "ca.crt"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(b)
+	return pool
+}
+
+func (d *devBroker) httpClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: d.caPool()}}}
+}
+
+// devCA loads the dev CA, to mint extra certificates for hostile cases.
+func (d *devBroker) devCA() *devmode.CA {
+	d.t.Helper()
+	ca, err := devmode.LoadCA(d.state("ca", "ca.crt"), d.state("ca", "ca.key"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return ca
+}
+
+func (d *devBroker) bgctl(name string, args ...string) result {
+	d.t.Helper()
+	return runCmd(d.t, d.env(name), "", bin.bgctl, args...)
+}
+
+func (d *devBroker) mustBgctl(name string, args ...string) string {
+	d.t.Helper()
+	return must(d.t, d.env(name), bin.bgctl, args...)
+}
+
+// createRequest makes a request as name and returns its id.
+func (d *devBroker) createRequest(name string) string {
+	d.t.Helper()
+	out := d.mustBgctl(name, "request", "--account", "prod-db", "--justification", "primary database is down (INC-7)", "--ttl", "30m", "-o", "json")
+	var resp struct {
+		Request struct{ ID string } `json:"request"`
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || resp.Request.ID == "" {
+		d.t.Fatalf("request output %q: %v", out, err)
+	}
+	return resp.Request.ID
+}
+
+// auditHead is the number of audit entries, read through the API as an
+// auditor; the hostile cases assert it does not move.
+func (d *devBroker) snapshot() string {
+	d.t.Helper()
+	c := d.client("dave")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.ListRequests(ctx, &bgv1.ListRequestsRequest{PageSize: 500})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, r := range resp.GetRequests() {
+		fmt.Fprintf(&b, "%s %s %d %d|", r.GetId(), r.GetState(), len(r.GetReviews()), r.GetTokensIssued())
+	}
+	return b.String()
+}
+
+func codeOf(err error) codes.Code { return status.Code(err) }
