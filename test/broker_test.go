@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,8 +33,26 @@ type devBroker struct {
 	dir   string
 	ready daemon.Ready
 	cmd   *exec.Cmd
-	logs  *strings.Builder
+	logs  *logBuffer
 	done  chan error
+}
+
+// logBuffer collects the daemon's stderr while the test reads it.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) add(s string) {
+	l.mu.Lock()
+	l.b.WriteString(s)
+	l.mu.Unlock()
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func startDev(t *testing.T) *devBroker {
@@ -52,7 +71,7 @@ func (d *devBroker) start(extra ...string) {
 	d.cmd = exec.Command(bin.breakglassd, args...)
 	// Dev mode sets SOFTHSM2_CONF itself; make sure nothing else leaks in.
 	d.cmd.Env = append(os.Environ(), "SOFTHSM2_CONF=")
-	d.logs = &strings.Builder{}
+	d.logs = &logBuffer{}
 	stderr, _ := d.cmd.StderrPipe()
 	d.cmd.Stdout = io.Discard
 	if err := d.cmd.Start(); err != nil {
@@ -62,7 +81,7 @@ func (d *devBroker) start(extra ...string) {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
+			logs.add(sc.Text() + "\n")
 		}
 	}()
 	d.done = make(chan error, 1)
