@@ -142,4 +142,3 @@ func TestDeadlinesThroughTheAPI(t *testing.T) {
 		t.Fatalf("sweep recorded %d expiries: %v", n, err)
 	}
 }
-
