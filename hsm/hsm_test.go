@@ -192,6 +192,29 @@ func TestSignVerifyBothAlgorithms(t *testing.T) {
 	}
 }
 
+func TestFindByLabelOrID(t *testing.T) {
+	tok := hsmtest.NewToken(t)
+	m := tok.Open(t)
+	keys := hsmtest.Keys(t, m)
+	ctx := context.Background()
+	for p, k := range keys {
+		byID, err := m.SignerByID(ctx, k.Info().ID, p)
+		if err != nil {
+			t.Fatalf("%s by ID: %v", p, err)
+		}
+		if byID.Label() != k.Label() || !byID.Info().Public.(interface{ Equal(crypto.PublicKey) bool }).Equal(k.Public()) {
+			t.Errorf("%s: by ID found %s", p, byID.Label())
+		}
+		sig, err := byID.SignMessage(ctx, []byte("by id"))
+		if err != nil || !k.Verify([]byte("by id"), sig) {
+			t.Errorf("%s: signing by ID: %v", p, err)
+		}
+	}
+	if _, err := m.SignerByID(ctx, []byte{0xde, 0xad}, hsm.PurposeToken); !errors.Is(err, hsm.ErrKeyNotFound) {
+		t.Errorf("unknown ID: %v", err)
+	}
+}
+
 func TestConcurrentSigning(t *testing.T) {
 	tok := hsmtest.NewToken(t)
 	m := tok.Open(t)

@@ -32,10 +32,21 @@ var _ crypto.Signer = (*Key)(nil)
 
 // Signer returns the key with this label, checked to be a key of purpose p.
 func (m *Module) Signer(ctx context.Context, label string, p Purpose) (*Key, error) {
-	info, err := m.FindKey(ctx, label, nil)
+	return m.signer(ctx, label, nil, p)
+}
+
+// SignerByID returns the key with this CKA_ID, checked to be a key of
+// purpose p.
+func (m *Module) SignerByID(ctx context.Context, id []byte, p Purpose) (*Key, error) {
+	return m.signer(ctx, "", id, p)
+}
+
+func (m *Module) signer(ctx context.Context, label string, id []byte, p Purpose) (*Key, error) {
+	info, err := m.FindKey(ctx, label, id)
 	if err != nil {
 		return nil, err
 	}
+	label = info.Label
 	if info.Purpose != p {
 		if info.Purpose == "" {
 			return nil, fmt.Errorf("%w: key %q carries no breakglass purpose; generate %s keys with `breakglassd hsm keygen --purpose %s`", ErrPurposeMismatch, label, p, p)

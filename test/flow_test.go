@@ -324,6 +324,10 @@ func TestAuthorizationRules(t *testing.T) {
 	approvedID := d.createRequest("alice")
 	d.mustBgctl("bob", "approve", approvedID, "--yes")
 	d.mustBgctl("erin", "approve", approvedID, "--yes")
+	deniedID := d.createRequest("alice")
+	d.mustBgctl("erin", "deny", deniedID, "--comment", "not an outage", "--yes")
+	cancelledID := d.createRequest("alice")
+	d.mustBgctl("alice", "cancel", cancelledID)
 
 	c := map[string]*client.Client{}
 	for _, p := range []string{"alice", "bob", "carol", "erin", "dave"} {
@@ -363,6 +367,14 @@ func TestAuthorizationRules(t *testing.T) {
 			_, err := c["carol"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: approvedID, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
 			return err
 		}, codes.FailedPrecondition, "already approved"},
+		{"approval after denial", func() error {
+			_, err := c["bob"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: deniedID, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
+			return err
+		}, codes.FailedPrecondition, "denied"},
+		{"approval after cancel", func() error {
+			_, err := c["bob"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: cancelledID, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
+			return err
+		}, codes.FailedPrecondition, "cancelled"},
 		{"only the requester issues", func() error {
 			_, err := c["bob"].IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: approvedID, Audience: "db.prod.example"})
 			return err
