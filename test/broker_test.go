@@ -2,9 +2,9 @@ package test
 
 import (
 	"bufio"
-	"database/sql"
 	"crypto/tls"
 	"crypto/x509"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"net/http"
