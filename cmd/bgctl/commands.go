@@ -36,6 +36,19 @@ func (a *app) printJSON(m proto.Message) error {
 	return err
 }
 
+// call dials the broker as the configured identity and runs f with a
+// deadline.
+func (a *app) call(cmd *cobra.Command, f func(ctx context.Context, c *client.Client) error) error {
+	c, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := a.ctx(cmd)
+	defer cancel()
+	return f(ctx, c)
+}
+
 func stateName(s bgv1.RequestState) string {
 	return strings.TrimPrefix(s.String(), "REQUEST_STATE_")
 }
@@ -101,53 +114,48 @@ func (a *app) requestCmd() *cobra.Command {
 		Short: "Ask for emergency access to an account",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			in := &bgv1.CreateRequestRequest{Account: account, Justification: justification, Ticket: ticket, Drill: drill}
-			if ttl != 0 {
-				in.RequestedTtl = durationpb.New(ttl)
-			}
-			resp, err := c.CreateRequest(ctx, in)
-			if err != nil {
-				return err
-			}
-			r := resp.GetRequest()
-			if !wait {
-				if a.output == "json" {
-					return a.printJSON(resp)
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				in := &bgv1.CreateRequestRequest{Account: account, Justification: justification, Ticket: ticket, Drill: drill}
+				if ttl != 0 {
+					in.RequestedTtl = durationpb.New(ttl)
 				}
-				fmt.Fprintf(a.stdout, "request %s created for %s; approvers need: %s\n", r.GetId(), r.GetAccount(), r.GetQuorum())
-				return nil
-			}
-			fmt.Fprintf(a.stderr, "request %s created; waiting for %s (until %s)\n", r.GetId(), r.GetQuorum(), fmtTime(r.GetApprovalDeadline()))
-			wctx, wcancel := context.WithDeadline(cmd.Context(), r.GetApprovalDeadline().AsTime().Add(time.Minute))
-			defer wcancel()
-			final, err := c.WaitForDecision(wctx, r.GetId())
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				if err := a.printJSON(final); err != nil {
+				resp, err := c.CreateRequest(ctx, in)
+				if err != nil {
 					return err
 				}
-			} else {
-				fmt.Fprintf(a.stdout, "request %s is %s", final.GetId(), stateName(final.GetState()))
-				if final.GetState() == bgv1.RequestState_REQUEST_STATE_APPROVED {
-					fmt.Fprintf(a.stdout, " by %s until %s\nget a token: bgctl token %s --audience AUDIENCE\n",
-						strings.Join(final.GetApprovers(), ", "), fmtTime(final.GetGrantExpireTime()), final.GetId())
-				} else {
-					fmt.Fprintf(a.stdout, ": %s\n", final.GetFinalReason())
+				r := resp.GetRequest()
+				if !wait {
+					if a.output == "json" {
+						return a.printJSON(resp)
+					}
+					fmt.Fprintf(a.stdout, "request %s created for %s; approvers need: %s\n", r.GetId(), r.GetAccount(), r.GetQuorum())
+					return nil
 				}
-			}
-			if final.GetState() != bgv1.RequestState_REQUEST_STATE_APPROVED {
-				return exitCode(3)
-			}
-			return nil
+				fmt.Fprintf(a.stderr, "request %s created; waiting for %s (until %s)\n", r.GetId(), r.GetQuorum(), fmtTime(r.GetApprovalDeadline()))
+				wctx, wcancel := context.WithDeadline(cmd.Context(), r.GetApprovalDeadline().AsTime().Add(time.Minute))
+				defer wcancel()
+				final, err := c.WaitForDecision(wctx, r.GetId())
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					if err := a.printJSON(final); err != nil {
+						return err
+					}
+				} else {
+					fmt.Fprintf(a.stdout, "request %s is %s", final.GetId(), stateName(final.GetState()))
+					if final.GetState() == bgv1.RequestState_REQUEST_STATE_APPROVED {
+						fmt.Fprintf(a.stdout, " by %s until %s\nget a token: bgctl token %s --audience AUDIENCE\n",
+							strings.Join(final.GetApprovers(), ", "), fmtTime(final.GetGrantExpireTime()), final.GetId())
+					} else {
+						fmt.Fprintf(a.stdout, ": %s\n", final.GetFinalReason())
+					}
+				}
+				if final.GetState() != bgv1.RequestState_REQUEST_STATE_APPROVED {
+					return exitCode(3)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&account, "account", "", "account to access (bgctl accounts lists yours)")
@@ -173,49 +181,44 @@ func (a *app) listCmd() *cobra.Command {
 		Short: "List the requests you may see, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			in := &bgv1.ListRequestsRequest{Account: account, Mine: mine, AwaitingMyReview: awaiting, PageSize: int32(limit), PageToken: pageToken}
-			if state != "" {
-				v, ok := bgv1.RequestState_value["REQUEST_STATE_"+strings.ToUpper(state)]
-				if !ok || v == 0 {
-					return fmt.Errorf("--state %q: want pending, approved, denied, cancelled, expired or revoked", state)
-				}
-				in.State = bgv1.RequestState(v)
-			}
-			resp, err := c.ListRequests(ctx, in)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tACCOUNT\tREQUESTER\tSTATE\tCREATED\tREVIEWS\tJUSTIFICATION")
-			for _, r := range resp.GetRequests() {
-				var revs []string
-				for _, rv := range r.GetReviews() {
-					mark := "+"
-					if rv.GetDecision() == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
-						mark = "-"
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				in := &bgv1.ListRequestsRequest{Account: account, Mine: mine, AwaitingMyReview: awaiting, PageSize: int32(limit), PageToken: pageToken}
+				if state != "" {
+					v, ok := bgv1.RequestState_value["REQUEST_STATE_"+strings.ToUpper(state)]
+					if !ok || v == 0 {
+						return fmt.Errorf("--state %q: want pending, approved, denied, cancelled, expired or revoked", state)
 					}
-					revs = append(revs, mark+rv.GetReviewer())
+					in.State = bgv1.RequestState(v)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetId(), r.GetAccount(), r.GetRequester(), stateName(r.GetState()),
-					fmtTime(r.GetCreateTime()), orDash(strings.Join(revs, " ")), oneLine(r.GetJustification(), 40))
-			}
-			if err := w.Flush(); err != nil {
-				return err
-			}
-			if resp.GetNextPageToken() != "" {
-				fmt.Fprintf(a.stderr, "more: bgctl list --page-token %s\n", resp.GetNextPageToken())
-			}
-			return nil
+				resp, err := c.ListRequests(ctx, in)
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "ID\tACCOUNT\tREQUESTER\tSTATE\tCREATED\tREVIEWS\tJUSTIFICATION")
+				for _, r := range resp.GetRequests() {
+					var revs []string
+					for _, rv := range r.GetReviews() {
+						mark := "+"
+						if rv.GetDecision() == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
+							mark = "-"
+						}
+						revs = append(revs, mark+rv.GetReviewer())
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetId(), r.GetAccount(), r.GetRequester(), stateName(r.GetState()),
+						fmtTime(r.GetCreateTime()), orDash(strings.Join(revs, " ")), oneLine(r.GetJustification(), 40))
+				}
+				if err := w.Flush(); err != nil {
+					return err
+				}
+				if resp.GetNextPageToken() != "" {
+					fmt.Fprintf(a.stderr, "more: bgctl list --page-token %s\n", resp.GetNextPageToken())
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&state, "state", "", "pending, approved, denied, cancelled, expired or revoked")
@@ -240,22 +243,17 @@ func (a *app) showCmd() *cobra.Command {
 		Short: "Show a request",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.GetRequest(ctx, &bgv1.GetRequestRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			a.printRequest(a.stdout, resp.GetRequest())
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.GetRequest(ctx, &bgv1.GetRequestRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				a.printRequest(a.stdout, resp.GetRequest())
+				return nil
+			})
 		},
 	}
 }
@@ -289,43 +287,38 @@ func (a *app) reviewCmd(verb string) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			got, err := c.GetRequest(ctx, &bgv1.GetRequestRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			r := got.GetRequest()
-			if !yes && a.isTerminal() {
-				// With -o json, stdout stays clean JSON: show the request on stderr.
-				shown := a.stdout
-				if a.output == "json" {
-					shown = a.stderr
-				}
-				a.printRequest(shown, r)
-				ok, err := a.confirm(fmt.Sprintf("%s %s's request for %s?", strings.ToUpper(verb[:1])+verb[1:], r.GetRequester(), r.GetAccount()))
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				got, err := c.GetRequest(ctx, &bgv1.GetRequestRequest{Id: args[0]})
 				if err != nil {
 					return err
 				}
-				if !ok {
-					fmt.Fprintln(a.stderr, "nothing done")
-					return exitCode(1)
+				r := got.GetRequest()
+				if !yes && a.isTerminal() {
+					// With -o json, stdout stays clean JSON: show the request on stderr.
+					shown := a.stdout
+					if a.output == "json" {
+						shown = a.stderr
+					}
+					a.printRequest(shown, r)
+					ok, err := a.confirm(fmt.Sprintf("%s %s's request for %s?", strings.ToUpper(verb[:1])+verb[1:], r.GetRequester(), r.GetAccount()))
+					if err != nil {
+						return err
+					}
+					if !ok {
+						fmt.Fprintln(a.stderr, "nothing done")
+						return exitCode(1)
+					}
 				}
-			}
-			resp, err := c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: args[0], Decision: decision, Comment: comment})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintf(a.stdout, "%s recorded (audit entry %d); request %s is %s\n", verb, resp.GetEntry().GetIndex(), args[0], stateName(resp.GetRequest().GetState()))
-			return nil
+				resp, err := c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: args[0], Decision: decision, Comment: comment})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				fmt.Fprintf(a.stdout, "%s recorded (audit entry %d); request %s is %s\n", verb, resp.GetEntry().GetIndex(), args[0], stateName(resp.GetRequest().GetState()))
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&comment, "comment", "", "a note for the record")
@@ -343,22 +336,17 @@ func (a *app) cancelCmd() *cobra.Command {
 		Short: "Withdraw your pending request",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.CancelRequest(ctx, &bgv1.CancelRequestRequest{Id: args[0], Reason: reason})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintf(a.stdout, "request %s cancelled (audit entry %d)\n", args[0], resp.GetEntry().GetIndex())
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.CancelRequest(ctx, &bgv1.CancelRequestRequest{Id: args[0], Reason: reason})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				fmt.Fprintf(a.stdout, "request %s cancelled (audit entry %d)\n", args[0], resp.GetEntry().GetIndex())
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why")
@@ -372,23 +360,18 @@ func (a *app) tokenCmd() *cobra.Command {
 		Short: "Issue an access token for your approved grant; prints the JWT alone",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: args[0], Audience: audience})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintln(a.stdout, resp.GetToken())
-			fmt.Fprintf(a.stderr, "token %s for %s expires %s; %d more may be issued\n", resp.GetJti(), audience, fmtTime(resp.GetExpireTime()), resp.GetIssuancesLeft())
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: args[0], Audience: audience})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				fmt.Fprintln(a.stdout, resp.GetToken())
+				fmt.Fprintf(a.stderr, "token %s for %s expires %s; %d more may be issued\n", resp.GetJti(), audience, fmtTime(resp.GetExpireTime()), resp.GetIssuancesLeft())
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&audience, "audience", "", "the relying system (one of the account's audiences)")
@@ -403,22 +386,17 @@ func (a *app) revokeCmd() *cobra.Command {
 		Short: "End an approved grant now",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.RevokeGrant(ctx, &bgv1.RevokeGrantRequest{RequestId: args[0], Reason: reason})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintf(a.stdout, "grant %s revoked (audit entry %d)\n", args[0], resp.GetEntry().GetIndex())
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.RevokeGrant(ctx, &bgv1.RevokeGrantRequest{RequestId: args[0], Reason: reason})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				fmt.Fprintf(a.stdout, "grant %s revoked (audit entry %d)\n", args[0], resp.GetEntry().GetIndex())
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why (required)")
@@ -432,27 +410,22 @@ func (a *app) checkCmd() *cobra.Command {
 		Short: "Ask the broker whether a token is valid, expired or revoked",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.CheckToken(ctx, &bgv1.CheckTokenRequest{Jti: args[0]})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			st := strings.TrimPrefix(resp.GetStatus().String(), "TOKEN_STATUS_")
-			fmt.Fprintf(a.stdout, "%s: %s (request %s, account %s, subject %s, audience %s, expires %s)\n", args[0], st,
-				resp.GetRequestId(), resp.GetAccount(), resp.GetSubject(), resp.GetAudience(), fmtTime(resp.GetExpireTime()))
-			if resp.GetStatus() != bgv1.TokenStatus_TOKEN_STATUS_VALID {
-				return exitCode(3)
-			}
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.CheckToken(ctx, &bgv1.CheckTokenRequest{Jti: args[0]})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				st := strings.TrimPrefix(resp.GetStatus().String(), "TOKEN_STATUS_")
+				fmt.Fprintf(a.stdout, "%s: %s (request %s, account %s, subject %s, audience %s, expires %s)\n", args[0], st,
+					resp.GetRequestId(), resp.GetAccount(), resp.GetSubject(), resp.GetAudience(), fmtTime(resp.GetExpireTime()))
+				if resp.GetStatus() != bgv1.TokenStatus_TOKEN_STATUS_VALID {
+					return exitCode(3)
+				}
+				return nil
+			})
 		},
 	}
 }
@@ -463,22 +436,17 @@ func (a *app) keysCmd() *cobra.Command {
 		Short: "Print the JWKS that verifies tokens",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintln(a.stdout, resp.GetJwks())
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				fmt.Fprintln(a.stdout, resp.GetJwks())
+				return nil
+			})
 		},
 	}
 }
@@ -491,45 +459,40 @@ func (a *app) verifyCmd() *cobra.Command {
 		Short: "Verify a token as a relying party would (signature, typ, iss, aud, exp)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			cfg := client.VerifierConfig{Audience: audience, Issuer: issuer, AllowDrill: allowDrill, Keys: client.GRPCKeys{Client: c}}
-			if issuer == "" {
-				keys, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				cfg := client.VerifierConfig{Audience: audience, Issuer: issuer, AllowDrill: allowDrill, Keys: client.GRPCKeys{Client: c}}
+				if issuer == "" {
+					keys, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
+					if err != nil {
+						return err
+					}
+					cfg.Issuer = keys.GetIssuer()
+				}
+				if jwksURL != "" {
+					cfg.Keys = client.HTTPKeys{URL: jwksURL}
+				}
+				if check {
+					cfg.Checker = c
+				}
+				v, err := client.NewVerifier(cfg)
 				if err != nil {
 					return err
 				}
-				cfg.Issuer = keys.GetIssuer()
-			}
-			if jwksURL != "" {
-				cfg.Keys = client.HTTPKeys{URL: jwksURL}
-			}
-			if check {
-				cfg.Checker = c
-			}
-			v, err := client.NewVerifier(cfg)
-			if err != nil {
-				return err
-			}
-			claims, err := v.Verify(ctx, strings.TrimSpace(args[0]))
-			if err != nil {
-				fmt.Fprintln(a.stderr, "bgctl: token rejected:", err)
-				return exitCode(3)
-			}
-			if a.output == "json" {
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(claims)
-			}
-			fmt.Fprintf(a.stdout, "valid: sub %s, account %s, request %s, approvers %s, audience %s, expires %s, jti %s\n",
-				claims.Subject, claims.Account, claims.Request, strings.Join(claims.Approvers, ","), strings.Join(claims.Audience, ","),
-				claims.Expiry.Time().Local().Format(time.RFC3339), claims.ID)
-			return nil
+				claims, err := v.Verify(ctx, strings.TrimSpace(args[0]))
+				if err != nil {
+					fmt.Fprintln(a.stderr, "bgctl: token rejected:", err)
+					return exitCode(3)
+				}
+				if a.output == "json" {
+					enc := json.NewEncoder(a.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(claims)
+				}
+				fmt.Fprintf(a.stdout, "valid: sub %s, account %s, request %s, approvers %s, audience %s, expires %s, jti %s\n",
+					claims.Subject, claims.Account, claims.Request, strings.Join(claims.Approvers, ","), strings.Join(claims.Audience, ","),
+					claims.Expiry.Time().Local().Format(time.RFC3339), claims.ID)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&audience, "audience", "", "your relying party's audience (required)")
@@ -547,37 +510,32 @@ func (a *app) accountsCmd() *cobra.Command {
 		Short: "List the accounts you may request, review or own",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.ListAccounts(ctx, &bgv1.ListAccountsRequest{})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ACCOUNT\tYOU MAY\tMAX TTL\tAUDIENCES\tQUORUM")
-			for _, acc := range resp.GetAccounts() {
-				var may []string
-				if acc.GetCanRequest() {
-					may = append(may, "request")
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.ListAccounts(ctx, &bgv1.ListAccountsRequest{})
+				if err != nil {
+					return err
 				}
-				if acc.GetCanReview() {
-					may = append(may, "review")
+				if a.output == "json" {
+					return a.printJSON(resp)
 				}
-				if acc.GetIsOwner() {
-					may = append(may, "own")
+				w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "ACCOUNT\tYOU MAY\tMAX TTL\tAUDIENCES\tQUORUM")
+				for _, acc := range resp.GetAccounts() {
+					var may []string
+					if acc.GetCanRequest() {
+						may = append(may, "request")
+					}
+					if acc.GetCanReview() {
+						may = append(may, "review")
+					}
+					if acc.GetIsOwner() {
+						may = append(may, "own")
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", acc.GetName(), orDash(strings.Join(may, ",")), acc.GetMaxTtl().AsDuration(),
+						strings.Join(acc.GetAudiences(), ","), acc.GetQuorumDescription())
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", acc.GetName(), orDash(strings.Join(may, ",")), acc.GetMaxTtl().AsDuration(),
-					strings.Join(acc.GetAudiences(), ","), acc.GetQuorumDescription())
-			}
-			return w.Flush()
+				return w.Flush()
+			})
 		},
 	}
 }

@@ -257,30 +257,44 @@ func (b *Broker) CancelRequest(ctx context.Context, caller, id, reason string) (
 	if err := validateText("reason", reason, 500, false); err != nil {
 		return nil, err
 	}
+	if reason == "" {
+		reason = "cancelled by the requester"
+	}
+	return b.endRequest(ctx, caller, id, request.Pending, request.Cancelled, audit.TypeRequestCancelled, "cancelled", reason,
+		func(_ *policy.Policy, r *request.Request) error {
+			if r.Requester != caller {
+				return denied("only the requester (%s) may cancel request %s", r.Requester, id)
+			}
+			return nil
+		})
+}
+
+// endRequest moves a request the caller may see from state from to the
+// final state to, with its audit entry. These transitions take access away,
+// so their entries are written even while the HSM cannot sign.
+func (b *Broker) endRequest(ctx context.Context, caller, id string, from, to request.State, typ audit.Type, action, reason string,
+	authorize func(*policy.Policy, *request.Request) error) (*Result, error) {
 	var res Result
 	err := b.update(ctx, func(tx store.Tx) error {
 		r, err := b.loadRequest(ctx, tx, id, caller)
 		if err != nil {
 			return err
 		}
-		if r.Requester != caller {
-			return denied("only the requester (%s) may cancel request %s", r.Requester, id)
-		}
-		now := b.now().UTC()
-		if err := requireState(r, now, request.Pending, "cancelled"); err != nil {
+		if err := authorize(b.Policy(), r); err != nil {
 			return err
 		}
-		if reason == "" {
-			reason = "cancelled by the requester"
+		now := b.now().UTC()
+		if err := requireState(r, now, from, action); err != nil {
+			return err
 		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
-			Type: audit.TypeRequestCancelled, Actor: caller, Request: r.ID, Account: r.Account,
+			Type: typ, Actor: caller, Request: r.ID, Account: r.Account,
 			Payload: audit.RequestFinal{Reason: reason, At: now},
 		}, false)
 		if err != nil {
 			return err
 		}
-		r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Cancelled, now, caller, reason
+		r.State, r.FinalAt, r.FinalBy, r.FinalReason = to, now, caller, reason
 		if err := tx.SaveRequest(ctx, r); err != nil {
 			return err
 		}
@@ -291,7 +305,7 @@ func (b *Broker) CancelRequest(ctx context.Context, caller, id, reason string) (
 		return nil, err
 	}
 	b.notify(id)
-	b.log.Info("request cancelled", "request", id, "by", caller, "entry", res.Entry.Index)
+	b.log.Info("request "+action, "request", id, "by", caller, "entry", res.Entry.Index)
 	return &res, nil
 }
 

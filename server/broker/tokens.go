@@ -141,42 +141,15 @@ func (b *Broker) RevokeGrant(ctx context.Context, caller, id, reason string) (*R
 	if err := validateText("reason", reason, 500, true); err != nil {
 		return nil, err
 	}
-	var res Result
-	err := b.update(ctx, func(tx store.Tx) error {
-		r, err := b.loadRequest(ctx, tx, id, caller)
-		if err != nil {
-			return err
-		}
-		p := b.Policy()
-		acct, _ := p.Account(r.Account)
-		owner := acct != nil && p.IsOwner(acct, caller)
-		if caller != r.Requester && !p.Eligible(r.Rule, caller) && !owner {
-			return denied("only the requester, the request's approvers and the owners of account %s may revoke its grant", r.Account)
-		}
-		now := b.now().UTC()
-		if err := requireState(r, now, request.Approved, "revoked"); err != nil {
-			return err
-		}
-		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
-			Type: audit.TypeGrantRevoked, Actor: caller, Request: r.ID, Account: r.Account,
-			Payload: audit.RequestFinal{Reason: reason, At: now},
-		}, false)
-		if err != nil {
-			return err
-		}
-		r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Revoked, now, caller, reason
-		if err := tx.SaveRequest(ctx, r); err != nil {
-			return err
-		}
-		res = Result{Request: r, Entry: rec}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	b.notify(id)
-	b.log.Info("grant revoked", "request", id, "by", caller, "entry", res.Entry.Index)
-	return &res, nil
+	return b.endRequest(ctx, caller, id, request.Approved, request.Revoked, audit.TypeGrantRevoked, "revoked", reason,
+		func(p *policy.Policy, r *request.Request) error {
+			acct, _ := p.Account(r.Account)
+			owner := acct != nil && p.IsOwner(acct, caller)
+			if caller != r.Requester && !p.Eligible(r.Rule, caller) && !owner {
+				return denied("only the requester, the request's approvers and the owners of account %s may revoke its grant", r.Account)
+			}
+			return nil
+		})
 }
 
 // TokenStatus is what CheckToken reports.
