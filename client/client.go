@@ -5,12 +5,14 @@ package client
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -33,6 +35,9 @@ type Options struct {
 	KeyFile  string
 	// TLS, when set, is used instead of the files.
 	TLS *tls.Config
+	// Now is the clock that dates signed review statements (time.Now when
+	// nil); the broker refuses statements more than five minutes off its own.
+	Now func() time.Time
 }
 
 // Client is a connection to the broker with a method per RPC.
@@ -41,8 +46,16 @@ type Client struct {
 	bgv1.ReviewServiceClient
 	bgv1.TokenServiceClient
 	bgv1.AccountServiceClient
+	bgv1.AuditServiceClient
 
 	conn *grpc.ClientConn
+	// key is the client certificate's private key, which signs review
+	// statements.
+	key crypto.Signer
+
+	now    func() time.Time
+	mu     sync.Mutex
+	origin string
 }
 
 // TLSConfig builds the mTLS client configuration from PEM files.
@@ -82,7 +95,14 @@ func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New(conn), nil
+	c := New(conn)
+	if o.Now != nil {
+		c.now = o.Now
+	}
+	if len(tc.Certificates) > 0 {
+		c.key, _ = tc.Certificates[0].PrivateKey.(crypto.Signer)
+	}
+	return c, nil
 }
 
 // New wraps an existing connection.
@@ -92,7 +112,9 @@ func New(conn *grpc.ClientConn) *Client {
 		ReviewServiceClient:  bgv1.NewReviewServiceClient(conn),
 		TokenServiceClient:   bgv1.NewTokenServiceClient(conn),
 		AccountServiceClient: bgv1.NewAccountServiceClient(conn),
+		AuditServiceClient:   bgv1.NewAuditServiceClient(conn),
 		conn:                 conn,
+		now:                  time.Now,
 	}
 }
 

@@ -54,7 +54,7 @@ func TestDeadlinesThroughTheAPI(t *testing.T) {
 	}
 	defer d.Close()
 	dial := func(name string) *client.Client {
-		c, err := client.Dial(client.Options{Addr: d.Ready.GRPC, CAFile: dir + "/ca/ca.crt", CertFile: dir + "/identities/" + name + ".crt", KeyFile: dir + "/identities/" + name + ".key"})
+		c, err := client.Dial(client.Options{Addr: d.Ready.GRPC, CAFile: dir + "/ca/ca.crt", CertFile: dir + "/identities/" + name + ".crt", KeyFile: dir + "/identities/" + name + ".key", Now: clk.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,7 +70,7 @@ func TestDeadlinesThroughTheAPI(t *testing.T) {
 		return r.GetRequest().GetId()
 	}
 	approve := func(c *client.Client, id string) error {
-		_, err := c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: id, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
+		_, err := c.ReviewByID(ctx, id, bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, "")
 		return err
 	}
 

@@ -525,7 +525,7 @@ func TestClientCertificates(t *testing.T) {
 	if codeOf(err) != codes.Unavailable {
 		t.Fatalf("revoked certificate: %v", err)
 	}
-	if _, err := d.client("erin").ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: pending, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE}); err != nil {
+	if _, err := d.client("erin").ReviewByID(ctx, pending, bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, ""); err != nil {
 		t.Fatalf("erin after bob's revocation: %v", err)
 	}
 }

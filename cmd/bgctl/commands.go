@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -309,7 +308,9 @@ func (a *app) reviewCmd(verb string) *cobra.Command {
 						return exitCode(1)
 					}
 				}
-				resp, err := c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: args[0], Decision: decision, Comment: comment})
+				// The statement signed is over the request as fetched (and
+				// shown): what the approver saw is what they sign.
+				resp, err := c.Review(ctx, r, decision, comment)
 				if err != nil {
 					return err
 				}
@@ -484,9 +485,7 @@ func (a *app) verifyCmd() *cobra.Command {
 					return exitCode(3)
 				}
 				if a.output == "json" {
-					enc := json.NewEncoder(a.stdout)
-					enc.SetIndent("", "  ")
-					return enc.Encode(claims)
+					return writeAnyJSON(a.stdout, claims)
 				}
 				fmt.Fprintf(a.stdout, "valid: sub %s, account %s, request %s, approvers %s, audience %s, expires %s, jti %s\n",
 					claims.Subject, claims.Account, claims.Request, strings.Join(claims.Approvers, ","), strings.Join(claims.Audience, ","),

@@ -20,6 +20,16 @@ type PolicyLoaded struct {
 	// Source says where it was read from (a file name).
 	Source string          `json:"source"`
 	Policy json.RawMessage `json:"policy"`
+	// Identity says how principals are read from client certificates, so
+	// a verifier can derive the reviewer of a signed statement.
+	Identity Identity `json:"identity"`
+}
+
+// Identity is how the broker names the holder of a client certificate.
+type Identity struct {
+	// Mode is uri (the one URI SAN under URIPrefix) or cn.
+	Mode      string `json:"mode"`
+	URIPrefix string `json:"uri_prefix,omitempty"`
 }
 
 // RequestCreated records a new request and the rule it will be judged by.
@@ -46,6 +56,12 @@ type RequestReviewed struct {
 	Comment  string `json:"comment"`
 	// Groups are the reviewer's eligible groups when the review arrived.
 	Groups []string `json:"groups"`
+	// Statement is the signed review statement (client/approval), byte for
+	// byte; Signature its signature; Certificate the reviewer's client
+	// certificate (DER) whose key made it. All base64 in JSON.
+	Statement   []byte `json:"statement"`
+	Signature   []byte `json:"signature"`
+	Certificate []byte `json:"certificate"`
 }
 
 // RequestApproved records the moment the quorum was met.

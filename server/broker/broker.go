@@ -7,6 +7,7 @@ package broker
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,19 @@ type Config struct {
 	// MaxWatchesPerPrincipal bounds concurrent WatchRequest streams per
 	// principal (default 16).
 	MaxWatchesPerPrincipal int
+	// Origin is the log's origin; signed review statements must name it.
+	Origin string
+	// Certs re-verifies the client certificates behind signed reviews.
+	Certs CertVerifier
+	// OnAppend is called after every commit that appended entries.
+	OnAppend func()
+}
+
+// CertVerifier checks a client certificate as of a moment and names its
+// principal; identity.Verifier implements it.
+type CertVerifier interface {
+	VerifyAt(c *x509.Certificate, at time.Time) (string, error)
+	Describe() (mode, uriPrefix string)
 }
 
 // Broker runs the flow.
@@ -70,6 +84,9 @@ type Broker struct {
 	watchMu  sync.Mutex
 	watchers map[string]map[chan struct{}]struct{}
 	watching map[string]int
+	// appended is closed and replaced after every commit that appended
+	// entries, waking WatchEntries streams.
+	appended chan struct{}
 
 	denials denials
 }
@@ -77,8 +94,8 @@ type Broker struct {
 // New builds a broker and records the policy in the audit log when it
 // differs from the last one logged.
 func New(ctx context.Context, cfg Config) (*Broker, error) {
-	if cfg.Store == nil || cfg.Policy == nil || cfg.AuditKey == nil || cfg.Minter == nil {
-		return nil, errors.New("broker: Store, Policy, AuditKey and Minter are required")
+	if cfg.Store == nil || cfg.Policy == nil || cfg.AuditKey == nil || cfg.Minter == nil || cfg.Certs == nil || cfg.Origin == "" {
+		return nil, errors.New("broker: Store, Policy, AuditKey, Minter, Certs and Origin are required")
 	}
 	if _, ok := cfg.AuditKey.Public().(*ecdsa.PublicKey); !ok {
 		return nil, errors.New("broker: the audit key must be ECDSA P-256")
@@ -108,7 +125,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	b := &Broker{
 		cfg: cfg, store: cfg.Store, auditKey: cfg.AuditKey, auditKID: kid, minter: cfg.Minter,
 		now: cfg.Now, log: cfg.Log,
-		watchers: map[string]map[chan struct{}]struct{}{}, watching: map[string]int{},
+		watchers: map[string]map[chan struct{}]struct{}{}, watching: map[string]int{}, appended: make(chan struct{}),
 	}
 	b.denials.init()
 	b.policy.Store(cfg.Policy)
@@ -131,9 +148,11 @@ func (b *Broker) Minter() *token.Minter { return b.minter }
 func (b *Broker) SetHSMDown(down bool) { b.hsmDown.Store(down) }
 
 // logPolicy appends a policy_loaded entry unless the last one logged has
-// the same hash.
+// the same hash and identity configuration.
 func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source string) error {
-	return b.store.Update(ctx, func(tx store.Tx) error {
+	mode, prefix := b.cfg.Certs.Describe()
+	ident := audit.Identity{Mode: mode, URIPrefix: prefix}
+	return b.update(ctx, func(tx store.Tx) error {
 		prev := ""
 		last, err := tx.LastOfType(ctx, audit.TypePolicyLoaded)
 		switch {
@@ -149,14 +168,14 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source string)
 			if err := jsonUnmarshal(e.Payload, &pl); err != nil {
 				return fmt.Errorf("reading the last policy entry: %w", err)
 			}
-			if pl.Hash == p.Hash() {
+			if pl.Hash == p.Hash() && pl.Identity == ident {
 				return nil
 			}
 			prev = pl.Hash
 		}
 		_, err = b.appendEntry(ctx, tx, b.now(), audit.Draft{
 			Type: audit.TypePolicyLoaded, Actor: "broker",
-			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: prev, Source: source, Policy: p.CanonicalJSON()},
+			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: prev, Source: source, Policy: p.CanonicalJSON(), Identity: ident},
 		}, true)
 		return err
 	})
@@ -196,7 +215,7 @@ func (b *Broker) appendEntry(ctx context.Context, tx store.Tx, now time.Time, d 
 }
 
 // update runs fn in a write transaction and maps foreign errors to
-// internal ones.
+// internal ones. After a commit it wakes whoever follows the log.
 func (b *Broker) update(ctx context.Context, fn func(tx store.Tx) error) error {
 	if err := b.store.Update(ctx, fn); err != nil {
 		if errors.Is(err, store.ErrConflict) {
@@ -204,8 +223,30 @@ func (b *Broker) update(ctx context.Context, fn func(tx store.Tx) error) error {
 		}
 		return internal(err)
 	}
+	b.entriesAppended()
 	return nil
 }
+
+// entriesAppended wakes WatchEntries streams and the checkpointer.
+func (b *Broker) entriesAppended() {
+	b.watchMu.Lock()
+	close(b.appended)
+	b.appended = make(chan struct{})
+	b.watchMu.Unlock()
+	if b.cfg.OnAppend != nil {
+		b.cfg.OnAppend()
+	}
+}
+
+// Appended returns a channel closed at the next commit.
+func (b *Broker) Appended() <-chan struct{} {
+	b.watchMu.Lock()
+	defer b.watchMu.Unlock()
+	return b.appended
+}
+
+// Origin is the log's origin.
+func (b *Broker) Origin() string { return b.cfg.Origin }
 
 func (b *Broker) view(ctx context.Context, fn func(r store.Reader) error) error {
 	if err := b.store.View(ctx, fn); err != nil {

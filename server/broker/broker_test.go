@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/x509"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,10 +20,13 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/bgbroker/breakglass/client/approval"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/hsm/hsmtest"
 	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/devmode"
+	"github.com/bgbroker/breakglass/server/identity"
 	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
@@ -103,8 +108,19 @@ func (k *faultyKey) SignContext(ctx context.Context, d []byte, o crypto.SignerOp
 	return k.Key.SignContext(ctx, d, o)
 }
 
+const testOrigin = "breakglass.test/log"
+
+// principalKey is a principal's client certificate and key.
+type principalKey struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
 type harness struct {
 	t        *testing.T
+	ident    *identity.Verifier
+	ca       *devmode.CA
+	certs    map[string]principalKey
 	b        *broker.Broker
 	clock    *clock
 	store    store.Store
@@ -120,13 +136,59 @@ func newHarness(t *testing.T, policyYAML string) *harness {
 	tok := hsmtest.NewToken(t)
 	m := tok.Open(t)
 	keys := hsmtest.Keys(t, m)
-	h := &harness{t: t, clock: &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)},
+	h := &harness{t: t, clock: &clock{t: time.Now().UTC().Truncate(time.Second)}, certs: map[string]principalKey{},
 		audit: &faultyKey{Key: keys[hsm.PurposeAudit]}, tokenKey: &faultyKey{Key: keys[hsm.PurposeToken]},
 		dbPath: filepath.Join(t.TempDir(), "broker.db")}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	t.Cleanup(h.cancel)
+	var err error
+	if h.ca, err = devmode.NewCA("test client CA", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, devmode.CertPEM(h.ca.Cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if h.ident, err = identity.New(identity.Config{ClientCA: caFile, URIPrefix: "spiffe://test/user/"}, nil); err != nil {
+		t.Fatal(err)
+	}
 	h.start(policyYAML)
 	return h
+}
+
+// cert returns principal's client certificate and key, issuing them once.
+func (h *harness) cert(principal string) principalKey {
+	if pk, ok := h.certs[principal]; ok {
+		return pk
+	}
+	c, k, err := h.ca.Issue(devmode.LeafOptions{CommonName: principal, URIs: []string{"spiffe://test/user/" + principal}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.certs[principal] = principalKey{c, k}
+	return h.certs[principal]
+}
+
+// statement signs a review statement as principal for request id,
+// binding the request's stored content.
+func (h *harness) statement(principal, id string, d request.Decision, comment string) ([]byte, []byte) {
+	h.t.Helper()
+	var content string
+	_ = h.store.View(h.ctx, func(r store.Reader) error {
+		req, err := r.Request(h.ctx, id)
+		if err == nil {
+			content = req.Content().Digest()
+		} else {
+			content = approval.CommentDigest("no such request")
+		}
+		return nil
+	})
+	st := approval.Statement{Type: string(d), Origin: testOrigin, Request: id, Content: content, Comment: approval.CommentDigest(comment), Time: h.clock.Now()}
+	sig, err := approval.Sign(h.cert(principal).key, st.Marshal())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return st.Marshal(), sig
 }
 
 func (h *harness) start(policyYAML string) {
@@ -145,7 +207,8 @@ func (h *harness) start(policyYAML string) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", AuditKey: h.audit, Minter: minter, Now: h.clock.Now})
+	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", AuditKey: h.audit, Minter: minter, Now: h.clock.Now,
+		Origin: testOrigin, Certs: h.ident})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -168,7 +231,8 @@ func (h *harness) create(caller, account string) *request.Request {
 }
 
 func (h *harness) review(caller, id string, d request.Decision) (*broker.Result, error) {
-	return h.b.Review(h.ctx, caller, broker.ReviewInput{ID: id, Decision: d, Comment: "ok"})
+	stmt, sig := h.statement(caller, id, d, "ok")
+	return h.b.Review(h.ctx, caller, broker.ReviewInput{ID: id, Decision: d, Comment: "ok", Statement: stmt, Signature: sig, Cert: h.cert(caller).cert})
 }
 
 func (h *harness) approved(caller string) *request.Request {
@@ -856,4 +920,107 @@ func TestWatch(t *testing.T) {
 	if errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
+}
+
+// Every review carries a statement signed by the reviewer's own key; each
+// way it can be wrong is refused with InvalidArgument and changes nothing.
+func TestSignedReviews(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	other := h.create("frank", "prod-db")
+	good := func() ([]byte, []byte) { return h.statement("bob", r.ID, request.Approve, "ok") }
+	sign := func(principal string, st approval.Statement) ([]byte, []byte) {
+		sig, err := approval.Sign(h.cert(principal).key, st.Marshal())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Marshal(), sig
+	}
+	base := func() approval.Statement {
+		s, _ := good()
+		st, err := approval.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	tests := []struct {
+		name     string
+		stmt     func() ([]byte, []byte)
+		comment  string
+		decision request.Decision
+		cert     string
+		msg      string
+	}{
+		{"missing statement", func() ([]byte, []byte) { return nil, nil }, "ok", request.Approve, "bob", "must carry a statement"},
+		{"missing signature", func() ([]byte, []byte) { s, _ := good(); return s, nil }, "ok", request.Approve, "bob", "must carry a statement"},
+		{"malformed statement", func() ([]byte, []byte) { _, sig := good(); return []byte("approve please\n"), sig }, "ok", request.Approve, "bob", "malformed"},
+		{"signature by another key", func() ([]byte, []byte) {
+			st := base()
+			sig, _ := approval.Sign(h.cert("erin").key, st.Marshal())
+			return st.Marshal(), sig
+		}, "ok", request.Approve, "bob", "does not verify"},
+		{"signature over altered content", func() ([]byte, []byte) {
+			st := base()
+			st.Content = approval.Content{ID: r.ID, Account: "prod-db", Requester: "alice", Justification: "something else"}.Digest()
+			return sign("bob", st)
+		}, "ok", request.Approve, "bob", "other content"},
+		{"replayed from another request", func() ([]byte, []byte) { return h.statement("bob", other.ID, request.Approve, "ok") }, "ok", request.Approve, "bob", "is for request"},
+		{"from another deployment", func() ([]byte, []byte) { st := base(); st.Origin = "other.example/log"; return sign("bob", st) }, "ok", request.Approve, "bob", "is for log"},
+		{"a deny statement sent as an approval", func() ([]byte, []byte) { return h.statement("bob", r.ID, request.Deny, "ok") }, "ok", request.Approve, "bob", "says deny"},
+		{"another comment", func() ([]byte, []byte) { return good() }, "something else", request.Approve, "bob", "comment digest"},
+		{"clock far ahead", func() ([]byte, []byte) { st := base(); st.Time = st.Time.Add(6 * time.Minute); return sign("bob", st) }, "ok", request.Approve, "bob", "from the broker's clock"},
+		{"clock far behind", func() ([]byte, []byte) { st := base(); st.Time = st.Time.Add(-6 * time.Minute); return sign("bob", st) }, "ok", request.Approve, "bob", "from the broker's clock"},
+		{"non-canonical time", func() ([]byte, []byte) {
+			s, _ := good()
+			s = []byte(strings.Replace(string(s), "Z\n", "+00:00\n", 1))
+			sig, _ := approval.Sign(h.cert("bob").key, s)
+			return s, sig
+		}, "ok", request.Approve, "bob", "malformed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := h.snap()
+			stmt, sig := tc.stmt()
+			_, err := h.b.Review(h.ctx, "bob", broker.ReviewInput{ID: r.ID, Decision: tc.decision, Comment: tc.comment, Statement: stmt, Signature: sig, Cert: h.cert(tc.cert).cert})
+			wantKind(t, err, broker.KindInvalid, tc.msg)
+			if h.snap() != before {
+				t.Fatal("a refused review changed the store")
+			}
+		})
+	}
+	// A statement within the allowed skew is accepted.
+	st := base()
+	st.Time = st.Time.Add(-4 * time.Minute)
+	stmt, sig := sign("bob", st)
+	if _, err := h.b.Review(h.ctx, "bob", broker.ReviewInput{ID: r.ID, Decision: request.Approve, Comment: "ok", Statement: stmt, Signature: sig, Cert: h.cert("bob").cert}); err != nil {
+		t.Fatalf("statement 4 minutes old: %v", err)
+	}
+}
+
+// IssueToken re-verifies the stored signed reviews: an approval whose
+// stored signature was altered, or whose certificate is no longer valid,
+// does not count.
+func TestIssuanceReverifiesStoredReviews(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.approved("alice")
+	db, err := sql.Open("sqlite", "file:"+h.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`UPDATE reviews SET signature = x'3006020101020101' WHERE request_id = ? AND reviewer = 'erin'`, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "no longer meets its quorum")
+
+	// A stored review time moved away from the statement's time no longer
+	// matches it.
+	r2 := h.approved("frank")
+	if _, err := db.Exec(`UPDATE reviews SET at = at + 3600000000000 WHERE request_id = ? AND reviewer = 'bob'`, r2.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.b.IssueToken(h.ctx, "frank", r2.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "no longer meets its quorum")
 }

@@ -2,7 +2,12 @@ package broker
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bgbroker/breakglass/client/approval"
 
 	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/policy"
@@ -10,11 +15,35 @@ import (
 	"github.com/bgbroker/breakglass/server/store"
 )
 
-// ReviewInput is an approver's decision.
+// ReviewInput is an approver's decision and the statement they signed
+// with the key of Cert, the client certificate of their connection.
 type ReviewInput struct {
-	ID       string
-	Decision request.Decision
-	Comment  string
+	ID        string
+	Decision  request.Decision
+	Comment   string
+	Statement []byte
+	Signature []byte
+	Cert      *x509.Certificate
+}
+
+// checkStatement refuses a review whose signed statement is missing, does
+// not verify with the connection's certificate, or says anything other
+// than this review of this request in this log.
+func (b *Broker) checkStatement(in ReviewInput, r *request.Request, now time.Time) error {
+	if len(in.Statement) == 0 || len(in.Signature) == 0 || in.Cert == nil {
+		return invalid("a review must carry a statement signed with your client certificate's key (bgctl and the Go SDK sign it for you)")
+	}
+	st, err := approval.Parse(in.Statement)
+	if err != nil {
+		return invalid("the signed review statement is malformed: %s", err)
+	}
+	if err := approval.Verify(in.Cert, in.Statement, in.Signature); err != nil {
+		return invalid("the review statement's signature does not verify with your client certificate")
+	}
+	if err := approval.Check(st, string(in.Decision), b.cfg.Origin, r.ID, r.Content().Digest(), in.Comment, now); err != nil {
+		return invalid("the signed review statement does not match this review: %s", err)
+	}
+	return nil
 }
 
 // Review records caller's decision on a pending request. An approval that
@@ -51,14 +80,19 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		if r.Reviewed(caller) {
 			return newErr(KindExists, "you already reviewed request %s; each approver counts once", r.ID)
 		}
+		if err := b.checkStatement(in, r, now); err != nil {
+			return err
+		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypeRequestReviewed, Actor: caller, Request: r.ID, Account: r.Account,
-			Payload: audit.RequestReviewed{Decision: string(in.Decision), Comment: in.Comment, Groups: p.EligibleGroups(r.Rule, caller)},
+			Payload: audit.RequestReviewed{Decision: string(in.Decision), Comment: in.Comment, Groups: p.EligibleGroups(r.Rule, caller),
+				Statement: in.Statement, Signature: in.Signature, Certificate: in.Cert.Raw},
 		}, in.Decision == request.Approve)
 		if err != nil {
 			return err
 		}
-		rv := request.Review{Reviewer: caller, Decision: in.Decision, Comment: in.Comment, At: now, EntryIndex: rec.Index, LeafHash: rec.LeafHash}
+		rv := request.Review{Reviewer: caller, Decision: in.Decision, Comment: in.Comment, At: now, EntryIndex: rec.Index, LeafHash: rec.LeafHash,
+			Statement: in.Statement, Signature: in.Signature, Cert: in.Cert.Raw}
 		if err := tx.AddReview(ctx, r.ID, rv); err != nil {
 			if errors.Is(err, store.ErrConflict) {
 				return newErr(KindExists, "you already reviewed request %s; each approver counts once", r.ID)
@@ -68,10 +102,10 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		r.Reviews = append(r.Reviews, rv)
 		res = Result{Request: r, Entry: rec}
 
-		approvals, denials := r.ApprovalsAndDenials()
+		_, denials := r.ApprovalsAndDenials()
 		switch in.Decision {
 		case request.Approve:
-			o := policy.Evaluate(p, r.Rule, r.Requester, approvals)
+			o := policy.Evaluate(p, r.Rule, r.Requester, b.verifiedApprovals(r))
 			if !o.Met {
 				break
 			}
@@ -118,4 +152,51 @@ func joinNames(names []string) string {
 		out += n
 	}
 	return out
+}
+
+// verifiedApprovals returns the approvers whose stored signed statement
+// still verifies: a well-formed approve statement for this request, its
+// content and comment, in this log, made within MaxSkew of the review, by
+// the key of a certificate that chained to the client CA when the review
+// was made, is not revoked now, and names the reviewer. Anything else does
+// not count toward a quorum.
+func (b *Broker) verifiedApprovals(r *request.Request) []string {
+	var out []string
+	digest := r.Content().Digest()
+	for _, rv := range r.Reviews {
+		if rv.Decision != request.Approve {
+			continue
+		}
+		if err := b.verifyReview(r, rv, digest); err != nil {
+			b.log.Warn("a stored approval does not verify and is not counted", "request", r.ID, "reviewer", rv.Reviewer, "err", err)
+			continue
+		}
+		out = append(out, rv.Reviewer)
+	}
+	return out
+}
+
+func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest string) error {
+	st, err := approval.Parse(rv.Statement)
+	if err != nil {
+		return err
+	}
+	if err := approval.Check(st, string(rv.Decision), b.cfg.Origin, r.ID, digest, rv.Comment, rv.At); err != nil {
+		return err
+	}
+	cert, err := x509.ParseCertificate(rv.Cert)
+	if err != nil {
+		return err
+	}
+	if err := approval.Verify(cert, rv.Statement, rv.Signature); err != nil {
+		return err
+	}
+	who, err := b.cfg.Certs.VerifyAt(cert, rv.At)
+	if err != nil {
+		return err
+	}
+	if who != rv.Reviewer {
+		return fmt.Errorf("the certificate names %s, not the reviewer %s", who, rv.Reviewer)
+	}
+	return nil
 }

@@ -29,7 +29,8 @@ type Issued struct {
 
 // checkIssuable decides, from the stored request and its stored reviews,
 // whether a token may be issued now. It trusts no state column alone: the
-// quorum is evaluated again from the reviews under the current policy.
+// quorum is evaluated again from the signed reviews, each re-verified, under
+// the current policy.
 func (b *Broker) checkIssuable(p *policy.Policy, r *request.Request, caller, audience string, now time.Time) (*policy.Account, policy.Outcome, error) {
 	if r.Requester != caller {
 		return nil, policy.Outcome{}, denied("only the requester (%s) may issue tokens for request %s", r.Requester, r.ID)
@@ -47,8 +48,7 @@ func (b *Broker) checkIssuable(p *policy.Policy, r *request.Request, caller, aud
 	if r.Issued >= r.MaxIssuances {
 		return nil, policy.Outcome{}, wrongState("request %s has issued all %d tokens it may", r.ID, r.MaxIssuances)
 	}
-	approvals, _ := r.ApprovalsAndDenials()
-	o := policy.Evaluate(p, r.Rule, r.Requester, approvals)
+	o := policy.Evaluate(p, r.Rule, r.Requester, b.verifiedApprovals(r))
 	if !o.Met {
 		return nil, policy.Outcome{}, wrongState("request %s no longer meets its quorum (%s) under the current policy; no token can be issued", r.ID, r.Rule)
 	}

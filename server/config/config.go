@@ -35,6 +35,7 @@ type Config struct {
 	PolicyFile string         `yaml:"policy_file"`
 	Policy     yaml.Node      `yaml:"policy"`
 	Store      Store          `yaml:"store"`
+	Audit      Audit          `yaml:"audit"`
 	Limits     grpcapi.Limits `yaml:"limits"`
 	Log        Log            `yaml:"log"`
 	// HealthInterval is how often the HSM keys are test-signed (default 5s).
@@ -50,6 +51,20 @@ type Keys struct {
 	Token      string `yaml:"token"`
 	Audit      string `yaml:"audit"`
 	Checkpoint string `yaml:"checkpoint"`
+}
+
+// Audit configures the audit log's checkpoints.
+type Audit struct {
+	// Origin names the log: the first line of every checkpoint and the
+	// signed-note name of the checkpoint key. Set it once; a log keeps its
+	// origin for life. Default: breakglass/ and the first 16 hex digits of
+	// the checkpoint key's fingerprint, unique to the deployment.
+	Origin string `yaml:"origin"`
+	// CheckpointEvery signs a checkpoint after this many entries (default 64).
+	CheckpointEvery uint64 `yaml:"checkpoint_every"`
+	// CheckpointInterval signs one this long after the last when the log
+	// grew (default 10s).
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 }
 
 // Listen holds the listener addresses.

@@ -19,7 +19,9 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/bgbroker/breakglass/hsm"
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/checkpoint"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/grpcapi"
 	"github.com/bgbroker/breakglass/server/httpapi"
@@ -51,8 +53,9 @@ type Ready struct {
 
 // Daemon is a running broker.
 type Daemon struct {
-	Broker *broker.Broker
-	Ready  Ready
+	Broker      *broker.Broker
+	Checkpoints *checkpoint.Checkpointer
+	Ready       Ready
 
 	log     *slog.Logger
 	cfg     *config.Config
@@ -148,12 +151,35 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: pol, PolicySource: source, AuditKey: auditKey,
-		Minter: minter, Now: opts.Now, Log: log, SweepInterval: cfg.SweepInterval})
+	origin := cfg.Audit.Origin
+	if origin == "" {
+		origin = "breakglass/" + hsm.Fingerprint(cpKey.Public())[:16]
+	}
+	noteSigner, err := hsm.NewNoteSigner(context.WithoutCancel(ctx), cpKey, origin)
+	if err != nil {
+		return nil, fmt.Errorf("audit.origin: %w", err)
+	}
+	cps, err := checkpoint.New(ctx, checkpoint.Config{Store: d.store, Signer: noteSigner, Origin: origin,
+		Every: cfg.Audit.CheckpointEvery, Interval: cfg.Audit.CheckpointInterval, Now: opts.Now, Log: log})
 	if err != nil {
 		return nil, err
 	}
-	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: ident, TLS: credentials.NewTLS(ident.ServerTLS(cert)), Limits: cfg.Limits, Log: log})
+	d.Checkpoints = cps
+	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: pol, PolicySource: source, AuditKey: auditKey,
+		Minter: minter, Now: opts.Now, Log: log, SweepInterval: cfg.SweepInterval, Origin: origin, Certs: ident, OnAppend: cps.Appended})
+	if err != nil {
+		return nil, err
+	}
+	auditPub, err := publicKey(auditKey, hsm.PurposeAudit, "")
+	if err != nil {
+		return nil, err
+	}
+	cpPub, err := publicKey(cpKey, hsm.PurposeCheckpoint, origin)
+	if err != nil {
+		return nil, err
+	}
+	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: ident, TLS: credentials.NewTLS(ident.ServerTLS(cert)), Limits: cfg.Limits, Log: log,
+		Audit: grpcapi.AuditConfig{Checkpoints: cps, AuditKey: auditPub, CheckpointKey: cpPub, Store: d.store}})
 	if err != nil {
 		return nil, err
 	}
@@ -176,6 +202,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.cancel = cancel
 	d.checkHealth(rctx)
 	d.goRun(func() error { d.Broker.Run(rctx); return nil })
+	d.goRun(func() error { cps.Run(rctx); return nil })
 	d.goRun(func() error { d.healthLoop(rctx); return nil })
 	d.goRun(func() error { return d.grpc.GRPC.Serve(grpcLis) })
 	d.goRun(func() error { return ignoreClosed(d.https.ServeTLS(httpsLis, "", "")) })
@@ -192,6 +219,32 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "issuer", issuer, "policy", pol.Hash(),
 		"token_kid", minter.KID(), "audit_kid", d.Broker.AuditKID())
 	return d, nil
+}
+
+// publicKey describes an HSM key for the API; for checkpoint keys with the
+// signed-note verifier key named by the log's origin.
+func publicKey(k *hsm.Key, p hsm.Purpose, noteName string) (*bgv1.PublicKey, error) {
+	pemBytes, err := hsm.PublicPEM(k.Public())
+	if err != nil {
+		return nil, err
+	}
+	kid, err := hsm.Thumbprint(k.Public())
+	if err != nil {
+		return nil, err
+	}
+	out := &bgv1.PublicKey{Label: k.Label(), Algorithm: string(k.Algorithm()), Kid: kid, FingerprintSha256: hsm.Fingerprint(k.Public()), Pem: string(pemBytes)}
+	switch p {
+	case hsm.PurposeAudit:
+		out.Purpose = bgv1.KeyPurpose_KEY_PURPOSE_AUDIT
+	case hsm.PurposeCheckpoint:
+		out.Purpose = bgv1.KeyPurpose_KEY_PURPOSE_CHECKPOINT
+		if out.NoteVerifierKey, err = hsm.NoteVerifierKey(noteName, k.Public()); err != nil {
+			return nil, err
+		}
+	default:
+		out.Purpose = bgv1.KeyPurpose_KEY_PURPOSE_TOKEN
+	}
+	return out, nil
 }
 
 func ignoreClosed(err error) error {

@@ -128,11 +128,13 @@ identity:
   mode: uri
   uri_prefix: %s
 policy_file: policy.yaml
+audit:
+  origin: %s
 store:
   driver: sqlite
   sqlite:
     path: broker.db
-`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, o.GRPCAddr, o.HTTPAddr, URIPrefix)
+`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, o.GRPCAddr, o.HTTPAddr, URIPrefix, "breakglass.dev/"+randHex(8))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", false, err
 	}

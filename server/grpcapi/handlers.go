@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -125,7 +127,12 @@ func (s *Server) ReviewRequest(ctx context.Context, in *bgv1.ReviewRequestReques
 	if in.Decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
 		d = request.Deny
 	}
-	res, err := s.b.Review(ctx, caller(ctx), broker.ReviewInput{ID: in.Id, Decision: d, Comment: in.Comment})
+	_, cert, err := s.id.FromPeer(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	res, err := s.b.Review(ctx, caller(ctx), broker.ReviewInput{ID: in.Id, Decision: d, Comment: in.Comment,
+		Statement: in.Statement, Signature: in.Signature, Cert: cert})
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}

@@ -67,6 +67,7 @@ type Config struct {
 	TLS    credentials.TransportCredentials
 	Limits Limits
 	Log    *slog.Logger
+	Audit  AuditConfig
 }
 
 // Server is the broker's gRPC server.
@@ -93,6 +94,7 @@ var ServiceNames = []string{
 	bgv1.ReviewService_ServiceDesc.ServiceName,
 	bgv1.TokenService_ServiceDesc.ServiceName,
 	bgv1.AccountService_ServiceDesc.ServiceName,
+	bgv1.AuditService_ServiceDesc.ServiceName,
 }
 
 // New builds the server with its interceptors: recovery first, then
@@ -146,6 +148,7 @@ func New(cfg Config) (*Server, error) {
 	bgv1.RegisterReviewServiceServer(s.GRPC, s)
 	bgv1.RegisterTokenServiceServer(s.GRPC, s)
 	bgv1.RegisterAccountServiceServer(s.GRPC, s)
+	bgv1.RegisterAuditServiceServer(s.GRPC, &auditServer{s: s, cfg: cfg.Audit})
 	s.Health = health.NewServer()
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)

@@ -255,6 +255,28 @@ func (v *Verifier) FromPeer(ctx context.Context) (string, *x509.Certificate, err
 	return name, leaf, err
 }
 
+// VerifyAt checks a client certificate as the TLS stack would have at time
+// at (chain to the client CA, client-auth usage), against the CRL as it is
+// now, and returns its principal. The broker uses it to re-check the
+// certificates behind stored signed reviews.
+func (v *Verifier) VerifyAt(c *x509.Certificate, at time.Time) (string, error) {
+	if _, err := c.Verify(x509.VerifyOptions{Roots: v.pool, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return "", fmt.Errorf("certificate of %s does not verify at %s: %w", c.Subject, at.UTC().Format(time.RFC3339), err)
+	}
+	if err := v.checkRevoked(c); err != nil {
+		return "", err
+	}
+	return v.Principal(c)
+}
+
+// Describe is the identity configuration as the audit log records it.
+func (v *Verifier) Describe() (mode, uriPrefix string) {
+	if v.cfg.Mode == "cn" {
+		return "cn", ""
+	}
+	return "uri", v.cfg.URIPrefix
+}
+
 type principalKey struct{}
 
 // WithPrincipal stores the caller's principal in ctx.

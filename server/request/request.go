@@ -4,12 +4,10 @@
 package request
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"time"
 
+	"github.com/bgbroker/breakglass/client/approval"
 	"github.com/bgbroker/breakglass/server/policy"
 )
 
@@ -47,6 +45,11 @@ type Review struct {
 	// EntryIndex and LeafHash locate the audit entry that recorded it.
 	EntryIndex uint64
 	LeafHash   []byte
+	// Statement, Signature and Cert are the signed review statement
+	// (client/approval), its signature, and the reviewer's certificate (DER).
+	Statement []byte
+	Signature []byte
+	Cert      []byte
 }
 
 // Request is a request and, once approved, its grant.
@@ -138,33 +141,11 @@ func (r *Request) ApprovalsAndDenials() (approvals, denials []string) {
 	return approvals, denials
 }
 
-// Content is the immutable part of a request: what approvers approve. Its
-// digest binds signed reviews to exactly this request.
-type Content struct {
-	ID            string    `json:"id"`
-	Account       string    `json:"account"`
-	Requester     string    `json:"requester"`
-	Justification string    `json:"justification"`
-	Ticket        string    `json:"ticket"`
-	TTLSeconds    int64     `json:"ttl_seconds"`
-	Drill         bool      `json:"drill"`
-	CreatedAt     time.Time `json:"created_at"`
-}
-
-// Content returns the request's immutable content.
-func (r *Request) Content() Content {
-	return Content{ID: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification,
+// Content returns the request's immutable content: what approvers approve
+// and what their signed statements bind to.
+func (r *Request) Content() approval.Content {
+	return approval.Content{ID: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification,
 		Ticket: r.Ticket, TTLSeconds: int64(r.TTL / time.Second), Drill: r.Drill, CreatedAt: r.CreatedAt.UTC()}
-}
-
-// Digest is the SHA-256 of the content's JSON, hex.
-func (c Content) Digest() string {
-	b, err := json.Marshal(c)
-	if err != nil {
-		panic(err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
 }
 
 // GrantEnd computes the end of a grant approved at t: the requested TTL,

@@ -72,6 +72,18 @@ type Reader interface {
 	UnsignedCount(ctx context.Context) (int, error)
 	// LastOfType returns the newest entry of a type, or ErrNotFound.
 	LastOfType(ctx context.Context, t audit.Type) (audit.Record, error)
+	// TreeHash returns the RFC 6962 root of the first size entries.
+	TreeHash(ctx context.Context, size uint64) ([]byte, error)
+	// InclusionProof proves entry index is in the tree of the first size
+	// entries (RFC 6962 audit path, leaf to root).
+	InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error)
+	// ConsistencyProof proves the tree of size from is a prefix of the tree
+	// of size to (RFC 6962 consistency proof).
+	ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error)
+	// Checkpoint returns the stored checkpoint at size, or ErrNotFound.
+	Checkpoint(ctx context.Context, size uint64) (Checkpoint, error)
+	// LatestCheckpoint returns the largest stored checkpoint, or ErrNotFound.
+	LatestCheckpoint(ctx context.Context) (Checkpoint, error)
 }
 
 // Tx writes. It sees its own writes.
@@ -91,6 +103,18 @@ type Tx interface {
 	Append(ctx context.Context, r audit.Record) error
 	// SetSignature signs a stored unsigned entry; signing twice is refused.
 	SetSignature(ctx context.Context, index uint64, sig []byte, keyID string) error
+	// AddCheckpoint stores a signed checkpoint; one already stored at the
+	// same size is kept.
+	AddCheckpoint(ctx context.Context, cp Checkpoint) error
+}
+
+// Checkpoint is a signed checkpoint: a C2SP signed note over the
+// tlog-checkpoint body (origin, size, root).
+type Checkpoint struct {
+	Size      uint64
+	Root      []byte
+	Note      []byte
+	CreatedAt time.Time
 }
 
 // TokenRecord is what the broker keeps of an issued token: its claims and

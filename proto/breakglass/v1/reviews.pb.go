@@ -22,11 +22,28 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ReviewRequestRequest carries the review and a statement signed with the
+// private key of the caller's client certificate (see client/approval):
+//
+//	breakglass review statement v1
+//	type approve|deny
+//	origin <log origin>
+//	request <request id>
+//	content sha256:<hex digest of the request's content>
+//	comment sha256:<hex digest of the comment>
+//	time <RFC 3339 UTC, to the second>
+//
+// A review without a valid statement is refused with InvalidArgument.
 type ReviewRequestRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Decision      ReviewDecision         `protobuf:"varint,2,opt,name=decision,proto3,enum=breakglass.v1.ReviewDecision" json:"decision,omitempty"`
-	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Decision ReviewDecision         `protobuf:"varint,2,opt,name=decision,proto3,enum=breakglass.v1.ReviewDecision" json:"decision,omitempty"`
+	Comment  string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	// The signed statement, byte for byte.
+	Statement []byte `protobuf:"bytes,4,opt,name=statement,proto3" json:"statement,omitempty"`
+	// Its signature with the client certificate's key: ECDSA with SHA-256
+	// (ASN.1 DER), Ed25519, or RSA PKCS #1 v1.5 with SHA-256.
+	Signature     []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -80,6 +97,20 @@ func (x *ReviewRequestRequest) GetComment() string {
 		return x.Comment
 	}
 	return ""
+}
+
+func (x *ReviewRequestRequest) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *ReviewRequestRequest) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
 }
 
 type ReviewRequestResponse struct {
@@ -139,12 +170,14 @@ var File_breakglass_v1_reviews_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_reviews_proto_rawDesc = "" +
 	"\n" +
-	"\x1bbreakglass/v1/reviews.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\"\xdb\x01\n" +
+	"\x1bbreakglass/v1/reviews.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\"\xab\x02\n" +
 	"\x14ReviewRequestRequest\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x12E\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1d.breakglass.v1.ReviewDecisionB\n" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\bdecision\x12b\n" +
-	"\acomment\x18\x03 \x01(\tBH\xbaHErC\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\acomment\"x\n" +
+	"\acomment\x18\x03 \x01(\tBH\xbaHErC\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\acomment\x12&\n" +
+	"\tstatement\x18\x04 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tstatement\x12&\n" +
+	"\tsignature\x18\x05 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tsignature\"x\n" +
 	"\x15ReviewRequestResponse\x120\n" +
 	"\arequest\x18\x01 \x01(\v2\x16.breakglass.v1.RequestR\arequest\x12-\n" +
 	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry2k\n" +

@@ -136,7 +136,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	if _, err := p.Up(ctx); err != nil {
 		return fmt.Errorf("sqlite: applying migrations: %w", err)
 	}
-	return nil
+	return s.Update(ctx, func(tx store.Tx) error { return tx.(*sqlstore.Tx).BackfillTree(ctx) })
 }
 
 // Update implements store.Store.

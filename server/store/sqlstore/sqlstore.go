@@ -152,7 +152,7 @@ func (t *Tx) loadReviews(ctx context.Context, rs []*request.Request) error {
 		byID[r.ID] = r
 		args = append(args, r.ID)
 	}
-	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT request_id, reviewer, decision, comment, at, entry_index, leaf_hash
+	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert
 		FROM reviews WHERE request_id IN (?`+strings.Repeat(",?", len(rs)-1)+`) ORDER BY entry_index`), args...)
 	if err != nil {
 		return err
@@ -164,7 +164,7 @@ func (t *Tx) loadReviews(ctx context.Context, rs []*request.Request) error {
 			rv           request.Review
 			at           int64
 		)
-		if err := rows.Scan(&id, &rv.Reviewer, &decision, &rv.Comment, &at, &rv.EntryIndex, &rv.LeafHash); err != nil {
+		if err := rows.Scan(&id, &rv.Reviewer, &decision, &rv.Comment, &at, &rv.EntryIndex, &rv.LeafHash, &rv.Statement, &rv.Signature, &rv.Cert); err != nil {
 			return err
 		}
 		rv.Decision, rv.At = request.Decision(decision), fromNanos(at)
@@ -270,6 +270,13 @@ func (t *Tx) CreateRequest(ctx context.Context, r *request.Request) error {
 	return err
 }
 
+func orEmptyBytes(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
 func orEmpty(s []string) []string {
 	if s == nil {
 		return []string{}
@@ -302,8 +309,8 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 
 // AddReview implements store.Tx.
 func (t *Tx) AddReview(ctx context.Context, requestID string, rv request.Review) error {
-	_, err := t.exec(ctx, `INSERT INTO reviews (request_id, reviewer, decision, comment, at, entry_index, leaf_hash) VALUES (?,?,?,?,?,?,?)`,
-		requestID, rv.Reviewer, string(rv.Decision), rv.Comment, nanos(rv.At), rv.EntryIndex, rv.LeafHash)
+	_, err := t.exec(ctx, `INSERT INTO reviews (request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert) VALUES (?,?,?,?,?,?,?,?,?,?)`,
+		requestID, rv.Reviewer, string(rv.Decision), rv.Comment, nanos(rv.At), rv.EntryIndex, rv.LeafHash, orEmptyBytes(rv.Statement), orEmptyBytes(rv.Signature), orEmptyBytes(rv.Cert))
 	return err
 }
 
@@ -418,9 +425,11 @@ func (t *Tx) Append(ctx context.Context, r audit.Record) error {
 	if r.KeyID != "" {
 		keyID = r.KeyID
 	}
-	_, err := t.exec(ctx, `INSERT INTO entries (`+entryCols+`) VALUES (?,?,?,?,?,?,?)`,
-		int64(r.Index), nanos(r.Time), string(r.Type), r.Bytes, r.LeafHash, sig, keyID)
-	return err
+	if _, err := t.exec(ctx, `INSERT INTO entries (`+entryCols+`) VALUES (?,?,?,?,?,?,?)`,
+		int64(r.Index), nanos(r.Time), string(r.Type), r.Bytes, r.LeafHash, sig, keyID); err != nil {
+		return err
+	}
+	return t.storeTreeHashes(ctx, r.Index, r.LeafHash)
 }
 
 // SetSignature implements store.Tx.

@@ -3,12 +3,17 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 
 	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/policy"
@@ -35,6 +40,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"DueForExpiry", testDueForExpiry},
 		{"Tokens", testTokens},
 		{"ConcurrentWritersNeverFork", testConcurrentAppends},
+		{"MerkleTreeAndProofs", testTree},
+		{"Checkpoints", testCheckpoints},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -483,6 +490,107 @@ func testConcurrentAppends(t *testing.T, s store.Store) {
 				t.Fatalf("entry %d: index %d/%d prev %s", i, rec.Index, e.Index, e.Prev)
 			}
 			prev = rec.LeafHash
+		}
+		return nil
+	})
+}
+
+// The stored tree agrees with an independent RFC 6962 implementation
+// (transparency-dev/merkle): roots, inclusion and consistency proofs.
+func testTree(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	const n = 70
+	var leaves [][]byte
+	for i := range n {
+		err := s.Update(ctx, func(tx store.Tx) error {
+			r, err := appendEntry(ctx, tx, t0, audit.TypeRequestCreated)
+			leaves = append(leaves, r.LeafHash)
+			_ = i
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	roots := map[uint64][]byte{}
+	cr := rf.NewEmptyRange(0)
+	for i, l := range leaves {
+		if err := cr.Append(l, nil); err != nil {
+			t.Fatal(err)
+		}
+		root, err := cr.GetRootHash(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots[uint64(i+1)] = root
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		for _, size := range []uint64{1, 2, 3, 7, 8, 9, 31, 32, 33, 64, 69, 70} {
+			root, err := r.TreeHash(ctx, size)
+			if err != nil || !bytes.Equal(root, roots[size]) {
+				t.Fatalf("root at %d: %x, %v; want %x", size, root, err, roots[size])
+			}
+			for _, idx := range []uint64{0, size / 2, size - 1} {
+				p, err := r.InclusionProof(ctx, idx, size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := proof.VerifyInclusion(rfc6962.DefaultHasher, idx, size, leaves[idx], p, roots[size]); err != nil {
+					t.Fatalf("inclusion of %d in %d: %v", idx, size, err)
+				}
+			}
+			for _, from := range []uint64{1, size / 3, size - 1, size} {
+				if from == 0 {
+					continue
+				}
+				p, err := r.ConsistencyProof(ctx, from, size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := proof.VerifyConsistency(rfc6962.DefaultHasher, from, size, p, roots[from], roots[size]); err != nil {
+					t.Fatalf("consistency %d->%d: %v", from, size, err)
+				}
+			}
+		}
+		if _, err := r.TreeHash(ctx, n+1); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("root beyond the log: %v", err)
+		}
+		if _, err := r.InclusionProof(ctx, 5, 5); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("inclusion of an index outside the tree: %v", err)
+		}
+		if _, err := r.ConsistencyProof(ctx, 9, 8); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("consistency backwards: %v", err)
+		}
+		return nil
+	})
+}
+
+func testCheckpoints(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	_ = s.View(ctx, func(r store.Reader) error {
+		if _, err := r.LatestCheckpoint(ctx); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("latest of none: %v", err)
+		}
+		return nil
+	})
+	for _, cp := range []store.Checkpoint{{Size: 3, Root: []byte("r3"), Note: []byte("n3"), CreatedAt: t0}, {Size: 10, Root: []byte("r10"), Note: []byte("n10"), CreatedAt: t0},
+		{Size: 3, Root: []byte("other"), Note: []byte("other"), CreatedAt: t0}} {
+		if err := s.Update(ctx, func(tx store.Tx) error { return tx.AddCheckpoint(ctx, cp) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		latest, err := r.LatestCheckpoint(ctx)
+		if err != nil || latest.Size != 10 || string(latest.Note) != "n10" {
+			t.Errorf("latest = %+v, %v", latest, err)
+		}
+		three, err := r.Checkpoint(ctx, 3)
+		if err != nil || string(three.Note) != "n3" {
+			t.Errorf("checkpoint 3 = %+v, %v (the first one stored must stay)", three, err)
+		}
+		if _, err := r.Checkpoint(ctx, 4); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("checkpoint 4: %v", err)
 		}
 		return nil
 	})

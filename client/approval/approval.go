@@ -1,0 +1,209 @@
+// Package approval defines the statements approvers sign with the key of
+// their own client certificate: what a review says, in a form that cannot be
+// mistaken for any other signed object of the broker, replayed on another
+// request, or carried to another deployment. The broker checks them before
+// it accepts a review and again before it issues a token; the offline
+// verifier checks them once more from the log.
+package approval
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Context lines. Each signed object of the broker starts with its own.
+const (
+	ContentContext   = "breakglass request content v1"
+	StatementContext = "breakglass review statement v1"
+)
+
+// MaxSkew is how far a statement's time may be from the broker's clock.
+const MaxSkew = 5 * time.Minute
+
+// Decision types a statement may carry.
+const (
+	TypeApprove = "approve"
+	TypeDeny    = "deny"
+)
+
+// Content is a request's immutable content: what an approver approves.
+type Content struct {
+	ID            string
+	Account       string
+	Requester     string
+	Justification string
+	Ticket        string
+	TTLSeconds    int64
+	Drill         bool
+	CreatedAt     time.Time
+}
+
+// Bytes is the canonical text whose SHA-256 is the content digest. Free
+// text is base64-encoded so that no field can forge a line of another.
+func (c Content) Bytes() []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s\nid %s\naccount %s\nrequester %s\nttl_seconds %d\ndrill %t\ncreated_at %s\nticket %s\njustification %s\n",
+		ContentContext, c.ID, c.Account, c.Requester, c.TTLSeconds, c.Drill, c.CreatedAt.UTC().Format(time.RFC3339Nano),
+		base64.StdEncoding.EncodeToString([]byte(c.Ticket)), base64.StdEncoding.EncodeToString([]byte(c.Justification)))
+	return b.Bytes()
+}
+
+// Digest is "sha256:" and the hex SHA-256 of Bytes.
+func (c Content) Digest() string { return digest(c.Bytes()) }
+
+// CommentDigest is the digest a statement carries for a review comment.
+func CommentDigest(comment string) string { return digest([]byte(comment)) }
+
+func digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Statement is one signed review.
+type Statement struct {
+	// Type is approve or deny.
+	Type string
+	// Origin is the log origin of the deployment, so a statement is worth
+	// nothing in another one.
+	Origin string
+	// Request is the request id.
+	Request string
+	// Content is the request's content digest.
+	Content string
+	// Comment is the digest of the review comment.
+	Comment string
+	// Time is the signer's clock, to the second.
+	Time time.Time
+}
+
+var (
+	digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	uuidRE   = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	originRE = regexp.MustCompile(`^[\x21-\x7E]{1,255}$`)
+)
+
+// Marshal returns the statement's canonical text, the bytes that are signed.
+func (s Statement) Marshal() []byte {
+	return fmt.Appendf(nil, "%s\ntype %s\norigin %s\nrequest %s\ncontent %s\ncomment %s\ntime %s\n",
+		StatementContext, s.Type, s.Origin, s.Request, s.Content, s.Comment, s.Time.UTC().Format(time.RFC3339))
+}
+
+// MaxStatementBytes bounds what Parse reads.
+const MaxStatementBytes = 1024
+
+// Parse reads a statement strictly: the exact lines in the exact order,
+// nothing else, and only the canonical form of each value (so one
+// statement has one encoding).
+func Parse(b []byte) (Statement, error) {
+	var s Statement
+	if len(b) > MaxStatementBytes {
+		return s, errors.New("statement is too long")
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) != 8 || lines[7] != "" {
+		return s, errors.New("statement must be 7 lines, each ending in a newline")
+	}
+	if lines[0] != StatementContext {
+		return s, fmt.Errorf("statement does not begin with %q", StatementContext)
+	}
+	fields := []string{"type", "origin", "request", "content", "comment", "time"}
+	vals := make([]string, len(fields))
+	for i, f := range fields {
+		k, v, ok := strings.Cut(lines[i+1], " ")
+		if !ok || k != f || v == "" {
+			return s, fmt.Errorf("statement line %d must be %q followed by a value", i+2, f)
+		}
+		vals[i] = v
+	}
+	s.Type, s.Origin, s.Request, s.Content, s.Comment = vals[0], vals[1], vals[2], vals[3], vals[4]
+	if s.Type != TypeApprove && s.Type != TypeDeny {
+		return s, fmt.Errorf("statement type %q is not approve or deny", s.Type)
+	}
+	if !originRE.MatchString(s.Origin) {
+		return s, errors.New("statement origin is malformed")
+	}
+	if !uuidRE.MatchString(s.Request) {
+		return s, errors.New("statement request is not a request id")
+	}
+	if !digestRE.MatchString(s.Content) || !digestRE.MatchString(s.Comment) {
+		return s, errors.New("statement digests must be sha256:<64 hex>")
+	}
+	t, err := time.Parse(time.RFC3339, vals[5])
+	if err != nil || t.UTC().Format(time.RFC3339) != vals[5] {
+		return s, errors.New("statement time must be RFC 3339 UTC to the second (2006-01-02T15:04:05Z)")
+	}
+	s.Time = t
+	if !bytes.Equal(s.Marshal(), b) {
+		return s, errors.New("statement is not in canonical form")
+	}
+	return s, nil
+}
+
+// Sign signs a statement with the private key of the approver's client
+// certificate: ECDSA with SHA-256 (ASN.1 DER), Ed25519, or RSA PKCS #1 v1.5
+// with SHA-256, by the key's type.
+func Sign(key crypto.Signer, stmt []byte) ([]byte, error) {
+	switch key.Public().(type) {
+	case ed25519.PublicKey:
+		return key.Sign(rand.Reader, stmt, crypto.Hash(0))
+	case *ecdsa.PublicKey, *rsa.PublicKey:
+		d := sha256.Sum256(stmt)
+		return key.Sign(rand.Reader, d[:], crypto.SHA256)
+	}
+	return nil, fmt.Errorf("cannot sign statements with a %T key", key.Public())
+}
+
+// Verify checks a statement signature against the certificate's key.
+func Verify(cert *x509.Certificate, stmt, sig []byte) error {
+	var alg x509.SignatureAlgorithm
+	switch cert.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		alg = x509.ECDSAWithSHA256
+	case ed25519.PublicKey:
+		alg = x509.PureEd25519
+	case *rsa.PublicKey:
+		alg = x509.SHA256WithRSA
+	default:
+		return fmt.Errorf("unsupported certificate key %T", cert.PublicKey)
+	}
+	if err := cert.CheckSignature(alg, stmt, sig); err != nil {
+		return fmt.Errorf("the signature does not verify with the certificate's key: %w", err)
+	}
+	return nil
+}
+
+// Check verifies that stmt is a statement for exactly this review: type,
+// origin, request, content and comment all match, and its time is within
+// MaxSkew of now.
+func Check(s Statement, decision, origin, requestID, contentDigest, comment string, now time.Time) error {
+	switch {
+	case s.Type != decision:
+		return fmt.Errorf("the statement says %s but the review is %s", s.Type, decision)
+	case s.Origin != origin:
+		return fmt.Errorf("the statement is for log %q, not this one (%q)", s.Origin, origin)
+	case s.Request != requestID:
+		return fmt.Errorf("the statement is for request %s, not %s", s.Request, requestID)
+	case s.Content != contentDigest:
+		return errors.New("the statement's content digest does not match the request: it was signed over other content")
+	case s.Comment != CommentDigest(comment):
+		return errors.New("the statement's comment digest does not match the comment")
+	}
+	if d := s.Time.Sub(now); d > MaxSkew || d < -MaxSkew {
+		return fmt.Errorf("the statement's time %s is %s from the broker's clock; at most %s is allowed (check your clock)",
+			s.Time.UTC().Format(time.RFC3339), d.Round(time.Second), MaxSkew)
+	}
+	return nil
+}

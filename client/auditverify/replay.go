@@ -1,0 +1,533 @@
+package auditverify
+
+import (
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/bgbroker/breakglass/client/approval"
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/policy"
+)
+
+// replay re-runs the broker's lifecycle from the entries alone and refuses
+// anything the broker must never have done.
+type replay struct {
+	origin  string
+	cas     *x509.CertPool
+	revoked map[string]bool
+
+	prevLeaf []byte
+	lastTime time.Time
+
+	policy     *policy.Policy
+	policyHash string
+	identity   audit.Identity
+	policies   []PolicyChange
+
+	requests map[string]*reqState
+	jtis     map[string]bool
+	grants   int
+	tokens   int
+	reviews  int
+}
+
+type reviewState struct {
+	decision string
+	at       time.Time
+}
+
+type reqState struct {
+	id, account, requester string
+	digest                 string
+	rule                   policy.Rule
+	ttl                    time.Duration
+	drill                  bool
+	denyThreshold          int
+	maxIssuances           int
+	activationWindow       time.Duration
+	approvalDeadline       time.Time
+	state                  string
+	reviews                map[string]reviewState
+	order                  []string
+	approvedAt             time.Time
+	grantEnd               time.Time
+	activationDeadline     time.Time
+	issued                 int
+}
+
+func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList) *replay {
+	r := &replay{origin: origin, cas: cas, revoked: map[string]bool{}, prevLeaf: audit.ZeroPrev,
+		requests: map[string]*reqState{}, jtis: map[string]bool{}}
+	for _, crl := range crls {
+		for _, e := range crl.RevokedCertificateEntries {
+			r.revoked[new(big.Int).Set(e.SerialNumber).String()] = true
+		}
+	}
+	return r
+}
+
+func (r *replay) summary() *Summary {
+	return &Summary{Requests: len(r.requests), Grants: r.grants, Tokens: r.tokens, Reviews: r.reviews, Policies: r.policies}
+}
+
+func decode(raw json.RawMessage, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	return dec.Decode(v)
+}
+
+// link checks one entry's envelope and its link to the one before.
+func (r *replay) link(i int64, b []byte) (*audit.Entry, *Violation) {
+	e, err := audit.Parse(b)
+	if err != nil {
+		return nil, violation(i, "the entry is not JSON: %v", err)
+	}
+	if e.V != audit.Version {
+		return nil, violation(i, "unknown entry format version %d", e.V)
+	}
+	if e.Index != uint64(i) {
+		return nil, violation(i, "the entry says it is entry %d: an entry before it was removed, or entries were reordered", e.Index)
+	}
+	if e.Prev != hex.EncodeToString(r.prevLeaf) {
+		return nil, violation(i, "the entry does not link to the one before it (prev %s): the log was changed or reordered", e.Prev)
+	}
+	if e.Time.Before(r.lastTime) {
+		return nil, violation(i, "time goes backwards (%s after %s)", e.Time.Format(time.RFC3339Nano), r.lastTime.Format(time.RFC3339Nano))
+	}
+	r.prevLeaf, r.lastTime = audit.LeafHash(b), e.Time
+	return e, nil
+}
+
+// entry replays one linked entry.
+func (r *replay) entry(i int64, e *audit.Entry) *Violation {
+	if e.Type != audit.TypePolicyLoaded && r.policy == nil && e.Type != audit.TypePermissionDenied {
+		return violation(i, "%s before any policy was logged", e.Type)
+	}
+	switch e.Type {
+	case audit.TypePolicyLoaded:
+		return r.policyLoaded(i, e)
+	case audit.TypeRequestCreated:
+		return r.created(i, e)
+	case audit.TypeRequestReviewed:
+		return r.reviewed(i, e)
+	case audit.TypeRequestApproved:
+		return r.approved(i, e)
+	case audit.TypeRequestDenied, audit.TypeRequestCancelled, audit.TypeRequestExpired, audit.TypeGrantRevoked:
+		return r.final(i, e)
+	case audit.TypeTokenIssued:
+		return r.tokenIssued(i, e)
+	case audit.TypePermissionDenied:
+		var p audit.PermissionDenied
+		if err := decode(e.Payload, &p); err != nil || p.Principal != e.Actor || p.Count < 1 {
+			return violation(i, "malformed permission_denied entry")
+		}
+		return nil
+	}
+	return violation(i, "unknown entry type %q", e.Type)
+}
+
+func (r *replay) policyLoaded(i int64, e *audit.Entry) *Violation {
+	var pl audit.PolicyLoaded
+	if err := decode(e.Payload, &pl); err != nil {
+		return violation(i, "malformed policy_loaded payload: %v", err)
+	}
+	p, err := policy.FromCanonicalJSON(pl.Policy)
+	if err != nil {
+		return violation(i, "the logged policy does not parse: %v", err)
+	}
+	if p.Hash() != pl.Hash {
+		return violation(i, "the logged policy's hash is %s, not %s as the entry claims", p.Hash(), pl.Hash)
+	}
+	if pl.Previous != r.policyHash {
+		return violation(i, "the entry says the previous policy was %q but it was %q", pl.Previous, r.policyHash)
+	}
+	switch pl.Identity.Mode {
+	case "uri":
+		if pl.Identity.URIPrefix == "" {
+			return violation(i, "the identity configuration has no URI prefix")
+		}
+	case "cn":
+	default:
+		return violation(i, "unknown identity mode %q", pl.Identity.Mode)
+	}
+	r.policies = append(r.policies, PolicyChange{Index: uint64(i), Hash: p.Hash(), Changes: describeChanges(r.policy, p, r.identity, pl.Identity)})
+	r.policy, r.policyHash, r.identity = p, p.Hash(), pl.Identity
+	return nil
+}
+
+// describeChanges lists what a new policy changes in quorum rules,
+// requesters and group membership.
+func describeChanges(old, cur *policy.Policy, oldID, curID audit.Identity) []string {
+	if old == nil {
+		var out []string
+		for _, a := range cur.Accounts {
+			out = append(out, fmt.Sprintf("account %s: quorum %s", a.Name, shortRule(a.Quorum)))
+		}
+		return out
+	}
+	var out []string
+	if oldID != curID {
+		out = append(out, fmt.Sprintf("identity: %s %s -> %s %s", oldID.Mode, oldID.URIPrefix, curID.Mode, curID.URIPrefix))
+	}
+	for _, a := range cur.Accounts {
+		pa, ok := old.Account(a.Name)
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("account %s added: quorum %s", a.Name, shortRule(a.Quorum)))
+		case pa.Quorum.String() != a.Quorum.String():
+			out = append(out, fmt.Sprintf("account %s: quorum %s -> %s", a.Name, shortRule(pa.Quorum), shortRule(a.Quorum)))
+		}
+		if ok && strings.Join(pa.Requesters, ",") != strings.Join(a.Requesters, ",") {
+			out = append(out, fmt.Sprintf("account %s: requesters %v -> %v", a.Name, pa.Requesters, a.Requesters))
+		}
+	}
+	for _, a := range old.Accounts {
+		if _, ok := cur.Account(a.Name); !ok {
+			out = append(out, fmt.Sprintf("account %s removed", a.Name))
+		}
+	}
+	names := map[string]bool{}
+	for g := range old.Groups {
+		names[g] = true
+	}
+	for g := range cur.Groups {
+		names[g] = true
+	}
+	var groups []string
+	for g := range names {
+		groups = append(groups, g)
+	}
+	sort.Strings(groups)
+	for _, g := range groups {
+		if strings.Join(old.Groups[g], ",") != strings.Join(cur.Groups[g], ",") {
+			out = append(out, fmt.Sprintf("group %s: %v -> %v", g, old.Groups[g], cur.Groups[g]))
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, "no change to quorum rules, requesters or groups")
+	}
+	return out
+}
+
+func shortRule(r policy.Rule) string {
+	return strings.TrimSuffix(r.String(), " (the requester never counts; each approver counts once)")
+}
+
+func (r *replay) created(i int64, e *audit.Entry) *Violation {
+	var p audit.RequestCreated
+	if err := decode(e.Payload, &p); err != nil {
+		return violation(i, "malformed request_created payload: %v", err)
+	}
+	if e.Request == "" || r.requests[e.Request] != nil {
+		return violation(i, "request id %q is empty or reused", e.Request)
+	}
+	acct, ok := r.policy.Account(e.Account)
+	if !ok {
+		return violation(i, "request for account %q, which the policy in force does not have", e.Account)
+	}
+	if !r.policy.CanRequest(acct, e.Actor) {
+		return violation(i, "%s may not request account %s under the policy in force", e.Actor, e.Account)
+	}
+	if p.Quorum.String() != acct.Quorum.String() || p.DenyThreshold != acct.DenyThreshold || p.MaxIssuances != acct.MaxIssuances {
+		return violation(i, "the request's quorum, deny threshold or issuance limit differ from account %s's in the policy in force", e.Account)
+	}
+	if p.PolicyHash != r.policyHash {
+		return violation(i, "the request names policy %s but %s is in force", p.PolicyHash, r.policyHash)
+	}
+	ttl := time.Duration(p.TTLSeconds) * time.Second
+	if ttl <= 0 || ttl > acct.MaxTTL.D() {
+		return violation(i, "the requested TTL %s is outside (0, max_ttl %s]", ttl, acct.MaxTTL.D())
+	}
+	c := approval.Content{ID: e.Request, Account: e.Account, Requester: e.Actor, Justification: p.Justification, Ticket: p.Ticket,
+		TTLSeconds: p.TTLSeconds, Drill: p.Drill, CreatedAt: p.CreatedAt}
+	if c.Digest() != p.ContentDigest {
+		return violation(i, "the content digest does not match the request's content")
+	}
+	r.requests[e.Request] = &reqState{
+		id: e.Request, account: e.Account, requester: e.Actor, digest: p.ContentDigest, rule: p.Quorum, ttl: ttl, drill: p.Drill,
+		denyThreshold: p.DenyThreshold, maxIssuances: p.MaxIssuances, activationWindow: time.Duration(p.ActivationWindow) * time.Second,
+		approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{},
+	}
+	return nil
+}
+
+func (r *replay) request(i int64, e *audit.Entry) (*reqState, *Violation) {
+	q := r.requests[e.Request]
+	if q == nil {
+		return nil, violation(i, "%s for request %q, which was never created", e.Type, e.Request)
+	}
+	if e.Account != q.account {
+		return nil, violation(i, "%s names account %s but request %s is for %s", e.Type, e.Account, q.id, q.account)
+	}
+	return q, nil
+}
+
+func (r *replay) reviewed(i int64, e *audit.Entry) *Violation {
+	q, v := r.request(i, e)
+	if v != nil {
+		return v
+	}
+	var p audit.RequestReviewed
+	if err := decode(e.Payload, &p); err != nil {
+		return violation(i, "malformed request_reviewed payload: %v", err)
+	}
+	if q.state != "PENDING" || !e.Time.Before(q.approvalDeadline) {
+		return violation(i, "review of request %s, which was not pending", q.id)
+	}
+	if e.Actor == q.requester {
+		return violation(i, "%s reviewed their own request", e.Actor)
+	}
+	if _, dup := q.reviews[e.Actor]; dup {
+		return violation(i, "%s reviewed request %s twice", e.Actor, q.id)
+	}
+	if p.Decision != approval.TypeApprove && p.Decision != approval.TypeDeny {
+		return violation(i, "unknown decision %q", p.Decision)
+	}
+	if !r.policy.Eligible(q.rule, e.Actor) {
+		return violation(i, "%s is not an eligible approver of request %s under the policy in force", e.Actor, q.id)
+	}
+	if reason := r.checkSignedReview(q, e.Actor, p, e.Time); reason != "" {
+		return violation(i, "the signed review of %s does not hold: %s", e.Actor, reason)
+	}
+	q.reviews[e.Actor] = reviewState{decision: p.Decision, at: e.Time}
+	q.order = append(q.order, e.Actor)
+	r.reviews++
+	return nil
+}
+
+// checkSignedReview verifies a review statement the way the broker must
+// have: bound to this request, its content, comment and log, signed by the
+// key of a certificate that chained to the client CA when the review was
+// logged, not revoked, and naming the reviewer.
+func (r *replay) checkSignedReview(q *reqState, reviewer string, p audit.RequestReviewed, at time.Time) string {
+	st, err := approval.Parse(p.Statement)
+	if err != nil {
+		return err.Error()
+	}
+	if err := approval.Check(st, p.Decision, r.origin, q.id, q.digest, p.Comment, at); err != nil {
+		return err.Error()
+	}
+	cert, err := x509.ParseCertificate(p.Certificate)
+	if err != nil {
+		return "the certificate does not parse: " + err.Error()
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: r.cas, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return "the certificate did not chain to the client CA at " + at.UTC().Format(time.RFC3339) + ": " + err.Error()
+	}
+	if r.revoked[cert.SerialNumber.String()] {
+		return "the certificate is on the CRL"
+	}
+	who, err := principalOf(cert, r.identity)
+	if err != nil {
+		return err.Error()
+	}
+	if who != reviewer {
+		return fmt.Sprintf("the certificate belongs to %s, not %s", who, reviewer)
+	}
+	if err := approval.Verify(cert, p.Statement, p.Signature); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+func principalOf(c *x509.Certificate, id audit.Identity) (string, error) {
+	if id.Mode == "cn" {
+		if c.Subject.CommonName == "" {
+			return "", fmt.Errorf("the certificate has no common name")
+		}
+		return c.Subject.CommonName, nil
+	}
+	var found []string
+	for _, u := range c.URIs {
+		if s := u.String(); strings.HasPrefix(s, id.URIPrefix) {
+			found = append(found, strings.TrimPrefix(s, id.URIPrefix))
+		}
+	}
+	if len(found) != 1 {
+		return "", fmt.Errorf("the certificate has %d URI SANs under %s, not exactly one", len(found), id.URIPrefix)
+	}
+	return found[0], nil
+}
+
+func (q *reqState) approvals() []string {
+	var out []string
+	for _, who := range q.order {
+		if q.reviews[who].decision == approval.TypeApprove {
+			out = append(out, who)
+		}
+	}
+	return out
+}
+
+func (r *replay) approved(i int64, e *audit.Entry) *Violation {
+	q, v := r.request(i, e)
+	if v != nil {
+		return v
+	}
+	var p audit.RequestApproved
+	if err := decode(e.Payload, &p); err != nil {
+		return violation(i, "malformed request_approved payload: %v", err)
+	}
+	if q.state != "PENDING" || !e.Time.Before(q.approvalDeadline) {
+		return violation(i, "request %s approved while not pending", q.id)
+	}
+	o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals())
+	if !o.Met {
+		return violation(i, "request %s approved without its quorum (%s): approvals %v", q.id, shortRule(q.rule), q.approvals())
+	}
+	if p.ApprovedAt.After(e.Time) {
+		return violation(i, "approval time %s is after the entry", p.ApprovedAt)
+	}
+	if !p.GrantExpiresAt.Equal(p.ApprovedAt.Add(q.ttl)) {
+		return violation(i, "the grant ends at %s, not approval + TTL (%s)", p.GrantExpiresAt, p.ApprovedAt.Add(q.ttl))
+	}
+	if !p.ActivationDeadline.Equal(p.ApprovedAt.Add(q.activationWindow)) {
+		return violation(i, "the activation deadline is not approval + activation window")
+	}
+	q.state, q.approvedAt, q.grantEnd, q.activationDeadline = "APPROVED", p.ApprovedAt, p.GrantExpiresAt, p.ActivationDeadline
+	r.grants++
+	return nil
+}
+
+func (r *replay) final(i int64, e *audit.Entry) *Violation {
+	q, v := r.request(i, e)
+	if v != nil {
+		return v
+	}
+	var p audit.RequestFinal
+	if err := decode(e.Payload, &p); err != nil {
+		return violation(i, "malformed %s payload: %v", e.Type, err)
+	}
+	switch e.Type {
+	case audit.TypeRequestCancelled:
+		if q.state != "PENDING" || e.Actor != q.requester {
+			return violation(i, "request %s cancelled by %s while %s", q.id, e.Actor, q.state)
+		}
+		q.state = "CANCELLED"
+	case audit.TypeRequestDenied:
+		var deniers []string
+		for _, who := range q.order {
+			if q.reviews[who].decision == approval.TypeDeny {
+				deniers = append(deniers, who)
+			}
+		}
+		if q.state != "PENDING" || policy.Denials(r.policy, q.rule, q.requester, deniers) < q.denyThreshold {
+			return violation(i, "request %s denied without reaching its deny threshold", q.id)
+		}
+		q.state = "DENIED"
+	case audit.TypeGrantRevoked:
+		if q.state != "APPROVED" {
+			return violation(i, "grant %s revoked while %s", q.id, q.state)
+		}
+		q.state = "REVOKED"
+	case audit.TypeRequestExpired:
+		if q.state != "PENDING" && q.state != "APPROVED" {
+			return violation(i, "request %s expired while %s", q.id, q.state)
+		}
+		if e.Time.Before(p.At) {
+			return violation(i, "request %s expired before its deadline", q.id)
+		}
+		q.state = "EXPIRED"
+	}
+	return nil
+}
+
+func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
+	q, v := r.request(i, e)
+	if v != nil {
+		return v
+	}
+	var p audit.TokenIssued
+	if err := decode(e.Payload, &p); err != nil {
+		return violation(i, "malformed token_issued payload: %v", err)
+	}
+	if e.Actor != q.requester {
+		return violation(i, "token issued to %s, not the requester %s", e.Actor, q.requester)
+	}
+	if q.state != "APPROVED" {
+		return violation(i, "token issued for request %s, which is %s, not an approved grant", q.id, q.state)
+	}
+	if !e.Time.Before(q.grantEnd) {
+		return violation(i, "token issued after its grant ended at %s", q.grantEnd.Format(time.RFC3339))
+	}
+	if q.issued == 0 && !e.Time.Before(q.activationDeadline) && q.activationDeadline.Before(q.grantEnd) {
+		return violation(i, "first token issued after the activation deadline %s", q.activationDeadline.Format(time.RFC3339))
+	}
+	if q.issued >= q.maxIssuances {
+		return violation(i, "token %d of a grant allowed %d", q.issued+1, q.maxIssuances)
+	}
+	o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals())
+	if !o.Met {
+		return violation(i, "token issued without quorum under the policy in force: approvals %v do not satisfy %s", q.approvals(), shortRule(q.rule))
+	}
+	var c struct {
+		Iss       string   `json:"iss"`
+		Sub       string   `json:"sub"`
+		Aud       any      `json:"aud"`
+		Iat       int64    `json:"iat"`
+		Nbf       int64    `json:"nbf"`
+		Exp       int64    `json:"exp"`
+		JTI       string   `json:"jti"`
+		ClientID  string   `json:"client_id"`
+		Account   string   `json:"bg_account"`
+		Request   string   `json:"bg_request"`
+		Approvers []string `json:"bg_approvers"`
+		Drill     bool     `json:"bg_drill"`
+	}
+	if err := json.Unmarshal(p.Claims, &c); err != nil {
+		return violation(i, "the token's claims do not parse: %v", err)
+	}
+	aud := audiences(c.Aud)
+	acct, ok := r.policy.Account(q.account)
+	switch {
+	case c.Sub != q.requester || c.ClientID != q.requester:
+		return violation(i, "the token's subject is %s, not the requester %s", c.Sub, q.requester)
+	case c.Request != q.id || c.Account != q.account || c.Drill != q.drill:
+		return violation(i, "the token's bg_request, bg_account or bg_drill do not match its request")
+	case c.JTI == "" || c.JTI != p.JTI || r.jtis[c.JTI]:
+		return violation(i, "the token's jti is missing, differs from the entry's or was issued before")
+	case len(aud) != 1 || aud[0] != p.Audience:
+		return violation(i, "the token's audience %v is not the entry's %q", aud, p.Audience)
+	case !ok || !slices.Contains(acct.Audiences, p.Audience):
+		return violation(i, "audience %q is not one of account %s's", p.Audience, q.account)
+	case time.Unix(c.Exp, 0).After(q.grantEnd):
+		return violation(i, "the token expires at %s, after its grant ends at %s", time.Unix(c.Exp, 0).UTC().Format(time.RFC3339), q.grantEnd.UTC().Format(time.RFC3339))
+	case !time.Unix(c.Exp, 0).Equal(p.ExpiresAt):
+		return violation(i, "the token's exp differs from the entry's expires_at")
+	case time.Unix(c.Iat, 0).Before(q.approvedAt.Truncate(time.Second)):
+		return violation(i, "the token was issued at %s, before its grant was approved", time.Unix(c.Iat, 0).UTC().Format(time.RFC3339))
+	case len(p.TokenSHA256) != 64:
+		return violation(i, "the token hash is not a SHA-256")
+	}
+	for _, a := range c.Approvers {
+		if !slices.Contains(q.approvals(), a) {
+			return violation(i, "the token names %s as an approver, who did not approve request %s", a, q.id)
+		}
+	}
+	r.jtis[c.JTI] = true
+	q.issued++
+	r.tokens++
+	return nil
+}
+
+func audiences(v any) []string {
+	switch a := v.(type) {
+	case string:
+		return []string{a}
+	case []any:
+		var out []string
+		for _, x := range a {
+			if s, ok := x.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return nil
+}

@@ -1,0 +1,296 @@
+// Package auditverify checks an exported audit log offline, with public
+// keys only: every entry's signature, the hash chain, the Merkle root
+// against a signed checkpoint (and, given an older checkpoint, that the log
+// only grew since), and then the whole lifecycle replayed from the entry
+// bytes alone, so that every token is shown to follow a valid quorum of
+// approvals the approvers themselves signed.
+package auditverify
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	"github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/bgbroker/breakglass/server/audit"
+)
+
+// Line is one line of an export (`bgctl audit export`). Only Index, Entry
+// and Signature are read; the rest is for people and never trusted.
+type Line struct {
+	Index     uint64 `json:"index"`
+	Entry     []byte `json:"entry"`
+	Signature []byte `json:"signature"`
+	KeyID     string `json:"key_id"`
+	LeafHash  string `json:"leaf_hash"`
+	// Decoded fields, for people reading the export.
+	Time    string          `json:"time,omitempty"`
+	Type    string          `json:"type,omitempty"`
+	Actor   string          `json:"actor,omitempty"`
+	Request string          `json:"request,omitempty"`
+	Account string          `json:"account,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+}
+
+// ExportLine builds the export line of a stored entry.
+func ExportLine(index uint64, entry, sig []byte, keyID string) Line {
+	l := Line{Index: index, Entry: entry, Signature: sig, KeyID: keyID, LeafHash: hex.EncodeToString(audit.LeafHash(entry))}
+	if e, err := audit.Parse(entry); err == nil {
+		l.Time, l.Type, l.Actor, l.Request, l.Account, l.Payload = e.Time.Format("2006-01-02T15:04:05.000000000Z07:00"), string(e.Type), e.Actor, e.Request, e.Account, e.Payload
+	}
+	return l
+}
+
+// Options is what an auditor holds.
+type Options struct {
+	// Log is the export, JSON Lines from index 0.
+	Log io.Reader
+	// Checkpoint is a signed checkpoint note the log must match.
+	Checkpoint []byte
+	// CheckpointKey is the signed-note verifier key (name+hash+base64) of
+	// the checkpoint key; its name is the log's origin.
+	CheckpointKey string
+	// AuditKeys verify entry signatures.
+	AuditKeys []*ecdsa.PublicKey
+	// ClientCAs verify the certificates behind signed reviews.
+	ClientCAs *x509.CertPool
+	// CRLs, when given, list certificates that must not have signed reviews.
+	CRLs []*x509.RevocationList
+	// PreviousCheckpoint, when given, is an older checkpoint the log must
+	// extend: a truncated or rolled-back log fails.
+	PreviousCheckpoint []byte
+}
+
+// Violation is the first thing found wrong, at an entry index (-1 when it
+// is about the inputs rather than an entry).
+type Violation struct {
+	Index  int64
+	Reason string
+}
+
+func (v *Violation) Error() string {
+	if v.Index < 0 {
+		return v.Reason
+	}
+	return fmt.Sprintf("entry %d: %s", v.Index, v.Reason)
+}
+
+func violation(i int64, format string, args ...any) *Violation {
+	return &Violation{Index: i, Reason: fmt.Sprintf(format, args...)}
+}
+
+// PolicyChange is one policy_loaded entry as the summary reports it.
+type PolicyChange struct {
+	Index   uint64   `json:"index"`
+	Hash    string   `json:"hash"`
+	Changes []string `json:"changes"`
+}
+
+// Summary is what a verified log contains.
+type Summary struct {
+	Origin         string         `json:"origin"`
+	Entries        uint64         `json:"entries"`
+	CheckpointSize uint64         `json:"checkpoint_size"`
+	PreviousSize   uint64         `json:"previous_checkpoint_size,omitempty"`
+	Requests       int            `json:"requests"`
+	Grants         int            `json:"grants"`
+	Tokens         int            `json:"tokens"`
+	Reviews        int            `json:"reviews"`
+	Policies       []PolicyChange `json:"policies"`
+}
+
+// MaxLineBytes bounds one export line.
+const MaxLineBytes = 1 << 20
+
+// Verify checks the log. It returns the summary, or a *Violation naming the
+// first entry found wrong and why.
+func Verify(o Options) (*Summary, error) {
+	if len(o.AuditKeys) == 0 {
+		return nil, violation(-1, "no audit key given")
+	}
+	if o.ClientCAs == nil {
+		return nil, violation(-1, "no client CA given")
+	}
+	vkey, err := note.NewVerifier(o.CheckpointKey)
+	if err != nil {
+		return nil, violation(-1, "the checkpoint key is not a signed-note verifier key: %v", err)
+	}
+	origin := vkey.Name()
+	cp, err := parseCheckpoint(o.Checkpoint, origin, vkey)
+	if err != nil {
+		return nil, violation(-1, "checkpoint: %v", err)
+	}
+	var prev *log.Checkpoint
+	if len(o.PreviousCheckpoint) > 0 {
+		if prev, err = parseCheckpoint(o.PreviousCheckpoint, origin, vkey); err != nil {
+			return nil, violation(-1, "previous checkpoint: %v", err)
+		}
+		if prev.Size > cp.Size {
+			return nil, violation(int64(cp.Size), "the checkpoint (size %d) is smaller than the previous checkpoint (size %d): the log was truncated or rolled back", cp.Size, prev.Size)
+		}
+	}
+	lines, err := readLines(o.Log)
+	if err != nil {
+		return nil, err
+	}
+	if v := checkSignatures(lines, o.AuditKeys); v != nil {
+		return nil, v
+	}
+	// The chain first, so a removed or reordered entry is named where it
+	// breaks; then the size and the roots.
+	r := newReplay(origin, o.ClientCAs, o.CRLs)
+	entries := make([]*audit.Entry, len(lines))
+	for i, l := range lines {
+		e, v := r.link(int64(i), l.Entry)
+		if v != nil {
+			return nil, v
+		}
+		entries[i] = e
+	}
+	if uint64(len(lines)) < cp.Size {
+		return nil, violation(int64(len(lines)), "the export ends at %d entries but the checkpoint covers %d: entries were removed or the log was truncated", len(lines), cp.Size)
+	}
+	if prev != nil && uint64(len(lines)) < prev.Size {
+		return nil, violation(int64(len(lines)), "the export ends at %d entries but the previous checkpoint covers %d", len(lines), prev.Size)
+	}
+	// The tree from the entries' own bytes must have the checkpoints' roots.
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	cr := rf.NewEmptyRange(0)
+	for i, l := range lines {
+		if err := cr.Append(audit.LeafHash(l.Entry), nil); err != nil {
+			return nil, violation(int64(i), "building the tree: %v", err)
+		}
+		size := uint64(i + 1)
+		for _, c := range []*log.Checkpoint{prev, cp} {
+			if c == nil || c.Size != size {
+				continue
+			}
+			root, err := cr.GetRootHash(nil)
+			if err != nil {
+				return nil, violation(int64(i), "building the tree: %v", err)
+			}
+			if !bytes.Equal(root, c.Hash) {
+				which := "checkpoint"
+				if c == prev {
+					which = "previous checkpoint"
+				}
+				return nil, violation(int64(i), "the tree of the first %d entries does not have the %s's root: an entry up to here was changed, removed, added or reordered", size, which)
+			}
+		}
+	}
+	for i, e := range entries {
+		if v := r.entry(int64(i), e); v != nil {
+			return nil, v
+		}
+	}
+	sum := r.summary()
+	sum.Origin, sum.Entries, sum.CheckpointSize = origin, uint64(len(lines)), cp.Size
+	if prev != nil {
+		sum.PreviousSize = prev.Size
+	}
+	return sum, nil
+}
+
+func parseCheckpoint(b []byte, origin string, v note.Verifier) (*log.Checkpoint, error) {
+	if len(b) == 0 {
+		return nil, errors.New("missing")
+	}
+	cp, _, _, err := log.ParseCheckpoint(b, origin, v)
+	if err != nil {
+		return nil, err
+	}
+	if len(cp.Hash) != 32 {
+		return nil, errors.New("the root hash is not 32 bytes")
+	}
+	return cp, nil
+}
+
+func readLines(r io.Reader) ([]Line, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
+	var out []Line
+	for sc.Scan() {
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		i := int64(len(out))
+		var l Line
+		if err := json.Unmarshal(b, &l); err != nil {
+			return nil, violation(i, "export line %d is not a JSON object with base64 entry and signature: %v", i+1, err)
+		}
+		if l.Index != uint64(i) {
+			return nil, violation(i, "export line %d holds index %d: an entry is missing, duplicated or out of order", i+1, l.Index)
+		}
+		if len(l.Entry) == 0 {
+			return nil, violation(i, "export line %d has no entry", i+1)
+		}
+		out = append(out, l)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, violation(int64(len(out)), "reading the export: %v", err)
+	}
+	if len(out) == 0 {
+		return nil, violation(-1, "the export is empty")
+	}
+	return out, nil
+}
+
+// checkSignatures verifies every entry signature, on every core: it is the
+// bulk of the work.
+func checkSignatures(lines []Line, keys []*ecdsa.PublicKey) *Violation {
+	workers := runtime.GOMAXPROCS(0)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first *Violation
+	)
+	next := make(chan int, 256)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				l := lines[i]
+				ok := false
+				if len(l.Signature) > 0 {
+					for _, k := range keys {
+						if audit.VerifySignature(k, l.Entry, l.Signature) {
+							ok = true
+							break
+						}
+					}
+				}
+				if !ok {
+					mu.Lock()
+					if first == nil || int64(i) < first.Index {
+						reason := "the signature does not verify with the audit key: the entry or its signature was changed"
+						if len(l.Signature) == 0 {
+							reason = "the entry is not signed (it was written while the HSM was down and the export was taken before it was signed)"
+						}
+						first = violation(int64(i), "%s", reason)
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range lines {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return first
+}

@@ -1,0 +1,394 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bgbroker/breakglass/client"
+	"github.com/bgbroker/breakglass/client/auditverify"
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+)
+
+func (a *app) auditCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Export, follow, prove and verify the audit log"}
+	cmd.AddCommand(a.auditExportCmd(), a.auditCheckpointCmd(), a.auditProofCmd(), a.auditConsistencyCmd(),
+		a.auditTailCmd(), a.auditKeysCmd(), a.auditVerifyCmd())
+	return cmd
+}
+
+func (a *app) writeLine(w io.Writer, e *bgv1.Entry) error {
+	b, err := json.Marshal(auditverify.ExportLine(e.GetIndex(), e.GetEntry(), e.GetSignature(), e.GetKeyId()))
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func (a *app) auditExportCmd() *cobra.Command {
+	var from, to uint64
+	var out string
+	cmd := &cobra.Command{
+		Use:   "export [--from N] [--to M] [--out FILE]",
+		Short: "Write entries as JSON Lines (index, base64 entry and signature, key_id, hex leaf_hash, decoded fields)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			w := a.stdout
+			if out != "" {
+				f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				w = f
+			}
+			bw := bufio.NewWriter(w)
+			defer bw.Flush()
+			next := from
+			for {
+				ctx, cancel := a.ctx(cmd)
+				resp, err := c.ListEntries(ctx, &bgv1.ListEntriesRequest{Start: next, End: to, PageSize: 1000})
+				cancel()
+				if err != nil {
+					return err
+				}
+				for _, e := range resp.GetEntries() {
+					if err := a.writeLine(bw, e); err != nil {
+						return err
+					}
+				}
+				if len(resp.GetEntries()) == 0 || resp.GetNextStart() <= next {
+					return bw.Flush()
+				}
+				next = resp.GetNextStart()
+				if to != 0 && next >= to {
+					return bw.Flush()
+				}
+			}
+		},
+	}
+	cmd.Flags().Uint64Var(&from, "from", 0, "first index")
+	cmd.Flags().Uint64Var(&to, "to", 0, "one past the last index (default: the end of the log)")
+	cmd.Flags().StringVar(&out, "out", "", "write to this file (mode 0600) instead of stdout")
+	return cmd
+}
+
+func (a *app) auditCheckpointCmd() *cobra.Command {
+	var size uint64
+	cmd := &cobra.Command{
+		Use:   "checkpoint [--size N]",
+		Short: "Print the latest signed checkpoint (a C2SP signed note) as is",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.GetCheckpoint(ctx, &bgv1.GetCheckpointRequest{Size: size})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				_, err = a.stdout.Write(resp.GetCheckpoint())
+				return err
+			})
+		},
+	}
+	cmd.Flags().Uint64Var(&size, "size", 0, "the checkpoint at this tree size (default: the latest)")
+	return cmd
+}
+
+func b64s(hs [][]byte) []string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = base64.StdEncoding.EncodeToString(h)
+	}
+	return out
+}
+
+func (a *app) auditProofCmd() *cobra.Command {
+	var index, size uint64
+	cmd := &cobra.Command{
+		Use:   "proof --index N [--size S]",
+		Short: "Print an inclusion proof as JSON (hashes in base64)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.GetInclusionProof(ctx, &bgv1.GetInclusionProofRequest{Index: index, TreeSize: size})
+				if err != nil {
+					return err
+				}
+				return writeAnyJSON(a.stdout, map[string]any{"index": resp.GetIndex(), "tree_size": resp.GetTreeSize(),
+					"leaf_hash": base64.StdEncoding.EncodeToString(resp.GetLeafHash()), "hashes": b64s(resp.GetHashes())})
+			})
+		},
+	}
+	cmd.Flags().Uint64Var(&index, "index", 0, "entry index")
+	cmd.Flags().Uint64Var(&size, "size", 0, "tree size (default: the latest checkpoint's)")
+	_ = cmd.MarkFlagRequired("index")
+	return cmd
+}
+
+func (a *app) auditConsistencyCmd() *cobra.Command {
+	var from, to uint64
+	cmd := &cobra.Command{
+		Use:   "consistency --from A --to B",
+		Short: "Print a consistency proof between two tree sizes as JSON",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.GetConsistencyProof(ctx, &bgv1.GetConsistencyProofRequest{FromSize: from, ToSize: to})
+				if err != nil {
+					return err
+				}
+				return writeAnyJSON(a.stdout, map[string]any{"from_size": resp.GetFromSize(), "to_size": resp.GetToSize(), "hashes": b64s(resp.GetHashes())})
+			})
+		},
+	}
+	cmd.Flags().Uint64Var(&from, "from", 0, "smaller tree size")
+	cmd.Flags().Uint64Var(&to, "to", 0, "larger tree size (default: the latest checkpoint's)")
+	_ = cmd.MarkFlagRequired("from")
+	return cmd
+}
+
+func (a *app) auditTailCmd() *cobra.Command {
+	var from uint64
+	var fromEnd bool
+	cmd := &cobra.Command{
+		Use:   "tail [--from N]",
+		Short: "Follow the log and print entries as they are committed (JSON Lines with -o json)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx := cmd.Context()
+			if fromEnd && !cmd.Flags().Changed("from") {
+				info, err := c.GetLogInfo(ctx, &bgv1.GetLogInfoRequest{})
+				if err != nil {
+					return err
+				}
+				from = info.GetSize()
+			}
+			stream, err := c.WatchEntries(ctx, &bgv1.WatchEntriesRequest{Start: from})
+			if err != nil {
+				return err
+			}
+			for {
+				resp, err := stream.Recv()
+				if err != nil {
+					if errors.Is(err, io.EOF) || ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				e := resp.GetEntry()
+				if a.output == "json" {
+					if err := a.writeLine(a.stdout, e); err != nil {
+						return err
+					}
+					continue
+				}
+				l := auditverify.ExportLine(e.GetIndex(), e.GetEntry(), e.GetSignature(), e.GetKeyId())
+				signed := "signed"
+				if len(e.GetSignature()) == 0 {
+					signed = "UNSIGNED (waiting for the HSM)"
+				}
+				fmt.Fprintf(a.stdout, "%d %s %-18s actor=%s account=%s request=%s %s %s\n", l.Index, l.Time, l.Type, l.Actor,
+					orDash(l.Account), orDash(l.Request), signed, oneLine(string(l.Payload), 160))
+			}
+		},
+	}
+	cmd.Flags().Uint64Var(&from, "from", 0, "first index to print")
+	cmd.Flags().BoolVar(&fromEnd, "new", false, "only entries committed from now on")
+	return cmd
+}
+
+func (a *app) auditKeysCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "keys",
+		Short: "Print the audit key's PEM and the checkpoint verifier key, for auditors to pin",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				info, err := c.GetLogInfo(ctx, &bgv1.GetLogInfoRequest{})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(info)
+				}
+				fmt.Fprintf(a.stdout, "# log origin: %s (%d entries)\n# audit key %s (kid %s)\n%s# checkpoint verifier key\n%s\n",
+					info.GetOrigin(), info.GetSize(), info.GetAuditKey().GetLabel(), info.GetAuditKey().GetKid(),
+					info.GetAuditKey().GetPem(), info.GetCheckpointKey().GetNoteVerifierKey())
+				return nil
+			})
+		},
+	}
+}
+
+func readPEMKey(path string) (*ecdsa.PublicKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("%s is not PEM", path)
+	}
+	pub, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	k, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%s is not an ECDSA public key", path)
+	}
+	return k, nil
+}
+
+// readVKey takes a verifier key given directly or in a file.
+func readVKey(s string) (string, error) {
+	if strings.Count(s, "+") >= 2 && !strings.ContainsAny(s, "\n") {
+		if _, err := os.Stat(s); err != nil {
+			return s, nil
+		}
+	}
+	b, err := os.ReadFile(s)
+	if err != nil {
+		return "", fmt.Errorf("--checkpoint-key: neither a verifier key nor a readable file: %w", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			return l, nil
+		}
+	}
+	return "", fmt.Errorf("--checkpoint-key file %s holds no key", s)
+}
+
+func (a *app) auditVerifyCmd() *cobra.Command {
+	var logFile, cpFile, prevFile, auditKey, cpKey, caFile string
+	var crlFiles []string
+	cmd := &cobra.Command{
+		Use:   "verify --log FILE --checkpoint FILE --audit-key PEM --checkpoint-key VKEY --client-ca PEM",
+		Short: "Verify an exported log offline and prove every token had its quorum",
+		Long: `Checks every entry's signature, the hash chain, the Merkle root against the
+signed checkpoint (and with --previous-checkpoint that the log only grew), then
+replays the lifecycle from the entry bytes alone: every token belongs to an
+approved grant whose reviews are signed by distinct eligible principals with
+certificates that chained to the client CA, satisfying the logged quorum rule.
+Needs no broker: only the files and public keys.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := os.Open(logFile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			cp, err := os.ReadFile(cpFile)
+			if err != nil {
+				return err
+			}
+			var prev []byte
+			if prevFile != "" {
+				if prev, err = os.ReadFile(prevFile); err != nil {
+					return err
+				}
+			}
+			ak, err := readPEMKey(auditKey)
+			if err != nil {
+				return err
+			}
+			vk, err := readVKey(cpKey)
+			if err != nil {
+				return err
+			}
+			caPEM, err := os.ReadFile(caFile)
+			if err != nil {
+				return err
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(caPEM) {
+				return fmt.Errorf("%s holds no certificate", caFile)
+			}
+			var crls []*x509.RevocationList
+			for _, cf := range crlFiles {
+				b, err := os.ReadFile(cf)
+				if err != nil {
+					return err
+				}
+				if blk, _ := pem.Decode(b); blk != nil {
+					b = blk.Bytes
+				}
+				crl, err := x509.ParseRevocationList(b)
+				if err != nil {
+					return fmt.Errorf("%s: %w", cf, err)
+				}
+				crls = append(crls, crl)
+			}
+			sum, err := auditverify.Verify(auditverify.Options{Log: f, Checkpoint: cp, CheckpointKey: vk, AuditKeys: []*ecdsa.PublicKey{ak},
+				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev})
+			if err != nil {
+				var v *auditverify.Violation
+				if errors.As(err, &v) {
+					if a.output == "json" {
+						_ = writeAnyJSON(a.stdout, map[string]any{"ok": false, "index": v.Index, "reason": v.Reason})
+					}
+					fmt.Fprintln(a.stderr, "bgctl: audit log does NOT verify:", v.Error())
+					return exitCode(1)
+				}
+				return err
+			}
+			if a.output == "json" {
+				return writeAnyJSON(a.stdout, map[string]any{"ok": true, "summary": sum})
+			}
+			fmt.Fprintf(a.stdout, "audit log verifies: origin %s\n  entries %d (checkpoint covers %d", sum.Origin, sum.Entries, sum.CheckpointSize)
+			if sum.PreviousSize > 0 {
+				fmt.Fprintf(a.stdout, "; consistent with the previous checkpoint at %d", sum.PreviousSize)
+			}
+			fmt.Fprintf(a.stdout, ")\n  requests %d, reviews %d, grants %d, tokens %d: every token followed its quorum\n", sum.Requests, sum.Reviews, sum.Grants, sum.Tokens)
+			for _, p := range sum.Policies {
+				fmt.Fprintf(a.stdout, "  policy at entry %d: %s\n", p.Index, p.Hash)
+				for _, c := range p.Changes {
+					fmt.Fprintf(a.stdout, "    %s\n", c)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&logFile, "log", "", "export file (bgctl audit export)")
+	cmd.Flags().StringVar(&cpFile, "checkpoint", "", "signed checkpoint file (bgctl audit checkpoint)")
+	cmd.Flags().StringVar(&prevFile, "previous-checkpoint", "", "an older checkpoint the log must extend")
+	cmd.Flags().StringVar(&auditKey, "audit-key", "", "audit public key PEM (breakglassd hsm pubkey)")
+	cmd.Flags().StringVar(&cpKey, "checkpoint-key", "", "checkpoint verifier key, or a file holding it (breakglassd hsm pubkey --format note)")
+	cmd.Flags().StringVar(&caFile, "client-ca", "", "client CA certificate(s) PEM")
+	cmd.Flags().StringSliceVar(&crlFiles, "crl", nil, "CRL file(s) of the client CA")
+	for _, f := range []string{"log", "checkpoint", "audit-key", "checkpoint-key", "client-ca"} {
+		_ = cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+func writeAnyJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
