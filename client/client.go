@@ -47,6 +47,7 @@ type Client struct {
 	bgv1.TokenServiceClient
 	bgv1.AccountServiceClient
 	bgv1.AuditServiceClient
+	bgv1.GovernanceServiceClient
 
 	conn *grpc.ClientConn
 	// key is the client certificate's private key, which signs review
@@ -108,13 +109,14 @@ func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
 // New wraps an existing connection.
 func New(conn *grpc.ClientConn) *Client {
 	return &Client{
-		RequestServiceClient: bgv1.NewRequestServiceClient(conn),
-		ReviewServiceClient:  bgv1.NewReviewServiceClient(conn),
-		TokenServiceClient:   bgv1.NewTokenServiceClient(conn),
-		AccountServiceClient: bgv1.NewAccountServiceClient(conn),
-		AuditServiceClient:   bgv1.NewAuditServiceClient(conn),
-		conn:                 conn,
-		now:                  time.Now,
+		RequestServiceClient:    bgv1.NewRequestServiceClient(conn),
+		ReviewServiceClient:     bgv1.NewReviewServiceClient(conn),
+		TokenServiceClient:      bgv1.NewTokenServiceClient(conn),
+		AccountServiceClient:    bgv1.NewAccountServiceClient(conn),
+		AuditServiceClient:      bgv1.NewAuditServiceClient(conn),
+		GovernanceServiceClient: bgv1.NewGovernanceServiceClient(conn),
+		conn:                    conn,
+		now:                     time.Now,
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/bgbroker/breakglass/client/approval"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 )
@@ -37,29 +39,63 @@ func (c *Client) Origin(ctx context.Context) (string, error) {
 	return info.GetOrigin(), nil
 }
 
+// sign makes and signs a statement with the client certificate's key.
+func (c *Client) sign(ctx context.Context, typ, subject, content, comment string) (stmt, sig []byte, err error) {
+	if c.key == nil {
+		return nil, nil, errors.New("no client key to sign the statement with; dial with a certificate and key")
+	}
+	origin, err := c.Origin(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	st := approval.Statement{Type: typ, Origin: origin, Request: subject, Content: content,
+		Comment: approval.CommentDigest(comment), Time: c.now().UTC().Truncate(time.Second)}
+	stmt = st.Marshal()
+	sig, err = approval.Sign(c.key, stmt)
+	return stmt, sig, err
+}
+
 // Review approves or denies the request r as shown to the approver: the
 // statement binds exactly this content, this comment and this log, and is
 // signed with the private key of the client certificate.
 func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.ReviewDecision, comment string) (*bgv1.ReviewRequestResponse, error) {
-	if c.key == nil {
-		return nil, errors.New("no client key to sign the review with; dial with a certificate and key")
-	}
 	typ := approval.TypeApprove
 	if decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
 		typ = approval.TypeDeny
 	}
-	origin, err := c.Origin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	st := approval.Statement{Type: typ, Origin: origin, Request: r.GetId(), Content: ContentOf(r).Digest(),
-		Comment: approval.CommentDigest(comment), Time: c.now().UTC().Truncate(time.Second)}
-	stmt := st.Marshal()
-	sig, err := approval.Sign(c.key, stmt)
+	stmt, sig, err := c.sign(ctx, typ, r.GetId(), ContentOf(r).Digest(), comment)
 	if err != nil {
 		return nil, err
 	}
 	return c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: r.GetId(), Decision: decision, Comment: comment, Statement: stmt, Signature: sig})
+}
+
+// ClosePostReview closes the post-use review of a grant with signed notes,
+// bound to the grant's request as the reviewer sees it.
+func (c *Client) ClosePostReviewSigned(ctx context.Context, pr *bgv1.PostReview, notes string) (*bgv1.ClosePostReviewResponse, error) {
+	got, err := c.GetRequest(ctx, &bgv1.GetRequestRequest{Id: pr.GetRequestId()})
+	if err != nil {
+		return nil, err
+	}
+	stmt, sig, err := c.sign(ctx, approval.TypeReviewClose, pr.GetRequestId(), ContentOf(got.GetRequest()).Digest(), notes)
+	if err != nil {
+		return nil, err
+	}
+	return c.ClosePostReview(ctx, &bgv1.ClosePostReviewRequest{Id: pr.GetId(), Notes: notes, Statement: stmt, Signature: sig})
+}
+
+// Attest confirms, as an owner, that the account is still needed and its
+// approvers (under the policy now in force) are right.
+func (c *Client) Attest(ctx context.Context, account, notes string) (*bgv1.AttestAccountResponse, error) {
+	accts, err := c.ListAccounts(ctx, &bgv1.ListAccountsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	stmt, sig, err := c.sign(ctx, approval.TypeAttest, uuid.NewString(), approval.AccountDigest(account, accts.GetPolicyHash()), notes)
+	if err != nil {
+		return nil, err
+	}
+	return c.AttestAccount(ctx, &bgv1.AttestAccountRequest{Account: account, Notes: notes, Statement: stmt, Signature: sig})
 }
 
 // ReviewByID fetches the request and reviews it.

@@ -61,12 +61,16 @@ func (h HTTPKeys) FetchJWKS(ctx context.Context) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 }
 
-// GRPCKeys fetches the JWKS with GetSigningKeys.
-type GRPCKeys struct{ Client bgv1.TokenServiceClient }
+// GRPCKeys fetches the JWKS with GetSigningKeys: the broker's set, or an
+// account's own.
+type GRPCKeys struct {
+	Client  bgv1.TokenServiceClient
+	Account string
+}
 
 // FetchJWKS implements KeySource.
 func (g GRPCKeys) FetchJWKS(ctx context.Context) ([]byte, error) {
-	resp, err := g.Client.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
+	resp, err := g.Client.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{Account: g.Account})
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +83,10 @@ type VerifierConfig struct {
 	Issuer string
 	// Audience is this relying party's identifier; tokens must name it.
 	Audience string
+	// Account pins the verifier to one account with its own token key: its
+	// keys alone are trusted (at /accounts/NAME/jwks.json) and its tokens
+	// alone accepted.
+	Account string
 	// Keys fetches the JWKS; by default HTTPS from Issuer.
 	Keys KeySource
 	// HTTPClient is used for the default key source.
@@ -121,7 +129,11 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		return nil, errors.New("verifier: Issuer and Audience are required")
 	}
 	if cfg.Keys == nil {
-		cfg.Keys = HTTPKeys{URL: strings.TrimRight(cfg.Issuer, "/") + "/.well-known/jwks.json", Client: cfg.HTTPClient}
+		url := strings.TrimRight(cfg.Issuer, "/") + "/.well-known/jwks.json"
+		if cfg.Account != "" {
+			url = strings.TrimRight(cfg.Issuer, "/") + "/accounts/" + cfg.Account + "/jwks.json"
+		}
+		cfg.Keys = HTTPKeys{URL: url, Client: cfg.HTTPClient}
 	}
 	if cfg.Leeway == 0 {
 		cfg.Leeway = 30 * time.Second
@@ -182,6 +194,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	err = c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: jwt.Audience{v.cfg.Audience}, Time: v.cfg.Now()}, v.cfg.Leeway)
 	if err != nil {
 		return nil, invalidf("%v", err)
+	}
+	if v.cfg.Account != "" && c.Account != v.cfg.Account {
+		return nil, invalidf("the token is for account %q, not %q", c.Account, v.cfg.Account)
 	}
 	if c.Drill && !v.cfg.AllowDrill {
 		return nil, invalidf("drill token: it exercises the flow and grants nothing")

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"sort"
@@ -349,4 +350,29 @@ func (m *Module) notFound(ctx context.Context, label string, id []byte) error {
 		names = append(names, fmt.Sprintf("%q (%s)", k.Label, k.Purpose))
 	}
 	return fmt.Errorf("%w: no key with %s on token %q; keys present: %s", ErrKeyNotFound, what, m.token.Label, strings.Join(names, ", "))
+}
+
+// DestroyKey destroys a key pair (private and public objects with its
+// label and ID). Keys made not destroyable (audit and checkpoint keys)
+// are refused by the token.
+func (m *Module) DestroyKey(ctx context.Context, label string, id []byte) error {
+	return m.do(ctx, func(g *generation) error {
+		hs, err := g.findObjects([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label), pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
+		if err != nil {
+			return err
+		}
+		if len(hs) == 0 {
+			return fmt.Errorf("%w: no key %q with ID %x to destroy", ErrKeyNotFound, label, id)
+		}
+		for _, h := range hs {
+			if err := g.withSession(func(s pkcs11.SessionHandle) error { return g.raw.DestroyObject(s, h) }); err != nil {
+				return fmt.Errorf("destroying %q: %w", label, err)
+			}
+		}
+		g.mu.Lock()
+		delete(g.ecKeys, hex.EncodeToString(id))
+		delete(g.edKeys, hex.EncodeToString(id))
+		g.mu.Unlock()
+		return nil
+	})
 }

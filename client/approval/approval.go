@@ -33,11 +33,28 @@ const (
 // MaxSkew is how far a statement's time may be from the broker's clock.
 const MaxSkew = 5 * time.Minute
 
-// Decision types a statement may carry.
+// Statement types.
 const (
+	// TypeApprove and TypeDeny review a pending request.
 	TypeApprove = "approve"
 	TypeDeny    = "deny"
+	// TypeReviewClose closes the post-use review of a grant: request is
+	// the grant's request and content its content digest.
+	TypeReviewClose = "review-close"
+	// TypeAttest attests an account is still needed and its approvers are
+	// right: request is a fresh id for the attestation and content the
+	// digest of AccountContent.
+	TypeAttest = "attest"
 )
+
+// AccountContext begins the text an attestation's content digest covers.
+const AccountContext = "breakglass account attestation v1"
+
+// AccountDigest is the content digest of an attestation: the account and
+// the hash of the policy in force, which says who its approvers are.
+func AccountDigest(account, policyHash string) string {
+	return digest(fmt.Appendf(nil, "%s\naccount %s\npolicy %s\n", AccountContext, account, policyHash))
+}
 
 // Content is a request's immutable content: what an approver approves.
 type Content struct {
@@ -129,8 +146,10 @@ func Parse(b []byte) (Statement, error) {
 		vals[i] = v
 	}
 	s.Type, s.Origin, s.Request, s.Content, s.Comment = vals[0], vals[1], vals[2], vals[3], vals[4]
-	if s.Type != TypeApprove && s.Type != TypeDeny {
-		return s, fmt.Errorf("statement type %q is not approve or deny", s.Type)
+	switch s.Type {
+	case TypeApprove, TypeDeny, TypeReviewClose, TypeAttest:
+	default:
+		return s, fmt.Errorf("statement type %q is not approve, deny, review-close or attest", s.Type)
 	}
 	if !originRE.MatchString(s.Origin) {
 		return s, errors.New("statement origin is malformed")

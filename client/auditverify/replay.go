@@ -33,9 +33,14 @@ type replay struct {
 
 	requests map[string]*reqState
 	jtis     map[string]bool
-	grants   int
-	tokens   int
-	reviews  int
+	// postReviews maps an open post-use review to its request.
+	postReviews map[string]string
+	closed      map[string]bool
+	// tokenKeys maps an account ("" for the broker) to its active token kid.
+	tokenKeys map[string]string
+	grants      int
+	tokens      int
+	reviews     int
 }
 
 type reviewState struct {
@@ -60,11 +65,15 @@ type reqState struct {
 	grantEnd               time.Time
 	activationDeadline     time.Time
 	issued                 int
+	solo                   bool
+	soloAckedAt            time.Time
+	grantAcked             bool
+	content                approval.Content
 }
 
 func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList) *replay {
 	r := &replay{origin: origin, cas: cas, revoked: map[string]bool{}, prevLeaf: audit.ZeroPrev,
-		requests: map[string]*reqState{}, jtis: map[string]bool{}}
+		requests: map[string]*reqState{}, jtis: map[string]bool{}, postReviews: map[string]string{}, closed: map[string]bool{}, tokenKeys: map[string]string{}}
 	for _, crl := range crls {
 		for _, e := range crl.RevokedCertificateEntries {
 			r.revoked[new(big.Int).Set(e.SerialNumber).String()] = true
@@ -126,6 +135,23 @@ func (r *replay) entry(i int64, e *audit.Entry) *Violation {
 		var p audit.PermissionDenied
 		if err := decode(e.Payload, &p); err != nil || p.Principal != e.Actor || p.Count < 1 {
 			return violation(i, "malformed permission_denied entry")
+		}
+		return nil
+	case audit.TypeAlertAcked, audit.TypeSoloAcked, audit.TypeAlertDead:
+		return r.alert(i, e)
+	case audit.TypeReviewOpened:
+		return r.reviewOpened(i, e)
+	case audit.TypeReviewClosed:
+		return r.reviewClosed(i, e)
+	case audit.TypeAccountAttested:
+		return r.attested(i, e)
+	case audit.TypeKeyActivated, audit.TypeKeyRetired, audit.TypeKeyDestroyed:
+		var c audit.KeyChange
+		if err := decode(e.Payload, &c); err != nil || c.KID == "" {
+			return violation(i, "malformed %s payload", e.Type)
+		}
+		if e.Type == audit.TypeKeyActivated && c.Purpose == "token" {
+			r.tokenKeys[c.Account] = c.KID
 		}
 		return nil
 	}
@@ -234,6 +260,9 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if !r.policy.CanRequest(acct, e.Actor) {
 		return violation(i, "%s may not request account %s under the policy in force", e.Actor, e.Account)
 	}
+	if p.Solo && (acct.Solo == nil || time.Duration(p.TTLSeconds)*time.Second > acct.Solo.MaxTTL.D()) {
+		return violation(i, "solo request on account %s, whose policy does not allow solo access or not for that long", e.Account)
+	}
 	if p.Quorum.String() != acct.Quorum.String() || p.DenyThreshold != acct.DenyThreshold || p.MaxIssuances != acct.MaxIssuances {
 		return violation(i, "the request's quorum, deny threshold or issuance limit differ from account %s's in the policy in force", e.Account)
 	}
@@ -252,7 +281,7 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	r.requests[e.Request] = &reqState{
 		id: e.Request, account: e.Account, requester: e.Actor, digest: p.ContentDigest, rule: p.Quorum, ttl: ttl, drill: p.Drill,
 		denyThreshold: p.DenyThreshold, maxIssuances: p.MaxIssuances, activationWindow: time.Duration(p.ActivationWindow) * time.Second,
-		approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{},
+		approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{}, solo: p.Solo, content: c,
 	}
 	return nil
 }
@@ -377,8 +406,11 @@ func (r *replay) approved(i int64, e *audit.Entry) *Violation {
 	if q.state != "PENDING" || !e.Time.Before(q.approvalDeadline) {
 		return violation(i, "request %s approved while not pending", q.id)
 	}
-	o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals())
-	if !o.Met {
+	if p.Solo {
+		if v := r.soloRipe(i, e, q); v != nil {
+			return v
+		}
+	} else if o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals()); !o.Met {
 		return violation(i, "request %s approved without its quorum (%s): approvals %v", q.id, shortRule(q.rule), q.approvals())
 	}
 	if p.ApprovedAt.After(e.Time) {
@@ -417,7 +449,11 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 				deniers = append(deniers, who)
 			}
 		}
-		if q.state != "PENDING" || policy.Denials(r.policy, q.rule, q.requester, deniers) < q.denyThreshold {
+		need := q.denyThreshold
+		if q.solo {
+			need = 1 // one eligible denial vetoes a solo request
+		}
+		if q.state != "PENDING" || policy.Denials(r.policy, q.rule, q.requester, deniers) < need {
 			return violation(i, "request %s denied without reaching its deny threshold", q.id)
 		}
 		q.state = "DENIED"
@@ -462,9 +498,22 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 	if q.issued >= q.maxIssuances {
 		return violation(i, "token %d of a grant allowed %d", q.issued+1, q.maxIssuances)
 	}
-	o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals())
-	if !o.Met {
+	if q.solo {
+		if a, ok := r.policy.Account(q.account); !ok || a.Solo == nil {
+			return violation(i, "token for a solo grant on %s, whose policy in force does not allow solo access", q.account)
+		}
+	} else if o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals()); !o.Met {
 		return violation(i, "token issued without quorum under the policy in force: approvals %v do not satisfy %s", q.approvals(), shortRule(q.rule))
+	}
+	slot := ""
+	if _, own := r.tokenKeys[q.account]; own {
+		slot = q.account
+	}
+	if want := r.tokenKeys[slot]; p.KID != want {
+		return violation(i, "the token was signed by key %s, not the active token key %q of %s", p.KID, want, strings.TrimSpace("account "+slot))
+	}
+	if a, ok := r.policy.Account(q.account); ok && a.RequireAlertAck && q.issued == 0 && !q.grantAcked {
+		return violation(i, "first token of a grant on %s before an ack sink acknowledged the grant alert (require_alert_ack)", q.account)
 	}
 	var c struct {
 		Iss       string   `json:"iss"`
@@ -494,7 +543,11 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 		return violation(i, "the token's jti is missing, differs from the entry's or was issued before")
 	case len(aud) != 1 || aud[0] != p.Audience:
 		return violation(i, "the token's audience %v is not the entry's %q", aud, p.Audience)
-	case !ok || !slices.Contains(acct.Audiences, p.Audience):
+	case !ok:
+		return violation(i, "account %s is not in the policy in force", q.account)
+	case q.drill && p.Audience != acct.DrillAudience:
+		return violation(i, "drill token for audience %q, not the drill audience %q", p.Audience, acct.DrillAudience)
+	case !q.drill && !slices.Contains(acct.Audiences, p.Audience):
 		return violation(i, "audience %q is not one of account %s's", p.Audience, q.account)
 	case time.Unix(c.Exp, 0).After(q.grantEnd):
 		return violation(i, "the token expires at %s, after its grant ends at %s", time.Unix(c.Exp, 0).UTC().Format(time.RFC3339), q.grantEnd.UTC().Format(time.RFC3339))
@@ -530,4 +583,118 @@ func audiences(v any) []string {
 		return out
 	}
 	return nil
+}
+
+// soloRipe checks a solo approval: the policy in force allows solo access,
+// an ack sink acknowledged the alert, the veto window passed between the
+// logged acknowledgement and this entry, and no eligible approver denied.
+func (r *replay) soloRipe(i int64, e *audit.Entry, q *reqState) *Violation {
+	a, ok := r.policy.Account(q.account)
+	switch {
+	case !q.solo:
+		return violation(i, "request %s approved as solo but it was not a solo request", q.id)
+	case !ok || a.Solo == nil:
+		return violation(i, "solo approval on %s, whose policy in force does not allow solo access", q.account)
+	case q.soloAckedAt.IsZero():
+		return violation(i, "solo approval of %s without a logged acknowledgement of its alert", q.id)
+	case e.Time.Before(q.soloAckedAt.Add(a.Solo.Delay.D())):
+		return violation(i, "solo approval of %s at %s, before its veto window (%s after the acknowledgement at %s) ended",
+			q.id, e.Time.UTC().Format(time.RFC3339), a.Solo.Delay.D(), q.soloAckedAt.UTC().Format(time.RFC3339))
+	}
+	for _, who := range q.order {
+		if q.reviews[who].decision == approval.TypeDeny && r.policy.Eligible(q.rule, who) {
+			return violation(i, "solo approval of %s despite a denial by %s", q.id, who)
+		}
+	}
+	return nil
+}
+
+func (r *replay) alert(i int64, e *audit.Entry) *Violation {
+	var p audit.AlertDelivery
+	if err := decode(e.Payload, &p); err != nil || p.EventID == "" || p.Sink == "" {
+		return violation(i, "malformed %s payload", e.Type)
+	}
+	if e.Request == "" {
+		return nil
+	}
+	q, v := r.request(i, e)
+	if v != nil {
+		return v
+	}
+	switch e.Type {
+	case audit.TypeSoloAcked:
+		if !q.solo || q.state != "PENDING" {
+			return violation(i, "solo acknowledgement for %s, which is not a pending solo request", q.id)
+		}
+		if q.soloAckedAt.IsZero() {
+			q.soloAckedAt = e.Time
+		}
+	case audit.TypeAlertAcked:
+		q.grantAcked = true
+	}
+	return nil
+}
+
+func (r *replay) reviewOpened(i int64, e *audit.Entry) *Violation {
+	q, v := r.request(i, e)
+	if v != nil {
+		return v
+	}
+	var p audit.PostReviewOpened
+	if err := decode(e.Payload, &p); err != nil || p.ID == "" || r.postReviews[p.ID] != "" {
+		return violation(i, "malformed or reused post_review_opened")
+	}
+	if q.issued == 0 {
+		return violation(i, "post-use review opened for %s, which issued no token", q.id)
+	}
+	r.postReviews[p.ID] = q.id
+	return nil
+}
+
+func (r *replay) reviewClosed(i int64, e *audit.Entry) *Violation {
+	q, v := r.request(i, e)
+	if v != nil {
+		return v
+	}
+	var p audit.PostReviewClosed
+	if err := decode(e.Payload, &p); err != nil {
+		return violation(i, "malformed post_review_closed payload: %v", err)
+	}
+	if r.postReviews[p.ID] != q.id || r.closed[p.ID] {
+		return violation(i, "post-use review %s is not open for request %s", p.ID, q.id)
+	}
+	a, ok := r.policy.Account(q.account)
+	if !ok || !r.policy.IsReviewer(a, e.Actor) || e.Actor == q.requester || slices.Contains(q.approvals(), e.Actor) {
+		return violation(i, "%s may not close the post-use review of %s (not a reviewer, or its requester or approver)", e.Actor, q.id)
+	}
+	if reason := r.checkStatement(e.Actor, approval.TypeReviewClose, q.id, q.digest, p.Notes, p.Signed, e.Time); reason != "" {
+		return violation(i, "the signed closing of post-use review %s does not hold: %s", p.ID, reason)
+	}
+	r.closed[p.ID] = true
+	return nil
+}
+
+func (r *replay) attested(i int64, e *audit.Entry) *Violation {
+	var p audit.AccountAttested
+	if err := decode(e.Payload, &p); err != nil {
+		return violation(i, "malformed account_attested payload: %v", err)
+	}
+	a, ok := r.policy.Account(e.Account)
+	if !ok || !r.policy.IsOwner(a, e.Actor) {
+		return violation(i, "%s attested account %s without being one of its owners", e.Actor, e.Account)
+	}
+	if p.PolicyHash != r.policyHash {
+		return violation(i, "the attestation names policy %s but %s is in force", p.PolicyHash, r.policyHash)
+	}
+	if reason := r.checkStatement(e.Actor, approval.TypeAttest, p.ID, approval.AccountDigest(e.Account, p.PolicyHash), p.Notes, p.Signed, e.Time); reason != "" {
+		return violation(i, "the signed attestation does not hold: %s", reason)
+	}
+	return nil
+}
+
+// checkStatement verifies a signed statement of principal like the broker
+// must have.
+func (r *replay) checkStatement(principal, typ, subject, content, notes string, s audit.Signed, at time.Time) string {
+	return r.checkSignedReview(&reqState{id: subject, digest: content}, principal,
+		audit.RequestReviewed{Decision: typ, Comment: notes, Statement: s.Statement, Signature: s.Signature, Certificate: s.Certificate}, at)
 }

@@ -109,6 +109,9 @@ type Summary struct {
 	Tokens         int            `json:"tokens"`
 	Reviews        int            `json:"reviews"`
 	Policies       []PolicyChange `json:"policies"`
+	// AuditKeys and CheckpointKeys count the keys in the chains followed.
+	AuditKeys      int `json:"audit_keys"`
+	CheckpointKeys int `json:"checkpoint_keys"`
 }
 
 // MaxLineBytes bounds one export line.
@@ -128,36 +131,48 @@ func Verify(o Options) (*Summary, error) {
 		return nil, violation(-1, "the checkpoint key is not a signed-note verifier key: %v", err)
 	}
 	origin := vkey.Name()
-	cp, err := parseCheckpoint(o.Checkpoint, origin, vkey)
+	lines, err := readLines(o.Log)
+	if err != nil {
+		return nil, err
+	}
+	// The chain, which also follows key rotations: each new audit or
+	// checkpoint key is introduced by a statement signed by a key already
+	// trusted and by the new one.
+	keys := &keyChain{audit: append([]*ecdsa.PublicKey(nil), o.AuditKeys...), checkpoint: []note.Verifier{vkey}}
+	r := newReplay(origin, o.ClientCAs, o.CRLs)
+	var entries []*audit.Entry
+	var chainErr *Violation
+	for i, l := range lines {
+		e, v := r.link(int64(i), l.Entry)
+		if v == nil {
+			v = keys.follow(int64(i), e)
+		}
+		if v != nil {
+			chainErr = v
+			break
+		}
+		entries = append(entries, e)
+	}
+	// The first thing wrong, by index: a changed entry fails its signature
+	// at its own index before its successor's link fails.
+	if v := checkSignatures(lines, keys.audit); v != nil && (chainErr == nil || v.Index <= chainErr.Index) {
+		return nil, v
+	}
+	if chainErr != nil {
+		return nil, chainErr
+	}
+	cp, err := keys.parseCheckpoint(o.Checkpoint, origin)
 	if err != nil {
 		return nil, violation(-1, "checkpoint: %v", err)
 	}
 	var prev *log.Checkpoint
 	if len(o.PreviousCheckpoint) > 0 {
-		if prev, err = parseCheckpoint(o.PreviousCheckpoint, origin, vkey); err != nil {
+		if prev, err = keys.parseCheckpoint(o.PreviousCheckpoint, origin); err != nil {
 			return nil, violation(-1, "previous checkpoint: %v", err)
 		}
 		if prev.Size > cp.Size {
 			return nil, violation(int64(cp.Size), "the checkpoint (size %d) is smaller than the previous checkpoint (size %d): the log was truncated or rolled back", cp.Size, prev.Size)
 		}
-	}
-	lines, err := readLines(o.Log)
-	if err != nil {
-		return nil, err
-	}
-	if v := checkSignatures(lines, o.AuditKeys); v != nil {
-		return nil, v
-	}
-	// The chain first, so a removed or reordered entry is named where it
-	// breaks; then the size and the roots.
-	r := newReplay(origin, o.ClientCAs, o.CRLs)
-	entries := make([]*audit.Entry, len(lines))
-	for i, l := range lines {
-		e, v := r.link(int64(i), l.Entry)
-		if v != nil {
-			return nil, v
-		}
-		entries[i] = e
 	}
 	if uint64(len(lines)) < cp.Size {
 		return nil, violation(int64(len(lines)), "the export ends at %d entries but the checkpoint covers %d: entries were removed or the log was truncated", len(lines), cp.Size)
@@ -197,6 +212,7 @@ func Verify(o Options) (*Summary, error) {
 	}
 	sum := r.summary()
 	sum.Origin, sum.Entries, sum.CheckpointSize = origin, uint64(len(lines)), cp.Size
+	sum.AuditKeys, sum.CheckpointKeys = len(keys.audit), len(keys.checkpoint)
 	if prev != nil {
 		sum.PreviousSize = prev.Size
 	}

@@ -105,8 +105,8 @@ func (a *app) printRequest(out io.Writer, r *bgv1.Request) {
 func (a *app) requestCmd() *cobra.Command {
 	var (
 		account, justification, ticket string
-		ttl                            time.Duration
-		drill, wait                    bool
+		ttl                             time.Duration
+		drill, wait, solo               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "request --account NAME --justification TEXT [--ticket REF] [--ttl DURATION] [--drill] [--wait]",
@@ -114,7 +114,7 @@ func (a *app) requestCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
-				in := &bgv1.CreateRequestRequest{Account: account, Justification: justification, Ticket: ticket, Drill: drill}
+				in := &bgv1.CreateRequestRequest{Account: account, Justification: justification, Ticket: ticket, Drill: drill, Solo: solo}
 				if ttl != 0 {
 					in.RequestedTtl = durationpb.New(ttl)
 				}
@@ -163,6 +163,7 @@ func (a *app) requestCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "grant length once approved (default: the account's max_ttl)")
 	cmd.Flags().BoolVar(&drill, "drill", false, "a drill: its tokens are marked bg_drill and grant nothing real")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the request is decided and print the outcome (exit 3 unless approved)")
+	cmd.Flags().BoolVar(&solo, "solo", false, "time-locked solo access (where the account allows it): approved after its veto window unless denied")
 	_ = cmd.MarkFlagRequired("account")
 	_ = cmd.MarkFlagRequired("justification")
 	return cmd
@@ -504,9 +505,9 @@ func (a *app) verifyCmd() *cobra.Command {
 }
 
 func (a *app) accountsCmd() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "accounts",
-		Short: "List the accounts you may request, review or own",
+		Short: "List the accounts you may request, review or own, with their drills and attestations",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
@@ -518,7 +519,7 @@ func (a *app) accountsCmd() *cobra.Command {
 					return a.printJSON(resp)
 				}
 				w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "ACCOUNT\tYOU MAY\tMAX TTL\tAUDIENCES\tQUORUM")
+				fmt.Fprintln(w, "ACCOUNT\tYOU MAY\tMAX TTL\tAUDIENCES\tLAST DRILL\tLAST ATTESTED\tQUORUM")
 				for _, acc := range resp.GetAccounts() {
 					var may []string
 					if acc.GetCanRequest() {
@@ -530,11 +531,49 @@ func (a *app) accountsCmd() *cobra.Command {
 					if acc.GetIsOwner() {
 						may = append(may, "own")
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", acc.GetName(), orDash(strings.Join(may, ",")), acc.GetMaxTtl().AsDuration(),
-						strings.Join(acc.GetAudiences(), ","), acc.GetQuorumDescription())
+					drill := fmtOptTime(acc.GetLastDrillTime())
+					if acc.GetDrillOverdue() {
+						drill += " (OVERDUE)"
+					}
+					att := fmtOptTime(acc.GetLastAttestationTime())
+					if acc.GetAttestationOverdue() {
+						att += " (OVERDUE)"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", acc.GetName(), orDash(strings.Join(may, ",")), acc.GetMaxTtl().AsDuration(),
+						strings.Join(acc.GetAudiences(), ","), drill, att, strings.TrimSuffix(acc.GetQuorumDescription(), " (the requester never counts; each approver counts once)"))
 				}
 				return w.Flush()
 			})
 		},
 	}
+	var notes string
+	attest := &cobra.Command{
+		Use:   "attest NAME --notes TEXT",
+		Short: "As an owner, confirm the account is still needed and its approvers are right (signed)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Attest(ctx, args[0], notes)
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				fmt.Fprintf(a.stdout, "account %s attested (audit entry %d)\n", args[0], resp.GetEntry().GetIndex())
+				return nil
+			})
+		},
+	}
+	attest.Flags().StringVar(&notes, "notes", "", "what you checked (required)")
+	_ = attest.MarkFlagRequired("notes")
+	cmd.AddCommand(attest)
+	return cmd
+}
+
+func fmtOptTime(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "never"
+	}
+	return t.AsTime().Local().Format("2006-01-02")
 }

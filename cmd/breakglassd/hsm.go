@@ -17,6 +17,7 @@ import (
 
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/config"
+	"github.com/bgbroker/breakglass/server/daemon"
 )
 
 // hsmFlags are the settings every ceremony command shares. Flags override
@@ -92,7 +93,8 @@ func newHSMCmd(stdout, stderr io.Writer) *cobra.Command {
 environment variable (--pin-env, default ` + hsm.DefaultPINEnv + `), never from a flag.`,
 	}
 	f.register(cmd)
-	cmd.AddCommand(newKeygenCmd(f, stdout, stderr), newListCmd(f, stdout, stderr), newPubkeyCmd(f, stdout, stderr), newSelftestCmd(f, stdout, stderr))
+	cmd.AddCommand(newKeygenCmd(f, stdout, stderr), newListCmd(f, stdout, stderr), newPubkeyCmd(f, stdout, stderr), newSelftestCmd(f, stdout, stderr),
+		newRotateCmd(f, stdout, stderr))
 	return cmd
 }
 
@@ -393,4 +395,49 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func newRotateCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
+	var purpose, account, label, operator string
+	cmd := &cobra.Command{
+		Use:   "rotate --config FILE --purpose token|audit|checkpoint [--account NAME] [--label LABEL]",
+		Short: "Make a new key active and retire the old one, audited in the broker's log",
+		Long: `Generates a new key in the token and records it in the broker's key registry as
+active, the old one as retired, with an audit entry. An audit or checkpoint key
+rotation carries a statement signed by both the old and the new key, so a
+verifier holding the first key follows the chain. Retired token keys stay in
+the JWKS until the last token they signed expires, then are destroyed. A
+running broker picks the new key up within seconds.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.config == "" {
+				return fmt.Errorf("--config is required: rotation records the key in the broker's store")
+			}
+			p, err := hsm.ParsePurpose(purpose)
+			if err != nil {
+				return err
+			}
+			cfg, err := config.Load(f.config)
+			if err != nil {
+				return err
+			}
+			h, _, err := f.hsmConfig()
+			if err != nil {
+				return err
+			}
+			cfg.HSM = h
+			rec, err := daemon.Rotate(cmd.Context(), cfg, p, account, label, slog.New(slog.NewTextHandler(stderr, nil)))
+			if err != nil {
+				return err
+			}
+			return writeJSON(stdout, map[string]any{"ceremony": "rotate", "time": time.Now().UTC(), "operator": operatorName(operator),
+				"purpose": rec.Purpose, "account": rec.Account, "label": rec.Label, "kid": rec.KID, "id": rec.KeyID, "public_key_pem": rec.PublicPEM})
+		},
+	}
+	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit or checkpoint (required)")
+	cmd.Flags().StringVar(&account, "account", "", "the account whose own token key to rotate")
+	cmd.Flags().StringVar(&label, "label", "", "label of the new key (default: purpose, account and time)")
+	cmd.Flags().StringVar(&operator, "operator", "", "name recorded as the operator")
+	_ = cmd.MarkFlagRequired("purpose")
+	return cmd
 }

@@ -105,6 +105,11 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 			if cmd.Flags().Changed("http-addr") {
 				cfg.Listen.HTTPS = o.HTTPAddr
 			}
+			hooks, err := devmode.WebhookSinks(filepath.Dir(path), o.Webhooks)
+			if err != nil {
+				return err
+			}
+			cfg.Notify.Sinks = append(cfg.Notify.Sinks, hooks...)
 			log, err := logger(stderr, cfg.Log, level)
 			if err != nil {
 				return err
@@ -127,6 +132,7 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 	cmd.Flags().StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:7444", "HTTPS listen address (JWKS, metadata, health)")
 	cmd.Flags().StringVar(&readyFile, "ready-file", "", "write the listening addresses as JSON to this file once serving")
 	cmd.Flags().StringVar(&level, "log-level", "", "debug, info, warn or error")
+	cmd.Flags().StringArrayVar(&o.Webhooks, "webhook", nil, "announce events to this Standard Webhooks receiver (repeatable); the secret is in DIR/webhook.secret")
 	return cmd
 }
 

@@ -36,6 +36,15 @@ const (
 	TypeTokenIssued      Type = "token_issued"
 	TypeGrantRevoked     Type = "grant_revoked"
 	TypePermissionDenied Type = "permission_denied"
+	TypeAlertAcked       Type = "alert_acknowledged"
+	TypeAlertDead        Type = "alert_dead_lettered"
+	TypeSoloAcked        Type = "solo_acknowledged"
+	TypeReviewOpened     Type = "post_review_opened"
+	TypeReviewClosed     Type = "post_review_closed"
+	TypeAccountAttested  Type = "account_attested"
+	TypeKeyActivated     Type = "key_activated"
+	TypeKeyRetired       Type = "key_retired"
+	TypeKeyDestroyed     Type = "key_destroyed"
 )
 
 // Entry is the JSON object that is hashed and signed. Field order is fixed

@@ -44,6 +44,8 @@ type RequestCreated struct {
 	DenyThreshold    int         `json:"deny_threshold"`
 	MaxIssuances     int         `json:"max_issuances"`
 	ActivationWindow int64       `json:"activation_window_seconds"`
+	// Solo marks a time-locked solo request.
+	Solo bool `json:"solo,omitempty"`
 	PolicyHash       string      `json:"policy_hash"`
 	// ContentDigest is the SHA-256 of the request's immutable content, the
 	// value signed approvals bind to.
@@ -71,6 +73,10 @@ type RequestApproved struct {
 	ActivationDeadline time.Time         `json:"activation_deadline"`
 	Alternative        int               `json:"alternative"`
 	Assignment         map[string]string `json:"assignment"`
+	// Solo grants are approved by the passing of their veto window, which
+	// started when the alert was acknowledged.
+	Solo           bool      `json:"solo,omitempty"`
+	AcknowledgedAt time.Time `json:"acknowledged_at,omitzero"`
 }
 
 // RequestFinal records a request ending: denied, cancelled, expired or a
@@ -105,4 +111,69 @@ type PermissionDenied struct {
 	Methods     map[string]int `json:"methods"`
 	// Sample is the first refusal's reason, for the SOC.
 	Sample string `json:"sample"`
+}
+
+// AlertDelivery records an alert accepted by an acknowledging sink (a 2xx
+// from it), or given up on after the configured attempts.
+type AlertDelivery struct {
+	EventID   string `json:"event_id"`
+	EventType string `json:"event_type"`
+	Sink      string `json:"sink"`
+	Attempts  int    `json:"attempts"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// Signed is a statement signed with a principal's client certificate key
+// (client/approval), with the certificate (DER). Base64 in JSON.
+type Signed struct {
+	Statement   []byte `json:"statement"`
+	Signature   []byte `json:"signature"`
+	Certificate []byte `json:"certificate"`
+}
+
+// PostReviewOpened records the review task of a grant that issued a token.
+type PostReviewOpened struct {
+	ID        string    `json:"id"`
+	DueAt     time.Time `json:"due_at"`
+	Reviewers string    `json:"reviewers"`
+	Excluded  []string  `json:"excluded"`
+}
+
+// PostReviewClosed records its closing, signed by the reviewer.
+type PostReviewClosed struct {
+	ID    string `json:"id"`
+	Notes string `json:"notes"`
+	Signed
+}
+
+// AccountAttested records that an owner confirmed an account is still
+// needed and its approvers are right, signed by the owner.
+type AccountAttested struct {
+	ID         string `json:"id"`
+	Notes      string `json:"notes"`
+	PolicyHash string `json:"policy_hash"`
+	Signed
+}
+
+// KeyChange records a key becoming active, retired or destroyed. A new
+// audit or checkpoint key is introduced by a rotation statement signed by
+// both the old key and the new one, so a verifier holding only the first
+// key follows the chain.
+type KeyChange struct {
+	Purpose   string `json:"purpose"`
+	Account   string `json:"account,omitempty"`
+	KID       string `json:"kid"`
+	Label     string `json:"label"`
+	PublicPEM string `json:"public_pem,omitempty"`
+	// Previous is the key this one replaces.
+	Previous string `json:"previous,omitempty"`
+	// Rotation is the rotation statement; OldSignature and NewSignature
+	// are the old and new key's signatures over it (audit and checkpoint
+	// keys only).
+	Rotation     []byte `json:"rotation,omitempty"`
+	OldSignature []byte `json:"old_signature,omitempty"`
+	NewSignature []byte `json:"new_signature,omitempty"`
+	// NoteKey is the new checkpoint key's signed-note verifier key.
+	NoteKey string `json:"note_key,omitempty"`
+	Reason  string `json:"reason,omitempty"`
 }

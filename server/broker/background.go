@@ -2,9 +2,11 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 )
@@ -16,6 +18,7 @@ import (
 func (b *Broker) Run(ctx context.Context) {
 	tick := time.NewTicker(b.cfg.SweepInterval)
 	defer tick.Stop()
+	var lastOverdue time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -28,6 +31,19 @@ func (b *Broker) Run(ctx context.Context) {
 		}
 		if _, err := b.Sweep(ctx); err != nil && ctx.Err() == nil {
 			b.log.Error("expiry sweep failed", "err", err)
+		}
+		if _, err := b.RipenSolo(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn("solo requests not approved yet", "err", err)
+		}
+		// Overdue items change slowly: look once a minute.
+		if time.Since(lastOverdue) >= time.Minute {
+			lastOverdue = time.Now()
+			if err := b.Overdue(ctx); err != nil && ctx.Err() == nil {
+				b.log.Error("overdue checks failed", "err", err)
+			}
+		}
+		if err := b.flushCerts(ctx); err != nil && ctx.Err() == nil {
+			b.log.Error("recording client certificates failed", "err", err)
 		}
 		if _, err := b.SignBacklog(ctx); err != nil && ctx.Err() == nil {
 			b.log.Warn("unsigned audit entries are still waiting for the HSM", "err", err)
@@ -53,6 +69,7 @@ func (b *Broker) Sweep(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, d := range due {
+		var ended *request.Request
 		err := b.update(ctx, func(tx store.Tx) error {
 			r, err := tx.Request(ctx, d.ID)
 			if err != nil {
@@ -62,20 +79,31 @@ func (b *Broker) Sweep(ctx context.Context) (int, error) {
 			if state != request.Expired || r.State == request.Expired {
 				return nil
 			}
-			if _, err := b.appendEntry(ctx, tx, now, audit.Draft{
+			rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 				Type: audit.TypeRequestExpired, Actor: "broker", Request: r.ID, Account: r.Account,
 				Payload: audit.RequestFinal{Reason: reason, At: at},
-			}, false); err != nil {
+			}, false)
+			if err != nil {
 				return err
 			}
+			wasGrant := r.State == request.Approved
 			r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Expired, at, "broker", reason
 			n++
-			return tx.SaveRequest(ctx, r)
+			if err := tx.SaveRequest(ctx, r); err != nil {
+				return err
+			}
+			if wasGrant {
+				ended = r
+			}
+			return b.emit(ctx, tx, requestEvent(event.RequestExpired, r, "broker", fmt.Sprintf("request %s on %s expired: %s", r.ID, r.Account, reason), &rec), nil)
 		})
 		if err != nil {
 			return n, err
 		}
 		b.notify(d.ID)
+		if ended != nil {
+			b.grantEnded(ended.Account, ended.Issued)
+		}
 	}
 	return n, nil
 }
@@ -93,9 +121,10 @@ func (b *Broker) SignBacklog(ctx context.Context) (int, error) {
 		}); err != nil || len(batch) == 0 {
 			return signed, err
 		}
+		key, kid := b.keys.AuditKey()
 		err := b.update(ctx, func(tx store.Tx) error {
 			for i := range batch {
-				if err := audit.Sign(ctx, b.auditKey, b.auditKID, &batch[i]); err != nil {
+				if err := audit.Sign(ctx, key, kid, &batch[i]); err != nil {
 					return hsmDown(err)
 				}
 				if err := tx.SetSignature(ctx, batch[i].Index, batch[i].Signature, batch[i].KeyID); err != nil {

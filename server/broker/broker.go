@@ -6,6 +6,7 @@ package broker
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
@@ -30,10 +31,9 @@ type Config struct {
 	Store        store.Store
 	Policy       *policy.Policy
 	PolicySource string
-	// AuditKey signs every audit entry.
-	AuditKey audit.Signer
-	// Minter signs tokens with the HSM token key.
-	Minter *token.Minter
+	// Keys are the signing keys: the audit key and each account's token
+	// minter (keyring.Ring, or StaticKeys).
+	Keys Keys
 	// Now is the clock; time.Now when nil. Tests inject their own so that
 	// expiry is tested without sleeping.
 	Now func() time.Time
@@ -57,6 +57,16 @@ type Config struct {
 	Certs CertVerifier
 	// OnAppend is called after every commit that appended entries.
 	OnAppend func()
+	// Routes routes events to sinks; nil sends none.
+	Routes Routes
+	// OnEvents is called after a commit that wrote events to the outbox.
+	OnEvents func()
+	// AckSinkKnown checks the policy's ack_sinks against the configured
+	// sinks; nil accepts any.
+	AckSinkKnown func(name string) bool
+	// OnGrantEnded is called (outside any transaction) when a grant that
+	// issued a token of an account with rotate_after_use ends.
+	OnGrantEnded func(account string)
 }
 
 // CertVerifier checks a client certificate as of a moment and names its
@@ -71,15 +81,18 @@ type Broker struct {
 	cfg      Config
 	store    store.Store
 	policy   atomic.Pointer[policy.Policy]
-	auditKey audit.Signer
-	auditKID string
-	minter   *token.Minter
+	keys     Keys
 	now      func() time.Time
 	log      *slog.Logger
 
 	// hsmDown is set by the health checker; while it is set, optional
 	// signatures are not even attempted.
 	hsmDown atomic.Bool
+	// eventsPending is set when a transaction wrote to the outbox.
+	eventsPending atomic.Bool
+	// certs are client certificates seen since the last flush.
+	certsMu sync.Mutex
+	certs   map[string]store.CertSeen
 
 	watchMu  sync.Mutex
 	watchers map[string]map[chan struct{}]struct{}
@@ -94,10 +107,12 @@ type Broker struct {
 // New builds a broker and records the policy in the audit log when it
 // differs from the last one logged.
 func New(ctx context.Context, cfg Config) (*Broker, error) {
-	if cfg.Store == nil || cfg.Policy == nil || cfg.AuditKey == nil || cfg.Minter == nil || cfg.Certs == nil || cfg.Origin == "" {
-		return nil, errors.New("broker: Store, Policy, AuditKey, Minter, Certs and Origin are required")
+	if cfg.Store == nil || cfg.Policy == nil || cfg.Keys == nil || cfg.Certs == nil || cfg.Origin == "" {
+		return nil, errors.New("broker: Store, Policy, Keys, Certs and Origin are required")
 	}
-	if _, ok := cfg.AuditKey.Public().(*ecdsa.PublicKey); !ok {
+	if k, _ := cfg.Keys.AuditKey(); k == nil {
+		return nil, errors.New("broker: no audit key")
+	} else if _, ok := k.Public().(*ecdsa.PublicKey); !ok {
 		return nil, errors.New("broker: the audit key must be ECDSA P-256")
 	}
 	if cfg.Now == nil {
@@ -118,16 +133,16 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if cfg.MaxWatchesPerPrincipal <= 0 {
 		cfg.MaxWatchesPerPrincipal = 16
 	}
-	kid, err := hsm.Thumbprint(cfg.AuditKey.Public())
-	if err != nil {
-		return nil, err
-	}
 	b := &Broker{
-		cfg: cfg, store: cfg.Store, auditKey: cfg.AuditKey, auditKID: kid, minter: cfg.Minter,
+		cfg: cfg, store: cfg.Store, keys: cfg.Keys,
 		now: cfg.Now, log: cfg.Log,
 		watchers: map[string]map[chan struct{}]struct{}{}, watching: map[string]int{}, appended: make(chan struct{}),
 	}
 	b.denials.init()
+	b.certs = map[string]store.CertSeen{}
+	if err := b.checkPolicySinks(cfg.Policy); err != nil {
+		return nil, err
+	}
 	b.policy.Store(cfg.Policy)
 	if err := b.logPolicy(ctx, cfg.Policy, cfg.PolicySource); err != nil {
 		return nil, err
@@ -138,11 +153,45 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 // Policy returns the policy in force.
 func (b *Broker) Policy() *policy.Policy { return b.policy.Load() }
 
-// AuditKID is the RFC 7638 thumbprint of the audit key.
-func (b *Broker) AuditKID() string { return b.auditKID }
+// Keys are the broker's signing keys.
+type Keys interface {
+	// AuditKey returns the active audit key and its kid.
+	AuditKey() (audit.Signer, string)
+	// Minter returns the minter of the account's token key.
+	Minter(account string) *token.Minter
+	// TokenKeys returns the public keys that verify the account's tokens
+	// ("" for the broker's own set).
+	TokenKeys(account string) []crypto.PublicKey
+}
 
-// Minter returns the token minter.
-func (b *Broker) Minter() *token.Minter { return b.minter }
+// StaticKeys is one audit key and one token key, for tests and tools.
+type StaticKeys struct {
+	Audit  audit.Signer
+	Tokens *token.Minter
+}
+
+// AuditKey implements Keys.
+func (s StaticKeys) AuditKey() (audit.Signer, string) {
+	kid, _ := hsm.Thumbprint(s.Audit.Public())
+	return s.Audit, kid
+}
+
+// Minter implements Keys.
+func (s StaticKeys) Minter(string) *token.Minter { return s.Tokens }
+
+// TokenKeys implements Keys.
+func (s StaticKeys) TokenKeys(account string) []crypto.PublicKey {
+	if account != "" {
+		return nil
+	}
+	return []crypto.PublicKey{s.Tokens.Public()}
+}
+
+// AuditKID is the RFC 7638 thumbprint of the active audit key.
+func (b *Broker) AuditKID() string { _, kid := b.keys.AuditKey(); return kid }
+
+// Minter returns the token minter of an account ("" for the broker's).
+func (b *Broker) Minter(account string) *token.Minter { return b.keys.Minter(account) }
 
 // SetHSMDown records the HSM health as the health checker sees it.
 func (b *Broker) SetHSMDown(down bool) { b.hsmDown.Store(down) }
@@ -173,12 +222,35 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source string)
 			}
 			prev = pl.Hash
 		}
-		_, err = b.appendEntry(ctx, tx, b.now(), audit.Draft{
+		now := b.now()
+		for _, a := range p.Accounts {
+			if err := tx.MarkAccountSeen(ctx, a.Name, now); err != nil {
+				return err
+			}
+		}
+		_, err = b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypePolicyLoaded, Actor: "broker",
 			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: prev, Source: source, Policy: p.CanonicalJSON(), Identity: ident},
 		}, true)
 		return err
 	})
+}
+
+// checkPolicySinks refuses a policy whose ack_sinks name sinks the broker
+// does not have: an acknowledgement that can never come would block every
+// grant of the account.
+func (b *Broker) checkPolicySinks(p *policy.Policy) error {
+	if b.cfg.AckSinkKnown == nil {
+		return nil
+	}
+	for _, a := range p.Accounts {
+		for _, s := range a.AckSinks {
+			if !b.cfg.AckSinkKnown(s) {
+				return fmt.Errorf("account %s: ack sink %q is not configured under notify.sinks", a.Name, s)
+			}
+		}
+	}
+	return nil
 }
 
 // appendEntry builds the next entry, signs it and appends it. When
@@ -195,13 +267,14 @@ func (b *Broker) appendEntry(ctx context.Context, tx store.Tx, now time.Time, d 
 	if err != nil {
 		return audit.Record{}, err
 	}
+	key, kid := b.keys.AuditKey()
 	if mustSign {
-		if err := audit.Sign(ctx, b.auditKey, b.auditKID, &rec); err != nil {
+		if err := audit.Sign(ctx, key, kid, &rec); err != nil {
 			return audit.Record{}, hsmDown(err)
 		}
 	} else if !b.hsmDown.Load() {
 		sctx, cancel := context.WithTimeout(ctx, b.cfg.OptionalSignTimeout)
-		err := audit.Sign(sctx, b.auditKey, b.auditKID, &rec)
+		err := audit.Sign(sctx, key, kid, &rec)
 		cancel()
 		if err != nil {
 			rec.Signature, rec.KeyID = nil, ""
@@ -224,6 +297,7 @@ func (b *Broker) update(ctx context.Context, fn func(tx store.Tx) error) error {
 		return internal(err)
 	}
 	b.entriesAppended()
+	b.kickEvents()
 	return nil
 }
 

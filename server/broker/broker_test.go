@@ -127,6 +127,7 @@ type harness struct {
 	dbPath   string
 	audit    *faultyKey
 	tokenKey *faultyKey
+	routes   broker.Routes
 	ctx      context.Context
 	cancel   context.CancelFunc
 }
@@ -207,8 +208,8 @@ func (h *harness) start(policyYAML string) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", AuditKey: h.audit, Minter: minter, Now: h.clock.Now,
-		Origin: testOrigin, Certs: h.ident})
+	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", Keys: broker.StaticKeys{Audit: h.audit, Tokens: minter}, Now: h.clock.Now,
+		Origin: testOrigin, Certs: h.ident, Routes: h.routes})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -405,15 +406,15 @@ func TestHappyPathTokenVerifiesWithJOSE(t *testing.T) {
 			t.Fatal("the token is stored")
 		}
 	}
-	last := entries[len(entries)-1]
+	last := entries[len(entries)-2]
 	if last.Type != audit.TypeTokenIssued || !strings.Contains(string(last.Bytes), iss.SHA256) {
-		t.Fatalf("last entry %s", last.Bytes)
+		t.Fatalf("token entry %s", last.Bytes)
 	}
 	types := []audit.Type{}
 	for _, e := range entries {
 		types = append(types, e.Type)
 	}
-	if fmt.Sprint(types) != "[policy_loaded request_created request_reviewed request_reviewed request_approved token_issued]" {
+	if fmt.Sprint(types) != "[policy_loaded request_created request_reviewed request_reviewed request_approved token_issued post_review_opened]" {
 		t.Errorf("entries %v", types)
 	}
 	check, err := h.b.CheckToken(h.ctx, "svc", iss.JTI)

@@ -10,12 +10,22 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 )
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// oneLine shortens free text for an event summary.
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > 200 {
+		return string(r[:199]) + "…"
+	}
+	return s
+}
 
 // CreateInput is what a requester asks for.
 type CreateInput struct {
@@ -25,6 +35,8 @@ type CreateInput struct {
 	// TTL is the requested grant length; zero asks for the account's max_ttl.
 	TTL   time.Duration
 	Drill bool
+	// Solo asks for time-locked solo access, where the account allows it.
+	Solo bool
 }
 
 // Result is a request after a change, with the entry that recorded it.
@@ -53,8 +65,21 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 	if !p.CanRequest(acct, caller) {
 		return nil, denied("you are not in a requester group of account %s (%s)", acct.Name, strings.Join(acct.Requesters, ", "))
 	}
+	if in.Drill && acct.DrillAudience == "" {
+		return nil, wrongState("account %s has no drill_audience, so it cannot be drilled", acct.Name)
+	}
+	maxTTL := acct.MaxTTL.D()
+	if in.Solo {
+		if acct.Solo == nil {
+			return nil, wrongState("account %s does not allow time-locked solo access", acct.Name)
+		}
+		maxTTL = acct.Solo.MaxTTL.D()
+		if in.TTL > maxTTL {
+			return nil, invalid("the requested TTL %s exceeds the account's solo max_ttl of %s", in.TTL, maxTTL)
+		}
+	}
 	if in.TTL == 0 {
-		in.TTL = acct.MaxTTL.D()
+		in.TTL = maxTTL
 	}
 	if err := validateText("justification", in.Justification, 2000, true); err != nil {
 		return nil, err
@@ -72,19 +97,24 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 	now := b.now().UTC()
 	r := &request.Request{
 		ID: id, Account: acct.Name, Requester: caller, Justification: in.Justification, Ticket: in.Ticket,
-		TTL: in.TTL, Drill: in.Drill, State: request.Pending, CreatedAt: now,
+		TTL: in.TTL, Drill: in.Drill, Solo: in.Solo, State: request.Pending, CreatedAt: now,
 		ApprovalDeadline: now.Add(acct.ApprovalWindow.D()), Rule: acct.Quorum, DenyThreshold: acct.DenyThreshold,
 		MaxIssuances: acct.MaxIssuances, PolicyHash: p.Hash(), ActivationWindow: acct.ActivationWindow.D(),
 	}
 	var res Result
 	err = b.update(ctx, func(tx store.Tx) error {
+		if acct.BlockOnOverdueReview {
+			if err := b.checkNoOverdueReview(ctx, tx, caller, now); err != nil {
+				return err
+			}
+		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypeRequestCreated, Actor: caller, Request: r.ID, Account: r.Account,
 			Payload: audit.RequestCreated{
 				Justification: r.Justification, Ticket: r.Ticket, TTLSeconds: int64(r.TTL / time.Second), Drill: r.Drill,
 				CreatedAt: r.CreatedAt, ApprovalDeadline: r.ApprovalDeadline, Quorum: r.Rule, DenyThreshold: r.DenyThreshold,
 				MaxIssuances: r.MaxIssuances, ActivationWindow: int64(r.ActivationWindow / time.Second), PolicyHash: r.PolicyHash,
-				ContentDigest: r.Content().Digest(),
+				ContentDigest: r.Content().Digest(), Solo: r.Solo,
 			},
 		}, true)
 		if err != nil {
@@ -95,6 +125,17 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 			return err
 		}
 		res = Result{Request: r, Entry: rec}
+		ev := requestEvent(event.RequestCreated, r, caller, fmt.Sprintf("%s asks for %s on %s (%s): %s", caller, r.TTL, r.Account, r.Rule, oneLine(r.Justification)), &rec)
+		ev.Notify = contacts(p, approversOf(p, r))
+		if err := b.emit(ctx, tx, ev, nil); err != nil {
+			return err
+		}
+		if r.Solo {
+			ev := requestEvent(event.SoloRequested, r, caller, fmt.Sprintf("SOLO request by %s for %s on %s: it becomes approved %s after this alert is acknowledged unless an approver denies it",
+				caller, r.TTL, r.Account, acct.Solo.Delay.D()), &rec)
+			ev.Notify = contacts(p, approversOf(p, r))
+			return b.emit(ctx, tx, ev, acct.AckSinks)
+		}
 		return nil
 	})
 	if err != nil {
@@ -299,13 +340,20 @@ func (b *Broker) endRequest(ctx context.Context, caller, id string, from, to req
 			return err
 		}
 		res = Result{Request: r, Entry: rec}
-		return nil
+		evType := event.RequestCancelled
+		if to == request.Revoked {
+			evType = event.GrantRevoked
+		}
+		return b.emit(ctx, tx, requestEvent(evType, r, caller, fmt.Sprintf("%s %s request %s on %s: %s", caller, action, r.ID, r.Account, oneLine(reason)), &rec), nil)
 	})
 	if err != nil {
 		return nil, err
 	}
 	b.notify(id)
 	b.log.Info("request "+action, "request", id, "by", caller, "entry", res.Entry.Index)
+	if to == request.Revoked {
+		b.grantEnded(res.Request.Account, res.Request.Issued)
+	}
 	return &res, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/bgbroker/breakglass/client/approval"
 
 	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
@@ -101,6 +102,9 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		}
 		r.Reviews = append(r.Reviews, rv)
 		res = Result{Request: r, Entry: rec}
+		if err := b.emit(ctx, tx, requestEvent(event.RequestReviewed, r, caller, fmt.Sprintf("%s %ss %s's request for %s", caller, in.Decision, r.Requester, r.Account), &rec), nil); err != nil {
+			return err
+		}
 
 		_, denials := r.ApprovalsAndDenials()
 		switch in.Decision {
@@ -110,26 +114,15 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 				break
 			}
 			approved = true
-			r.State, r.ApprovedAt = request.Approved, now
-			r.GrantExpiresAt = r.GrantEnd(now)
-			r.ActivationDeadline = now.Add(r.ActivationWindow)
-			r.Approvers = o.Approvers()
-			if _, err := b.appendEntry(ctx, tx, now, audit.Draft{
-				Type: audit.TypeRequestApproved, Actor: "broker", Request: r.ID, Account: r.Account,
-				Payload: audit.RequestApproved{ApprovedAt: now, GrantExpiresAt: r.GrantExpiresAt, ActivationDeadline: r.ActivationDeadline,
-					Alternative: o.Alternative, Assignment: o.Assignment},
-			}, true); err != nil {
+			if err := b.approve(ctx, tx, p, r, now, audit.RequestApproved{Alternative: o.Alternative, Assignment: o.Assignment}, o.Approvers()); err != nil {
 				return err
 			}
 		case request.Deny:
-			if policy.Denials(p, r.Rule, r.Requester, denials) < r.DenyThreshold {
+			// One eligible denial vetoes a solo request.
+			if policy.Denials(p, r.Rule, r.Requester, denials) < r.DenyThreshold && !r.Solo {
 				break
 			}
-			r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Denied, now, caller, "denied by "+joinNames(denials)
-			if _, err := b.appendEntry(ctx, tx, now, audit.Draft{
-				Type: audit.TypeRequestDenied, Actor: "broker", Request: r.ID, Account: r.Account,
-				Payload: audit.RequestFinal{Reason: r.FinalReason, At: now, Denials: denials},
-			}, false); err != nil {
+			if err := b.deny(ctx, tx, r, now, caller, denials); err != nil {
 				return err
 			}
 		}
@@ -199,4 +192,42 @@ func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest stri
 		return fmt.Errorf("the certificate names %s, not the reviewer %s", who, rv.Reviewer)
 	}
 	return nil
+}
+
+// approve moves r to APPROVED now with its request_approved entry (which
+// needs the HSM: it grants access) and announces the grant.
+func (b *Broker) approve(ctx context.Context, tx store.Tx, p *policy.Policy, r *request.Request, now time.Time, payload audit.RequestApproved, approvers []string) error {
+	r.State, r.ApprovedAt = request.Approved, now
+	r.GrantExpiresAt = r.GrantEnd(now)
+	r.ActivationDeadline = now.Add(r.ActivationWindow)
+	r.Approvers = approvers
+	payload.ApprovedAt, payload.GrantExpiresAt, payload.ActivationDeadline = now, r.GrantExpiresAt, r.ActivationDeadline
+	rec, err := b.appendEntry(ctx, tx, now, audit.Draft{Type: audit.TypeRequestApproved, Actor: "broker", Request: r.ID, Account: r.Account, Payload: payload}, true)
+	if err != nil {
+		return err
+	}
+	var ack []string
+	summary := fmt.Sprintf("%s's grant on %s is approved by %s until %s", r.Requester, r.Account, joinNames(approvers), r.GrantExpiresAt.Format(time.RFC3339))
+	if r.Solo {
+		summary = fmt.Sprintf("%s's SOLO grant on %s is approved: its veto window passed without a denial; until %s", r.Requester, r.Account, r.GrantExpiresAt.Format(time.RFC3339))
+	}
+	if a, ok := p.Account(r.Account); ok && a.RequireAlertAck {
+		ack = a.AckSinks
+	}
+	ev := requestEvent(event.GrantApproved, r, "broker", summary, &rec)
+	ev.Notify = contacts(p, []string{r.Requester})
+	return b.emit(ctx, tx, ev, ack)
+}
+
+// deny moves r to DENIED with its entry and announces it.
+func (b *Broker) deny(ctx context.Context, tx store.Tx, r *request.Request, now time.Time, by string, denials []string) error {
+	r.State, r.FinalAt, r.FinalBy, r.FinalReason = request.Denied, now, by, "denied by "+joinNames(denials)
+	rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+		Type: audit.TypeRequestDenied, Actor: "broker", Request: r.ID, Account: r.Account,
+		Payload: audit.RequestFinal{Reason: r.FinalReason, At: now, Denials: denials},
+	}, false)
+	if err != nil {
+		return err
+	}
+	return b.emit(ctx, tx, requestEvent(event.RequestDenied, r, by, fmt.Sprintf("%s's request for %s is %s", r.Requester, r.Account, r.FinalReason), &rec), nil)
 }

@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"crypto"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
@@ -42,11 +45,29 @@ func (b *Broker) checkIssuable(p *policy.Policy, r *request.Request, caller, aud
 	if !ok {
 		return nil, policy.Outcome{}, wrongState("account %s is no longer in the policy; no token can be issued", r.Account)
 	}
-	if !slices.Contains(acct.Audiences, audience) {
+	// Drill tokens name only the drill audience, real ones never it, so a
+	// relying party can refuse drills for real work.
+	if r.Drill {
+		if audience != acct.DrillAudience {
+			return nil, policy.Outcome{}, invalid("request %s is a drill: its tokens are only for the drill audience %q", r.ID, acct.DrillAudience)
+		}
+	} else if !slices.Contains(acct.Audiences, audience) {
 		return nil, policy.Outcome{}, invalid("audience %q is not one of account %s's audiences (%s)", audience, acct.Name, strings.Join(acct.Audiences, ", "))
+	}
+	if acct.RequireAlertAck && r.Issued == 0 && r.GrantAckedAt.IsZero() {
+		return nil, policy.Outcome{}, wrongState("account %s requires the grant alert to be acknowledged by one of %s before the first token; it has not been yet (try again shortly; `bgctl report` shows undelivered alerts)",
+			acct.Name, strings.Join(acct.AckSinks, ", "))
 	}
 	if r.Issued >= r.MaxIssuances {
 		return nil, policy.Outcome{}, wrongState("request %s has issued all %d tokens it may", r.ID, r.MaxIssuances)
+	}
+	if r.Solo {
+		// A solo grant has no quorum: it was approved by its veto window,
+		// which the log records; it must still be allowed by the policy.
+		if acct.Solo == nil {
+			return nil, policy.Outcome{}, wrongState("account %s no longer allows solo access; no token can be issued", r.Account)
+		}
+		return acct, policy.Outcome{Met: true}, nil
 	}
 	o := policy.Evaluate(p, r.Rule, r.Requester, b.verifiedApprovals(r))
 	if !o.Met {
@@ -81,7 +102,7 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		Expiry: token.NumericDate(r.GrantExpiresAt), ID: jti, ClientID: r.Requester,
 		Account: r.Account, Request: r.ID, Approvers: outcome.Approvers(), Drill: r.Drill,
 	}
-	minted, err := b.minter.Mint(ctx, claims)
+	minted, err := b.keys.Minter(r.Account).Mint(ctx, claims)
 	if err != nil {
 		return nil, hsmDown(err)
 	}
@@ -101,9 +122,11 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 			return errors.New("token would outlive its grant") // cannot happen: exp is the grant end
 		}
 		r.Issued++
-		if r.FirstIssuedAt.IsZero() {
+		first := r.FirstIssuedAt.IsZero()
+		if first {
 			r.FirstIssuedAt = now
 		}
+		r.TokenKID = minted.KID
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypeTokenIssued, Actor: caller, Request: r.ID, Account: r.Account,
 			Payload: audit.TokenIssued{JTI: jti, KID: minted.KID, Audience: audience, IssuedAt: claims.IssuedAt.Time().UTC(),
@@ -124,6 +147,13 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		}
 		out = Issued{Token: minted.Token, JTI: jti, KID: minted.KID, ExpiresAt: claims.Expiry.Time().UTC(), SHA256: minted.SHA256,
 			IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
+		if err := b.emit(ctx, tx, requestEvent(event.TokenIssued, r, caller, fmt.Sprintf("%s received token %d of %d for %s on %s (expires %s)",
+			caller, r.Issued, r.MaxIssuances, audience, r.Account, out.ExpiresAt.Format(time.RFC3339)), &rec), nil); err != nil {
+			return err
+		}
+		if first {
+			return b.openPostReview(ctx, tx, r, now)
+		}
 		return nil
 	})
 	if err != nil {
@@ -213,7 +243,23 @@ func (b *Broker) CheckToken(ctx context.Context, caller, jti string) (*TokenChec
 	return &out, nil
 }
 
-// JWKS returns the key set that verifies tokens.
-func (b *Broker) JWKS() ([]byte, error) {
-	return token.JWKS(b.minter.Public())
+// JWKS returns the key set that verifies the broker's tokens: its active
+// and retired token keys. Accounts with their own keys are not in it.
+func (b *Broker) JWKS() ([]byte, error) { return token.JWKS(b.keys.TokenKeys("")...) }
+
+// AccountJWKS returns the key set of an account with its own token key,
+// or ErrNotFound-kind when it has none.
+func (b *Broker) AccountJWKS(account string) ([]byte, error) {
+	if _, ok := b.Policy().Account(account); !ok {
+		return nil, newErr(KindNotFound, "account %q does not exist", account)
+	}
+	keys := b.keys.TokenKeys(account)
+	if len(keys) == 0 {
+		return nil, newErr(KindNotFound, "account %s has no token key of its own; its tokens verify with the broker's JWKS", account)
+	}
+	return token.JWKS(keys...)
 }
+
+// TokenKeys returns the public keys that verify an account's tokens ("" for
+// the broker's own set).
+func (b *Broker) TokenKeys(account string) []crypto.PublicKey { return b.keys.TokenKeys(account) }

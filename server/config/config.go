@@ -16,6 +16,7 @@ import (
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/grpcapi"
 	"github.com/bgbroker/breakglass/server/identity"
+	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
 )
@@ -36,6 +37,7 @@ type Config struct {
 	Policy     yaml.Node      `yaml:"policy"`
 	Store      Store          `yaml:"store"`
 	Audit      Audit          `yaml:"audit"`
+	Notify     notify.Config  `yaml:"notify"`
 	Limits     grpcapi.Limits `yaml:"limits"`
 	Log        Log            `yaml:"log"`
 	// HealthInterval is how often the HSM keys are test-signed (default 5s).
@@ -142,6 +144,10 @@ func (c *Config) resolve() {
 	c.Identity.ClientCA, c.Identity.CRL = c.rel(c.Identity.ClientCA), c.rel(c.Identity.CRL)
 	c.PolicyFile = c.rel(c.PolicyFile)
 	c.Store.SQLite.Path = c.rel(c.Store.SQLite.Path)
+	for i := range c.Notify.Sinks {
+		sk := &c.Notify.Sinks[i]
+		sk.SecretFile, sk.CAFile, sk.Path = c.rel(sk.SecretFile), c.rel(sk.CAFile), c.rel(sk.Path)
+	}
 	for k, v := range c.HSM.Env {
 		if k == "SOFTHSM2_CONF" {
 			c.HSM.Env[k] = c.rel(v)

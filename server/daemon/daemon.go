@@ -26,9 +26,10 @@ import (
 	"github.com/bgbroker/breakglass/server/grpcapi"
 	"github.com/bgbroker/breakglass/server/httpapi"
 	"github.com/bgbroker/breakglass/server/identity"
+	"github.com/bgbroker/breakglass/server/keyring"
+	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
-	"github.com/bgbroker/breakglass/server/token"
 )
 
 // Options starts a daemon.
@@ -60,7 +61,7 @@ type Daemon struct {
 	log     *slog.Logger
 	cfg     *config.Config
 	module  *hsm.Module
-	keys    []*hsm.Key
+	ring    *keyring.Ring
 	store   store.Store
 	grpc    *grpcapi.Server
 	https   *http.Server
@@ -70,6 +71,8 @@ type Daemon struct {
 	wg      sync.WaitGroup
 	errc    chan error
 	healthy healthState
+	// rotateMu serializes rotations of this process.
+	rotateMu sync.Mutex
 }
 
 type healthState struct {
@@ -109,22 +112,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.module, err = hsm.Open(ctx, cfg.HSM, log); err != nil {
 		return nil, err
 	}
-	tokenKey, err := d.module.Signer(ctx, cfg.Keys.Token, hsm.PurposeToken)
-	if err != nil {
-		return nil, fmt.Errorf("keys.token: %w", err)
-	}
-	auditKey, err := d.module.Signer(ctx, cfg.Keys.Audit, hsm.PurposeAudit)
-	if err != nil {
-		return nil, fmt.Errorf("keys.audit: %w", err)
-	}
-	cpKey, err := d.module.Signer(ctx, cfg.Keys.Checkpoint, hsm.PurposeCheckpoint)
-	if err != nil {
-		return nil, fmt.Errorf("keys.checkpoint: %w", err)
-	}
-	d.keys = []*hsm.Key{tokenKey, auditKey, cpKey}
-	if err := hsm.Healthy(d.module.Check(ctx, d.keys...)); err != nil {
-		return nil, fmt.Errorf("HSM self-test failed: %w", err)
-	}
 	switch cfg.Store.Driver {
 	case "sqlite":
 		d.store, err = sqlite.Open(ctx, cfg.Store.SQLite)
@@ -147,43 +134,84 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if issuer == "" {
 		issuer = "https://" + httpsLis.Addr().String()
 	}
-	minter, err := token.NewMinter(tokenKey, issuer)
-	if err != nil {
+	// The keys: the registry names them; the configuration names the
+	// first ones (and each account's own token key).
+	wants := []keyring.Want{{Purpose: hsm.PurposeToken, Label: cfg.Keys.Token}, {Purpose: hsm.PurposeAudit, Label: cfg.Keys.Audit},
+		{Purpose: hsm.PurposeCheckpoint, Label: cfg.Keys.Checkpoint}}
+	for _, a := range pol.Accounts {
+		if a.TokenKey != "" {
+			wants = append(wants, keyring.Want{Purpose: hsm.PurposeToken, Account: a.Name, Label: a.TokenKey})
+		}
+	}
+	ring := keyring.New(keyring.Config{Module: d.module, Store: d.store, Issuer: issuer, Log: log, Now: opts.Now})
+	if err := ring.Preload(ctx, wants); err != nil {
 		return nil, err
 	}
 	origin := cfg.Audit.Origin
 	if origin == "" {
-		origin = "breakglass/" + hsm.Fingerprint(cpKey.Public())[:16]
+		origin = "breakglass/" + hsm.Fingerprint(ring.Checkpoint().Public())[:16]
 	}
-	noteSigner, err := hsm.NewNoteSigner(context.WithoutCancel(ctx), cpKey, origin)
-	if err != nil {
-		return nil, fmt.Errorf("audit.origin: %w", err)
+	ring.SetOrigin(origin)
+	if err := hsm.Healthy(d.module.Check(ctx, ring.Keys()...)); err != nil {
+		return nil, fmt.Errorf("HSM self-test failed: %w", err)
 	}
+	d.ring = ring
+	noteSigner := keyring.NoteSigner{Ring: ring, Origin: origin, Ctx: context.WithoutCancel(ctx)}
+	// The checkpointer announces checkpoints through the broker, which is
+	// built after it; the indirection is set once both exist.
+	var onCheckpoint func(store.Checkpoint)
 	cps, err := checkpoint.New(ctx, checkpoint.Config{Store: d.store, Signer: noteSigner, Origin: origin,
-		Every: cfg.Audit.CheckpointEvery, Interval: cfg.Audit.CheckpointInterval, Now: opts.Now, Log: log})
+		Every: cfg.Audit.CheckpointEvery, Interval: cfg.Audit.CheckpointInterval, Now: opts.Now, Log: log,
+		OnNew: func(cp store.Checkpoint) {
+			if onCheckpoint != nil {
+				onCheckpoint(cp)
+			}
+		}})
 	if err != nil {
 		return nil, err
 	}
 	d.Checkpoints = cps
-	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: pol, PolicySource: source, AuditKey: auditKey,
-		Minter: minter, Now: opts.Now, Log: log, SweepInterval: cfg.SweepInterval, Origin: origin, Certs: ident, OnAppend: cps.Appended})
+	router := notify.NewRouter(cfg.Notify.Sinks)
+	var dispatcher *notify.Dispatcher
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.cancel = cancel
+	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: pol, PolicySource: source, Keys: ring,
+		Now: opts.Now, Log: log, SweepInterval: cfg.SweepInterval, Origin: origin, Certs: ident, OnAppend: cps.Appended,
+		Routes: router, AckSinkKnown: router.Has, OnEvents: func() {
+			if dispatcher != nil {
+				dispatcher.Kick()
+			}
+		},
+		OnGrantEnded: func(account string) { go d.rotateAfterUse(rctx, account) }})
 	if err != nil {
 		return nil, err
 	}
-	auditPub, err := publicKey(auditKey, hsm.PurposeAudit, "")
-	if err != nil {
+	if err := ring.Bootstrap(ctx, d.Broker, wants); err != nil {
 		return nil, err
 	}
-	cpPub, err := publicKey(cpKey, hsm.PurposeCheckpoint, origin)
-	if err != nil {
+	if dispatcher, err = notify.NewDispatcher(cfg.Notify, d.store, d.Broker.FinishDelivery, opts.Now, log); err != nil {
 		return nil, err
+	}
+	b := d.Broker
+	onCheckpoint = func(cp store.Checkpoint) {
+		if err := b.CheckpointSigned(context.WithoutCancel(ctx), cp); err != nil {
+			log.Error("announcing a checkpoint failed", "size", cp.Size, "err", err)
+		}
+	}
+	logKeys := func() (*bgv1.PublicKey, *bgv1.PublicKey, error) {
+		a, err := publicKey(ring.Audit(), hsm.PurposeAudit, "")
+		if err != nil {
+			return nil, nil, err
+		}
+		c, err := publicKey(ring.Checkpoint(), hsm.PurposeCheckpoint, origin)
+		return a, c, err
 	}
 	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: ident, TLS: credentials.NewTLS(ident.ServerTLS(cert)), Limits: cfg.Limits, Log: log,
-		Audit: grpcapi.AuditConfig{Checkpoints: cps, AuditKey: auditPub, CheckpointKey: cpPub, Store: d.store}})
+		Audit: grpcapi.AuditConfig{Checkpoints: cps, LogKeys: logKeys, Store: d.store}})
 	if err != nil {
 		return nil, err
 	}
-	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, Health: d.health, Log: log})
+	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS, Health: d.health, Log: log})
 	d.https = httpapi.Server(handler)
 	d.https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	d.https.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
@@ -198,11 +226,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		d.Ready.HTTP = plainLis.Addr().String()
 	}
 
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d.cancel = cancel
 	d.checkHealth(rctx)
 	d.goRun(func() error { d.Broker.Run(rctx); return nil })
 	d.goRun(func() error { cps.Run(rctx); return nil })
+	d.goRun(func() error { dispatcher.Run(rctx); return nil })
+	d.goRun(func() error { d.keysLoop(rctx); return nil })
 	d.goRun(func() error { d.healthLoop(rctx); return nil })
 	d.goRun(func() error { return d.grpc.GRPC.Serve(grpcLis) })
 	d.goRun(func() error { return ignoreClosed(d.https.ServeTLS(httpsLis, "", "")) })
@@ -217,7 +245,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 	log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "issuer", issuer, "policy", pol.Hash(),
-		"token_kid", minter.KID(), "audit_kid", d.Broker.AuditKID())
+		"token_kid", ring.Minter("").KID(), "audit_kid", d.Broker.AuditKID(), "origin", origin)
 	return d, nil
 }
 
@@ -331,7 +359,7 @@ func (d *Daemon) checkHealth(ctx context.Context) {
 	checks := map[string]string{}
 	ok := true
 	hsmOK := true
-	for _, r := range d.module.Check(ctx, d.keys...) {
+	for _, r := range d.module.Check(ctx, d.ring.Keys()...) {
 		if r.OK {
 			checks["hsm:"+string(r.Purpose)] = "ok"
 		} else {
@@ -347,6 +375,15 @@ func (d *Daemon) checkHealth(ctx context.Context) {
 		checks["store"] = "ok"
 		if n > 0 {
 			checks["audit_backlog"] = fmt.Sprintf("%d entries wait for the HSM", n)
+		}
+	}
+	if sinks, err := d.outboxSummary(ctx); err == nil {
+		for _, sk := range sinks {
+			if sk.Dead > 0 {
+				checks["notify:"+sk.Sink] = fmt.Sprintf("%d alerts dead-lettered (see bgctl report)", sk.Dead)
+			} else if sk.Pending > 0 && time.Since(sk.OldestPending) > time.Minute {
+				checks["notify:"+sk.Sink] = fmt.Sprintf("%d alerts waiting, oldest since %s", sk.Pending, sk.OldestPending.Format(time.RFC3339))
+			}
 		}
 	}
 	d.healthy.mu.Lock()
@@ -374,3 +411,52 @@ func (d *Daemon) health(ctx context.Context) httpapi.Health {
 	h.PolicyHash = d.Broker.Policy().Hash()
 	return h
 }
+
+func (d *Daemon) outboxSummary(ctx context.Context) ([]store.SinkSummary, error) {
+	var out []store.SinkSummary
+	err := d.store.View(ctx, func(r store.Reader) error {
+		var err error
+		out, err = r.OutboxSummary(ctx)
+		return err
+	})
+	return out, err
+}
+
+// keysLoop picks up keys rotated by another process (breakglassd hsm
+// rotate) and destroys retired token keys whose last token has expired.
+func (d *Daemon) keysLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	n := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := d.ring.Load(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("reloading the key registry failed; keeping the keys in use", "err", err)
+		}
+		if n++; n%12 == 0 {
+			if _, err := d.ring.DestroyExpired(ctx, d.Broker); err != nil && ctx.Err() == nil {
+				d.log.Error("destroying expired token keys failed", "err", err)
+			}
+		}
+	}
+}
+
+// rotateAfterUse rotates an account's token key after a grant that used it
+// ended (rotate_after_use).
+func (d *Daemon) rotateAfterUse(ctx context.Context, account string) {
+	d.rotateMu.Lock()
+	defer d.rotateMu.Unlock()
+	rec, err := d.ring.Rotate(ctx, d.Broker, hsm.PurposeToken, account, "", "rotate_after_use")
+	if err != nil {
+		d.log.Error("rotating the token key after use failed", "account", account, "err", err)
+		return
+	}
+	d.log.Info("token key rotated after use", "account", account, "kid", rec.KID, "label", rec.Label)
+}
+
+// Ring returns the key ring.
+func (d *Daemon) Ring() *keyring.Ring { return d.ring }

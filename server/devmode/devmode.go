@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/server/notify"
 )
 
 // URIPrefix is the dev CA's principal namespace.
@@ -74,6 +75,31 @@ type Options struct {
 	Dir      string
 	GRPCAddr string
 	HTTPAddr string
+	// Webhooks are Standard Webhooks receivers to announce events to.
+	Webhooks []string
+}
+
+// WebhookSinks returns sinks for the --webhook URLs, signed with the
+// secret in DIR/webhook.secret (created on first use).
+func WebhookSinks(dir string, urls []string) ([]notify.SinkConfig, error) {
+	if len(urls) == 0 {
+		return nil, nil
+	}
+	path := filepath.Join(dir, "webhook.secret")
+	if _, err := os.Stat(path); err != nil {
+		secret, err := notify.NewSecret(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	var out []notify.SinkConfig
+	for i, u := range urls {
+		out = append(out, notify.SinkConfig{Name: fmt.Sprintf("webhook-%d", i+1), Type: "webhook", URL: u, SecretFile: path})
+	}
+	return out, nil
 }
 
 // ConfigPath is where Setup writes the configuration.
@@ -130,6 +156,11 @@ identity:
 policy_file: policy.yaml
 audit:
   origin: %s
+notify:
+  sinks:
+    - name: events-file
+      type: file
+      path: events.jsonl
 store:
   driver: sqlite
   sqlite:

@@ -18,10 +18,9 @@ import (
 // AuditConfig is what the audit service serves besides the broker's store.
 type AuditConfig struct {
 	Checkpoints *checkpoint.Checkpointer
-	// AuditKey and CheckpointKey describe the log's public keys.
-	AuditKey      *bgv1.PublicKey
-	CheckpointKey *bgv1.PublicKey
-	Store         store.Store
+	// LogKeys describes the log's active audit and checkpoint keys.
+	LogKeys func() (audit, checkpoint *bgv1.PublicKey, err error)
+	Store   store.Store
 }
 
 // auditServer implements AuditService.
@@ -67,7 +66,11 @@ func (a *auditServer) GetLogInfo(ctx context.Context, _ *bgv1.GetLogInfoRequest)
 	if err != nil {
 		return nil, a.storeStatus(ctx, err)
 	}
-	return &bgv1.GetLogInfoResponse{Origin: a.cfg.Checkpoints.Origin(), Size: size, AuditKey: a.cfg.AuditKey, CheckpointKey: a.cfg.CheckpointKey}, nil
+	ak, ck, err := a.cfg.LogKeys()
+	if err != nil {
+		return nil, a.storeStatus(ctx, err)
+	}
+	return &bgv1.GetLogInfoResponse{Origin: a.cfg.Checkpoints.Origin(), Size: size, AuditKey: ak, CheckpointKey: ck}, nil
 }
 
 func (a *auditServer) GetCheckpoint(ctx context.Context, in *bgv1.GetCheckpointRequest) (*bgv1.GetCheckpointResponse, error) {

@@ -2,7 +2,6 @@ package grpcapi
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -46,6 +45,7 @@ func toProto(r *request.Request) *bgv1.Request {
 		FinalReason: r.FinalReason, FinalBy: r.FinalBy, Approvers: r.Approvers, TokensIssued: int32(r.Issued),
 		MaxIssuances: int32(r.MaxIssuances), Quorum: r.Rule.String(), PolicyHash: r.PolicyHash,
 		CreatedEntry: &bgv1.AuditRef{Index: r.CreatedEntry, LeafHash: r.CreatedLeaf},
+		Solo:         r.Solo, SoloAcknowledgeTime: ts(r.SoloAckedAt), GrantAcknowledgeTime: ts(r.GrantAckedAt),
 	}
 	for _, rv := range r.Reviews {
 		d := bgv1.ReviewDecision_REVIEW_DECISION_APPROVE
@@ -64,7 +64,7 @@ func (s *Server) CreateRequest(ctx context.Context, in *bgv1.CreateRequestReques
 	if in.RequestedTtl != nil {
 		ttl = in.RequestedTtl.AsDuration()
 	}
-	res, err := s.b.CreateRequest(ctx, caller(ctx), broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket, TTL: ttl, Drill: in.Drill})
+	res, err := s.b.CreateRequest(ctx, caller(ctx), broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket, TTL: ttl, Drill: in.Drill, Solo: in.Solo})
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
@@ -174,35 +174,56 @@ func (s *Server) CheckToken(ctx context.Context, in *bgv1.CheckTokenRequest) (*b
 }
 
 // GetSigningKeys implements TokenService.
-func (s *Server) GetSigningKeys(ctx context.Context, _ *bgv1.GetSigningKeysRequest) (*bgv1.GetSigningKeysResponse, error) {
-	jwks, err := s.b.JWKS()
+func (s *Server) GetSigningKeys(ctx context.Context, in *bgv1.GetSigningKeysRequest) (*bgv1.GetSigningKeysResponse, error) {
+	var (
+		jwks []byte
+		err  error
+	)
+	if in.Account != "" {
+		jwks, err = s.b.AccountJWKS(in.Account)
+	} else {
+		jwks, err = s.b.JWKS()
+	}
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
-	m := s.b.Minter()
-	pub := m.Public()
-	pemBytes, err := hsm.PublicPEM(pub)
-	if err != nil {
-		return nil, s.toStatus(ctx, err)
+	out := &bgv1.GetSigningKeysResponse{Jwks: string(jwks), Issuer: s.b.Minter("").Issuer()}
+	for _, pub := range s.b.TokenKeys(in.Account) {
+		pemBytes, err := hsm.PublicPEM(pub)
+		if err != nil {
+			return nil, s.toStatus(ctx, err)
+		}
+		kid, _ := hsm.Thumbprint(pub)
+		out.Keys = append(out.Keys, &bgv1.PublicKey{Purpose: bgv1.KeyPurpose_KEY_PURPOSE_TOKEN, Algorithm: "ES256", Kid: kid,
+			FingerprintSha256: hsm.Fingerprint(pub), Pem: string(pemBytes)})
 	}
-	key := &bgv1.PublicKey{Purpose: bgv1.KeyPurpose_KEY_PURPOSE_TOKEN, Algorithm: "ES256", Kid: m.KID(),
-		FingerprintSha256: hsm.Fingerprint(pub), Pem: string(pemBytes)}
-	if _, ok := pub.(*ecdsa.PublicKey); !ok {
-		key.Algorithm = "unknown"
-	}
-	return &bgv1.GetSigningKeysResponse{Jwks: string(jwks), Keys: []*bgv1.PublicKey{key}, Issuer: m.Issuer()}, nil
+	return out, nil
 }
 
 // ListAccounts implements AccountService.
 func (s *Server) ListAccounts(ctx context.Context, _ *bgv1.ListAccountsRequest) (*bgv1.ListAccountsResponse, error) {
-	out := &bgv1.ListAccountsResponse{}
+	out := &bgv1.ListAccountsResponse{PolicyHash: s.b.Policy().Hash()}
+	statuses, err := s.b.AccountStatuses(ctx)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
 	for _, v := range s.b.Accounts(caller(ctx)) {
 		a := v.Account
 		pa := &bgv1.Account{Name: a.Name, Description: a.Description, OwnerGroup: a.Owner, RequesterGroups: a.Requesters,
 			Audiences: a.Audiences, MaxTtl: durationpb.New(a.MaxTTL.D()), ApprovalWindow: durationpb.New(a.ApprovalWindow.D()),
 			ActivationWindow: durationpb.New(a.ActivationWindow.D()), MaxIssuances: int32(a.MaxIssuances),
 			DenyThreshold: int32(a.DenyThreshold), RequireTicket: a.RequireTicket, QuorumDescription: a.Quorum.String(),
-			CanRequest: v.CanRequest, CanReview: v.CanReview, IsOwner: v.IsOwner}
+			CanRequest: v.CanRequest, CanReview: v.CanReview, IsOwner: v.IsOwner,
+			DrillAudience: a.DrillAudience, DrillEvery: optDur(a.DrillEvery.D()), ReviewEvery: optDur(a.ReviewEvery.D()),
+			RequireAlertAck: a.RequireAlertAck, ReviewerGroup: a.Reviewers}
+		if a.Solo != nil {
+			pa.SoloAllowed, pa.SoloDelay, pa.SoloMaxTtl = true, durationpb.New(a.Solo.Delay.D()), durationpb.New(a.Solo.MaxTTL.D())
+		}
+		if st, ok := statuses[a.Name]; ok {
+			pa.LastDrillTime, pa.DrillOverdue = ts(st.LastDrill), st.DrillOverdue
+			pa.LastAttestationTime, pa.AttestationOverdue = ts(st.LastAttestation), st.AttestationOverdue
+			pa.LastUseTime = ts(st.LastUse)
+		}
 		for _, alt := range a.Quorum {
 			qa := &bgv1.QuorumAlternative{}
 			for _, req := range alt {
@@ -213,4 +234,33 @@ func (s *Server) ListAccounts(ctx context.Context, _ *bgv1.ListAccountsRequest) 
 		out.Accounts = append(out.Accounts, pa)
 	}
 	return out, nil
+}
+
+func optDur(d time.Duration) *durationpb.Duration {
+	if d == 0 {
+		return nil
+	}
+	return durationpb.New(d)
+}
+
+// signedFrom binds a signed statement to the connection's certificate.
+func (s *Server) signedFrom(ctx context.Context, stmt, sig []byte) (broker.Signed, error) {
+	_, cert, err := s.id.FromPeer(ctx)
+	if err != nil {
+		return broker.Signed{}, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return broker.Signed{Statement: stmt, Signature: sig, Cert: cert}, nil
+}
+
+// AttestAccount implements AccountService.
+func (s *Server) AttestAccount(ctx context.Context, in *bgv1.AttestAccountRequest) (*bgv1.AttestAccountResponse, error) {
+	signed, err := s.signedFrom(ctx, in.Statement, in.Signature)
+	if err != nil {
+		return nil, err
+	}
+	a, rec, err := s.b.Attest(ctx, caller(ctx), in.Account, in.Notes, signed)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.AttestAccountResponse{AttestationId: a.ID, Entry: ref(rec)}, nil
 }

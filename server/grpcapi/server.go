@@ -95,6 +95,7 @@ var ServiceNames = []string{
 	bgv1.TokenService_ServiceDesc.ServiceName,
 	bgv1.AccountService_ServiceDesc.ServiceName,
 	bgv1.AuditService_ServiceDesc.ServiceName,
+	bgv1.GovernanceService_ServiceDesc.ServiceName,
 }
 
 // New builds the server with its interceptors: recovery first, then
@@ -149,6 +150,7 @@ func New(cfg Config) (*Server, error) {
 	bgv1.RegisterTokenServiceServer(s.GRPC, s)
 	bgv1.RegisterAccountServiceServer(s.GRPC, s)
 	bgv1.RegisterAuditServiceServer(s.GRPC, &auditServer{s: s, cfg: cfg.Audit})
+	bgv1.RegisterGovernanceServiceServer(s.GRPC, &governanceServer{s: s})
 	s.Health = health.NewServer()
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)
@@ -183,7 +185,7 @@ func openMethod(m string) bool {
 // rate limit.
 func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	m := methodOf(ctx)
-	p, _, err := s.id.FromPeer(ctx)
+	p, leaf, err := s.id.FromPeer(ctx)
 	if err != nil {
 		if openMethod(m) {
 			return ctx, nil
@@ -199,6 +201,7 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 		if !s.limiter(p).Allow() {
 			return nil, status.Errorf(codes.ResourceExhausted, "rate limit: at most %g calls per second for %s; slow down and retry", s.limits.RatePerSecond, p)
 		}
+		s.b.SeenCert(p, leaf)
 	}
 	return identity.WithPrincipal(ctx, p), nil
 }

@@ -27,6 +27,9 @@ type Config struct {
 	Issuer string
 	// JWKS returns the current key set document.
 	JWKS func() ([]byte, error)
+	// AccountJWKS returns an account's own key set, or an error when it has
+	// none (404).
+	AccountJWKS func(account string) ([]byte, error)
 	// Health reports health.
 	Health func(ctx context.Context) Health
 	Log    *slog.Logger
@@ -43,6 +46,16 @@ func Handler(cfg Config) http.Handler {
 		if err != nil {
 			cfg.Log.Error("jwks", "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		w.Header().Set("Cache-Control", "public, max-age=300")
+		_, _ = w.Write(b)
+	})
+	mux.HandleFunc("GET /accounts/{account}/jwks.json", func(w http.ResponseWriter, r *http.Request) {
+		b, err := cfg.AccountJWKS(r.PathValue("account"))
+		if err != nil {
+			http.Error(w, "no key set for this account", http.StatusNotFound)
 			return
 		}
 		w.Header().Set("Content-Type", "application/jwk-set+json")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -193,7 +194,7 @@ func (l *loader) duration(n *yaml.Node, path string, ceiling time.Duration) Dura
 
 func (l *loader) policy(n *yaml.Node) *Policy {
 	p := &Policy{Groups: map[string][]string{}}
-	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "max_duration", "accounts")
+	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "max_duration", "accounts", "contacts")
 
 	ceiling := DefaultCeiling
 	if v := f["max_duration"]; v != nil {
@@ -246,6 +247,29 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 	p.Auditors = groupRef(f["auditors"], "auditors")
 	p.RelyingParties = groupRef(f["relying_parties"], "relying_parties")
 
+	if cn := f["contacts"]; cn != nil {
+		if cn.Kind != yaml.MappingNode {
+			l.add(cn, "contacts", "must be a mapping of principal to {slack, webhook_tag, email}")
+		} else {
+			p.Contacts = map[string]Contact{}
+			for i := 0; i+1 < len(cn.Content); i += 2 {
+				k, v := cn.Content[i], cn.Content[i+1]
+				path := "contacts." + k.Value
+				if !principalRE.MatchString(k.Value) {
+					l.add(k, path, "principal %q is not a valid principal", k.Value)
+				}
+				cf := l.fields(v, path, "slack", "webhook_tag", "email")
+				c := Contact{Slack: l.str(cf["slack"], path+".slack"), WebhookTag: l.str(cf["webhook_tag"], path+".webhook_tag"), Email: l.str(cf["email"], path+".email")}
+				for name, val := range map[string]string{"slack": c.Slack, "webhook_tag": c.WebhookTag, "email": c.Email} {
+					if len(val) > 128 || strings.ContainsAny(val, "\n\r\t ") {
+						l.add(cf[name], path+"."+name, "must be at most 128 characters without whitespace")
+					}
+				}
+				p.Contacts[k.Value] = c
+			}
+		}
+	}
+
 	audiences := map[string]string{}
 	if as := f["accounts"]; as != nil {
 		if as.Kind != yaml.SequenceNode {
@@ -270,6 +294,17 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 				}
 				p.Accounts = append(p.Accounts, a)
 			}
+			// Drill audiences must differ from every real audience, of any
+			// account, so relying parties can refuse drill tokens for real work.
+			for i, a := range p.Accounts {
+				if a.DrillAudience == "" {
+					continue
+				}
+				if other, ok := audiences[a.DrillAudience]; ok {
+					l.add(as.Content[i], fmt.Sprintf("accounts[%d](%s).drill_audience", i, a.Name), "drill audience %q is a real audience of account %q", a.DrillAudience, other)
+				}
+				audiences[a.DrillAudience] = a.Name + " (drill)"
+			}
 		}
 	}
 	return p
@@ -279,7 +314,9 @@ func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) 
 	before := len(l.problems)
 	path := fmt.Sprintf("accounts[%d]", i)
 	f := l.fields(n, path, "name", "description", "owner", "requesters", "audiences", "max_ttl",
-		"approval_window", "activation_window", "max_issuances", "deny_threshold", "require_ticket", "quorum")
+		"approval_window", "activation_window", "max_issuances", "deny_threshold", "require_ticket", "quorum",
+		"reviewers", "review_within", "block_on_overdue_review", "drill_audience", "drill_every", "review_every",
+		"require_alert_ack", "ack_sinks", "solo", "token_key", "rotate_after_use")
 	if n.Kind != yaml.MappingNode {
 		return nil
 	}
@@ -350,6 +387,7 @@ func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) 
 	a.RequireTicket = l.boolean(f["require_ticket"], path+".require_ticket")
 
 	a.Quorum = l.rule(f["quorum"], n, path+".quorum", known)
+	l.governance(f, n, path, a, known, ceiling)
 	if len(l.problems) == before {
 		// Only with every group reference sound would the matching mean anything.
 		l.satisfiable(f["quorum"], path, p, a, requesters)
@@ -440,4 +478,67 @@ func (l *loader) satisfiable(n *yaml.Node, path string, p *Policy, a *Account, r
 func (r Rule) describeShort() string {
 	s := r.String()
 	return strings.TrimSuffix(s, " (the requester never counts; each approver counts once)")
+}
+
+// optDuration parses an optional duration within [MinDuration, ceiling].
+func (l *loader) optDuration(n *yaml.Node, path string, ceiling time.Duration, def time.Duration) Duration {
+	if n == nil {
+		return Duration(def)
+	}
+	return l.duration(n, path, ceiling)
+}
+
+// governance reads the settings around the flow: post-use reviews, drills,
+// attestations, alert acknowledgement, solo access and per-account keys.
+func (l *loader) governance(f map[string]*yaml.Node, n *yaml.Node, path string, a *Account, known func(string) bool, ceiling time.Duration) {
+	a.Reviewers = l.str(f["reviewers"], path+".reviewers")
+	if a.Reviewers == "" {
+		a.Reviewers = a.Owner
+	} else if !known(a.Reviewers) {
+		l.add(f["reviewers"], path+".reviewers", "unknown group %q", a.Reviewers)
+	}
+	a.ReviewWithin = l.optDuration(f["review_within"], path+".review_within", CadenceCeiling, DefaultReviewWithin)
+	a.BlockOnOverdueReview = l.boolean(f["block_on_overdue_review"], path+".block_on_overdue_review")
+	a.DrillAudience = l.str(f["drill_audience"], path+".drill_audience")
+	if a.DrillAudience != "" && !audienceRE.MatchString(a.DrillAudience) {
+		l.add(f["drill_audience"], path+".drill_audience", "must be 1-256 printable ASCII characters without spaces")
+	}
+	if slices.Contains(a.Audiences, a.DrillAudience) {
+		l.add(f["drill_audience"], path+".drill_audience", "the drill audience must differ from the account's real audiences")
+	}
+	if f["drill_every"] != nil {
+		a.DrillEvery = l.duration(f["drill_every"], path+".drill_every", CadenceCeiling)
+		if a.DrillAudience == "" {
+			l.add(f["drill_every"], path+".drill_every", "drills need a drill_audience")
+		}
+	}
+	if f["review_every"] != nil {
+		a.ReviewEvery = l.duration(f["review_every"], path+".review_every", CadenceCeiling)
+	}
+	a.RequireAlertAck = l.boolean(f["require_alert_ack"], path+".require_alert_ack")
+	a.AckSinks = l.strs(f["ack_sinks"], path+".ack_sinks")
+	if a.RequireAlertAck && len(a.AckSinks) == 0 {
+		l.add(n, path+".ack_sinks", "require_alert_ack needs at least one sink in ack_sinks")
+	}
+	if sn := f["solo"]; sn != nil {
+		sf := l.fields(sn, path+".solo", "delay", "max_ttl")
+		a.Solo = &Solo{Delay: l.duration(sf["delay"], path+".solo.delay", ceiling), MaxTTL: l.duration(sf["max_ttl"], path+".solo.max_ttl", ceiling)}
+		if a.Solo.MaxTTL > a.MaxTTL {
+			l.add(sn, path+".solo.max_ttl", "must not exceed the account's max_ttl")
+		}
+		if a.Solo.Delay >= a.ApprovalWindow {
+			l.add(sn, path+".solo.delay", "must be shorter than the approval_window, or a solo request expires before its veto window ends")
+		}
+		if len(a.AckSinks) == 0 {
+			l.add(sn, path+".solo", "solo access needs ack_sinks: its veto window starts only when one of them acknowledges the alert")
+		}
+	}
+	a.TokenKey = l.str(f["token_key"], path+".token_key")
+	if a.TokenKey != "" && !regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`).MatchString(a.TokenKey) {
+		l.add(f["token_key"], path+".token_key", "is not a key label")
+	}
+	a.RotateAfterUse = l.boolean(f["rotate_after_use"], path+".rotate_after_use")
+	if a.RotateAfterUse && a.TokenKey == "" {
+		l.add(f["rotate_after_use"], path+".rotate_after_use", "rotation after use needs the account's own token_key")
+	}
 }

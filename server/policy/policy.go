@@ -22,6 +22,10 @@ const (
 	// DefaultCeiling bounds every window and TTL unless the policy sets
 	// max_duration.
 	DefaultCeiling = 7 * 24 * time.Hour
+	// CadenceCeiling bounds drill and attestation cadences.
+	CadenceCeiling = 400 * 24 * time.Hour
+	// DefaultReviewWithin is when a post-use review is due after its grant.
+	DefaultReviewWithin = 72 * time.Hour
 	// MinDuration is the shortest window or TTL accepted.
 	MinDuration = time.Second
 	// MaxIssuancesLimit bounds max_issuances.
@@ -49,6 +53,8 @@ type Policy struct {
 	// MaxDuration is the ceiling for windows and TTLs.
 	MaxDuration Duration   `json:"max_duration"`
 	Accounts    []*Account `json:"accounts"`
+	// Contacts are the principals' paging routes.
+	Contacts map[string]Contact `json:"contacts,omitempty"`
 
 	byName map[string]*Account
 	hash   string
@@ -68,6 +74,50 @@ type Account struct {
 	DenyThreshold    int      `json:"deny_threshold"`
 	RequireTicket    bool     `json:"require_ticket"`
 	Quorum           Rule     `json:"quorum"`
+
+	// Reviewers is the group that reviews each grant after use (default
+	// the owner group); the grant's requester and approvers never review it.
+	Reviewers string `json:"reviewers"`
+	// ReviewWithin is how long after a used grant ends its review is due.
+	ReviewWithin Duration `json:"review_within"`
+	// BlockOnOverdueReview stops a requester from opening new requests
+	// while one of their post-use reviews is overdue.
+	BlockOnOverdueReview bool `json:"block_on_overdue_review,omitempty"`
+	// DrillAudience is the only audience drill tokens may name; it is
+	// distinct from every real audience.
+	DrillAudience string `json:"drill_audience,omitempty"`
+	// DrillEvery is how often a successful drill is expected.
+	DrillEvery Duration `json:"drill_every,omitempty"`
+	// ReviewEvery is how often the owners must attest the account is still
+	// needed and its approvers are right.
+	ReviewEvery Duration `json:"review_every,omitempty"`
+	// RequireAlertAck holds the first token of a grant until one of
+	// AckSinks has accepted the grant's notification.
+	RequireAlertAck bool     `json:"require_alert_ack,omitempty"`
+	AckSinks        []string `json:"ack_sinks,omitempty"`
+	// Solo, when set, allows time-locked solo access.
+	Solo *Solo `json:"solo,omitempty"`
+	// TokenKey names the account's own HSM token key (by label); its
+	// tokens are then signed by it and published only in the account's JWKS.
+	TokenKey string `json:"token_key,omitempty"`
+	// RotateAfterUse rotates the account's token key after every grant
+	// that issued a token ends.
+	RotateAfterUse bool `json:"rotate_after_use,omitempty"`
+}
+
+// Solo is time-locked solo access: a request no approver could be reached
+// for becomes approved when its veto window passes without a denial. The
+// window starts only once an ack sink has acknowledged the alert.
+type Solo struct {
+	Delay  Duration `json:"delay"`
+	MaxTTL Duration `json:"max_ttl"`
+}
+
+// Contact is how to page a principal.
+type Contact struct {
+	Slack      string `json:"slack,omitempty"`
+	WebhookTag string `json:"webhook_tag,omitempty"`
+	Email      string `json:"email,omitempty"`
 }
 
 // Rule is a quorum rule: any one alternative satisfies it.
@@ -165,6 +215,15 @@ func (p *Policy) CanRequest(a *Account, principal string) bool {
 	}
 	return false
 }
+
+// IsReviewer reports whether principal may review a's grants after use
+// (the grant's own requester and approvers are excluded by the caller).
+func (p *Policy) IsReviewer(a *Account, principal string) bool {
+	return p.IsMember(a.Reviewers, principal)
+}
+
+// Approvers lists every principal who may approve under rule, sorted.
+func (p *Policy) Approvers(rule Rule) []string { return p.eligibleApprovers(rule, "") }
 
 // IsOwner reports whether principal is in a's owner group.
 func (p *Policy) IsOwner(a *Account, principal string) bool {

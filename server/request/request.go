@@ -61,6 +61,9 @@ type Request struct {
 	Ticket        string
 	TTL           time.Duration
 	Drill         bool
+	// Solo is time-locked solo access: approved when its veto window
+	// passes after the alert was acknowledged, unless someone denies.
+	Solo bool
 
 	// State is the stored state; Effective gives the state at a moment,
 	// taking deadlines into account.
@@ -84,6 +87,14 @@ type Request struct {
 
 	Issued        int
 	FirstIssuedAt time.Time
+	// TokenKID is the kid of the key that signed the grant's tokens.
+	TokenKID string
+
+	// SoloAckedAt is when an ack sink accepted the solo alert (the veto
+	// window starts then); GrantAckedAt when one accepted the grant's
+	// notification (require_alert_ack).
+	SoloAckedAt  time.Time
+	GrantAckedAt time.Time
 
 	FinalAt     time.Time
 	FinalReason string

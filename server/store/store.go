@@ -84,6 +84,43 @@ type Reader interface {
 	Checkpoint(ctx context.Context, size uint64) (Checkpoint, error)
 	// LatestCheckpoint returns the largest stored checkpoint, or ErrNotFound.
 	LatestCheckpoint(ctx context.Context) (Checkpoint, error)
+	// OutboxFor returns the outbox rows of one request and event type.
+	OutboxFor(ctx context.Context, requestID, eventType string) ([]OutboxItem, error)
+	// OutboxSummary counts outbox rows per sink and state.
+	OutboxSummary(ctx context.Context) ([]SinkSummary, error)
+	// DeadLetters returns the dead rows, newest first.
+	DeadLetters(ctx context.Context, limit int) ([]OutboxItem, error)
+
+	// SoloAcknowledged returns pending solo requests whose alert was
+	// acknowledged (their veto windows are running).
+	SoloAcknowledged(ctx context.Context) ([]*request.Request, error)
+	// ActiveGrants returns APPROVED requests whose grant has not ended at now.
+	ActiveGrants(ctx context.Context, now time.Time) ([]*request.Request, error)
+	// TokensOutstanding returns tokens not yet expired at now.
+	TokensOutstanding(ctx context.Context, now time.Time) ([]TokenRecord, error)
+	// LastUse is the first issuance of the newest grant of the account
+	// that issued a token (drill selects drills or real use); zero if none.
+	LastUse(ctx context.Context, account string, drill bool) (time.Time, error)
+
+	// PostReviews returns post-use reviews, open ones only when open is set.
+	PostReviews(ctx context.Context, open bool) ([]PostReview, error)
+	// PostReview returns one by id, or ErrNotFound.
+	PostReview(ctx context.Context, id string) (*PostReview, error)
+	// LastAttestation returns the newest attestation of the account, or
+	// ErrNotFound.
+	LastAttestation(ctx context.Context, account string) (*Attestation, error)
+	// AccountFirstSeen is when the account first appeared in a logged
+	// policy (zero if never).
+	AccountFirstSeen(ctx context.Context, account string) (time.Time, error)
+	// AlertSent is when an alert with this key was last sent (zero if never).
+	AlertSent(ctx context.Context, key string) (time.Time, error)
+	// CertsSeen returns the client certificates seen since.
+	CertsSeen(ctx context.Context, since time.Time) ([]CertSeen, error)
+	// Keys returns the key registry.
+	Keys(ctx context.Context) ([]KeyRecord, error)
+	// LastTokenExpiry is the latest expiry of tokens signed by kid (zero
+	// if none).
+	LastTokenExpiry(ctx context.Context, kid string) (time.Time, error)
 }
 
 // Tx writes. It sees its own writes.
@@ -106,6 +143,126 @@ type Tx interface {
 	// AddCheckpoint stores a signed checkpoint; one already stored at the
 	// same size is kept.
 	AddCheckpoint(ctx context.Context, cp Checkpoint) error
+	// Enqueue adds events to the outbox.
+	Enqueue(ctx context.Context, items []OutboxItem) error
+	// ClaimOutbox leases up to limit pending rows that are due at now and
+	// not leased, for lease; a dispatcher that dies leaves them to be
+	// claimed again when the lease ends.
+	ClaimOutbox(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]OutboxItem, error)
+	// FinishOutbox records the outcome of a delivery attempt.
+	FinishOutbox(ctx context.Context, it OutboxItem) error
+
+	// AddPostReview opens a post-use review.
+	AddPostReview(ctx context.Context, pr PostReview) error
+	// ClosePostReview records the closing of an open one.
+	ClosePostReview(ctx context.Context, pr PostReview) error
+	// AddAttestation records an attestation.
+	AddAttestation(ctx context.Context, a Attestation) error
+	// MarkAccountSeen records an account's first appearance (kept if set).
+	MarkAccountSeen(ctx context.Context, account string, at time.Time) error
+	// SetAlertSent records that an alert was sent.
+	SetAlertSent(ctx context.Context, key string, at time.Time) error
+	// RecordCerts stores client certificates seen.
+	RecordCerts(ctx context.Context, certs []CertSeen) error
+	// PutKey inserts or updates a key registry record.
+	PutKey(ctx context.Context, k KeyRecord) error
+}
+
+// Key states.
+const (
+	KeyActive    = "active"
+	KeyRetired   = "retired"
+	KeyDestroyed = "destroyed"
+)
+
+// KeyRecord is a key in the registry.
+type KeyRecord struct {
+	KID         string
+	Purpose     string
+	Account     string
+	Label       string
+	KeyID       string
+	PublicPEM   string
+	State       string
+	ActivatedAt time.Time
+	RetiredAt   time.Time
+	DestroyedAt time.Time
+}
+
+// PostReview is the review of a grant after use.
+type PostReview struct {
+	ID        string
+	RequestID string
+	Account   string
+	Requester string
+	// Excluded are the principals who may not review it: the requester and
+	// the grant's approvers.
+	Excluded  []string
+	OpenedAt  time.Time
+	DueAt     time.Time
+	ClosedAt  time.Time
+	ClosedBy  string
+	Notes     string
+	Statement []byte
+	Signature []byte
+	Cert      []byte
+}
+
+// Attestation records that an account is still needed.
+type Attestation struct {
+	ID         string
+	Account    string
+	By         string
+	At         time.Time
+	Notes      string
+	PolicyHash string
+	Statement  []byte
+	Signature  []byte
+	Cert       []byte
+	EntryIndex uint64
+}
+
+// CertSeen is a client certificate a principal connected with.
+type CertSeen struct {
+	Principal string
+	Serial    string
+	NotAfter  time.Time
+	LastSeen  time.Time
+}
+
+// Outbox row states.
+const (
+	OutboxPending   = "pending"
+	OutboxDelivered = "delivered"
+	OutboxDead      = "dead"
+)
+
+// OutboxItem is one event for one sink.
+type OutboxItem struct {
+	EventID   string
+	Sink      string
+	Type      string
+	Account   string
+	RequestID string
+	Body      []byte
+	// Ack marks an alert whose delivery acknowledges it (require_alert_ack,
+	// solo requests).
+	Ack         bool
+	CreatedAt   time.Time
+	NextAttempt time.Time
+	Attempts    int
+	State       string
+	LastError   string
+	DeliveredAt time.Time
+}
+
+// SinkSummary is the outbox's state for one sink.
+type SinkSummary struct {
+	Sink          string
+	Pending       int
+	Delivered     int
+	Dead          int
+	OldestPending time.Time
 }
 
 // Checkpoint is a signed checkpoint: a C2SP signed note over the

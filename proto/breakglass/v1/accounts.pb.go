@@ -7,9 +7,11 @@
 package breakglassv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -22,6 +24,126 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AttestAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       string                 `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	Notes         string                 `protobuf:"bytes,2,opt,name=notes,proto3" json:"notes,omitempty"`
+	Statement     []byte                 `protobuf:"bytes,3,opt,name=statement,proto3" json:"statement,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestAccountRequest) Reset() {
+	*x = AttestAccountRequest{}
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestAccountRequest) ProtoMessage() {}
+
+func (x *AttestAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestAccountRequest.ProtoReflect.Descriptor instead.
+func (*AttestAccountRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AttestAccountRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *AttestAccountRequest) GetNotes() string {
+	if x != nil {
+		return x.Notes
+	}
+	return ""
+}
+
+func (x *AttestAccountRequest) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *AttestAccountRequest) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type AttestAccountResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AttestationId string                 `protobuf:"bytes,1,opt,name=attestation_id,json=attestationId,proto3" json:"attestation_id,omitempty"`
+	Entry         *AuditRef              `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestAccountResponse) Reset() {
+	*x = AttestAccountResponse{}
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestAccountResponse) ProtoMessage() {}
+
+func (x *AttestAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestAccountResponse.ProtoReflect.Descriptor instead.
+func (*AttestAccountResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AttestAccountResponse) GetAttestationId() string {
+	if x != nil {
+		return x.AttestationId
+	}
+	return ""
+}
+
+func (x *AttestAccountResponse) GetEntry() *AuditRef {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
 type ListAccountsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +152,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[0]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +164,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[0]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,19 +177,21 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{0}
+	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{2}
 }
 
 type ListAccountsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Accounts      []*Account             `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Accounts []*Account             `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	// SHA-256 of the policy in force, which attestations bind to.
+	PolicyHash    string `protobuf:"bytes,2,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[1]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -79,7 +203,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[1]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -92,7 +216,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{1}
+	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -100,6 +224,13 @@ func (x *ListAccountsResponse) GetAccounts() []*Account {
 		return x.Accounts
 	}
 	return nil
+}
+
+func (x *ListAccountsResponse) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
 }
 
 // QuorumRequirement asks for approvals from members of one group.
@@ -113,7 +244,7 @@ type QuorumRequirement struct {
 
 func (x *QuorumRequirement) Reset() {
 	*x = QuorumRequirement{}
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[2]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -125,7 +256,7 @@ func (x *QuorumRequirement) String() string {
 func (*QuorumRequirement) ProtoMessage() {}
 
 func (x *QuorumRequirement) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[2]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -138,7 +269,7 @@ func (x *QuorumRequirement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuorumRequirement.ProtoReflect.Descriptor instead.
 func (*QuorumRequirement) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{2}
+	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *QuorumRequirement) GetGroup() string {
@@ -166,7 +297,7 @@ type QuorumAlternative struct {
 
 func (x *QuorumAlternative) Reset() {
 	*x = QuorumAlternative{}
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[3]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +309,7 @@ func (x *QuorumAlternative) String() string {
 func (*QuorumAlternative) ProtoMessage() {}
 
 func (x *QuorumAlternative) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[3]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +322,7 @@ func (x *QuorumAlternative) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuorumAlternative.ProtoReflect.Descriptor instead.
 func (*QuorumAlternative) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{3}
+	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *QuorumAlternative) GetRequirements() []*QuorumRequirement {
@@ -220,16 +351,34 @@ type Account struct {
 	// The quorum rule in words.
 	QuorumDescription string `protobuf:"bytes,13,opt,name=quorum_description,json=quorumDescription,proto3" json:"quorum_description,omitempty"`
 	// What the caller may do with it.
-	CanRequest    bool `protobuf:"varint,14,opt,name=can_request,json=canRequest,proto3" json:"can_request,omitempty"`
-	CanReview     bool `protobuf:"varint,15,opt,name=can_review,json=canReview,proto3" json:"can_review,omitempty"`
-	IsOwner       bool `protobuf:"varint,16,opt,name=is_owner,json=isOwner,proto3" json:"is_owner,omitempty"`
+	CanRequest bool `protobuf:"varint,14,opt,name=can_request,json=canRequest,proto3" json:"can_request,omitempty"`
+	CanReview  bool `protobuf:"varint,15,opt,name=can_review,json=canReview,proto3" json:"can_review,omitempty"`
+	IsOwner    bool `protobuf:"varint,16,opt,name=is_owner,json=isOwner,proto3" json:"is_owner,omitempty"`
+	// Drills: the audience drill tokens name, how often one is expected,
+	// the last successful one, and whether one is overdue.
+	DrillAudience string                 `protobuf:"bytes,17,opt,name=drill_audience,json=drillAudience,proto3" json:"drill_audience,omitempty"`
+	DrillEvery    *durationpb.Duration   `protobuf:"bytes,18,opt,name=drill_every,json=drillEvery,proto3" json:"drill_every,omitempty"`
+	LastDrillTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=last_drill_time,json=lastDrillTime,proto3" json:"last_drill_time,omitempty"`
+	DrillOverdue  bool                   `protobuf:"varint,20,opt,name=drill_overdue,json=drillOverdue,proto3" json:"drill_overdue,omitempty"`
+	// Attestations by the owners.
+	ReviewEvery         *durationpb.Duration   `protobuf:"bytes,21,opt,name=review_every,json=reviewEvery,proto3" json:"review_every,omitempty"`
+	LastAttestationTime *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=last_attestation_time,json=lastAttestationTime,proto3" json:"last_attestation_time,omitempty"`
+	AttestationOverdue  bool                   `protobuf:"varint,23,opt,name=attestation_overdue,json=attestationOverdue,proto3" json:"attestation_overdue,omitempty"`
+	// Time-locked solo access.
+	SoloAllowed     bool                   `protobuf:"varint,24,opt,name=solo_allowed,json=soloAllowed,proto3" json:"solo_allowed,omitempty"`
+	SoloDelay       *durationpb.Duration   `protobuf:"bytes,25,opt,name=solo_delay,json=soloDelay,proto3" json:"solo_delay,omitempty"`
+	SoloMaxTtl      *durationpb.Duration   `protobuf:"bytes,26,opt,name=solo_max_ttl,json=soloMaxTtl,proto3" json:"solo_max_ttl,omitempty"`
+	RequireAlertAck bool                   `protobuf:"varint,27,opt,name=require_alert_ack,json=requireAlertAck,proto3" json:"require_alert_ack,omitempty"`
+	LastUseTime     *timestamppb.Timestamp `protobuf:"bytes,28,opt,name=last_use_time,json=lastUseTime,proto3" json:"last_use_time,omitempty"`
+	// The group that reviews grants after use.
+	ReviewerGroup string `protobuf:"bytes,29,opt,name=reviewer_group,json=reviewerGroup,proto3" json:"reviewer_group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Account) Reset() {
 	*x = Account{}
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[4]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -241,7 +390,7 @@ func (x *Account) String() string {
 func (*Account) ProtoMessage() {}
 
 func (x *Account) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_accounts_proto_msgTypes[4]
+	mi := &file_breakglass_v1_accounts_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -254,7 +403,7 @@ func (x *Account) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Account.ProtoReflect.Descriptor instead.
 func (*Account) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{4}
+	return file_breakglass_v1_accounts_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Account) GetName() string {
@@ -369,19 +518,121 @@ func (x *Account) GetIsOwner() bool {
 	return false
 }
 
+func (x *Account) GetDrillAudience() string {
+	if x != nil {
+		return x.DrillAudience
+	}
+	return ""
+}
+
+func (x *Account) GetDrillEvery() *durationpb.Duration {
+	if x != nil {
+		return x.DrillEvery
+	}
+	return nil
+}
+
+func (x *Account) GetLastDrillTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastDrillTime
+	}
+	return nil
+}
+
+func (x *Account) GetDrillOverdue() bool {
+	if x != nil {
+		return x.DrillOverdue
+	}
+	return false
+}
+
+func (x *Account) GetReviewEvery() *durationpb.Duration {
+	if x != nil {
+		return x.ReviewEvery
+	}
+	return nil
+}
+
+func (x *Account) GetLastAttestationTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastAttestationTime
+	}
+	return nil
+}
+
+func (x *Account) GetAttestationOverdue() bool {
+	if x != nil {
+		return x.AttestationOverdue
+	}
+	return false
+}
+
+func (x *Account) GetSoloAllowed() bool {
+	if x != nil {
+		return x.SoloAllowed
+	}
+	return false
+}
+
+func (x *Account) GetSoloDelay() *durationpb.Duration {
+	if x != nil {
+		return x.SoloDelay
+	}
+	return nil
+}
+
+func (x *Account) GetSoloMaxTtl() *durationpb.Duration {
+	if x != nil {
+		return x.SoloMaxTtl
+	}
+	return nil
+}
+
+func (x *Account) GetRequireAlertAck() bool {
+	if x != nil {
+		return x.RequireAlertAck
+	}
+	return false
+}
+
+func (x *Account) GetLastUseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUseTime
+	}
+	return nil
+}
+
+func (x *Account) GetReviewerGroup() string {
+	if x != nil {
+		return x.ReviewerGroup
+	}
+	return ""
+}
+
 var File_breakglass_v1_accounts_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_accounts_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbreakglass/v1/accounts.proto\x12\rbreakglass.v1\x1a\x1egoogle/protobuf/duration.proto\"\x15\n" +
-	"\x13ListAccountsRequest\"J\n" +
+	"\x1cbreakglass/v1/accounts.proto\x12\rbreakglass.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cbreakglass/v1/requests.proto\"\x85\x02\n" +
+	"\x14AttestAccountRequest\x12;\n" +
+	"\aaccount\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18@2\x16^[a-z0-9][a-z0-9._-]*$R\aaccount\x12`\n" +
+	"\x05notes\x18\x02 \x01(\tBJ\xbaHGrE\x10\x01\x18\xa0\x1f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\x05notes\x12&\n" +
+	"\tstatement\x18\x03 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tstatement\x12&\n" +
+	"\tsignature\x18\x04 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tsignature\"m\n" +
+	"\x15AttestAccountResponse\x12%\n" +
+	"\x0eattestation_id\x18\x01 \x01(\tR\rattestationId\x12-\n" +
+	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\x15\n" +
+	"\x13ListAccountsRequest\"k\n" +
 	"\x14ListAccountsResponse\x122\n" +
-	"\baccounts\x18\x01 \x03(\v2\x16.breakglass.v1.AccountR\baccounts\"G\n" +
+	"\baccounts\x18\x01 \x03(\v2\x16.breakglass.v1.AccountR\baccounts\x12\x1f\n" +
+	"\vpolicy_hash\x18\x02 \x01(\tR\n" +
+	"policyHash\"G\n" +
 	"\x11QuorumRequirement\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1c\n" +
 	"\tapprovals\x18\x02 \x01(\x05R\tapprovals\"Y\n" +
 	"\x11QuorumAlternative\x12D\n" +
-	"\frequirements\x18\x01 \x03(\v2 .breakglass.v1.QuorumRequirementR\frequirements\"\xa0\x05\n" +
+	"\frequirements\x18\x01 \x03(\v2 .breakglass.v1.QuorumRequirementR\frequirements\"\xd8\n" +
+	"\n" +
 	"\aAccount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
@@ -402,9 +653,26 @@ const file_breakglass_v1_accounts_proto_rawDesc = "" +
 	"canRequest\x12\x1d\n" +
 	"\n" +
 	"can_review\x18\x0f \x01(\bR\tcanReview\x12\x19\n" +
-	"\bis_owner\x18\x10 \x01(\bR\aisOwner2i\n" +
+	"\bis_owner\x18\x10 \x01(\bR\aisOwner\x12%\n" +
+	"\x0edrill_audience\x18\x11 \x01(\tR\rdrillAudience\x12:\n" +
+	"\vdrill_every\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"drillEvery\x12B\n" +
+	"\x0flast_drill_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\rlastDrillTime\x12#\n" +
+	"\rdrill_overdue\x18\x14 \x01(\bR\fdrillOverdue\x12<\n" +
+	"\freview_every\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\vreviewEvery\x12N\n" +
+	"\x15last_attestation_time\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x13lastAttestationTime\x12/\n" +
+	"\x13attestation_overdue\x18\x17 \x01(\bR\x12attestationOverdue\x12!\n" +
+	"\fsolo_allowed\x18\x18 \x01(\bR\vsoloAllowed\x128\n" +
+	"\n" +
+	"solo_delay\x18\x19 \x01(\v2\x19.google.protobuf.DurationR\tsoloDelay\x12;\n" +
+	"\fsolo_max_ttl\x18\x1a \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"soloMaxTtl\x12*\n" +
+	"\x11require_alert_ack\x18\x1b \x01(\bR\x0frequireAlertAck\x12>\n" +
+	"\rlast_use_time\x18\x1c \x01(\v2\x1a.google.protobuf.TimestampR\vlastUseTime\x12%\n" +
+	"\x0ereviewer_group\x18\x1d \x01(\tR\rreviewerGroup2\xc5\x01\n" +
 	"\x0eAccountService\x12W\n" +
-	"\fListAccounts\x12\".breakglass.v1.ListAccountsRequest\x1a#.breakglass.v1.ListAccountsResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
+	"\fListAccounts\x12\".breakglass.v1.ListAccountsRequest\x1a#.breakglass.v1.ListAccountsResponse\x12Z\n" +
+	"\rAttestAccount\x12#.breakglass.v1.AttestAccountRequest\x1a$.breakglass.v1.AttestAccountResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
 
 var (
 	file_breakglass_v1_accounts_proto_rawDescOnce sync.Once
@@ -418,29 +686,43 @@ func file_breakglass_v1_accounts_proto_rawDescGZIP() []byte {
 	return file_breakglass_v1_accounts_proto_rawDescData
 }
 
-var file_breakglass_v1_accounts_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_breakglass_v1_accounts_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_breakglass_v1_accounts_proto_goTypes = []any{
-	(*ListAccountsRequest)(nil),  // 0: breakglass.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil), // 1: breakglass.v1.ListAccountsResponse
-	(*QuorumRequirement)(nil),    // 2: breakglass.v1.QuorumRequirement
-	(*QuorumAlternative)(nil),    // 3: breakglass.v1.QuorumAlternative
-	(*Account)(nil),              // 4: breakglass.v1.Account
-	(*durationpb.Duration)(nil),  // 5: google.protobuf.Duration
+	(*AttestAccountRequest)(nil),  // 0: breakglass.v1.AttestAccountRequest
+	(*AttestAccountResponse)(nil), // 1: breakglass.v1.AttestAccountResponse
+	(*ListAccountsRequest)(nil),   // 2: breakglass.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),  // 3: breakglass.v1.ListAccountsResponse
+	(*QuorumRequirement)(nil),     // 4: breakglass.v1.QuorumRequirement
+	(*QuorumAlternative)(nil),     // 5: breakglass.v1.QuorumAlternative
+	(*Account)(nil),               // 6: breakglass.v1.Account
+	(*AuditRef)(nil),              // 7: breakglass.v1.AuditRef
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_breakglass_v1_accounts_proto_depIdxs = []int32{
-	4, // 0: breakglass.v1.ListAccountsResponse.accounts:type_name -> breakglass.v1.Account
-	2, // 1: breakglass.v1.QuorumAlternative.requirements:type_name -> breakglass.v1.QuorumRequirement
-	5, // 2: breakglass.v1.Account.max_ttl:type_name -> google.protobuf.Duration
-	5, // 3: breakglass.v1.Account.approval_window:type_name -> google.protobuf.Duration
-	5, // 4: breakglass.v1.Account.activation_window:type_name -> google.protobuf.Duration
-	3, // 5: breakglass.v1.Account.quorum:type_name -> breakglass.v1.QuorumAlternative
-	0, // 6: breakglass.v1.AccountService.ListAccounts:input_type -> breakglass.v1.ListAccountsRequest
-	1, // 7: breakglass.v1.AccountService.ListAccounts:output_type -> breakglass.v1.ListAccountsResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7,  // 0: breakglass.v1.AttestAccountResponse.entry:type_name -> breakglass.v1.AuditRef
+	6,  // 1: breakglass.v1.ListAccountsResponse.accounts:type_name -> breakglass.v1.Account
+	4,  // 2: breakglass.v1.QuorumAlternative.requirements:type_name -> breakglass.v1.QuorumRequirement
+	8,  // 3: breakglass.v1.Account.max_ttl:type_name -> google.protobuf.Duration
+	8,  // 4: breakglass.v1.Account.approval_window:type_name -> google.protobuf.Duration
+	8,  // 5: breakglass.v1.Account.activation_window:type_name -> google.protobuf.Duration
+	5,  // 6: breakglass.v1.Account.quorum:type_name -> breakglass.v1.QuorumAlternative
+	8,  // 7: breakglass.v1.Account.drill_every:type_name -> google.protobuf.Duration
+	9,  // 8: breakglass.v1.Account.last_drill_time:type_name -> google.protobuf.Timestamp
+	8,  // 9: breakglass.v1.Account.review_every:type_name -> google.protobuf.Duration
+	9,  // 10: breakglass.v1.Account.last_attestation_time:type_name -> google.protobuf.Timestamp
+	8,  // 11: breakglass.v1.Account.solo_delay:type_name -> google.protobuf.Duration
+	8,  // 12: breakglass.v1.Account.solo_max_ttl:type_name -> google.protobuf.Duration
+	9,  // 13: breakglass.v1.Account.last_use_time:type_name -> google.protobuf.Timestamp
+	2,  // 14: breakglass.v1.AccountService.ListAccounts:input_type -> breakglass.v1.ListAccountsRequest
+	0,  // 15: breakglass.v1.AccountService.AttestAccount:input_type -> breakglass.v1.AttestAccountRequest
+	3,  // 16: breakglass.v1.AccountService.ListAccounts:output_type -> breakglass.v1.ListAccountsResponse
+	1,  // 17: breakglass.v1.AccountService.AttestAccount:output_type -> breakglass.v1.AttestAccountResponse
+	16, // [16:18] is the sub-list for method output_type
+	14, // [14:16] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_accounts_proto_init() }
@@ -448,13 +730,14 @@ func file_breakglass_v1_accounts_proto_init() {
 	if File_breakglass_v1_accounts_proto != nil {
 		return
 	}
+	file_breakglass_v1_requests_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_accounts_proto_rawDesc), len(file_breakglass_v1_accounts_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AccountService_ListAccounts_FullMethodName = "/breakglass.v1.AccountService/ListAccounts"
+	AccountService_ListAccounts_FullMethodName  = "/breakglass.v1.AccountService/ListAccounts"
+	AccountService_AttestAccount_FullMethodName = "/breakglass.v1.AccountService/AttestAccount"
 )
 
 // AccountServiceClient is the client API for AccountService service.
@@ -31,6 +32,10 @@ type AccountServiceClient interface {
 	// ListAccounts returns each account the caller may request, review or
 	// own, and every account for auditors.
 	ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error)
+	// AttestAccount records that the caller, an owner, confirms the account
+	// is still needed and its approvers are right, with a signed attest
+	// statement (see client/approval).
+	AttestAccount(ctx context.Context, in *AttestAccountRequest, opts ...grpc.CallOption) (*AttestAccountResponse, error)
 }
 
 type accountServiceClient struct {
@@ -51,6 +56,16 @@ func (c *accountServiceClient) ListAccounts(ctx context.Context, in *ListAccount
 	return out, nil
 }
 
+func (c *accountServiceClient) AttestAccount(ctx context.Context, in *AttestAccountRequest, opts ...grpc.CallOption) (*AttestAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttestAccountResponse)
+	err := c.cc.Invoke(ctx, AccountService_AttestAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccountServiceServer is the server API for AccountService service.
 // All implementations must embed UnimplementedAccountServiceServer
 // for forward compatibility.
@@ -60,6 +75,10 @@ type AccountServiceServer interface {
 	// ListAccounts returns each account the caller may request, review or
 	// own, and every account for auditors.
 	ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error)
+	// AttestAccount records that the caller, an owner, confirms the account
+	// is still needed and its approvers are right, with a signed attest
+	// statement (see client/approval).
+	AttestAccount(context.Context, *AttestAccountRequest) (*AttestAccountResponse, error)
 	mustEmbedUnimplementedAccountServiceServer()
 }
 
@@ -72,6 +91,9 @@ type UnimplementedAccountServiceServer struct{}
 
 func (UnimplementedAccountServiceServer) ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAccounts not implemented")
+}
+func (UnimplementedAccountServiceServer) AttestAccount(context.Context, *AttestAccountRequest) (*AttestAccountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AttestAccount not implemented")
 }
 func (UnimplementedAccountServiceServer) mustEmbedUnimplementedAccountServiceServer() {}
 func (UnimplementedAccountServiceServer) testEmbeddedByValue()                        {}
@@ -112,6 +134,24 @@ func _AccountService_ListAccounts_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccountService_AttestAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttestAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).AttestAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_AttestAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).AttestAccount(ctx, req.(*AttestAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AccountService_ServiceDesc is the grpc.ServiceDesc for AccountService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -122,6 +162,10 @@ var AccountService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAccounts",
 			Handler:    _AccountService_ListAccounts_Handler,
+		},
+		{
+			MethodName: "AttestAccount",
+			Handler:    _AccountService_AttestAccount_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -303,10 +303,15 @@ type Request struct {
 	// The quorum rule the request was created under, in words.
 	Quorum string `protobuf:"bytes,21,opt,name=quorum,proto3" json:"quorum,omitempty"`
 	// SHA-256 of the policy in force when the request was created, hex.
-	PolicyHash    string    `protobuf:"bytes,22,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
-	CreatedEntry  *AuditRef `protobuf:"bytes,23,opt,name=created_entry,json=createdEntry,proto3" json:"created_entry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PolicyHash   string    `protobuf:"bytes,22,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	CreatedEntry *AuditRef `protobuf:"bytes,23,opt,name=created_entry,json=createdEntry,proto3" json:"created_entry,omitempty"`
+	Solo         bool      `protobuf:"varint,24,opt,name=solo,proto3" json:"solo,omitempty"`
+	// When an ack sink accepted the solo alert (the veto window runs from
+	// then) and the grant alert (require_alert_ack).
+	SoloAcknowledgeTime  *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=solo_acknowledge_time,json=soloAcknowledgeTime,proto3" json:"solo_acknowledge_time,omitempty"`
+	GrantAcknowledgeTime *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=grant_acknowledge_time,json=grantAcknowledgeTime,proto3" json:"grant_acknowledge_time,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
@@ -500,6 +505,27 @@ func (x *Request) GetCreatedEntry() *AuditRef {
 	return nil
 }
 
+func (x *Request) GetSolo() bool {
+	if x != nil {
+		return x.Solo
+	}
+	return false
+}
+
+func (x *Request) GetSoloAcknowledgeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SoloAcknowledgeTime
+	}
+	return nil
+}
+
+func (x *Request) GetGrantAcknowledgeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GrantAcknowledgeTime
+	}
+	return nil
+}
+
 type CreateRequestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The account to access, as ListAccounts names it.
@@ -512,8 +538,14 @@ type CreateRequestRequest struct {
 	// How long the grant should last once approved; capped by the account's
 	// max_ttl (longer is refused, not trimmed).
 	RequestedTtl *durationpb.Duration `protobuf:"bytes,4,opt,name=requested_ttl,json=requestedTtl,proto3" json:"requested_ttl,omitempty"`
-	// A drill exercises the flow; its tokens say so.
-	Drill         bool `protobuf:"varint,5,opt,name=drill,proto3" json:"drill,omitempty"`
+	// A drill exercises the flow; its tokens say so and name only the
+	// account's drill audience.
+	Drill bool `protobuf:"varint,5,opt,name=drill,proto3" json:"drill,omitempty"`
+	// Time-locked solo access, where the account allows it: every approver
+	// and sink is alerted, and the request becomes approved when its veto
+	// window passes after an ack sink acknowledged the alert, unless an
+	// eligible approver denies it.
+	Solo          bool `protobuf:"varint,6,opt,name=solo,proto3" json:"solo,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -579,6 +611,13 @@ func (x *CreateRequestRequest) GetRequestedTtl() *durationpb.Duration {
 func (x *CreateRequestRequest) GetDrill() bool {
 	if x != nil {
 		return x.Drill
+	}
+	return false
+}
+
+func (x *CreateRequestRequest) GetSolo() bool {
+	if x != nil {
+		return x.Solo
 	}
 	return false
 }
@@ -1072,7 +1111,7 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\acomment\x18\x03 \x01(\tR\acomment\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12-\n" +
-	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\xfb\a\n" +
+	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\xb1\t\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaccount\x18\x02 \x01(\tR\aaccount\x12\x1c\n" +
@@ -1100,13 +1139,17 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\x06quorum\x18\x15 \x01(\tR\x06quorum\x12\x1f\n" +
 	"\vpolicy_hash\x18\x16 \x01(\tR\n" +
 	"policyHash\x12<\n" +
-	"\rcreated_entry\x18\x17 \x01(\v2\x17.breakglass.v1.AuditRefR\fcreatedEntry\"\xf2\x02\n" +
+	"\rcreated_entry\x18\x17 \x01(\v2\x17.breakglass.v1.AuditRefR\fcreatedEntry\x12\x12\n" +
+	"\x04solo\x18\x18 \x01(\bR\x04solo\x12N\n" +
+	"\x15solo_acknowledge_time\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\x13soloAcknowledgeTime\x12P\n" +
+	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\"\x86\x03\n" +
 	"\x14CreateRequestRequest\x12;\n" +
 	"\aaccount\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18@2\x16^[a-z0-9][a-z0-9._-]*$R\aaccount\x12p\n" +
 	"\rjustification\x18\x02 \x01(\tBJ\xbaHGrE\x10\x01\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\rjustification\x12D\n" +
 	"\x06ticket\x18\x03 \x01(\tB,\xbaH)r'\x18\x80\x012\"^[A-Za-z0-9][A-Za-z0-9._:#/-]*$|^$R\x06ticket\x12O\n" +
 	"\rrequested_ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\xe7\x84\x0f*\x00R\frequestedTtl\x12\x14\n" +
-	"\x05drill\x18\x05 \x01(\bR\x05drill\"x\n" +
+	"\x05drill\x18\x05 \x01(\bR\x05drill\x12\x12\n" +
+	"\x04solo\x18\x06 \x01(\bR\x04solo\"x\n" +
 	"\x15CreateRequestResponse\x120\n" +
 	"\arequest\x18\x01 \x01(\v2\x16.breakglass.v1.RequestR\arequest\x12-\n" +
 	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"-\n" +
@@ -1203,30 +1246,32 @@ var file_breakglass_v1_requests_proto_depIdxs = []int32{
 	15, // 10: breakglass.v1.Request.final_time:type_name -> google.protobuf.Timestamp
 	3,  // 11: breakglass.v1.Request.reviews:type_name -> breakglass.v1.Review
 	2,  // 12: breakglass.v1.Request.created_entry:type_name -> breakglass.v1.AuditRef
-	16, // 13: breakglass.v1.CreateRequestRequest.requested_ttl:type_name -> google.protobuf.Duration
-	4,  // 14: breakglass.v1.CreateRequestResponse.request:type_name -> breakglass.v1.Request
-	2,  // 15: breakglass.v1.CreateRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	4,  // 16: breakglass.v1.GetRequestResponse.request:type_name -> breakglass.v1.Request
-	0,  // 17: breakglass.v1.ListRequestsRequest.state:type_name -> breakglass.v1.RequestState
-	4,  // 18: breakglass.v1.ListRequestsResponse.requests:type_name -> breakglass.v1.Request
-	4,  // 19: breakglass.v1.WatchRequestResponse.request:type_name -> breakglass.v1.Request
-	4,  // 20: breakglass.v1.CancelRequestResponse.request:type_name -> breakglass.v1.Request
-	2,  // 21: breakglass.v1.CancelRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	5,  // 22: breakglass.v1.RequestService.CreateRequest:input_type -> breakglass.v1.CreateRequestRequest
-	7,  // 23: breakglass.v1.RequestService.GetRequest:input_type -> breakglass.v1.GetRequestRequest
-	9,  // 24: breakglass.v1.RequestService.ListRequests:input_type -> breakglass.v1.ListRequestsRequest
-	11, // 25: breakglass.v1.RequestService.WatchRequest:input_type -> breakglass.v1.WatchRequestRequest
-	13, // 26: breakglass.v1.RequestService.CancelRequest:input_type -> breakglass.v1.CancelRequestRequest
-	6,  // 27: breakglass.v1.RequestService.CreateRequest:output_type -> breakglass.v1.CreateRequestResponse
-	8,  // 28: breakglass.v1.RequestService.GetRequest:output_type -> breakglass.v1.GetRequestResponse
-	10, // 29: breakglass.v1.RequestService.ListRequests:output_type -> breakglass.v1.ListRequestsResponse
-	12, // 30: breakglass.v1.RequestService.WatchRequest:output_type -> breakglass.v1.WatchRequestResponse
-	14, // 31: breakglass.v1.RequestService.CancelRequest:output_type -> breakglass.v1.CancelRequestResponse
-	27, // [27:32] is the sub-list for method output_type
-	22, // [22:27] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	15, // 13: breakglass.v1.Request.solo_acknowledge_time:type_name -> google.protobuf.Timestamp
+	15, // 14: breakglass.v1.Request.grant_acknowledge_time:type_name -> google.protobuf.Timestamp
+	16, // 15: breakglass.v1.CreateRequestRequest.requested_ttl:type_name -> google.protobuf.Duration
+	4,  // 16: breakglass.v1.CreateRequestResponse.request:type_name -> breakglass.v1.Request
+	2,  // 17: breakglass.v1.CreateRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	4,  // 18: breakglass.v1.GetRequestResponse.request:type_name -> breakglass.v1.Request
+	0,  // 19: breakglass.v1.ListRequestsRequest.state:type_name -> breakglass.v1.RequestState
+	4,  // 20: breakglass.v1.ListRequestsResponse.requests:type_name -> breakglass.v1.Request
+	4,  // 21: breakglass.v1.WatchRequestResponse.request:type_name -> breakglass.v1.Request
+	4,  // 22: breakglass.v1.CancelRequestResponse.request:type_name -> breakglass.v1.Request
+	2,  // 23: breakglass.v1.CancelRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	5,  // 24: breakglass.v1.RequestService.CreateRequest:input_type -> breakglass.v1.CreateRequestRequest
+	7,  // 25: breakglass.v1.RequestService.GetRequest:input_type -> breakglass.v1.GetRequestRequest
+	9,  // 26: breakglass.v1.RequestService.ListRequests:input_type -> breakglass.v1.ListRequestsRequest
+	11, // 27: breakglass.v1.RequestService.WatchRequest:input_type -> breakglass.v1.WatchRequestRequest
+	13, // 28: breakglass.v1.RequestService.CancelRequest:input_type -> breakglass.v1.CancelRequestRequest
+	6,  // 29: breakglass.v1.RequestService.CreateRequest:output_type -> breakglass.v1.CreateRequestResponse
+	8,  // 30: breakglass.v1.RequestService.GetRequest:output_type -> breakglass.v1.GetRequestResponse
+	10, // 31: breakglass.v1.RequestService.ListRequests:output_type -> breakglass.v1.ListRequestsResponse
+	12, // 32: breakglass.v1.RequestService.WatchRequest:output_type -> breakglass.v1.WatchRequestResponse
+	14, // 33: breakglass.v1.RequestService.CancelRequest:output_type -> breakglass.v1.CancelRequestResponse
+	29, // [29:34] is the sub-list for method output_type
+	24, // [24:29] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_requests_proto_init() }

@@ -483,7 +483,10 @@ func (x *CheckTokenResponse) GetDrill() bool {
 }
 
 type GetSigningKeysRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An account with its own token key: its key set alone. Empty for the
+	// broker's set (which excludes accounts with their own keys).
+	Account       string `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -516,6 +519,13 @@ func (x *GetSigningKeysRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetSigningKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetSigningKeysRequest) Descriptor() ([]byte, []int) {
 	return file_breakglass_v1_tokens_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetSigningKeysRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
 }
 
 type GetSigningKeysResponse struct {
@@ -621,8 +631,9 @@ const file_breakglass_v1_tokens_proto_rawDesc = "" +
 	"expireTime\x12;\n" +
 	"\vrevoke_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"revokeTime\x12\x14\n" +
-	"\x05drill\x18\t \x01(\bR\x05drill\"\x17\n" +
-	"\x15GetSigningKeysRequest\"r\n" +
+	"\x05drill\x18\t \x01(\bR\x05drill\"U\n" +
+	"\x15GetSigningKeysRequest\x12<\n" +
+	"\aaccount\x18\x01 \x01(\tB\"\xbaH\x1fr\x1d\x18@2\x19^[a-z0-9][a-z0-9._-]*$|^$R\aaccount\"r\n" +
 	"\x16GetSigningKeysResponse\x12\x12\n" +
 	"\x04jwks\x18\x01 \x01(\tR\x04jwks\x12,\n" +
 	"\x04keys\x18\x02 \x03(\v2\x18.breakglass.v1.PublicKeyR\x04keys\x12\x16\n" +

@@ -24,6 +24,9 @@ type Dialect struct {
 	Numbered bool
 	// IsConflict reports whether err is a uniqueness or constraint failure.
 	IsConflict func(error) bool
+	// LockSuffix is appended to queries that claim rows for a worker
+	// (" FOR UPDATE SKIP LOCKED" where the engine has it).
+	LockSuffix string
 }
 
 // Querier is *sql.Tx or *sql.Conn.
@@ -94,7 +97,7 @@ func boolInt(b bool) int {
 const requestCols = `id, account, requester, justification, ticket, ttl_ns, drill, state, created_at,
 	approval_deadline, rule_json, deny_threshold, max_issuances, activation_window_ns, policy_hash,
 	approved_at, grant_expires_at, activation_deadline, approvers_json, issued, first_issued_at,
-	final_at, final_reason, final_by, created_entry, created_leaf, version`
+	final_at, final_reason, final_by, created_entry, created_leaf, version, solo, solo_acked_at, grant_acked_at, token_kid`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -102,14 +105,15 @@ func scanRequest(s scanner) (*request.Request, error) {
 	var (
 		r                                                  request.Request
 		ttl, aw, created, deadline                         int64
-		drill                                              int
+		drill, solo                                        int
 		state, ruleJSON, approversJSON                     string
 		approved, grantEnd, activation, firstIssued, final sql.NullInt64
+		soloAcked, grantAcked                              sql.NullInt64
 	)
 	if err := s.Scan(&r.ID, &r.Account, &r.Requester, &r.Justification, &r.Ticket, &ttl, &drill, &state, &created,
 		&deadline, &ruleJSON, &r.DenyThreshold, &r.MaxIssuances, &aw, &r.PolicyHash,
 		&approved, &grantEnd, &activation, &approversJSON, &r.Issued, &firstIssued,
-		&final, &r.FinalReason, &r.FinalBy, &r.CreatedEntry, &r.CreatedLeaf, &r.Version); err != nil {
+		&final, &r.FinalReason, &r.FinalBy, &r.CreatedEntry, &r.CreatedLeaf, &r.Version, &solo, &soloAcked, &grantAcked, &r.TokenKID); err != nil {
 		return nil, err
 	}
 	r.TTL, r.ActivationWindow = time.Duration(ttl), time.Duration(aw)
@@ -118,6 +122,7 @@ func scanRequest(s scanner) (*request.Request, error) {
 	r.CreatedAt, r.ApprovalDeadline = fromNanos(created), fromNanos(deadline)
 	r.ApprovedAt, r.GrantExpiresAt, r.ActivationDeadline = fromNull(approved), fromNull(grantEnd), fromNull(activation)
 	r.FirstIssuedAt, r.FinalAt = fromNull(firstIssued), fromNull(final)
+	r.Solo, r.SoloAckedAt, r.GrantAckedAt = solo != 0, fromNull(soloAcked), fromNull(grantAcked)
 	if err := json.Unmarshal([]byte(ruleJSON), &r.Rule); err != nil {
 		return nil, fmt.Errorf("request %s: stored rule: %w", r.ID, err)
 	}
@@ -259,11 +264,11 @@ func (t *Tx) CreateRequest(ctx context.Context, r *request.Request) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(ctx, `INSERT INTO requests (`+requestCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err = t.exec(ctx, `INSERT INTO requests (`+requestCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		r.ID, r.Account, r.Requester, r.Justification, r.Ticket, int64(r.TTL), boolInt(r.Drill), string(r.State), nanos(r.CreatedAt),
 		nanos(r.ApprovalDeadline), string(rule), r.DenyThreshold, r.MaxIssuances, int64(r.ActivationWindow), r.PolicyHash,
 		nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline), string(approvers), r.Issued, nullNanos(r.FirstIssuedAt),
-		nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.CreatedEntry, r.CreatedLeaf, 1)
+		nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.CreatedEntry, r.CreatedLeaf, 1, boolInt(r.Solo), nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID)
 	if err == nil {
 		r.Version = 1
 	}
@@ -291,10 +296,12 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 		return err
 	}
 	res, err := t.exec(ctx, `UPDATE requests SET state = ?, approved_at = ?, grant_expires_at = ?, activation_deadline = ?,
-		approvers_json = ?, issued = ?, first_issued_at = ?, final_at = ?, final_reason = ?, final_by = ?, version = version + 1
+		approvers_json = ?, issued = ?, first_issued_at = ?, final_at = ?, final_reason = ?, final_by = ?,
+		solo_acked_at = ?, grant_acked_at = ?, token_kid = ?, version = version + 1
 		WHERE id = ? AND version = ?`,
 		string(r.State), nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline),
-		string(approvers), r.Issued, nullNanos(r.FirstIssuedAt), nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.ID, r.Version)
+		string(approvers), r.Issued, nullNanos(r.FirstIssuedAt), nullNanos(r.FinalAt), r.FinalReason, r.FinalBy,
+		nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, r.ID, r.Version)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,182 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/event"
+	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+)
+
+// Routes says which sinks receive an event; notify.Router implements it.
+type Routes interface {
+	Sinks(eventType, account string) []string
+	All() []string
+}
+
+// emit writes an event to the outbox inside tx, so it commits with the
+// change it announces or not at all. ackSinks receive it whatever their
+// routes say, and their delivery acknowledges it.
+func (b *Broker) emit(ctx context.Context, tx store.Tx, ev event.Event, ackSinks []string) error {
+	if b.cfg.Routes == nil {
+		return nil
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	ev.ID = id.String()
+	if ev.Time.IsZero() {
+		ev.Time = b.now().UTC()
+	}
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	sinks := b.cfg.Routes.Sinks(ev.Type, ev.Account)
+	if ev.Type == event.SoloRequested {
+		sinks = b.cfg.Routes.All() // a solo request alerts every sink at once
+	}
+	for _, s := range ackSinks {
+		if !slices.Contains(sinks, s) {
+			sinks = append(sinks, s)
+		}
+	}
+	items := make([]store.OutboxItem, 0, len(sinks))
+	for _, s := range sinks {
+		items = append(items, store.OutboxItem{EventID: ev.ID, Sink: s, Type: ev.Type, Account: ev.Account, RequestID: ev.Request,
+			Body: body, Ack: slices.Contains(ackSinks, s), CreatedAt: ev.Time})
+	}
+	if len(items) > 0 {
+		b.eventsPending.Store(true)
+	}
+	return tx.Enqueue(ctx, items)
+}
+
+// requestEvent fills the common fields of an event about r.
+func requestEvent(typ string, r *request.Request, actor, summary string, rec *audit.Record) event.Event {
+	ev := event.Event{Type: typ, Account: r.Account, Request: r.ID, Requester: r.Requester, Actor: actor, Approvers: r.Approvers,
+		Drill: r.Drill, Solo: r.Solo, Summary: summary}
+	if rec != nil {
+		idx := rec.Index
+		ev.AuditIndex = &idx
+	}
+	return ev
+}
+
+// contacts returns the paging routes of principals.
+func contacts(p *policy.Policy, principals []string) []event.Contact {
+	out := make([]event.Contact, 0, len(principals))
+	for _, who := range principals {
+		c := p.Contacts[who]
+		out = append(out, event.Contact{Principal: who, Slack: c.Slack, WebhookTag: c.WebhookTag, Email: c.Email})
+	}
+	return out
+}
+
+// approversOf lists who may review r, for paging.
+func approversOf(p *policy.Policy, r *request.Request) []string {
+	var out []string
+	for _, a := range p.Approvers(r.Rule) {
+		if a != r.Requester {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// eventsPending reports whether the dispatcher should look at the outbox.
+func (b *Broker) kickEvents() {
+	if b.eventsPending.Swap(false) && b.cfg.OnEvents != nil {
+		b.cfg.OnEvents()
+	}
+}
+
+// FinishDelivery records a delivery outcome. An acknowledging delivery
+// (require_alert_ack, solo requests) and a dead letter are audited in the
+// same transaction, and announced.
+func (b *Broker) FinishDelivery(ctx context.Context, it store.OutboxItem) error {
+	err := b.update(ctx, func(tx store.Tx) error {
+		if err := tx.FinishOutbox(ctx, it); err != nil {
+			return err
+		}
+		now := b.now().UTC()
+		switch {
+		case it.State == store.OutboxDelivered && it.Ack:
+			return b.acknowledged(ctx, tx, it, now)
+		case it.State == store.OutboxDead:
+			rec, err := b.appendEntry(ctx, tx, now, audit.Draft{Type: audit.TypeAlertDead, Actor: "broker", Request: it.RequestID, Account: it.Account,
+				Payload: audit.AlertDelivery{EventID: it.EventID, EventType: it.Type, Sink: it.Sink, Attempts: it.Attempts, LastError: it.LastError}}, false)
+			if err != nil {
+				return err
+			}
+			idx := rec.Index
+			return b.emit(ctx, tx, event.Event{Type: event.AlertDeadLettered, Account: it.Account, Request: it.RequestID, AuditIndex: &idx,
+				Summary: "an alert (" + it.Type + ") could not be delivered to sink " + it.Sink + " and was given up: " + it.LastError}, nil)
+		}
+		return nil
+	})
+	return err
+}
+
+// acknowledged records that an ack sink accepted an alert: for a solo
+// request its veto window starts; for a grant its first token may issue.
+func (b *Broker) acknowledged(ctx context.Context, tx store.Tx, it store.OutboxItem, now time.Time) error {
+	r, err := tx.Request(ctx, it.RequestID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	typ := audit.TypeAlertAcked
+	switch it.Type {
+	case event.SoloRequested:
+		if !r.SoloAckedAt.IsZero() {
+			return nil // the window already runs from the first acknowledgement
+		}
+		r.SoloAckedAt, typ = now, audit.TypeSoloAcked
+	case event.GrantApproved:
+		if !r.GrantAckedAt.IsZero() {
+			return nil
+		}
+		r.GrantAckedAt = now
+	default:
+		return nil
+	}
+	rec, err := b.appendEntry(ctx, tx, now, audit.Draft{Type: typ, Actor: "broker", Request: r.ID, Account: r.Account,
+		Payload: audit.AlertDelivery{EventID: it.EventID, EventType: it.Type, Sink: it.Sink, Attempts: it.Attempts}}, false)
+	if err != nil {
+		return err
+	}
+	if err := tx.SaveRequest(ctx, r); err != nil {
+		return err
+	}
+	evType, summary := event.AlertAcknowledged, "sink "+it.Sink+" acknowledged the grant alert; the grant may now be used"
+	if typ == audit.TypeSoloAcked {
+		evType, summary = event.SoloAcknowledged, "sink "+it.Sink+" acknowledged the solo request; its veto window runs now"
+	}
+	return b.emit(ctx, tx, requestEvent(evType, r, "broker", summary, &rec), nil)
+}
+
+// CheckpointSigned announces a new checkpoint, so the SOC holds
+// checkpoints the broker cannot later deny.
+func (b *Broker) CheckpointSigned(ctx context.Context, cp store.Checkpoint) error {
+	details, err := json.Marshal(map[string]any{"size": cp.Size, "checkpoint": string(cp.Note)})
+	if err != nil {
+		return err
+	}
+	return b.update(ctx, func(tx store.Tx) error {
+		return b.emit(ctx, tx, event.Event{Type: event.CheckpointSigned, Time: cp.CreatedAt,
+			Summary: fmt.Sprintf("checkpoint of %d entries signed", cp.Size), Details: details}, nil)
+	})
+}

@@ -1,0 +1,419 @@
+package broker_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/bgbroker/breakglass/client/approval"
+	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/event"
+	"github.com/bgbroker/breakglass/server/notify"
+	"github.com/bgbroker/breakglass/server/request"
+	"github.com/bgbroker/breakglass/server/store"
+)
+
+const govPolicy = `
+auditors: auditors
+groups:
+  sre: [alice, frank]
+  db-admins: [bob, carol]
+  security: [erin]
+  owners: [olivia]
+  reviewers: [rita, bob]
+  auditors: [dave]
+contacts:
+  bob: {slack: "@bob"}
+  erin: {slack: "@erin", webhook_tag: sec-oncall}
+accounts:
+  - name: prod-db
+    owner: owners
+    requesters: [sre]
+    audiences: [db.prod.example]
+    drill_audience: drill.db.prod.example
+    drill_every: 720h
+    review_every: 2160h
+    reviewers: reviewers
+    review_within: 24h
+    block_on_overdue_review: true
+    require_alert_ack: true
+    ack_sinks: [soc]
+    solo: {delay: 10m, max_ttl: 30m}
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 20m
+    quorum:
+      - require:
+          - {group: db-admins, approvals: 1}
+          - {group: security, approvals: 1}
+  - name: ledger
+    owner: owners
+    requesters: [sre]
+    audiences: [ledger.example]
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 10m
+    quorum:
+      - require: [{group: db-admins, approvals: 1}]
+`
+
+func newGovHarness(t *testing.T) *harness {
+	t.Helper()
+	h := newHarness(t, testPolicy) // builds keys, CA and clock
+	h.routes = notify.NewRouter([]notify.SinkConfig{
+		{Name: "soc"},
+		{Name: "slack", Route: event.Route{Events: []string{"grant.*", "solo.*", "request.created"}}},
+		{Name: "ledger-only", Route: event.Route{Accounts: []string{"ledger"}}},
+	})
+	h.restart(govPolicy)
+	return h
+}
+
+func (h *harness) outbox(requestID, typ string) []store.OutboxItem {
+	h.t.Helper()
+	var out []store.OutboxItem
+	_ = h.store.View(h.ctx, func(r store.Reader) error {
+		var err error
+		out, err = r.OutboxFor(h.ctx, requestID, typ)
+		return err
+	})
+	return out
+}
+
+// deliver records a 2xx from sink for the event rows of a request.
+func (h *harness) deliver(requestID, typ, sink string) {
+	h.t.Helper()
+	for _, it := range h.outbox(requestID, typ) {
+		if it.Sink == sink {
+			it.Attempts, it.State, it.DeliveredAt = 1, store.OutboxDelivered, h.clock.Now()
+			if err := h.b.FinishDelivery(h.ctx, it); err != nil {
+				h.t.Fatal(err)
+			}
+			return
+		}
+	}
+	h.t.Fatalf("no %s row for %s to %s", typ, requestID, sink)
+}
+
+func (h *harness) signed(principal, typ, subject, content, notes string) broker.Signed {
+	st := approval.Statement{Type: typ, Origin: testOrigin, Request: subject, Content: content, Comment: approval.CommentDigest(notes), Time: h.clock.Now()}
+	sig, err := approval.Sign(h.cert(principal).key, st.Marshal())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return broker.Signed{Statement: st.Marshal(), Signature: sig, Cert: h.cert(principal).cert}
+}
+
+func sinks(items []store.OutboxItem) string {
+	var s []string
+	for _, it := range items {
+		mark := ""
+		if it.Ack {
+			mark = "!"
+		}
+		s = append(s, it.Sink+mark)
+	}
+	sort.Strings(s)
+	return strings.Join(s, ",")
+}
+
+// Events commit with their change, routed by type and account, and the
+// grant's first token waits for an ack sink to accept its alert.
+func TestEventsAndAlertAck(t *testing.T) {
+	h := newGovHarness(t)
+	r := h.create("alice", "prod-db")
+	created := h.outbox(r.ID, event.RequestCreated)
+	if got := sinks(created); got != "slack,soc" {
+		t.Fatalf("request.created went to %s", got)
+	}
+	var ev event.Event
+	_ = json.Unmarshal(created[0].Body, &ev)
+	if ev.ID == "" || ev.ID != created[1].EventID || ev.Requester != "alice" || len(ev.Notify) != 3 || ev.AuditIndex == nil {
+		t.Fatalf("event %+v", ev)
+	}
+	if _, err := h.review("bob", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	if got := sinks(h.outbox(r.ID, event.RequestReviewed)); got != "soc" {
+		t.Fatalf("request.reviewed went to %s", got)
+	}
+	if _, err := h.review("erin", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	if got := sinks(h.outbox(r.ID, event.GrantApproved)); got != "slack,soc!" {
+		t.Fatalf("grant.approved went to %s (ack sinks marked !)", got)
+	}
+	before := h.snap()
+	_, err := h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "acknowledged by one of soc")
+	if h.snap() != before {
+		t.Fatal("the refused issuance changed the store")
+	}
+	// Slack accepting is not an acknowledgement; soc is.
+	h.deliver(r.ID, event.GrantApproved, "slack")
+	_, err = h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "acknowledged")
+	h.deliver(r.ID, event.GrantApproved, "soc")
+	if _, err := h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example"); err != nil {
+		t.Fatalf("after the ack: %v", err)
+	}
+	var types []string
+	for _, e := range h.verifyChain() {
+		types = append(types, string(e.Type))
+	}
+	if !strings.Contains(strings.Join(types, " "), "request_approved alert_acknowledged token_issued post_review_opened") {
+		t.Fatalf("entries %v", types)
+	}
+	// A ledger event goes to ledger-only; a prod-db one does not.
+	l := h.create("frank", "ledger")
+	if got := sinks(h.outbox(l.ID, event.RequestCreated)); got != "ledger-only,slack,soc" {
+		t.Fatalf("ledger request.created went to %s", got)
+	}
+}
+
+func TestDeadLetterIsAuditedAndReported(t *testing.T) {
+	h := newGovHarness(t)
+	r := h.create("alice", "prod-db")
+	for _, it := range h.outbox(r.ID, event.RequestCreated) {
+		if it.Sink == "slack" {
+			it.Attempts, it.State, it.LastError = 10, store.OutboxDead, "receiver answered 500"
+			if err := h.b.FinishDelivery(h.ctx, it); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	entries := h.verifyChain()
+	last := entries[len(entries)-1]
+	if last.Type != audit.TypeAlertDead || !strings.Contains(string(last.Bytes), "receiver answered 500") {
+		t.Fatalf("last entry %s", last.Bytes)
+	}
+	rep, err := h.b.Report(h.ctx, "dave")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.DeadLetters) != 1 || rep.DeadLetters[0].Sink != "slack" {
+		t.Fatalf("dead letters %+v", rep.DeadLetters)
+	}
+	if _, err := h.b.Report(h.ctx, "alice"); broker.KindOf(err) != broker.KindPermission {
+		t.Fatalf("requester reads the report: %v", err)
+	}
+}
+
+func TestDrills(t *testing.T) {
+	h := newGovHarness(t)
+	_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "ledger", Justification: "drill", Drill: true})
+	wantKind(t, err, broker.KindState, "no drill_audience")
+	res, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "quarterly drill", Drill: true, TTL: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Request.ID
+	for _, who := range []string{"bob", "erin"} {
+		if _, err := h.review(who, id, request.Approve); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.deliver(id, event.GrantApproved, "soc")
+	_, err = h.b.IssueToken(h.ctx, "alice", id, "db.prod.example")
+	wantKind(t, err, broker.KindInvalid, "only for the drill audience")
+	tok, err := h.b.IssueToken(h.ctx, "alice", id, "drill.db.prod.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entry audit.TokenIssued
+	for _, e := range h.verifyChain() {
+		if e.Type == audit.TypeTokenIssued {
+			ent, _ := audit.Parse(e.Bytes)
+			_ = json.Unmarshal(ent.Payload, &entry)
+		}
+	}
+	if !strings.Contains(string(entry.Claims), `"bg_drill":true`) || entry.JTI != tok.JTI {
+		t.Fatalf("drill claims %s", entry.Claims)
+	}
+	// A real request may not use the drill audience.
+	g := h.approvedOn("frank", "prod-db")
+	h.deliver(g.ID, event.GrantApproved, "soc")
+	_, err = h.b.IssueToken(h.ctx, "frank", g.ID, "drill.db.prod.example")
+	wantKind(t, err, broker.KindInvalid, "not one of account prod-db's audiences")
+	st, err := h.b.AccountStatuses(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st["prod-db"].LastDrill.IsZero() || st["prod-db"].DrillOverdue {
+		t.Fatalf("drill status %+v", st["prod-db"])
+	}
+	h.clock.Advance(31 * 24 * time.Hour)
+	st, _ = h.b.AccountStatuses(h.ctx)
+	if !st["prod-db"].DrillOverdue || st["prod-db"].AttestationOverdue {
+		t.Fatalf("after 31 days: %+v", st["prod-db"])
+	}
+	// The overdue drill raises one alert a day.
+	if err := h.b.Overdue(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.b.Overdue(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	var drills int
+	_ = h.store.View(h.ctx, func(r store.Reader) error {
+		items, _ := r.OutboxFor(h.ctx, "", event.DrillOverdue)
+		drills = len(items)
+		return nil
+	})
+	if drills != 1 { // one event, to soc (slack does not route drill.*)
+		t.Fatalf("%d drill.overdue rows", drills)
+	}
+}
+
+// approvedOn makes an approved request on account.
+func (h *harness) approvedOn(requester, account string) *request.Request {
+	h.t.Helper()
+	r := h.create(requester, account)
+	for _, who := range []string{"bob", "erin"} {
+		if _, err := h.review(who, r.ID, request.Approve); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	got, err := h.b.GetRequest(h.ctx, requester, r.ID)
+	if err != nil || got.State != request.Approved {
+		h.t.Fatalf("not approved: %v", err)
+	}
+	return got
+}
+
+func TestPostUseReviews(t *testing.T) {
+	h := newGovHarness(t)
+	g := h.approvedOn("alice", "prod-db")
+	h.deliver(g.ID, event.GrantApproved, "soc")
+	if _, err := h.b.IssueToken(h.ctx, "alice", g.ID, "db.prod.example"); err != nil {
+		t.Fatal(err)
+	}
+	prs, err := h.b.PostReviews(h.ctx, "rita", true)
+	if err != nil || len(prs) != 1 {
+		t.Fatalf("rita's reviews: %v %d", err, len(prs))
+	}
+	pr := prs[0]
+	if !pr.DueAt.Equal(g.GrantExpiresAt.Add(24*time.Hour)) || fmt.Sprint(pr.Excluded) != "[alice bob erin]" {
+		t.Fatalf("review %+v", pr)
+	}
+	digest := g.Content().Digest()
+	// bob is a reviewer but approved this grant: excluded.
+	_, _, err = h.b.ClosePostReview(h.ctx, "bob", pr.ID, "fine", h.signed("bob", approval.TypeReviewClose, g.ID, digest, "fine"))
+	wantKind(t, err, broker.KindNotFound, "not found")
+	_, _, err = h.b.ClosePostReview(h.ctx, "alice", pr.ID, "fine", h.signed("alice", approval.TypeReviewClose, g.ID, digest, "fine"))
+	wantKind(t, err, broker.KindPermission, "neither requested nor approved")
+	_, _, err = h.b.ClosePostReview(h.ctx, "rita", pr.ID, "fine", h.signed("rita", approval.TypeReviewClose, g.ID, digest, "other notes"))
+	wantKind(t, err, broker.KindInvalid, "comment digest")
+	// Past due: alice may not open a new request (block_on_overdue_review).
+	h.clock.Advance(25*time.Hour + time.Hour)
+	_, err = h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "again"})
+	wantKind(t, err, broker.KindState, "must be closed before")
+	rep, _ := h.b.Report(h.ctx, "dave")
+	if len(rep.OverdueReviews) != 1 {
+		t.Fatalf("overdue reviews %d", len(rep.OverdueReviews))
+	}
+	if _, _, err := h.b.ClosePostReview(h.ctx, "rita", pr.ID, "used to fix replication; access was right", h.signed("rita", approval.TypeReviewClose, g.ID, digest, "used to fix replication; access was right")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "again"}); err != nil {
+		t.Fatalf("after closing the review: %v", err)
+	}
+	_, _, err = h.b.ClosePostReview(h.ctx, "rita", pr.ID, "again", h.signed("rita", approval.TypeReviewClose, g.ID, digest, "again"))
+	wantKind(t, err, broker.KindState, "was closed")
+	h.verifyChain()
+}
+
+func TestAttestation(t *testing.T) {
+	h := newGovHarness(t)
+	digest := approval.AccountDigest("prod-db", h.b.Policy().Hash())
+	id := uuid.NewString()
+	_, _, err := h.b.Attest(h.ctx, "bob", "prod-db", "ok", h.signed("bob", approval.TypeAttest, id, digest, "ok"))
+	wantKind(t, err, broker.KindPermission, "owner group")
+	_, _, err = h.b.Attest(h.ctx, "olivia", "prod-db", "ok", h.signed("olivia", approval.TypeAttest, id, approval.AccountDigest("prod-db", "stale-policy"), "ok"))
+	wantKind(t, err, broker.KindInvalid, "other content")
+	if _, _, err := h.b.Attest(h.ctx, "olivia", "prod-db", "still needed; approvers checked", h.signed("olivia", approval.TypeAttest, id, digest, "still needed; approvers checked")); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = h.b.Attest(h.ctx, "olivia", "prod-db", "still needed; approvers checked", h.signed("olivia", approval.TypeAttest, id, digest, "still needed; approvers checked"))
+	wantKind(t, err, broker.KindExists, "already recorded")
+	st, _ := h.b.AccountStatuses(h.ctx)
+	if st["prod-db"].LastAttestation.IsZero() || st["prod-db"].AttestationOverdue {
+		t.Fatalf("status %+v", st["prod-db"])
+	}
+	h.clock.Advance(91 * 24 * time.Hour)
+	st, _ = h.b.AccountStatuses(h.ctx)
+	if !st["prod-db"].AttestationOverdue {
+		t.Fatal("attestation not overdue after 91 days")
+	}
+}
+
+func TestSoloAccess(t *testing.T) {
+	h := newGovHarness(t)
+	_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "ledger", Justification: "nobody answers", Solo: true})
+	wantKind(t, err, broker.KindState, "does not allow")
+	_, err = h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "nobody answers", Solo: true, TTL: time.Hour})
+	wantKind(t, err, broker.KindInvalid, "solo max_ttl")
+	res, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "nobody answers", Solo: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := res.Request
+	if s.TTL != 30*time.Minute {
+		t.Fatalf("solo TTL %s", s.TTL)
+	}
+	// Every sink is alerted, soc as the acknowledging one.
+	if got := sinks(h.outbox(s.ID, event.SoloRequested)); got != "ledger-only,slack,soc!" {
+		t.Fatalf("solo.requested went to %s", got)
+	}
+	// The window does not start before the acknowledgement.
+	h.clock.Advance(15 * time.Minute)
+	if n, _ := h.b.RipenSolo(h.ctx); n != 0 {
+		t.Fatal("ripened without an acknowledgement")
+	}
+	h.deliver(s.ID, event.SoloRequested, "soc")
+	h.clock.Advance(9 * time.Minute)
+	if n, _ := h.b.RipenSolo(h.ctx); n != 0 {
+		t.Fatal("ripened inside the veto window")
+	}
+	h.clock.Advance(time.Minute)
+	if n, err := h.b.RipenSolo(h.ctx); err != nil || n != 1 {
+		t.Fatalf("ripen: %d %v", n, err)
+	}
+	got, _ := h.b.GetRequest(h.ctx, "alice", s.ID)
+	if got.State != request.Approved || !got.GrantExpiresAt.Equal(got.ApprovedAt.Add(30*time.Minute)) {
+		t.Fatalf("solo grant %+v", got)
+	}
+	h.deliver(s.ID, event.GrantApproved, "soc")
+	if _, err := h.b.IssueToken(h.ctx, "alice", s.ID, "db.prod.example"); err != nil {
+		t.Fatalf("token for a ripe solo grant: %v", err)
+	}
+	prs, _ := h.b.PostReviews(h.ctx, "dave", true)
+	if len(prs) != 1 || prs[0].RequestID != s.ID {
+		t.Fatal("a solo grant must open a post-use review")
+	}
+
+	// A solo request vetoed by one eligible approver.
+	v, err := h.b.CreateRequest(h.ctx, "frank", broker.CreateInput{Account: "prod-db", Justification: "solo", Solo: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.deliver(v.Request.ID, event.SoloRequested, "soc")
+	if _, err := h.review("erin", v.Request.ID, request.Deny); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(11 * time.Minute)
+	if n, _ := h.b.RipenSolo(h.ctx); n != 0 {
+		t.Fatal("a vetoed solo request ripened")
+	}
+	got, _ = h.b.GetRequest(h.ctx, "frank", v.Request.ID)
+	if got.State != request.Denied {
+		t.Fatalf("vetoed solo request is %s", got.State)
+	}
+	h.verifyChain()
+}
