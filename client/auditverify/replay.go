@@ -38,9 +38,9 @@ type replay struct {
 	closed      map[string]bool
 	// tokenKeys maps an account ("" for the broker) to its active token kid.
 	tokenKeys map[string]string
-	grants      int
-	tokens      int
-	reviews     int
+	grants    int
+	tokens    int
+	reviews   int
 }
 
 type reviewState struct {

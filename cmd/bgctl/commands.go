@@ -105,8 +105,8 @@ func (a *app) printRequest(out io.Writer, r *bgv1.Request) {
 func (a *app) requestCmd() *cobra.Command {
 	var (
 		account, justification, ticket string
-		ttl                             time.Duration
-		drill, wait, solo               bool
+		ttl                            time.Duration
+		drill, wait, solo              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "request --account NAME --justification TEXT [--ticket REF] [--ttl DURATION] [--drill] [--wait]",

@@ -45,8 +45,8 @@ type RequestCreated struct {
 	MaxIssuances     int         `json:"max_issuances"`
 	ActivationWindow int64       `json:"activation_window_seconds"`
 	// Solo marks a time-locked solo request.
-	Solo bool `json:"solo,omitempty"`
-	PolicyHash       string      `json:"policy_hash"`
+	Solo       bool   `json:"solo,omitempty"`
+	PolicyHash string `json:"policy_hash"`
 	// ContentDigest is the SHA-256 of the request's immutable content, the
 	// value signed approvals bind to.
 	ContentDigest string `json:"content_digest"`

@@ -78,12 +78,12 @@ type CertVerifier interface {
 
 // Broker runs the flow.
 type Broker struct {
-	cfg      Config
-	store    store.Store
-	policy   atomic.Pointer[policy.Policy]
-	keys     Keys
-	now      func() time.Time
-	log      *slog.Logger
+	cfg    Config
+	store  store.Store
+	policy atomic.Pointer[policy.Policy]
+	keys   Keys
+	now    func() time.Time
+	log    *slog.Logger
 
 	// hsmDown is set by the health checker; while it is set, optional
 	// signatures are not even attempted.

@@ -439,7 +439,6 @@ func PublicFromPEM(s string) (crypto.PublicKey, error) {
 	return x509.ParsePKIXPublicKey(blk.Bytes)
 }
 
-
 // AuditKey returns the active audit key and its kid.
 func (r *Ring) AuditKey() (audit.Signer, string) {
 	r.mu.RLock()

@@ -44,7 +44,7 @@ type SinkConfig struct {
 	// Path is the file sink's JSON Lines file.
 	Path string `yaml:"path"`
 	// Timeout bounds one delivery attempt (default 10s).
-	Timeout time.Duration `yaml:"timeout"`
+	Timeout     time.Duration `yaml:"timeout"`
 	event.Route `yaml:",inline"`
 }
 
