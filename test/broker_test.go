@@ -27,8 +27,10 @@ import (
 
 // devBroker is `breakglassd dev` running as a separate process.
 type devBroker struct {
-	t     *testing.T
-	dir   string
+	t   *testing.T
+	dir string
+	// extra are more flags for every start.
+	extra []string
 	ready daemon.Ready
 	cmd   *exec.Cmd
 	logs  *logBuffer
@@ -53,19 +55,19 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-func startDev(t *testing.T) *devBroker {
+func startDev(t *testing.T, extra ...string) *devBroker {
 	t.Helper()
-	d := &devBroker{t: t, dir: t.TempDir()}
+	d := &devBroker{t: t, dir: t.TempDir(), extra: extra}
 	d.start()
 	t.Cleanup(d.stop)
 	return d
 }
 
-func (d *devBroker) start(extra ...string) {
+func (d *devBroker) start() {
 	d.t.Helper()
 	readyFile := filepath.Join(d.dir, "ready.json")
 	_ = os.Remove(readyFile)
-	args := append([]string{"dev", "--dir", filepath.Join(d.dir, "state"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, extra...)
+	args := append([]string{"dev", "--dir", filepath.Join(d.dir, "state"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, d.extra...)
 	d.cmd = exec.Command(bin.breakglassd, args...)
 	// Dev mode sets SOFTHSM2_CONF itself; make sure nothing else leaks in.
 	d.cmd.Env = append(os.Environ(), "SOFTHSM2_CONF=")

@@ -6,6 +6,7 @@ package test
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -160,3 +161,5 @@ func needTool(t *testing.T, name string) string {
 	}
 	return p
 }
+
+func decodeSegment(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }

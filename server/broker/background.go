@@ -94,6 +94,9 @@ func (b *Broker) Sweep(ctx context.Context) (int, error) {
 			}
 			if wasGrant {
 				ended = r
+				if err := b.grantEndedEarly(ctx, tx, r, at); err != nil {
+					return err
+				}
 			}
 			return b.emit(ctx, tx, requestEvent(event.RequestExpired, r, "broker", fmt.Sprintf("request %s on %s expired: %s", r.ID, r.Account, reason), &rec), nil)
 		})

@@ -354,3 +354,16 @@ func (b *Broker) flushCerts(ctx context.Context) error {
 	b.certsMu.Unlock()
 	return b.store.Update(ctx, func(tx store.Tx) error { return tx.RecordCerts(ctx, batch) })
 }
+
+// grantEndedEarly moves the review of a grant that ended before its planned
+// end to review_within after the actual end.
+func (b *Broker) grantEndedEarly(ctx context.Context, tx store.Tx, r *request.Request, at time.Time) error {
+	if r.Issued == 0 {
+		return nil
+	}
+	acct, ok := b.Policy().Account(r.Account)
+	if !ok {
+		return nil
+	}
+	return tx.AdvancePostReviewDue(ctx, r.ID, at.Add(acct.ReviewWithin.D()))
+}

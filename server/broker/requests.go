@@ -339,6 +339,9 @@ func (b *Broker) endRequest(ctx context.Context, caller, id string, from, to req
 		if err := tx.SaveRequest(ctx, r); err != nil {
 			return err
 		}
+		if err := b.grantEndedEarly(ctx, tx, r, now); err != nil {
+			return err
+		}
 		res = Result{Request: r, Entry: rec}
 		evType := event.RequestCancelled
 		if to == request.Revoked {

@@ -156,6 +156,9 @@ type Tx interface {
 	AddPostReview(ctx context.Context, pr PostReview) error
 	// ClosePostReview records the closing of an open one.
 	ClosePostReview(ctx context.Context, pr PostReview) error
+	// AdvancePostReviewDue brings the due time of a request's open review
+	// forward to due, when its grant ends before planned.
+	AdvancePostReviewDue(ctx context.Context, requestID string, due time.Time) error
 	// AddAttestation records an attestation.
 	AddAttestation(ctx context.Context, a Attestation) error
 	// MarkAccountSeen records an account's first appearance (kept if set).

@@ -211,3 +211,9 @@ func (t *Tx) CertsSeen(ctx context.Context, since time.Time) ([]store.CertSeen, 
 	}
 	return out, rows.Err()
 }
+
+// AdvancePostReviewDue implements store.Tx.
+func (t *Tx) AdvancePostReviewDue(ctx context.Context, requestID string, due time.Time) error {
+	_, err := t.exec(ctx, `UPDATE post_reviews SET due_at = ? WHERE request_id = ? AND closed_at IS NULL AND due_at > ?`, nanos(due), requestID, nanos(due))
+	return err
+}
