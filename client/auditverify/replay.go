@@ -644,7 +644,7 @@ func (r *replay) reviewOpened(i int64, e *audit.Entry) *Violation {
 	if err := decode(e.Payload, &p); err != nil || p.ID == "" || r.postReviews[p.ID] != "" {
 		return violation(i, "malformed or reused post_review_opened")
 	}
-	if q.issued == 0 {
+	if q.issued == 0 && !(q.solo && q.state == "APPROVED") {
 		return violation(i, "post-use review opened for %s, which issued no token", q.id)
 	}
 	r.postReviews[p.ID] = q.id

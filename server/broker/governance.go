@@ -258,7 +258,11 @@ func (b *Broker) RipenSolo(ctx context.Context) (int, error) {
 				return err
 			}
 			n++
-			return tx.SaveRequest(ctx, r)
+			if err := tx.SaveRequest(ctx, r); err != nil {
+				return err
+			}
+			// A solo grant is always reviewed after, used or not.
+			return b.openPostReview(ctx, tx, r, now)
 		})
 		if err != nil {
 			return n, err

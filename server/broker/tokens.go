@@ -151,7 +151,7 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 			caller, r.Issued, r.MaxIssuances, audience, r.Account, out.ExpiresAt.Format(time.RFC3339)), &rec), nil); err != nil {
 			return err
 		}
-		if first {
+		if first && !r.Solo { // a solo grant's review opened at its approval
 			return b.openPostReview(ctx, tx, r, now)
 		}
 		return nil

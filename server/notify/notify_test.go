@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -296,5 +297,45 @@ func TestRoutes(t *testing.T) {
 		if got := strings.Join(r.Sinks(tc.typ, tc.account), " "); got != tc.want {
 			t.Errorf("%s/%s -> %q, want %q", tc.typ, tc.account, got, tc.want)
 		}
+	}
+}
+
+// Without failures, events arrive in the order they were committed; a
+// delivery whose outcome was lost (the process died after the receiver
+// answered) is sent again with the same id, and the receiver dedupes.
+func TestOrderAndDuplicates(t *testing.T) {
+	f := newFixture(t)
+	recv := newReceiver(t, f.secret)
+	cfg := notify.Config{Workers: 1, Sinks: []notify.SinkConfig{{Name: "hook", Type: "webhook", URL: recv.srv.URL, SecretFile: filepath.Join(f.dir, "secret")}}}
+	var ids []string
+	base := time.Now().Add(-time.Second)
+	for i := range 5 {
+		f.now = base.Add(time.Duration(i) * time.Millisecond)
+		ids = append(ids, f.enqueue("hook"))
+	}
+	// The first attempt's outcome is lost: the receiver got it, the store
+	// never heard.
+	lost, _ := notify.NewDispatcher(cfg, f.st, func(context.Context, store.OutboxItem) error { return errors.New("crash") }, nil, nil)
+	if n, _ := lost.Once(context.Background()); n != 5 {
+		t.Fatalf("first pass %d", n)
+	}
+	d, _ := notify.NewDispatcher(cfg, f.st, f.finish, func() time.Time { return time.Now().Add(2 * time.Minute) }, nil)
+	if n, _ := d.Once(context.Background()); n != 5 {
+		t.Fatalf("redelivery pass %d", n)
+	}
+	got := recv.ids()
+	if len(got) != 10 {
+		t.Fatalf("receiver got %d deliveries, want 10 (5 twice)", len(got))
+	}
+	seen := map[string]bool{}
+	var order []string
+	for _, id := range got {
+		if !seen[id] {
+			seen[id] = true
+			order = append(order, id)
+		}
+	}
+	if strings.Join(order, ",") != strings.Join(ids, ",") {
+		t.Fatalf("deduped order %v, committed %v", order, ids)
 	}
 }
