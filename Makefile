@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 export PATH := $(BIN):$(PATH)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps dev test vet purego lint proto proto-check unit tools clean
+.PHONY: all build deps dev test vet purego lint proto proto-check unit tools bench clean
 
 all: build
 
@@ -52,6 +52,12 @@ proto-check: tools
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Measures the broker against the HSM's own signing rate, in one run on one
+# SoftHSM2 token: a table on stdout, the figures in bench/results/latest.json.
+# BENCHFLAGS=-quick for a short run; -profiles DIR keeps the CPU profiles.
+bench: deps build
+	$(GO) run ./bench -breakglassd $(BIN)/breakglassd $(BENCHFLAGS)
 
 clean:
 	rm -rf $(BIN)

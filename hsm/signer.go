@@ -356,3 +356,6 @@ func (s Stats) TotalSignatures() int64 {
 	}
 	return n
 }
+
+// SigningSlots is the number of signatures that may be in flight at once.
+func (m *Module) SigningSlots() int { return m.cfg.SigningSlots }

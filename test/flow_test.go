@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -220,6 +222,24 @@ func TestDevModeFlowWithBgctl(t *testing.T) {
 		t.Fatalf("healthz: %v %v", err, resp)
 	}
 	resp.Body.Close()
+
+	// The HSM's signatures are counted by purpose: the token, and the
+	// audit entries of the flow.
+	resp, err = hc.Get(d.ready.Issuer + "/metrics")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("metrics: %v %v", err, resp)
+	}
+	metricsBody, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, purpose := range []string{"token", "audit"} {
+		m := regexp.MustCompile(`(?m)^breakglass_hsm_signatures_total\{purpose="` + purpose + `"\} ([0-9.e+]+)$`).FindSubmatch(metricsBody)
+		if m == nil {
+			t.Fatalf("no %s signature counter in /metrics:\n%s", purpose, metricsBody)
+		}
+		if n, err := strconv.ParseFloat(string(m[1]), 64); err != nil || n < 1 {
+			t.Errorf("%s signatures counted: %s", purpose, m[1])
+		}
+	}
 
 	// The SDK's verifier and bgctl verify-token agree.
 	v := d.mustBgctl("dave", "verify-token", tok, "--audience", "db.prod.example", "--check")

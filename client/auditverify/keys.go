@@ -26,6 +26,7 @@ import (
 type keyChain struct {
 	audit      []*ecdsa.PublicKey
 	checkpoint []note.Verifier
+	checks     int
 }
 
 // RotationContext begins every rotation statement.
@@ -60,6 +61,7 @@ func (k *keyChain) follow(i int64, e *audit.Entry) *Violation {
 		!bytes.Contains(c.Rotation, fmt.Appendf(nil, "\nold %s\nnew %s\n", c.Previous, c.KID)) {
 		return violation(i, "the rotation statement does not describe this rotation")
 	}
+	k.checks += 2
 	switch c.Purpose {
 	case "audit":
 		np, ok := pub.(*ecdsa.PublicKey)

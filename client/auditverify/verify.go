@@ -18,12 +18,14 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/bgbroker/breakglass/client/approval"
 	"github.com/bgbroker/breakglass/server/audit"
 )
 
@@ -112,6 +114,11 @@ type Summary struct {
 	// AuditKeys and CheckpointKeys count the keys in the chains followed.
 	AuditKeys      int `json:"audit_keys"`
 	CheckpointKeys int `json:"checkpoint_keys"`
+	// Types counts the entries by type.
+	Types map[string]int `json:"types"`
+	// SignatureChecks counts the signatures verified: entries, signed
+	// statements, certificate chains and rotation statements.
+	SignatureChecks int `json:"signature_checks"`
 }
 
 // MaxLineBytes bounds one export line.
@@ -139,11 +146,13 @@ func Verify(o Options) (*Summary, error) {
 	// checkpoint key is introduced by a statement signed by a key already
 	// trusted and by the new one.
 	keys := &keyChain{audit: append([]*ecdsa.PublicKey(nil), o.AuditKeys...), checkpoint: []note.Verifier{vkey}}
-	r := newReplay(origin, o.ClientCAs, o.CRLs)
+	sigs := approval.NewCache(min(len(lines), 1<<18))
+	parsed := prepare(lines, sigs)
+	r := newReplay(origin, o.ClientCAs, o.CRLs, sigs)
 	var entries []*audit.Entry
 	var chainErr *Violation
 	for i, l := range lines {
-		e, v := r.link(int64(i), l.Entry)
+		e, v := r.link(int64(i), l.Entry, parsed[i])
 		if v == nil {
 			v = keys.follow(int64(i), e)
 		}
@@ -153,14 +162,42 @@ func Verify(o Options) (*Summary, error) {
 		}
 		entries = append(entries, e)
 	}
-	// The first thing wrong, by index: a changed entry fails its signature
-	// at its own index before its successor's link fails.
-	if v := checkSignatures(lines, keys.audit); v != nil && (chainErr == nil || v.Index <= chainErr.Index) {
-		return nil, v
-	}
+	// The entry signatures are checked on every core while this goroutine
+	// goes on with the tree and the replay, which must go in order; the
+	// signatures' verdict comes first all the same. The first thing wrong
+	// is reported by index: a changed entry fails its signature at its own
+	// index before its successor's link fails.
+	var (
+		sigChecks int
+		sigErr    *Violation
+		sigDone   = make(chan struct{})
+	)
+	go func() {
+		defer close(sigDone)
+		sigChecks, sigErr = checkSignatures(lines, keys.audit)
+	}()
 	if chainErr != nil {
+		<-sigDone
+		if sigErr != nil && sigErr.Index <= chainErr.Index {
+			return nil, sigErr
+		}
 		return nil, chainErr
 	}
+	sum, err := verifyRest(o, origin, keys, r, lines, entries)
+	<-sigDone
+	if sigErr != nil {
+		return nil, sigErr
+	}
+	if err != nil {
+		return nil, err
+	}
+	sum.SignatureChecks += sigChecks
+	return sum, nil
+}
+
+// verifyRest checks the checkpoints against the tree of the entries and
+// replays the lifecycle.
+func verifyRest(o Options, origin string, keys *keyChain, r *replay, lines []wireLine, entries []*audit.Entry) (*Summary, error) {
 	cp, err := keys.parseCheckpoint(o.Checkpoint, origin)
 	if err != nil {
 		return nil, violation(-1, "checkpoint: %v", err)
@@ -213,6 +250,11 @@ func Verify(o Options) (*Summary, error) {
 	sum := r.summary()
 	sum.Origin, sum.Entries, sum.CheckpointSize = origin, uint64(len(lines)), cp.Size
 	sum.AuditKeys, sum.CheckpointKeys = len(keys.audit), len(keys.checkpoint)
+	sum.SignatureChecks = int(r.sigs.Checks()) + r.chainChecks + keys.checks
+	sum.Types = map[string]int{}
+	for _, e := range entries {
+		sum.Types[string(e.Type)]++
+	}
 	if prev != nil {
 		sum.PreviousSize = prev.Size
 	}
@@ -233,80 +275,134 @@ func parseCheckpoint(b []byte, origin string, v note.Verifier) (*log.Checkpoint,
 	return cp, nil
 }
 
-func readLines(r io.Reader) ([]Line, error) {
+// wireLine is what the verifier reads of an export line.
+type wireLine struct {
+	Index     uint64 `json:"index"`
+	Entry     []byte `json:"entry"`
+	Signature []byte `json:"signature"`
+}
+
+func readLines(r io.Reader) ([]wireLine, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-	var out []Line
+	var raw [][]byte
 	for sc.Scan() {
 		b := bytes.TrimSpace(sc.Bytes())
 		if len(b) == 0 {
 			continue
 		}
-		i := int64(len(out))
-		var l Line
-		if err := json.Unmarshal(b, &l); err != nil {
-			return nil, violation(i, "export line %d is not a JSON object with base64 entry and signature: %v", i+1, err)
-		}
-		if l.Index != uint64(i) {
-			return nil, violation(i, "export line %d holds index %d: an entry is missing, duplicated or out of order", i+1, l.Index)
-		}
-		if len(l.Entry) == 0 {
-			return nil, violation(i, "export line %d has no entry", i+1)
-		}
-		out = append(out, l)
+		raw = append(raw, bytes.Clone(b))
 	}
 	if err := sc.Err(); err != nil {
-		return nil, violation(int64(len(out)), "reading the export: %v", err)
+		return nil, violation(int64(len(raw)), "reading the export: %v", err)
 	}
-	if len(out) == 0 {
+	if len(raw) == 0 {
 		return nil, violation(-1, "the export is empty")
+	}
+	// Decoding is independent per line: on every core.
+	out := make([]wireLine, len(raw))
+	bad := make([]error, len(raw))
+	parallel(len(raw), func(i int) {
+		bad[i] = json.Unmarshal(raw[i], &out[i])
+		raw[i] = nil
+	})
+	for i, l := range out {
+		if bad[i] != nil {
+			return nil, violation(int64(i), "export line %d is not a JSON object with base64 entry and signature: %v", i+1, bad[i])
+		}
+		if l.Index != uint64(i) {
+			return nil, violation(int64(i), "export line %d holds index %d: an entry is missing, duplicated or out of order", i+1, l.Index)
+		}
+		if len(l.Entry) == 0 {
+			return nil, violation(int64(i), "export line %d has no entry", i+1)
+		}
 	}
 	return out, nil
 }
 
-// checkSignatures verifies every entry signature, on every core: it is the
-// bulk of the work.
-func checkSignatures(lines []Line, keys []*ecdsa.PublicKey) *Violation {
-	workers := runtime.GOMAXPROCS(0)
+// parallel calls fn(i) for every i < n on every core, in chunks.
+func parallel(n int, fn func(i int)) {
+	const chunk = 128
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first *Violation
+		next atomic.Int64
+		wg   sync.WaitGroup
 	)
-	next := make(chan int, 256)
-	for range workers {
+	for range min(runtime.GOMAXPROCS(0), (n+chunk-1)/chunk) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range next {
-				l := lines[i]
-				ok := false
-				if len(l.Signature) > 0 {
-					for _, k := range keys {
-						if audit.VerifySignature(k, l.Entry, l.Signature) {
-							ok = true
-							break
-						}
-					}
+			for {
+				start := int(next.Add(chunk)) - chunk
+				if start >= n {
+					return
 				}
-				if !ok {
-					mu.Lock()
-					if first == nil || int64(i) < first.Index {
-						reason := "the signature does not verify with the audit key: the entry or its signature was changed"
-						if len(l.Signature) == 0 {
-							reason = "the entry is not signed (it was written while the HSM was down and the export was taken before it was signed)"
-						}
-						first = violation(int64(i), "%s", reason)
-					}
-					mu.Unlock()
+				for i := start; i < min(start+chunk, n); i++ {
+					fn(i)
 				}
 			}
 		}()
 	}
-	for i := range lines {
-		next <- i
-	}
-	close(next)
 	wg.Wait()
-	return first
+}
+
+// prepare parses every entry and verifies the statements that reviews,
+// post-use review closings and attestations carry, on every core, so that
+// the replay, which must go in order, finds them parsed and verified. A
+// line that does not parse is left nil for the replay to report.
+func prepare(lines []wireLine, sigs *approval.Cache) []*audit.Entry {
+	parsed := make([]*audit.Entry, len(lines))
+	parallel(len(lines), func(i int) {
+		e, err := audit.Parse(lines[i].Entry)
+		if err != nil {
+			return
+		}
+		parsed[i] = e
+		switch e.Type {
+		case audit.TypeRequestReviewed, audit.TypeReviewClosed, audit.TypeAccountAttested:
+			var s audit.Signed
+			if json.Unmarshal(e.Payload, &s) != nil {
+				return
+			}
+			if cert, err := sigs.ParseCertificate(s.Certificate); err == nil {
+				_ = sigs.Verify(cert, s.Statement, s.Signature)
+			}
+		}
+	})
+	return parsed
+}
+
+// checkSignatures verifies every entry signature, on every core: it is the
+// bulk of the work.
+func checkSignatures(lines []wireLine, keys []*ecdsa.PublicKey) (int, *Violation) {
+	var (
+		mu     sync.Mutex
+		first  *Violation
+		checks atomic.Int64
+	)
+	parallel(len(lines), func(i int) {
+		l := lines[i]
+		ok := false
+		if len(l.Signature) > 0 {
+			for _, k := range keys {
+				checks.Add(1)
+				if audit.VerifySignature(k, l.Entry, l.Signature) {
+					ok = true
+					break
+				}
+			}
+		}
+		if ok {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if first == nil || int64(i) < first.Index {
+			reason := "the signature does not verify with the audit key: the entry or its signature was changed"
+			if len(l.Signature) == 0 {
+				reason = "the entry is not signed (it was written while the HSM was down and the export was taken before it was signed)"
+			}
+			first = violation(int64(i), "%s", reason)
+		}
+	})
+	return int(checks.Load()), first
 }

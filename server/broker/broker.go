@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/bgbroker/breakglass/client/approval"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -102,6 +103,10 @@ type Broker struct {
 	appended chan struct{}
 
 	denials denials
+	// sigs remembers statements already verified, so the re-check of
+	// every stored approval before an issuance costs a hash, not a
+	// signature verification.
+	sigs *approval.Cache
 }
 
 // New builds a broker and records the policy in the audit log when it
@@ -137,6 +142,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		cfg: cfg, store: cfg.Store, keys: cfg.Keys,
 		now: cfg.Now, log: cfg.Log,
 		watchers: map[string]map[chan struct{}]struct{}{}, watching: map[string]int{}, appended: make(chan struct{}),
+		sigs: approval.NewCache(16384),
 	}
 	b.denials.init()
 	b.certs = map[string]store.CertSeen{}

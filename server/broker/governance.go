@@ -35,7 +35,7 @@ func (b *Broker) checkSigned(s Signed, typ, subject, content, notes string, now 
 	if err != nil {
 		return invalid("the signed statement is malformed: %s", err)
 	}
-	if err := approval.Verify(s.Cert, s.Statement, s.Signature); err != nil {
+	if err := b.sigs.Verify(s.Cert, s.Statement, s.Signature); err != nil {
 		return invalid("the statement's signature does not verify with your client certificate")
 	}
 	if err := approval.Check(st, typ, b.cfg.Origin, subject, content, notes, now); err != nil {

@@ -38,7 +38,7 @@ func (b *Broker) checkStatement(in ReviewInput, r *request.Request, now time.Tim
 	if err != nil {
 		return invalid("the signed review statement is malformed: %s", err)
 	}
-	if err := approval.Verify(in.Cert, in.Statement, in.Signature); err != nil {
+	if err := b.sigs.Verify(in.Cert, in.Statement, in.Signature); err != nil {
 		return invalid("the review statement's signature does not verify with your client certificate")
 	}
 	if err := approval.Check(st, string(in.Decision), b.cfg.Origin, r.ID, r.Content().Digest(), in.Comment, now); err != nil {
@@ -57,6 +57,12 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 	}
 	if err := validateText("comment", in.Comment, 2000, false); err != nil {
 		return nil, err
+	}
+	// The signature is verified before the write transaction so that no
+	// other writer waits on it; checkStatement inside finds it cached and
+	// reports any problem in its own order.
+	if in.Cert != nil && len(in.Statement) > 0 && len(in.Signature) > 0 {
+		_ = b.sigs.Verify(in.Cert, in.Statement, in.Signature)
 	}
 	var (
 		res      Result
@@ -177,11 +183,11 @@ func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest stri
 	if err := approval.Check(st, string(rv.Decision), b.cfg.Origin, r.ID, digest, rv.Comment, rv.At); err != nil {
 		return err
 	}
-	cert, err := x509.ParseCertificate(rv.Cert)
+	cert, err := b.sigs.ParseCertificate(rv.Cert)
 	if err != nil {
 		return err
 	}
-	if err := approval.Verify(cert, rv.Statement, rv.Signature); err != nil {
+	if err := b.sigs.Verify(cert, rv.Statement, rv.Signature); err != nil {
 		return err
 	}
 	who, err := b.cfg.Certs.VerifyAt(cert, rv.At)

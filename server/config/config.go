@@ -44,6 +44,7 @@ type Config struct {
 	HealthInterval time.Duration `yaml:"health_interval"`
 	// SweepInterval is how often deadlines are recorded (default 1s).
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+	Debug         Debug         `yaml:"debug"`
 
 	path string
 }
@@ -53,6 +54,13 @@ type Keys struct {
 	Token      string `yaml:"token"`
 	Audit      string `yaml:"audit"`
 	Checkpoint string `yaml:"checkpoint"`
+}
+
+// Debug configures diagnostics.
+type Debug struct {
+	// Pprof serves net/http/pprof on this address; loopback only, off by
+	// default.
+	Pprof string `yaml:"pprof"`
 }
 
 // Audit configures the audit log's checkpoints.
@@ -188,6 +196,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PolicyFile != "" && c.Policy.Kind != 0 {
 		errs = append(errs, errors.New("policy_file and policy are alternatives: set one"))
+	}
+	if c.Debug.Pprof != "" && !loopback(c.Debug.Pprof) {
+		errs = append(errs, fmt.Errorf("debug.pprof %q is not a loopback address: profiles are only served on loopback", c.Debug.Pprof))
 	}
 	if c.Listen.PlainHTTP != "" && !loopback(c.Listen.PlainHTTP) {
 		errs = append(errs, fmt.Errorf("listen.plain_http %q is not a loopback address: plain HTTP is only allowed on loopback", c.Listen.PlainHTTP))

@@ -34,16 +34,22 @@ func TestParseResolvesPathsAndValidates(t *testing.T) {
 		{"plain HTTP off loopback", "listen: {grpc: \"127.0.0.1:1\", https: \"127.0.0.1:2\", plain_http: \"0.0.0.0:80\"}", "loopback"},
 		{"no keys", "keys: {}", "keys.token is required"},
 		{"unknown driver", "store: {driver: mysql}", "not supported"},
+		{"profiles off loopback", "debug: {pprof: \"0.0.0.0:6060\"}", "loopback"},
+		{"profiles on a name", "debug: {pprof: \"example.org:6060\"}", "loopback"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			field := strings.SplitN(tc.edit, ":", 2)[0]
 			var lines []string
+			found := false
 			for _, l := range strings.Split(minimal, "\n") {
 				if strings.HasPrefix(l, field+":") {
-					l = tc.edit
+					l, found = tc.edit, true
 				}
 				lines = append(lines, l)
+			}
+			if !found {
+				lines = append(lines, tc.edit)
 			}
 			c, err := Parse([]byte(strings.Join(lines, "\n")), "c.yaml")
 			if err == nil {

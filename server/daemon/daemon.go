@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/bgbroker/breakglass/server/httpapi"
 	"github.com/bgbroker/breakglass/server/identity"
 	"github.com/bgbroker/breakglass/server/keyring"
+	"github.com/bgbroker/breakglass/server/metrics"
 	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
@@ -48,6 +50,7 @@ type Ready struct {
 	GRPC   string `json:"grpc"`
 	HTTPS  string `json:"https"`
 	HTTP   string `json:"http,omitempty"`
+	Pprof  string `json:"pprof,omitempty"`
 	Issuer string `json:"issuer"`
 	PID    int    `json:"pid"`
 }
@@ -66,6 +69,8 @@ type Daemon struct {
 	grpc    *grpcapi.Server
 	https   *http.Server
 	plain   *http.Server
+	pprof   *http.Server
+	metrics *metrics.Registry
 	lis     []net.Listener
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -211,11 +216,30 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS, Health: d.health, Log: log})
+	d.metrics = metrics.New()
+	d.metrics.RegisterHSM(d.module)
+	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS, Health: d.health, Log: log,
+		Metrics: d.metrics.Handler()})
 	d.https = httpapi.Server(handler)
 	d.https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	d.https.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	d.Ready = Ready{GRPC: grpcLis.Addr().String(), HTTPS: httpsLis.Addr().String(), Issuer: issuer, PID: os.Getpid()}
+	if cfg.Debug.Pprof != "" {
+		pl, err := net.Listen("tcp", cfg.Debug.Pprof)
+		if err != nil {
+			return nil, fmt.Errorf("debug.pprof: %w", err)
+		}
+		d.lis = append(d.lis, pl)
+		d.Ready.Pprof = pl.Addr().String()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		d.pprof = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := d.pprof
+		d.goRun(func() error { return ignoreClosed(srv.Serve(pl)) })
+	}
 	var plainLis net.Listener
 	if cfg.Listen.PlainHTTP != "" {
 		if plainLis, err = net.Listen("tcp", cfg.Listen.PlainHTTP); err != nil {
@@ -323,6 +347,9 @@ func (d *Daemon) Close() {
 	}
 	if d.plain != nil {
 		_ = d.plain.Shutdown(sctx)
+	}
+	if d.pprof != nil {
+		_ = d.pprof.Shutdown(sctx)
 	}
 	d.wg.Wait()
 	d.closeResources()

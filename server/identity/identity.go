@@ -6,6 +6,7 @@ package identity
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -52,7 +53,17 @@ type Verifier struct {
 	crlSize int64
 	crlNext time.Time
 	checked time.Time
+
+	// chains remembers the verified chains of certificates seen, so that
+	// re-checking a stored approval before each issuance costs a few
+	// comparisons of validity periods rather than a chain build and a
+	// signature check. The pool of CAs does not change in a process.
+	chainMu sync.Mutex
+	chains  map[[32]byte][][]*x509.Certificate
 }
+
+// maxChains bounds the chain cache; past it the cache starts afresh.
+const maxChains = 4096
 
 // New loads the client CA and, when configured, the CRL. A CRL that cannot
 // be read or does not verify at start is an error: the broker must not
@@ -260,13 +271,46 @@ func (v *Verifier) FromPeer(ctx context.Context) (string, *x509.Certificate, err
 // now, and returns its principal. The broker uses it to re-check the
 // certificates behind stored signed reviews.
 func (v *Verifier) VerifyAt(c *x509.Certificate, at time.Time) (string, error) {
-	if _, err := c.Verify(x509.VerifyOptions{Roots: v.pool, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return "", fmt.Errorf("certificate of %s does not verify at %s: %w", c.Subject, at.UTC().Format(time.RFC3339), err)
+	k := sha256.Sum256(c.Raw)
+	v.chainMu.Lock()
+	known := v.chains[k]
+	v.chainMu.Unlock()
+	if !anyValidAt(known, at) {
+		chains, err := c.Verify(x509.VerifyOptions{Roots: v.pool, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		if err != nil {
+			return "", fmt.Errorf("certificate of %s does not verify at %s: %w", c.Subject, at.UTC().Format(time.RFC3339), err)
+		}
+		v.chainMu.Lock()
+		if v.chains == nil || len(v.chains) >= maxChains {
+			v.chains = map[[32]byte][][]*x509.Certificate{}
+		}
+		v.chains[k] = chains
+		v.chainMu.Unlock()
 	}
 	if err := v.checkRevoked(c); err != nil {
 		return "", err
 	}
 	return v.Principal(c)
+}
+
+// anyValidAt reports whether every certificate of one of chains is within
+// its validity period at t. Everything else x509 checks of a chain (the
+// signatures, key usages, constraints) does not depend on the time, so a
+// chain that verified once and is valid at t verifies at t.
+func anyValidAt(chains [][]*x509.Certificate, t time.Time) bool {
+	for _, ch := range chains {
+		ok := len(ch) > 0
+		for _, c := range ch {
+			if t.Before(c.NotBefore) || t.After(c.NotAfter) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // Describe is the identity configuration as the audit log records it.

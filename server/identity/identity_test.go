@@ -115,3 +115,42 @@ func TestConfigRefusals(t *testing.T) {
 		})
 	}
 }
+
+// VerifyAt remembers chains; the answer at every time must still be the
+// one a fresh verification gives, whichever time was asked first.
+func TestVerifyAtCachedChainsKeepValidity(t *testing.T) {
+	ca, caFile := setup(t)
+	other, _ := setup(t)
+	now := time.Now()
+	c := leaf(t, ca, devmode.LeafOptions{URIs: []string{"spiffe://example.org/user/alice"}, NotBefore: now.Add(-10 * time.Minute), NotAfter: now.Add(10 * time.Minute)})
+	foreign := leaf(t, other, devmode.LeafOptions{URIs: []string{"spiffe://example.org/user/alice"}})
+	times := []struct {
+		name string
+		at   time.Time
+		ok   bool
+	}{
+		{"inside", now, true},
+		{"before the leaf", now.Add(-20 * time.Minute), false},
+		{"after the leaf", now.Add(20 * time.Minute), false},
+		{"after the CA", now.Add(2 * time.Hour), false},
+		{"inside again", now.Add(time.Minute), true},
+	}
+	for _, order := range [][]int{{0, 1, 2, 3, 4}, {1, 2, 3, 0, 4}} {
+		v, err := identity.New(identity.Config{ClientCA: caFile, URIPrefix: "spiffe://example.org/user/"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			for _, i := range order {
+				tc := times[i]
+				who, err := v.VerifyAt(c, tc.at)
+				if (err == nil) != tc.ok || (tc.ok && who != "alice") {
+					t.Fatalf("%s: VerifyAt = %q, %v; want ok=%v", tc.name, who, err, tc.ok)
+				}
+			}
+			if _, err := v.VerifyAt(foreign, now); err == nil {
+				t.Fatal("a certificate of another CA verified")
+			}
+		}
+	}
+}

@@ -1,6 +1,8 @@
 // Package sqlite is the embedded store: one SQLite file in WAL mode, the
 // broker's default. Writes go through a single connection, so write
-// transactions are serialized in Go rather than by busy-waiting in SQLite.
+// transactions are serialized in Go rather than by busy-waiting in SQLite,
+// and they are committed in groups: one fsync makes a whole queue of
+// writers durable.
 package sqlite
 
 import (
@@ -14,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/pressly/goose/v3"
 	sqlite3 "modernc.org/sqlite"
@@ -37,9 +40,33 @@ type Config struct {
 
 // Store is the SQLite store.
 type Store struct {
-	writer *sql.DB
-	reader *sql.DB
+	writer     *sql.DB
+	reader     *sql.DB
+	writeStmts *sqlstore.StmtCache
+	readStmts  *sqlstore.StmtCache
+	// writes queues writers first come, first served for the one goroutine
+	// that writes (database/sql would hand its connection to a random
+	// waiter, letting an unlucky request wait many times the median).
+	writes  chan *write
+	stop    chan struct{}
+	stopped chan struct{}
+	closed  sync.Once
 }
+
+// write is one caller's transaction function and where its result goes.
+type write struct {
+	ctx  context.Context
+	fn   func(store.Tx) error
+	done chan result
+}
+
+type result struct {
+	err   error
+	panic any
+}
+
+// maxBatch bounds how many writers one commit carries.
+const maxBatch = 64
 
 var dialect = sqlstore.Dialect{IsConflict: isConflict}
 
@@ -85,25 +112,36 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	writer.SetMaxOpenConns(1)
-	writer.SetMaxIdleConns(1)
+	// Writes are one at a time (turn, below); the second connection only
+	// prepares statements, which must not wait for the writing one.
+	writer.SetMaxOpenConns(2)
+	writer.SetMaxIdleConns(2)
 	writer.SetConnMaxLifetime(0)
-	s := &Store{writer: writer}
+	s := &Store{writer: writer, writeStmts: sqlstore.NewStmtCache(writer),
+		writes: make(chan *write, 1024), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if err := s.check(ctx, cfg.Path); err != nil {
 		writer.Close()
 		return nil, err
 	}
+	go s.writeLoop()
 	if err := s.migrate(ctx); err != nil {
+		s.stopWriting()
 		writer.Close()
 		return nil, err
 	}
 	reader, err := sql.Open("sqlite", base+"?_pragma=query_only(1)"+common)
 	if err != nil {
+		s.stopWriting()
 		writer.Close()
 		return nil, err
 	}
+	// Keep every reader connection open: the default of two idle
+	// connections had busy readers reopening the file, and preparing their
+	// statements again, on most transactions.
 	reader.SetMaxOpenConns(8)
-	s.reader = reader
+	reader.SetMaxIdleConns(8)
+	reader.SetConnMaxLifetime(0)
+	s.reader, s.readStmts = reader, sqlstore.NewStmtCache(reader)
 	if err := os.Chmod(cfg.Path, 0o600); err != nil {
 		s.Close()
 		return nil, err
@@ -139,20 +177,148 @@ func (s *Store) migrate(ctx context.Context) error {
 	return s.Update(ctx, func(tx store.Tx) error { return tx.(*sqlstore.Tx).BackfillTree(ctx) })
 }
 
-// Update implements store.Store.
+// Update implements store.Store. fn runs in its own savepoint of a
+// transaction it may share with the writers queued behind or ahead of it;
+// its error rolls back only its own work, and it returns only once the
+// shared transaction has committed (or failed, taking fn's work with it).
 func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
+	w := &write{ctx: ctx, fn: fn, done: make(chan result, 1)}
+	select {
+	case s.writes <- w:
+	case <-s.stop:
+		return errStoreClosed
+	case <-ctx.Done():
+		return fmt.Errorf("sqlite: waiting to write: %w", ctx.Err())
+	}
+	// Once queued, wait for the answer even if ctx ends: fn may already
+	// be running, and its outcome is what the caller must learn.
+	r := <-w.done
+	if r.panic != nil {
+		panic(r.panic)
+	}
+	return r.err
+}
+
+var errStoreClosed = errors.New("sqlite: the store is closed")
+
+// writeLoop runs queued writes in batches until the store closes.
+func (s *Store) writeLoop() {
+	defer close(s.stopped)
+	batch := make([]*write, 0, maxBatch)
+	for {
+		select {
+		case w := <-s.writes:
+			batch = append(batch[:0], w)
+		case <-s.stop:
+			for {
+				select {
+				case w := <-s.writes:
+					w.done <- result{err: errStoreClosed}
+				default:
+					return
+				}
+			}
+		}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case w := <-s.writes:
+				batch = append(batch, w)
+			default:
+				break more
+			}
+		}
+		s.runBatch(batch)
+	}
+}
+
+// runBatch runs each write in its own savepoint of one transaction and
+// commits once. A savepoint that cannot be rolled back or released means
+// SQLite dropped the transaction (an I/O error, a full disk): then every
+// write of the batch fails, the ones that had succeeded included, since
+// their work is gone.
+func (s *Store) runBatch(batch []*write) {
+	ctx := context.Background()
+	res := make([]result, len(batch))
+	finish := func() {
+		for i, w := range batch {
+			w.done <- res[i]
+		}
+	}
+	failAll := func(err error) {
+		for i := range res {
+			if res[i].err == nil && res[i].panic == nil {
+				res[i].err = err
+			}
+		}
+		finish()
+	}
 	tx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("sqlite: begin: %w", err)
+		failAll(fmt.Errorf("sqlite: begin: %w", err))
+		return
 	}
-	if err := fn(&sqlstore.Tx{Q: tx, D: dialect}); err != nil {
+	q := s.writeStmts.Detached(tx)
+	ok := 0
+	for i, w := range batch {
+		if err := w.ctx.Err(); err != nil {
+			res[i].err = fmt.Errorf("sqlite: waiting to write: %w", err)
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
+			_ = tx.Rollback()
+			failAll(fmt.Errorf("sqlite: savepoint: %w", err))
+			return
+		}
+		res[i] = run(w.fn, &sqlstore.Tx{Q: q, D: dialect})
+		end := "RELEASE w"
+		if res[i].err != nil || res[i].panic != nil {
+			end = "ROLLBACK TO w; RELEASE w"
+		} else {
+			ok++
+		}
+		if _, err := tx.ExecContext(ctx, end); err != nil {
+			_ = tx.Rollback()
+			for j := range i {
+				if res[j].err == nil && res[j].panic == nil {
+					res[j].err = fmt.Errorf("sqlite: the transaction was lost with a later writer's (%v)", err)
+				}
+			}
+			if res[i].err == nil && res[i].panic == nil {
+				res[i].err = fmt.Errorf("sqlite: release: %w", err)
+			}
+			failAll(fmt.Errorf("sqlite: the transaction was lost (%v)", err))
+			return
+		}
+	}
+	if ok == 0 {
 		_ = tx.Rollback()
-		return err
+		finish()
+		return
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("sqlite: commit: %w", err)
+		failAll(fmt.Errorf("sqlite: commit: %w", err))
+		return
 	}
-	return nil
+	finish()
+}
+
+// run calls fn, turning a panic into a result the caller re-raises in its
+// own goroutine.
+func run(fn func(store.Tx) error, tx store.Tx) (r result) {
+	defer func() {
+		if p := recover(); p != nil {
+			r = result{panic: p}
+		}
+	}()
+	return result{err: fn(tx)}
+}
+
+func (s *Store) stopWriting() {
+	s.closed.Do(func() {
+		close(s.stop)
+		<-s.stopped
+	})
 }
 
 // View implements store.Store.
@@ -162,15 +328,16 @@ func (s *Store) View(ctx context.Context, fn func(store.Reader) error) error {
 		return fmt.Errorf("sqlite: begin read: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	return fn(&sqlstore.Tx{Q: tx, D: dialect})
+	return fn(&sqlstore.Tx{Q: s.readStmts.In(tx), D: dialect})
 }
 
 // Close implements store.Store.
 func (s *Store) Close() error {
+	s.stopWriting()
 	var errs []error
 	if s.reader != nil {
-		errs = append(errs, s.reader.Close())
+		errs = append(errs, s.readStmts.Close(), s.reader.Close())
 	}
-	errs = append(errs, s.writer.Close())
+	errs = append(errs, s.writeStmts.Close(), s.writer.Close())
 	return errors.Join(errs...)
 }

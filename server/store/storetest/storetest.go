@@ -40,6 +40,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"DueForExpiry", testDueForExpiry},
 		{"Tokens", testTokens},
 		{"ConcurrentWritersNeverFork", testConcurrentAppends},
+		{"EachWriterGetsItsOwnOutcome", testWriterOutcomes},
 		{"MerkleTreeAndProofs", testTree},
 		{"Checkpoints", testCheckpoints},
 	}
@@ -490,6 +491,86 @@ func testConcurrentAppends(t *testing.T, s store.Store) {
 				t.Fatalf("entry %d: index %d/%d prev %s", i, rec.Index, e.Index, e.Prev)
 			}
 			prev = rec.LeafHash
+		}
+		return nil
+	})
+}
+
+// Writers that run at the same time (and may share a commit) each get
+// their own outcome: a failure, a panic or a cancelled context takes away
+// only that writer's work, and every success is there afterwards.
+func testWriterOutcomes(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	const writers = 120
+	boom := errors.New("boom")
+	var wg sync.WaitGroup
+	outcome := make([]string, writers)
+	start := make(chan struct{})
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			wctx := ctx
+			if w%7 == 3 {
+				c, cancel := context.WithCancel(ctx)
+				cancel()
+				wctx = c
+			}
+			defer func() {
+				if p := recover(); p != nil {
+					outcome[w] = fmt.Sprintf("panic %v", p)
+				}
+			}()
+			err := s.Update(wctx, func(tx store.Tx) error {
+				if err := tx.CreateRequest(ctx, newRequest(fmt.Sprintf("w%d", w), t0)); err != nil {
+					return err
+				}
+				if _, err := appendEntry(ctx, tx, t0, audit.TypeRequestCreated); err != nil {
+					return err
+				}
+				switch w % 7 {
+				case 1:
+					return boom
+				case 5:
+					panic("writer five")
+				}
+				return nil
+			})
+			switch {
+			case err == nil:
+				outcome[w] = "ok"
+			case errors.Is(err, boom):
+				outcome[w] = "boom"
+			case errors.Is(err, context.Canceled):
+				outcome[w] = "cancelled"
+			default:
+				outcome[w] = err.Error()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	ok := 0
+	for w, o := range outcome {
+		want := map[int]string{1: "boom", 3: "cancelled", 5: "panic writer five"}[w%7]
+		if want == "" {
+			want = "ok"
+			ok++
+		}
+		if o != want {
+			t.Errorf("writer %d: %s, want %s", w, o, want)
+		}
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		for w := range writers {
+			_, err := r.Request(ctx, fmt.Sprintf("w%d", w))
+			if stored := err == nil; stored != (outcome[w] == "ok") {
+				t.Errorf("writer %d (%s): stored = %v (%v)", w, outcome[w], stored, err)
+			}
+		}
+		if h, err := r.Head(ctx); err != nil || h.Size != uint64(ok) {
+			t.Errorf("log size %d (%v), want %d", h.Size, err, ok)
 		}
 		return nil
 	})
