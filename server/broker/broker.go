@@ -209,23 +209,14 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source string)
 	ident := audit.Identity{Mode: mode, URIPrefix: prefix}
 	return b.update(ctx, func(tx store.Tx) error {
 		prev := ""
-		last, err := tx.LastOfType(ctx, audit.TypePolicyLoaded)
+		pl, _, err := policyInForce(ctx, tx)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
 			return err
+		case pl.Hash == p.Hash() && pl.Identity == ident:
+			return nil
 		default:
-			e, err := audit.Parse(last.Bytes)
-			if err != nil {
-				return fmt.Errorf("reading the last policy entry: %w", err)
-			}
-			var pl audit.PolicyLoaded
-			if err := jsonUnmarshal(e.Payload, &pl); err != nil {
-				return fmt.Errorf("reading the last policy entry: %w", err)
-			}
-			if pl.Hash == p.Hash() && pl.Identity == ident {
-				return nil
-			}
 			prev = pl.Hash
 		}
 		now := b.now()
@@ -309,13 +300,18 @@ func (b *Broker) update(ctx context.Context, fn func(tx store.Tx) error) error {
 
 // entriesAppended wakes WatchEntries streams and the checkpointer.
 func (b *Broker) entriesAppended() {
+	b.wakeEntryWatchers()
+	if b.cfg.OnAppend != nil {
+		b.cfg.OnAppend()
+	}
+}
+
+// wakeEntryWatchers wakes WatchEntries streams.
+func (b *Broker) wakeEntryWatchers() {
 	b.watchMu.Lock()
 	close(b.appended)
 	b.appended = make(chan struct{})
 	b.watchMu.Unlock()
-	if b.cfg.OnAppend != nil {
-		b.cfg.OnAppend()
-	}
 }
 
 // Appended returns a channel closed at the next commit.

@@ -232,8 +232,7 @@ func (h *harness) create(caller, account string) *request.Request {
 }
 
 func (h *harness) review(caller, id string, d request.Decision) (*broker.Result, error) {
-	stmt, sig := h.statement(caller, id, d, "ok")
-	return h.b.Review(h.ctx, caller, broker.ReviewInput{ID: id, Decision: d, Comment: "ok", Statement: stmt, Signature: sig, Cert: h.cert(caller).cert})
+	return h.b.Review(h.ctx, caller, reviewInput(h, caller, id, d))
 }
 
 func (h *harness) approved(caller string) *request.Request {
@@ -1024,4 +1023,84 @@ func TestIssuanceReverifiesStoredReviews(t *testing.T) {
 	}
 	_, err = h.b.IssueToken(h.ctx, "frank", r2.ID, "db.prod.example")
 	wantKind(t, err, broker.KindState, "no longer meets its quorum")
+}
+
+// Two replicas on one store with different policies: the one whose policy
+// is not the one last logged refuses to create, approve and issue, says so,
+// and still revokes, cancels and denies.
+func TestReplicaWithAnotherPolicyRefusesToGrant(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	grant := h.approved("alice")
+	pending := h.create("alice", "prod-db")
+	other := h.create("alice", "prod-db")
+	oldB := h.b
+	if err := oldB.PolicyAgreement(h.ctx); err != nil {
+		t.Fatalf("agreement before the change: %v", err)
+	}
+
+	// Replica B starts with a changed policy and logs it.
+	st, err := sqlite.Open(h.ctx, sqlite.Config{Path: h.dbPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	p, err := policy.Load([]byte(strings.Replace(testPolicy, "max_ttl: 1h", "max_ttl: 2h", 1)), "policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	minter, _ := token.NewMinter(h.tokenKey, "https://broker.test")
+	newB, err := broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", Keys: broker.StaticKeys{Audit: h.audit, Tokens: minter},
+		Now: h.clock.Now, Origin: testOrigin, Certs: h.ident})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := newB.PolicyAgreement(h.ctx); err != nil {
+		t.Fatalf("the new replica disagrees with the log: %v", err)
+	}
+	err = oldB.PolicyAgreement(h.ctx)
+	wantKind(t, err, broker.KindUnavailable, "policy in force")
+
+	before := h.snap()
+	_, err = oldB.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x", Ticket: "INC-1", TTL: time.Minute})
+	wantKind(t, err, broker.KindUnavailable, "policy in force")
+	_, err = oldB.IssueToken(h.ctx, "alice", grant.ID, "db.prod.example")
+	wantKind(t, err, broker.KindUnavailable, "policy in force")
+	if _, err := oldB.Review(h.ctx, "bob", reviewInput(h, "bob", pending.ID, request.Approve)); err != nil {
+		t.Fatalf("the first approval (no quorum yet) was refused: %v", err)
+	}
+	after1 := h.snap()
+	_, err = oldB.Review(h.ctx, "erin", reviewInput(h, "erin", pending.ID, request.Approve))
+	wantKind(t, err, broker.KindUnavailable, "policy in force")
+	if h.snap() != after1 || after1.head != before.head+1 {
+		t.Fatal("a refused grant changed the store")
+	}
+
+	// Taking access away still works on the stale replica.
+	if _, err := oldB.RevokeGrant(h.ctx, "alice", grant.ID, "done"); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	if _, err := oldB.CancelRequest(h.ctx, "alice", other.ID, ""); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	if res, err := oldB.Review(h.ctx, "erin", reviewInput(h, "erin", pending.ID, request.Deny)); err != nil || res.Request.State != request.Denied {
+		t.Fatalf("deny: %v", err)
+	}
+	// The replica with the policy in force grants.
+	res, err := newB.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x", Ticket: "INC-1", TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.b = newB
+	if _, err := h.review("bob", res.Request.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := h.review("erin", res.Request.ID, request.Approve); err != nil || r.Request.State != request.Approved {
+		t.Fatalf("approve on the agreeing replica: %v", err)
+	}
+	h.verifyChain()
+}
+
+func reviewInput(h *harness, caller, id string, d request.Decision) broker.ReviewInput {
+	stmt, sig := h.statement(caller, id, d, "ok")
+	return broker.ReviewInput{ID: id, Decision: d, Comment: "ok", Statement: stmt, Signature: sig, Cert: h.cert(caller).cert}
 }

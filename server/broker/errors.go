@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"github.com/bgbroker/breakglass/server/store"
 )
 
 // Kind classifies a broker error; the API edge turns each into one gRPC
@@ -60,10 +61,18 @@ func hsmDown(err error) error {
 	return &Error{Kind: KindUnavailable, Msg: "the HSM cannot sign right now, so nothing that grants access can happen; nothing was changed; try again shortly", Err: err}
 }
 
+// dbDown is the error of a call the database could not serve.
+func dbDown(err error) error {
+	return &Error{Kind: KindUnavailable, Msg: "this replica cannot reach its database, so it can neither read nor change anything; the call may not have taken effect: retry it, here or on another replica (bgctl and the SDK do both by themselves)", Err: err}
+}
+
 func internal(err error) error {
 	var be *Error
-	if errors.As(err, &be) {
+	if errors.As(err, &be) && (be.Kind != KindInternal || !errors.Is(err, store.ErrUnavailable)) {
 		return err
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		return dbDown(err)
 	}
 	return &Error{Kind: KindInternal, Msg: "internal error", Err: err}
 }

@@ -103,6 +103,11 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 	}
 	var res Result
 	err = b.update(ctx, func(tx store.Tx) error {
+		// The request's quorum rule comes from this replica's policy: it
+		// must be the one in force.
+		if err := b.checkPolicyInForce(ctx, tx); err != nil {
+			return err
+		}
 		if acct.BlockOnOverdueReview {
 			if err := b.checkNoOverdueReview(ctx, tx, caller, now); err != nil {
 				return err

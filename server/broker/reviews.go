@@ -203,6 +203,9 @@ func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest stri
 // approve moves r to APPROVED now with its request_approved entry (which
 // needs the HSM: it grants access) and announces the grant.
 func (b *Broker) approve(ctx context.Context, tx store.Tx, p *policy.Policy, r *request.Request, now time.Time, payload audit.RequestApproved, approvers []string) error {
+	if err := b.checkPolicyInForce(ctx, tx); err != nil {
+		return err
+	}
 	r.State, r.ApprovedAt = request.Approved, now
 	r.GrantExpiresAt = r.GrantEnd(now)
 	r.ActivationDeadline = now.Add(r.ActivationWindow)

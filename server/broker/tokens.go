@@ -112,6 +112,9 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		if err != nil {
 			return err
 		}
+		if err := b.checkPolicyInForce(ctx, tx); err != nil {
+			return err
+		}
 		now := b.now().UTC()
 		if _, o, err := b.checkIssuable(b.Policy(), r, caller, audience, now); err != nil {
 			return err

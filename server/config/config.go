@@ -18,6 +18,7 @@ import (
 	"github.com/bgbroker/breakglass/server/identity"
 	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/store/postgres"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
 )
 
@@ -96,8 +97,20 @@ type TLS struct {
 
 // Store selects the storage engine.
 type Store struct {
+	// Driver is sqlite (default: one file, one broker) or postgres
+	// (several replicas sharing one database).
 	Driver string        `yaml:"driver"`
 	SQLite sqlite.Config `yaml:"sqlite"`
+	// DSN is the PostgreSQL connection string (driver postgres). Keep the
+	// password out of it: PGPASSWORD or a passfile.
+	DSN string `yaml:"dsn"`
+	// MaxConns bounds this replica's PostgreSQL connections (default 16).
+	MaxConns int `yaml:"max_conns"`
+}
+
+// Postgres is the PostgreSQL store's configuration.
+func (s Store) Postgres() postgres.Config {
+	return postgres.Config{DSN: s.DSN, MaxConns: s.MaxConns}
 }
 
 // Log configures logging.
@@ -206,8 +219,13 @@ func (c *Config) Validate() error {
 	switch c.Store.Driver {
 	case "sqlite":
 		need(c.Store.SQLite.Path, "store.sqlite.path")
+	case "postgres":
+		need(c.Store.DSN, "store.dsn")
+		if c.Store.MaxConns < 0 {
+			errs = append(errs, errors.New("store.max_conns must not be negative"))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("store.driver %q is not supported (sqlite)", c.Store.Driver))
+		errs = append(errs, fmt.Errorf("store.driver %q is not supported (sqlite or postgres)", c.Store.Driver))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%s: %w", c.path, errors.Join(errs...))

@@ -31,6 +31,7 @@ import (
 	"github.com/bgbroker/breakglass/server/metrics"
 	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/store/postgres"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
 )
 
@@ -120,6 +121,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	switch cfg.Store.Driver {
 	case "sqlite":
 		d.store, err = sqlite.Open(ctx, cfg.Store.SQLite)
+	case "postgres":
+		d.store, err = postgres.Open(ctx, cfg.Store.Postgres(), log)
 	}
 	if err != nil {
 		return nil, err
@@ -252,6 +255,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 	d.checkHealth(rctx)
 	d.goRun(func() error { d.Broker.Run(rctx); return nil })
+	d.goRun(func() error { d.Broker.Follow(rctx); return nil })
 	d.goRun(func() error { cps.Run(rctx); return nil })
 	d.goRun(func() error { dispatcher.Run(rctx); return nil })
 	d.goRun(func() error { d.keysLoop(rctx); return nil })
@@ -403,6 +407,12 @@ func (d *Daemon) checkHealth(ctx context.Context) {
 		if n > 0 {
 			checks["audit_backlog"] = fmt.Sprintf("%d entries wait for the HSM", n)
 		}
+	}
+	if err := d.Broker.PolicyAgreement(ctx); err != nil {
+		checks["policy"] = broker.PublicMessage(err)
+		ok = false
+	} else {
+		checks["policy"] = "ok"
 	}
 	if sinks, err := d.outboxSummary(ctx); err == nil {
 		for _, sk := range sinks {

@@ -46,6 +46,9 @@ func (a *auditServer) storeStatus(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.OutOfRange, err.Error())
+	case errors.Is(err, store.ErrUnavailable):
+		a.s.log.WarnContext(ctx, "audit service: database unavailable", "method", methodOf(ctx), "err", err)
+		return status.Error(codes.Unavailable, "this replica cannot reach its database; try again, here or on another replica")
 	case errors.Is(err, checkpoint.ErrEmpty):
 		return status.Error(codes.FailedPrecondition, "the log is empty: there is no checkpoint yet")
 	case errors.As(err, &se):

@@ -35,6 +35,36 @@ type Store interface {
 	Close() error
 }
 
+// ErrUnavailable means the database cannot be reached or lost the
+// connection: nothing that grants access can happen until it is back, and
+// the caller may try another replica.
+var ErrUnavailable = errors.New("the database is unavailable")
+
+// Change is what one committed transaction changed, as announced to the
+// other processes sharing a store.
+type Change struct {
+	// Requests whose state, reviews or tokens changed.
+	Requests []string `json:"requests,omitempty"`
+	// Entries is set when audit entries were appended.
+	Entries bool `json:"entries,omitempty"`
+	// Resync is set when changes may have been missed (the listener lost
+	// its connection): everything may have changed.
+	Resync bool `json:"resync,omitempty"`
+}
+
+// Watcher is implemented by stores that several broker processes share.
+type Watcher interface {
+	// Watch calls fn, from one goroutine, for every change committed by
+	// any process (this one included), until ctx ends.
+	Watch(ctx context.Context, fn func(Change))
+}
+
+// Pinger is implemented by stores whose database can go away under a
+// running broker.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // Filter selects requests.
 type Filter struct {
 	// States, when not empty, keeps requests whose stored state is one of

@@ -26,8 +26,9 @@ func open(t *testing.T, path string) *sqlite.Store {
 }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		return open(t, filepath.Join(t.TempDir(), "broker.db"))
+	storetest.Run(t, func(t *testing.T) (store.Store, func() store.Store) {
+		path := filepath.Join(t.TempDir(), "broker.db")
+		return open(t, path), func() store.Store { return open(t, path) }
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,15 @@ type Querier interface {
 type Tx struct {
 	Q Querier
 	D Dialect
+	// Changed, when set, collects what the transaction changed, for stores
+	// that announce commits to other processes.
+	Changed *store.Change
+}
+
+func (t *Tx) touched(requestID string) {
+	if t.Changed != nil && requestID != "" && !slices.Contains(t.Changed.Requests, requestID) {
+		t.Changed.Requests = append(t.Changed.Requests, requestID)
+	}
 }
 
 var _ store.Tx = (*Tx)(nil)
@@ -256,6 +266,7 @@ func (t *Tx) DueForExpiry(ctx context.Context, now time.Time, limit int) ([]*req
 
 // CreateRequest implements store.Tx.
 func (t *Tx) CreateRequest(ctx context.Context, r *request.Request) error {
+	t.touched(r.ID)
 	rule, err := json.Marshal(r.Rule)
 	if err != nil {
 		return err
@@ -291,6 +302,7 @@ func orEmpty(s []string) []string {
 
 // SaveRequest implements store.Tx.
 func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
+	t.touched(r.ID)
 	approvers, err := json.Marshal(orEmpty(r.Approvers))
 	if err != nil {
 		return err
@@ -316,6 +328,7 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 
 // AddReview implements store.Tx.
 func (t *Tx) AddReview(ctx context.Context, requestID string, rv request.Review) error {
+	t.touched(requestID)
 	_, err := t.exec(ctx, `INSERT INTO reviews (request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert) VALUES (?,?,?,?,?,?,?,?,?,?)`,
 		requestID, rv.Reviewer, string(rv.Decision), rv.Comment, nanos(rv.At), rv.EntryIndex, rv.LeafHash, orEmptyBytes(rv.Statement), orEmptyBytes(rv.Signature), orEmptyBytes(rv.Cert))
 	return err
@@ -424,6 +437,9 @@ func (t *Tx) LastOfType(ctx context.Context, typ audit.Type) (audit.Record, erro
 
 // Append implements store.Tx.
 func (t *Tx) Append(ctx context.Context, r audit.Record) error {
+	if t.Changed != nil {
+		t.Changed.Entries = true
+	}
 	var sig any
 	if r.Signature != nil {
 		sig = r.Signature

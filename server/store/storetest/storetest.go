@@ -21,11 +21,20 @@ import (
 	"github.com/bgbroker/breakglass/server/store"
 )
 
-// Factory returns a new, empty store; the suite closes it.
-type Factory func(t *testing.T) store.Store
+// Factory returns a new, empty store, and a function that opens another
+// handle on the same database, as a second broker process would; the suite
+// closes both.
+type Factory func(t *testing.T) (s store.Store, another func() store.Store)
 
 // Run runs the whole suite.
 func Run(t *testing.T, newStore Factory) {
+	t.Run("TwoProcessesShareOneLog", func(t *testing.T) {
+		s, another := newStore(t)
+		t.Cleanup(func() { _ = s.Close() })
+		o := another()
+		t.Cleanup(func() { _ = o.Close() })
+		testTwoHandles(t, s, o)
+	})
 	tests := []struct {
 		name string
 		fn   func(*testing.T, store.Store)
@@ -46,7 +55,7 @@ func Run(t *testing.T, newStore Factory) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newStore(t)
+			s, _ := newStore(t)
 			t.Cleanup(func() { _ = s.Close() })
 			tc.fn(t, s)
 		})
@@ -494,6 +503,114 @@ func testConcurrentAppends(t *testing.T, s store.Store) {
 		}
 		return nil
 	})
+}
+
+// Two handles on one database, as two broker replicas: writers on both at
+// once never fork the log, and a read-modify-write of one request (an
+// issuance against max_issuances) is never lost or doubled.
+func testTwoHandles(t *testing.T, a, b store.Store) {
+	ctx := context.Background()
+	if err := a.Update(ctx, func(tx store.Tx) error {
+		r := newRequest("shared", t0)
+		r.State, r.MaxIssuances = request.Approved, 3
+		return tx.CreateRequest(ctx, r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	exhausted := errors.New("exhausted")
+	const perHandle, each = 4, 15
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		issued int
+		fails  []error
+	)
+	for h, s := range []store.Store{a, b} {
+		for w := range perHandle {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					err := s.Update(ctx, func(tx store.Tx) error {
+						if err := tx.CreateRequest(ctx, newRequest(fmt.Sprintf("h%d-w%d-%d", h, w, i), t0)); err != nil {
+							return err
+						}
+						if _, err := appendEntry(ctx, tx, t0, audit.TypeRequestCreated); err != nil {
+							return err
+						}
+						if i%5 != 0 {
+							return nil
+						}
+						r, err := tx.Request(ctx, "shared")
+						if err != nil {
+							return err
+						}
+						if r.Issued >= r.MaxIssuances {
+							return exhausted
+						}
+						r.Issued++
+						if err := tx.SaveRequest(ctx, r); err != nil {
+							return err
+						}
+						_, err = appendEntry(ctx, tx, t0, audit.TypeTokenIssued)
+						return err
+					})
+					mu.Lock()
+					switch {
+					case err == nil && i%5 == 0:
+						issued++
+					case err == nil, errors.Is(err, exhausted):
+					default:
+						fails = append(fails, err)
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for _, err := range fails {
+		t.Error(err)
+	}
+	if issued != 3 {
+		t.Errorf("%d issuances succeeded against max_issuances 3", issued)
+	}
+	for _, s := range []store.Store{a, b} {
+		_ = s.View(ctx, func(r store.Reader) error {
+			all, err := r.Entries(ctx, 0, 10000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			created, tokens := 0, 0
+			prev := audit.ZeroPrev
+			for i, rec := range all {
+				e, err := audit.Parse(rec.Bytes)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rec.Index != uint64(i) || e.Index != uint64(i) || e.Prev != fmt.Sprintf("%x", prev) {
+					t.Fatalf("entry %d: index %d/%d prev %s: the log forked", i, rec.Index, e.Index, e.Prev)
+				}
+				prev = rec.LeafHash
+				switch e.Type {
+				case audit.TypeRequestCreated:
+					created++
+				case audit.TypeTokenIssued:
+					tokens++
+				}
+			}
+			// Writers that found the grant exhausted rolled back their
+			// request and entry too.
+			if tokens != 3 || created != 2*perHandle*each-(2*perHandle*each/5-3) {
+				t.Errorf("%d request entries and %d token entries", created, tokens)
+			}
+			shared, err := r.Request(ctx, "shared")
+			if err != nil || shared.Issued != 3 {
+				t.Errorf("shared request issued %d (%v)", shared.Issued, err)
+			}
+			return nil
+		})
+	}
 }
 
 // Writers that run at the same time (and may share a commit) each get
