@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 export PATH := $(BIN):$(PATH)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps dev test vet purego lint proto proto-check unit tools bench clean
+.PHONY: all build deps test-deps dev test vet purego lint proto proto-check unit tools bench clean
 
 all: build
 
@@ -22,7 +22,10 @@ build:
 dev: deps build
 	$(BIN)/breakglassd dev
 
-test: deps vet purego lint proto-check unit
+test: test-deps vet purego lint proto-check unit
+
+test-deps:
+	@./scripts/ensure-deps.sh test
 
 vet:
 	$(GO) vet ./...

@@ -25,7 +25,9 @@ import (
 
 // Options says where the broker is and who the caller is.
 type Options struct {
-	// Addr is the broker's gRPC address, host:port.
+	// Addr is the broker's gRPC address, host:port, or several replicas'
+	// separated by commas: calls that are safe to repeat move to the next
+	// replica when one answers Unavailable.
 	Addr string
 	// CAFile verifies the broker's server certificate.
 	CAFile string
@@ -49,7 +51,7 @@ type Client struct {
 	bgv1.AuditServiceClient
 	bgv1.GovernanceServiceClient
 
-	conn *grpc.ClientConn
+	cc *failover
 	// key is the client certificate's private key, which signs review
 	// statements.
 	key crypto.Signer
@@ -92,11 +94,19 @@ func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
 			return nil, err
 		}
 	}
-	conn, err := grpc.NewClient(o.Addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, opts...)...)
-	if err != nil {
-		return nil, err
+	f := &failover{addrs: splitAddrs(o.Addr)}
+	if len(f.addrs) == 0 {
+		return nil, errors.New("the broker address is required (--addr or BGCTL_ADDR)")
 	}
-	c := New(conn)
+	for _, a := range f.addrs {
+		conn, err := grpc.NewClient(a, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, opts...)...)
+		if err != nil {
+			_ = f.close()
+			return nil, fmt.Errorf("%s: %w", a, err)
+		}
+		f.conns = append(f.conns, conn)
+	}
+	c := newClient(f)
 	if o.Now != nil {
 		c.now = o.Now
 	}
@@ -106,25 +116,33 @@ func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
 	return c, nil
 }
 
-// New wraps an existing connection.
-func New(conn *grpc.ClientConn) *Client {
+// New wraps existing connections, one per replica.
+func New(conns ...*grpc.ClientConn) *Client {
+	f := &failover{conns: conns}
+	for _, c := range conns {
+		f.addrs = append(f.addrs, c.Target())
+	}
+	return newClient(f)
+}
+
+func newClient(f *failover) *Client {
 	return &Client{
-		RequestServiceClient:    bgv1.NewRequestServiceClient(conn),
-		ReviewServiceClient:     bgv1.NewReviewServiceClient(conn),
-		TokenServiceClient:      bgv1.NewTokenServiceClient(conn),
-		AccountServiceClient:    bgv1.NewAccountServiceClient(conn),
-		AuditServiceClient:      bgv1.NewAuditServiceClient(conn),
-		GovernanceServiceClient: bgv1.NewGovernanceServiceClient(conn),
-		conn:                    conn,
+		RequestServiceClient:    bgv1.NewRequestServiceClient(f),
+		ReviewServiceClient:     bgv1.NewReviewServiceClient(f),
+		TokenServiceClient:      bgv1.NewTokenServiceClient(f),
+		AccountServiceClient:    bgv1.NewAccountServiceClient(f),
+		AuditServiceClient:      bgv1.NewAuditServiceClient(f),
+		GovernanceServiceClient: bgv1.NewGovernanceServiceClient(f),
+		cc:                      f,
 		now:                     time.Now,
 	}
 }
 
-// Conn is the underlying connection.
-func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+// Addrs are the replicas' addresses, in the order they are tried.
+func (c *Client) Addrs() []string { return append([]string(nil), c.cc.addrs...) }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connections.
+func (c *Client) Close() error { return c.cc.close() }
 
 // WaitForDecision blocks until the request leaves PENDING (approved,
 // denied, cancelled or expired) and returns it. It follows WatchRequest and

@@ -58,7 +58,15 @@ func (c *Client) sign(ctx context.Context, typ, subject, content, comment string
 // Review approves or denies the request r as shown to the approver: the
 // statement binds exactly this content, this comment and this log, and is
 // signed with the private key of the client certificate.
-func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.ReviewDecision, comment string) (*bgv1.ReviewRequestResponse, error) {
+//
+// idempotencyKey, when given, is the review's idempotency key: pass the
+// same one when retrying a review whose reply was lost, so that the retry
+// gets the first answer. Without it the SDK picks one per call (and keeps
+// it across replicas within the call).
+func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.ReviewDecision, comment string, idempotencyKey ...string) (*bgv1.ReviewRequestResponse, error) {
+	if len(idempotencyKey) > 1 {
+		return nil, errors.New("client: Review takes at most one idempotency key")
+	}
 	typ := approval.TypeApprove
 	if decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
 		typ = approval.TypeDeny
@@ -67,7 +75,11 @@ func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.Revi
 	if err != nil {
 		return nil, err
 	}
-	return c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: r.GetId(), Decision: decision, Comment: comment, Statement: stmt, Signature: sig})
+	in := &bgv1.ReviewRequestRequest{Id: r.GetId(), Decision: decision, Comment: comment, Statement: stmt, Signature: sig}
+	if len(idempotencyKey) == 1 {
+		in.IdempotencyKey = idempotencyKey[0]
+	}
+	return c.ReviewRequest(ctx, in)
 }
 
 // ClosePostReview closes the post-use review of a grant with signed notes,

@@ -2,6 +2,8 @@
 # Installs the system packages the broker and its tests need, when missing:
 # SoftHSM2 (the PKCS#11 token used in dev mode and tests) and OpenSC
 # (pkcs11-tool, used by tests to inspect tokens as an outsider would).
+# With the argument "test", also the PostgreSQL server, which the tests
+# start throwaway instances of (the broker's replicated store).
 set -euo pipefail
 need=()
 have_softhsm=0
@@ -12,6 +14,9 @@ done
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v openssl >/dev/null || need+=(openssl)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
+if [ "${1:-}" = test ]; then
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   sudo=""

@@ -31,6 +31,9 @@ type devBroker struct {
 	dir string
 	// extra are more flags for every start.
 	extra []string
+	// serve runs `breakglassd serve` on state/config.yaml instead of dev
+	// mode (a replica on a shared database).
+	serve bool
 	ready daemon.Ready
 	cmd   *exec.Cmd
 	logs  *logBuffer
@@ -68,6 +71,9 @@ func (d *devBroker) start() {
 	readyFile := filepath.Join(d.dir, "ready.json")
 	_ = os.Remove(readyFile)
 	args := append([]string{"dev", "--dir", filepath.Join(d.dir, "state"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, d.extra...)
+	if d.serve {
+		args = append([]string{"serve", "--config", d.state("config.yaml"), "--ready-file", readyFile}, d.extra...)
+	}
 	d.cmd = exec.Command(bin.breakglassd, args...)
 	// Dev mode sets SOFTHSM2_CONF itself; make sure nothing else leaks in.
 	d.cmd.Env = append(os.Environ(), "SOFTHSM2_CONF=")
@@ -112,6 +118,16 @@ func (d *devBroker) stop() {
 		_ = d.cmd.Process.Kill()
 		<-d.done
 	}
+	d.cmd = nil
+}
+
+// kill ends the daemon with SIGKILL, as a crash would.
+func (d *devBroker) kill() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
 	d.cmd = nil
 }
 

@@ -4,11 +4,14 @@
 package test
 
 import (
+	"errors"
+
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"github.com/bgbroker/breakglass/server/store/postgres/pgtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,8 +54,23 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)
 		return 1
 	}
+	s, err := pgtest.Start()
+	switch {
+	case err == nil:
+		pg = s
+		defer s.Close()
+	case errors.Is(err, pgtest.ErrNoServer) && os.Getenv("CI") == "":
+		fmt.Fprintln(os.Stderr, "PostgreSQL tests skip:", err)
+	default:
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	return m.Run()
 }
+
+// pg is the throwaway PostgreSQL server of the replica tests (nil when
+// there is none outside CI).
+var pg *pgtest.Server
 
 // softToken is a SoftHSM2 token in a directory of its own, created with
 // softhsm2-util as an operator would.

@@ -79,7 +79,7 @@ BGCTL_CERT, BGCTL_KEY, BGCTL_OUTPUT ...).`,
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.addr, "addr", "", "broker gRPC address host:port (BGCTL_ADDR)")
+	pf.StringVar(&a.addr, "addr", "", "broker gRPC address host:port, or several replicas' separated by commas, tried in turn when one is unavailable (BGCTL_ADDR)")
 	pf.StringVar(&a.ca, "ca", "", "CA certificate that signed the broker's certificate (BGCTL_CA)")
 	pf.StringVar(&a.cert, "cert", "", "your client certificate (BGCTL_CERT)")
 	pf.StringVar(&a.key, "key", "", "your client key (BGCTL_KEY)")

@@ -41,6 +41,12 @@ func (b *Broker) Run(ctx context.Context) {
 			if err := b.Overdue(ctx); err != nil && ctx.Err() == nil {
 				b.log.Error("overdue checks failed", "err", err)
 			}
+			if err := b.store.Update(ctx, func(tx store.Tx) error {
+				_, err := tx.PruneIdempotent(ctx, b.now().Add(-idempotencyTTL))
+				return err
+			}); err != nil && ctx.Err() == nil {
+				b.log.Warn("forgetting old idempotency keys failed", "err", err)
+			}
 		}
 		if err := b.flushCerts(ctx); err != nil && ctx.Err() == nil {
 			b.log.Error("recording client certificates failed", "err", err)
@@ -116,16 +122,18 @@ func (b *Broker) Sweep(ctx context.Context) (int, error) {
 func (b *Broker) SignBacklog(ctx context.Context) (int, error) {
 	signed := 0
 	for {
-		var batch []audit.Record
-		if err := b.view(ctx, func(r store.Reader) error {
-			var err error
-			batch, err = r.Unsigned(ctx, 64)
-			return err
-		}); err != nil || len(batch) == 0 {
+		if n, err := b.Backlog(ctx); err != nil || n == 0 {
 			return signed, err
 		}
+		var batch []audit.Record
 		key, kid := b.keys.AuditKey()
+		// Read the backlog under the write lock: another replica may be
+		// signing it too, and an entry is signed once.
 		err := b.update(ctx, func(tx store.Tx) error {
+			var err error
+			if batch, err = tx.Unsigned(ctx, 64); err != nil {
+				return err
+			}
 			for i := range batch {
 				if err := audit.Sign(ctx, key, kid, &batch[i]); err != nil {
 					return hsmDown(err)
@@ -136,7 +144,7 @@ func (b *Broker) SignBacklog(ctx context.Context) (int, error) {
 			}
 			return nil
 		})
-		if err != nil {
+		if err != nil || len(batch) == 0 {
 			return signed, err
 		}
 		signed += len(batch)

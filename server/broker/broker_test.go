@@ -1104,3 +1104,55 @@ func reviewInput(h *harness, caller, id string, d request.Decision) broker.Revie
 	stmt, sig := h.statement(caller, id, d, "ok")
 	return broker.ReviewInput{ID: id, Decision: d, Comment: "ok", Statement: stmt, Signature: sig, Cert: h.cert(caller).cert}
 }
+
+// A retried create or review with the same idempotency key answers from
+// the first call and writes nothing; a key reused for something else is
+// refused; keys are per principal.
+func TestIdempotencyKeys(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	in := broker.CreateInput{Account: "prod-db", Justification: "primary is down", Ticket: "INC-7", TTL: 30 * time.Minute, IdempotencyKey: "k-1"}
+	first, err := h.b.CreateRequest(h.ctx, "alice", in)
+	if err != nil || first.Replayed {
+		t.Fatalf("first create: %+v %v", first, err)
+	}
+	before := h.snap()
+	again, err := h.b.CreateRequest(h.ctx, "alice", in)
+	if err != nil || !again.Replayed || again.Request.ID != first.Request.ID || again.Entry.Index != first.Entry.Index {
+		t.Fatalf("retried create: %+v %v", again, err)
+	}
+	if h.snap() != before {
+		t.Fatal("a retried create wrote something")
+	}
+	changed := in
+	changed.Justification = "something else"
+	_, err = h.b.CreateRequest(h.ctx, "alice", changed)
+	wantKind(t, err, broker.KindInvalid, "already used idempotency key")
+	// Another principal's key space is their own.
+	if _, err := h.b.CreateRequest(h.ctx, "frank", in); err != nil {
+		t.Fatalf("same key, another principal: %v", err)
+	}
+
+	rv := reviewInput(h, "bob", first.Request.ID, request.Approve)
+	rv.IdempotencyKey = "r-1"
+	r1, err := h.b.Review(h.ctx, "bob", rv)
+	if err != nil || r1.Replayed {
+		t.Fatal(err)
+	}
+	before = h.snap()
+	r2, err := h.b.Review(h.ctx, "bob", rv)
+	if err != nil || !r2.Replayed || r2.Entry.Index != r1.Entry.Index {
+		t.Fatalf("retried review: %+v %v", r2, err)
+	}
+	if h.snap() != before {
+		t.Fatal("a retried review wrote something")
+	}
+	// Without the key, the second review is the duplicate it is.
+	rv.IdempotencyKey = ""
+	_, err = h.b.Review(h.ctx, "bob", rv)
+	wantKind(t, err, broker.KindExists, "already reviewed")
+	// The quorum still needs the second approver.
+	if res, err := h.review("erin", first.Request.ID, request.Approve); err != nil || res.Request.State != request.Approved {
+		t.Fatalf("quorum: %v", err)
+	}
+	h.verifyChain()
+}

@@ -30,11 +30,13 @@ func (b *Broker) emit(ctx context.Context, tx store.Tx, ev event.Event, ackSinks
 	if b.cfg.Routes == nil {
 		return nil
 	}
-	id, err := uuid.NewV7()
-	if err != nil {
-		return err
+	if ev.ID == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return err
+		}
+		ev.ID = id.String()
 	}
-	ev.ID = id.String()
 	if ev.Time.IsZero() {
 		ev.Time = b.now().UTC()
 	}
@@ -175,8 +177,16 @@ func (b *Broker) CheckpointSigned(ctx context.Context, cp store.Checkpoint) erro
 	if err != nil {
 		return err
 	}
-	return b.update(ctx, func(tx store.Tx) error {
-		return b.emit(ctx, tx, event.Event{Type: event.CheckpointSigned, Time: cp.CreatedAt,
+	// The event id is derived from the log and the size: replicas that
+	// both sign the checkpoint of one size (the same bytes: Ed25519 is
+	// deterministic) announce it once.
+	id := uuid.NewSHA1(uuid.NameSpaceURL, fmt.Appendf(nil, "breakglass:%s/checkpoint/%d", b.cfg.Origin, cp.Size))
+	err = b.update(ctx, func(tx store.Tx) error {
+		return b.emit(ctx, tx, event.Event{ID: id.String(), Type: event.CheckpointSigned, Time: cp.CreatedAt,
 			Summary: fmt.Sprintf("checkpoint of %d entries signed", cp.Size), Details: details}, nil)
 	})
+	if KindOf(err) == KindState && errors.Is(err, store.ErrConflict) {
+		return nil // announced already, by another replica
+	}
+	return err
 }

@@ -417,3 +417,22 @@ func TestSoloAccess(t *testing.T) {
 	}
 	h.verifyChain()
 }
+
+// Two replicas that sign the checkpoint of one size announce it once.
+func TestCheckpointAnnouncedOnce(t *testing.T) {
+	h := newGovHarness(t)
+	cp := store.Checkpoint{Size: 3, Root: make([]byte, 32), Note: []byte("breakglass.test/log\n3\nAAAA\n\n— sig\n"), CreatedAt: h.clock.Now()}
+	for range 2 {
+		if err := h.b.CheckpointSigned(h.ctx, cp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids, sinks := map[string]bool{}, map[string]int{}
+	for _, r := range h.outbox("", event.CheckpointSigned) {
+		ids[r.EventID] = true
+		sinks[r.Sink]++
+	}
+	if len(ids) != 1 || sinks["soc"] != 1 {
+		t.Fatalf("checkpoint events %v to sinks %v", ids, sinks)
+	}
+}

@@ -37,12 +37,17 @@ type CreateInput struct {
 	Drill bool
 	// Solo asks for time-locked solo access, where the account allows it.
 	Solo bool
+	// IdempotencyKey, when set, makes a retry return this call's result.
+	IdempotencyKey string
 }
 
 // Result is a request after a change, with the entry that recorded it.
 type Result struct {
 	Request *request.Request
 	Entry   audit.Record
+	// Replayed is set when the call repeated an earlier one with the same
+	// idempotency key: nothing new happened.
+	Replayed bool
 }
 
 // effective returns a copy of r showing its state at now.
@@ -102,7 +107,14 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 		MaxIssuances: acct.MaxIssuances, PolicyHash: p.Hash(), ActivationWindow: acct.ActivationWindow.D(),
 	}
 	var res Result
+	fp := fingerprint(acct.Name, in.Justification, in.Ticket, in.TTL.String(), fmt.Sprint(in.Drill), fmt.Sprint(in.Solo))
 	err = b.update(ctx, func(tx store.Tx) error {
+		if prev, err := b.replay(ctx, tx, caller, methodCreate, in.IdempotencyKey, fp); err != nil || prev != nil {
+			if prev != nil {
+				res = *prev
+			}
+			return err
+		}
 		// The request's quorum rule comes from this replica's policy: it
 		// must be the one in force.
 		if err := b.checkPolicyInForce(ctx, tx); err != nil {
@@ -129,6 +141,9 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 		if err := tx.CreateRequest(ctx, r); err != nil {
 			return err
 		}
+		if err := b.remember(ctx, tx, caller, methodCreate, in.IdempotencyKey, fp, r.ID, rec.Index, now); err != nil {
+			return err
+		}
 		res = Result{Request: r, Entry: rec}
 		ev := requestEvent(event.RequestCreated, r, caller, fmt.Sprintf("%s asks for %s on %s (%s): %s", caller, r.TTL, r.Account, r.Rule, oneLine(r.Justification)), &rec)
 		ev.Notify = contacts(p, approversOf(p, r))
@@ -145,6 +160,10 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 	})
 	if err != nil {
 		return nil, err
+	}
+	if res.Replayed {
+		b.log.Info("request creation retried; answered from the first call", "request", res.Request.ID, "requester", caller, "entry", res.Entry.Index)
+		return &res, nil
 	}
 	b.notify(r.ID)
 	b.log.Info("request created", "request", r.ID, "account", r.Account, "requester", caller, "drill", r.Drill, "entry", res.Entry.Index)

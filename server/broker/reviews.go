@@ -25,6 +25,8 @@ type ReviewInput struct {
 	Statement []byte
 	Signature []byte
 	Cert      *x509.Certificate
+	// IdempotencyKey, when set, makes a retry return this call's result.
+	IdempotencyKey string
 }
 
 // checkStatement refuses a review whose signed statement is missing, does
@@ -68,7 +70,16 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		res      Result
 		approved bool
 	)
+	// The statement is left out: a retry signs a new one, with a new time,
+	// for the same review.
+	fp := fingerprint(in.ID, string(in.Decision), in.Comment)
 	err := b.update(ctx, func(tx store.Tx) error {
+		if prev, err := b.replay(ctx, tx, caller, methodReview, in.IdempotencyKey, fp); err != nil || prev != nil {
+			if prev != nil {
+				res = *prev
+			}
+			return err
+		}
 		r, err := b.loadRequest(ctx, tx, in.ID, caller)
 		if err != nil {
 			return err
@@ -108,6 +119,9 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		}
 		r.Reviews = append(r.Reviews, rv)
 		res = Result{Request: r, Entry: rec}
+		if err := b.remember(ctx, tx, caller, methodReview, in.IdempotencyKey, fp, r.ID, rec.Index, now); err != nil {
+			return err
+		}
 		if err := b.emit(ctx, tx, requestEvent(event.RequestReviewed, r, caller, fmt.Sprintf("%s %ss %s's request for %s", caller, in.Decision, r.Requester, r.Account), &rec), nil); err != nil {
 			return err
 		}
@@ -136,6 +150,10 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 	})
 	if err != nil {
 		return nil, err
+	}
+	if res.Replayed {
+		b.log.Info("review retried; answered from the first call", "request", in.ID, "reviewer", caller, "entry", res.Entry.Index)
+		return &res, nil
 	}
 	b.notify(in.ID)
 	b.log.Info("request reviewed", "request", in.ID, "reviewer", caller, "decision", in.Decision, "approved", approved, "state", res.Request.State, "entry", res.Entry.Index)

@@ -64,11 +64,12 @@ func (s *Server) CreateRequest(ctx context.Context, in *bgv1.CreateRequestReques
 	if in.RequestedTtl != nil {
 		ttl = in.RequestedTtl.AsDuration()
 	}
-	res, err := s.b.CreateRequest(ctx, caller(ctx), broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket, TTL: ttl, Drill: in.Drill, Solo: in.Solo})
+	res, err := s.b.CreateRequest(ctx, caller(ctx), broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket, TTL: ttl, Drill: in.Drill, Solo: in.Solo,
+		IdempotencyKey: in.IdempotencyKey})
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
-	return &bgv1.CreateRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry)}, nil
+	return &bgv1.CreateRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry), Replayed: res.Replayed}, nil
 }
 
 // GetRequest implements RequestService.
@@ -132,11 +133,11 @@ func (s *Server) ReviewRequest(ctx context.Context, in *bgv1.ReviewRequestReques
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
 	res, err := s.b.Review(ctx, caller(ctx), broker.ReviewInput{ID: in.Id, Decision: d, Comment: in.Comment,
-		Statement: in.Statement, Signature: in.Signature, Cert: cert})
+		Statement: in.Statement, Signature: in.Signature, Cert: cert, IdempotencyKey: in.IdempotencyKey})
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
-	return &bgv1.ReviewRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry)}, nil
+	return &bgv1.ReviewRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry), Replayed: res.Replayed}, nil
 }
 
 // IssueToken implements TokenService.

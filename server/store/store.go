@@ -151,6 +151,9 @@ type Reader interface {
 	// LastTokenExpiry is the latest expiry of tokens signed by kid (zero
 	// if none).
 	LastTokenExpiry(ctx context.Context, kid string) (time.Time, error)
+	// Idempotent returns the record of an earlier call with this key, or
+	// ErrNotFound.
+	Idempotent(ctx context.Context, principal, method, key string) (*IdempotentCall, error)
 }
 
 // Tx writes. It sees its own writes.
@@ -199,6 +202,24 @@ type Tx interface {
 	RecordCerts(ctx context.Context, certs []CertSeen) error
 	// PutKey inserts or updates a key registry record.
 	PutKey(ctx context.Context, k KeyRecord) error
+	// AddIdempotent records a call made with an idempotency key (a second
+	// record with the same principal, method and key is ErrConflict).
+	AddIdempotent(ctx context.Context, c IdempotentCall) error
+	// PruneIdempotent forgets calls made before t and returns how many.
+	PruneIdempotent(ctx context.Context, before time.Time) (int, error)
+}
+
+// IdempotentCall is a write made with an idempotency key: what it was
+// (Fingerprint, a digest of its fields) and what it did, so that a retry
+// gets the same answer.
+type IdempotentCall struct {
+	Principal   string
+	Method      string
+	Key         string
+	Fingerprint string
+	RequestID   string
+	EntryIndex  uint64
+	At          time.Time
 }
 
 // Key states.

@@ -545,9 +545,14 @@ type CreateRequestRequest struct {
 	// and sink is alerted, and the request becomes approved when its veto
 	// window passes after an ack sink acknowledged the alert, unless an
 	// eligible approver denies it.
-	Solo          bool `protobuf:"varint,6,opt,name=solo,proto3" json:"solo,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Solo bool `protobuf:"varint,6,opt,name=solo,proto3" json:"solo,omitempty"`
+	// Makes a retry safe: a second call by the same principal with the same
+	// key and the same fields returns the first call's request and entry
+	// instead of creating another (for 24 hours). The SDK and bgctl set a
+	// fresh one per request and keep it across retries.
+	IdempotencyKey string `protobuf:"bytes,7,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateRequestRequest) Reset() {
@@ -622,10 +627,19 @@ func (x *CreateRequestRequest) GetSolo() bool {
 	return false
 }
 
+func (x *CreateRequestRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 type CreateRequestResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Request       *Request               `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
-	Entry         *AuditRef              `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Request *Request               `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Entry   *AuditRef              `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Set when this answers a retry: nothing new was created.
+	Replayed      bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -672,6 +686,13 @@ func (x *CreateRequestResponse) GetEntry() *AuditRef {
 		return x.Entry
 	}
 	return nil
+}
+
+func (x *CreateRequestResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
 }
 
 type GetRequestRequest struct {
@@ -1142,17 +1163,19 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\rcreated_entry\x18\x17 \x01(\v2\x17.breakglass.v1.AuditRefR\fcreatedEntry\x12\x12\n" +
 	"\x04solo\x18\x18 \x01(\bR\x04solo\x12N\n" +
 	"\x15solo_acknowledge_time\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\x13soloAcknowledgeTime\x12P\n" +
-	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\"\x86\x03\n" +
+	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\"\xca\x03\n" +
 	"\x14CreateRequestRequest\x12;\n" +
 	"\aaccount\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18@2\x16^[a-z0-9][a-z0-9._-]*$R\aaccount\x12p\n" +
 	"\rjustification\x18\x02 \x01(\tBJ\xbaHGrE\x10\x01\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\rjustification\x12D\n" +
 	"\x06ticket\x18\x03 \x01(\tB,\xbaH)r'\x18\x80\x012\"^[A-Za-z0-9][A-Za-z0-9._:#/-]*$|^$R\x06ticket\x12O\n" +
 	"\rrequested_ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\xe7\x84\x0f*\x00R\frequestedTtl\x12\x14\n" +
 	"\x05drill\x18\x05 \x01(\bR\x05drill\x12\x12\n" +
-	"\x04solo\x18\x06 \x01(\bR\x04solo\"x\n" +
+	"\x04solo\x18\x06 \x01(\bR\x04solo\x12B\n" +
+	"\x0fidempotency_key\x18\a \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[A-Za-z0-9_-]*$R\x0eidempotencyKey\"\x94\x01\n" +
 	"\x15CreateRequestResponse\x120\n" +
 	"\arequest\x18\x01 \x01(\v2\x16.breakglass.v1.RequestR\arequest\x12-\n" +
-	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"-\n" +
+	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\x12\x1a\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"-\n" +
 	"\x11GetRequestRequest\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\"F\n" +
 	"\x12GetRequestResponse\x120\n" +

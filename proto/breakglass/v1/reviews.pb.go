@@ -43,9 +43,12 @@ type ReviewRequestRequest struct {
 	Statement []byte `protobuf:"bytes,4,opt,name=statement,proto3" json:"statement,omitempty"`
 	// Its signature with the client certificate's key: ECDSA with SHA-256
 	// (ASN.1 DER), Ed25519, or RSA PKCS #1 v1.5 with SHA-256.
-	Signature     []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Signature []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Makes a retry safe, as in CreateRequestRequest: a second call with the
+	// same key and review returns the first call's answer.
+	IdempotencyKey string `protobuf:"bytes,6,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReviewRequestRequest) Reset() {
@@ -113,11 +116,20 @@ func (x *ReviewRequestRequest) GetSignature() []byte {
 	return nil
 }
 
+func (x *ReviewRequestRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 type ReviewRequestResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The request after the review: APPROVED when this review met the quorum.
-	Request       *Request  `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
-	Entry         *AuditRef `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	Request *Request  `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Entry   *AuditRef `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Set when this answers a retry: the review was recorded by the first.
+	Replayed      bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -166,21 +178,30 @@ func (x *ReviewRequestResponse) GetEntry() *AuditRef {
 	return nil
 }
 
+func (x *ReviewRequestResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
 var File_breakglass_v1_reviews_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_reviews_proto_rawDesc = "" +
 	"\n" +
-	"\x1bbreakglass/v1/reviews.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\"\xab\x02\n" +
+	"\x1bbreakglass/v1/reviews.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\"\xef\x02\n" +
 	"\x14ReviewRequestRequest\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x12E\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1d.breakglass.v1.ReviewDecisionB\n" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\bdecision\x12b\n" +
 	"\acomment\x18\x03 \x01(\tBH\xbaHErC\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\acomment\x12&\n" +
 	"\tstatement\x18\x04 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tstatement\x12&\n" +
-	"\tsignature\x18\x05 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tsignature\"x\n" +
+	"\tsignature\x18\x05 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tsignature\x12B\n" +
+	"\x0fidempotency_key\x18\x06 \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[A-Za-z0-9_-]*$R\x0eidempotencyKey\"\x94\x01\n" +
 	"\x15ReviewRequestResponse\x120\n" +
 	"\arequest\x18\x01 \x01(\v2\x16.breakglass.v1.RequestR\arequest\x12-\n" +
-	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry2k\n" +
+	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\x12\x1a\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed2k\n" +
 	"\rReviewService\x12Z\n" +
 	"\rReviewRequest\x12#.breakglass.v1.ReviewRequestRequest\x1a$.breakglass.v1.ReviewRequestResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
 

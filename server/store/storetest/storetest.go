@@ -50,6 +50,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Tokens", testTokens},
 		{"ConcurrentWritersNeverFork", testConcurrentAppends},
 		{"EachWriterGetsItsOwnOutcome", testWriterOutcomes},
+		{"IdempotentCalls", testIdempotent},
 		{"MerkleTreeAndProofs", testTree},
 		{"Checkpoints", testCheckpoints},
 	}
@@ -610,6 +611,43 @@ func testTwoHandles(t *testing.T, a, b store.Store) {
 			}
 			return nil
 		})
+	}
+}
+
+func testIdempotent(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	c := store.IdempotentCall{Principal: "alice", Method: "create", Key: "k1", Fingerprint: "f", RequestID: "r1", EntryIndex: 7, At: t0}
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.AddIdempotent(ctx, c) }); err != nil {
+		t.Fatal(err)
+	}
+	dup := c
+	dup.Fingerprint = "other"
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.AddIdempotent(ctx, dup) }); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("second record with one key: %v", err)
+	}
+	for _, other := range []store.IdempotentCall{{Principal: "bob", Method: "create", Key: "k1"}, {Principal: "alice", Method: "review", Key: "k1"}} {
+		other.At = t0.Add(time.Hour)
+		if err := s.Update(ctx, func(tx store.Tx) error { return tx.AddIdempotent(ctx, other) }); err != nil {
+			t.Fatalf("another principal or method with the same key: %v", err)
+		}
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		got, err := r.Idempotent(ctx, "alice", "create", "k1")
+		if err != nil || *got != c {
+			t.Errorf("Idempotent = %+v, %v", got, err)
+		}
+		if _, err := r.Idempotent(ctx, "alice", "create", "k2"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("unknown key: %v", err)
+		}
+		return nil
+	})
+	var pruned int
+	if err := s.Update(ctx, func(tx store.Tx) error {
+		var err error
+		pruned, err = tx.PruneIdempotent(ctx, t0.Add(time.Minute))
+		return err
+	}); err != nil || pruned != 1 {
+		t.Fatalf("pruned %d, %v", pruned, err)
 	}
 }
 
