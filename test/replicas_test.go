@@ -22,6 +22,7 @@ import (
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/devmode"
+	"github.com/bgbroker/breakglass/server/httpapi"
 	"github.com/bgbroker/breakglass/server/store/postgres/pgtest"
 )
 
@@ -69,6 +70,21 @@ func newReplicas(t *testing.T, dsn string, n int) []*devBroker {
 		out = append(out, d)
 	}
 	return out
+}
+
+// health reads /healthz.
+func (d *devBroker) health(t *testing.T) httpapi.Health {
+	t.Helper()
+	resp, err := d.httpClient().Get(d.ready.Issuer + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h httpapi.Health
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 // dialAll dials as principal with every replica's address, first first.
@@ -139,8 +155,80 @@ func TestReplicasCrossReplicaFlow(t *testing.T) {
 	if _, err := a.client("alice").IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: req.GetId(), Audience: "db.prod.example"}); err != nil {
 		t.Fatal(err)
 	}
+
+	// A retry on the other replica with the same idempotency key gets the
+	// first answer.
+	in := &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "retried elsewhere", IdempotencyKey: "retry-1"}
+	first, err := a.client("alice").CreateRequest(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := b.client("alice").CreateRequest(ctx, in)
+	if err != nil || !again.GetReplayed() || again.GetRequest().GetId() != first.GetRequest().GetId() || again.GetEntry().GetIndex() != first.GetEntry().GetIndex() {
+		t.Fatalf("retry on B: %v %v", again, err)
+	}
+
+	// bgctl and the SDK given a dead address first move on to a live one.
+	dead := "127.0.0.1:1"
+	env := append(a.env("alice"), "BGCTL_ADDR="+dead+","+a.ready.GRPC)
+	if out := must(t, env, bin.bgctl, "show", req.GetId()); !strings.Contains(out, req.GetId()) {
+		t.Errorf("bgctl show through a dead first address: %s", out)
+	}
+	out := must(t, env, bin.bgctl, "request", "--account", "prod-db", "--justification", "through failover", "-o", "json")
+	if !strings.Contains(out, "through failover") {
+		t.Errorf("bgctl request through a dead first address: %s", out)
+	}
+	c, err := client.Dial(client.Options{Addr: dead + "," + b.ready.GRPC, CAFile: a.state("ca", "ca.crt"),
+		CertFile: a.state("identities", "alice.crt"), KeyFile: a.state("identities", "alice.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "SDK failover"}); err != nil {
+		t.Errorf("SDK create through a dead first address: %v", err)
+	}
+	// A revocation is not repeated on another replica: its outcome is the
+	// caller's to check.
+	c2, err := client.Dial(client.Options{Addr: dead + "," + b.ready.GRPC, CAFile: a.state("ca", "ca.crt"),
+		CertFile: a.state("identities", "alice.crt"), KeyFile: a.state("identities", "alice.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, err := c2.RevokeGrant(ctx, &bgv1.RevokeGrantRequest{RequestId: req.GetId(), Reason: "x"}); status.Code(err) != codes.Unavailable {
+		t.Errorf("revoke through a dead first address: %v", err)
+	}
 	if r := a.exportAudit(t).verify(t); r.code != 0 {
 		t.Fatalf("verify: %+v", r)
+	}
+
+	// B restarts with a changed policy and logs it; A, still on the old
+	// one, says so in health and refuses to grant, but still cancels.
+	pol := b.state("policy.yaml")
+	old, err := os.ReadFile(pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pol, bytes.Replace(old, []byte("max_ttl: 1h"), []byte("max_ttl: 2h"), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.restart()
+	deadline := time.Now().Add(30 * time.Second)
+	for a.health(t).Status == "SERVING" && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if h := a.health(t); h.Status != "NOT_SERVING" || !strings.Contains(h.Checks["policy"], "policy in force") {
+		t.Errorf("health of the replica with the old policy: %+v", h)
+	}
+	_, err = a.client("alice").CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "old policy"})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "policy in force") {
+		t.Errorf("create on the replica with the old policy: %v", err)
+	}
+	if _, err := a.client("alice").CancelRequest(ctx, &bgv1.CancelRequestRequest{Id: first.GetRequest().GetId()}); err != nil {
+		t.Errorf("cancel on the replica with the old policy: %v", err)
+	}
+	if _, err := b.client("alice").CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "new policy"}); err != nil {
+		t.Errorf("create on the replica with the policy in force: %v", err)
 	}
 }
 
@@ -283,6 +371,9 @@ func TestReplicasSurviveCrashAndDatabaseRestart(t *testing.T) {
 	if _, err := a.client("alice").CreateRequest(context.Background(), &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "during the outage"}); status.Code(err) != codes.Unavailable {
 		t.Errorf("create with the database down: %v", err)
 	}
+	if h := a.health(t); h.Status != "NOT_SERVING" {
+		t.Errorf("health with the database down: %+v", h)
+	}
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -294,6 +385,13 @@ func TestReplicasSurviveCrashAndDatabaseRestart(t *testing.T) {
 	for _, r := range []*devBroker{a, b} {
 		if _, err := r.client("alice").ListRequests(context.Background(), &bgv1.ListRequestsRequest{}); err != nil {
 			t.Errorf("replica %s after the database came back: %v", r.ready.GRPC, err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for r.health(t).Status != "SERVING" && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if h := r.health(t); h.Status != "SERVING" {
+			t.Errorf("replica %s health after the database came back: %+v", r.ready.GRPC, h)
 		}
 	}
 

@@ -35,6 +35,13 @@ func Run(t *testing.T, newStore Factory) {
 		t.Cleanup(func() { _ = o.Close() })
 		testTwoHandles(t, s, o)
 	})
+	t.Run("OutboxWorkIsSharedNotDoubled", func(t *testing.T) {
+		s, another := newStore(t)
+		t.Cleanup(func() { _ = s.Close() })
+		o := another()
+		t.Cleanup(func() { _ = o.Close() })
+		testOutboxTwoHandles(t, s, o)
+	})
 	tests := []struct {
 		name string
 		fn   func(*testing.T, store.Store)
@@ -649,6 +656,82 @@ func testIdempotent(t *testing.T, s store.Store) {
 	}); err != nil || pruned != 1 {
 		t.Fatalf("pruned %d, %v", pruned, err)
 	}
+}
+
+// Two processes delivering one outbox: concurrent claims never overlap, a
+// row leased by a process that died is claimed again when its lease ends,
+// and the dead process's late report cannot undo the delivery.
+func testOutboxTwoHandles(t *testing.T, a, b store.Store) {
+	ctx := context.Background()
+	var items []store.OutboxItem
+	for i := range 40 {
+		items = append(items, store.OutboxItem{EventID: fmt.Sprintf("e%02d", i), Sink: "soc", Type: "request.created", Body: []byte("{}"), CreatedAt: t0})
+	}
+	if err := a.Update(ctx, func(tx store.Tx) error { return tx.Enqueue(ctx, items) }); err != nil {
+		t.Fatal(err)
+	}
+	claim := func(s store.Store, now time.Time) []store.OutboxItem {
+		var got []store.OutboxItem
+		if err := s.Update(ctx, func(tx store.Tx) error {
+			var err error
+			got, err = tx.ClaimOutbox(ctx, now, time.Minute, 10)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	// Concurrent claims from both processes are disjoint.
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		claimed = map[string]int{}
+	)
+	for _, s := range []store.Store{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, it := range claim(s, t0) {
+				mu.Lock()
+				claimed[it.EventID]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(claimed) != 40 {
+		t.Fatalf("%d rows claimed by four concurrent claims of 10", len(claimed))
+	}
+	for id, n := range claimed {
+		if n != 1 {
+			t.Fatalf("row %s claimed %d times", id, n)
+		}
+	}
+	if got := claim(b, t0.Add(30*time.Second)); len(got) != 0 {
+		t.Fatalf("%d leased rows claimed again before their lease ended", len(got))
+	}
+	// The claimers died; after the lease, the other process takes the rows.
+	retaken := claim(b, t0.Add(2*time.Minute))
+	if len(retaken) != 10 {
+		t.Fatalf("%d rows retaken after the lease ended", len(retaken))
+	}
+	it := retaken[0]
+	it.Attempts, it.State, it.DeliveredAt = 1, store.OutboxDelivered, t0.Add(2*time.Minute)
+	if err := b.Update(ctx, func(tx store.Tx) error { return tx.FinishOutbox(ctx, it) }); err != nil {
+		t.Fatal(err)
+	}
+	late := it
+	late.Attempts, late.State, late.LastError, late.DeliveredAt = 1, store.OutboxPending, "timeout", time.Time{}
+	if err := a.Update(ctx, func(tx store.Tx) error { return tx.FinishOutbox(ctx, late) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.View(ctx, func(r store.Reader) error {
+		sum, err := r.OutboxSummary(ctx)
+		if err != nil || len(sum) != 1 || sum[0].Delivered != 1 || sum[0].Pending != 39 {
+			t.Errorf("after a late report from the dead process: %+v %v", sum, err)
+		}
+		return nil
+	})
 }
 
 // Writers that run at the same time (and may share a commit) each get
