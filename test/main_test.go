@@ -5,6 +5,7 @@ package test
 
 import (
 	"errors"
+	"go.uber.org/goleak"
 
 	"bytes"
 	"crypto/rand"
@@ -65,7 +66,15 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if code == 0 {
+		// The in-process brokers of these tests must leave nothing running.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+			return 1
+		}
+	}
+	return code
 }
 
 // pg is the throwaway PostgreSQL server of the replica tests (nil when

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"go.uber.org/goleak"
 	"os"
 	"path/filepath"
 	"testing"
@@ -38,7 +39,16 @@ func Main(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "skipping: SoftHSM2 is not installed:", err)
 		return 0
 	}
-	return m.Run()
+	code := m.Run()
+	if code == 0 {
+		// Every goroutine a test started (signing, reopening, background
+		// loops) must have ended with the test's cleanup.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+			return 1
+		}
+	}
+	return code
 }
 
 // Token is a fresh token with its configuration.
