@@ -34,6 +34,7 @@ type devBroker struct {
 	// serve runs `breakglassd serve` on state/config.yaml instead of dev
 	// mode (a replica on a shared database).
 	serve bool
+	hc    *http.Client
 	ready daemon.Ready
 	cmd   *exec.Cmd
 	logs  *logBuffer
@@ -184,8 +185,14 @@ func (d *devBroker) caPool() *x509.CertPool {
 	return pool
 }
 
+// httpClient is one client per broker, so that polling /healthz or
+// /metrics reuses one connection instead of leaving one open per call.
 func (d *devBroker) httpClient() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: d.caPool()}}}
+	if d.hc == nil {
+		d.hc = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: d.caPool()}}}
+		d.t.Cleanup(d.hc.CloseIdleConnections)
+	}
+	return d.hc
 }
 
 // devCA loads the dev CA, to mint extra certificates for hostile cases.

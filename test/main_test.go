@@ -25,6 +25,8 @@ import (
 // bin holds the paths of the binaries built for this test run.
 var bin struct {
 	dir, breakglassd, bgctl string
+	// faultModule is the PKCS#11 pass-through of pkcs11fault/fault.c.
+	faultModule string
 }
 
 func TestMain(m *testing.M) {
@@ -53,6 +55,19 @@ func testMain(m *testing.M) int {
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)
+		return 1
+	}
+	// The PKCS#11 fault module, over the real SoftHSM2.
+	inc, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/miekg/pkcs11").Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "finding pkcs11.h:", err)
+		return 1
+	}
+	bin.faultModule = filepath.Join(dir, "libpkcs11fault.so")
+	cc := exec.Command("cc", "-Wall", "-Werror", "-shared", "-fPIC", "-I", strings.TrimSpace(string(inc)), "-o", bin.faultModule, "pkcs11fault/fault.c", "-ldl")
+	cc.Stdout, cc.Stderr = os.Stderr, os.Stderr
+	if err := cc.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the PKCS#11 fault module:", err)
 		return 1
 	}
 	s, err := pgtest.Start()

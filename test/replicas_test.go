@@ -26,14 +26,13 @@ import (
 	"github.com/bgbroker/breakglass/server/store/postgres/pgtest"
 )
 
-// newReplicas makes n broker replicas on one PostgreSQL database: the
-// first is a dev setup switched to the database, the others copies of its
-// directory, each with its own copy of the SoftHSM2 token (SoftHSM2 must
-// not be shared by processes; a network HSM would be).
-func newReplicas(t *testing.T, dsn string, n int) []*devBroker {
+// newServeDir makes a dev broker directory (state/ under a temporary
+// directory) and lets edit change its configuration, for brokers started
+// with `breakglassd serve`.
+func newServeDir(t *testing.T, edit func(cfg []byte) []byte) string {
 	t.Helper()
-	first := t.TempDir()
-	path, _, err := devmode.Setup(context.Background(), devmode.Options{Dir: filepath.Join(first, "state"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"})
+	dir := t.TempDir()
+	path, _, err := devmode.Setup(context.Background(), devmode.Options{Dir: filepath.Join(dir, "state"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,17 +40,29 @@ func newReplicas(t *testing.T, dsn string, n int) []*devBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sqliteStore := "store:\n  driver: sqlite\n  sqlite:\n    path: broker.db\n"
-	if !bytes.Contains(cfg, []byte(sqliteStore)) {
-		t.Fatalf("dev config has no sqlite store section:\n%s", cfg)
-	}
-	cfg = bytes.Replace(cfg, []byte(sqliteStore), fmt.Appendf(nil, "store:\n  driver: postgres\n  dsn: %q\n", dsn), 1)
-	// Fast health checks, so a replica notices its database is back soon;
-	// a rate limit the concurrent flows of one principal stay under.
-	cfg = append(cfg, []byte("health_interval: 500ms\nlimits: {rate_per_second: 1000, burst: 1000}\n")...)
-	if err := os.WriteFile(path, cfg, 0o600); err != nil {
+	if err := os.WriteFile(path, edit(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+// newReplicas makes n broker replicas on one PostgreSQL database: the
+// first is a dev setup switched to the database, the others copies of its
+// directory, each with its own copy of the SoftHSM2 token (SoftHSM2 must
+// not be shared by processes; a network HSM would be).
+func newReplicas(t *testing.T, dsn string, n int) []*devBroker {
+	t.Helper()
+	first := newServeDir(t, func(cfg []byte) []byte {
+		sqliteStore := "store:\n  driver: sqlite\n  sqlite:\n    path: broker.db\n"
+		if !bytes.Contains(cfg, []byte(sqliteStore)) {
+			t.Fatalf("dev config has no sqlite store section:\n%s", cfg)
+		}
+		cfg = bytes.Replace(cfg, []byte(sqliteStore), fmt.Appendf(nil, "store:\n  driver: postgres\n  dsn: %q\n", dsn), 1)
+		// Fast health checks, so a replica notices its database is back
+		// soon; a rate limit the concurrent flows of one principal stay
+		// under.
+		return append(cfg, []byte("health_interval: 500ms\nlimits: {rate_per_second: 1000, burst: 1000}\n")...)
+	})
 	var out []*devBroker
 	for i := range n {
 		dir := first

@@ -49,6 +49,12 @@ type Config struct {
 	// may be stored unsigned (revocations and the like), so that taking
 	// access away stays quick while the HSM hangs (default 300ms).
 	OptionalSignTimeout time.Duration
+	// HSMBackoff is how long after a failed signature that had to succeed
+	// the broker refuses at once, instead of trying the HSM again (default
+	// 1s). Writes are serialized: without it, every call queued behind a
+	// slow or dead HSM would hold the writer for a whole sign timeout, and
+	// revocations would wait behind them.
+	HSMBackoff time.Duration
 	// MaxWatchesPerPrincipal bounds concurrent WatchRequest streams per
 	// principal (default 16).
 	MaxWatchesPerPrincipal int
@@ -89,6 +95,9 @@ type Broker struct {
 	// hsmDown is set by the health checker; while it is set, optional
 	// signatures are not even attempted.
 	hsmDown atomic.Bool
+	// hsmFailed is when (Unix ns) a signature that had to succeed last
+	// failed on the HSM's side; see Config.HSMBackoff.
+	hsmFailed atomic.Int64
 	// eventsPending is set when a transaction wrote to the outbox.
 	eventsPending atomic.Bool
 	// certs are client certificates seen since the last flush.
@@ -131,6 +140,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	if cfg.DenialWindow <= 0 {
 		cfg.DenialWindow = time.Minute
+	}
+	if cfg.HSMBackoff <= 0 {
+		cfg.HSMBackoff = time.Second
 	}
 	if cfg.OptionalSignTimeout <= 0 {
 		cfg.OptionalSignTimeout = 300 * time.Millisecond
@@ -200,7 +212,36 @@ func (b *Broker) AuditKID() string { _, kid := b.keys.AuditKey(); return kid }
 func (b *Broker) Minter(account string) *token.Minter { return b.keys.Minter(account) }
 
 // SetHSMDown records the HSM health as the health checker sees it.
-func (b *Broker) SetHSMDown(down bool) { b.hsmDown.Store(down) }
+func (b *Broker) SetHSMDown(down bool) {
+	b.hsmDown.Store(down)
+	if !down {
+		b.hsmFailed.Store(0)
+	}
+}
+
+// errHSMBackoff is the cause given while the broker backs off the HSM.
+var errHSMBackoff = errors.New("a signature failed moments ago; not trying the HSM again yet")
+
+// hsmSuspect reports whether signatures should not be tried now: the
+// health checker says the HSM is down, or one failed within HSMBackoff.
+func (b *Broker) hsmSuspect() bool {
+	if b.hsmDown.Load() {
+		return true
+	}
+	t := b.hsmFailed.Load()
+	return t != 0 && time.Since(time.Unix(0, t)) < b.cfg.HSMBackoff
+}
+
+// hsmFailure records a failed signature that had to succeed and returns
+// the caller's error. A signature abandoned because the caller went away
+// says nothing about the HSM and is not recorded: a client must not be
+// able to make the broker refuse everyone by hanging up.
+func (b *Broker) hsmFailure(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		b.hsmFailed.Store(time.Now().UnixNano())
+	}
+	return hsmDown(err)
+}
 
 // logPolicy appends a policy_loaded entry unless the last one logged has
 // the same hash and identity configuration.
@@ -266,10 +307,13 @@ func (b *Broker) appendEntry(ctx context.Context, tx store.Tx, now time.Time, d 
 	}
 	key, kid := b.keys.AuditKey()
 	if mustSign {
-		if err := audit.Sign(ctx, key, kid, &rec); err != nil {
-			return audit.Record{}, hsmDown(err)
+		if b.hsmSuspect() {
+			return audit.Record{}, hsmDown(errHSMBackoff)
 		}
-	} else if !b.hsmDown.Load() {
+		if err := audit.Sign(ctx, key, kid, &rec); err != nil {
+			return audit.Record{}, b.hsmFailure(ctx, err)
+		}
+	} else if !b.hsmSuspect() {
 		sctx, cancel := context.WithTimeout(ctx, b.cfg.OptionalSignTimeout)
 		err := audit.Sign(sctx, key, kid, &rec)
 		cancel()

@@ -99,9 +99,12 @@ func (c *clock) Advance(d time.Duration) {
 type faultyKey struct {
 	*hsm.Key
 	down atomic.Bool
+	// tries counts the signatures asked of the key.
+	tries atomic.Int64
 }
 
 func (k *faultyKey) SignContext(ctx context.Context, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	k.tries.Add(1)
 	if k.down.Load() {
 		return nil, fmt.Errorf("%w: CKR_DEVICE_ERROR (injected)", hsm.ErrUnavailable)
 	}
@@ -1153,6 +1156,43 @@ func TestIdempotencyKeys(t *testing.T) {
 	// The quorum still needs the second approver.
 	if res, err := h.review("erin", first.Request.ID, request.Approve); err != nil || res.Request.State != request.Approved {
 		t.Fatalf("quorum: %v", err)
+	}
+	h.verifyChain()
+}
+
+// After a signature that had to succeed fails, granting calls are refused
+// at once for a moment instead of each waiting on the HSM inside the one
+// write transaction; revocations go on unsigned; a caller hanging up does
+// not count as an HSM failure.
+func TestHSMBackoff(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	g := h.approved("frank")
+	h.audit.down.Store(true)
+	_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+	wantKind(t, err, broker.KindUnavailable, "HSM")
+	tries := h.audit.tries.Load()
+	for range 5 {
+		_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+		wantKind(t, err, broker.KindUnavailable, "HSM")
+	}
+	if _, err := h.b.RevokeGrant(h.ctx, "frank", g.ID, "done"); err != nil {
+		t.Fatalf("revoke during the backoff: %v", err)
+	}
+	if got := h.audit.tries.Load(); got != tries {
+		t.Fatalf("%d signatures tried during the backoff", got-tries)
+	}
+	// After the backoff the HSM is tried again, and works.
+	h.audit.down.Store(false)
+	time.Sleep(1100 * time.Millisecond)
+	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"}); err != nil {
+		t.Fatalf("after the backoff: %v", err)
+	}
+	// A caller who hangs up mid-signature does not start a backoff.
+	cctx, cancel := context.WithCancel(h.ctx)
+	cancel()
+	_, _ = h.b.CreateRequest(cctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"}); err != nil {
+		t.Fatalf("after a cancelled caller: %v", err)
 	}
 	h.verifyChain()
 }

@@ -102,9 +102,12 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		Expiry: token.NumericDate(r.GrantExpiresAt), ID: jti, ClientID: r.Requester,
 		Account: r.Account, Request: r.ID, Approvers: outcome.Approvers(), Drill: r.Drill,
 	}
+	if b.hsmSuspect() {
+		return nil, hsmDown(errHSMBackoff)
+	}
 	minted, err := b.keys.Minter(r.Account).Mint(ctx, claims)
 	if err != nil {
-		return nil, hsmDown(err)
+		return nil, b.hsmFailure(ctx, err)
 	}
 	var out Issued
 	err = b.update(ctx, func(tx store.Tx) error {
