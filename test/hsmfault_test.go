@@ -221,9 +221,9 @@ func TestSlowHSM(t *testing.T) {
 	before := f.metric("go_goroutines")
 	f.set("delay 3000")
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		got   = map[codes.Code]int{}
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		got = map[codes.Code]int{}
 	)
 	for i := range 40 {
 		wg.Add(1)

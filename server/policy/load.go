@@ -260,9 +260,10 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 				}
 				cf := l.fields(v, path, "slack", "webhook_tag", "email")
 				c := Contact{Slack: l.str(cf["slack"], path+".slack"), WebhookTag: l.str(cf["webhook_tag"], path+".webhook_tag"), Email: l.str(cf["email"], path+".email")}
-				for name, val := range map[string]string{"slack": c.Slack, "webhook_tag": c.WebhookTag, "email": c.Email} {
-					if len(val) > 128 || strings.ContainsAny(val, "\n\r\t ") {
-						l.add(cf[name], path+"."+name, "must be at most 128 characters without whitespace")
+				// In a fixed order: problems on one line keep the order found.
+				for _, s := range [...]struct{ name, val string }{{"slack", c.Slack}, {"webhook_tag", c.WebhookTag}, {"email", c.Email}} {
+					if len(s.val) > 128 || strings.ContainsAny(s.val, "\n\r\t ") {
+						l.add(cf[s.name], path+"."+s.name, "must be at most 128 characters without whitespace")
 					}
 				}
 				p.Contacts[k.Value] = c

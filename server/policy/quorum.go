@@ -59,6 +59,16 @@ func Evaluate(p *Policy, rule Rule, requester string, approvals []string) Outcom
 // requirement with Approvals n has n slots) that fills every slot, by
 // augmenting paths (Kuhn's algorithm). Sizes are tiny: groups of people.
 func match(p *Policy, alt Alternative, approvers []string) (map[string]string, bool) {
+	// Count the slots before making them: approvals is whatever the
+	// document says, and a count far beyond the approvers could never be
+	// filled but would exhaust memory being laid out.
+	need := 0
+	for _, req := range alt {
+		if req.Approvals > len(approvers)-need {
+			return nil, false
+		}
+		need += max(req.Approvals, 0)
+	}
 	var slots []string // slot -> group
 	for _, req := range alt {
 		for range req.Approvals {
