@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/bgbroker/breakglass/client"
 	"github.com/bgbroker/breakglass/client/approval"
 	"github.com/bgbroker/breakglass/client/auditverify"
 	"github.com/bgbroker/breakglass/hsm"
@@ -595,8 +595,10 @@ func TestAuditRollbackIsCaught(t *testing.T) {
 	}
 }
 
-// kill -9 in the middle of a stream of operations: every call that returned
-// success is in the log, and the log verifies.
+// kill -9 at random moments under concurrent flows (create, two signed
+// approvals, token), restarting each time: every call that returned
+// success is in the log, and the log verifies, which replays every grant
+// and token against the quorum its approvers signed.
 func TestCrashSafety(t *testing.T) {
 	d := startDev(t)
 	type ack struct {
@@ -607,35 +609,54 @@ func TestCrashSafety(t *testing.T) {
 		mu   sync.Mutex
 		acks []ack
 	)
-	rounds := 5
+	record := func(e *bgv1.AuditRef) {
+		mu.Lock()
+		acks = append(acks, ack{e.GetIndex(), e.GetLeafHash()})
+		mu.Unlock()
+	}
+	rounds := 20
 	if testing.Short() {
-		rounds = 2
+		rounds = 3
 	}
 	for round := range rounds {
 		ctx, cancel := context.WithCancel(context.Background())
+		alice, bob, erin := d.client("alice"), d.client("bob"), d.client("erin")
 		var wg sync.WaitGroup
 		for w := range 4 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c := d.client("alice")
 				for i := 0; ctx.Err() == nil; i++ {
-					resp, err := c.CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: fmt.Sprintf("round %d worker %d op %d", round, w, i)})
+					c, err := alice.CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: fmt.Sprintf("round %d worker %d op %d", round, w, i)})
 					if err != nil {
 						continue
 					}
-					mu.Lock()
-					acks = append(acks, ack{resp.GetEntry().GetIndex(), resp.GetEntry().GetLeafHash()})
-					mu.Unlock()
+					record(c.GetEntry())
+					ok := true
+					for _, rv := range []*client.Client{bob, erin} {
+						r, err := rv.Review(ctx, c.GetRequest(), bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, "")
+						if err != nil {
+							ok = false
+							break
+						}
+						record(r.GetEntry())
+					}
+					if !ok {
+						continue
+					}
+					if tok, err := alice.IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: c.GetRequest().GetId(), Audience: "db.prod.example"}); err == nil {
+						record(tok.GetEntry())
+					}
 				}
 			}()
 		}
-		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
-		_ = d.cmd.Process.Signal(syscall.SIGKILL)
-		<-d.done
-		d.cmd = nil
+		time.Sleep(time.Duration(50+rand.IntN(400)) * time.Millisecond)
+		d.kill()
 		cancel()
 		wg.Wait()
+		for _, c := range []*client.Client{alice, bob, erin} {
+			_ = c.Close()
+		}
 		d.start()
 	}
 	f := d.exportAudit(t)
@@ -651,5 +672,5 @@ func TestCrashSafety(t *testing.T) {
 	if len(acks) == 0 {
 		t.Fatal("no call succeeded")
 	}
-	t.Logf("%d kill -9, %d acknowledged writes, all present; log of %d entries verifies", rounds, len(acks), len(lines))
+	t.Logf("%d kill -9 under concurrent flows, %d acknowledged writes, all present; log of %d entries verifies", rounds, len(acks), len(lines))
 }

@@ -68,11 +68,14 @@ func dbDown(err error) error {
 
 func internal(err error) error {
 	var be *Error
-	if errors.As(err, &be) && (be.Kind != KindInternal || !errors.Is(err, store.ErrUnavailable)) {
+	if errors.As(err, &be) && (be.Kind != KindInternal || !(errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrNoSpace))) {
 		return err
 	}
 	if errors.Is(err, store.ErrUnavailable) {
 		return dbDown(err)
+	}
+	if errors.Is(err, store.ErrNoSpace) {
+		return &Error{Kind: KindUnavailable, Msg: "the broker's database has no disk space left, so nothing can be recorded; nothing was changed; an operator must free space (the broker resumes by itself)", Err: err}
 	}
 	return &Error{Kind: KindInternal, Msg: "internal error", Err: err}
 }

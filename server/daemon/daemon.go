@@ -118,11 +118,19 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.module, err = hsm.Open(ctx, cfg.HSM, log); err != nil {
 		return nil, err
 	}
+	// Assigned only on success: a nil *sqlite.Store in the interface would
+	// not be nil to closeResources.
 	switch cfg.Store.Driver {
 	case "sqlite":
-		d.store, err = sqlite.Open(ctx, cfg.Store.SQLite)
+		var st *sqlite.Store
+		if st, err = sqlite.Open(ctx, cfg.Store.SQLite); err == nil {
+			d.store = st
+		}
 	case "postgres":
-		d.store, err = postgres.Open(ctx, cfg.Store.Postgres(), log)
+		var st *postgres.Store
+		if st, err = postgres.Open(ctx, cfg.Store.Postgres(), log); err == nil {
+			d.store = st
+		}
 	}
 	if err != nil {
 		return nil, err

@@ -40,6 +40,10 @@ type Store interface {
 // the caller may try another replica.
 var ErrUnavailable = errors.New("the database is unavailable")
 
+// ErrNoSpace means the database's disk is full: nothing can be written
+// until an operator frees space; the store goes on by itself once there is.
+var ErrNoSpace = errors.New("the database's disk is full")
+
 // Change is what one committed transaction changed, as announced to the
 // other processes sharing a store.
 type Change struct {

@@ -70,6 +70,15 @@ const maxBatch = 64
 
 var dialect = sqlstore.Dialect{IsConflict: isConflict}
 
+// classify marks a full disk with store.ErrNoSpace.
+func classify(err error) error {
+	var se *sqlite3.Error
+	if err != nil && !errors.Is(err, store.ErrNoSpace) && errors.As(err, &se) && se.Code()&0xff == sqlite3lib.SQLITE_FULL {
+		return fmt.Errorf("%w: %w", store.ErrNoSpace, err)
+	}
+	return err
+}
+
 func isConflict(err error) bool {
 	var se *sqlite3.Error
 	if errors.As(err, &se) {
@@ -196,7 +205,7 @@ func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 	if r.panic != nil {
 		panic(r.panic)
 	}
-	return r.err
+	return classify(r.err)
 }
 
 var errStoreClosed = errors.New("sqlite: the store is closed")
