@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,6 +163,14 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	if len(raw) > maxTokenBytes {
 		return nil, invalidf("token is %d bytes", len(raw))
 	}
+	// go-jose decodes each part leniently: it skips CR and LF and ignores
+	// the unused low bits of a part's last character, so one signed token
+	// has many spellings that all verify. Only the canonical one passes, so
+	// that a token's bytes, and any hash or cache key made of them, name it
+	// alone.
+	if !canonicalParts(raw) {
+		return nil, invalidf("not in canonical base64url (no padding, line breaks or stray bits)")
+	}
 	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
 	if err != nil {
 		return nil, invalidf("%v", err)
@@ -215,6 +224,18 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 		}
 	}
 	return &c, nil
+}
+
+// canonicalParts reports whether every dot-separated part of raw is
+// unpadded base64url in the one form its bytes encode to.
+func canonicalParts(raw string) bool {
+	for part := range strings.SplitSeq(raw, ".") {
+		b, err := base64.RawURLEncoding.DecodeString(part)
+		if err != nil || base64.RawURLEncoding.EncodeToString(b) != part {
+			return false
+		}
+	}
+	return true
 }
 
 // key finds kid in the cached JWKS, refreshing it (at most once per

@@ -26,7 +26,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	_ "modernc.org/sqlite"
 
-	"github.com/bgbroker/breakglass/client"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/devmode"
@@ -336,198 +335,20 @@ func TestRestartWithPendingRequest(t *testing.T) {
 }
 
 // Every authorization rule of the flow, through the API.
-func TestAuthorizationRules(t *testing.T) {
-	d := startDev(t)
-	d.exportAuditKey()
-	ctx := context.Background()
-	pending := d.createRequest("alice")
-	approvedID := d.createRequest("alice")
-	d.mustBgctl("bob", "approve", approvedID, "--yes")
-	d.mustBgctl("erin", "approve", approvedID, "--yes")
-	deniedID := d.createRequest("alice")
-	d.mustBgctl("erin", "deny", deniedID, "--comment", "not an outage", "--yes")
-	cancelledID := d.createRequest("alice")
-	d.mustBgctl("alice", "cancel", cancelledID)
-
-	c := map[string]*client.Client{}
-	for _, p := range []string{"alice", "bob", "carol", "erin", "dave"} {
-		c[p] = d.client(p)
-	}
-	tests := []struct {
-		name string
-		call func() error
-		want codes.Code
-		msg  string
-	}{
-		{"only requesters create", func() error {
-			_, err := c["bob"].CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x"})
-			return err
-		}, codes.PermissionDenied, "not in a requester group"},
-		{"unknown account", func() error {
-			_, err := c["alice"].CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "nope", Justification: "x"})
-			return err
-		}, codes.NotFound, "does not exist"},
-		{"TTL over max_ttl", func() error {
-			_, err := c["alice"].CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x", RequestedTtl: dur(2 * time.Hour)})
-			return err
-		}, codes.InvalidArgument, "max_ttl"},
-		{"zero TTL", func() error {
-			_, err := c["alice"].CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x", RequestedTtl: dur(0)})
-			return err
-		}, codes.InvalidArgument, "requested_ttl"},
-		{"only the requester cancels", func() error {
-			_, err := c["bob"].CancelRequest(ctx, &bgv1.CancelRequestRequest{Id: pending})
-			return err
-		}, codes.PermissionDenied, "only the requester"},
-		{"auditor may read but not review", func() error {
-			_, err := c["dave"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: pending, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
-			return err
-		}, codes.PermissionDenied, "not an eligible approver"},
-		{"approval after approval", func() error {
-			_, err := c["carol"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: approvedID, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
-			return err
-		}, codes.FailedPrecondition, "already approved"},
-		{"approval after denial", func() error {
-			_, err := c["bob"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: deniedID, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
-			return err
-		}, codes.FailedPrecondition, "denied"},
-		{"approval after cancel", func() error {
-			_, err := c["bob"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: cancelledID, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
-			return err
-		}, codes.FailedPrecondition, "cancelled"},
-		{"only the requester issues", func() error {
-			_, err := c["bob"].IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: approvedID, Audience: "db.prod.example"})
-			return err
-		}, codes.PermissionDenied, "only the requester"},
-		{"audience the account lacks", func() error {
-			_, err := c["alice"].IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: approvedID, Audience: "ledger.example"})
-			return err
-		}, codes.InvalidArgument, "not one of account prod-db's audiences"},
-		{"token for an unapproved request", func() error {
-			_, err := c["alice"].IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: pending, Audience: "db.prod.example"})
-			return err
-		}, codes.FailedPrecondition, "still pending"},
-		{"auditor may not revoke", func() error {
-			_, err := c["dave"].RevokeGrant(ctx, &bgv1.RevokeGrantRequest{RequestId: approvedID, Reason: "x"})
-			return err
-		}, codes.PermissionDenied, "may revoke"},
-		{"requester may not check tokens it does not hold", func() error {
-			_, err := c["alice"].CheckToken(ctx, &bgv1.CheckTokenRequest{Jti: "7b3f4f8e-0000-4000-8000-000000000000"})
-			return err
-		}, codes.PermissionDenied, "relying parties and auditors"},
-		{"auditor checks an unknown jti", func() error {
-			_, err := c["dave"].CheckToken(ctx, &bgv1.CheckTokenRequest{Jti: "7b3f4f8e-0000-4000-8000-000000000000"})
-			return err
-		}, codes.NotFound, "no token"},
-		{"malformed id", func() error {
-			_, err := c["alice"].GetRequest(ctx, &bgv1.GetRequestRequest{Id: "'; DROP TABLE requests; --"})
-			return err
-		}, codes.InvalidArgument, "id"},
-		{"absent id", func() error {
-			_, err := c["alice"].GetRequest(ctx, &bgv1.GetRequestRequest{})
-			return err
-		}, codes.InvalidArgument, "id"},
-		{"unspecified decision", func() error {
-			_, err := c["bob"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: pending})
-			return err
-		}, codes.InvalidArgument, "decision"},
-		{"oversize justification", func() error {
-			_, err := c["alice"].CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: strings.Repeat("x", 2001)})
-			return err
-		}, codes.InvalidArgument, "justification"},
-		{"control characters", func() error {
-			_, err := c["alice"].CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "ok\x1b]0;pwned\x07"})
-			return err
-		}, codes.InvalidArgument, "justification"},
-		{"oversize comment", func() error {
-			_, err := c["bob"].ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: pending, Decision: bgv1.ReviewDecision_REVIEW_DECISION_DENY, Comment: strings.Repeat("y", 2001)})
-			return err
-		}, codes.InvalidArgument, "comment"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			before := d.snapshot()
-			n := len(d.chain())
-			err := tc.call()
-			if codeOf(err) != tc.want || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("got %v, want %s containing %q", err, tc.want, tc.msg)
-			}
-			if d.snapshot() != before || len(d.chain()) != n {
-				t.Fatal("the refused call changed state")
-			}
-		})
-	}
-	// Visibility: a caller never learns of a request it may not see.
-	other := d.devCA()
-	cert, key, err := other.Issue(devmode.LeafOptions{CommonName: "zed", URIs: []string{devmode.URIPrefix + "zed"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	zed := d.clientTLS(tlsFor(t, d.caPool(), cert, key))
-	_, err = zed.GetRequest(ctx, &bgv1.GetRequestRequest{Id: pending})
-	if codeOf(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "not in the broker's policy") {
-		t.Errorf("principal outside the policy: %v", err)
-	}
-}
-
 func tlsFor(t *testing.T, roots *x509.CertPool, cert *x509.Certificate, key *ecdsa.PrivateKey) *tls.Config {
 	t.Helper()
 	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}}}
 }
 
-// Certificates that must not get in, and the CRL.
-func TestClientCertificates(t *testing.T) {
+// A certificate put on the CRL is refused as soon as the broker re-reads
+// it; others are unaffected. (Certificates that never get in are cases of
+// the hostile-input matrix.)
+func TestCRLRevocation(t *testing.T) {
 	d := startDev(t)
-	d.exportAuditKey()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	pending := d.createRequest("alice")
-	before := d.snapshot()
-	n := len(d.chain())
 	ca := d.devCA()
-	foreign, err := devmode.NewCA("someone else's CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(ca *devmode.CA, o devmode.LeafOptions) *tls.Config {
-		cert, key, err := ca.Issue(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tlsFor(t, d.caPool(), cert, key)
-	}
-	bobURI := []string{devmode.URIPrefix + "bob"}
-	// The TLS stack refuses bad certificates during the handshake; the
-	// client sees Unavailable with the TLS alert or, depending on timing, a
-	// broken connection, so only the code is asserted for those.
-	tests := []struct {
-		name string
-		tls  *tls.Config
-		want codes.Code
-		msg  string
-	}{
-		{"no client certificate", &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: d.caPool()}, codes.Unavailable, ""},
-		{"certificate from another CA", issue(foreign, devmode.LeafOptions{CommonName: "bob", URIs: bobURI}), codes.Unavailable, ""},
-		{"expired certificate", issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: bobURI, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}), codes.Unavailable, ""},
-		{"not yet valid certificate", issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: bobURI, NotBefore: time.Now().Add(24 * time.Hour), NotAfter: time.Now().Add(48 * time.Hour)}), codes.Unavailable, ""},
-		{"no URI SAN", issue(ca, devmode.LeafOptions{CommonName: "bob"}), codes.Unauthenticated, "no URI SAN under"},
-		{"two URI SANs", issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: []string{devmode.URIPrefix + "bob", devmode.URIPrefix + "erin"}}), codes.Unauthenticated, "exactly one"},
-		{"URI SAN outside the prefix", issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: []string{"spiffe://evil.example/user/bob"}}), codes.Unauthenticated, "no URI SAN under"},
-		{"principal not in the policy", issue(ca, devmode.LeafOptions{CommonName: "mallory", URIs: []string{devmode.URIPrefix + "mallory"}}), codes.PermissionDenied, "not in the broker's policy"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			c := d.clientTLS(tc.tls)
-			_, err := c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: pending, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
-			if codeOf(err) != tc.want || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("got %v, want %s containing %q", err, tc.want, tc.msg)
-			}
-		})
-	}
-	if d.snapshot() != before || len(d.chain()) != n {
-		t.Fatal("a refused certificate changed state")
-	}
-
 	// Revoke bob's certificate in the CRL: the broker re-reads it and
 	// refuses him; erin is unaffected.
 	bobPEM, _ := os.ReadFile(d.state("identities", "bob.crt"))

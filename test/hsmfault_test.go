@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -75,17 +74,17 @@ func (f *faultyHSM) waitHealth(status string) {
 }
 
 // metric reads one unlabelled gauge from /metrics.
-func (f *faultyHSM) metric(name string) float64 {
-	f.t.Helper()
-	resp, err := f.httpClient().Get(f.ready.Issuer + "/metrics")
+func (d *devBroker) metric(name string) float64 {
+	d.t.Helper()
+	resp, err := d.httpClient().Get(d.ready.Issuer + "/metrics")
 	if err != nil {
-		f.t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	m := regexp.MustCompile(`(?m)^` + name + ` ([0-9.e+]+)$`).FindSubmatch(b)
 	if m == nil {
-		f.t.Fatalf("no %s in /metrics", name)
+		d.t.Fatalf("no %s in /metrics", name)
 	}
 	v, _ := strconv.ParseFloat(string(m[1]), 64)
 	return v
@@ -280,13 +279,7 @@ func TestSlowHSM(t *testing.T) {
 		}
 	}
 	if after > before+5 {
-		resp, err := http.Get("http://" + f.ready.Pprof + "/debug/pprof/goroutine?debug=1")
-		dump := []byte(fmt.Sprint(err))
-		if err == nil {
-			dump, _ = io.ReadAll(resp.Body)
-			resp.Body.Close()
-		}
-		t.Fatalf("goroutines: %.0f before the slow HSM, %.0f after:\n%.6000s", before, after, dump)
+		t.Fatalf("goroutines: %.0f before the slow HSM, %.0f after:\n%s", before, after, f.goroutineDump())
 	}
 	if r := f.exportAudit(t).verify(t); r.code != 0 {
 		t.Fatalf("the log does not verify: %+v", r)

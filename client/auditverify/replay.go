@@ -266,18 +266,23 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if !r.policy.CanRequest(acct, e.Actor) {
 		return violation(i, "%s may not request account %s under the policy in force", e.Actor, e.Account)
 	}
-	if p.Solo && (acct.Solo == nil || time.Duration(p.TTLSeconds)*time.Second > acct.Solo.MaxTTL.D()) {
+	// Bound the seconds before making a Duration of them: a count past what
+	// a Duration holds wraps around to anything, a TTL within max_ttl too.
+	if p.TTLSeconds <= 0 || p.TTLSeconds > int64(acct.MaxTTL.D()/time.Second) {
+		return violation(i, "the requested TTL of %d seconds is outside (0, max_ttl %s]", p.TTLSeconds, acct.MaxTTL.D())
+	}
+	ttl := time.Duration(p.TTLSeconds) * time.Second
+	if p.Solo && (acct.Solo == nil || ttl > acct.Solo.MaxTTL.D()) {
 		return violation(i, "solo request on account %s, whose policy does not allow solo access or not for that long", e.Account)
+	}
+	if p.ActivationWindow != int64(acct.ActivationWindow.D()/time.Second) {
+		return violation(i, "the request's activation window of %d seconds is not account %s's (%s)", p.ActivationWindow, e.Account, acct.ActivationWindow.D())
 	}
 	if p.Quorum.String() != acct.Quorum.String() || p.DenyThreshold != acct.DenyThreshold || p.MaxIssuances != acct.MaxIssuances {
 		return violation(i, "the request's quorum, deny threshold or issuance limit differ from account %s's in the policy in force", e.Account)
 	}
 	if p.PolicyHash != r.policyHash {
 		return violation(i, "the request names policy %s but %s is in force", p.PolicyHash, r.policyHash)
-	}
-	ttl := time.Duration(p.TTLSeconds) * time.Second
-	if ttl <= 0 || ttl > acct.MaxTTL.D() {
-		return violation(i, "the requested TTL %s is outside (0, max_ttl %s]", ttl, acct.MaxTTL.D())
 	}
 	c := approval.Content{ID: e.Request, Account: e.Account, Requester: e.Actor, Justification: p.Justification, Ticket: p.Ticket,
 		TTLSeconds: p.TTLSeconds, Drill: p.Drill, CreatedAt: p.CreatedAt}
