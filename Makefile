@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 export PATH := $(BIN):$(PATH)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps dev test vet purego lint proto proto-check unit tools bench clean
+.PHONY: all build deps test-deps dev test fuzz soak vet purego lint proto proto-check unit tools bench clean
 
 all: build
 
@@ -56,11 +56,26 @@ proto-check: tools
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# Runs every fuzz target in turn for FUZZTIME each (the seed corpora in
+# testdata/fuzz also run as ordinary tests in `make test`).
+FUZZTIME ?= 30s
+fuzz:
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
+
 # Measures the broker against the HSM's own signing rate, in one run on one
 # SoftHSM2 token: a table on stdout, the figures in bench/results/latest.json.
 # BENCHFLAGS=-quick for a short run; -profiles DIR keeps the CPU profiles.
 bench: deps build
 	$(GO) run ./bench -breakglassd $(BIN)/breakglassd $(BENCHFLAGS)
+
+# Holds a steady mixed load (requests, signed reviews, tokens, reads, audit
+# reads, watch streams) on a running breakglassd for SOAKTIME at SOAKRATE
+# operations a second, sampling its memory, goroutines, open files and
+# latency; fails on any error or growth. Figures in bench/results/soak.json.
+SOAKTIME ?= 5m
+SOAKRATE ?= 100
+soak: deps build
+	$(GO) run ./bench -breakglassd $(BIN)/breakglassd -soak $(SOAKTIME) -rate $(SOAKRATE)
 
 clean:
 	rm -rf $(BIN)

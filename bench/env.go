@@ -283,14 +283,42 @@ func (d *runningDaemon) profileShare(dur time.Duration, name string) (float64, m
 	return shares["pkcs11_sign"], shares, nil
 }
 
-// peakRSS is the daemon's VmHWM.
-func (d *runningDaemon) peakRSS() float64 {
+// metric reads one unlabelled sample from /metrics.
+func (d *runningDaemon) metric(name string) (float64, error) {
+	resp, err := d.http.Get(d.ready.Issuer + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in /metrics", name)
+}
+
+// rss is the daemon's resident set now (VmRSS).
+func (d *runningDaemon) rss() float64 { return d.status("VmRSS:") }
+
+// openFiles counts the daemon's file descriptors.
+func (d *runningDaemon) openFiles() int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	return len(ents)
+}
+
+// status reads a kB figure from /proc/PID/status, in MiB.
+func (d *runningDaemon) status(field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
+		if strings.HasPrefix(l, field) {
 			f := strings.Fields(l)
 			kb, _ := strconv.ParseFloat(f[1], 64)
 			return kb / 1024
@@ -298,3 +326,6 @@ func (d *runningDaemon) peakRSS() float64 {
 	}
 	return 0
 }
+
+// peakRSS is the daemon's VmHWM.
+func (d *runningDaemon) peakRSS() float64 { return d.status("VmHWM:") }

@@ -103,8 +103,17 @@ func main() {
 		nVer  = flag.Int("verify-entries", 100000, "entries in the offline verification export")
 		quick = flag.Bool("quick", false, "levels 1 and 32 only, 20,000-entry export")
 		profs = flag.String("profiles", "", "keep the daemon's CPU profiles, and the load generator's, in this directory")
+		soak  = flag.Duration("soak", 0, "instead of the benchmarks, hold a steady mixed load this long and sample the daemon")
+		rate  = flag.Float64("rate", 100, "operations per second of the soak")
 	)
 	flag.Parse()
+	if *soak > 0 {
+		if err := runSoak(*soak, *rate, *out, *bgd); err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *quick {
 		levels = []int{1, 32}
 		*nVer = 20000
@@ -227,6 +236,50 @@ func run(dur time.Duration, outDir, bgd string, nVerify int, profiles string) er
 		return err
 	}
 	fmt.Printf("\nwrote %s; the run took %s\n", path, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// runSoak holds a steady mixed load on a running breakglassd and fails
+// when the traffic met errors or the daemon did not stay flat.
+func runSoak(dur time.Duration, rate float64, outDir, bgd string) error {
+	ctx := context.Background()
+	work, err := os.MkdirTemp("", "breakglass-soak-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	if bgd == "" {
+		bgd = filepath.Join(work, "breakglassd")
+		build := exec.Command("go", "build", "-o", bgd, "./cmd/breakglassd")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building breakglassd: %w", err)
+		}
+	}
+	env, err := setup(ctx, work)
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	d, err := env.startDaemon(ctx, bgd)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	res, err := d.soak(ctx, dur, rate)
+	if err != nil {
+		return err
+	}
+	res.print()
+	if err := res.write(outDir); err != nil {
+		return err
+	}
+	switch {
+	case len(res.Errors) > 0:
+		return fmt.Errorf("%d kinds of errors under a load that asked for none", len(res.Errors))
+	case !res.Flat:
+		return fmt.Errorf("the daemon did not stay flat")
+	}
 	return nil
 }
 

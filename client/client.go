@@ -50,6 +50,7 @@ type Client struct {
 	bgv1.AccountServiceClient
 	bgv1.AuditServiceClient
 	bgv1.GovernanceServiceClient
+	bgv1.AdminServiceClient
 
 	cc *failover
 	// key is the client certificate's private key, which signs review
@@ -133,6 +134,7 @@ func newClient(f *failover) *Client {
 		AccountServiceClient:    bgv1.NewAccountServiceClient(f),
 		AuditServiceClient:      bgv1.NewAuditServiceClient(f),
 		GovernanceServiceClient: bgv1.NewGovernanceServiceClient(f),
+		AdminServiceClient:      bgv1.NewAdminServiceClient(f),
 		cc:                      f,
 		now:                     time.Now,
 	}

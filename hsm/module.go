@@ -54,6 +54,7 @@ type Module struct {
 	closed      bool
 
 	stats stats
+	inst  atomic.Pointer[Instruments]
 }
 
 // reopenOp is one reopen in flight; every caller whose generation broke waits

@@ -102,7 +102,9 @@ type signResult struct {
 	err error
 }
 
-func (m *Module) sign(ctx context.Context, k *Key, data []byte) ([]byte, error) {
+func (m *Module) sign(ctx context.Context, k *Key, data []byte) (sig []byte, err error) {
+	ctx, end := m.startSpan(ctx, k)
+	defer func() { end(err) }()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.SignTimeout)
 	defer cancel()
 	if n := m.queued.Add(1); n > int64(m.cfg.MaxQueue) {
@@ -110,18 +112,19 @@ func (m *Module) sign(ctx context.Context, k *Key, data []byte) ([]byte, error) 
 		m.stats.rejected.Add(1)
 		return nil, unavailable("%d signatures already waiting for the HSM", n-1)
 	}
-	err := m.slots.Acquire(ctx, 1)
-	m.queued.Add(-1)
-	if err != nil {
+	if err := m.slots.Acquire(ctx, 1); err != nil {
+		m.queued.Add(-1)
 		m.stats.rejected.Add(1)
 		return nil, unavailable("no signing slot within the deadline (%d slots, all busy): %v", m.cfg.SigningSlots, err)
 	}
+	m.queued.Add(-1)
 	done := make(chan signResult, 1)
 	go func() {
 		defer m.slots.Release(1)
 		start := time.Now()
 		sig, err := m.signInSlot(ctx, k, data)
 		m.stats.record(k.info.Purpose, time.Since(start), err)
+		m.observe(k, time.Since(start), err)
 		done <- signResult{sig, err}
 	}()
 	select {

@@ -231,7 +231,7 @@ func TestDevModeFlowWithBgctl(t *testing.T) {
 	metricsBody, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, purpose := range []string{"token", "audit"} {
-		m := regexp.MustCompile(`(?m)^breakglass_hsm_signatures_total\{purpose="` + purpose + `"\} ([0-9.e+]+)$`).FindSubmatch(metricsBody)
+		m := regexp.MustCompile(`(?m)^breakglass_hsm_signatures_total\{key="[^"]+",purpose="` + purpose + `"\} ([0-9.e+]+)$`).FindSubmatch(metricsBody)
 		if m == nil {
 			t.Fatalf("no %s signature counter in /metrics:\n%s", purpose, metricsBody)
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -193,63 +192,21 @@ func (r *replay) policyLoaded(i int64, e *audit.Entry) *Violation {
 	return nil
 }
 
-// describeChanges lists what a new policy changes in quorum rules,
-// requesters and group membership.
+// describeChanges lists what a new policy changes, identity settings
+// first.
 func describeChanges(old, cur *policy.Policy, oldID, curID audit.Identity) []string {
-	if old == nil {
-		var out []string
-		for _, a := range cur.Accounts {
-			out = append(out, fmt.Sprintf("account %s: quorum %s", a.Name, shortRule(a.Quorum)))
-		}
-		return out
-	}
 	var out []string
-	if oldID != curID {
+	if old != nil && oldID != curID {
 		out = append(out, fmt.Sprintf("identity: %s %s -> %s %s", oldID.Mode, oldID.URIPrefix, curID.Mode, curID.URIPrefix))
 	}
-	for _, a := range cur.Accounts {
-		pa, ok := old.Account(a.Name)
-		switch {
-		case !ok:
-			out = append(out, fmt.Sprintf("account %s added: quorum %s", a.Name, shortRule(a.Quorum)))
-		case pa.Quorum.String() != a.Quorum.String():
-			out = append(out, fmt.Sprintf("account %s: quorum %s -> %s", a.Name, shortRule(pa.Quorum), shortRule(a.Quorum)))
-		}
-		if ok && strings.Join(pa.Requesters, ",") != strings.Join(a.Requesters, ",") {
-			out = append(out, fmt.Sprintf("account %s: requesters %v -> %v", a.Name, pa.Requesters, a.Requesters))
-		}
+	changes := policy.Changes(old, cur)
+	if len(out) > 0 && len(changes) == 1 && changes[0] == policy.NoChange {
+		return out
 	}
-	for _, a := range old.Accounts {
-		if _, ok := cur.Account(a.Name); !ok {
-			out = append(out, fmt.Sprintf("account %s removed", a.Name))
-		}
-	}
-	names := map[string]bool{}
-	for g := range old.Groups {
-		names[g] = true
-	}
-	for g := range cur.Groups {
-		names[g] = true
-	}
-	var groups []string
-	for g := range names {
-		groups = append(groups, g)
-	}
-	sort.Strings(groups)
-	for _, g := range groups {
-		if strings.Join(old.Groups[g], ",") != strings.Join(cur.Groups[g], ",") {
-			out = append(out, fmt.Sprintf("group %s: %v -> %v", g, old.Groups[g], cur.Groups[g]))
-		}
-	}
-	if len(out) == 0 {
-		out = append(out, "no change to quorum rules, requesters or groups")
-	}
-	return out
+	return append(out, changes...)
 }
 
-func shortRule(r policy.Rule) string {
-	return strings.TrimSuffix(r.String(), " (the requester never counts; each approver counts once)")
-}
+func shortRule(r policy.Rule) string { return r.Short() }
 
 func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	var p audit.RequestCreated

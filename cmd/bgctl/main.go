@@ -85,7 +85,7 @@ BGCTL_CERT, BGCTL_KEY, BGCTL_OUTPUT ...).`,
 	pf.StringVar(&a.key, "key", "", "your client key (BGCTL_KEY)")
 	pf.StringVarP(&a.output, "output", "o", "table", "table or json")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call")
-	root.AddCommand(a.requestCmd(), a.listCmd(), a.showCmd(), a.reviewCmd("approve"), a.reviewCmd("deny"),
+	root.AddCommand(a.policyCmd(), a.requestCmd(), a.listCmd(), a.showCmd(), a.reviewCmd("approve"), a.reviewCmd("deny"),
 		a.cancelCmd(), a.tokenCmd(), a.revokeCmd(), a.checkCmd(), a.keysCmd(), a.verifyCmd(), a.accountsCmd(), a.auditCmd(), a.reviewsCmd(), a.reportCmd())
 	return root
 }

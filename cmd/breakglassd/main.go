@@ -56,5 +56,6 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newHSMCmd(stdout, stderr), newServeCmd(stderr), newDevCmd(stdout, stderr), newPolicyCmd(stdout))
+	addVersion(root, stdout)
 	return root
 }

@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -37,14 +39,28 @@ func logger(w io.Writer, cfg config.Log, levelFlag string) (*slog.Logger, error)
 }
 
 // serveUntilDone runs the daemon until ctx ends or a listener fails.
+// serveUntilDone serves until ctx ends or the daemon fails, reloading
+// the policy on SIGHUP.
 func serveUntilDone(ctx context.Context, d *daemon.Daemon, log *slog.Logger) error {
 	defer d.Close()
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-		return nil
-	case err := <-d.Err():
-		return err
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			return nil
+		case err := <-d.Err():
+			return err
+		case <-hup:
+			res, err := d.ReloadPolicy(ctx, "")
+			if err != nil {
+				log.Error("SIGHUP: policy not reloaded; the one in force stays", "err", err)
+				continue
+			}
+			log.Info("SIGHUP: policy reloaded", "hash", res.Hash, "changed", res.Changed, "changes", res.Changes)
+		}
 	}
 }
 

@@ -9,10 +9,13 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/bgbroker/breakglass/client/approval"
+	"github.com/bgbroker/breakglass/server/event"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,7 +165,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	b.policy.Store(cfg.Policy)
-	if err := b.logPolicy(ctx, cfg.Policy, cfg.PolicySource); err != nil {
+	if _, err := b.logPolicy(ctx, cfg.Policy, cfg.PolicySource, "broker"); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -243,22 +246,36 @@ func (b *Broker) hsmFailure(ctx context.Context, err error) error {
 	return hsmDown(err)
 }
 
-// logPolicy appends a policy_loaded entry unless the last one logged has
-// the same hash and identity configuration.
-func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source string) error {
+// PolicyReload is what putting a policy in force did.
+type PolicyReload struct {
+	Hash, Previous string
+	// Changed is false when the policy was the one already logged.
+	Changed bool
+	Changes []string
+	Entry   audit.Record
+}
+
+// logPolicy appends a policy_loaded entry, by actor, unless the last one
+// logged has the same hash and identity configuration, and announces it.
+func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source, actor string) (*PolicyReload, error) {
 	mode, prefix := b.cfg.Certs.Describe()
 	ident := audit.Identity{Mode: mode, URIPrefix: prefix}
-	return b.update(ctx, func(tx store.Tx) error {
-		prev := ""
+	res := &PolicyReload{Hash: p.Hash()}
+	err := b.update(ctx, func(tx store.Tx) error {
+		var old *policy.Policy
 		pl, _, err := policyInForce(ctx, tx)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
 			return err
 		case pl.Hash == p.Hash() && pl.Identity == ident:
+			res.Previous = pl.Hash
 			return nil
 		default:
-			prev = pl.Hash
+			res.Previous = pl.Hash
+			if old, err = policy.FromCanonicalJSON(pl.Policy); err != nil {
+				return fmt.Errorf("reading the policy in force: %w", err)
+			}
 		}
 		now := b.now()
 		for _, a := range p.Accounts {
@@ -266,12 +283,61 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source string)
 				return err
 			}
 		}
-		_, err = b.appendEntry(ctx, tx, now, audit.Draft{
-			Type: audit.TypePolicyLoaded, Actor: "broker",
-			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: prev, Source: source, Policy: p.CanonicalJSON(), Identity: ident},
+		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+			Type: audit.TypePolicyLoaded, Actor: actor,
+			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: res.Previous, Source: source, Policy: p.CanonicalJSON(), Identity: ident},
 		}, true)
-		return err
+		if err != nil {
+			return err
+		}
+		res.Changed, res.Entry, res.Changes = true, rec, policy.Changes(old, p)
+		details, err := json.Marshal(map[string]any{"hash": p.Hash(), "previous": res.Previous, "source": source, "changes": res.Changes})
+		if err != nil {
+			return err
+		}
+		idx := rec.Index
+		return b.emit(ctx, tx, event.Event{Type: event.PolicyLoaded, Actor: actor, Time: now, AuditIndex: &idx,
+			Summary: fmt.Sprintf("policy %s in force (was %s) by %s: %s", short(p.Hash()), short(res.Previous), actor, strings.Join(res.Changes, "; ")),
+			Details: details}, nil)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// RequireAdmin refuses a caller outside the admins group of the policy in
+// force.
+func (b *Broker) RequireAdmin(caller string) error {
+	if !b.Policy().IsAdmin(caller) {
+		return denied("only members of the policy's admins group may reload the policy")
+	}
+	return nil
+}
+
+// ReloadPolicy puts p in force: its ack sinks are checked, it is logged
+// with what it changes and announced, and only then used. caller is the
+// principal asking over the API (who must be in the admins group of the
+// policy in force), or "" for the operator (SIGHUP). Requests already
+// made keep the quorum rule they were created under.
+func (b *Broker) ReloadPolicy(ctx context.Context, caller string, p *policy.Policy, source string) (*PolicyReload, error) {
+	actor := "operator"
+	if caller != "" {
+		if err := b.RequireAdmin(caller); err != nil {
+			return nil, err
+		}
+		actor = caller
+	}
+	if err := b.checkPolicySinks(p); err != nil {
+		return nil, invalid("the new policy is refused and the one in force stays: %s", err)
+	}
+	res, err := b.logPolicy(ctx, p, source, actor)
+	if err != nil {
+		return nil, err
+	}
+	b.policy.Store(p)
+	b.log.Info("policy in force", "hash", p.Hash(), "previous", res.Previous, "changed", res.Changed, "by", actor, "changes", res.Changes)
+	return res, nil
 }
 
 // checkPolicySinks refuses a policy whose ack_sinks name sinks the broker

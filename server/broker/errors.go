@@ -45,7 +45,14 @@ func newErr(k Kind, format string, args ...any) *Error {
 	return &Error{Kind: k, Msg: fmt.Sprintf(format, args...)}
 }
 
-func invalid(format string, args ...any) error    { return newErr(KindInvalid, format, args...) }
+func invalid(format string, args ...any) error { return newErr(KindInvalid, format, args...) }
+
+// Unavailable is an Unavailable error with a message for the caller.
+func Unavailable(format string, args ...any) error { return newErr(KindUnavailable, format, args...) }
+
+// Invalid is an InvalidArgument error with a message for the caller, for
+// the layers around the broker.
+func Invalid(format string, args ...any) error    { return invalid(format, args...) }
 func denied(format string, args ...any) error     { return newErr(KindPermission, format, args...) }
 func wrongState(format string, args ...any) error { return newErr(KindState, format, args...) }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/store/postgres"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
+	"github.com/bgbroker/breakglass/server/tracing"
 )
 
 // Config is the whole configuration file. Relative paths are relative to
@@ -46,6 +47,8 @@ type Config struct {
 	// SweepInterval is how often deadlines are recorded (default 1s).
 	SweepInterval time.Duration `yaml:"sweep_interval"`
 	Debug         Debug         `yaml:"debug"`
+	// Tracing exports OpenTelemetry traces over OTLP; off by default.
+	Tracing tracing.Config `yaml:"tracing"`
 
 	path string
 }
@@ -209,6 +212,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PolicyFile != "" && c.Policy.Kind != 0 {
 		errs = append(errs, errors.New("policy_file and policy are alternatives: set one"))
+	}
+	if err := c.Tracing.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Debug.Pprof != "" && !loopback(c.Debug.Pprof) {
 		errs = append(errs, fmt.Errorf("debug.pprof %q is not a loopback address: profiles are only served on loopback", c.Debug.Pprof))

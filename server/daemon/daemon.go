@@ -6,14 +6,18 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc/stats"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -33,6 +37,7 @@ import (
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/postgres"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
+	"github.com/bgbroker/breakglass/server/tracing"
 )
 
 // Options starts a daemon.
@@ -62,21 +67,24 @@ type Daemon struct {
 	Checkpoints *checkpoint.Checkpointer
 	Ready       Ready
 
-	log     *slog.Logger
-	cfg     *config.Config
-	module  *hsm.Module
-	ring    *keyring.Ring
-	store   store.Store
-	grpc    *grpcapi.Server
-	https   *http.Server
-	plain   *http.Server
-	pprof   *http.Server
-	metrics *metrics.Registry
-	lis     []net.Listener
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	errc    chan error
-	healthy healthState
+	log *slog.Logger
+	cfg *config.Config
+	// reloadMu makes policy reloads one at a time.
+	reloadMu sync.Mutex
+	module   *hsm.Module
+	ring     *keyring.Ring
+	store    store.Store
+	grpc     *grpcapi.Server
+	https    *http.Server
+	plain    *http.Server
+	pprof    *http.Server
+	metrics  *metrics.Registry
+	tracing  *tracing.Provider
+	lis      []net.Listener
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	errc     chan error
+	healthy  healthState
 	// rotateMu serializes rotations of this process.
 	rotateMu sync.Mutex
 }
@@ -135,6 +143,18 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.tracing, err = tracing.New(ctx, cfg.Tracing, Version()); err != nil {
+		return nil, err
+	}
+	if d.tracing.Enabled() {
+		d.store = store.Traced(d.store, d.tracing.Tracer("breakglass/store"))
+	}
+	d.metrics = metrics.New()
+	hsmInst := hsm.Instruments{}
+	if d.tracing.Enabled() {
+		hsmInst.Tracer = d.tracing.Tracer("breakglass/hsm")
+	}
+	d.metrics.RegisterHSM(d.module, hsmInst)
 
 	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
 	if err != nil {
@@ -222,13 +242,22 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		c, err := publicKey(ring.Checkpoint(), hsm.PurposeCheckpoint, origin)
 		return a, c, err
 	}
+	var statsHandler stats.Handler
+	if d.tracing.Enabled() {
+		statsHandler = otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.tracing), otelgrpc.WithPropagators(d.tracing.Propagator))
+	}
 	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: ident, TLS: credentials.NewTLS(ident.ServerTLS(cert)), Limits: cfg.Limits, Log: log,
-		Audit: grpcapi.AuditConfig{Checkpoints: cps, LogKeys: logKeys, Store: d.store}})
+		Audit: grpcapi.AuditConfig{Checkpoints: cps, LogKeys: logKeys, Store: d.store}, Metrics: d.metrics.GRPC, StatsHandler: statsHandler,
+		ReloadPolicy: d.ReloadPolicy})
 	if err != nil {
 		return nil, err
 	}
-	d.metrics = metrics.New()
-	d.metrics.RegisterHSM(d.module)
+	dispatcher.Observe(d.metrics.ObserveDelivery)
+	serverCert, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("tls.cert: %w", err)
+	}
+	d.metrics.RegisterState(func(ctx context.Context) (metrics.State, error) { return d.metricsState(ctx, serverCert, ident) })
 	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS, Health: d.health, Log: log,
 		Metrics: d.metrics.Handler()})
 	d.https = httpapi.Server(handler)
@@ -377,6 +406,11 @@ func (d *Daemon) closeResources() {
 	if d.module != nil {
 		_ = d.module.Close()
 	}
+	if d.tracing != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = d.tracing.Shutdown(ctx) // flushes the last spans
+		cancel()
+	}
 }
 
 func (d *Daemon) healthLoop(ctx context.Context) {
@@ -505,3 +539,88 @@ func (d *Daemon) rotateAfterUse(ctx context.Context, account string) {
 
 // Ring returns the key ring.
 func (d *Daemon) Ring() *keyring.Ring { return d.ring }
+
+// metricsState reads the broker's state for a scrape.
+func (d *Daemon) metricsState(ctx context.Context, serverCert *x509.Certificate, ident *identity.Verifier) (metrics.State, error) {
+	now := time.Now()
+	st := metrics.State{Requests: map[string]int{}, Outbox: map[string]metrics.OutboxState{},
+		Expiry: map[string]time.Time{"server": serverCert.NotAfter, "client_ca": ident.CAExpiry()}}
+	err := d.store.View(ctx, func(r store.Reader) error {
+		c, err := r.Counts(ctx, now)
+		if err != nil {
+			return err
+		}
+		for state, n := range c.Requests {
+			st.Requests[string(state)] = n
+		}
+		st.ActiveGrants, st.Tokens = c.ActiveGrants, c.Tokens
+		h, err := r.Head(ctx)
+		if err != nil {
+			return err
+		}
+		st.AuditEntries = h.Size
+		if st.Unsigned, err = r.UnsignedCount(ctx); err != nil {
+			return err
+		}
+		switch cp, err := r.LatestCheckpoint(ctx); {
+		case err == nil:
+			st.CheckpointSize, st.CheckpointTime = cp.Size, cp.CreatedAt
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		sinks, err := r.OutboxSummary(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range sinks {
+			st.Outbox[s.Sink] = metrics.OutboxState{Pending: s.Pending, Dead: s.Dead, OldestPending: s.OldestPending}
+		}
+		seen, err := r.CertsSeen(ctx, now.Add(-30*24*time.Hour))
+		if err != nil {
+			return err
+		}
+		for _, c := range seen {
+			if c.NotAfter.Before(now.Add(14 * 24 * time.Hour)) {
+				st.ClientCertsExpiring++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	st.PolicyHash = d.Broker.Policy().Hash()
+	st.PolicyInForce = d.Broker.PolicyAgreement(ctx) == nil
+	return st, nil
+}
+
+// Version is the module version breakglassd was built from ("(devel)" in
+// a work tree).
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.Main.Version
+	}
+	return "unknown"
+}
+
+// ReloadPolicy reads the policy again from where the configuration names it
+// (the configuration file is read again for an inline policy) and puts it
+// in force. A policy that does not load is refused with its problems, and
+// the one in force stays. caller is "" for the operator (SIGHUP).
+func (d *Daemon) ReloadPolicy(ctx context.Context, caller string) (*broker.PolicyReload, error) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	cfg := d.cfg
+	if cfg.PolicyFile == "" && cfg.Path() != "" {
+		fresh, err := config.Load(cfg.Path())
+		if err != nil {
+			return nil, broker.Invalid("the configuration does not load, so the policy in force stays: %v", err)
+		}
+		cfg = fresh
+	}
+	p, source, err := cfg.LoadPolicy()
+	if err != nil {
+		return nil, broker.Invalid("the policy is refused and the one in force stays: %v", err)
+	}
+	return d.Broker.ReloadPolicy(ctx, caller, p, source)
+}

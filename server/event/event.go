@@ -36,6 +36,7 @@ const (
 	KeyRetired        = "key.retired"
 	KeyDestroyed      = "key.destroyed"
 	CertExpiring      = "cert.expiring"
+	PolicyLoaded      = "policy.loaded"
 )
 
 // Event is the JSON body every sink receives (the Slack sink renders it as

@@ -6,6 +6,8 @@ package grpcapi
 import (
 	"context"
 	"fmt"
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"google.golang.org/grpc/stats"
 	"log/slog"
 	"runtime/debug"
 	"strings"
@@ -68,6 +70,13 @@ type Config struct {
 	Limits Limits
 	Log    *slog.Logger
 	Audit  AuditConfig
+	// Metrics, when set, counts and times every call (Prometheus).
+	Metrics *grpcprom.ServerMetrics
+	// StatsHandler, when set, sees every call and connection (the
+	// OpenTelemetry handler traces them).
+	StatsHandler stats.Handler
+	// ReloadPolicy, when set, serves AdminService.ReloadPolicy.
+	ReloadPolicy func(ctx context.Context, caller string) (*broker.PolicyReload, error)
 }
 
 // Server is the broker's gRPC server.
@@ -83,6 +92,7 @@ type Server struct {
 	limits Limits
 	Health *health.Server
 	GRPC   *grpc.Server
+	reload func(ctx context.Context, caller string) (*broker.PolicyReload, error)
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
@@ -96,7 +106,10 @@ var ServiceNames = []string{
 	bgv1.AccountService_ServiceDesc.ServiceName,
 	bgv1.AuditService_ServiceDesc.ServiceName,
 	bgv1.GovernanceService_ServiceDesc.ServiceName,
+	bgv1.AdminService_ServiceDesc.ServiceName,
 }
+
+var errNoReload = broker.Unavailable("this broker cannot reload its policy over the API")
 
 // New builds the server with its interceptors: recovery first, then
 // logging, authentication, rate limiting and validation.
@@ -104,7 +117,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{b: cfg.Broker, id: cfg.Identity, log: cfg.Log, limits: cfg.Limits.withDefaults(), limiters: map[string]*rate.Limiter{}}
+	s := &Server{b: cfg.Broker, id: cfg.Identity, log: cfg.Log, limits: cfg.Limits.withDefaults(), limiters: map[string]*rate.Limiter{}, reload: cfg.ReloadPolicy}
 	validator, err := protovalidate.New()
 	if err != nil {
 		return nil, err
@@ -125,35 +138,51 @@ func New(cfg Config) (*Server, error) {
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
-	s.GRPC = grpc.NewServer(
+	unary := []grpc.UnaryServerInterceptor{
+		recovery.UnaryServerInterceptor(recoveryOpt),
+		logging.UnaryServerInterceptor(logger, logOpts...),
+		auth.UnaryServerInterceptor(s.authenticate),
+		pvmw.UnaryServerInterceptor(validator),
+	}
+	streams := []grpc.StreamServerInterceptor{
+		recovery.StreamServerInterceptor(recoveryOpt),
+		logging.StreamServerInterceptor(logger, logOpts...),
+		auth.StreamServerInterceptor(s.authenticate),
+		pvmw.StreamServerInterceptor(validator),
+	}
+	if cfg.Metrics != nil {
+		// Outermost, so that the code a caller got is the code counted,
+		// a recovered panic's included.
+		unary = append([]grpc.UnaryServerInterceptor{cfg.Metrics.UnaryServerInterceptor()}, unary...)
+		streams = append([]grpc.StreamServerInterceptor{cfg.Metrics.StreamServerInterceptor()}, streams...)
+	}
+	opts := []grpc.ServerOption{}
+	if cfg.StatsHandler != nil {
+		opts = append(opts, grpc.StatsHandler(cfg.StatsHandler))
+	}
+	s.GRPC = grpc.NewServer(append(opts,
 		grpc.Creds(cfg.TLS),
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.ConnectionTimeout(s.limits.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute}),
 		grpc.MaxConcurrentStreams(256),
-		grpc.ChainUnaryInterceptor(
-			recovery.UnaryServerInterceptor(recoveryOpt),
-			logging.UnaryServerInterceptor(logger, logOpts...),
-			auth.UnaryServerInterceptor(s.authenticate),
-			pvmw.UnaryServerInterceptor(validator),
-		),
-		grpc.ChainStreamInterceptor(
-			recovery.StreamServerInterceptor(recoveryOpt),
-			logging.StreamServerInterceptor(logger, logOpts...),
-			auth.StreamServerInterceptor(s.authenticate),
-			pvmw.StreamServerInterceptor(validator),
-		),
-	)
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(streams...),
+	)...)
 	bgv1.RegisterRequestServiceServer(s.GRPC, s)
 	bgv1.RegisterReviewServiceServer(s.GRPC, s)
 	bgv1.RegisterTokenServiceServer(s.GRPC, s)
 	bgv1.RegisterAccountServiceServer(s.GRPC, s)
 	bgv1.RegisterAuditServiceServer(s.GRPC, &auditServer{s: s, cfg: cfg.Audit})
 	bgv1.RegisterGovernanceServiceServer(s.GRPC, &governanceServer{s: s})
+	bgv1.RegisterAdminServiceServer(s.GRPC, &adminServer{s: s})
 	s.Health = health.NewServer()
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)
+	if cfg.Metrics != nil {
+		cfg.Metrics.InitializeMetrics(s.GRPC)
+	}
 	return s, nil
 }
 

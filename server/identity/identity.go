@@ -123,6 +123,17 @@ func New(cfg Config, log *slog.Logger) (*Verifier, error) {
 // ClientCAs is the pool client certificates must chain to.
 func (v *Verifier) ClientCAs() *x509.CertPool { return v.pool }
 
+// CAExpiry is when the first of the client CA certificates expires.
+func (v *Verifier) CAExpiry() time.Time {
+	var first time.Time
+	for _, c := range v.cas {
+		if first.IsZero() || c.NotAfter.Before(first) {
+			first = c.NotAfter
+		}
+	}
+	return first
+}
+
 // ServerTLS returns the gRPC listener's TLS configuration: TLS 1.3 only,
 // client certificates required, verified against the client CA and checked
 // against the CRL.

@@ -106,7 +106,13 @@ type Dispatcher struct {
 	now    func() time.Time
 	log    *slog.Logger
 	wake   chan struct{}
+	// observe, when set, learns each attempt's outcome (metrics).
+	observe func(sink string, sinceEvent time.Duration, ok bool)
 }
+
+// Observe sets a function told of every delivery attempt: the sink, the
+// time since the event, and whether it was delivered.
+func (d *Dispatcher) Observe(fn func(sink string, sinceEvent time.Duration, ok bool)) { d.observe = fn }
 
 // NewDispatcher builds a dispatcher over the configured sinks.
 func NewDispatcher(cfg Config, st store.Store, finish Finisher, now func() time.Time, log *slog.Logger) (*Dispatcher, error) {
@@ -209,6 +215,9 @@ func (d *Dispatcher) deliver(ctx context.Context, it store.OutboxItem) {
 	}
 	it.Attempts++
 	now := d.now()
+	if d.observe != nil {
+		d.observe(it.Sink, now.Sub(it.CreatedAt), err == nil)
+	}
 	switch {
 	case err == nil:
 		it.State, it.DeliveredAt, it.LastError = store.OutboxDelivered, now, ""

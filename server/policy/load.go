@@ -194,7 +194,7 @@ func (l *loader) duration(n *yaml.Node, path string, ceiling time.Duration) Dura
 
 func (l *loader) policy(n *yaml.Node) *Policy {
 	p := &Policy{Groups: map[string][]string{}}
-	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "max_duration", "accounts", "contacts")
+	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "admins", "max_duration", "accounts", "contacts")
 
 	ceiling := DefaultCeiling
 	if v := f["max_duration"]; v != nil {
@@ -246,6 +246,7 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 	}
 	p.Auditors = groupRef(f["auditors"], "auditors")
 	p.RelyingParties = groupRef(f["relying_parties"], "relying_parties")
+	p.Admins = groupRef(f["admins"], "admins")
 
 	if cn := f["contacts"]; cn != nil {
 		if cn.Kind != yaml.MappingNode {

@@ -50,6 +50,8 @@ type Policy struct {
 	Auditors string `json:"auditors,omitempty"`
 	// RelyingParties names the group that may call CheckToken.
 	RelyingParties string `json:"relying_parties,omitempty"`
+	// Admins names the group that may reload the policy over the API.
+	Admins string `json:"admins,omitempty"`
 	// MaxDuration is the ceiling for windows and TTLs.
 	MaxDuration Duration   `json:"max_duration"`
 	Accounts    []*Account `json:"accounts"`
@@ -191,6 +193,11 @@ func (p *Policy) IsAuditor(principal string) bool {
 	return p.Auditors != "" && p.IsMember(p.Auditors, principal)
 }
 
+// IsAdmin reports whether principal may reload the policy over the API.
+func (p *Policy) IsAdmin(principal string) bool {
+	return p.Admins != "" && p.IsMember(p.Admins, principal)
+}
+
 // IsRelyingParty reports whether principal may check tokens.
 func (p *Policy) IsRelyingParty(principal string) bool {
 	return p.RelyingParties != "" && p.IsMember(p.RelyingParties, principal)
@@ -298,4 +305,66 @@ func FromCanonicalJSON(b []byte) (*Policy, error) {
 	}
 	p.finish()
 	return &p, nil
+}
+
+// NoChange is what Changes says of two policies that differ in nothing it
+// reports.
+const NoChange = "no change to quorum rules, requesters or groups"
+
+// Short is the rule without the reminder every rule carries.
+func (r Rule) Short() string {
+	return strings.TrimSuffix(r.String(), " (the requester never counts; each approver counts once)")
+}
+
+// Changes lists, for people, what cur changes from old in quorum rules,
+// requesters, accounts and groups; with no old, cur's quorum rules.
+func Changes(old, cur *Policy) []string {
+	var out []string
+	if old == nil {
+		for _, a := range cur.Accounts {
+			out = append(out, fmt.Sprintf("account %s: quorum %s", a.Name, a.Quorum.Short()))
+		}
+		return out
+	}
+	for _, a := range cur.Accounts {
+		pa, ok := old.Account(a.Name)
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("account %s added: quorum %s", a.Name, a.Quorum.Short()))
+		case pa.Quorum.String() != a.Quorum.String():
+			out = append(out, fmt.Sprintf("account %s: quorum %s -> %s", a.Name, pa.Quorum.Short(), a.Quorum.Short()))
+		}
+		if ok && strings.Join(pa.Requesters, ",") != strings.Join(a.Requesters, ",") {
+			out = append(out, fmt.Sprintf("account %s: requesters %v -> %v", a.Name, pa.Requesters, a.Requesters))
+		}
+	}
+	for _, a := range old.Accounts {
+		if _, ok := cur.Account(a.Name); !ok {
+			out = append(out, fmt.Sprintf("account %s removed", a.Name))
+		}
+	}
+	names := map[string]bool{}
+	for g := range old.Groups {
+		names[g] = true
+	}
+	for g := range cur.Groups {
+		names[g] = true
+	}
+	groups := make([]string, 0, len(names))
+	for g := range names {
+		groups = append(groups, g)
+	}
+	sort.Strings(groups)
+	for _, g := range groups {
+		if strings.Join(old.Groups[g], ",") != strings.Join(cur.Groups[g], ",") {
+			out = append(out, fmt.Sprintf("group %s: %v -> %v", g, old.Groups[g], cur.Groups[g]))
+		}
+	}
+	if old.Admins != cur.Admins {
+		out = append(out, fmt.Sprintf("admins: %q -> %q", old.Admins, cur.Admins))
+	}
+	if len(out) == 0 {
+		out = append(out, NoChange)
+	}
+	return out
 }

@@ -158,6 +158,19 @@ type Reader interface {
 	// Idempotent returns the record of an earlier call with this key, or
 	// ErrNotFound.
 	Idempotent(ctx context.Context, principal, method, key string) (*IdempotentCall, error)
+	// Counts summarises the store for metrics.
+	Counts(ctx context.Context, now time.Time) (Counts, error)
+}
+
+// Counts are the store's figures for metrics.
+type Counts struct {
+	// Requests counts requests by stored state (a deadline passed since
+	// the last sweep still counts in the old state).
+	Requests map[request.State]int
+	// ActiveGrants counts APPROVED requests whose grant has not ended.
+	ActiveGrants int
+	// Tokens counts token records: every token ever issued.
+	Tokens int64
 }
 
 // Tx writes. It sees its own writes.

@@ -47,6 +47,8 @@ type Store struct {
 	// writes queues writers first come, first served for the one goroutine
 	// that writes (database/sql would hand its connection to a random
 	// waiter, letting an unlucky request wait many times the median).
+	// readers bounds the read transactions running at once.
+	readers chan struct{}
 	writes  chan *write
 	stop    chan struct{}
 	stopped chan struct{}
@@ -64,6 +66,9 @@ type result struct {
 	err   error
 	panic any
 }
+
+// maxReaders bounds concurrent read transactions.
+const maxReaders = 8
 
 // maxBatch bounds how many writers one commit carries.
 const maxBatch = 64
@@ -144,13 +149,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		writer.Close()
 		return nil, err
 	}
-	// Keep every reader connection open: the default of two idle
-	// connections had busy readers reopening the file, and preparing their
-	// statements again, on most transactions.
-	reader.SetMaxOpenConns(8)
-	reader.SetMaxIdleConns(8)
+	// Readers run at most maxReaders at a time, each holding one
+	// connection, and a statement seen for the first time is prepared on
+	// the pool, which takes a second connection for a moment: twice as
+	// many connections as readers, so that preparing never waits for a
+	// reader that is itself waiting to prepare. Every connection stays
+	// open: the default of two idle ones had busy readers reopening the
+	// file, and preparing their statements again, on most transactions.
+	reader.SetMaxOpenConns(2 * maxReaders)
+	reader.SetMaxIdleConns(2 * maxReaders)
 	reader.SetConnMaxLifetime(0)
-	s.reader, s.readStmts = reader, sqlstore.NewStmtCache(reader)
+	s.reader, s.readStmts, s.readers = reader, sqlstore.NewStmtCache(reader), make(chan struct{}, maxReaders)
 	if err := os.Chmod(cfg.Path, 0o600); err != nil {
 		s.Close()
 		return nil, err
@@ -332,6 +341,12 @@ func (s *Store) stopWriting() {
 
 // View implements store.Store.
 func (s *Store) View(ctx context.Context, fn func(store.Reader) error) error {
+	select {
+	case s.readers <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("sqlite: waiting to read: %w", ctx.Err())
+	}
+	defer func() { <-s.readers }()
 	tx, err := s.reader.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("sqlite: begin read: %w", err)

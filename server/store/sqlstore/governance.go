@@ -21,6 +21,30 @@ func (t *Tx) ActiveGrants(ctx context.Context, now time.Time) ([]*request.Reques
 	return t.queryRequests(ctx, `SELECT `+requestCols+` FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ? ORDER BY grant_expires_at`, nanos(now))
 }
 
+// Counts implements store.Reader.
+func (t *Tx) Counts(ctx context.Context, now time.Time) (store.Counts, error) {
+	c := store.Counts{Requests: map[request.State]int{}}
+	rows, err := t.Q.QueryContext(ctx, `SELECT state, COUNT(*) FROM requests GROUP BY state`)
+	if err != nil {
+		return c, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return c, err
+		}
+		c.Requests[request.State(state)] = n
+	}
+	if err := rows.Err(); err != nil {
+		return c, err
+	}
+	err = t.Q.QueryRowContext(ctx, t.q(`SELECT (SELECT COUNT(*) FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ?), (SELECT COUNT(*) FROM tokens)`),
+		nanos(now)).Scan(&c.ActiveGrants, &c.Tokens)
+	return c, err
+}
+
 // TokensOutstanding implements store.Reader.
 func (t *Tx) TokensOutstanding(ctx context.Context, now time.Time) ([]store.TokenRecord, error) {
 	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT t.jti, t.request_id, t.account, t.subject, t.audience, t.kid, t.issued_at, t.expires_at, t.token_sha256, t.drill, t.entry_index

@@ -58,6 +58,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"ConcurrentWritersNeverFork", testConcurrentAppends},
 		{"EachWriterGetsItsOwnOutcome", testWriterOutcomes},
 		{"IdempotentCalls", testIdempotent},
+		{"Counts", testCounts},
+		{"ManyReadersAtOnce", testManyReaders},
 		{"MerkleTreeAndProofs", testTree},
 		{"Checkpoints", testCheckpoints},
 	}
@@ -619,6 +621,82 @@ func testTwoHandles(t *testing.T, a, b store.Store) {
 			return nil
 		})
 	}
+}
+
+// Many readers at once on a fresh store, each running queries it sees for
+// the first time, all finish: no pool of connections or prepared
+// statements can leave them waiting on each other.
+func testManyReaders(t *testing.T, s store.Store) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := s.Update(ctx, func(tx store.Tx) error {
+		if err := tx.CreateRequest(ctx, newRequest("r1", t0)); err != nil {
+			return err
+		}
+		_, err := appendEntry(ctx, tx, t0, audit.TypeRequestCreated)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- s.View(ctx, func(r store.Reader) error {
+				if _, err := r.Requests(ctx, store.Filter{Account: fmt.Sprintf("a%d", i%7), Limit: 1 + i%5}); err != nil {
+					return err
+				}
+				if _, err := r.Head(ctx); err != nil {
+					return err
+				}
+				if _, err := r.Counts(ctx, t0); err != nil {
+					return err
+				}
+				_, err := r.Entries(ctx, 0, 1)
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func testCounts(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	err := s.Update(ctx, func(tx store.Tx) error {
+		for i, st := range []request.State{request.Pending, request.Pending, request.Approved, request.Approved, request.Denied} {
+			r := newRequest(fmt.Sprintf("r%d", i), t0)
+			r.State = st
+			if st == request.Approved {
+				r.ApprovedAt, r.GrantExpiresAt = t0, t0.Add(time.Duration(2*i-5)*time.Hour) // r2 ended, r3 running
+			}
+			if err := tx.CreateRequest(ctx, r); err != nil {
+				return err
+			}
+		}
+		return tx.AddToken(ctx, &store.TokenRecord{JTI: "j1", RequestID: "r3", Account: "prod-db", Subject: "alice", Audience: "a", KID: "k",
+			IssuedAt: t0, ExpiresAt: t0.Add(time.Hour), TokenSHA256: "x"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		c, err := r.Counts(ctx, t0.Add(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Requests[request.Pending] != 2 || c.Requests[request.Approved] != 2 || c.Requests[request.Denied] != 1 || c.ActiveGrants != 1 || c.Tokens != 1 {
+			t.Errorf("Counts = %+v", c)
+		}
+		return nil
+	})
 }
 
 func testIdempotent(t *testing.T, s store.Store) {
