@@ -40,6 +40,7 @@ type replay struct {
 	grants    int
 	tokens    int
 	reviews   int
+	restores  []Restore
 	// sigs verifies statements and parses certificates, remembering both:
 	// prepare has verified most statements already.
 	sigs *approval.Cache
@@ -89,7 +90,7 @@ func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, s
 }
 
 func (r *replay) summary() *Summary {
-	return &Summary{Requests: len(r.requests), Grants: r.grants, Tokens: r.tokens, Reviews: r.reviews, Policies: r.policies}
+	return &Summary{Requests: len(r.requests), Grants: r.grants, Tokens: r.tokens, Reviews: r.reviews, Policies: r.policies, Restores: r.restores}
 }
 
 func decode(raw json.RawMessage, v any) error { return json.Unmarshal(raw, v) }
@@ -158,6 +159,13 @@ func (r *replay) entry(i int64, e *audit.Entry) *Violation {
 		if e.Type == audit.TypeKeyActivated && c.Purpose == "token" {
 			r.tokenKeys[c.Account] = c.KID
 		}
+		return nil
+	case audit.TypeStoreRestored:
+		var p audit.StoreRestored
+		if err := decode(e.Payload, &p); err != nil || p.Operator == "" || p.BackupSize > uint64(i) || (p.Forced && p.Reason == "") {
+			return violation(i, "malformed store_restored entry")
+		}
+		r.restores = append(r.restores, Restore{Index: uint64(i), Forced: p.Forced, Reason: p.Reason, Operator: p.Operator, LostAfter: p.NewestSize})
 		return nil
 	}
 	return violation(i, "unknown entry type %q", e.Type)

@@ -119,6 +119,19 @@ type Summary struct {
 	// SignatureChecks counts the signatures verified: entries, signed
 	// statements, certificate chains and rotation statements.
 	SignatureChecks int `json:"signature_checks"`
+	// Restores are the store's restores from backups the log records.
+	Restores []Restore `json:"restores,omitempty"`
+}
+
+// Restore is a restore of the store from a backup. A forced one rolled
+// the log back: LostAfter is the size of the newest checkpoint it knew of,
+// entries past the restore point that the log no longer has.
+type Restore struct {
+	Index     uint64 `json:"index"`
+	Forced    bool   `json:"forced"`
+	Reason    string `json:"reason,omitempty"`
+	Operator  string `json:"operator"`
+	LostAfter uint64 `json:"newest_checkpoint_size,omitempty"`
 }
 
 // MaxLineBytes bounds one export line.

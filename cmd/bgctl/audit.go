@@ -371,6 +371,13 @@ Needs no broker: only the files and public keys.`,
 					fmt.Fprintf(a.stdout, "    %s\n", c)
 				}
 			}
+			for _, r := range sum.Restores {
+				if r.Forced {
+					fmt.Fprintf(a.stdout, "  FORCED restore at entry %d by %s: the newest checkpoint then covered %d entries; reason: %s\n", r.Index, r.Operator, r.LostAfter, r.Reason)
+					continue
+				}
+				fmt.Fprintf(a.stdout, "  restore at entry %d by %s, consistent with the newest checkpoint (%d entries)\n", r.Index, r.Operator, r.LostAfter)
+			}
 			return nil
 		},
 	}

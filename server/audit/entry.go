@@ -45,6 +45,7 @@ const (
 	TypeKeyActivated     Type = "key_activated"
 	TypeKeyRetired       Type = "key_retired"
 	TypeKeyDestroyed     Type = "key_destroyed"
+	TypeStoreRestored    Type = "store_restored"
 )
 
 // Entry is the JSON object that is hashed and signed. Field order is fixed

@@ -177,3 +177,23 @@ type KeyChange struct {
 	NoteKey string `json:"note_key,omitempty"`
 	Reason  string `json:"reason,omitempty"`
 }
+
+// StoreRestored records that the store was restored from a backup, the
+// first entry after the backup's last. Forced is set when the backup did
+// not hold the newest checkpoint the restore found: entries after the
+// backup, revocations among them, are gone, and NewestCheckpoint says how
+// many there were.
+type StoreRestored struct {
+	Operator string `json:"operator"`
+	Reason   string `json:"reason,omitempty"`
+	Forced   bool   `json:"forced"`
+	// BackupSize is the number of entries the backup held.
+	BackupSize uint64 `json:"backup_size"`
+	// NewestCheckpoint is the newest checkpoint found (a signed note) and
+	// NewestSize its size.
+	NewestCheckpoint []byte `json:"newest_checkpoint,omitempty"`
+	NewestSize       uint64 `json:"newest_size"`
+	// Sources are the checkpoints the restore consulted, and what it could
+	// not consult (a current database that could not be read).
+	Sources []string `json:"sources,omitempty"`
+}

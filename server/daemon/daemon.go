@@ -10,8 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"google.golang.org/grpc/stats"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,7 +19,9 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
 
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
@@ -35,8 +35,6 @@ import (
 	"github.com/bgbroker/breakglass/server/metrics"
 	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/store"
-	"github.com/bgbroker/breakglass/server/store/postgres"
-	"github.com/bgbroker/breakglass/server/store/sqlite"
 	"github.com/bgbroker/breakglass/server/tracing"
 )
 
@@ -126,21 +124,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.module, err = hsm.Open(ctx, cfg.HSM, log); err != nil {
 		return nil, err
 	}
-	// Assigned only on success: a nil *sqlite.Store in the interface would
-	// not be nil to closeResources.
-	switch cfg.Store.Driver {
-	case "sqlite":
-		var st *sqlite.Store
-		if st, err = sqlite.Open(ctx, cfg.Store.SQLite); err == nil {
-			d.store = st
-		}
-	case "postgres":
-		var st *postgres.Store
-		if st, err = postgres.Open(ctx, cfg.Store.Postgres(), log); err == nil {
-			d.store = st
-		}
-	}
-	if err != nil {
+	if d.store, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	if d.tracing, err = tracing.New(ctx, cfg.Tracing, Version()); err != nil {
@@ -170,15 +154,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if issuer == "" {
 		issuer = "https://" + httpsLis.Addr().String()
 	}
-	// The keys: the registry names them; the configuration names the
-	// first ones (and each account's own token key).
-	wants := []keyring.Want{{Purpose: hsm.PurposeToken, Label: cfg.Keys.Token}, {Purpose: hsm.PurposeAudit, Label: cfg.Keys.Audit},
-		{Purpose: hsm.PurposeCheckpoint, Label: cfg.Keys.Checkpoint}}
-	for _, a := range pol.Accounts {
-		if a.TokenKey != "" {
-			wants = append(wants, keyring.Want{Purpose: hsm.PurposeToken, Account: a.Name, Label: a.TokenKey})
-		}
-	}
+	wants := keyWants(cfg, pol)
 	ring := keyring.New(keyring.Config{Module: d.module, Store: d.store, Issuer: issuer, Log: log, Now: opts.Now})
 	if err := ring.Preload(ctx, wants); err != nil {
 		return nil, err

@@ -37,6 +37,7 @@ const (
 	KeyDestroyed      = "key.destroyed"
 	CertExpiring      = "cert.expiring"
 	PolicyLoaded      = "policy.loaded"
+	StoreRestored     = "store.restored"
 )
 
 // Event is the JSON body every sink receives (the Slack sink renders it as

@@ -1,0 +1,119 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/config"
+	"github.com/bgbroker/breakglass/server/identity"
+	"github.com/bgbroker/breakglass/server/keyring"
+	"github.com/bgbroker/breakglass/server/notify"
+	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/store/postgres"
+	"github.com/bgbroker/breakglass/server/store/sqlite"
+)
+
+// openStore opens the configured store.
+func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
+	switch cfg.Store.Driver {
+	case "postgres":
+		st, err := postgres.Open(ctx, cfg.Store.Postgres(), log)
+		if err != nil {
+			return nil, err
+		}
+		return st, nil
+	case "sqlite", "":
+		st, err := sqlite.Open(ctx, cfg.Store.SQLite)
+		if err != nil {
+			return nil, err
+		}
+		return st, nil
+	}
+	return nil, fmt.Errorf("store.driver %q is not sqlite or postgres", cfg.Store.Driver)
+}
+
+// offline is a broker without listeners or background loops, for the
+// commands that write to the log while no broker serves (key ceremonies,
+// restores): the same keys, policy and store a served one would have.
+type offline struct {
+	module *hsm.Module
+	store  store.Store
+	ring   *keyring.Ring
+	broker *broker.Broker
+	policy *policy.Policy
+	origin string
+}
+
+func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *offline, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pol, source, err := cfg.LoadPolicy()
+	if err != nil {
+		return nil, err
+	}
+	ident, err := identity.New(cfg.Identity, log)
+	if err != nil {
+		return nil, err
+	}
+	o := &offline{policy: pol}
+	defer func() {
+		if err != nil {
+			o.Close()
+		}
+	}()
+	if o.module, err = hsm.Open(ctx, cfg.HSM, log); err != nil {
+		return nil, err
+	}
+	if o.store, err = openStore(ctx, cfg, log); err != nil {
+		return nil, err
+	}
+	wants := keyWants(cfg, pol)
+	o.ring = keyring.New(keyring.Config{Module: o.module, Store: o.store, Issuer: cfg.Issuer, Log: log})
+	if err := o.ring.Preload(ctx, wants); err != nil {
+		return nil, err
+	}
+	o.origin = cfg.Audit.Origin
+	if o.origin == "" {
+		o.origin = "breakglass/" + hsm.Fingerprint(o.ring.Checkpoint().Public())[:16]
+	}
+	o.ring.SetOrigin(o.origin)
+	router := notify.NewRouter(cfg.Notify.Sinks)
+	if o.broker, err = broker.New(ctx, broker.Config{Store: o.store, Policy: pol, PolicySource: source, Keys: o.ring, Log: log, Origin: o.origin, Certs: ident,
+		Routes: router, AckSinkKnown: router.Has}); err != nil {
+		return nil, err
+	}
+	if err := o.ring.Bootstrap(ctx, o.broker, wants); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// keyWants are the keys the configuration and the policy name: the
+// registry names the ones in use, these the first ones.
+func keyWants(cfg *config.Config, pol *policy.Policy) []keyring.Want {
+	wants := []keyring.Want{{Purpose: hsm.PurposeToken, Label: cfg.Keys.Token}, {Purpose: hsm.PurposeAudit, Label: cfg.Keys.Audit},
+		{Purpose: hsm.PurposeCheckpoint, Label: cfg.Keys.Checkpoint}}
+	for _, a := range pol.Accounts {
+		if a.TokenKey != "" {
+			wants = append(wants, keyring.Want{Purpose: hsm.PurposeToken, Account: a.Name, Label: a.TokenKey})
+		}
+	}
+	return wants
+}
+
+func (o *offline) Close() error {
+	var errs []error
+	if o.store != nil {
+		errs = append(errs, o.store.Close())
+	}
+	if o.module != nil {
+		errs = append(errs, o.module.Close())
+	}
+	return errors.Join(errs...)
+}
