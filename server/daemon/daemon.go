@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -527,7 +528,7 @@ func (d *Daemon) metricsState(ctx context.Context, serverCert *x509.Certificate,
 			return err
 		}
 		for state, n := range c.Requests {
-			st.Requests[string(state)] = n
+			st.Requests[strings.ToLower(string(state))] = n
 		}
 		st.ActiveGrants, st.Tokens = c.ActiveGrants, c.Tokens
 		h, err := r.Head(ctx)

@@ -76,11 +76,14 @@ func (r *Registry) RegisterHSM(m *hsm.Module, in hsm.Instruments) {
 		slotsMax: prometheus.NewDesc("breakglass_hsm_signing_slots", "Signing slots (signatures in flight at most).", nil, nil),
 	})
 	in.Observe = func(p hsm.Purpose, label string, d time.Duration, err error) {
+		// Both counters of a key exist from its first signature, so an
+		// error rate reads 0 rather than nothing before the first failure.
+		e, n := errs.WithLabelValues(string(p), label), signs.WithLabelValues(string(p), label)
 		if err != nil {
-			errs.WithLabelValues(string(p), label).Inc()
+			e.Inc()
 			return
 		}
-		signs.WithLabelValues(string(p), label).Inc()
+		n.Inc()
 		dur.WithLabelValues(string(p), label).Observe(d.Seconds())
 	}
 	m.Instrument(in)

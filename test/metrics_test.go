@@ -1,0 +1,181 @@
+package test
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// scrape reads /metrics and parses it as Prometheus does.
+func (d *devBroker) scrape(t *testing.T) ([]byte, map[string]*dto.MetricFamily) {
+	t.Helper()
+	resp, err := d.httpClient().Get(d.ready.Issuer + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %d %v", resp.StatusCode, err)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	return body, mfs
+}
+
+// sample is one series' value: a gauge's or counter's, a histogram's count.
+func sample(m *dto.Metric) float64 {
+	switch {
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	case m.Summary != nil:
+		return float64(m.Summary.GetSampleCount())
+	}
+	return m.Untyped.GetValue()
+}
+
+func labelsOf(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, l := range m.Label {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
+}
+
+// A scrape during a flow shows every metric an operator alerts on, with
+// plausible values; the exposition passes promlint (the linter behind
+// `promtool check metrics`); the broker's labels stay low-cardinality.
+func TestMetricsScrape(t *testing.T) {
+	d := startDev(t)
+	approved, _ := runFlow(t, d)
+	d.mustBgctl("dave", "audit", "checkpoint")
+	d.bgctl("carol", "approve", approved, "--yes") // a refusal, for the code label
+	hash := d.health(t).PolicyHash
+	now := float64(time.Now().Unix())
+
+	// Deliveries to the dev events file are asynchronous.
+	var body []byte
+	var mfs map[string]*dto.MetricFamily
+	if !eventually(15*time.Second, func() bool {
+		body, mfs = d.scrape(t)
+		f := mfs["breakglass_notify_delivery_seconds"]
+		return f != nil && len(f.Metric) > 0 && sample(f.Metric[0]) > 0
+	}) {
+		t.Fatalf("no delivery observed:\n%s", body)
+	}
+
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+
+	type want struct {
+		name   string
+		labels map[string]string
+		ok     func(v float64) bool
+	}
+	atLeast := func(n float64) func(float64) bool { return func(v float64) bool { return v >= n } }
+	is := func(n float64) func(float64) bool { return func(v float64) bool { return v == n } }
+	recent := func(v float64) bool { return v > now-3600 && v <= now+60 }
+	future := func(v float64) bool { return v > now }
+	for _, w := range []want{
+		// gRPC server metrics (go-grpc-middleware/providers/prometheus).
+		{"grpc_server_started_total", map[string]string{"grpc_method": "CreateRequest"}, atLeast(2)},
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "CreateRequest", "grpc_code": "OK"}, atLeast(2)},
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "IssueToken", "grpc_code": "OK"}, atLeast(1)},
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "ReviewRequest"}, atLeast(3)},
+		{"grpc_server_handling_seconds", map[string]string{"grpc_method": "ReviewRequest"}, atLeast(3)},
+		// The HSM, per purpose and key.
+		{"breakglass_hsm_signatures_total", map[string]string{"purpose": "token"}, atLeast(1)},
+		{"breakglass_hsm_signatures_total", map[string]string{"purpose": "audit"}, atLeast(5)},
+		{"breakglass_hsm_signatures_total", map[string]string{"purpose": "checkpoint"}, atLeast(1)},
+		{"breakglass_hsm_sign_errors_total", map[string]string{"purpose": "audit"}, is(0)},
+		{"breakglass_hsm_sign_duration_seconds", map[string]string{"purpose": "audit"}, atLeast(5)},
+		{"breakglass_hsm_queue_depth", nil, is(0)},
+		{"breakglass_hsm_reopens_total", nil, is(0)},
+		{"breakglass_hsm_rejected_total", nil, is(0)},
+		{"breakglass_hsm_signing_slots", nil, atLeast(1)},
+		// Requests, grants, tokens.
+		{"breakglass_requests", map[string]string{"state": "approved"}, atLeast(1)},
+		{"breakglass_requests", map[string]string{"state": "pending"}, atLeast(1)},
+		{"breakglass_grants_active", nil, atLeast(1)},
+		{"breakglass_tokens_issued_total", nil, atLeast(1)},
+		// The log and its checkpoints.
+		{"breakglass_audit_entries_total", nil, atLeast(8)},
+		{"breakglass_audit_unsigned_entries", nil, is(0)},
+		{"breakglass_checkpoint_size", nil, atLeast(8)},
+		{"breakglass_checkpoint_timestamp_seconds", nil, recent},
+		// The outbox, per sink.
+		{"breakglass_outbox_pending", map[string]string{"sink": "events-file"}, atLeast(0)},
+		{"breakglass_outbox_dead_letters_total", map[string]string{"sink": "events-file"}, is(0)},
+		{"breakglass_notify_delivery_seconds", map[string]string{"sink": "events-file"}, atLeast(1)},
+		// Policy and certificates.
+		{"breakglass_policy_info", map[string]string{"hash": hash}, is(1)},
+		{"breakglass_policy_in_force", nil, is(1)},
+		{"breakglass_certificate_expiry_timestamp_seconds", map[string]string{"cert": "server"}, future},
+		{"breakglass_certificate_expiry_timestamp_seconds", map[string]string{"cert": "client_ca"}, future},
+		{"breakglass_client_certificates_expiring", nil, atLeast(0)},
+		{"breakglass_state_scrape_error", nil, is(0)},
+		// The process.
+		{"process_resident_memory_bytes", nil, atLeast(1 << 20)},
+		{"process_open_fds", nil, atLeast(3)},
+		{"go_goroutines", nil, atLeast(5)},
+	} {
+		f := mfs[w.name]
+		if f == nil {
+			t.Errorf("%s is missing", w.name)
+			continue
+		}
+		var sum float64
+		var found bool
+		for _, m := range f.Metric {
+			l := labelsOf(m)
+			match := true
+			for k, v := range w.labels {
+				if l[k] != v {
+					match = false
+				}
+			}
+			if match {
+				sum += sample(m)
+				found = true
+			}
+		}
+		if !found || !w.ok(sum) {
+			t.Errorf("%s%v = %v (found %v)", w.name, w.labels, sum, found)
+		}
+	}
+
+	// Low cardinality: the broker's own series carry only these labels,
+	// and no label value is a request id or a principal.
+	allowed := map[string]bool{"purpose": true, "key": true, "state": true, "sink": true, "hash": true, "cert": true, "le": true}
+	for name, f := range mfs {
+		if !strings.HasPrefix(name, "breakglass_") {
+			continue
+		}
+		for _, m := range f.Metric {
+			for k, v := range labelsOf(m) {
+				if !allowed[k] || v == approved || strings.Contains(v, "alice") {
+					t.Errorf("%s has label %s=%q", name, k, v)
+				}
+			}
+		}
+	}
+}
