@@ -3,6 +3,8 @@ package test
 import (
 	"bytes"
 	"io"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"go.yaml.in/yaml/v3"
 )
 
 // scrape reads /metrics and parses it as Prometheus does.
@@ -60,7 +63,8 @@ func labelsOf(m *dto.Metric) map[string]string {
 // plausible values; the exposition passes promlint (the linter behind
 // `promtool check metrics`); the broker's labels stay low-cardinality.
 func TestMetricsScrape(t *testing.T) {
-	d := startDev(t)
+	// A webhook receiver that is down keeps its events waiting.
+	d := startDev(t, "--webhook", "http://127.0.0.1:9/down")
 	approved, _ := runFlow(t, d)
 	d.mustBgctl("dave", "audit", "checkpoint")
 	d.bgctl("carol", "approve", approved, "--yes") // a refusal, for the code label
@@ -125,6 +129,8 @@ func TestMetricsScrape(t *testing.T) {
 		// The outbox, per sink.
 		{"breakglass_outbox_pending", map[string]string{"sink": "events-file"}, atLeast(0)},
 		{"breakglass_outbox_dead_letters_total", map[string]string{"sink": "events-file"}, is(0)},
+		{"breakglass_outbox_pending", map[string]string{"sink": "webhook-1"}, atLeast(1)},
+		{"breakglass_outbox_oldest_pending_timestamp_seconds", map[string]string{"sink": "webhook-1"}, recent},
 		{"breakglass_notify_delivery_seconds", map[string]string{"sink": "events-file"}, atLeast(1)},
 		// Policy and certificates.
 		{"breakglass_policy_info", map[string]string{"hash": hash}, is(1)},
@@ -160,6 +166,36 @@ func TestMetricsScrape(t *testing.T) {
 		}
 		if !found || !w.ok(sum) {
 			t.Errorf("%s%v = %v (found %v)", w.name, w.labels, sum, found)
+		}
+	}
+
+	// The example alert rules name only metrics the broker exports.
+	rules, err := os.ReadFile("../packaging/prometheus/breakglass-alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Groups []struct {
+			Rules []struct {
+				Alert, Expr string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(rules, &doc); err != nil || len(doc.Groups) == 0 {
+		t.Fatalf("alert rules: %v", err)
+	}
+	metricName := regexp.MustCompile(`\b(breakglass|grpc_server|process|go)_[a-z_]+`)
+	for _, r := range doc.Groups[0].Rules {
+		for _, name := range metricName.FindAllString(r.Expr, -1) {
+			base := name
+			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+				if trimmed, ok := strings.CutSuffix(name, suffix); ok && mfs[trimmed] != nil {
+					base = trimmed
+				}
+			}
+			if mfs[base] == nil {
+				t.Errorf("alert %s uses %s, which the broker does not export", r.Alert, name)
+			}
 		}
 	}
 
