@@ -56,19 +56,33 @@ type Manifest struct {
 // serves. A PostgreSQL store gets the checkpoint and the manifest only:
 // the database itself is dumped with pg_dump after this returns, so the
 // dump extends the checkpoint.
-func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logger) (*Manifest, error) {
+func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logger) (_ *Manifest, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(dir, BackupManifest)); err == nil {
-		return nil, fmt.Errorf("%s already holds a backup; back up into a new directory", dir)
+	if dir == "" {
+		return nil, errors.New("name the new directory to write the backup to (--out)")
+	}
+	for _, name := range []string{BackupManifest, BackupDatabase, BackupCheckpoint} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			return nil, fmt.Errorf("%s already holds a backup (or part of one: %s); back up into a new directory", dir, name)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("creating the backup directory: %w", err)
 	}
+	// A backup that fails leaves no part of itself behind, so the
+	// directory can be used again.
+	defer func() {
+		if err != nil {
+			_ = os.Remove(filepath.Join(dir, BackupManifest))
+			_ = os.Remove(filepath.Join(dir, BackupCheckpoint))
+			removeDatabase(filepath.Join(dir, BackupDatabase))
+		}
+	}()
 	m := &Manifest{Format: 1, CreatedAt: time.Now().UTC(), BrokerVersion: Version(), Driver: cfg.Store.Driver}
 	copyCfg := cfg
 	if cfg.Store.Driver != "postgres" {
@@ -103,6 +117,9 @@ func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logge
 	}
 	if err != nil {
 		return nil, err
+	}
+	if len(cp.Note) == 0 && m.Entries > 0 {
+		log.Warn("the log has no signed checkpoint yet, so this backup holds none; a serving broker signs one within audit.checkpoint_interval of a write")
 	}
 	if len(cp.Note) > 0 {
 		m.CheckpointSize, m.Origin = cp.Size, noteOrigin(cp.Note)
@@ -204,8 +221,11 @@ func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *
 			return nil, err
 		}
 		manifest = m
-		if b, err := os.ReadFile(filepath.Join(opts.From, BackupCheckpoint)); err == nil {
+		switch b, err := readNote(filepath.Join(opts.From, BackupCheckpoint)); {
+		case err == nil:
 			cands = append(cands, candidate{from: "the backup's checkpoint file", note: b})
+		case !errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("the backup's checkpoint file: %w", err)
 		}
 	}
 	restored := cfg
@@ -224,27 +244,39 @@ func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *
 		if manifest == nil {
 			return nil, errors.New("--from: the backup directory (breakglassd backup) to restore")
 		}
-		if manifest.Driver != "sqlite" || manifest.Database == "" {
+		if manifest.Driver != "sqlite" {
 			return nil, fmt.Errorf("%s is a %s backup; this broker's store is SQLite", opts.From, manifest.Driver)
 		}
+		if manifest.Database == "" {
+			return nil, fmt.Errorf("%s names no database: the backup is damaged", filepath.Join(opts.From, BackupManifest))
+		}
 		src := filepath.Join(opts.From, manifest.Database)
-		if sum, err := fileDigest(src); err != nil {
-			return nil, err
-		} else if sum != manifest.SHA256 {
-			return nil, fmt.Errorf("%s does not match its manifest's digest: the backup is damaged", src)
+		if fi, err := os.Stat(src); err != nil {
+			return nil, fmt.Errorf("the backup's database: %w", err)
+		} else if !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("the backup's database %s is not a regular file: the backup is damaged, or not one breakglassd backup wrote", src)
 		}
 		target := cfg.Store.SQLite.Path
 		staging := target + ".restoring"
+		// A staging copy an interrupted restore left is removed (a
+		// symlink itself, never what it points to) and made anew.
 		removeDatabase(staging)
-		if err := copyFile(src, staging); err != nil {
-			return nil, err
-		}
 		installed := false
 		defer func() {
 			if !installed {
 				removeDatabase(staging)
 			}
 		}()
+		if err := copyFile(src, staging); err != nil {
+			return nil, fmt.Errorf("copying the backup's database to %s (remove it if no restore is running): %w", staging, err)
+		}
+		// The copy is what is checked and restored, so it is what the
+		// digest must match.
+		if sum, err := fileDigest(staging); err != nil {
+			return nil, err
+		} else if sum != manifest.SHA256 {
+			return nil, fmt.Errorf("%s does not match its manifest's digest: the backup is damaged", src)
+		}
 		cur, keys, err := currentCheckpoint(ctx, cfg)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
@@ -266,14 +298,20 @@ func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *
 		c.Store.SQLite.Path = staging
 		restored = &c
 		install = func() error {
-			if _, err := os.Stat(target); err == nil {
-				aside := fmt.Sprintf("%s.before-restore-%s", target, time.Now().UTC().Format("20060102T150405Z"))
-				if err := moveDatabase(target, aside); err != nil {
+			// A write-ahead log left without its database is moved aside
+			// too: SQLite would apply it to the restored one.
+			if databaseExists(target) {
+				stamp := time.Now().UTC().Format("20060102T150405Z")
+				aside := fmt.Sprintf("%s.before-restore-%s", target, stamp)
+				for i := 2; databaseExists(aside); i++ {
+					aside = fmt.Sprintf("%s.before-restore-%s-%d", target, stamp, i)
+				}
+				if err := moveDatabase(target, aside, false); err != nil {
 					return fmt.Errorf("moving the current database aside: %w", err)
 				}
 				res.MovedAside = aside
 			}
-			if err := moveDatabase(staging, target); err != nil {
+			if err := moveDatabase(staging, target, true); err != nil {
 				return fmt.Errorf("putting the restored database in place (the previous one is %s): %w", res.MovedAside, err)
 			}
 			installed = true
@@ -281,14 +319,14 @@ func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *
 		}
 	}
 	for _, f := range opts.Checkpoints {
-		b, err := os.ReadFile(f)
+		b, err := readNote(f)
 		if err != nil {
 			return nil, fmt.Errorf("--checkpoint: %w", err)
 		}
 		cands = append(cands, candidate{from: f, note: b})
 	}
 
-	problems, err := checkCopy(ctx, restored, cands, registry, res, log)
+	problems, newestNote, err := checkCopy(ctx, restored, cands, registry, res, log)
 	if err != nil {
 		return nil, err
 	}
@@ -301,13 +339,7 @@ func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *
 	}
 	o, err := openOffline(ctx, restored, log)
 	if err != nil {
-		return nil, err
-	}
-	var newestNote []byte
-	for _, c := range cands {
-		if c.size == res.Newest && c.note != nil {
-			newestNote = c.note
-		}
+		return nil, fmt.Errorf("opening the HSM and the backup to record the restore, so nothing was restored: %w", err)
 	}
 	rec, err := o.broker.RecordRestore(ctx, audit.StoreRestored{Operator: opts.Operator, Reason: opts.Reason, Forced: res.Forced,
 		BackupSize: res.BackupSize, NewestCheckpoint: newestNote, NewestSize: res.Newest, Sources: res.Sources})
@@ -315,7 +347,7 @@ func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("recording the restore in the audit log: %w", err)
+		return nil, fmt.Errorf("recording the restore in the audit log, so nothing was restored: %w", err)
 	}
 	res.Entry = rec.Index
 	if install != nil {
@@ -329,11 +361,12 @@ func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *
 
 // checkCopy reads the copy's log and checks it against every candidate:
 // each must be signed by one of this log's checkpoint keys and be a
-// prefix of the copy's tree. It returns what does not hold.
-func checkCopy(ctx context.Context, cfg *config.Config, cands []candidate, registry []store.KeyRecord, res *RestoreResult, log *slog.Logger) ([]string, error) {
+// prefix of the copy's tree. It returns what does not hold, and the
+// newest checkpoint's note.
+func checkCopy(ctx context.Context, cfg *config.Config, cands []candidate, registry []store.KeyRecord, res *RestoreResult, log *slog.Logger) ([]string, []byte, error) {
 	st, err := openStore(ctx, cfg, log)
 	if err != nil {
-		return nil, fmt.Errorf("opening the backup: %w", err)
+		return nil, nil, fmt.Errorf("opening the backup's database: %w", err)
 	}
 	defer st.Close()
 	var head audit.Head
@@ -355,13 +388,18 @@ func checkCopy(ctx context.Context, cfg *config.Config, cands []candidate, regis
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("reading the backup: %w", err)
+		return nil, nil, fmt.Errorf("reading the backup: %w", err)
 	}
 	res.BackupSize = head.Size
 	origin := cfg.Audit.Origin
 	if len(own.Note) > 0 {
-		cands = append(cands, candidate{from: "the backup's own log", size: own.Size, root: own.Root, note: own.Note})
+		// Its note is verified like the others: it is written to the
+		// store_restored entry when it is the newest.
+		cands = append(cands, candidate{from: "the backup's own log", note: own.Note})
 		origin = noteOrigin(own.Note)
+		if cfg.Audit.Origin != "" && origin != cfg.Audit.Origin {
+			return nil, nil, fmt.Errorf("the backup is of log %q, not of this broker's log %q (audit.origin): it is another log's backup", origin, cfg.Audit.Origin)
+		}
 	}
 	for _, c := range cands {
 		if origin == "" && c.note != nil {
@@ -370,16 +408,17 @@ func checkCopy(ctx context.Context, cfg *config.Config, cands []candidate, regis
 	}
 	verifiers := checkpointVerifiers(origin, registry)
 	var problems []string
+	var newest []byte
 	for i := range cands {
 		c := &cands[i]
 		if c.root == nil {
 			if c.size, c.root, err = openCheckpoint(c.note, origin, verifiers); err != nil {
-				return nil, fmt.Errorf("%s: %w", c.from, err)
+				return nil, nil, fmt.Errorf("%s: %w", c.from, err)
 			}
 		}
 		res.Sources = append(res.Sources, fmt.Sprintf("%s (%d entries)", c.from, c.size))
 		if c.size >= res.Newest {
-			res.Newest, res.NewestFrom = c.size, c.from
+			res.Newest, res.NewestFrom, newest = c.size, c.from, c.note
 		}
 		if c.size > head.Size {
 			problems = append(problems, fmt.Sprintf("%s covers %d entries but the backup holds %d: restoring it would undo %d entries, which may include revocations",
@@ -400,19 +439,42 @@ func checkCopy(ctx context.Context, cfg *config.Config, cands []candidate, regis
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("reading the backup's tree: %w", err)
+			return nil, nil, fmt.Errorf("reading the backup's tree: %w", err)
 		}
 	}
-	return problems, nil
+	return problems, newest, nil
 }
 
 // currentCheckpoint reads the latest checkpoint and the key registry of
 // the database a restore would replace: os.ErrNotExist when there is none.
+// An empty file is a database whose history is unknown, not a missing one.
 func currentCheckpoint(ctx context.Context, cfg *config.Config) (*candidate, []store.KeyRecord, error) {
-	if fi, err := os.Stat(cfg.Store.SQLite.Path); err != nil || fi.Size() == 0 {
+	path := cfg.Store.SQLite.Path
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if wal, err := os.Stat(path + "-wal"); err == nil && wal.Size() > 0 {
+			return nil, nil, fmt.Errorf("%s is missing but its write-ahead log %s-wal is not", path, path)
+		}
 		return nil, nil, os.ErrNotExist
+	case err != nil:
+		return nil, nil, err
+	case fi.Size() == 0:
+		return nil, nil, fmt.Errorf("%s is empty (0 bytes): truncated, or never written", path)
 	}
-	st, err := sqlite.Open(ctx, cfg.Store.SQLite)
+	// It is read from a snapshot: opening it would write to it (fold in
+	// the write-ahead log a crashed broker left, apply migrations), and a
+	// refused restore must leave it as it was.
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".restore-current-")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer os.RemoveAll(tmp)
+	snapshot := filepath.Join(tmp, BackupDatabase)
+	if err := sqlite.Backup(ctx, path, snapshot); err != nil {
+		return nil, nil, err
+	}
+	st, err := sqlite.Open(ctx, sqlite.Config{Path: snapshot, Synchronous: "NORMAL"})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -470,6 +532,9 @@ func openCheckpoint(b []byte, origin string, vs note.Verifiers) (uint64, []byte,
 	if origin == "" {
 		return 0, nil, errors.New("this log's origin is unknown (the backup holds no checkpoint; set audit.origin)")
 	}
+	if o := noteOrigin(b); o != origin {
+		return 0, nil, fmt.Errorf("not a checkpoint of log %s: it names log %q (another log's checkpoint?)", origin, o)
+	}
 	n, err := note.Open(b, vs)
 	if err != nil {
 		return 0, nil, fmt.Errorf("not a checkpoint of log %s signed by one of its checkpoint keys: %w", origin, err)
@@ -493,7 +558,7 @@ func noteOrigin(n []byte) string {
 }
 
 func readManifest(dir string) (*Manifest, error) {
-	b, err := os.ReadFile(filepath.Join(dir, BackupManifest))
+	b, err := readSmall(filepath.Join(dir, BackupManifest))
 	if err != nil {
 		return nil, fmt.Errorf("%s is not a backup directory (breakglassd backup writes one): %w", dir, err)
 	}
@@ -501,10 +566,43 @@ func readManifest(dir string) (*Manifest, error) {
 	if err := json.Unmarshal(b, &m); err != nil || m.Format != 1 {
 		return nil, fmt.Errorf("%s: not a backup manifest this broker reads", filepath.Join(dir, BackupManifest))
 	}
-	if m.Database != "" && filepath.Base(m.Database) != m.Database {
+	if m.Database != "" && (filepath.Base(m.Database) != m.Database || m.Database == "." || m.Database == "..") {
 		return nil, fmt.Errorf("%s: the database must be a file in the backup directory", filepath.Join(dir, BackupManifest))
 	}
 	return &m, nil
+}
+
+// maxSmallFile bounds what is read of a manifest or a checkpoint note,
+// which are a few hundred bytes: a hostile backup's /dev/zero is not read
+// forever.
+const maxSmallFile = 1 << 20
+
+func readSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSmallFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSmallFile {
+		return nil, fmt.Errorf("%s is over %d bytes: not a manifest or a checkpoint", path, maxSmallFile)
+	}
+	return b, nil
+}
+
+// readNote reads a checkpoint note file.
+func readNote(path string) ([]byte, error) {
+	b, err := readSmall(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("%s is empty: not a checkpoint", path)
+	}
+	return b, nil
 }
 
 func fileDigest(path string) (string, error) {
@@ -566,9 +664,21 @@ func removeDatabase(path string) {
 	}
 }
 
-func moveDatabase(from, to string) error {
+// databaseExists says whether any of a database's files is there.
+func databaseExists(path string) bool {
 	for _, s := range databaseSuffixes {
-		if err := os.Rename(from+s, to+s); err != nil && !(s != "" && errors.Is(err, os.ErrNotExist)) {
+		if _, err := os.Lstat(path + s); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// moveDatabase renames a database's files, skipping those missing but the
+// main file when needMain.
+func moveDatabase(from, to string, needMain bool) error {
+	for _, s := range databaseSuffixes {
+		if err := os.Rename(from+s, to+s); err != nil && !(errors.Is(err, os.ErrNotExist) && (s != "" || !needMain)) {
 			return err
 		}
 	}
