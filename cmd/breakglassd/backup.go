@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/daemon"
 )
 
@@ -26,11 +25,7 @@ itself afterwards, so that the dump extends the checkpoint:
   pg_dump --format=custom --file DIR/broker.pgdump "$DSN"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(cfgPath)
-			if err != nil {
-				return err
-			}
-			log, err := logger(stderr, cfg.Log, level)
+			cfg, log, err := loadConfig(cfgPath, stderr, level)
 			if err != nil {
 				return err
 			}
@@ -75,11 +70,7 @@ restored in place with pg_restore first; this command then checks it against
 --checkpoint and records the restore.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(cfgPath)
-			if err != nil {
-				return err
-			}
-			log, err := logger(stderr, cfg.Log, level)
+			cfg, log, err := loadConfig(cfgPath, stderr, level)
 			if err != nil {
 				return err
 			}

@@ -20,6 +20,20 @@ import (
 	"github.com/bgbroker/breakglass/server/policy"
 )
 
+// loadConfig loads the configuration and the logger it describes (level
+// overriding log.level when set).
+func loadConfig(path string, stderr io.Writer, level string) (*config.Config, *slog.Logger, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := logger(stderr, cfg.Log, level)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, log, nil
+}
+
 func logger(w io.Writer, cfg config.Log, levelFlag string) (*slog.Logger, error) {
 	lv := cfg.Level
 	if levelFlag != "" {
@@ -71,11 +85,7 @@ func newServeCmd(stderr io.Writer) *cobra.Command {
 		Short: "Run the broker",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(cfgPath)
-			if err != nil {
-				return err
-			}
-			log, err := logger(stderr, cfg.Log, level)
+			cfg, log, err := loadConfig(cfgPath, stderr, level)
 			if err != nil {
 				return err
 			}

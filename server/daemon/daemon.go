@@ -156,15 +156,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		issuer = "https://" + httpsLis.Addr().String()
 	}
 	wants := keyWants(cfg, pol)
-	ring := keyring.New(keyring.Config{Module: d.module, Store: d.store, Issuer: issuer, Log: log, Now: opts.Now})
-	if err := ring.Preload(ctx, wants); err != nil {
+	ring, origin, err := loadRing(ctx, cfg, keyring.Config{Module: d.module, Store: d.store, Issuer: issuer, Log: log, Now: opts.Now}, wants)
+	if err != nil {
 		return nil, err
 	}
-	origin := cfg.Audit.Origin
-	if origin == "" {
-		origin = "breakglass/" + hsm.Fingerprint(ring.Checkpoint().Public())[:16]
-	}
-	ring.SetOrigin(origin)
 	if err := hsm.Healthy(d.module.Check(ctx, ring.Keys()...)); err != nil {
 		return nil, fmt.Errorf("HSM self-test failed: %w", err)
 	}

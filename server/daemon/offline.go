@@ -74,15 +74,9 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 		return nil, err
 	}
 	wants := keyWants(cfg, pol)
-	o.ring = keyring.New(keyring.Config{Module: o.module, Store: o.store, Issuer: cfg.Issuer, Log: log})
-	if err := o.ring.Preload(ctx, wants); err != nil {
+	if o.ring, o.origin, err = loadRing(ctx, cfg, keyring.Config{Module: o.module, Store: o.store, Issuer: cfg.Issuer, Log: log}, wants); err != nil {
 		return nil, err
 	}
-	o.origin = cfg.Audit.Origin
-	if o.origin == "" {
-		o.origin = "breakglass/" + hsm.Fingerprint(o.ring.Checkpoint().Public())[:16]
-	}
-	o.ring.SetOrigin(o.origin)
 	router := notify.NewRouter(cfg.Notify.Sinks)
 	if o.broker, err = broker.New(ctx, broker.Config{Store: o.store, Policy: pol, PolicySource: source, Keys: o.ring, Log: log, Origin: o.origin, Certs: ident,
 		Routes: router, AckSinkKnown: router.Has}); err != nil {
@@ -92,6 +86,21 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 		return nil, err
 	}
 	return o, nil
+}
+
+// loadRing loads the keys the registry and wants name and sets the log's
+// origin: audit.origin, or one derived from the checkpoint key.
+func loadRing(ctx context.Context, cfg *config.Config, rc keyring.Config, wants []keyring.Want) (*keyring.Ring, string, error) {
+	ring := keyring.New(rc)
+	if err := ring.Preload(ctx, wants); err != nil {
+		return nil, "", err
+	}
+	origin := cfg.Audit.Origin
+	if origin == "" {
+		origin = "breakglass/" + hsm.Fingerprint(ring.Checkpoint().Public())[:16]
+	}
+	ring.SetOrigin(origin)
+	return ring, origin, nil
 }
 
 // keyWants are the keys the configuration and the policy name: the

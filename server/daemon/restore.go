@@ -123,7 +123,7 @@ func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logge
 	}
 	if len(cp.Note) > 0 {
 		m.CheckpointSize, m.Origin = cp.Size, noteOrigin(cp.Note)
-		if err := writeFile(filepath.Join(dir, BackupCheckpoint), cp.Note); err != nil {
+		if err := writeFile(filepath.Join(dir, BackupCheckpoint), bytes.NewReader(cp.Note)); err != nil {
 			return nil, err
 		}
 	}
@@ -136,7 +136,7 @@ func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(filepath.Join(dir, BackupManifest), append(b, '\n')); err != nil {
+	if err := writeFile(filepath.Join(dir, BackupManifest), bytes.NewReader(append(b, '\n'))); err != nil {
 		return nil, err
 	}
 	log.Info("backup written", "dir", dir, "entries", m.Entries, "checkpoint", m.CheckpointSize)
@@ -618,12 +618,13 @@ func fileDigest(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func writeFile(path string, b []byte) error {
+// writeFile writes r to a new owner-only file, synced before it returns.
+func writeFile(path string, r io.Reader) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
+	if _, err := io.Copy(f, r); err != nil {
 		f.Close()
 		return err
 	}
@@ -640,19 +641,7 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	return writeFile(dst, in)
 }
 
 // SQLite keeps a database in up to three files.
