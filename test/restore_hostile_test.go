@@ -39,14 +39,21 @@ func (d *devBroker) dbFiles(t *testing.T) string {
 		if strings.HasSuffix(n, "-shm") || (strings.HasSuffix(n, "-wal") && fi.Size() == 0) {
 			continue
 		}
-		desc := filepath.Base(n) + " " + fi.Mode().String()
-		if fi.Mode().IsRegular() {
-			s := fileSum(t, n)
-			desc += " " + hex.EncodeToString(s[:8])
-		}
-		out = append(out, desc)
+		out = append(out, describeFile(t, filepath.Base(n), n, fi))
 	}
 	return strings.Join(out, "\n")
+}
+
+// describeFile is a file's name, mode and, for a regular file, the start
+// of its digest.
+func describeFile(t *testing.T, name, path string, fi os.FileInfo) string {
+	t.Helper()
+	desc := name + " " + fi.Mode().String()
+	if fi.Mode().IsRegular() {
+		s := fileSum(t, path)
+		desc += " " + hex.EncodeToString(s[:8])
+	}
+	return desc
 }
 
 // copyBackup copies a backup directory, to damage the copy.
@@ -137,29 +144,17 @@ func unknownKeyNote(t *testing.T, real string) string {
 func TestRestoreHostile(t *testing.T) {
 	d := startDev(t)
 	other := startDev(t) // another log: its own HSM, keys and origin
-	granted := d.createRequest("alice")
-	d.mustBgctl("bob", "approve", granted, "--yes")
-	d.mustBgctl("erin", "approve", granted, "--yes")
-	d.mustBgctl("dave", "audit", "checkpoint")
-	old := filepath.Join(t.TempDir(), "old")
-	if r := d.breakglassd("backup", "--out", old); r.code != 0 {
-		t.Fatalf("backup: %+v", r)
-	}
+	granted := d.approvedGrant(t)
+	old, _ := d.backup(t, "old")
 	d.mustBgctl("erin", "revoke", granted, "--reason", "compromised laptop")
 	newest := d.checkpointFile(t)
 	d.stop()
-	cur := filepath.Join(t.TempDir(), "cur")
-	if r := d.breakglassd("backup", "--out", cur); r.code != 0 {
-		t.Fatalf("offline backup: %+v", r)
-	}
+	cur, _ := d.backup(t, "cur")
 
 	other.createRequest("alice")
 	otherNote := other.checkpointFile(t)
 	other.stop()
-	otherBackup := filepath.Join(t.TempDir(), "other")
-	if r := other.breakglassd("backup", "--out", otherBackup); r.code != 0 {
-		t.Fatalf("backup of the other log: %+v", r)
-	}
+	otherBackup, _ := other.backup(t, "other")
 
 	db := d.state("broker.db")
 	victim := filepath.Join(t.TempDir(), "victim")
@@ -434,10 +429,7 @@ func TestRestoreLeftovers(t *testing.T) {
 	d := startDev(t)
 	d.createRequest("alice")
 	d.stop()
-	cur := filepath.Join(t.TempDir(), "cur")
-	if r := d.breakglassd("backup", "--out", cur); r.code != 0 {
-		t.Fatalf("backup: %+v", r)
-	}
+	cur, _ := d.backup(t, "cur")
 	db := d.state("broker.db")
 	victim := filepath.Join(t.TempDir(), "victim")
 	writeTestFile(t, victim, []byte("not the broker's to touch"))
@@ -486,19 +478,13 @@ func TestRestoreForkedCheckpoint(t *testing.T) {
 	d := startDev(t)
 	d.createRequest("alice")
 	d.mustBgctl("dave", "audit", "checkpoint")
-	b0 := filepath.Join(t.TempDir(), "b0")
-	if r := d.breakglassd("backup", "--out", b0); r.code != 0 {
-		t.Fatalf("backup: %+v", r)
-	}
+	b0, _ := d.backup(t, "b0")
 	for range 4 {
 		d.createRequest("alice")
 	}
 	d.mustBgctl("dave", "audit", "checkpoint")
 	d.stop()
-	b1 := filepath.Join(t.TempDir(), "b1")
-	if r := d.breakglassd("backup", "--out", b1); r.code != 0 {
-		t.Fatalf("backup: %+v", r)
-	}
+	b1, _ := d.backup(t, "b1")
 	// Roll back to b0 and write another history on it.
 	if r, _ := d.restore("--from", b0, "--force", "--reason", "fork the log for the test"); r.code != 0 {
 		t.Fatalf("forced restore: %+v", r)
@@ -571,10 +557,7 @@ func TestRestoreAfterCrash(t *testing.T) {
 	d := startDev(t)
 	d.createRequest("alice")
 	d.mustBgctl("dave", "audit", "checkpoint")
-	old := filepath.Join(t.TempDir(), "old")
-	if r := d.breakglassd("backup", "--out", old); r.code != 0 {
-		t.Fatalf("backup: %+v", r)
-	}
+	old, _ := d.backup(t, "old")
 	d.createRequest("alice")
 	d.mustBgctl("dave", "audit", "checkpoint")
 	d.kill()
@@ -677,12 +660,7 @@ func dirState(t *testing.T, p string) string {
 		if err != nil {
 			return err
 		}
-		desc := path + " " + fi.Mode().String()
-		if fi.Mode().IsRegular() {
-			s := fileSum(t, path)
-			desc += " " + hex.EncodeToString(s[:8])
-		}
-		out = append(out, desc)
+		out = append(out, describeFile(t, path, path, fi))
 		return nil
 	})
 	if err != nil {

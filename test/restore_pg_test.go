@@ -98,16 +98,12 @@ func TestBackupAndRestorePostgres(t *testing.T) {
 	dsn := srv.NewDatabase(t)
 	d := newReplicas(t, dsn, 1)[0]
 	d.exportAuditKey()
-	granted := d.createRequest("alice")
-	d.mustBgctl("bob", "approve", granted, "--yes")
-	d.mustBgctl("erin", "approve", granted, "--yes")
-	d.mustBgctl("dave", "audit", "checkpoint")
+	granted := d.approvedGrant(t)
 
 	// Online: the checkpoint and manifest first, then the dump, which
 	// extends them.
-	old := filepath.Join(t.TempDir(), "old")
-	r := d.breakglassd("backup", "--out", old)
-	if r.code != 0 || !strings.Contains(r.stderr, "pg_dump --format=custom") {
+	old, r := d.backup(t, "old")
+	if !strings.Contains(r.stderr, "pg_dump --format=custom") {
 		t.Fatalf("backup: %+v", r)
 	}
 	var m struct {
@@ -135,10 +131,7 @@ func TestBackupAndRestorePostgres(t *testing.T) {
 	// undo. The SOC keeps the newest checkpoint.
 	d.mustBgctl("erin", "revoke", granted, "--reason", "compromised laptop")
 	d.createRequest("alice")
-	soc := filepath.Join(t.TempDir(), "newest.note")
-	if err := os.WriteFile(soc, []byte(d.mustBgctl("dave", "audit", "checkpoint")), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	soc := d.checkpointFile(t)
 	d.stop()
 	newest, _ := pgLog(t, dsn)
 	if noteSize(t, soc) <= m.E {

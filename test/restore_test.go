@@ -38,6 +38,28 @@ func (d *devBroker) restore(args ...string) (result, restoreResult) {
 	return r, out
 }
 
+// backup runs `breakglassd backup` into a new directory named name.
+func (d *devBroker) backup(t *testing.T, name string) (string, result) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	r := d.breakglassd("backup", "--out", dir)
+	if r.code != 0 {
+		t.Fatalf("backup: %+v", r)
+	}
+	return dir, r
+}
+
+// approvedGrant is alice's request with both approvals, and a checkpoint
+// over it.
+func (d *devBroker) approvedGrant(t *testing.T) string {
+	t.Helper()
+	id := d.createRequest("alice")
+	d.mustBgctl("bob", "approve", id, "--yes")
+	d.mustBgctl("erin", "approve", id, "--yes")
+	d.mustBgctl("dave", "audit", "checkpoint")
+	return id
+}
+
 func fileSum(t *testing.T, path string) [32]byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -55,16 +77,10 @@ func fileSum(t *testing.T, path string) [32]byte {
 func TestBackupAndRestore(t *testing.T) {
 	d := startDev(t)
 	d.exportAuditKey()
-	granted := d.createRequest("alice")
-	d.mustBgctl("bob", "approve", granted, "--yes")
-	d.mustBgctl("erin", "approve", granted, "--yes")
-	d.mustBgctl("dave", "audit", "checkpoint")
+	granted := d.approvedGrant(t)
 
 	// Online: the broker keeps serving.
-	old := filepath.Join(t.TempDir(), "old")
-	if r := d.breakglassd("backup", "--out", old); r.code != 0 {
-		t.Fatalf("backup: %+v", r)
-	}
+	old, _ := d.backup(t, "old")
 	var m struct {
 		E      uint64 `json:"entries"`
 		C      uint64 `json:"checkpoint_size"`
@@ -81,10 +97,7 @@ func TestBackupAndRestore(t *testing.T) {
 	// After the backup the grant is revoked: the entry a rollback would undo.
 	d.mustBgctl("erin", "revoke", granted, "--reason", "compromised laptop")
 	d.createRequest("alice")
-	soc := filepath.Join(t.TempDir(), "newest.note")
-	if err := os.WriteFile(soc, []byte(d.mustBgctl("dave", "audit", "checkpoint")), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	soc := d.checkpointFile(t)
 	d.stop()
 	db := d.state("broker.db")
 	sum := fileSum(t, db)
@@ -103,10 +116,7 @@ func TestBackupAndRestore(t *testing.T) {
 	}
 
 	// Broken and hostile input: nothing changes either.
-	damaged := filepath.Join(t.TempDir(), "damaged")
-	if err := os.CopyFS(damaged, os.DirFS(old)); err != nil {
-		t.Fatal(err)
-	}
+	damaged := copyBackup(t, old)
 	if err := os.WriteFile(filepath.Join(damaged, "broker.db"), []byte("not the backup"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -139,10 +149,7 @@ func TestBackupAndRestore(t *testing.T) {
 	}
 
 	// A backup of the current state is accepted against it.
-	current := filepath.Join(t.TempDir(), "current")
-	if r := d.breakglassd("backup", "--out", current); r.code != 0 {
-		t.Fatalf("offline backup: %+v", r)
-	}
+	current, _ := d.backup(t, "current")
 	r, res := d.restore("--from", current, "--checkpoint", soc)
 	if r.code != 0 || res.Forced || res.Previous == "" || res.Newest == 0 || res.Entry != res.Backup {
 		t.Fatalf("restore of the current backup: %+v %+v", r, res)
