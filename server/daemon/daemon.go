@@ -101,14 +101,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	pol, source, err := cfg.LoadPolicy()
-	if err != nil {
-		return nil, err
-	}
-	ident, err := identity.New(cfg.Identity, log)
+	pol, source, ident, err := loadPolicyAndIdentity(cfg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -50,14 +50,7 @@ type offline struct {
 }
 
 func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *offline, err error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	pol, source, err := cfg.LoadPolicy()
-	if err != nil {
-		return nil, err
-	}
-	ident, err := identity.New(cfg.Identity, log)
+	pol, source, ident, err := loadPolicyAndIdentity(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +79,23 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 		return nil, err
 	}
 	return o, nil
+}
+
+// loadPolicyAndIdentity checks the configuration and loads what it names
+// of the policy and the callers' identities.
+func loadPolicyAndIdentity(cfg *config.Config, log *slog.Logger) (*policy.Policy, string, *identity.Verifier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, "", nil, err
+	}
+	pol, source, err := cfg.LoadPolicy()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ident, err := identity.New(cfg.Identity, log)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return pol, source, ident, nil
 }
 
 // loadRing loads the keys the registry and wants name and sets the log's
