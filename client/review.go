@@ -7,14 +7,14 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/bgbroker/breakglass/client/approval"
+	"github.com/bgbroker/breakglass/format/statement"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 )
 
 // ContentOf is the immutable content of a request as the API shows it: the
 // content an approver's statement binds to.
-func ContentOf(r *bgv1.Request) approval.Content {
-	return approval.Content{
+func ContentOf(r *bgv1.Request) statement.Content {
+	return statement.Content{
 		ID: r.GetId(), Account: r.GetAccount(), Requester: r.GetRequester(), Justification: r.GetJustification(),
 		Ticket: r.GetTicket(), TTLSeconds: int64(r.GetRequestedTtl().AsDuration() / time.Second), Drill: r.GetDrill(),
 		CreatedAt: r.GetCreateTime().AsTime(),
@@ -48,10 +48,10 @@ func (c *Client) sign(ctx context.Context, typ, subject, content, comment string
 	if err != nil {
 		return nil, nil, err
 	}
-	st := approval.Statement{Type: typ, Origin: origin, Request: subject, Content: content,
-		Comment: approval.CommentDigest(comment), Time: c.now().UTC().Truncate(time.Second)}
+	st := statement.Statement{Type: typ, Origin: origin, Request: subject, Content: content,
+		Comment: statement.CommentDigest(comment), Time: c.now().UTC().Truncate(time.Second)}
 	stmt = st.Marshal()
-	sig, err = approval.Sign(c.key, stmt)
+	sig, err = statement.Sign(c.key, stmt)
 	return stmt, sig, err
 }
 
@@ -67,9 +67,9 @@ func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.Revi
 	if len(idempotencyKey) > 1 {
 		return nil, errors.New("client: Review takes at most one idempotency key")
 	}
-	typ := approval.TypeApprove
+	typ := statement.TypeApprove
 	if decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
-		typ = approval.TypeDeny
+		typ = statement.TypeDeny
 	}
 	stmt, sig, err := c.sign(ctx, typ, r.GetId(), ContentOf(r).Digest(), comment)
 	if err != nil {
@@ -89,7 +89,7 @@ func (c *Client) ClosePostReviewSigned(ctx context.Context, pr *bgv1.PostReview,
 	if err != nil {
 		return nil, err
 	}
-	stmt, sig, err := c.sign(ctx, approval.TypeReviewClose, pr.GetRequestId(), ContentOf(got.GetRequest()).Digest(), notes)
+	stmt, sig, err := c.sign(ctx, statement.TypeReviewClose, pr.GetRequestId(), ContentOf(got.GetRequest()).Digest(), notes)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func (c *Client) Attest(ctx context.Context, account, notes string) (*bgv1.Attes
 	if err != nil {
 		return nil, err
 	}
-	stmt, sig, err := c.sign(ctx, approval.TypeAttest, uuid.NewString(), approval.AccountDigest(account, accts.GetPolicyHash()), notes)
+	stmt, sig, err := c.sign(ctx, statement.TypeAttest, uuid.NewString(), statement.AccountDigest(account, accts.GetPolicyHash()), notes)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/miekg/pkcs11"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/hsm/hsmtest"
 )
@@ -451,7 +452,7 @@ func TestExports(t *testing.T) {
 	ctx := context.Background()
 
 	for p, k := range keys {
-		b, err := hsm.PublicPEM(k.Public())
+		b, err := keyid.PublicPEM(k.Public())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -477,7 +478,7 @@ func TestExports(t *testing.T) {
 	canon := fmt.Sprintf(`{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}`, base64.RawURLEncoding.EncodeToString(bx), base64.RawURLEncoding.EncodeToString(by))
 	sum := sha256.Sum256([]byte(canon))
 	wantKID := base64.RawURLEncoding.EncodeToString(sum[:])
-	jwk, err := hsm.JWK(ec)
+	jwk, err := keyid.JWK(ec)
 	if err != nil {
 		t.Fatal(err)
 	}

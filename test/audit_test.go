@@ -23,11 +23,11 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/bgbroker/breakglass/client"
-	"github.com/bgbroker/breakglass/client/approval"
 	"github.com/bgbroker/breakglass/client/auditverify"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/devmode"
 )
@@ -423,20 +423,20 @@ func TestAuditTampering(t *testing.T) {
 		es[firstReview].Payload, _ = json.Marshal(p)
 		return es
 	}
-	signStatement := func(principal string, st approval.Statement) ([]byte, []byte, []byte) {
+	signStatement := func(principal string, st statement.Statement) ([]byte, []byte, []byte) {
 		ca := d.devCA()
 		cert, key, err := ca.Issue(devmode.LeafOptions{CommonName: principal, URIs: []string{devmode.URIPrefix + principal}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		sig, err := approval.Sign(key, st.Marshal())
+		sig, err := statement.Sign(key, st.Marshal())
 		if err != nil {
 			t.Fatal(err)
 		}
 		return st.Marshal(), sig, cert.Raw
 	}
-	statementOf := func(p *audit.RequestReviewed) approval.Statement {
-		st, err := approval.Parse(p.Statement)
+	statementOf := func(p *audit.RequestReviewed) statement.Statement {
+		st, err := statement.Parse(p.Statement)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -506,7 +506,7 @@ func TestAuditTampering(t *testing.T) {
 		{"review statement over altered content", func() *auditFiles {
 			return fg.rebuild(f, reviewOf(func(e *audit.Entry, p *audit.RequestReviewed) {
 				st := statementOf(p)
-				st.Content = approval.Content{ID: approvedID, Justification: "something else"}.Digest()
+				st.Content = statement.Content{ID: approvedID, Justification: "something else"}.Digest()
 				p.Statement, p.Signature, p.Certificate = signStatement(e.Actor, st)
 			}))
 		}, firstReview, "other content", nil},

@@ -27,9 +27,9 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/bgbroker/breakglass/client"
-	"github.com/bgbroker/breakglass/client/approval"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/statement"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/devmode"
 )
 
@@ -197,10 +197,10 @@ func TestHostileInputMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	bobKey, erinKey := tlsFromFiles(t, d, "bob").Certificates[0].PrivateKey.(crypto.Signer), tlsFromFiles(t, d, "erin").Certificates[0].PrivateKey.(crypto.Signer)
-	signFor := func(key crypto.Signer, r *bgv1.Request, content approval.Content) ([]byte, []byte) {
-		st := approval.Statement{Type: approval.TypeApprove, Origin: origin, Request: r.GetId(), Content: content.Digest(),
-			Comment: approval.CommentDigest(""), Time: time.Now().UTC().Truncate(time.Second)}
-		sig, err := approval.Sign(key, st.Marshal())
+	signFor := func(key crypto.Signer, r *bgv1.Request, content statement.Content) ([]byte, []byte) {
+		st := statement.Statement{Type: statement.TypeApprove, Origin: origin, Request: r.GetId(), Content: content.Digest(),
+			Comment: statement.CommentDigest(""), Time: time.Now().UTC().Truncate(time.Second)}
+		sig, err := statement.Sign(key, st.Marshal())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bgbroker/breakglass/client"
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/devmode"
 	"github.com/bgbroker/breakglass/server/httpapi"
 	"github.com/bgbroker/breakglass/server/store/postgres/pgtest"

@@ -2,22 +2,22 @@ package auditverify
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 
-	"github.com/go-jose/go-jose/v4"
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/checkpoint"
+	"github.com/bgbroker/breakglass/format/keyid"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // keyChain is the set of audit and checkpoint keys a verifier trusts: the
@@ -28,9 +28,6 @@ type keyChain struct {
 	checkpoint []note.Verifier
 	checks     int
 }
-
-// RotationContext begins every rotation statement.
-const RotationContext = "breakglass key rotation v1"
 
 // follow adds the key a key_activated entry introduces, after checking the
 // rotation statement's two signatures.
@@ -53,10 +50,10 @@ func (k *keyChain) follow(i int64, e *audit.Entry) *Violation {
 	if err != nil {
 		return violation(i, "the new %s key does not parse: %v", c.Purpose, err)
 	}
-	if kid, err := thumbprint(pub); err != nil || kid != c.KID {
+	if kid, err := keyid.Thumbprint(pub); err != nil || kid != c.KID {
 		return violation(i, "the new key's kid %s is not its thumbprint", c.KID)
 	}
-	if !bytes.HasPrefix(c.Rotation, []byte(RotationContext+"\n")) ||
+	if !bytes.HasPrefix(c.Rotation, []byte(statement.RotationContext+"\n")) ||
 		!bytes.Contains(c.Rotation, fmt.Appendf(nil, "\npurpose %s\n", c.Purpose)) ||
 		!bytes.Contains(c.Rotation, fmt.Appendf(nil, "\nold %s\nnew %s\n", c.Previous, c.KID)) {
 		return violation(i, "the rotation statement does not describe this rotation")
@@ -109,7 +106,7 @@ func (k *keyChain) parseCheckpoint(b []byte, origin string) (*log.Checkpoint, er
 		if v.Name() != origin {
 			continue
 		}
-		cp, err := parseCheckpoint(b, origin, v)
+		cp, err := checkpoint.Open(b, origin, v)
 		if err == nil {
 			return cp, nil
 		}
@@ -119,12 +116,4 @@ func (k *keyChain) parseCheckpoint(b []byte, origin string) (*log.Checkpoint, er
 		return nil, errors.New("no checkpoint key for this origin")
 	}
 	return nil, errors.New(errs[len(errs)-1])
-}
-
-func thumbprint(pub any) (string, error) {
-	tp, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
-	if err != nil {
-		return "", err
-	}
-	return base64.RawURLEncoding.EncodeToString(tp), nil
 }

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bgbroker/breakglass/client/approval"
-	"github.com/bgbroker/breakglass/server/audit"
-	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // replay re-runs the broker's lifecycle from the entries alone and refuses
@@ -43,7 +43,7 @@ type replay struct {
 	restores  []Restore
 	// sigs verifies statements and parses certificates, remembering both:
 	// prepare has verified most statements already.
-	sigs *approval.Cache
+	sigs *statement.Cache
 	// chains are the verified chains of the certificates seen;
 	// chainChecks counts the chains built.
 	chains      map[string][][]*x509.Certificate
@@ -75,10 +75,10 @@ type reqState struct {
 	solo                   bool
 	soloAckedAt            time.Time
 	grantAcked             bool
-	content                approval.Content
+	content                statement.Content
 }
 
-func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *approval.Cache) *replay {
+func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache) *replay {
 	r := &replay{origin: origin, cas: cas, sigs: sigs, chains: map[string][][]*x509.Certificate{}, revoked: map[string]bool{}, prevLeaf: audit.ZeroPrev,
 		requests: map[string]*reqState{}, jtis: map[string]bool{}, postReviews: map[string]string{}, closed: map[string]bool{}, tokenKeys: map[string]string{}}
 	for _, crl := range crls {
@@ -249,7 +249,7 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if p.PolicyHash != r.policyHash {
 		return violation(i, "the request names policy %s but %s is in force", p.PolicyHash, r.policyHash)
 	}
-	c := approval.Content{ID: e.Request, Account: e.Account, Requester: e.Actor, Justification: p.Justification, Ticket: p.Ticket,
+	c := statement.Content{ID: e.Request, Account: e.Account, Requester: e.Actor, Justification: p.Justification, Ticket: p.Ticket,
 		TTLSeconds: p.TTLSeconds, Drill: p.Drill, CreatedAt: p.CreatedAt}
 	if c.Digest() != p.ContentDigest {
 		return violation(i, "the content digest does not match the request's content")
@@ -291,7 +291,7 @@ func (r *replay) reviewed(i int64, e *audit.Entry) *Violation {
 	if _, dup := q.reviews[e.Actor]; dup {
 		return violation(i, "%s reviewed request %s twice", e.Actor, q.id)
 	}
-	if p.Decision != approval.TypeApprove && p.Decision != approval.TypeDeny {
+	if p.Decision != statement.TypeApprove && p.Decision != statement.TypeDeny {
 		return violation(i, "unknown decision %q", p.Decision)
 	}
 	if !r.policy.Eligible(q.rule, e.Actor) {
@@ -311,11 +311,11 @@ func (r *replay) reviewed(i int64, e *audit.Entry) *Violation {
 // key of a certificate that chained to the client CA when the review was
 // logged, not revoked, and naming the reviewer.
 func (r *replay) checkSignedReview(q *reqState, reviewer string, p audit.RequestReviewed, at time.Time) string {
-	st, err := approval.Parse(p.Statement)
+	st, err := statement.Parse(p.Statement)
 	if err != nil {
 		return err.Error()
 	}
-	if err := approval.Check(st, p.Decision, r.origin, q.id, q.digest, p.Comment, at); err != nil {
+	if err := statement.Check(st, p.Decision, r.origin, q.id, q.digest, p.Comment, at); err != nil {
 		return err.Error()
 	}
 	cert, err := r.sigs.ParseCertificate(p.Certificate)
@@ -388,7 +388,7 @@ func principalOf(c *x509.Certificate, id audit.Identity) (string, error) {
 func (q *reqState) approvals() []string {
 	var out []string
 	for _, who := range q.order {
-		if q.reviews[who].decision == approval.TypeApprove {
+		if q.reviews[who].decision == statement.TypeApprove {
 			out = append(out, who)
 		}
 	}
@@ -446,7 +446,7 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 	case audit.TypeRequestDenied:
 		var deniers []string
 		for _, who := range q.order {
-			if q.reviews[who].decision == approval.TypeDeny {
+			if q.reviews[who].decision == statement.TypeDeny {
 				deniers = append(deniers, who)
 			}
 		}
@@ -603,7 +603,7 @@ func (r *replay) soloRipe(i int64, e *audit.Entry, q *reqState) *Violation {
 			q.id, e.Time.UTC().Format(time.RFC3339), a.Solo.Delay.D(), q.soloAckedAt.UTC().Format(time.RFC3339))
 	}
 	for _, who := range q.order {
-		if q.reviews[who].decision == approval.TypeDeny && r.policy.Eligible(q.rule, who) {
+		if q.reviews[who].decision == statement.TypeDeny && r.policy.Eligible(q.rule, who) {
 			return violation(i, "solo approval of %s despite a denial by %s", q.id, who)
 		}
 	}
@@ -668,7 +668,7 @@ func (r *replay) reviewClosed(i int64, e *audit.Entry) *Violation {
 	if !ok || !r.policy.IsReviewer(a, e.Actor) || e.Actor == q.requester || slices.Contains(q.approvals(), e.Actor) {
 		return violation(i, "%s may not close the post-use review of %s (not a reviewer, or its requester or approver)", e.Actor, q.id)
 	}
-	if reason := r.checkStatement(e.Actor, approval.TypeReviewClose, q.id, q.digest, p.Notes, p.Signed, e.Time); reason != "" {
+	if reason := r.checkStatement(e.Actor, statement.TypeReviewClose, q.id, q.digest, p.Notes, p.Signed, e.Time); reason != "" {
 		return violation(i, "the signed closing of post-use review %s does not hold: %s", p.ID, reason)
 	}
 	r.closed[p.ID] = true
@@ -687,7 +687,7 @@ func (r *replay) attested(i int64, e *audit.Entry) *Violation {
 	if p.PolicyHash != r.policyHash {
 		return violation(i, "the attestation names policy %s but %s is in force", p.PolicyHash, r.policyHash)
 	}
-	if reason := r.checkStatement(e.Actor, approval.TypeAttest, p.ID, approval.AccountDigest(e.Account, p.PolicyHash), p.Notes, p.Signed, e.Time); reason != "" {
+	if reason := r.checkStatement(e.Actor, statement.TypeAttest, p.ID, statement.AccountDigest(e.Account, p.PolicyHash), p.Notes, p.Signed, e.Time); reason != "" {
 		return violation(i, "the signed attestation does not hold: %s", reason)
 	}
 	return nil

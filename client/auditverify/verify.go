@@ -13,7 +13,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -25,8 +24,8 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/bgbroker/breakglass/client/approval"
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // Line is one line of an export (`bgctl audit export`). Only Index, Entry
@@ -159,7 +158,7 @@ func Verify(o Options) (*Summary, error) {
 	// checkpoint key is introduced by a statement signed by a key already
 	// trusted and by the new one.
 	keys := &keyChain{audit: append([]*ecdsa.PublicKey(nil), o.AuditKeys...), checkpoint: []note.Verifier{vkey}}
-	sigs := approval.NewCache(min(len(lines), 1<<18))
+	sigs := statement.NewCache(min(len(lines), 1<<18))
 	parsed := prepare(lines, sigs)
 	r := newReplay(origin, o.ClientCAs, o.CRLs, sigs)
 	var entries []*audit.Entry
@@ -274,20 +273,6 @@ func verifyRest(o Options, origin string, keys *keyChain, r *replay, lines []wir
 	return sum, nil
 }
 
-func parseCheckpoint(b []byte, origin string, v note.Verifier) (*log.Checkpoint, error) {
-	if len(b) == 0 {
-		return nil, errors.New("missing")
-	}
-	cp, _, _, err := log.ParseCheckpoint(b, origin, v)
-	if err != nil {
-		return nil, err
-	}
-	if len(cp.Hash) != 32 {
-		return nil, errors.New("the root hash is not 32 bytes")
-	}
-	return cp, nil
-}
-
 // wireLine is what the verifier reads of an export line.
 type wireLine struct {
 	Index     uint64 `json:"index"`
@@ -362,7 +347,7 @@ func parallel(n int, fn func(i int)) {
 // post-use review closings and attestations carry, on every core, so that
 // the replay, which must go in order, finds them parsed and verified. A
 // line that does not parse is left nil for the replay to report.
-func prepare(lines []wireLine, sigs *approval.Cache) []*audit.Entry {
+func prepare(lines []wireLine, sigs *statement.Cache) []*audit.Entry {
 	parsed := make([]*audit.Entry, len(lines))
 	parallel(len(lines), func(i int) {
 		e, err := audit.Parse(lines[i].Entry)

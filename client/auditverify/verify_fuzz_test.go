@@ -28,9 +28,11 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/bgbroker/breakglass/client/approval"
-	"github.com/bgbroker/breakglass/server/audit"
-	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/checkpoint"
+	"github.com/bgbroker/breakglass/format/keyid"
+	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // The fuzzer runs each target in several worker processes that rerun its
@@ -177,11 +179,11 @@ accounts:
 	must(err)
 	acct, _ := pol.Account("prod-db")
 	created := fuzzT0.Add(time.Minute)
-	content := approval.Content{ID: fuzzRequest, Account: "prod-db", Requester: "alice", Justification: "db down", Ticket: "INC-1", TTLSeconds: ttlSeconds, CreatedAt: created}
+	content := statement.Content{ID: fuzzRequest, Account: "prod-db", Requester: "alice", Justification: "db down", Ticket: "INC-1", TTLSeconds: ttlSeconds, CreatedAt: created}
 	reviewed := fuzzT0.Add(2 * time.Minute)
-	stmt := approval.Statement{Type: approval.TypeApprove, Origin: fuzzOrigin, Request: fuzzRequest, Content: content.Digest(),
-		Comment: approval.CommentDigest("ok"), Time: reviewed}.Marshal()
-	stmtSig, err := approval.Sign(l.bobKey, stmt)
+	stmt := statement.Statement{Type: statement.TypeApprove, Origin: fuzzOrigin, Request: fuzzRequest, Content: content.Digest(),
+		Comment: statement.CommentDigest("ok"), Time: reviewed}.Marshal()
+	stmtSig, err := statement.Sign(l.bobKey, stmt)
 	must(err)
 	grantEnd := reviewed.Add(time.Duration(ttlSeconds) * time.Second)
 	issued := fuzzT0.Add(3 * time.Minute)
@@ -207,7 +209,7 @@ accounts:
 		{created, req(audit.TypeRequestCreated, "alice", audit.RequestCreated{Justification: content.Justification, Ticket: content.Ticket,
 			TTLSeconds: content.TTLSeconds, CreatedAt: created, ApprovalDeadline: created.Add(30 * time.Minute), Quorum: acct.Quorum,
 			DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: 600, PolicyHash: pol.Hash(), ContentDigest: content.Digest()})},
-		{reviewed, req(audit.TypeRequestReviewed, "bob", audit.RequestReviewed{Decision: approval.TypeApprove, Comment: "ok", Groups: []string{"db"},
+		{reviewed, req(audit.TypeRequestReviewed, "bob", audit.RequestReviewed{Decision: statement.TypeApprove, Comment: "ok", Groups: []string{"db"},
 			Statement: stmt, Signature: stmtSig, Certificate: l.bobDER})},
 		{reviewed, req(audit.TypeRequestApproved, "breakglass", audit.RequestApproved{ApprovedAt: reviewed, GrantExpiresAt: grantEnd,
 			ActivationDeadline: reviewed.Add(10 * time.Minute), Assignment: map[string]string{"bob": "db"}})},
@@ -506,7 +508,7 @@ func FuzzCheckpointBody(f *testing.F) {
 		if err != nil {
 			return
 		}
-		cp, err := parseCheckpoint(msg, fuzzOrigin, l.verifier)
+		cp, err := checkpoint.Open(msg, fuzzOrigin, l.verifier)
 		if err != nil {
 			return
 		}
@@ -540,15 +542,15 @@ func (l *fuzzLog) rotation(purpose string) []byte {
 	if err != nil {
 		panic(err)
 	}
-	kid, err := thumbprint(pub)
+	kid, err := keyid.Thumbprint(pub)
 	if err != nil {
 		panic(err)
 	}
-	oldKID, err := thumbprint(old)
+	oldKID, err := keyid.Thumbprint(old)
 	if err != nil {
 		panic(err)
 	}
-	stmt := fmt.Appendf(nil, "%s\npurpose %s\naccount \nold %s\nnew %s\nkey next-%s\ntime %s\n", RotationContext, purpose, oldKID, kid, purpose,
+	stmt := fmt.Appendf(nil, "%s\npurpose %s\naccount \nold %s\nnew %s\nkey next-%s\ntime %s\n", statement.RotationContext, purpose, oldKID, kid, purpose,
 		fuzzT0.Format(time.RFC3339))
 	b, err := json.Marshal(audit.KeyChange{Purpose: purpose, KID: kid, Label: "next-" + purpose, Previous: oldKID,
 		PublicPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), Rotation: stmt,

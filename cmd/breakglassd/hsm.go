@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/daemon"
@@ -181,11 +182,11 @@ func newKeygenCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 
 func ceremonyRecord(m *hsm.Module, g *hsm.Generated, operator string) (*CeremonyRecord, error) {
 	k := g.Key
-	pemBytes, err := hsm.PublicPEM(k.Public)
+	pemBytes, err := keyid.PublicPEM(k.Public)
 	if err != nil {
 		return nil, err
 	}
-	kid, err := hsm.Thumbprint(k.Public)
+	kid, err := keyid.Thumbprint(k.Public)
 	if err != nil {
 		return nil, err
 	}
@@ -285,14 +286,14 @@ func newPubkeyCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 			}
 			switch format {
 			case "pem":
-				b, err := hsm.PublicPEM(k.Public)
+				b, err := keyid.PublicPEM(k.Public)
 				if err != nil {
 					return err
 				}
 				_, err = stdout.Write(b)
 				return err
 			case "jwk":
-				jwk, err := hsm.JWK(k.Public)
+				jwk, err := keyid.JWK(k.Public)
 				if err != nil {
 					return err
 				}

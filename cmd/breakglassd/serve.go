@@ -14,10 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/daemon"
 	"github.com/bgbroker/breakglass/server/devmode"
-	"github.com/bgbroker/breakglass/server/policy"
 )
 
 // loadConfig loads the configuration and the logger it describes (level

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"

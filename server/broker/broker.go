@@ -12,19 +12,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bgbroker/breakglass/client/approval"
-	"github.com/bgbroker/breakglass/server/event"
 	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/bgbroker/breakglass/format/keyid"
+	"github.com/bgbroker/breakglass/format/statement"
+	"github.com/bgbroker/breakglass/server/event"
+
 	"github.com/google/uuid"
 
-	"github.com/bgbroker/breakglass/hsm"
-	"github.com/bgbroker/breakglass/server/audit"
-	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/token"
@@ -118,7 +119,7 @@ type Broker struct {
 	// sigs remembers statements already verified, so the re-check of
 	// every stored approval before an issuance costs a hash, not a
 	// signature verification.
-	sigs *approval.Cache
+	sigs *statement.Cache
 }
 
 // New builds a broker and records the policy in the audit log when it
@@ -157,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		cfg: cfg, store: cfg.Store, keys: cfg.Keys,
 		now: cfg.Now, log: cfg.Log,
 		watchers: map[string]map[chan struct{}]struct{}{}, watching: map[string]int{}, appended: make(chan struct{}),
-		sigs: approval.NewCache(16384),
+		sigs: statement.NewCache(16384),
 	}
 	b.denials.init()
 	b.certs = map[string]store.CertSeen{}
@@ -193,7 +194,7 @@ type StaticKeys struct {
 
 // AuditKey implements Keys.
 func (s StaticKeys) AuditKey() (audit.Signer, string) {
-	kid, _ := hsm.Thumbprint(s.Audit.Public())
+	kid, _ := keyid.Thumbprint(s.Audit.Public())
 	return s.Audit, kid
 }
 

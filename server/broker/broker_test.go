@@ -20,14 +20,14 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
-	"github.com/bgbroker/breakglass/client/approval"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/hsm/hsmtest"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/devmode"
 	"github.com/bgbroker/breakglass/server/identity"
-	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
@@ -183,12 +183,12 @@ func (h *harness) statement(principal, id string, d request.Decision, comment st
 		if err == nil {
 			content = req.Content().Digest()
 		} else {
-			content = approval.CommentDigest("no such request")
+			content = statement.CommentDigest("no such request")
 		}
 		return nil
 	})
-	st := approval.Statement{Type: string(d), Origin: testOrigin, Request: id, Content: content, Comment: approval.CommentDigest(comment), Time: h.clock.Now()}
-	sig, err := approval.Sign(h.cert(principal).key, st.Marshal())
+	st := statement.Statement{Type: string(d), Origin: testOrigin, Request: id, Content: content, Comment: statement.CommentDigest(comment), Time: h.clock.Now()}
+	sig, err := statement.Sign(h.cert(principal).key, st.Marshal())
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -932,16 +932,16 @@ func TestSignedReviews(t *testing.T) {
 	r := h.create("alice", "prod-db")
 	other := h.create("frank", "prod-db")
 	good := func() ([]byte, []byte) { return h.statement("bob", r.ID, request.Approve, "ok") }
-	sign := func(principal string, st approval.Statement) ([]byte, []byte) {
-		sig, err := approval.Sign(h.cert(principal).key, st.Marshal())
+	sign := func(principal string, st statement.Statement) ([]byte, []byte) {
+		sig, err := statement.Sign(h.cert(principal).key, st.Marshal())
 		if err != nil {
 			t.Fatal(err)
 		}
 		return st.Marshal(), sig
 	}
-	base := func() approval.Statement {
+	base := func() statement.Statement {
 		s, _ := good()
-		st, err := approval.Parse(s)
+		st, err := statement.Parse(s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -960,12 +960,12 @@ func TestSignedReviews(t *testing.T) {
 		{"malformed statement", func() ([]byte, []byte) { _, sig := good(); return []byte("approve please\n"), sig }, "ok", request.Approve, "bob", "malformed"},
 		{"signature by another key", func() ([]byte, []byte) {
 			st := base()
-			sig, _ := approval.Sign(h.cert("erin").key, st.Marshal())
+			sig, _ := statement.Sign(h.cert("erin").key, st.Marshal())
 			return st.Marshal(), sig
 		}, "ok", request.Approve, "bob", "does not verify"},
 		{"signature over altered content", func() ([]byte, []byte) {
 			st := base()
-			st.Content = approval.Content{ID: r.ID, Account: "prod-db", Requester: "alice", Justification: "something else"}.Digest()
+			st.Content = statement.Content{ID: r.ID, Account: "prod-db", Requester: "alice", Justification: "something else"}.Digest()
 			return sign("bob", st)
 		}, "ok", request.Approve, "bob", "other content"},
 		{"replayed from another request", func() ([]byte, []byte) { return h.statement("bob", other.ID, request.Approve, "ok") }, "ok", request.Approve, "bob", "is for request"},
@@ -977,7 +977,7 @@ func TestSignedReviews(t *testing.T) {
 		{"non-canonical time", func() ([]byte, []byte) {
 			s, _ := good()
 			s = []byte(strings.Replace(string(s), "Z\n", "+00:00\n", 1))
-			sig, _ := approval.Sign(h.cert("bob").key, s)
+			sig, _ := statement.Sign(h.cert("bob").key, s)
 			return s, sig
 		}, "ok", request.Approve, "bob", "malformed"},
 	}

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/server/store"
 )
 

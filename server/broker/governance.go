@@ -10,10 +10,10 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/bgbroker/breakglass/client/approval"
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/server/event"
-	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 )
@@ -31,14 +31,14 @@ func (b *Broker) checkSigned(s Signed, typ, subject, content, notes string, now 
 	if len(s.Statement) == 0 || len(s.Signature) == 0 || s.Cert == nil {
 		return invalid("this must carry a statement signed with your client certificate's key (bgctl and the Go SDK sign it for you)")
 	}
-	st, err := approval.Parse(s.Statement)
+	st, err := statement.Parse(s.Statement)
 	if err != nil {
 		return invalid("the signed statement is malformed: %s", err)
 	}
 	if err := b.sigs.Verify(s.Cert, s.Statement, s.Signature); err != nil {
 		return invalid("the statement's signature does not verify with your client certificate")
 	}
-	if err := approval.Check(st, typ, b.cfg.Origin, subject, content, notes, now); err != nil {
+	if err := statement.Check(st, typ, b.cfg.Origin, subject, content, notes, now); err != nil {
 		return invalid("the signed statement does not match: %s", err)
 	}
 	return nil
@@ -160,7 +160,7 @@ func (b *Broker) ClosePostReview(ctx context.Context, caller, id, notes string, 
 			return err
 		}
 		now := b.now().UTC()
-		if err := b.checkSigned(s, approval.TypeReviewClose, r.ID, r.Content().Digest(), notes, now); err != nil {
+		if err := b.checkSigned(s, statement.TypeReviewClose, r.ID, r.Content().Digest(), notes, now); err != nil {
 			return err
 		}
 		pr.ClosedAt, pr.ClosedBy, pr.Notes, pr.Statement, pr.Signature, pr.Cert = now, caller, notes, s.Statement, s.Signature, s.Cert.Raw
@@ -198,11 +198,11 @@ func (b *Broker) Attest(ctx context.Context, caller, account, notes string, s Si
 	)
 	err := b.update(ctx, func(tx store.Tx) error {
 		now := b.now().UTC()
-		st, err := approval.Parse(s.Statement)
-		if err != nil || st.Type != approval.TypeAttest {
+		st, err := statement.Parse(s.Statement)
+		if err != nil || st.Type != statement.TypeAttest {
 			return invalid("an attestation must carry a signed attest statement")
 		}
-		if err := b.checkSigned(s, approval.TypeAttest, st.Request, approval.AccountDigest(account, p.Hash()), notes, now); err != nil {
+		if err := b.checkSigned(s, statement.TypeAttest, st.Request, statement.AccountDigest(account, p.Hash()), notes, now); err != nil {
 			return err
 		}
 		a := store.Attestation{ID: st.Request, Account: account, By: caller, At: now, Notes: notes, PolicyHash: p.Hash(),

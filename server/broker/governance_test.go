@@ -10,8 +10,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/bgbroker/breakglass/client/approval"
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/notify"
@@ -102,8 +102,8 @@ func (h *harness) deliver(requestID, typ, sink string) {
 }
 
 func (h *harness) signed(principal, typ, subject, content, notes string) broker.Signed {
-	st := approval.Statement{Type: typ, Origin: testOrigin, Request: subject, Content: content, Comment: approval.CommentDigest(notes), Time: h.clock.Now()}
-	sig, err := approval.Sign(h.cert(principal).key, st.Marshal())
+	st := statement.Statement{Type: typ, Origin: testOrigin, Request: subject, Content: content, Comment: statement.CommentDigest(notes), Time: h.clock.Now()}
+	sig, err := statement.Sign(h.cert(principal).key, st.Marshal())
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -304,11 +304,11 @@ func TestPostUseReviews(t *testing.T) {
 	}
 	digest := g.Content().Digest()
 	// bob is a reviewer but approved this grant: excluded.
-	_, _, err = h.b.ClosePostReview(h.ctx, "bob", pr.ID, "fine", h.signed("bob", approval.TypeReviewClose, g.ID, digest, "fine"))
+	_, _, err = h.b.ClosePostReview(h.ctx, "bob", pr.ID, "fine", h.signed("bob", statement.TypeReviewClose, g.ID, digest, "fine"))
 	wantKind(t, err, broker.KindNotFound, "not found")
-	_, _, err = h.b.ClosePostReview(h.ctx, "alice", pr.ID, "fine", h.signed("alice", approval.TypeReviewClose, g.ID, digest, "fine"))
+	_, _, err = h.b.ClosePostReview(h.ctx, "alice", pr.ID, "fine", h.signed("alice", statement.TypeReviewClose, g.ID, digest, "fine"))
 	wantKind(t, err, broker.KindPermission, "neither requested nor approved")
-	_, _, err = h.b.ClosePostReview(h.ctx, "rita", pr.ID, "fine", h.signed("rita", approval.TypeReviewClose, g.ID, digest, "other notes"))
+	_, _, err = h.b.ClosePostReview(h.ctx, "rita", pr.ID, "fine", h.signed("rita", statement.TypeReviewClose, g.ID, digest, "other notes"))
 	wantKind(t, err, broker.KindInvalid, "comment digest")
 	// Past due: alice may not open a new request (block_on_overdue_review).
 	h.clock.Advance(25*time.Hour + time.Hour)
@@ -318,29 +318,29 @@ func TestPostUseReviews(t *testing.T) {
 	if len(rep.OverdueReviews) != 1 {
 		t.Fatalf("overdue reviews %d", len(rep.OverdueReviews))
 	}
-	if _, _, err := h.b.ClosePostReview(h.ctx, "rita", pr.ID, "used to fix replication; access was right", h.signed("rita", approval.TypeReviewClose, g.ID, digest, "used to fix replication; access was right")); err != nil {
+	if _, _, err := h.b.ClosePostReview(h.ctx, "rita", pr.ID, "used to fix replication; access was right", h.signed("rita", statement.TypeReviewClose, g.ID, digest, "used to fix replication; access was right")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "again"}); err != nil {
 		t.Fatalf("after closing the review: %v", err)
 	}
-	_, _, err = h.b.ClosePostReview(h.ctx, "rita", pr.ID, "again", h.signed("rita", approval.TypeReviewClose, g.ID, digest, "again"))
+	_, _, err = h.b.ClosePostReview(h.ctx, "rita", pr.ID, "again", h.signed("rita", statement.TypeReviewClose, g.ID, digest, "again"))
 	wantKind(t, err, broker.KindState, "was closed")
 	h.verifyChain()
 }
 
 func TestAttestation(t *testing.T) {
 	h := newGovHarness(t)
-	digest := approval.AccountDigest("prod-db", h.b.Policy().Hash())
+	digest := statement.AccountDigest("prod-db", h.b.Policy().Hash())
 	id := uuid.NewString()
-	_, _, err := h.b.Attest(h.ctx, "bob", "prod-db", "ok", h.signed("bob", approval.TypeAttest, id, digest, "ok"))
+	_, _, err := h.b.Attest(h.ctx, "bob", "prod-db", "ok", h.signed("bob", statement.TypeAttest, id, digest, "ok"))
 	wantKind(t, err, broker.KindPermission, "owner group")
-	_, _, err = h.b.Attest(h.ctx, "olivia", "prod-db", "ok", h.signed("olivia", approval.TypeAttest, id, approval.AccountDigest("prod-db", "stale-policy"), "ok"))
+	_, _, err = h.b.Attest(h.ctx, "olivia", "prod-db", "ok", h.signed("olivia", statement.TypeAttest, id, statement.AccountDigest("prod-db", "stale-policy"), "ok"))
 	wantKind(t, err, broker.KindInvalid, "other content")
-	if _, _, err := h.b.Attest(h.ctx, "olivia", "prod-db", "still needed; approvers checked", h.signed("olivia", approval.TypeAttest, id, digest, "still needed; approvers checked")); err != nil {
+	if _, _, err := h.b.Attest(h.ctx, "olivia", "prod-db", "still needed; approvers checked", h.signed("olivia", statement.TypeAttest, id, digest, "still needed; approvers checked")); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = h.b.Attest(h.ctx, "olivia", "prod-db", "still needed; approvers checked", h.signed("olivia", approval.TypeAttest, id, digest, "still needed; approvers checked"))
+	_, _, err = h.b.Attest(h.ctx, "olivia", "prod-db", "still needed; approvers checked", h.signed("olivia", statement.TypeAttest, id, digest, "still needed; approvers checked"))
 	wantKind(t, err, broker.KindExists, "already recorded")
 	st, _ := h.b.AccountStatuses(h.ctx)
 	if st["prod-db"].LastAttestation.IsZero() || st["prod-db"].AttestationOverdue {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/store"
 )

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 )

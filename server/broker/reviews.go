@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bgbroker/breakglass/client/approval"
+	"github.com/bgbroker/breakglass/format/statement"
 
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/event"
-	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 )
@@ -36,14 +36,14 @@ func (b *Broker) checkStatement(in ReviewInput, r *request.Request, now time.Tim
 	if len(in.Statement) == 0 || len(in.Signature) == 0 || in.Cert == nil {
 		return invalid("a review must carry a statement signed with your client certificate's key (bgctl and the Go SDK sign it for you)")
 	}
-	st, err := approval.Parse(in.Statement)
+	st, err := statement.Parse(in.Statement)
 	if err != nil {
 		return invalid("the signed review statement is malformed: %s", err)
 	}
 	if err := b.sigs.Verify(in.Cert, in.Statement, in.Signature); err != nil {
 		return invalid("the review statement's signature does not verify with your client certificate")
 	}
-	if err := approval.Check(st, string(in.Decision), b.cfg.Origin, r.ID, r.Content().Digest(), in.Comment, now); err != nil {
+	if err := statement.Check(st, string(in.Decision), b.cfg.Origin, r.ID, r.Content().Digest(), in.Comment, now); err != nil {
 		return invalid("the signed review statement does not match this review: %s", err)
 	}
 	return nil
@@ -194,11 +194,11 @@ func (b *Broker) verifiedApprovals(r *request.Request) []string {
 }
 
 func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest string) error {
-	st, err := approval.Parse(rv.Statement)
+	st, err := statement.Parse(rv.Statement)
 	if err != nil {
 		return err
 	}
-	if err := approval.Check(st, string(rv.Decision), b.cfg.Origin, r.ID, digest, rv.Comment, rv.At); err != nil {
+	if err := statement.Check(st, string(rv.Decision), b.cfg.Origin, r.ID, digest, rv.Comment, rv.At); err != nil {
 		return err
 	}
 	cert, err := b.sigs.ParseCertificate(rv.Cert)

@@ -10,22 +10,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"sync"
 	"time"
 
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 
+	cpfmt "github.com/bgbroker/breakglass/format/checkpoint"
 	"github.com/bgbroker/breakglass/server/store"
 )
-
-// originRE is what a log origin may look like: a schema-less URL-ish name
-// that is also a valid signed-note key name (no spaces, no '+').
-var originRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$`)
-
-// ValidOrigin reports whether s may be a log origin.
-func ValidOrigin(s string) bool { return originRE.MatchString(s) }
 
 // Config builds a Checkpointer.
 type Config struct {
@@ -56,7 +49,7 @@ type Checkpointer struct {
 // for life, so a different origin than the stored checkpoints carry is
 // refused.
 func New(ctx context.Context, cfg Config) (*Checkpointer, error) {
-	if !ValidOrigin(cfg.Origin) {
+	if !cpfmt.ValidOrigin(cfg.Origin) {
 		return nil, fmt.Errorf("checkpoint: origin %q must be letters, digits and . _ : / - (no spaces), like example.org/breakglass", cfg.Origin)
 	}
 	if cfg.Signer == nil || cfg.Signer.Name() != cfg.Origin {
@@ -191,7 +184,7 @@ func (c *Checkpointer) sign(ctx context.Context, size uint64) (store.Checkpoint,
 	if err != nil || cp.Note != nil {
 		return cp, err
 	}
-	body := log.Checkpoint{Origin: c.cfg.Origin, Size: size, Hash: cp.Root}.Marshal()
+	body := cpfmt.Body(c.cfg.Origin, size, cp.Root)
 	signed, err := note.Sign(&note.Note{Text: string(body)}, c.cfg.Signer)
 	if err != nil {
 		return store.Checkpoint{}, &SignError{Err: err}

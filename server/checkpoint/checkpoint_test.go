@@ -11,9 +11,9 @@ import (
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/hsm/hsmtest"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/checkpoint"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/sqlite"

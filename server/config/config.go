@@ -13,11 +13,11 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/grpcapi"
 	"github.com/bgbroker/breakglass/server/identity"
 	"github.com/bgbroker/breakglass/server/notify"
-	"github.com/bgbroker/breakglass/server/policy"
 	"github.com/bgbroker/breakglass/server/store/postgres"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
 	"github.com/bgbroker/breakglass/server/tracing"

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/stats"
 
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 	"github.com/bgbroker/breakglass/server/broker"
@@ -282,11 +283,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 // publicKey describes an HSM key for the API; for checkpoint keys with the
 // signed-note verifier key named by the log's origin.
 func publicKey(k *hsm.Key, p hsm.Purpose, noteName string) (*bgv1.PublicKey, error) {
-	pemBytes, err := hsm.PublicPEM(k.Public())
+	pemBytes, err := keyid.PublicPEM(k.Public())
 	if err != nil {
 		return nil, err
 	}
-	kid, err := hsm.Thumbprint(k.Public())
+	kid, err := keyid.Thumbprint(k.Public())
 	if err != nil {
 		return nil, err
 	}

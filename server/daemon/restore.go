@@ -18,8 +18,8 @@ import (
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/hsm"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/keyring"
 	"github.com/bgbroker/breakglass/server/store"

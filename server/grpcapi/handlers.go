@@ -9,9 +9,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/request"
 )
@@ -190,11 +191,11 @@ func (s *Server) GetSigningKeys(ctx context.Context, in *bgv1.GetSigningKeysRequ
 	}
 	out := &bgv1.GetSigningKeysResponse{Jwks: string(jwks), Issuer: s.b.Minter("").Issuer()}
 	for _, pub := range s.b.TokenKeys(in.Account) {
-		pemBytes, err := hsm.PublicPEM(pub)
+		pemBytes, err := keyid.PublicPEM(pub)
 		if err != nil {
 			return nil, s.toStatus(ctx, err)
 		}
-		kid, _ := hsm.Thumbprint(pub)
+		kid, _ := keyid.Thumbprint(pub)
 		out.Keys = append(out.Keys, &bgv1.PublicKey{Purpose: bgv1.KeyPurpose_KEY_PURPOSE_TOKEN, Algorithm: "ES256", Kid: kid,
 			FingerprintSha256: hsm.Fingerprint(pub), Pem: string(pemBytes)})
 	}

@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -20,8 +19,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/keyid"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/hsm"
-	"github.com/bgbroker/breakglass/server/audit"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/token"
 )
@@ -127,11 +128,11 @@ func (r *Ring) Bootstrap(ctx context.Context, reg Registrar, wants []Want) error
 }
 
 func (r *Ring) describe(k *hsm.Key, p hsm.Purpose, account string) (store.KeyRecord, audit.KeyChange, error) {
-	kid, err := hsm.Thumbprint(k.Public())
+	kid, err := keyid.Thumbprint(k.Public())
 	if err != nil {
 		return store.KeyRecord{}, audit.KeyChange{}, err
 	}
-	pemBytes, err := hsm.PublicPEM(k.Public())
+	pemBytes, err := keyid.PublicPEM(k.Public())
 	if err != nil {
 		return store.KeyRecord{}, audit.KeyChange{}, err
 	}
@@ -185,7 +186,7 @@ func (r *Ring) load(ctx context.Context, wants []Want) error {
 				}
 				return fmt.Errorf("active %s key %q: %w", rec.Purpose, rec.Label, err)
 			}
-			if kid, _ := hsm.Thumbprint(k.Public()); kid != rec.KID {
+			if kid, _ := keyid.Thumbprint(k.Public()); kid != rec.KID {
 				return fmt.Errorf("key %q in the HSM is not the key the registry recorded (kid %s, registry %s): refusing to use it", rec.Label, kid, rec.KID)
 			}
 			keys[rec.KID] = k
@@ -313,19 +314,6 @@ func sortedKeys(m map[string]string) []string {
 	return out
 }
 
-// RotationContext begins every rotation statement.
-const RotationContext = "breakglass key rotation v1"
-
-// RotationStatement is the text the old and new key both sign.
-func RotationStatement(purpose, account, oldKID, newKID string, newPub crypto.PublicKey, at time.Time) ([]byte, error) {
-	der, err := x509.MarshalPKIXPublicKey(newPub)
-	if err != nil {
-		return nil, err
-	}
-	return fmt.Appendf(nil, "%s\npurpose %s\naccount %s\nold %s\nnew %s\nkey %s\ntime %s\n", RotationContext, purpose, account, oldKID, newKID,
-		base64.StdEncoding.EncodeToString(der), at.UTC().Format(time.RFC3339)), nil
-}
-
 // Rotate makes a new key for purpose (and account, for token keys) in the
 // HSM, records it active and the old one retired, with an audited entry;
 // for audit and checkpoint keys the entry carries the rotation statement
@@ -369,7 +357,7 @@ func (r *Ring) Rotate(ctx context.Context, reg Registrar, p hsm.Purpose, account
 		if old == nil {
 			return rec, fmt.Errorf("no active %s key to rotate from", p)
 		}
-		stmt, err := RotationStatement(string(p), account, oldKID, rec.KID, k.Public(), now)
+		stmt, err := statement.Rotation(string(p), account, oldKID, rec.KID, k.Public(), now)
 		if err != nil {
 			return rec, err
 		}

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bgbroker/breakglass/client/approval"
-	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // State is a request's state.
@@ -46,7 +46,7 @@ type Review struct {
 	EntryIndex uint64
 	LeafHash   []byte
 	// Statement, Signature and Cert are the signed review statement
-	// (client/approval), its signature, and the reviewer's certificate (DER).
+	// (format/statement), its signature, and the reviewer's certificate (DER).
 	Statement []byte
 	Signature []byte
 	Cert      []byte
@@ -154,8 +154,8 @@ func (r *Request) ApprovalsAndDenials() (approvals, denials []string) {
 
 // Content returns the request's immutable content: what approvers approve
 // and what their signed statements bind to.
-func (r *Request) Content() approval.Content {
-	return approval.Content{ID: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification,
+func (r *Request) Content() statement.Content {
+	return statement.Content{ID: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification,
 		Ticket: r.Ticket, TTLSeconds: int64(r.TTL / time.Second), Drill: r.Drill, CreatedAt: r.CreatedAt.UTC()}
 }
 

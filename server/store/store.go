@@ -10,7 +10,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/server/request"
 )
 

@@ -16,7 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
 
-	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/format/keyid"
 )
 
 // Type is the JWT typ header of RFC 9068 access tokens.
@@ -66,7 +66,7 @@ type Minter struct {
 // NewMinter returns a minter for key with the given issuer (the broker's
 // HTTPS base URL).
 func NewMinter(key Signer, issuer string) (*Minter, error) {
-	kid, err := hsm.Thumbprint(key.Public())
+	kid, err := keyid.Thumbprint(key.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func (s ctxSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 func JWKS(keys ...crypto.PublicKey) ([]byte, error) {
 	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{}}
 	for _, k := range keys {
-		jwk, err := hsm.JWK(k)
+		jwk, err := keyid.JWK(k)
 		if err != nil {
 			return nil, err
 		}

@@ -10,7 +10,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
-	"github.com/bgbroker/breakglass/server/audit"
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
 	"github.com/bgbroker/breakglass/server/store/storetest"

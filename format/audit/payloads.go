@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"time"
 
-	"github.com/bgbroker/breakglass/server/policy"
+	"github.com/bgbroker/breakglass/format/policy"
 )
 
 // The payload of each entry type. Field names are part of the log format:
@@ -58,7 +58,7 @@ type RequestReviewed struct {
 	Comment  string `json:"comment"`
 	// Groups are the reviewer's eligible groups when the review arrived.
 	Groups []string `json:"groups"`
-	// Statement is the signed review statement (client/approval), byte for
+	// Statement is the signed review statement (format/statement), byte for
 	// byte; Signature its signature; Certificate the reviewer's client
 	// certificate (DER) whose key made it. All base64 in JSON.
 	Statement   []byte `json:"statement"`
@@ -124,7 +124,7 @@ type AlertDelivery struct {
 }
 
 // Signed is a statement signed with a principal's client certificate key
-// (client/approval), with the certificate (DER). Base64 in JSON.
+// (format/statement), with the certificate (DER). Base64 in JSON.
 type Signed struct {
 	Statement   []byte `json:"statement"`
 	Signature   []byte `json:"signature"`

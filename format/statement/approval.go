@@ -4,7 +4,7 @@
 // request, or carried to another deployment. The broker checks them before
 // it accepts a review and again before it issues a token; the offline
 // verifier checks them once more from the log.
-package approval
+package statement
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package approval
+package statement
 
 import (
 	"crypto"
