@@ -3,7 +3,10 @@
 # SoftHSM2 (the PKCS#11 token used in dev mode and tests) and OpenSC
 # (pkcs11-tool, used by tests to inspect tokens as an outsider would).
 # With the argument "test", also the PostgreSQL server, which the tests
-# start throwaway instances of (the broker's replicated store).
+# start throwaway instances of (the broker's replicated store and a target
+# that accepts the broker's X.509 client certificates), and OpenSSH's
+# server and client (sshd accepts the broker's SSH certificates; ssh-keygen
+# checks its KRLs).
 set -euo pipefail
 need=()
 have_softhsm=0
@@ -16,6 +19,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ "${1:-}" = test ]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v ssh-keygen >/dev/null || need+=(openssh-client)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
@@ -23,7 +28,19 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # Installing a server must not start it: the tests run their own sshd
+  # and PostgreSQL on loopback ports. policy-rc.d exiting 101 tells
+  # invoke-rc.d to start nothing; one we put there is removed afterwards.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  status=0
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null || status=$?
+  [ "$own_policy" = 1 ] && $sudo rm -f /usr/sbin/policy-rc.d
+  [ "$status" = 0 ] || exit "$status"
 fi
 # grpcurl, which the tests use as an outside client does, comes from the Go
 # module proxy into the project's .bin.
