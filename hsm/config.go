@@ -141,7 +141,7 @@ func (c Config) ReadPIN() (string, error) {
 			if errors.Is(err, fs.ErrNotExist) {
 				return "", fmt.Errorf("%w: PIN file %s does not exist", ErrPINSource, c.PINFile)
 			}
-			return "", fmt.Errorf("%w: PIN file %s: %v", ErrPINSource, c.PINFile, err)
+			return "", fmt.Errorf("%w: PIN file %s: %w", ErrPINSource, c.PINFile, err)
 		}
 		if !fi.Mode().IsRegular() {
 			return "", fmt.Errorf("%w: PIN file %s is not a regular file", ErrPINSource, c.PINFile)
@@ -152,7 +152,7 @@ func (c Config) ReadPIN() (string, error) {
 		}
 		b, err := os.ReadFile(c.PINFile)
 		if err != nil {
-			return "", fmt.Errorf("%w: PIN file %s: %v", ErrPINSource, c.PINFile, err)
+			return "", fmt.Errorf("%w: PIN file %s: %w", ErrPINSource, c.PINFile, err)
 		}
 		pin := strings.TrimRight(string(b), "\r\n")
 		if pin == "" {

@@ -472,10 +472,12 @@ func TestExports(t *testing.T) {
 	// RFC 7638 §3: SHA-256 over the required members in lexicographic order,
 	// computed here by hand rather than with the library the code uses.
 	ec := keys[hsm.PurposeToken].Public().(*ecdsa.PublicKey)
-	bx, by := make([]byte, 32), make([]byte, 32)
-	ec.X.FillBytes(bx)
-	ec.Y.FillBytes(by)
-	canon := fmt.Sprintf(`{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}`, base64.RawURLEncoding.EncodeToString(bx), base64.RawURLEncoding.EncodeToString(by))
+	point, err := ec.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bx, by := point[1:33], point[33:]
+	canon := fmt.Sprintf(`{"crv":"P-256","kty":"EC","x":%q,"y":%q}`, base64.RawURLEncoding.EncodeToString(bx), base64.RawURLEncoding.EncodeToString(by))
 	sum := sha256.Sum256([]byte(canon))
 	wantKID := base64.RawURLEncoding.EncodeToString(sum[:])
 	jwk, err := keyid.JWK(ec)

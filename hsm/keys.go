@@ -12,7 +12,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"math/big"
 	"slices"
 	"strconv"
 
@@ -237,12 +236,10 @@ func mechanismName(m uint) string {
 	return fmt.Sprintf("0x%x", m)
 }
 
-// The subject of a key records its purpose inside the token, so `hsm list`
+// purposeSubject records a key's purpose inside the token, so `hsm list`
 // and key lookup can tell a token key from an audit key without a database.
 // It is an X.509 Name (O=breakglass, OU=purpose, CN=label), the form
 // CKA_SUBJECT is defined to hold.
-var oidOrgUnit = asn1.ObjectIdentifier{2, 5, 4, 11}
-
 func purposeSubject(p Purpose, label string) []byte {
 	name := pkix.Name{Organization: []string{"breakglass"}, OrganizationalUnit: []string{string(p)}, CommonName: label}
 	der, err := asn1.Marshal(name.ToRDNSequence())
@@ -304,10 +301,9 @@ func parsePublic(keyType uint, params, point []byte) (crypto.PublicKey, Algorith
 		if len(raw) != 65 || raw[0] != 4 {
 			return nil, Unknown, fmt.Errorf("EC point is not an uncompressed P-256 point")
 		}
-		x, y := new(big.Int).SetBytes(raw[1:33]), new(big.Int).SetBytes(raw[33:])
-		pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}
-		// Round-trip through the checked parser so an off-curve point is refused.
-		if _, err := pub.ECDH(); err != nil {
+		// The checked parser refuses an off-curve point.
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), raw)
+		if err != nil {
 			return nil, Unknown, fmt.Errorf("EC point is not on P-256: %w", err)
 		}
 		return pub, ES256, nil

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -46,7 +47,7 @@ func validLabel(label string) error {
 	}
 	for _, r := range label {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {
-			return fmt.Errorf("key label %q has %q: use letters, digits and - _ . :", label, r)
+			return fmt.Errorf("key label %q has %q: use letters, digits, '-', '_', '.' or ':'", label, r)
 		}
 	}
 	return nil
@@ -321,7 +322,7 @@ func (m *Module) FindKey(ctx context.Context, label string, id []byte) (*KeyInfo
 		info, err = g.keyInfo(h)
 		return err
 	})
-	if err == errNoKey {
+	if errors.Is(err, errNoKey) {
 		return nil, m.notFound(ctx, label, id)
 	}
 	if err != nil {

@@ -251,7 +251,7 @@ func (m *Module) classifyOpenError(err error) error {
 		case pkcs11.CKR_PIN_LOCKED:
 			return fmt.Errorf("%w: the user PIN of token %s is locked (CKR_PIN_LOCKED); the security officer must reset it", ErrPINIncorrect, m.cfg.tokenSelector())
 		case pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_INVALID:
-			return fmt.Errorf("%w: token %s refused the PIN as malformed (%s)", ErrPINIncorrect, m.cfg.tokenSelector(), code)
+			return fmt.Errorf("%w: token %s refused the PIN as malformed (%s)", ErrPINIncorrect, m.cfg.tokenSelector(), code.Error())
 		}
 		return unavailable("opening token %s: %s", m.cfg.tokenSelector(), ckrName(err))
 	}
@@ -352,14 +352,15 @@ func (m *Module) reopen(ctx context.Context, failed *generation, cause error) er
 func (m *Module) runReopen(op *reopenOp, failed *generation, cause error) {
 	g, err := m.openGeneration()
 	m.mu.Lock()
-	if err != nil {
+	switch {
+	case err != nil:
 		m.lastFailure = time.Now()
 		op.err = err
 		m.log.Error("hsm: reopen failed", "err", err)
-	} else if m.closed {
+	case m.closed:
 		op.err = unavailable("module is closed")
 		go g.close()
-	} else {
+	default:
 		m.gen.Store(g)
 		m.log.Info("hsm: PKCS#11 context reopened")
 		code, _ := p11Code(cause)

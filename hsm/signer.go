@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -169,8 +170,8 @@ func (e errKeyChanged) Error() string {
 func (e errKeyChanged) Unwrap() error { return ErrUnavailable }
 
 func isKeyGone(err error) bool {
-	_, ok := err.(errKeyChanged)
-	return ok
+	var kc errKeyChanged
+	return errors.As(err, &kc)
 }
 
 // sign signs with the generation's handle for k, finding it on first use.
@@ -251,7 +252,7 @@ func (g *generation) edHandle(k *Key) (pkcs11.ObjectHandle, error) {
 		return h, nil
 	}
 	h, err := g.findPrivate(k.info.Label, k.info.ID)
-	if err == errNoKey {
+	if errors.Is(err, errNoKey) {
 		return 0, pkcs11.Error(pkcs11.CKR_KEY_HANDLE_INVALID)
 	}
 	if err != nil {

@@ -90,19 +90,25 @@ func InitToken(modulePath, label, soPIN, userPIN string) error {
 		if err != nil || strings.TrimRight(ti.Label, " \x00") != label {
 			continue
 		}
-		sess, err := p.OpenSession(s, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = p.CloseSession(sess) }()
-		if err := p.Login(sess, pkcs11.CKU_SO, soPIN); err != nil {
-			return fmt.Errorf("logging in as SO: %w", err)
-		}
-		defer func() { _ = p.Logout(sess) }()
-		if err := p.InitPIN(sess, userPIN); err != nil {
-			return fmt.Errorf("setting the user PIN: %w", err)
-		}
-		return nil
+		return initUserPIN(p, s, soPIN, userPIN)
 	}
 	return fmt.Errorf("token %q vanished after initialization", label)
+}
+
+// initUserPIN logs in to the token in slot s as the security officer and
+// sets the user PIN.
+func initUserPIN(p *pkcs11.Ctx, s uint, soPIN, userPIN string) error {
+	sess, err := p.OpenSession(s, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = p.CloseSession(sess) }()
+	if err := p.Login(sess, pkcs11.CKU_SO, soPIN); err != nil {
+		return fmt.Errorf("logging in as SO: %w", err)
+	}
+	defer func() { _ = p.Logout(sess) }()
+	if err := p.InitPIN(sess, userPIN); err != nil {
+		return fmt.Errorf("setting the user PIN: %w", err)
+	}
+	return nil
 }
