@@ -86,13 +86,7 @@ func classify(err error) error {
 
 func isConflict(err error) bool {
 	var se *sqlite3.Error
-	if errors.As(err, &se) {
-		switch se.Code() & 0xff {
-		case sqlite3lib.SQLITE_CONSTRAINT:
-			return true
-		}
-	}
-	return false
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3lib.SQLITE_CONSTRAINT
 }
 
 // Open opens (creating if needed) the database, checks it, and applies
@@ -172,7 +166,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 func (s *Store) check(ctx context.Context, path string) error {
 	var res string
 	if err := s.writer.QueryRowContext(ctx, "PRAGMA quick_check").Scan(&res); err != nil {
-		return fmt.Errorf("sqlite: %s cannot be read as a database (%v); restore it from a backup", path, err)
+		return fmt.Errorf("sqlite: %s cannot be read as a database (%w); restore it from a backup", path, err)
 	}
 	if res != "ok" {
 		return fmt.Errorf("sqlite: %s is corrupted (quick_check: %s); restore it from a backup", path, res)
@@ -299,13 +293,14 @@ func (s *Store) runBatch(batch []*write) {
 			_ = tx.Rollback()
 			for j := range i {
 				if res[j].err == nil && res[j].panic == nil {
-					res[j].err = fmt.Errorf("sqlite: the transaction was lost with a later writer's (%v)", err)
+					// Not wrapped: the later writer's error must not classify this one.
+					res[j].err = fmt.Errorf("sqlite: the transaction was lost with a later writer's (%v)", err) //nolint:errorlint // see above
 				}
 			}
 			if res[i].err == nil && res[i].panic == nil {
 				res[i].err = fmt.Errorf("sqlite: release: %w", err)
 			}
-			failAll(fmt.Errorf("sqlite: the transaction was lost (%v)", err))
+			failAll(fmt.Errorf("sqlite: the transaction was lost (%v)", err)) //nolint:errorlint // not the failed transactions' own error
 			return
 		}
 	}

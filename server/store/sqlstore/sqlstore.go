@@ -74,7 +74,7 @@ func (t *Tx) q(query string) string {
 func (t *Tx) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	res, err := t.Q.ExecContext(ctx, t.q(query), args...)
 	if err != nil && t.D.IsConflict != nil && t.D.IsConflict(err) {
-		return nil, fmt.Errorf("%w: %v", store.ErrConflict, err)
+		return nil, fmt.Errorf("%w: %w", store.ErrConflict, err)
 	}
 	return res, err
 }

@@ -131,10 +131,10 @@ func testAppend(t *testing.T, s store.Store) {
 		}
 		last, err := r.LastOfType(ctx, audit.TypeRequestCreated)
 		if err != nil || last.Index != 4 {
-			return fmt.Errorf("LastOfType = %d, %v", last.Index, err)
+			return fmt.Errorf("LastOfType = %d, %w", last.Index, err)
 		}
 		if _, err := r.LastOfType(ctx, audit.TypePolicyLoaded); !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("LastOfType(absent) = %v", err)
+			return fmt.Errorf("LastOfType(absent) = %w", err)
 		}
 		return nil
 	})

@@ -84,7 +84,7 @@ func Start() (*Server, error) {
 	}
 	if out, err := s.run("initdb", "-D", s.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"); err != nil {
 		s.cleanup()
-		return nil, fmt.Errorf("pgtest: initdb: %v\n%s", err, out)
+		return nil, fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
 	}
 	if s.port, err = freePort(); err != nil {
 		s.cleanup()
@@ -120,7 +120,7 @@ func (s *Server) Start() error {
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=300", s.port, s.dir)
 	if out, err := s.run("pg_ctl", "start", "-w", "-t", "60", "-D", s.data(), "-l", filepath.Join(s.dir, "server.log"), "-o", opts); err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
-		return fmt.Errorf("pgtest: pg_ctl start: %v\n%s\n%s", err, out, log)
+		return fmt.Errorf("pgtest: pg_ctl start: %w\n%s\n%s", err, out, log)
 	}
 	return nil
 }
@@ -128,7 +128,7 @@ func (s *Server) Start() error {
 // Stop stops the server, fast: open connections are closed.
 func (s *Server) Stop() error {
 	if out, err := s.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", s.data()); err != nil {
-		return fmt.Errorf("pgtest: pg_ctl stop: %v\n%s", err, out)
+		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
 	}
 	return nil
 }
