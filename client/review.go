@@ -82,7 +82,7 @@ func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.Revi
 	return c.ReviewRequest(ctx, in)
 }
 
-// ClosePostReview closes the post-use review of a grant with signed notes,
+// ClosePostReviewSigned closes the post-use review of a grant with signed notes,
 // bound to the grant's request as the reviewer sees it.
 func (c *Client) ClosePostReviewSigned(ctx context.Context, pr *bgv1.PostReview, notes string) (*bgv1.ClosePostReviewResponse, error) {
 	got, err := c.GetRequest(ctx, &bgv1.GetRequestRequest{Id: pr.GetRequestId()})

@@ -200,7 +200,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	if c.Expiry == nil || c.IssuedAt == nil || c.Subject == "" || c.ID == "" {
 		return nil, invalidf("missing a required claim (exp, iat, sub, jti)")
 	}
-	err = c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: jwt.Audience{v.cfg.Audience}, Time: v.cfg.Now()}, v.cfg.Leeway)
+	err = c.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: jwt.Audience{v.cfg.Audience}, Time: v.cfg.Now()}, v.cfg.Leeway)
 	if err != nil {
 		return nil, invalidf("%v", err)
 	}

@@ -114,13 +114,19 @@ func (d *devBroker) stop() {
 	}
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-d.done:
+	case err := <-d.done:
+		if err != nil {
+			d.t.Errorf("breakglassd did not exit cleanly on SIGTERM: %v\n%s", err, d.logs)
+		}
 	case <-time.After(15 * time.Second):
 		_ = d.cmd.Process.Kill()
-		<-d.done
+		_ = d.wait() // killed: the status is the signal's
 	}
 	d.cmd = nil
 }
+
+// wait returns the daemon's exit status once it has exited.
+func (d *devBroker) wait() error { return <-d.done }
 
 // kill ends the daemon with SIGKILL, as a crash would.
 func (d *devBroker) kill() {
@@ -128,7 +134,7 @@ func (d *devBroker) kill() {
 		return
 	}
 	_ = d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
+	_ = d.wait() // killed: the status is the signal's
 	d.cmd = nil
 }
 

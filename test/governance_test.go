@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -129,9 +128,7 @@ func TestWebhooksFromDevMode(t *testing.T) {
 	recv.down.Store(true)
 	id2 := d.createRequest("alice")
 	time.Sleep(300 * time.Millisecond)
-	_ = d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
-	d.cmd = nil
+	d.kill()
 	recv.down.Store(false)
 	d.start()
 	got := recv.waitFor(event.RequestCreated, id2)

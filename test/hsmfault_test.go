@@ -30,7 +30,7 @@ type faultyHSM struct {
 // SoftHSM2 behind pkcs11fault, with fast health checks.
 func startFaultyHSM(t *testing.T, signTimeout string) *faultyHSM {
 	t.Helper()
-	real, err := (hsm.Config{}).ResolveModule()
+	softhsm, err := (hsm.Config{}).ResolveModule()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func startFaultyHSM(t *testing.T, signTimeout string) *faultyHSM {
 			t.Fatalf("dev config has no hsm env:\n%s", cfg)
 		}
 		cfg = bytes.Replace(cfg, hsmEnv, fmt.Appendf(nil, "  module: %s\n  sign_timeout: %s\n  env:\n    SOFTHSM2_CONF: hsm/softhsm2.conf\n    FAULT_PKCS11_REAL: %s\n    FAULT_PKCS11_CONTROL: %s\n",
-			bin.faultModule, signTimeout, real, control), 1)
+			bin.faultModule, signTimeout, softhsm, control), 1)
 		return append(cfg, []byte("health_interval: 300ms\nlimits: {rate_per_second: 1000, burst: 1000}\ndebug: {pprof: \"127.0.0.1:0\"}\n")...)
 	})
 	d := &devBroker{t: t, dir: dir, serve: true}

@@ -163,8 +163,8 @@ func runCmdErr(env []string, stdin string, name string, args ...string) (result,
 	err := cmd.Run()
 	code := 0
 	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
 			return result{}, err
 		}
 		code = ee.ExitCode()

@@ -112,9 +112,9 @@ func (d *devBroker) checkpointFile(t *testing.T) string {
 
 // unknownKeyNote signs the text of a real checkpoint (same origin, size
 // and root) with a fresh key that no registry holds.
-func unknownKeyNote(t *testing.T, real string) string {
+func unknownKeyNote(t *testing.T, checkpointFile string) string {
 	t.Helper()
-	b, err := os.ReadFile(real)
+	b, err := os.ReadFile(checkpointFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -265,12 +265,15 @@ func readPEMKey(path string) (*ecdsa.PublicKey, error) {
 	return k, nil
 }
 
+func isFile(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 // readVKey takes a verifier key given directly or in a file.
 func readVKey(s string) (string, error) {
-	if strings.Count(s, "+") >= 2 && !strings.ContainsAny(s, "\n") {
-		if _, err := os.Stat(s); err != nil {
-			return s, nil
-		}
+	if strings.Count(s, "+") >= 2 && !strings.ContainsAny(s, "\n") && !isFile(s) {
+		return s, nil
 	}
 	b, err := os.ReadFile(s)
 	if err != nil {

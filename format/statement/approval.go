@@ -1,4 +1,4 @@
-// Package approval defines the statements approvers sign with the key of
+// Package statement defines the statements approvers sign with the key of
 // their own client certificate: what a review says, in a form that cannot be
 // mistaken for any other signed object of the broker, replayed on another
 // request, or carried to another deployment. The broker checks them before

@@ -30,7 +30,7 @@ func FuzzParseRoundTrip(f *testing.F) {
 	f.Add(bytes.Replace(good, []byte("2026-11-29T12:00:00Z"), []byte("0000-01-01T00:00:00Z"), 1))
 	f.Add(bytes.Replace(good, []byte("2026-11-29T12:00:00Z"), []byte("9999-12-31T23:59:59Z"), 1))
 	f.Add(bytes.Replace(good, []byte("2026-11-29T12:00:00Z"), []byte("2026-11-29T12:00:60Z"), 1))
-	f.Add(bytes.Replace(good, []byte("\n"), []byte("\r\n"), -1))
+	f.Add(bytes.ReplaceAll(good, []byte("\n"), []byte("\r\n")))
 
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := Parse(b)

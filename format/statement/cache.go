@@ -36,12 +36,10 @@ func (c *Cache) Checks() int64 {
 	return c.checks.Load()
 }
 
-// NewCache keeps up to max verified triples, forgetting the oldest first.
-func NewCache(max int) *Cache {
-	if max < 1 {
-		max = 1
-	}
-	return &Cache{max: max, seen: make(map[[32]byte]struct{}, max), fifo: make([][32]byte, 0, max), certs: map[[32]byte]*x509.Certificate{}}
+// NewCache keeps up to size verified triples, forgetting the oldest first.
+func NewCache(size int) *Cache {
+	size = max(size, 1)
+	return &Cache{max: size, seen: make(map[[32]byte]struct{}, size), fifo: make([][32]byte, 0, size), certs: map[[32]byte]*x509.Certificate{}}
 }
 
 // ParseCertificate is x509.ParseCertificate, remembered: stored reviews

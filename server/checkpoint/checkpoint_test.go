@@ -2,6 +2,7 @@ package checkpoint_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,7 @@ func TestCheckpoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cps.Latest(ctx); err != checkpoint.ErrEmpty {
+	if _, err := cps.Latest(ctx); !errors.Is(err, checkpoint.ErrEmpty) {
 		t.Fatalf("latest of an empty log: %v", err)
 	}
 	appendN(t, st, 3)

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -24,7 +23,7 @@ func TestParseResolvesPathsAndValidates(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.HSM.PINFile != "/etc/breakglass/pin" || c.Store.SQLite.Path != filepath.Join("/etc/breakglass", "broker.db") || c.Store.Driver != "sqlite" {
+	if c.HSM.PINFile != "/etc/breakglass/pin" || c.Store.SQLite.Path != "/etc/breakglass/broker.db" || c.Store.Driver != "sqlite" {
 		t.Errorf("paths not resolved: %+v", c)
 	}
 	tests := []struct {

@@ -119,7 +119,7 @@ func Setup(ctx context.Context, o Options) (path string, created bool, err error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, err
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory: owner-only with search
 		return "", false, err
 	}
 	if err := setupHSM(ctx, dir); err != nil {
@@ -227,7 +227,7 @@ func setupPKI(dir string) error {
 	if err := WriteCert(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.key"), ca.Cert, ca.Key); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ca", "README"), []byte(
+	if err := os.WriteFile(filepath.Join(dir, "ca", "README"), []byte( //nolint:gosec // a public notice
 		"DEV ONLY. ca.key signs client certificates. In production this key belongs to the\n"+
 			"security team and never sits next to the broker: the broker needs only ca.crt\n"+
 			"(and a CRL, crl.pem, which the broker re-reads when it changes).\n"), 0o644); err != nil {
@@ -237,7 +237,7 @@ func setupPKI(dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ca", "crl.pem"), crl, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "ca", "crl.pem"), crl, 0o644); err != nil { //nolint:gosec // a CRL is public
 		return err
 	}
 	srv, key, err := ca.Issue(LeafOptions{CommonName: "localhost", DNSNames: []string{"localhost"},

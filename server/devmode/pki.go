@@ -146,7 +146,7 @@ func KeyPEM(k crypto.Signer) ([]byte, error) {
 
 // WriteCert writes a certificate (0644) and its key (0600).
 func WriteCert(certPath, keyPath string, c *x509.Certificate, k crypto.Signer) error {
-	if err := os.WriteFile(certPath, CertPEM(c), 0o644); err != nil {
+	if err := os.WriteFile(certPath, CertPEM(c), 0o644); err != nil { //nolint:gosec // a certificate is public
 		return err
 	}
 	kb, err := KeyPEM(k)

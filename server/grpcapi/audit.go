@@ -208,13 +208,13 @@ func (a *auditServer) WatchEntries(in *bgv1.WatchEntriesRequest, stream bgv1.Aud
 		})
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return nil //nolint:nilerr // the client went away: nobody to tell
 			}
 			return a.storeStatus(ctx, err)
 		}
 		for _, rec := range recs {
 			if err := stream.Send(&bgv1.WatchEntriesResponse{Entry: toEntry(rec)}); err != nil {
-				return nil
+				return nil //nolint:nilerr // the stream is broken: nobody to tell
 			}
 			next = rec.Index + 1
 		}

@@ -109,7 +109,7 @@ func (s *Server) WatchRequest(in *bgv1.WatchRequestRequest, stream bgv1.RequestS
 		return stream.Send(&bgv1.WatchRequestResponse{Request: toProto(r)})
 	})
 	if err != nil && ctx.Err() != nil {
-		return nil // the client went away
+		return nil //nolint:nilerr // the client went away: nobody to tell
 	}
 	return s.toStatus(ctx, err)
 }

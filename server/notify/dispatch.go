@@ -240,7 +240,7 @@ func (d *Dispatcher) backoff(attempt int) time.Duration {
 	if ceiling <= 0 || ceiling > d.cfg.BackoffMax {
 		ceiling = d.cfg.BackoffMax
 	}
-	return time.Duration(rand.Int64N(int64(ceiling) + 1))
+	return time.Duration(rand.Int64N(int64(ceiling) + 1)) //nolint:gosec // jitter needs spread, not secrecy
 }
 
 func trim(s string) string {
