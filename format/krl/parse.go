@@ -109,7 +109,7 @@ func Parse(b []byte) (*KRL, error) {
 	for _, kb := range slices.CompactFunc(keys, bytes.Equal) {
 		pk, err := ssh.ParsePublicKey(kb)
 		if err != nil {
-			return nil, fmt.Errorf("%w: a revoked key does not parse: %v", ErrFormat, err)
+			return nil, fmt.Errorf("%w: a revoked key does not parse: %w", ErrFormat, err)
 		}
 		if isCert(pk) {
 			return nil, fmt.Errorf("%w: a revoked key is a certificate, not a plain key", ErrFormat)
@@ -137,7 +137,7 @@ func parseCertificates(r *reader, k *KRL, byCA map[string]*CertificateSection) e
 		cs = &CertificateSection{}
 		if len(caBlob) > 0 {
 			if cs.CA, err = ssh.ParsePublicKey(caBlob); err != nil {
-				return fmt.Errorf("%w: the CA key does not parse: %v", ErrFormat, err)
+				return fmt.Errorf("%w: the CA key does not parse: %w", ErrFormat, err)
 			}
 			if isCert(cs.CA) {
 				return fmt.Errorf("%w: the CA key is a certificate", ErrFormat)
