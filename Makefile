@@ -45,7 +45,7 @@ tools:
 # golangci-lint (depguard keeps client/ and format/ free of the broker),
 # buf lint, and the SDK's whole dependency graph checked for broker code.
 lint:
-	$(GOLANGCI_LINT) run ./...
+	$(GOLANGCI_LINT) run --allow-parallel-runners ./...
 	$(BUF) lint
 	@if $(GO) list -deps ./client/... | grep -E '^github.com/bgbroker/breakglass/(server|hsm|cmd)(/|$$)'; then \
 	  echo "client/ depends on the broker's packages above" >&2; exit 1; fi

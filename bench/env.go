@@ -99,7 +99,7 @@ func setup(ctx context.Context, work string) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := hsm.Open(ctx, cfg.HSM, nil)
+	m, err := hsm.Open(ctx, daemon.HSMConfig(cfg.HSM), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +199,7 @@ func (d *runningDaemon) stop() {
 
 // hsmSignatures reads the daemon's HSM signature counter from /metrics.
 func (d *runningDaemon) hsmSignatures() (float64, error) {
-	resp, err := d.http.Get(d.ready.Issuer + "/metrics")
+	resp, err := d.http.Get("http://" + d.ready.Metrics + "/metrics")
 	if err != nil {
 		return 0, err
 	}
@@ -285,7 +285,7 @@ func (d *runningDaemon) profileShare(dur time.Duration, name string) (float64, m
 
 // metric reads one unlabelled sample from /metrics.
 func (d *runningDaemon) metric(name string) (float64, error) {
-	resp, err := d.http.Get(d.ready.Issuer + "/metrics")
+	resp, err := d.http.Get("http://" + d.ready.Metrics + "/metrics")
 	if err != nil {
 		return 0, err
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 	"github.com/bgbroker/breakglass/server/config"
+	"github.com/bgbroker/breakglass/server/daemon"
 	"github.com/bgbroker/breakglass/server/devmode"
 )
 
@@ -293,7 +294,7 @@ func newForger(t *testing.T, d *devBroker) *forger {
 	}
 	prev := os.Getenv("SOFTHSM2_CONF")
 	t.Cleanup(func() { os.Setenv("SOFTHSM2_CONF", prev) })
-	m, err := hsm.Open(context.Background(), cfg.HSM, nil)
+	m, err := hsm.Open(context.Background(), daemon.HSMConfig(cfg.HSM), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,7 +71,7 @@ func (d *devBroker) start() {
 	d.t.Helper()
 	readyFile := filepath.Join(d.dir, "ready.json")
 	_ = os.Remove(readyFile)
-	args := append([]string{"dev", "--dir", filepath.Join(d.dir, "state"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, d.extra...)
+	args := append([]string{"dev", "--dir", filepath.Join(d.dir, "state"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-file", readyFile}, d.extra...)
 	if d.serve {
 		args = append([]string{"serve", "--config", d.state("config.yaml"), "--ready-file", readyFile}, d.extra...)
 	}

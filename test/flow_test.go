@@ -224,7 +224,7 @@ func TestDevModeFlowWithBgctl(t *testing.T) {
 
 	// The HSM's signatures are counted by purpose: the token, and the
 	// audit entries of the flow.
-	resp, err = hc.Get(d.ready.Issuer + "/metrics")
+	resp, err = hc.Get("http://" + d.ready.Metrics + "/metrics")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("metrics: %v %v", err, resp)
 	}

@@ -76,7 +76,7 @@ func (f *faultyHSM) waitHealth(status string) {
 // metric reads one unlabelled gauge from /metrics.
 func (d *devBroker) metric(name string) float64 {
 	d.t.Helper()
-	resp, err := d.httpClient().Get(d.ready.Issuer + "/metrics")
+	resp, err := d.httpClient().Get("http://" + d.ready.Metrics + "/metrics")
 	if err != nil {
 		d.t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"io"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -16,10 +17,41 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
+// Metrics show live break-glass activity (active grants, pending requests,
+// result codes per method): they are served on their own loopback listener,
+// never on the public HTTPS listener that anyone may reach without a client
+// certificate, nor on its plain-HTTP twin.
+func TestMetricsNotOnThePublicListener(t *testing.T) {
+	d := startDev(t, "--log-level", "warn")
+	bases := []string{d.ready.Issuer}
+	if d.ready.HTTP != "" {
+		bases = append(bases, "http://"+d.ready.HTTP)
+	}
+	for _, base := range bases {
+		resp, err := d.httpClient().Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 404 || bytes.Contains(body, []byte("breakglass_")) {
+			t.Errorf("%s/metrics answers %d without a client certificate:\n%.300s", base, resp.StatusCode, body)
+		}
+	}
+	host, _, err := net.SplitHostPort(d.ready.Metrics)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		t.Errorf("the metrics listener %q is not on loopback", d.ready.Metrics)
+	}
+	body, mfs := d.scrape(t)
+	if _, ok := mfs["breakglass_requests"]; !ok && !bytes.Contains(body, []byte("breakglass_")) {
+		t.Errorf("the metrics listener serves no broker metric:\n%.300s", body)
+	}
+}
+
 // scrape reads /metrics and parses it as Prometheus does.
 func (d *devBroker) scrape(t *testing.T) ([]byte, map[string]*dto.MetricFamily) {
 	t.Helper()
-	resp, err := d.httpClient().Get(d.ready.Issuer + "/metrics")
+	resp, err := d.httpClient().Get("http://" + d.ready.Metrics + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

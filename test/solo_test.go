@@ -173,7 +173,7 @@ func mustPEM(s string) []byte {
 func TestSoloAccessAndKeyLifecycle(t *testing.T) {
 	var accountKeyID []byte
 	ip := startInProcess(t, soloPolicy, func(cfg *config.Config) {
-		m, err := hsm.Open(context.Background(), cfg.HSM, nil)
+		m, err := hsm.Open(context.Background(), daemon.HSMConfig(cfg.HSM), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,7 +262,7 @@ func TestSoloAccessAndKeyLifecycle(t *testing.T) {
 	}
 	// It is gone from the HSM too.
 	cfg, _ := config.Load(filepath.Join(ip.dir, "config.yaml"))
-	m, err := hsm.Open(ctx, cfg.HSM, nil)
+	m, err := hsm.Open(ctx, daemon.HSMConfig(cfg.HSM), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

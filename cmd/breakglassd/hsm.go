@@ -48,12 +48,12 @@ func (f *hsmFlags) register(cmd *cobra.Command) {
 }
 
 // hsmConfig merges --config with the flags.
-func (f *hsmFlags) hsmConfig() (hsm.Config, *config.Config, error) {
+func (f *hsmFlags) hsmConfig() (config.HSM, *config.Config, error) {
 	var cfg config.Config
 	if f.config != "" {
 		c, err := config.Load(f.config)
 		if err != nil {
-			return hsm.Config{}, nil, err
+			return config.HSM{}, nil, err
 		}
 		cfg = *c
 	}
@@ -82,7 +82,7 @@ func (f *hsmFlags) open(ctx context.Context, stderr io.Writer) (*hsm.Module, err
 	if err != nil {
 		return nil, err
 	}
-	return hsm.Open(ctx, h, slog.New(slog.NewTextHandler(stderr, nil)))
+	return hsm.Open(ctx, daemon.HSMConfig(h), slog.New(slog.NewTextHandler(stderr, nil)))
 }
 
 func newHSMCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -427,6 +427,9 @@ running broker picks the new key up within seconds.`,
 				return err
 			}
 			cfg.HSM = h
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
 			rec, err := daemon.Rotate(cmd.Context(), cfg, p, account, label, slog.New(slog.NewTextHandler(stderr, nil)))
 			if err != nil {
 				return err

@@ -107,7 +107,7 @@ func newDevCmd(stdout, stderr io.Writer) *cobra.Command {
 	var o devmode.Options
 	var readyFile, level string
 	cmd := &cobra.Command{
-		Use:   "dev [--dir DIR] [--addr HOST:PORT] [--http-addr HOST:PORT]",
+		Use:   "dev [--dir DIR] [--addr HOST:PORT] [--http-addr HOST:PORT] [--metrics-addr HOST:PORT]",
 		Short: "Run a complete broker for trying it out: SoftHSM2 token, CA, demo identities and policy in DIR",
 		Long: `Dev mode creates, on its first run, everything a broker needs in DIR: a SoftHSM2
 token with the token, audit and checkpoint keys, a CA with a server certificate
@@ -130,6 +130,9 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 			}
 			if cmd.Flags().Changed("http-addr") {
 				cfg.Listen.HTTPS = o.HTTPAddr
+			}
+			if cmd.Flags().Changed("metrics-addr") {
+				cfg.Listen.Metrics = o.MetricsAddr
 			}
 			hooks, err := devmode.WebhookSinks(filepath.Dir(path), o.Webhooks)
 			if err != nil {
@@ -156,6 +159,7 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 	cmd.Flags().StringVar(&o.Dir, "dir", ".breakglass-dev", "directory holding the dev broker's state")
 	cmd.Flags().StringVar(&o.GRPCAddr, "addr", "127.0.0.1:7443", "gRPC (mTLS) listen address")
 	cmd.Flags().StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:7444", "HTTPS listen address (JWKS, metadata, health)")
+	cmd.Flags().StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:7445", "metrics listen address (plain HTTP, no authentication: keep it on loopback)")
 	cmd.Flags().StringVar(&readyFile, "ready-file", "", "write the listening addresses as JSON to this file once serving")
 	cmd.Flags().StringVar(&level, "log-level", "", "debug, info, warn or error")
 	cmd.Flags().StringArrayVar(&o.Webhooks, "webhook", nil, "announce events to this Standard Webhooks receiver (repeatable); the secret is in DIR/webhook.secret")
@@ -173,10 +177,11 @@ breakglass broker, DEV MODE (not for production)
   state     %s %s (CA key, HSM PIN and client keys live here; in production the CA key belongs to the security team)
   gRPC      %s (mTLS, TLS 1.3)
   HTTPS     %s  (JWKS at %s/.well-known/jwks.json, CA %s)
+  metrics   http://%s/metrics  (loopback, no authentication)
   config    %s  (breakglassd serve --config %s runs the same broker)
 
 identities (source one per shell):
-`, state, abs, r.GRPC, r.Issuer, r.Issuer, filepath.Join(abs, "ca", "ca.crt"), cfgPath, cfgPath)
+`, state, abs, r.GRPC, r.Issuer, r.Issuer, filepath.Join(abs, "ca", "ca.crt"), r.Metrics, cfgPath, cfgPath)
 	for i, e := range envs {
 		fmt.Fprintf(w, "  source %-60s # %s\n", e, devmode.Principals[i].Role)
 	}

@@ -1,4 +1,7 @@
-// Package config reads the broker's YAML configuration file.
+// Package config reads the broker's YAML configuration file into plain
+// types. It imports no implementation: the daemon turns each section into
+// the configuration of the component it describes. Every default lives in
+// defaults.go, and a Config that Load returns has passed Validate.
 package config
 
 import (
@@ -6,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -14,43 +16,66 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/bgbroker/breakglass/format/policy"
-	"github.com/bgbroker/breakglass/hsm"
-	"github.com/bgbroker/breakglass/server/grpcapi"
-	"github.com/bgbroker/breakglass/server/identity"
-	"github.com/bgbroker/breakglass/server/notify"
-	"github.com/bgbroker/breakglass/server/store/postgres"
-	"github.com/bgbroker/breakglass/server/store/sqlite"
-	"github.com/bgbroker/breakglass/server/tracing"
 )
 
 // Config is the whole configuration file. Relative paths are relative to
 // the file's directory.
 type Config struct {
-	HSM      hsm.Config      `yaml:"hsm"`
-	Keys     Keys            `yaml:"keys"`
-	Listen   Listen          `yaml:"listen"`
-	TLS      TLS             `yaml:"tls"`
-	Identity identity.Config `yaml:"identity"`
+	HSM      HSM      `yaml:"hsm"`
+	Keys     Keys     `yaml:"keys"`
+	Listen   Listen   `yaml:"listen"`
+	TLS      TLS      `yaml:"tls"`
+	Identity Identity `yaml:"identity"`
 	// Issuer is the HTTPS base URL relying parties see as iss; by default
 	// https://<https listen address>.
 	Issuer string `yaml:"issuer"`
 	// PolicyFile names the policy; Policy holds it inline instead.
-	PolicyFile string         `yaml:"policy_file"`
-	Policy     yaml.Node      `yaml:"policy"`
-	Store      Store          `yaml:"store"`
-	Audit      Audit          `yaml:"audit"`
-	Notify     notify.Config  `yaml:"notify"`
-	Limits     grpcapi.Limits `yaml:"limits"`
-	Log        Log            `yaml:"log"`
-	// HealthInterval is how often the HSM keys are test-signed (default 5s).
+	PolicyFile string    `yaml:"policy_file"`
+	Policy     yaml.Node `yaml:"policy"`
+	Store      Store     `yaml:"store"`
+	Audit      Audit     `yaml:"audit"`
+	Notify     Notify    `yaml:"notify"`
+	Limits     Limits    `yaml:"limits"`
+	Log        Log       `yaml:"log"`
+	// HealthInterval is how often the HSM keys are test-signed.
 	HealthInterval time.Duration `yaml:"health_interval"`
-	// SweepInterval is how often deadlines are recorded (default 1s).
+	// SweepInterval is how often deadlines are recorded.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
 	Debug         Debug         `yaml:"debug"`
 	// Tracing exports OpenTelemetry traces over OTLP; off by default.
-	Tracing tracing.Config `yaml:"tracing"`
+	Tracing Tracing `yaml:"tracing"`
 
 	path string
+}
+
+// HSM selects a PKCS#11 module and token and says where the PIN comes
+// from. Exactly one of TokenLabel, TokenSerial and Slot selects the token.
+type HSM struct {
+	// Module is the path of the PKCS#11 library; empty tries the places
+	// SoftHSM2 is installed by common distributions.
+	Module string `yaml:"module"`
+	// TokenLabel selects the token by its label (the usual choice).
+	TokenLabel string `yaml:"token_label"`
+	// TokenSerial selects the token by serial number instead.
+	TokenSerial string `yaml:"token_serial"`
+	// Slot selects the token by slot ID instead.
+	Slot *uint `yaml:"slot"`
+	// PINFile is a file holding the user PIN; it must not be readable by
+	// group or others.
+	PINFile string `yaml:"pin_file"`
+	// PINEnv names the environment variable holding the PIN when PINFile
+	// is empty; BREAKGLASS_HSM_PIN when both are empty.
+	PINEnv string `yaml:"pin_env"`
+	// SigningSlots bounds the signatures in flight at once (and so the
+	// goroutines a hung HSM can hold).
+	SigningSlots int `yaml:"signing_slots"`
+	// SignTimeout bounds one signature, waiting for a slot included.
+	SignTimeout time.Duration `yaml:"sign_timeout"`
+	// MaxQueue bounds the signatures waiting for a slot.
+	MaxQueue int `yaml:"max_queue"`
+	// Env holds environment variables the module reads when it loads, such
+	// as SOFTHSM2_CONF.
+	Env map[string]string `yaml:"env"`
 }
 
 // Keys names the HSM keys the broker signs with, by label.
@@ -58,6 +83,21 @@ type Keys struct {
 	Token      string `yaml:"token"`
 	Audit      string `yaml:"audit"`
 	Checkpoint string `yaml:"checkpoint"`
+}
+
+// Identity says how callers are recognised from their client certificates.
+type Identity struct {
+	// ClientCA is a PEM file with the CA certificate(s) client certificates
+	// must chain to. The broker never holds the CA's key.
+	ClientCA string `yaml:"client_ca"`
+	// CRL is an optional CRL file (PEM or DER) issued by the client CA. It
+	// is re-read when it changes.
+	CRL string `yaml:"crl"`
+	// Mode is "uri": the principal is the rest of the one URI SAN starting
+	// with URIPrefix; or "cn": the subject common name.
+	Mode string `yaml:"mode"`
+	// URIPrefix, e.g. "spiffe://example.org/user/".
+	URIPrefix string `yaml:"uri_prefix"`
 }
 
 // Debug configures diagnostics.
@@ -74,10 +114,10 @@ type Audit struct {
 	// origin for life. Default: breakglass/ and the first 16 hex digits of
 	// the checkpoint key's fingerprint, unique to the deployment.
 	Origin string `yaml:"origin"`
-	// CheckpointEvery signs a checkpoint after this many entries (default 64).
+	// CheckpointEvery signs a checkpoint after this many entries.
 	CheckpointEvery uint64 `yaml:"checkpoint_every"`
 	// CheckpointInterval signs one this long after the last when the log
-	// grew (default 10s).
+	// grew.
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 }
 
@@ -85,11 +125,15 @@ type Audit struct {
 type Listen struct {
 	// GRPC is the mTLS gRPC API (TLS 1.3, client certificates required).
 	GRPC string `yaml:"grpc"`
-	// HTTPS serves the JWKS, metadata and health with the server
+	// HTTPS serves the public keys, metadata and health with the server
 	// certificate and no client certificate.
 	HTTPS string `yaml:"https"`
 	// PlainHTTP serves the same without TLS; only on a loopback address.
 	PlainHTTP string `yaml:"plain_http"`
+	// Metrics serves Prometheus metrics, which show live break-glass
+	// activity, without TLS or authentication: loopback by default, for a
+	// local scraper or an authenticating proxy.
+	Metrics string `yaml:"metrics"`
 }
 
 // TLS is the server certificate.
@@ -100,20 +144,93 @@ type TLS struct {
 
 // Store selects the storage engine.
 type Store struct {
-	// Driver is sqlite (default: one file, one broker) or postgres
-	// (several replicas sharing one database).
-	Driver string        `yaml:"driver"`
-	SQLite sqlite.Config `yaml:"sqlite"`
+	// Driver is sqlite (one file, one broker) or postgres (several
+	// replicas sharing one database).
+	Driver string `yaml:"driver"`
+	SQLite SQLite `yaml:"sqlite"`
 	// DSN is the PostgreSQL connection string (driver postgres). Keep the
 	// password out of it: PGPASSWORD or a passfile.
 	DSN string `yaml:"dsn"`
-	// MaxConns bounds this replica's PostgreSQL connections (default 16).
+	// MaxConns bounds this replica's PostgreSQL connections.
 	MaxConns int `yaml:"max_conns"`
 }
 
-// Postgres is the PostgreSQL store's configuration.
-func (s Store) Postgres() postgres.Config {
-	return postgres.Config{DSN: s.DSN, MaxConns: s.MaxConns}
+// The store drivers.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
+)
+
+// SQLite is the embedded store's file.
+type SQLite struct {
+	// Path is the database file.
+	Path string `yaml:"path"`
+	// Synchronous is FULL (a commit survives power loss) or NORMAL
+	// (survives a process crash; faster).
+	Synchronous string `yaml:"synchronous"`
+}
+
+// Notify configures the out-of-band announcements.
+type Notify struct {
+	Sinks []Sink `yaml:"sinks"`
+	// MaxAttempts before an event is dead-lettered.
+	MaxAttempts int `yaml:"max_attempts"`
+	// BackoffBase and BackoffMax shape the retry delays: full jitter over
+	// base·2^attempt, capped at max.
+	BackoffBase time.Duration `yaml:"backoff_base"`
+	BackoffMax  time.Duration `yaml:"backoff_max"`
+	// Workers deliver in parallel.
+	Workers int `yaml:"workers"`
+	// PollInterval is how often due retries are looked for.
+	PollInterval time.Duration `yaml:"poll_interval"`
+}
+
+// Sink is one destination of announcements.
+type Sink struct {
+	Name string `yaml:"name"`
+	// Type is webhook (Standard Webhooks), slack, or file.
+	Type string `yaml:"type"`
+	// URL is where webhook and slack sinks POST. HTTPS, or HTTP on a
+	// loopback address only.
+	URL string `yaml:"url"`
+	// SecretFile or SecretEnv hold the webhook's whsec_ secret.
+	SecretFile string `yaml:"secret_file"`
+	SecretEnv  string `yaml:"secret_env"`
+	// CAFile verifies an HTTPS receiver with a private CA.
+	CAFile string `yaml:"ca_file"`
+	// Path is the file sink's JSON Lines file.
+	Path string `yaml:"path"`
+	// Timeout bounds one delivery attempt.
+	Timeout time.Duration `yaml:"timeout"`
+	// Events are type patterns ("grant.*", "token.issued"); empty means all.
+	Events []string `yaml:"events"`
+	// Accounts limits to these accounts; empty means all.
+	Accounts []string `yaml:"accounts"`
+}
+
+// Limits protect the broker from one caller.
+type Limits struct {
+	// RatePerSecond and Burst bound calls per principal.
+	RatePerSecond float64 `yaml:"rate_per_second"`
+	Burst         int     `yaml:"burst"`
+	// MaxMessageBytes bounds a request message.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// HandshakeTimeout bounds the TLS handshake.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+// Tracing exports OpenTelemetry traces.
+type Tracing struct {
+	// OTLPEndpoint is the collector's OTLP/gRPC address, host:port; empty
+	// turns tracing off.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// Insecure sends to the collector without TLS (a sidecar on loopback).
+	Insecure bool `yaml:"insecure"`
+	// SampleRatio is the share of new traces kept; a caller's sampled
+	// trace is always continued.
+	SampleRatio float64 `yaml:"sample_ratio"`
+	// ServiceName names this broker in traces.
+	ServiceName string `yaml:"service_name"`
 }
 
 // Log configures logging.
@@ -124,8 +241,9 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
-// Load reads and decodes path. Unknown fields are errors: a misspelt
-// setting must not silently fall back to a default in a security tool.
+// Load reads, decodes and validates path. Unknown fields are errors: a
+// misspelt setting must not silently fall back to a default in a security
+// tool.
 func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -138,8 +256,9 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
-// Parse decodes a configuration; path locates relative paths and names the
-// file in messages.
+// Parse decodes a configuration, resolves its relative paths, fills in the
+// defaults and validates it; path locates relative paths and names the file
+// in messages.
 func Parse(b []byte, path string) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -149,6 +268,10 @@ func Parse(b []byte, path string) (*Config, error) {
 	}
 	c.path = path
 	c.resolve()
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
 	return &c, nil
 }
 
@@ -177,78 +300,6 @@ func (c *Config) resolve() {
 			c.HSM.Env[k] = c.rel(v)
 		}
 	}
-	if c.Store.Driver == "" {
-		c.Store.Driver = "sqlite"
-	}
-	if c.HealthInterval <= 0 {
-		c.HealthInterval = 5 * time.Second
-	}
-	if c.SweepInterval <= 0 {
-		c.SweepInterval = time.Second
-	}
-}
-
-// Validate reports every missing or unsafe setting.
-func (c *Config) Validate() error {
-	var errs []error
-	need := func(v, name string) {
-		if v == "" {
-			errs = append(errs, fmt.Errorf("%s is required", name))
-		}
-	}
-	if err := c.HSM.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	need(c.Keys.Token, "keys.token")
-	need(c.Keys.Audit, "keys.audit")
-	need(c.Keys.Checkpoint, "keys.checkpoint")
-	need(c.Listen.GRPC, "listen.grpc")
-	need(c.Listen.HTTPS, "listen.https")
-	need(c.TLS.Cert, "tls.cert")
-	need(c.TLS.Key, "tls.key")
-	need(c.Identity.ClientCA, "identity.client_ca")
-	if c.PolicyFile == "" && c.Policy.Kind == 0 {
-		errs = append(errs, errors.New("policy_file (or an inline policy:) is required"))
-	}
-	if c.PolicyFile != "" && c.Policy.Kind != 0 {
-		errs = append(errs, errors.New("policy_file and policy are alternatives: set one"))
-	}
-	if err := c.Tracing.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if c.Debug.Pprof != "" && !loopback(c.Debug.Pprof) {
-		errs = append(errs, fmt.Errorf("debug.pprof %q is not a loopback address: profiles are only served on loopback", c.Debug.Pprof))
-	}
-	if c.Listen.PlainHTTP != "" && !loopback(c.Listen.PlainHTTP) {
-		errs = append(errs, fmt.Errorf("listen.plain_http %q is not a loopback address: plain HTTP is only allowed on loopback", c.Listen.PlainHTTP))
-	}
-	switch c.Store.Driver {
-	case "sqlite":
-		need(c.Store.SQLite.Path, "store.sqlite.path")
-	case "postgres":
-		need(c.Store.DSN, "store.dsn")
-		if c.Store.MaxConns < 0 {
-			errs = append(errs, errors.New("store.max_conns must not be negative"))
-		}
-	default:
-		errs = append(errs, fmt.Errorf("store.driver %q is not supported (sqlite or postgres)", c.Store.Driver))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%s: %w", c.path, errors.Join(errs...))
-	}
-	return nil
-}
-
-func loopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // LoadPolicy reads and validates the policy the configuration names.

@@ -53,12 +53,14 @@ type Options struct {
 
 // Ready is what the ready file holds.
 type Ready struct {
-	GRPC   string `json:"grpc"`
-	HTTPS  string `json:"https"`
-	HTTP   string `json:"http,omitempty"`
-	Pprof  string `json:"pprof,omitempty"`
-	Issuer string `json:"issuer"`
-	PID    int    `json:"pid"`
+	GRPC  string `json:"grpc"`
+	HTTPS string `json:"https"`
+	HTTP  string `json:"http,omitempty"`
+	// Metrics is the metrics listener (plain HTTP, its own address).
+	Metrics string `json:"metrics"`
+	Pprof   string `json:"pprof,omitempty"`
+	Issuer  string `json:"issuer"`
+	PID     int    `json:"pid"`
 }
 
 // Daemon is a running broker.
@@ -78,6 +80,7 @@ type Daemon struct {
 	https    *http.Server
 	plain    *http.Server
 	pprof    *http.Server
+	scrape   *http.Server
 	metrics  *metrics.Registry
 	tracing  *tracing.Provider
 	lis      []net.Listener
@@ -116,13 +119,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			d.closeResources()
 		}
 	}()
-	if d.module, err = hsm.Open(ctx, cfg.HSM, log); err != nil {
+	if d.module, err = hsm.Open(ctx, HSMConfig(cfg.HSM), log); err != nil {
 		return nil, err
 	}
 	if d.store, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
-	if d.tracing, err = tracing.New(ctx, cfg.Tracing, Version()); err != nil {
+	if d.tracing, err = tracing.New(ctx, tracingConfig(cfg.Tracing), Version()); err != nil {
 		return nil, err
 	}
 	if d.tracing.Enabled() {
@@ -173,7 +176,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.Checkpoints = cps
-	router := notify.NewRouter(cfg.Notify.Sinks)
+	ncfg := notifyConfig(cfg.Notify)
+	router := notify.NewRouter(ncfg.Sinks)
 	var dispatcher *notify.Dispatcher
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel = cancel
@@ -191,7 +195,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := ring.Bootstrap(ctx, d.Broker, wants); err != nil {
 		return nil, err
 	}
-	if dispatcher, err = notify.NewDispatcher(cfg.Notify, d.store, d.Broker.FinishDelivery, opts.Now, log); err != nil {
+	if dispatcher, err = notify.NewDispatcher(ncfg, d.store, d.Broker.FinishDelivery, opts.Now, log); err != nil {
 		return nil, err
 	}
 	b := d.Broker
@@ -212,7 +216,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.tracing.Enabled() {
 		statsHandler = otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(d.tracing), otelgrpc.WithPropagators(d.tracing.Propagator))
 	}
-	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: ident, TLS: credentials.NewTLS(ident.ServerTLS(cert)), Limits: cfg.Limits, Log: log,
+	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: ident, TLS: credentials.NewTLS(ident.ServerTLS(cert)), Limits: limits(cfg.Limits), Log: log,
 		Audit: grpcapi.AuditConfig{Checkpoints: cps, LogKeys: logKeys, Store: d.store}, Metrics: d.metrics.GRPC, StatsHandler: statsHandler,
 		ReloadPolicy: d.ReloadPolicy})
 	if err != nil {
@@ -224,12 +228,24 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("tls.cert: %w", err)
 	}
 	d.metrics.RegisterState(func(ctx context.Context) (metrics.State, error) { return d.metricsState(ctx, serverCert, ident) })
-	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS, Health: d.health, Log: log,
-		Metrics: d.metrics.Handler()})
+	handler := httpapi.Handler(httpapi.Config{Issuer: issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS, Health: d.health, Log: log})
 	d.https = httpapi.Server(handler)
 	d.https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	d.https.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	d.Ready = Ready{GRPC: grpcLis.Addr().String(), HTTPS: httpsLis.Addr().String(), Issuer: issuer, PID: os.Getpid()}
+	// Metrics show live break-glass activity: their own listener, never
+	// the public one that serves keys and metadata to anyone.
+	ml, err := net.Listen("tcp", cfg.Listen.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("listen.metrics: %w", err)
+	}
+	d.lis = append(d.lis, ml)
+	d.Ready.Metrics = ml.Addr().String()
+	mmux := http.NewServeMux()
+	mmux.Handle("GET /metrics", d.metrics.Handler())
+	d.scrape = &http.Server{Handler: mmux, ReadHeaderTimeout: 5 * time.Second}
+	scrape := d.scrape
+	d.goRun(func() error { return ignoreClosed(scrape.Serve(ml)) })
 	if cfg.Debug.Pprof != "" {
 		pl, err := net.Listen("tcp", cfg.Debug.Pprof)
 		if err != nil {
@@ -275,7 +291,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "issuer", issuer, "policy", pol.Hash(),
+	log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "metrics", d.Ready.Metrics, "issuer", issuer, "policy", pol.Hash(),
 		"token_kid", ring.Minter("").KID(), "audit_kid", d.Broker.AuditKID(), "origin", origin)
 	return d, nil
 }
@@ -357,6 +373,9 @@ func (d *Daemon) Close() {
 	}
 	if d.pprof != nil {
 		_ = d.pprof.Shutdown(sctx)
+	}
+	if d.scrape != nil {
+		_ = d.scrape.Shutdown(sctx)
 	}
 	d.wg.Wait()
 	d.closeResources()

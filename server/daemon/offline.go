@@ -22,13 +22,13 @@ import (
 func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
 	switch cfg.Store.Driver {
 	case "postgres":
-		st, err := postgres.Open(ctx, cfg.Store.Postgres(), log)
+		st, err := postgres.Open(ctx, postgresConfig(cfg.Store), log)
 		if err != nil {
 			return nil, err
 		}
 		return st, nil
 	case "sqlite", "":
-		st, err := sqlite.Open(ctx, cfg.Store.SQLite)
+		st, err := sqlite.Open(ctx, sqliteConfig(cfg.Store))
 		if err != nil {
 			return nil, err
 		}
@@ -60,7 +60,7 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 			o.Close()
 		}
 	}()
-	if o.module, err = hsm.Open(ctx, cfg.HSM, log); err != nil {
+	if o.module, err = hsm.Open(ctx, HSMConfig(cfg.HSM), log); err != nil {
 		return nil, err
 	}
 	if o.store, err = openStore(ctx, cfg, log); err != nil {
@@ -70,7 +70,7 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 	if o.ring, o.origin, err = loadRing(ctx, cfg, keyring.Config{Module: o.module, Store: o.store, Issuer: cfg.Issuer, Log: log}, wants); err != nil {
 		return nil, err
 	}
-	router := notify.NewRouter(cfg.Notify.Sinks)
+	router := notify.NewRouter(sinkConfigs(cfg.Notify.Sinks))
 	if o.broker, err = broker.New(ctx, broker.Config{Store: o.store, Policy: pol, PolicySource: source, Keys: o.ring, Log: log, Origin: o.origin, Certs: ident,
 		Routes: router, AckSinkKnown: router.Has}); err != nil {
 		return nil, err
@@ -81,17 +81,14 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 	return o, nil
 }
 
-// loadPolicyAndIdentity checks the configuration and loads what it names
-// of the policy and the callers' identities.
+// loadPolicyAndIdentity loads what the configuration names of the policy
+// and the callers' identities.
 func loadPolicyAndIdentity(cfg *config.Config, log *slog.Logger) (*policy.Policy, string, *identity.Verifier, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, "", nil, err
-	}
 	pol, source, err := cfg.LoadPolicy()
 	if err != nil {
 		return nil, "", nil, err
 	}
-	ident, err := identity.New(cfg.Identity, log)
+	ident, err := identity.New(identityConfig(cfg.Identity), log)
 	if err != nil {
 		return nil, "", nil, err
 	}

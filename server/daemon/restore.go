@@ -60,9 +60,6 @@ func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logge
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
 	if dir == "" {
 		return nil, errors.New("name the new directory to write the backup to (--out)")
 	}
@@ -201,9 +198,6 @@ type candidate struct {
 func Restore(ctx context.Context, cfg *config.Config, opts RestoreOptions, log *slog.Logger) (*RestoreResult, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
 	}
 	if opts.Operator == "" {
 		return nil, errors.New("name the operator restoring the store (--operator)")

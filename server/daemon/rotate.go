@@ -19,9 +19,6 @@ func Rotate(ctx context.Context, cfg *config.Config, p hsm.Purpose, account, lab
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := cfg.Validate(); err != nil {
-		return store.KeyRecord{}, err
-	}
 	pol, _, err := cfg.LoadPolicy()
 	if err != nil {
 		return store.KeyRecord{}, err

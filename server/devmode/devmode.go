@@ -6,6 +6,7 @@
 package devmode
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/notify"
 )
 
@@ -75,13 +77,15 @@ type Options struct {
 	Dir      string
 	GRPCAddr string
 	HTTPAddr string
+	// MetricsAddr is the metrics listener; a free loopback port when empty.
+	MetricsAddr string
 	// Webhooks are Standard Webhooks receivers to announce events to.
 	Webhooks []string
 }
 
 // WebhookSinks returns sinks for the --webhook URLs, signed with the
 // secret in DIR/webhook.secret (created on first use).
-func WebhookSinks(dir string, urls []string) ([]notify.SinkConfig, error) {
+func WebhookSinks(dir string, urls []string) ([]config.Sink, error) {
 	if len(urls) == 0 {
 		return nil, nil
 	}
@@ -95,9 +99,9 @@ func WebhookSinks(dir string, urls []string) ([]notify.SinkConfig, error) {
 			return nil, err
 		}
 	}
-	var out []notify.SinkConfig
+	var out []config.Sink
 	for i, u := range urls {
-		out = append(out, notify.SinkConfig{Name: fmt.Sprintf("webhook-%d", i+1), Type: "webhook", URL: u, SecretFile: path})
+		out = append(out, config.Sink{Name: fmt.Sprintf("webhook-%d", i+1), Type: "webhook", URL: u, SecretFile: path, Timeout: config.DefaultSinkTimeout})
 	}
 	return out, nil
 }
@@ -145,6 +149,7 @@ keys:
 listen:
   grpc: %s
   https: %s
+  metrics: %s
 tls:
   cert: tls/server.crt
   key: tls/server.key
@@ -165,7 +170,7 @@ store:
   driver: sqlite
   sqlite:
     path: broker.db
-`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, o.GRPCAddr, o.HTTPAddr, URIPrefix, "breakglass.dev/"+randHex(8))
+`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, o.GRPCAddr, o.HTTPAddr, cmp.Or(o.MetricsAddr, "127.0.0.1:0"), URIPrefix, "breakglass.dev/"+randHex(8))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", false, err
 	}

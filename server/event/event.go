@@ -76,10 +76,10 @@ type Contact struct {
 // Route selects the events a sink receives.
 type Route struct {
 	// Events are type patterns ("grant.*", "token.issued"); empty means all.
-	Events []string `yaml:"events"`
+	Events []string
 	// Accounts limits to these accounts; empty means all. Events without
 	// an account (checkpoints) go to every sink whose events match.
-	Accounts []string `yaml:"accounts"`
+	Accounts []string
 }
 
 // Matches reports whether the route takes an event of this type and account.

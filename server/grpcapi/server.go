@@ -34,31 +34,16 @@ import (
 	"github.com/bgbroker/breakglass/server/identity"
 )
 
-// Limits protect the broker from one caller.
+// Limits protect the broker from one caller; the daemon passes the
+// configuration file's values (config.Limits, with its defaults).
 type Limits struct {
-	// RatePerSecond and Burst bound calls per principal (defaults 20/s, 40).
-	RatePerSecond float64 `yaml:"rate_per_second"`
-	Burst         int     `yaml:"burst"`
-	// MaxMessageBytes bounds a request message (default 64 KiB).
-	MaxMessageBytes int `yaml:"max_message_bytes"`
-	// HandshakeTimeout bounds the TLS handshake (default 10s).
-	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
-}
-
-func (l Limits) withDefaults() Limits {
-	if l.RatePerSecond <= 0 {
-		l.RatePerSecond = 20
-	}
-	if l.Burst <= 0 {
-		l.Burst = 40
-	}
-	if l.MaxMessageBytes <= 0 {
-		l.MaxMessageBytes = 64 << 10
-	}
-	if l.HandshakeTimeout <= 0 {
-		l.HandshakeTimeout = 10 * time.Second
-	}
-	return l
+	// RatePerSecond and Burst bound calls per principal.
+	RatePerSecond float64
+	Burst         int
+	// MaxMessageBytes bounds a request message.
+	MaxMessageBytes int
+	// HandshakeTimeout bounds the TLS handshake.
+	HandshakeTimeout time.Duration
 }
 
 // Config builds the gRPC server.
@@ -117,7 +102,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{b: cfg.Broker, id: cfg.Identity, log: cfg.Log, limits: cfg.Limits.withDefaults(), limiters: map[string]*rate.Limiter{}, reload: cfg.ReloadPolicy}
+	if l := cfg.Limits; l.RatePerSecond <= 0 || l.Burst <= 0 || l.MaxMessageBytes <= 0 || l.HandshakeTimeout <= 0 {
+		return nil, fmt.Errorf("grpcapi: every limit must be positive: %+v", l)
+	}
+	s := &Server{b: cfg.Broker, id: cfg.Identity, log: cfg.Log, limits: cfg.Limits, limiters: map[string]*rate.Limiter{}, reload: cfg.ReloadPolicy}
 	validator, err := protovalidate.New()
 	if err != nil {
 		return nil, err

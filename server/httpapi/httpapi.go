@@ -32,9 +32,7 @@ type Config struct {
 	AccountJWKS func(account string) ([]byte, error)
 	// Health reports health.
 	Health func(ctx context.Context) Health
-	// Metrics serves /metrics (Prometheus) when set.
-	Metrics http.Handler
-	Log     *slog.Logger
+	Log    *slog.Logger
 }
 
 // Handler returns the HTTP handler.
@@ -88,9 +86,6 @@ func Handler(cfg Config) http.Handler {
 		}
 		writeJSON(w, code, h)
 	})
-	if cfg.Metrics != nil {
-		mux.Handle("GET /metrics", cfg.Metrics)
-	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("breakglass broker\n\n/.well-known/jwks.json\n/.well-known/oauth-authorization-server\n/healthz\n"))

@@ -16,17 +16,17 @@ import (
 
 // Config is the notify: section of the broker's configuration.
 type Config struct {
-	Sinks []SinkConfig `yaml:"sinks"`
+	Sinks []SinkConfig
 	// MaxAttempts before an event is dead-lettered (default 10).
-	MaxAttempts int `yaml:"max_attempts"`
+	MaxAttempts int
 	// BackoffBase and BackoffMax shape the retry delays: full jitter over
 	// base·2^attempt, capped at max (defaults 1s and 5m).
-	BackoffBase time.Duration `yaml:"backoff_base"`
-	BackoffMax  time.Duration `yaml:"backoff_max"`
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
 	// Workers deliver in parallel (default 4).
-	Workers int `yaml:"workers"`
+	Workers int
 	// PollInterval is how often due retries are looked for (default 500ms).
-	PollInterval time.Duration `yaml:"poll_interval"`
+	PollInterval time.Duration
 }
 
 func (c Config) withDefaults() Config {

@@ -30,22 +30,22 @@ import (
 
 // SinkConfig configures one sink.
 type SinkConfig struct {
-	Name string `yaml:"name"`
+	Name string
 	// Type is webhook (Standard Webhooks), slack, or file.
-	Type string `yaml:"type"`
+	Type string
 	// URL is where webhook and slack sinks POST. HTTPS, or HTTP on a
 	// loopback address only.
-	URL string `yaml:"url"`
+	URL string
 	// SecretFile or SecretEnv hold the webhook's whsec_ secret.
-	SecretFile string `yaml:"secret_file"`
-	SecretEnv  string `yaml:"secret_env"`
+	SecretFile string
+	SecretEnv  string
 	// CAFile verifies an HTTPS receiver with a private CA.
-	CAFile string `yaml:"ca_file"`
+	CAFile string
 	// Path is the file sink's JSON Lines file.
-	Path string `yaml:"path"`
+	Path string
 	// Timeout bounds one delivery attempt (default 10s).
-	Timeout     time.Duration `yaml:"timeout"`
-	event.Route `yaml:",inline"`
+	Timeout time.Duration
+	event.Route
 }
 
 // Sink delivers one event body.

@@ -23,14 +23,14 @@ import (
 type Config struct {
 	// OTLPEndpoint is the collector's OTLP/gRPC address, host:port; empty
 	// turns tracing off.
-	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	OTLPEndpoint string
 	// Insecure sends to the collector without TLS (a sidecar on loopback).
-	Insecure bool `yaml:"insecure"`
+	Insecure bool
 	// SampleRatio is the share of new traces kept (default 1); a caller's
 	// sampled trace is always continued.
-	SampleRatio float64 `yaml:"sample_ratio"`
+	SampleRatio float64
 	// ServiceName names this broker in traces (default breakglassd).
-	ServiceName string `yaml:"service_name"`
+	ServiceName string
 }
 
 // Validate checks the configuration.

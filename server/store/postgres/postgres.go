@@ -49,9 +49,9 @@ var migrations embed.FS
 type Config struct {
 	// DSN is a libpq connection string or URL. Keep the password out of it:
 	// pgx reads PGPASSWORD and the passfile (passfile=, ~/.pgpass).
-	DSN string `yaml:"dsn"`
+	DSN string
 	// MaxConns bounds the connections this replica opens (default 16).
-	MaxConns int `yaml:"max_conns"`
+	MaxConns int
 }
 
 // channel is the NOTIFY channel of committed changes.

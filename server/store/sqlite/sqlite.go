@@ -32,10 +32,10 @@ var migrations embed.FS
 // Config configures the SQLite store.
 type Config struct {
 	// Path is the database file.
-	Path string `yaml:"path"`
+	Path string
 	// Synchronous is FULL (default: a commit survives power loss) or NORMAL
 	// (survives a process crash; faster).
-	Synchronous string `yaml:"synchronous"`
+	Synchronous string
 }
 
 // Store is the SQLite store.

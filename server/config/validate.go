@@ -1,0 +1,120 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+)
+
+// Validate reports every missing or unsafe setting. Load and Parse run it;
+// call it again after changing a loaded Config.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	add(c.HSM.validate())
+	need := func(v, name string) {
+		if v == "" {
+			add(fmt.Errorf("%s is required", name))
+		}
+	}
+	need(c.Keys.Token, "keys.token")
+	need(c.Keys.Audit, "keys.audit")
+	need(c.Keys.Checkpoint, "keys.checkpoint")
+	need(c.Listen.GRPC, "listen.grpc")
+	need(c.Listen.HTTPS, "listen.https")
+	need(c.Listen.Metrics, "listen.metrics")
+	need(c.TLS.Cert, "tls.cert")
+	need(c.TLS.Key, "tls.key")
+	need(c.Identity.ClientCA, "identity.client_ca")
+	add(c.validatePolicySource())
+	add(c.Tracing.validate())
+	add(c.Store.validate())
+	add(onLoopback("debug.pprof", c.Debug.Pprof, "profiles are only served on loopback"))
+	add(onLoopback("listen.plain_http", c.Listen.PlainHTTP, "plain HTTP is only allowed on loopback"))
+	if len(errs) > 0 {
+		return fmt.Errorf("%s: %w", c.path, errors.Join(errs...))
+	}
+	return nil
+}
+
+func (c *Config) validatePolicySource() error {
+	switch {
+	case c.PolicyFile == "" && c.Policy.Kind == 0:
+		return errors.New("policy_file (or an inline policy:) is required")
+	case c.PolicyFile != "" && c.Policy.Kind != 0:
+		return errors.New("policy_file and policy are alternatives: set one")
+	}
+	return nil
+}
+
+func (h HSM) validate() error {
+	n := 0
+	for _, set := range []bool{h.TokenLabel != "", h.TokenSerial != "", h.Slot != nil} {
+		if set {
+			n++
+		}
+	}
+	switch {
+	case n == 0:
+		return errors.New("hsm: no token selected: set token_label (or token_serial, or slot)")
+	case n > 1:
+		return errors.New("hsm: token_label, token_serial and slot are alternatives: set exactly one")
+	case h.PINFile != "" && h.PINEnv != "":
+		return errors.New("hsm: pin_file and pin_env are alternatives: set at most one")
+	}
+	return nil
+}
+
+func (t Tracing) validate() error {
+	if t.SampleRatio < 0 || t.SampleRatio > 1 {
+		return fmt.Errorf("tracing.sample_ratio must be between 0 and 1, not %g", t.SampleRatio)
+	}
+	return nil
+}
+
+func (s Store) validate() error {
+	switch s.Driver {
+	case DriverSQLite:
+		if s.SQLite.Path == "" {
+			return errors.New("store.sqlite.path is required")
+		}
+		if !strings.EqualFold(s.SQLite.Synchronous, "FULL") && !strings.EqualFold(s.SQLite.Synchronous, "NORMAL") {
+			return fmt.Errorf("store.sqlite.synchronous must be FULL or NORMAL, not %q", s.SQLite.Synchronous)
+		}
+	case DriverPostgres:
+		if s.DSN == "" {
+			return errors.New("store.dsn is required")
+		}
+		if s.MaxConns < 0 {
+			return errors.New("store.max_conns must not be negative")
+		}
+	default:
+		return fmt.Errorf("store.driver %q is not supported (sqlite or postgres)", s.Driver)
+	}
+	return nil
+}
+
+// onLoopback refuses an address that is set and not on loopback.
+func onLoopback(name, addr, why string) error {
+	if addr == "" || loopback(addr) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is not a loopback address: %s", name, addr, why)
+}
+
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
