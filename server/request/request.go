@@ -80,7 +80,10 @@ type Request struct {
 	// ActivationWindow is copied from the account at creation.
 	ActivationWindow time.Duration
 
-	ApprovedAt         time.Time
+	ApprovedAt time.Time
+	// ApprovedEntry is the index of the grant's request_approved entry;
+	// nil before approval, and for grants approved before it was kept.
+	ApprovedEntry      *uint64
 	GrantExpiresAt     time.Time
 	ActivationDeadline time.Time
 	Approvers          []string

@@ -118,6 +118,16 @@ type Reader interface {
 	Checkpoint(ctx context.Context, size uint64) (Checkpoint, error)
 	// LatestCheckpoint returns the largest stored checkpoint, or ErrNotFound.
 	LatestCheckpoint(ctx context.Context) (Checkpoint, error)
+	// Cosignatures returns the witness cosignatures stored for the
+	// checkpoint at size, in witness order.
+	Cosignatures(ctx context.Context, size uint64) ([]Cosignature, error)
+	// LatestCosignature returns a witness's cosignature of the largest
+	// checkpoint it cosigned, or ErrNotFound.
+	LatestCosignature(ctx context.Context, witness string) (Cosignature, error)
+	// LatestWitnessed returns the size of the largest checkpoint of at
+	// least minSize entries that quorum of witnesses cosigned, or
+	// ErrNotFound.
+	LatestWitnessed(ctx context.Context, witnesses []string, quorum int, minSize uint64) (uint64, error)
 	// OutboxFor returns the outbox rows of one request and event type.
 	OutboxFor(ctx context.Context, requestID, eventType string) ([]OutboxItem, error)
 	// OutboxSummary counts outbox rows per sink and state.
@@ -193,6 +203,10 @@ type Tx interface {
 	// AddCheckpoint stores a signed checkpoint; one already stored at the
 	// same size is kept.
 	AddCheckpoint(ctx context.Context, cp Checkpoint) error
+	// AddCosignature stores a witness's cosignature of the checkpoint at
+	// its size; a later cosignature of the same size by the same witness
+	// replaces an older one.
+	AddCosignature(ctx context.Context, c Cosignature) error
 	// Enqueue adds events to the outbox.
 	Enqueue(ctx context.Context, items []OutboxItem) error
 	// ClaimOutbox leases up to limit pending rows that are due at now and
@@ -342,6 +356,20 @@ type Checkpoint struct {
 	Size      uint64
 	Root      []byte
 	Note      []byte
+	CreatedAt time.Time
+}
+
+// Cosignature is a witness's cosignature of a checkpoint (C2SP
+// tlog-cosignature), verified before it was stored.
+type Cosignature struct {
+	Size uint64
+	// Witness identifies the witness's key: its name and key ID.
+	Witness string
+	// Line is the note signature line, with its final newline.
+	Line string
+	// SignedAt is the cosignature's timestamp (the witness's clock).
+	SignedAt time.Time
+	// CreatedAt is when the broker received it.
 	CreatedAt time.Time
 }
 

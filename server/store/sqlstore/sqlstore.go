@@ -88,6 +88,13 @@ func nullNanos(t time.Time) sql.NullInt64 {
 	return sql.NullInt64{Int64: t.UnixNano(), Valid: true}
 }
 
+func nullIndex(i *uint64) sql.NullInt64 {
+	if i == nil {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: int64(*i), Valid: true}
+}
+
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
 
 func fromNull(n sql.NullInt64) time.Time {
@@ -107,7 +114,7 @@ func boolInt(b bool) int {
 const requestCols = `id, account, requester, justification, ticket, ttl_ns, drill, state, created_at,
 	approval_deadline, rule_json, deny_threshold, max_issuances, activation_window_ns, policy_hash,
 	approved_at, grant_expires_at, activation_deadline, approvers_json, issued, first_issued_at,
-	final_at, final_reason, final_by, created_entry, created_leaf, version, solo, solo_acked_at, grant_acked_at, token_kid`
+	final_at, final_reason, final_by, created_entry, created_leaf, version, solo, solo_acked_at, grant_acked_at, token_kid, approved_entry`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -118,12 +125,12 @@ func scanRequest(s scanner) (*request.Request, error) {
 		drill, solo                                        int
 		state, ruleJSON, approversJSON                     string
 		approved, grantEnd, activation, firstIssued, final sql.NullInt64
-		soloAcked, grantAcked                              sql.NullInt64
+		soloAcked, grantAcked, approvedEntry               sql.NullInt64
 	)
 	if err := s.Scan(&r.ID, &r.Account, &r.Requester, &r.Justification, &r.Ticket, &ttl, &drill, &state, &created,
 		&deadline, &ruleJSON, &r.DenyThreshold, &r.MaxIssuances, &aw, &r.PolicyHash,
 		&approved, &grantEnd, &activation, &approversJSON, &r.Issued, &firstIssued,
-		&final, &r.FinalReason, &r.FinalBy, &r.CreatedEntry, &r.CreatedLeaf, &r.Version, &solo, &soloAcked, &grantAcked, &r.TokenKID); err != nil {
+		&final, &r.FinalReason, &r.FinalBy, &r.CreatedEntry, &r.CreatedLeaf, &r.Version, &solo, &soloAcked, &grantAcked, &r.TokenKID, &approvedEntry); err != nil {
 		return nil, err
 	}
 	r.TTL, r.ActivationWindow = time.Duration(ttl), time.Duration(aw)
@@ -133,6 +140,10 @@ func scanRequest(s scanner) (*request.Request, error) {
 	r.ApprovedAt, r.GrantExpiresAt, r.ActivationDeadline = fromNull(approved), fromNull(grantEnd), fromNull(activation)
 	r.FirstIssuedAt, r.FinalAt = fromNull(firstIssued), fromNull(final)
 	r.Solo, r.SoloAckedAt, r.GrantAckedAt = solo != 0, fromNull(soloAcked), fromNull(grantAcked)
+	if approvedEntry.Valid {
+		idx := uint64(approvedEntry.Int64)
+		r.ApprovedEntry = &idx
+	}
 	if err := json.Unmarshal([]byte(ruleJSON), &r.Rule); err != nil {
 		return nil, fmt.Errorf("request %s: stored rule: %w", r.ID, err)
 	}
@@ -275,11 +286,11 @@ func (t *Tx) CreateRequest(ctx context.Context, r *request.Request) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(ctx, `INSERT INTO requests (`+requestCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err = t.exec(ctx, `INSERT INTO requests (`+requestCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		r.ID, r.Account, r.Requester, r.Justification, r.Ticket, int64(r.TTL), boolInt(r.Drill), string(r.State), nanos(r.CreatedAt),
 		nanos(r.ApprovalDeadline), string(rule), r.DenyThreshold, r.MaxIssuances, int64(r.ActivationWindow), r.PolicyHash,
 		nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline), string(approvers), r.Issued, nullNanos(r.FirstIssuedAt),
-		nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.CreatedEntry, r.CreatedLeaf, 1, boolInt(r.Solo), nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID)
+		nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.CreatedEntry, r.CreatedLeaf, 1, boolInt(r.Solo), nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, nullIndex(r.ApprovedEntry))
 	if err == nil {
 		r.Version = 1
 	}
@@ -309,11 +320,11 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 	}
 	res, err := t.exec(ctx, `UPDATE requests SET state = ?, approved_at = ?, grant_expires_at = ?, activation_deadline = ?,
 		approvers_json = ?, issued = ?, first_issued_at = ?, final_at = ?, final_reason = ?, final_by = ?,
-		solo_acked_at = ?, grant_acked_at = ?, token_kid = ?, version = version + 1
+		solo_acked_at = ?, grant_acked_at = ?, token_kid = ?, approved_entry = ?, version = version + 1
 		WHERE id = ? AND version = ?`,
 		string(r.State), nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline),
 		string(approvers), r.Issued, nullNanos(r.FirstIssuedAt), nullNanos(r.FinalAt), r.FinalReason, r.FinalBy,
-		nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, r.ID, r.Version)
+		nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, nullIndex(r.ApprovedEntry), r.ID, r.Version)
 	if err != nil {
 		return err
 	}

@@ -62,6 +62,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"ManyReadersAtOnce", testManyReaders},
 		{"MerkleTreeAndProofs", testTree},
 		{"Checkpoints", testCheckpoints},
+		{"Cosignatures", testCosignatures},
+		{"ApprovedEntry", testApprovedEntry},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -991,4 +993,100 @@ func testCheckpoints(t *testing.T, s store.Store) {
 		}
 		return nil
 	})
+}
+
+func testCosignatures(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	_ = s.View(ctx, func(r store.Reader) error {
+		if _, err := r.LatestCosignature(ctx, "w1+00000001"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("latest of none: %v", err)
+		}
+		if got, err := r.Cosignatures(ctx, 3); err != nil || len(got) != 0 {
+			t.Errorf("cosignatures of none: %v, %v", got, err)
+		}
+		if _, err := r.LatestWitnessed(ctx, []string{"w1+00000001"}, 1, 0); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("witnessed of none: %v", err)
+		}
+		return nil
+	})
+	add := func(size uint64, w string, at time.Time, line string) {
+		t.Helper()
+		c := store.Cosignature{Size: size, Witness: w, Line: line, SignedAt: at, CreatedAt: at.Add(time.Second)}
+		if err := s.Update(ctx, func(tx store.Tx) error { return tx.AddCosignature(ctx, c) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w1, w2, w3 := "witness.example/w1+0a0b0c0d", "witness.example/w2+01020304", "witness.example/w3+ffffffff"
+	add(3, w1, t0, "— w1 3a\n")
+	add(3, w2, t0, "— w2 3\n")
+	add(10, w1, t0.Add(time.Minute), "— w1 10\n")
+	add(12, w3, t0.Add(time.Minute), "— w3 12\n")
+	// The same size cosigned again later replaces the line; an older one
+	// arriving late does not.
+	add(3, w1, t0.Add(time.Second), "— w1 3b\n")
+	add(3, w1, t0.Add(-time.Second), "— w1 3old\n")
+	_ = s.View(ctx, func(r store.Reader) error {
+		three, err := r.Cosignatures(ctx, 3)
+		if err != nil || len(three) != 2 || three[0].Witness != w1 || three[0].Line != "— w1 3b\n" || !three[0].SignedAt.Equal(t0.Add(time.Second)) || three[1].Witness != w2 {
+			t.Errorf("cosignatures at 3 = %+v, %v", three, err)
+		}
+		l, err := r.LatestCosignature(ctx, w1)
+		if err != nil || l.Size != 10 || l.Line != "— w1 10\n" || !l.CreatedAt.Equal(t0.Add(time.Minute+time.Second)) {
+			t.Errorf("latest of w1 = %+v, %v", l, err)
+		}
+		for _, tc := range []struct {
+			ws      []string
+			quorum  int
+			min     uint64
+			want    uint64
+			present bool
+		}{
+			{[]string{w1, w2}, 2, 0, 3, true},
+			{[]string{w1, w2}, 1, 0, 10, true},
+			{[]string{w1, w2, w3}, 1, 0, 12, true},
+			{[]string{w1, w2}, 2, 4, 0, false},
+			{[]string{w1, w3}, 2, 0, 0, false},
+			{[]string{w2}, 1, 3, 3, true},
+			{[]string{w1, w2}, 3, 0, 0, false},
+			{nil, 1, 0, 0, false},
+		} {
+			got, err := r.LatestWitnessed(ctx, tc.ws, tc.quorum, tc.min)
+			if tc.present && (err != nil || got != tc.want) || !tc.present && !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("LatestWitnessed(%v, %d, %d) = %d, %v; want %d", tc.ws, tc.quorum, tc.min, got, err, tc.want)
+			}
+		}
+		return nil
+	})
+}
+
+func testApprovedEntry(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.CreateRequest(ctx, newRequest("r1", t0)) }); err != nil {
+		t.Fatal(err)
+	}
+	load := func() *request.Request {
+		var r *request.Request
+		if err := s.View(ctx, func(rd store.Reader) (err error) { r, err = rd.Request(ctx, "r1"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := load(); r.ApprovedEntry != nil {
+		t.Fatalf("a pending request has approval entry %d", *r.ApprovedEntry)
+	}
+	err := s.Update(ctx, func(tx store.Tx) error {
+		r, err := tx.Request(ctx, "r1")
+		if err != nil {
+			return err
+		}
+		idx := uint64(1 << 40)
+		r.State, r.ApprovedAt, r.ApprovedEntry = request.Approved, t0, &idx
+		return tx.SaveRequest(ctx, r)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := load(); r.ApprovedEntry == nil || *r.ApprovedEntry != 1<<40 {
+		t.Fatalf("approval entry = %v", r.ApprovedEntry)
+	}
 }
