@@ -95,7 +95,9 @@ func (k *Key) String() string { return k.v.String() }
 func (k *Key) Verifier() note.Verifier { return k.v }
 
 // ID is a short identity for people and storage: name and key ID.
-func (k *Key) ID() string { return k.name + "+" + hex.EncodeToString([]byte{byte(k.hash >> 24), byte(k.hash >> 16), byte(k.hash >> 8), byte(k.hash)}) }
+func (k *Key) ID() string {
+	return k.name + "+" + hex.EncodeToString([]byte{byte(k.hash >> 24), byte(k.hash >> 16), byte(k.hash >> 8), byte(k.hash)})
+}
 
 // Cosignature is a verified cosignature.
 type Cosignature struct {
