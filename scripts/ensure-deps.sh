@@ -20,7 +20,8 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ "${1:-}" = test ]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
-  command -v ssh-keygen >/dev/null || need+=(openssh-client)
+  # ssh-keygen checks KRLs; the witnesses the tests run keep their keys in ssh-agent.
+  { command -v ssh-agent >/dev/null && command -v ssh-keygen >/dev/null && command -v ssh-add >/dev/null; } || need+=(openssh-client)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
@@ -48,4 +49,14 @@ bin="$(cd "$(dirname "$0")/.." && pwd)/.bin"
 if ! command -v grpcurl >/dev/null && [ ! -x "$bin/grpcurl" ]; then
   echo "installing: grpcurl" >&2
   GOBIN="$bin" go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+fi
+# Real C2SP tlog-witness witnesses for the tests: litewitness and witnessctl
+# from filippo.io/torchwood (v0.6.1 builds with this Go), into .bin.
+if [ "${1:-}" = test ]; then
+  for tool in litewitness witnessctl; do
+    if [ ! -x "$bin/$tool" ]; then
+      echo "installing: $tool" >&2
+      GOBIN="$bin" go install "filippo.io/torchwood/cmd/$tool@v0.6.1"
+    fi
+  done
 fi

@@ -12,7 +12,6 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +42,7 @@ type Key struct {
 func ParseKey(vkey string) (*Key, error) {
 	name, rest, ok1 := strings.Cut(vkey, "+")
 	hash16, key64, ok2 := strings.Cut(rest, "+")
-	if !ok1 || !ok2 || name == "" || len(hash16) != 8 || strings.ContainsAny(key64, "+ \t\r\n") {
+	if !ok1 || !ok2 || name == "" || len(hash16) != 8 || strings.ContainsAny(key64, " \t\r\n") {
 		return nil, errors.New("not a verifier key (NAME+HASH+BASE64)")
 	}
 	hash, err := strconv.ParseUint(hash16, 16, 32)
@@ -95,9 +94,7 @@ func (k *Key) String() string { return k.v.String() }
 func (k *Key) Verifier() note.Verifier { return k.v }
 
 // ID is a short identity for people and storage: name and key ID.
-func (k *Key) ID() string {
-	return k.name + "+" + hex.EncodeToString([]byte{byte(k.hash >> 24), byte(k.hash >> 16), byte(k.hash >> 8), byte(k.hash)})
-}
+func (k *Key) ID() string { return fmt.Sprintf("%s+%08x", k.name, k.hash) }
 
 // Cosignature is a verified cosignature.
 type Cosignature struct {

@@ -82,6 +82,14 @@ func mustSet(t *testing.T, keys ...*Key) *Set {
 }
 
 func TestParseKey(t *testing.T) {
+	// Base64 uses '+': a key whose encoding has one must still parse.
+	for seed := range byte(64) {
+		pub := seedKey(seed).Public().(ed25519.PublicKey)
+		vkey := specVKey("witness.example/w", pub)
+		if _, err := ParseKey(vkey); err != nil {
+			t.Fatalf("ParseKey(%s): %v", vkey, err)
+		}
+	}
 	pub := seedKey(1).Public().(ed25519.PublicKey)
 	good := specVKey("witness.example/w1", pub)
 	k := mustKey(t, good)
