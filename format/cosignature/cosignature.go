@@ -70,7 +70,7 @@ func ParseKey(vkey string) (*Key, error) {
 		return nil, fmt.Errorf("the key name %q is not a valid note key name", name)
 	}
 	v := s.Verifier()
-	if v.KeyHash() != uint32(hash) {
+	if uint64(v.KeyHash()) != hash {
 		return nil, fmt.Errorf("the key ID %s is not the one derived from the name and key (%08x)", hash16, v.KeyHash())
 	}
 	return &Key{name: name, hash: uint32(hash), pub: pub, v: v}, nil

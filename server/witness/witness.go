@@ -556,7 +556,7 @@ func (c *Client) backoff(failures int) time.Duration {
 		d *= 2
 	}
 	d = min(d, c.opts.BackoffMax)
-	return d/2 + rand.N(d/2+1)
+	return d/2 + rand.N(d/2+1) //nolint:gosec // jitter needs spread, not secrecy
 }
 
 // Cosigned returns cp's note with the cosignatures stored for it appended,
