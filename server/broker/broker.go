@@ -66,19 +66,38 @@ type Config struct {
 	Origin string
 	// Certs re-verifies the client certificates behind signed reviews.
 	Certs CertVerifier
-	// OnAppend is called after every commit that appended entries.
-	OnAppend func()
-	// Routes routes events to sinks; nil sends none.
+	// Routes routes events to sinks and knows the policy's ack_sinks; nil
+	// sends none and accepts any.
 	Routes Routes
-	// OnEvents is called after a commit that wrote events to the outbox.
-	OnEvents func()
-	// AckSinkKnown checks the policy's ack_sinks against the configured
-	// sinks; nil accepts any.
-	AckSinkKnown func(name string) bool
-	// OnGrantEnded is called (outside any transaction) when a grant that
-	// issued a token of an account with rotate_after_use ends.
-	OnGrantEnded func(account string)
+	// Observer hears what the broker committed; nil hears nothing.
+	Observer Observer
 }
+
+// Observer hears what the broker has committed: the components that act on
+// it (checkpoints, deliveries, key rotation) without the broker knowing
+// them. The broker calls it after the commit, outside any transaction;
+// every method must return at once, handing longer work to a goroutine.
+type Observer interface {
+	// EntriesAppended: the audit log grew.
+	EntriesAppended()
+	// EventsQueued: the outbox holds new events to deliver.
+	EventsQueued()
+	// RotateAfterUse: a grant that issued a token of this account, whose
+	// policy says rotate_after_use, has ended.
+	RotateAfterUse(account string)
+}
+
+// NopObserver hears nothing.
+type NopObserver struct{}
+
+// EntriesAppended implements Observer.
+func (NopObserver) EntriesAppended() {}
+
+// EventsQueued implements Observer.
+func (NopObserver) EventsQueued() {}
+
+// RotateAfterUse implements Observer.
+func (NopObserver) RotateAfterUse(string) {}
 
 // CertVerifier checks a client certificate as of a moment and names its
 // principal; identity.Verifier implements it.
@@ -138,6 +157,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = NopObserver{}
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = time.Second
@@ -345,12 +367,12 @@ func (b *Broker) ReloadPolicy(ctx context.Context, caller string, p *policy.Poli
 // does not have: an acknowledgement that can never come would block every
 // grant of the account.
 func (b *Broker) checkPolicySinks(p *policy.Policy) error {
-	if b.cfg.AckSinkKnown == nil {
+	if b.cfg.Routes == nil {
 		return nil
 	}
 	for _, a := range p.Accounts {
 		for _, s := range a.AckSinks {
-			if !b.cfg.AckSinkKnown(s) {
+			if !b.cfg.Routes.Has(s) {
 				return fmt.Errorf("account %s: ack sink %q is not configured under notify.sinks", a.Name, s)
 			}
 		}
@@ -412,9 +434,7 @@ func (b *Broker) update(ctx context.Context, fn func(tx store.Tx) error) error {
 // entriesAppended wakes WatchEntries streams and the checkpointer.
 func (b *Broker) entriesAppended() {
 	b.wakeEntryWatchers()
-	if b.cfg.OnAppend != nil {
-		b.cfg.OnAppend()
-	}
+	b.cfg.Observer.EntriesAppended()
 }
 
 // wakeEntryWatchers wakes WatchEntries streams.

@@ -21,6 +21,8 @@ import (
 type Routes interface {
 	Sinks(eventType, account string) []string
 	All() []string
+	// Has reports whether a sink is configured (for the policy's ack_sinks).
+	Has(name string) bool
 }
 
 // emit writes an event to the outbox inside tx, so it commits with the
@@ -98,8 +100,8 @@ func approversOf(p *policy.Policy, r *request.Request) []string {
 
 // eventsPending reports whether the dispatcher should look at the outbox.
 func (b *Broker) kickEvents() {
-	if b.eventsPending.Swap(false) && b.cfg.OnEvents != nil {
-		b.cfg.OnEvents()
+	if b.eventsPending.Swap(false) {
+		b.cfg.Observer.EventsQueued()
 	}
 }
 

@@ -42,10 +42,10 @@ func (b *Broker) RecordKey(ctx context.Context, typ audit.Type, rec store.KeyRec
 // grantEnded runs the account's rotate_after_use when a grant that issued
 // a token ends.
 func (b *Broker) grantEnded(account string, issued int) {
-	if issued == 0 || b.cfg.OnGrantEnded == nil {
+	if issued == 0 {
 		return
 	}
 	if a, ok := b.Policy().Account(account); ok && a.RotateAfterUse {
-		b.cfg.OnGrantEnded(account)
+		b.cfg.Observer.RotateAfterUse(account)
 	}
 }

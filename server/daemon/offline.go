@@ -72,7 +72,7 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 	}
 	router := notify.NewRouter(sinkConfigs(cfg.Notify.Sinks))
 	if o.broker, err = broker.New(ctx, broker.Config{Store: o.store, Policy: pol, PolicySource: source, Keys: o.ring, Log: log, Origin: o.origin, Certs: ident,
-		Routes: router, AckSinkKnown: router.Has}); err != nil {
+		Routes: router}); err != nil {
 		return nil, err
 	}
 	if err := o.ring.Bootstrap(ctx, o.broker, wants); err != nil {

@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"time"
+
+	"github.com/bgbroker/breakglass/server/httpapi"
+)
+
+// listeners are the daemon's sockets, opened before anything serves so that
+// a taken port fails the start before the broker writes to its log.
+type listeners struct {
+	grpc, https, metrics, plain, pprof net.Listener
+}
+
+func (l *listeners) close() {
+	for _, x := range []net.Listener{l.grpc, l.https, l.metrics, l.plain, l.pprof} {
+		if x != nil {
+			_ = x.Close()
+		}
+	}
+}
+
+// listen opens every configured listener and fills in Ready.
+func (d *Daemon) listen(context.Context) error {
+	open := func(name, addr string, into *net.Listener) error {
+		if addr == "" {
+			return nil
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		*into = l
+		return nil
+	}
+	l, c := &d.listeners, d.cfg.Listen
+	for _, x := range []struct {
+		name, addr string
+		into       *net.Listener
+	}{{"listen.grpc", c.GRPC, &l.grpc}, {"listen.https", c.HTTPS, &l.https}, {"listen.metrics", c.Metrics, &l.metrics},
+		{"listen.plain_http", c.PlainHTTP, &l.plain}, {"debug.pprof", d.cfg.Debug.Pprof, &l.pprof}} {
+		if err := open(x.name, x.addr, x.into); err != nil {
+			return err
+		}
+	}
+	d.Ready = Ready{GRPC: l.grpc.Addr().String(), HTTPS: l.https.Addr().String(), Metrics: l.metrics.Addr().String(),
+		Issuer: d.cfg.Issuer, PID: os.Getpid()}
+	if d.Ready.Issuer == "" {
+		d.Ready.Issuer = "https://" + l.https.Addr().String()
+	}
+	if l.plain != nil {
+		d.Ready.HTTP = l.plain.Addr().String()
+	}
+	if l.pprof != nil {
+		d.Ready.Pprof = l.pprof.Addr().String()
+	}
+	return nil
+}
+
+// newHTTP builds the HTTP servers: the public one (keys, metadata, health;
+// with TLS and, when configured, its plain twin on loopback), metrics on
+// their own listener (they show live break-glass activity, so never on the
+// public one), and profiles when configured.
+func (d *Daemon) newHTTP(context.Context) error {
+	public := httpapi.Handler(httpapi.Config{Issuer: d.Ready.Issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS,
+		Health: d.health, Log: d.log})
+	https := httpapi.Server(public)
+	https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{d.cert}}
+	https.ErrorLog = slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)
+	d.addServer(https, d.listeners.https, func(s *http.Server, l net.Listener) error { return s.ServeTLS(l, "", "") })
+	if d.listeners.plain != nil {
+		d.addServer(httpapi.Server(public), d.listeners.plain, nil)
+	}
+	scrape := http.NewServeMux()
+	scrape.Handle("GET /metrics", d.metrics.Handler())
+	d.addServer(&http.Server{Handler: scrape, ReadHeaderTimeout: 5 * time.Second}, d.listeners.metrics, nil)
+	if d.listeners.pprof != nil {
+		d.addServer(&http.Server{Handler: pprofMux(), ReadHeaderTimeout: 5 * time.Second}, d.listeners.pprof, nil)
+	}
+	return nil
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// addServer records a server to start on l (with serve, or Serve when nil)
+// and to shut down on Close.
+func (d *Daemon) addServer(s *http.Server, l net.Listener, serve func(*http.Server, net.Listener) error) {
+	if serve == nil {
+		serve = (*http.Server).Serve
+	}
+	d.servers = append(d.servers, s)
+	d.pending = append(d.pending, func() error { return ignoreClosed(serve(s, l)) })
+}
+
+// serveListeners starts gRPC and every HTTP server.
+func (d *Daemon) serveListeners() {
+	grpcLis := d.listeners.grpc
+	d.goServe(func() error { return d.grpc.GRPC.Serve(grpcLis) })
+	for _, run := range d.pending {
+		d.goServe(run)
+	}
+	d.pending = nil
+}
