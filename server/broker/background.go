@@ -36,8 +36,8 @@ func (b *Broker) Run(ctx context.Context) {
 			b.log.Warn("solo requests not approved yet", "err", err)
 		}
 		// Overdue items change slowly: look once a minute.
-		if time.Since(lastOverdue) >= time.Minute {
-			lastOverdue = time.Now()
+		if now := b.now(); now.Sub(lastOverdue) >= time.Minute {
+			lastOverdue = now
 			if err := b.Overdue(ctx); err != nil && ctx.Err() == nil {
 				b.log.Error("overdue checks failed", "err", err)
 			}

@@ -194,6 +194,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	return b, nil
 }
 
+// Now is the broker's clock, which every part that decides by time reads.
+func (b *Broker) Now() time.Time { return b.now() }
+
 // Policy returns the policy in force.
 func (b *Broker) Policy() *policy.Policy { return b.policy.Load() }
 
@@ -255,7 +258,7 @@ func (b *Broker) hsmSuspect() bool {
 		return true
 	}
 	t := b.hsmFailed.Load()
-	return t != 0 && time.Since(time.Unix(0, t)) < b.cfg.HSMBackoff
+	return t != 0 && b.now().Sub(time.Unix(0, t)) < b.cfg.HSMBackoff
 }
 
 // hsmFailure records a failed signature that had to succeed and returns
@@ -264,7 +267,7 @@ func (b *Broker) hsmSuspect() bool {
 // able to make the broker refuse everyone by hanging up.
 func (b *Broker) hsmFailure(ctx context.Context, err error) error {
 	if ctx.Err() == nil {
-		b.hsmFailed.Store(time.Now().UnixNano())
+		b.hsmFailed.Store(b.now().UnixNano())
 	}
 	return hsmDown(err)
 }

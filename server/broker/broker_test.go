@@ -1183,7 +1183,7 @@ func TestHSMBackoff(t *testing.T) {
 	}
 	// After the backoff the HSM is tried again, and works.
 	h.audit.down.Store(false)
-	time.Sleep(1100 * time.Millisecond)
+	h.clock.Advance(time.Second + time.Millisecond)
 	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"}); err != nil {
 		t.Fatalf("after the backoff: %v", err)
 	}

@@ -26,7 +26,7 @@ func (g *governanceServer) ListPostReviews(ctx context.Context, in *bgv1.ListPos
 		return nil, g.s.toStatus(ctx, err)
 	}
 	out := &bgv1.ListPostReviewsResponse{}
-	now := time.Now()
+	now := g.s.b.Now()
 	for _, pr := range prs {
 		out.Reviews = append(out.Reviews, postReviewProto(pr, now))
 	}
@@ -42,7 +42,7 @@ func (g *governanceServer) ClosePostReview(ctx context.Context, in *bgv1.ClosePo
 	if err != nil {
 		return nil, g.s.toStatus(ctx, err)
 	}
-	return &bgv1.ClosePostReviewResponse{Review: postReviewProto(*pr, time.Now()), Entry: ref(rec)}, nil
+	return &bgv1.ClosePostReviewResponse{Review: postReviewProto(*pr, g.s.b.Now()), Entry: ref(rec)}, nil
 }
 
 func (g *governanceServer) GetReport(ctx context.Context, _ *bgv1.GetReportRequest) (*bgv1.GetReportResponse, error) {
