@@ -252,9 +252,12 @@ func TestWatchEntriesResumes(t *testing.T) {
 	n := info.GetSize()
 	first := recv(0, int(n))
 	created := make(chan struct{})
+	streams := d.streamsStarted(t, "WatchEntries")
 	go func() {
 		defer close(created)
-		time.Sleep(200 * time.Millisecond)
+		// Once the next stream is open and waiting (t.Fatal is not for
+		// this goroutine: a stream that never opens fails recv below).
+		eventually(30*time.Second, func() bool { return d.streamsStarted(t, "WatchEntries") > streams })
 		_, _ = d.client("alice").CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "while the stream waits"})
 	}()
 	second := recv(first[len(first)-1]+1, 1)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,8 @@ type hookReceiver struct {
 	mu         sync.Mutex
 	events     []event.Event
 	invalid    int
+	// refused are the request ids of deliveries turned away while down.
+	refused []string
 }
 
 func newHookReceiver(t *testing.T, secretFile string) *hookReceiver {
@@ -47,18 +50,35 @@ func newHookReceiver(t *testing.T, secretFile string) *hookReceiver {
 			http.Error(w, "bad signature", http.StatusUnauthorized)
 			return
 		}
+		var ev event.Event
+		_ = json.Unmarshal(body, &ev)
 		if h.down.Load() {
+			h.mu.Lock()
+			h.refused = append(h.refused, ev.Request)
+			h.mu.Unlock()
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		var ev event.Event
-		_ = json.Unmarshal(body, &ev)
 		h.mu.Lock()
 		h.events = append(h.events, ev)
 		h.mu.Unlock()
 	}))
 	t.Cleanup(h.srv.Close)
 	return h
+}
+
+// waitRefused waits until a delivery for request was turned away.
+func (h *hookReceiver) waitRefused(request string) {
+	h.t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		h.mu.Lock()
+		refused := slices.Contains(h.refused, request)
+		h.mu.Unlock()
+		if refused {
+			return
+		}
+	}
+	h.t.Fatalf("no delivery for %s was attempted", request)
 }
 
 // waitFor waits until an event of typ for request has arrived.
@@ -127,7 +147,7 @@ func TestWebhooksFromDevMode(t *testing.T) {
 	// killed; the receiver comes back; the restarted daemon delivers it.
 	recv.down.Store(true)
 	id2 := d.createRequest("alice")
-	time.Sleep(300 * time.Millisecond)
+	recv.waitRefused(id2)
 	d.kill()
 	recv.down.Store(false)
 	d.start()
@@ -199,10 +219,16 @@ func TestReportAndReviewBlock(t *testing.T) {
 		}
 	}
 	d.mustBgctl("alice", "revoke", id, "--reason", "done")
-	time.Sleep(2500 * time.Millisecond) // review_within is 1s after the grant's end
-	rep = d.mustBgctl("dave", "report")
-	if !strings.Contains(rep, "OVERDUE POST-USE REVIEWS (1 of 1 open)") {
-		t.Fatalf("report:\n%s", rep)
+	// review_within is 1s after the grant's end: the report says so once
+	// the broker's clock has passed it.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		rep = d.mustBgctl("dave", "report")
+		if strings.Contains(rep, "OVERDUE POST-USE REVIEWS (1 of 1 open)") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the post-use review never became overdue:\n%s", rep)
+		}
 	}
 	r := d.bgctl("alice", "request", "--account", "prod-db", "--justification", "again")
 	if r.code == 0 || !strings.Contains(r.stderr, "FailedPrecondition") || !strings.Contains(r.stderr, "must be closed") {

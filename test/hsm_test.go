@@ -13,6 +13,8 @@ import (
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/bgbroker/breakglass/hsm"
 )
 
 type ceremonyRecord struct {
@@ -90,7 +92,7 @@ func TestKeyCeremonyWithOutsideTools(t *testing.T) {
 
 	// pkcs11-tool: each private key sensitive, never extractable, sign only.
 	pkcs11tool := needTool(t, "pkcs11-tool")
-	module := moduleOrSkip(t)
+	module := softHSMModule(t)
 	objs := must(t, env, pkcs11tool, "--module", module, "--token-label", tok.label, "--login", "--pin", tok.pin, "--list-objects")
 	// pkcs11-tool selects keys for --sign by ID only, hence --id below.
 	blocks := strings.Split(objs, "Object;")
@@ -220,12 +222,18 @@ func TestCeremonyErrors(t *testing.T) {
 	}
 }
 
-func moduleOrSkip(t *testing.T) string {
-	for _, p := range []string{"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
+// softHSMModule finds the PKCS#11 module the way the product does
+// (hsm.Config.ResolveModule). Under CI a missing module fails the run.
+func softHSMModule(t *testing.T) string {
+	t.Helper()
+	p, err := (hsm.Config{}).ResolveModule()
+	switch {
+	case err == nil:
+		return p
+	case os.Getenv("CI") != "":
+		t.Fatalf("SoftHSM2 is required under CI: %v", err)
+	default:
+		t.Skipf("SoftHSM2 not installed: %v", err)
 	}
-	t.Skip("SoftHSM2 module not at a known path")
 	return ""
 }

@@ -218,6 +218,7 @@ func TestSlowHSM(t *testing.T) {
 		}
 	}
 	before := f.metric("go_goroutines")
+	creates := f.streamsStarted(t, "CreateRequest")
 	f.set("delay 3000")
 	var (
 		wg  sync.WaitGroup
@@ -238,9 +239,11 @@ func TestSlowHSM(t *testing.T) {
 			mu.Unlock()
 		}()
 	}
-	// A revocation in the middle of it takes effect; its entry is signed
-	// later.
-	time.Sleep(200 * time.Millisecond)
+	// A revocation in the middle of it (every create has reached the
+	// broker) takes effect; its entry is signed later.
+	if !eventually(30*time.Second, func() bool { return f.streamsStarted(t, "CreateRequest") >= creates+40 }) {
+		t.Fatal("the creates never reached the broker")
+	}
 	start := time.Now()
 	if _, err := f.client("bob").RevokeGrant(ctx, &bgv1.RevokeGrantRequest{RequestId: g.GetRequest().GetId(), Reason: "slow HSM"}); err != nil {
 		t.Errorf("revoke during the slow HSM: %v", err)
@@ -280,6 +283,11 @@ func TestSlowHSM(t *testing.T) {
 	}
 	if after > before+5 {
 		t.Fatalf("goroutines: %.0f before the slow HSM, %.0f after:\n%s", before, after, f.goroutineDump())
+	}
+	// The revocation's entry was stored unsigned: export once the backlog
+	// is signed (as TestHSMFailsUnderneath does), or it races the signer.
+	if !eventually(60*time.Second, func() bool { return f.health(t).UnsignedBacklog == 0 }) {
+		t.Fatalf("backlog after the HSM came back: %+v", f.health(t))
 	}
 	if r := f.exportAudit(t).verify(t); r.code != 0 {
 		t.Fatalf("the log does not verify: %+v", r)

@@ -247,3 +247,19 @@ func TestMetricsScrape(t *testing.T) {
 		}
 	}
 }
+
+// streamsStarted is how many calls of a gRPC method the broker has started
+// (grpc_server_started_total), for waiting until a stream is open.
+func (d *devBroker) streamsStarted(t *testing.T, method string) float64 {
+	t.Helper()
+	_, mfs := d.scrape(t)
+	n := 0.0
+	if mf := mfs["grpc_server_started_total"]; mf != nil {
+		for _, m := range mf.Metric {
+			if labelsOf(m)["grpc_method"] == method {
+				n += sample(m)
+			}
+		}
+	}
+	return n
+}

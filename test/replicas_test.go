@@ -156,7 +156,10 @@ func TestReplicasCrossReplicaFlow(t *testing.T) {
 		r, _ := a.client("alice").WaitForDecision(ctx, req.GetId())
 		decided <- r
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The watch is open on A before the decision is made on B.
+	if !eventually(30*time.Second, func() bool { return a.streamsStarted(t, "WatchRequest") > 0 }) {
+		t.Fatal("the watch on A never started")
+	}
 	if _, err := b.client("erin").Review(ctx, req, bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, "on B"); err != nil {
 		t.Fatal(err)
 	}
@@ -377,13 +380,19 @@ func TestReplicasSurviveCrashAndDatabaseRestart(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
 	// While the database is down, a replica fails closed and says so.
-	if _, err := a.client("alice").CreateRequest(context.Background(), &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "during the outage"}); status.Code(err) != codes.Unavailable {
-		t.Errorf("create with the database down: %v", err)
+	var createErr error
+	if !eventually(30*time.Second, func() bool {
+		_, createErr = a.client("alice").CreateRequest(context.Background(), &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "during the outage"})
+		if createErr == nil {
+			t.Error("a request was created with the database down")
+		}
+		return status.Code(createErr) == codes.Unavailable
+	}) {
+		t.Errorf("create with the database down: %v", createErr)
 	}
-	if h := a.health(t); h.Status != "NOT_SERVING" {
-		t.Errorf("health with the database down: %+v", h)
+	if !eventually(30*time.Second, func() bool { return a.health(t).Status == "NOT_SERVING" }) {
+		t.Errorf("health with the database down: %+v", a.health(t))
 	}
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)

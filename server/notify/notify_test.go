@@ -115,7 +115,13 @@ func (f *fixture) finish(ctx context.Context, it store.OutboxItem) error {
 
 func (f *fixture) dispatcher(cfg notify.Config) *notify.Dispatcher {
 	f.t.Helper()
-	d, err := notify.NewDispatcher(cfg, f.st, f.finish, nil, nil)
+	return f.dispatcherAt(cfg, nil)
+}
+
+// dispatcherAt is a dispatcher on the clock now (time.Now when nil).
+func (f *fixture) dispatcherAt(cfg notify.Config, now func() time.Time) *notify.Dispatcher {
+	f.t.Helper()
+	d, err := notify.NewDispatcher(cfg, f.st, f.finish, now, nil)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -192,19 +198,24 @@ func TestRetryBackoffAndDeadLetter(t *testing.T) {
 	f := newFixture(t)
 	recv := newReceiver(t, f.secret)
 	recv.fail.Store(true)
-	d := f.dispatcher(notify.Config{MaxAttempts: 4, BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond,
-		Sinks: []notify.SinkConfig{{Name: "hook", Type: "webhook", URL: recv.srv.URL, SecretFile: filepath.Join(f.dir, "secret")}}})
+	// The dispatcher's clock moves past the longest back-off after each
+	// attempt, so every retry is due without waiting.
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	later := func() { clock.Add(int64(10 * time.Millisecond)) }
+	d := f.dispatcherAt(notify.Config{MaxAttempts: 4, BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond,
+		Sinks: []notify.SinkConfig{{Name: "hook", Type: "webhook", URL: recv.srv.URL, SecretFile: filepath.Join(f.dir, "secret")}}}, now)
 	id := f.enqueue("hook")
 	for range 2 {
 		_, _ = d.Once(context.Background())
-		time.Sleep(10 * time.Millisecond)
+		later()
 	}
 	row := f.rows(id)["hook"]
 	if row.State != store.OutboxPending || row.Attempts != 2 || !strings.Contains(row.LastError, "503") {
 		t.Fatalf("after two failures: %+v", row)
 	}
 	recv.fail.Store(false)
-	time.Sleep(10 * time.Millisecond)
 	_, _ = d.Once(context.Background())
 	if row := f.rows(id)["hook"]; row.State != store.OutboxDelivered || row.Attempts != 3 {
 		t.Fatalf("after recovery: %+v", row)
@@ -214,7 +225,7 @@ func TestRetryBackoffAndDeadLetter(t *testing.T) {
 	dead := f.enqueue("hook")
 	for range 10 {
 		_, _ = d.Once(context.Background())
-		time.Sleep(10 * time.Millisecond)
+		later()
 	}
 	if row := f.rows(dead)["hook"]; row.State != store.OutboxDead || row.Attempts != 4 {
 		t.Fatalf("dead letter: %+v", row)
