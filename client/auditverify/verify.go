@@ -72,6 +72,11 @@ type Options struct {
 	// PreviousCheckpoint, when given, is an older checkpoint the log must
 	// extend: a truncated or rolled-back log fails.
 	PreviousCheckpoint []byte
+	// Witnesses are the cosignature verifier keys of the witnesses the
+	// auditor trusts; WitnessQuorum how many of them must have cosigned
+	// the checkpoint (witness.go).
+	Witnesses     []string
+	WitnessQuorum int
 }
 
 // Violation is the first thing found wrong, at an entry index (-1 when it
@@ -120,6 +125,8 @@ type Summary struct {
 	SignatureChecks int `json:"signature_checks"`
 	// Restores are the store's restores from backups the log records.
 	Restores []Restore `json:"restores,omitempty"`
+	// Cosigners are the witnesses that cosigned the checkpoint.
+	Cosigners []Cosigner `json:"cosigners,omitempty"`
 }
 
 // Restore is a restore of the store from a backup. A forced one rolled
@@ -204,6 +211,12 @@ func Verify(o Options) (*Summary, error) {
 		return nil, err
 	}
 	sum.SignatureChecks += sigChecks
+	cos, v := witnessed(o, origin)
+	if v != nil {
+		return nil, v
+	}
+	sum.Cosigners = cos
+	sum.SignatureChecks += len(sum.Cosigners)
 	return sum, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -92,13 +93,14 @@ func (a *app) auditExportCmd() *cobra.Command {
 
 func (a *app) auditCheckpointCmd() *cobra.Command {
 	var size uint64
+	var witnessed bool
 	cmd := &cobra.Command{
-		Use:   "checkpoint [--size N]",
-		Short: "Print the latest signed checkpoint (a C2SP signed note) as is",
+		Use:   "checkpoint [--size N | --witnessed]",
+		Short: "Print the latest signed checkpoint (a C2SP signed note with its witness cosignatures) as is",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.GetCheckpoint(ctx, &bgv1.GetCheckpointRequest{Size: size})
+				resp, err := c.GetCheckpoint(ctx, &bgv1.GetCheckpointRequest{Size: size, Witnessed: witnessed})
 				if err != nil {
 					return err
 				}
@@ -111,6 +113,7 @@ func (a *app) auditCheckpointCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().Uint64Var(&size, "size", 0, "the checkpoint at this tree size (default: the latest)")
+	cmd.Flags().BoolVar(&witnessed, "witnessed", false, "the newest checkpoint that carries the witness quorum's cosignatures")
 	return cmd
 }
 
@@ -289,7 +292,8 @@ func readVKey(s string) (string, error) {
 
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var logFile, cpFile, prevFile, auditKey, cpKey, caFile string
-	var crlFiles []string
+	var crlFiles, witnessKeys []string
+	var witnessQuorum int
 	cmd := &cobra.Command{
 		Use:   "verify --log FILE --checkpoint FILE --audit-key PEM --checkpoint-key VKEY --client-ca PEM",
 		Short: "Verify an exported log offline and prove every token had its quorum",
@@ -348,7 +352,7 @@ Needs no broker: only the files and public keys.`,
 				crls = append(crls, crl)
 			}
 			sum, err := auditverify.Verify(auditverify.Options{Log: f, Checkpoint: cp, CheckpointKey: vk, AuditKeys: []*ecdsa.PublicKey{ak},
-				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev})
+				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev, Witnesses: witnessKeys, WitnessQuorum: witnessQuorum})
 			if err != nil {
 				var v *auditverify.Violation
 				if errors.As(err, &v) {
@@ -367,7 +371,14 @@ Needs no broker: only the files and public keys.`,
 			if sum.PreviousSize > 0 {
 				fmt.Fprintf(a.stdout, "; consistent with the previous checkpoint at %d", sum.PreviousSize)
 			}
-			fmt.Fprintf(a.stdout, ")\n  requests %d, reviews %d, grants %d, tokens %d: every token followed its quorum\n", sum.Requests, sum.Reviews, sum.Grants, sum.Tokens)
+			fmt.Fprintf(a.stdout, ")\n")
+			if len(witnessKeys) > 0 {
+				fmt.Fprintf(a.stdout, "  cosigned by %d of %d witnesses (quorum %d):\n", len(sum.Cosigners), len(witnessKeys), witnessQuorum)
+				for _, c := range sum.Cosigners {
+					fmt.Fprintf(a.stdout, "    %s at %s\n", c.Witness, c.Time.Format(time.RFC3339))
+				}
+			}
+			fmt.Fprintf(a.stdout, "  requests %d, reviews %d, grants %d, tokens %d: every token followed its quorum\n", sum.Requests, sum.Reviews, sum.Grants, sum.Tokens)
 			for _, p := range sum.Policies {
 				fmt.Fprintf(a.stdout, "  policy at entry %d: %s\n", p.Index, p.Hash)
 				for _, c := range p.Changes {
@@ -391,6 +402,8 @@ Needs no broker: only the files and public keys.`,
 	cmd.Flags().StringVar(&cpKey, "checkpoint-key", "", "checkpoint verifier key, or a file holding it (breakglassd hsm pubkey --format note)")
 	cmd.Flags().StringVar(&caFile, "client-ca", "", "client CA certificate(s) PEM")
 	cmd.Flags().StringSliceVar(&crlFiles, "crl", nil, "CRL file(s) of the client CA")
+	cmd.Flags().StringArrayVar(&witnessKeys, "witness", nil, "a witness's cosignature verifier key (repeat for each witness)")
+	cmd.Flags().IntVar(&witnessQuorum, "witness-quorum", 0, "how many of the --witness keys must have cosigned the checkpoint")
 	for _, f := range []string{"log", "checkpoint", "audit-key", "checkpoint-key", "client-ca"} {
 		_ = cmd.MarkFlagRequired(f)
 	}

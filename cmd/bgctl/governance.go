@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -164,6 +165,7 @@ func (a *app) reportCmd() *cobra.Command {
 				for _, c := range rep.GetExpiringCerts() {
 					fmt.Fprintf(out, "  %s serial %s expires %s\n", c.GetPrincipal(), c.GetSerial(), fmtTime(c.GetExpireTime()))
 				}
+				printWitnesses(out, rep.GetWitnesses())
 				return nil
 			})
 		},
@@ -198,4 +200,32 @@ func (a *app) policyCmd() *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// printWitnesses shows each witness's view of the log, a split view first
+// and loudest.
+func printWitnesses(out io.Writer, ws []*bgv1.WitnessStatus) {
+	if len(ws) == 0 {
+		return
+	}
+	for _, w := range ws {
+		if w.GetSplitView() != "" {
+			fmt.Fprintf(out, "\nSPLIT VIEW: %s\n", w.GetSplitView())
+		}
+	}
+	fmt.Fprintf(out, "\nWITNESSES (%d)\n", len(ws))
+	for _, w := range ws {
+		state := "ok"
+		switch {
+		case w.GetSplitView() != "":
+			state = "REFUSES THIS LOG'S HISTORY"
+		case w.GetLastError() != "":
+			state = fmt.Sprintf("failing (%d in a row): %s", w.GetFailures(), w.GetLastError())
+		}
+		cosigned := "nothing cosigned yet"
+		if w.GetCosignedSize() > 0 {
+			cosigned = fmt.Sprintf("cosigned %d entries at %s", w.GetCosignedSize(), fmtTime(w.GetCosignedTime()))
+		}
+		fmt.Fprintf(out, "  %s (%s): %s; %s\n", w.GetName(), w.GetUrl(), cosigned, state)
+	}
 }

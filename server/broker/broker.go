@@ -71,6 +71,8 @@ type Config struct {
 	Routes Routes
 	// Observer hears what the broker committed; nil hears nothing.
 	Observer Observer
+	// Witnesses, when set, are the witnesses the checkpoints go to.
+	Witnesses *Witnessing
 }
 
 // Observer hears what the broker has committed: the components that act on

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 	"time"
 
@@ -170,25 +169,4 @@ func (b *Broker) acknowledged(ctx context.Context, tx store.Tx, it store.OutboxI
 		evType, summary = event.SoloAcknowledged, "sink "+it.Sink+" acknowledged the solo request; its veto window runs now"
 	}
 	return b.emit(ctx, tx, requestEvent(evType, r, "broker", summary, &rec), nil)
-}
-
-// CheckpointSigned announces a new checkpoint, so the SOC holds
-// checkpoints the broker cannot later deny.
-func (b *Broker) CheckpointSigned(ctx context.Context, cp store.Checkpoint) error {
-	details, err := json.Marshal(map[string]any{"size": cp.Size, "checkpoint": string(cp.Note)})
-	if err != nil {
-		return err
-	}
-	// The event id is derived from the log and the size: replicas that
-	// both sign the checkpoint of one size (the same bytes: Ed25519 is
-	// deterministic) announce it once.
-	id := uuid.NewSHA1(uuid.NameSpaceURL, fmt.Appendf(nil, "breakglass:%s/checkpoint/%d", b.cfg.Origin, cp.Size))
-	err = b.update(ctx, func(tx store.Tx) error {
-		return b.emit(ctx, tx, event.Event{ID: id.String(), Type: event.CheckpointSigned, Time: cp.CreatedAt,
-			Summary: fmt.Sprintf("checkpoint of %d entries signed", cp.Size), Details: details}, nil)
-	})
-	if KindOf(err) == KindState && errors.Is(err, store.ErrConflict) {
-		return nil // announced already, by another replica
-	}
-	return err
 }

@@ -423,7 +423,7 @@ func TestCheckpointAnnouncedOnce(t *testing.T) {
 	h := newGovHarness(t)
 	cp := store.Checkpoint{Size: 3, Root: make([]byte, 32), Note: []byte("breakglass.test/log\n3\nAAAA\n\n— sig\n"), CreatedAt: h.clock.Now()}
 	for range 2 {
-		if err := h.b.CheckpointSigned(h.ctx, cp); err != nil {
+		if err := h.b.CheckpointSigned(h.ctx, cp, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

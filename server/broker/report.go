@@ -8,6 +8,7 @@ import (
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/witness"
 )
 
 // Report is the standing-access report: what is open now and what is late.
@@ -21,6 +22,9 @@ type Report struct {
 	DeadLetters       []store.OutboxItem
 	Outbox            []store.SinkSummary
 	ExpiringCerts     []store.CertSeen
+	// Witnesses are the witnesses the checkpoints go to, with any split
+	// view they report.
+	Witnesses []witness.Status
 }
 
 // AccountStatus is an account's drills, attestations and use.
@@ -73,7 +77,7 @@ func (b *Broker) Report(ctx context.Context, caller string) (*Report, error) {
 	rep.OpenReviews = filter(rep.OpenReviews, func(r store.PostReview) bool { return keep(r.Account) })
 	rep.Accounts = filter(rep.Accounts, func(a AccountStatus) bool { return keep(a.Account) })
 	rep.DeadLetters = filter(rep.DeadLetters, func(o store.OutboxItem) bool { return keep(o.Account) })
-	rep.Outbox, rep.ExpiringCerts = nil, nil
+	rep.Outbox, rep.ExpiringCerts, rep.Witnesses = nil, nil, nil
 	return rep, nil
 }
 
@@ -89,6 +93,9 @@ func filter[T any](in []T, keep func(T) bool) []T {
 
 func (b *Broker) report(ctx context.Context, p *policy.Policy, now time.Time) (*Report, error) {
 	rep := &Report{Time: now}
+	if w := b.cfg.Witnesses; w != nil && w.Status != nil {
+		rep.Witnesses = w.Status()
+	}
 	err := b.view(ctx, func(r store.Reader) error {
 		var err error
 		if rep.ActiveGrants, err = r.ActiveGrants(ctx, now); err != nil {

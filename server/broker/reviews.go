@@ -233,6 +233,8 @@ func (b *Broker) approve(ctx context.Context, tx store.Tx, p *policy.Policy, r *
 	if err != nil {
 		return err
 	}
+	idx := rec.Index
+	r.ApprovedEntry = &idx
 	var ack []string
 	summary := fmt.Sprintf("%s's grant on %s is approved by %s until %s", r.Requester, r.Account, joinNames(approvers), r.GrantExpiresAt.Format(time.RFC3339))
 	if r.Solo {

@@ -90,8 +90,10 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		if r, err = b.loadRequest(ctx, rd, id, caller); err != nil {
 			return err
 		}
-		_, outcome, err = b.checkIssuable(p, r, caller, audience, now)
-		return err
+		if _, outcome, err = b.checkIssuable(p, r, caller, audience, now); err != nil {
+			return err
+		}
+		return b.checkWitnessed(ctx, rd, r)
 	})
 	if err != nil {
 		return nil, err
@@ -123,6 +125,9 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 			return err
 		} else if !slices.Equal(o.Approvers(), claims.Approvers) {
 			return &Error{Kind: KindState, Msg: "the request's approvals changed while the token was being made; try again"}
+		}
+		if err := b.checkWitnessed(ctx, tx, r); err != nil {
+			return err
 		}
 		if claims.Expiry.Time().After(r.GrantExpiresAt) {
 			return errors.New("token would outlive its grant") // cannot happen: exp is the grant end

@@ -119,6 +119,34 @@ type Audit struct {
 	// CheckpointInterval signs one this long after the last when the log
 	// grew.
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	// Witnesses are C2SP tlog-witness witnesses every new checkpoint is
+	// sent to; their cosignatures are kept and served with it.
+	Witnesses []Witness `yaml:"witnesses"`
+	// WitnessQuorum is how many witnesses a checkpoint needs to count as
+	// witnessed (default: a majority of them).
+	WitnessQuorum int `yaml:"witness_quorum"`
+	// RequireWitnessed withholds a grant's first token until a checkpoint
+	// covering its approval carries WitnessQuorum cosignatures.
+	RequireWitnessed bool `yaml:"require_witnessed"`
+	// WitnessTimeout bounds one call to a witness; WitnessBackoffMax caps
+	// the wait between retries to a failing one; WitnessRefresh sends an
+	// unchanged checkpoint again when a witness's cosignature of it is
+	// this old, so its timestamp stays recent.
+	WitnessTimeout    time.Duration `yaml:"witness_timeout"`
+	WitnessBackoffMax time.Duration `yaml:"witness_backoff_max"`
+	WitnessRefresh    time.Duration `yaml:"witness_refresh"`
+}
+
+// Witness is one C2SP tlog-witness witness.
+type Witness struct {
+	// Name is how people, health and metrics call it.
+	Name string `yaml:"name"`
+	// URL is its submission prefix (add-checkpoint is POSTed under it):
+	// HTTPS, or HTTP on a loopback address only.
+	URL string `yaml:"url"`
+	// Key is its cosignature verifier key (c2sp.org/tlog-cosignature,
+	// NAME+HASH+BASE64 with signature type 0x04), as litewitness logs it.
+	Key string `yaml:"key"`
 }
 
 // Listen holds the listener addresses.

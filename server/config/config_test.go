@@ -1,8 +1,13 @@
 package config
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"fmt"
 	"strings"
 	"testing"
+
+	"filippo.io/torchwood"
 )
 
 const minimal = `
@@ -104,4 +109,48 @@ func TestDefaultsAreFilledIn(t *testing.T) {
 	if withSink.Notify.Sinks[0].Timeout != DefaultSinkTimeout {
 		t.Errorf("sink timeout default not applied: %s", withSink.Notify.Sinks[0].Timeout)
 	}
+}
+
+func TestWitnesses(t *testing.T) {
+	// Keys made with torchwood's cosignature signer (seeds 1 and 2) and a
+	// plain Ed25519 note key of the first.
+	const (
+		k1    = "witness.example/w1+"
+		good  = "audit:\n  witnesses:\n    - {name: w1, url: \"https://w1.example/\", key: %s}\n    - {name: w2, url: \"http://127.0.0.1:7380\", key: %s}\n"
+		alone = "audit:\n  witnesses:\n    - {name: w1, url: %q, key: %s}\n  witness_quorum: %d\n  require_witnessed: %t\n"
+	)
+	v1 := testVKey(t, "witness.example/w1", 1)
+	v2 := testVKey(t, "witness.example/w2", 2)
+	c, err := Parse([]byte(minimal+fmt.Sprintf(good, v1, v2)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Audit.WitnessQuorum != 2 || c.Audit.WitnessTimeout != DefaultWitnessTimeout || c.Audit.WitnessRefresh != DefaultWitnessRefresh {
+		t.Fatalf("defaults: %+v", c.Audit)
+	}
+	sameKey := testVKey(t, "witness.example/w2", 1)
+	for label, tc := range map[string]struct{ yaml, want string }{
+		"plain http off loopback": {fmt.Sprintf(alone, "http://w1.example", v1, 1, false), "only allowed on loopback"},
+		"not a url":               {fmt.Sprintf(alone, "w1.example", v1, 1, false), "not an https URL"},
+		"bad key":                 {fmt.Sprintf(alone, "https://w1.example", k1, 1, false), "key"},
+		"quorum too large":        {fmt.Sprintf(alone, "https://w1.example", v1, 2, false), "between 1 and"},
+		"duplicate":               {fmt.Sprintf(good, v1, v1), "given twice"},
+		"one key, two names":      {fmt.Sprintf(good, v1, sameKey), "same public key"},
+		"require without any":     {"audit: {require_witnessed: true}\n", "needs audit.witnesses"},
+		"quorum without any":      {"audit: {witness_quorum: 1}\n", "no audit.witnesses"},
+	} {
+		if _, err := Parse([]byte(minimal+tc.yaml), "c.yaml"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", label, err, tc.want)
+		}
+	}
+}
+
+func testVKey(t *testing.T, name string, seed byte) string {
+	t.Helper()
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32))
+	s, err := torchwood.NewCosignatureSigner(name, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Verifier().String()
 }

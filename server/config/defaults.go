@@ -32,6 +32,10 @@ const (
 	DefaultSinkTimeout  = 10 * time.Second
 	DefaultSampleRatio  = 1.0
 	DefaultServiceName  = "breakglassd"
+
+	DefaultWitnessTimeout    = 10 * time.Second
+	DefaultWitnessBackoffMax = time.Minute
+	DefaultWitnessRefresh    = time.Hour
 )
 
 // setDefaults fills every unset (zero or negative) setting.
@@ -42,6 +46,12 @@ func (c *Config) setDefaults() {
 		c.Audit.CheckpointEvery = DefaultCheckpointEvery
 	}
 	orDuration(&c.Audit.CheckpointInterval, DefaultCheckpointInterval)
+	if len(c.Audit.Witnesses) > 0 && c.Audit.WitnessQuorum == 0 {
+		c.Audit.WitnessQuorum = len(c.Audit.Witnesses)/2 + 1 // a majority
+	}
+	orDuration(&c.Audit.WitnessTimeout, DefaultWitnessTimeout)
+	orDuration(&c.Audit.WitnessBackoffMax, DefaultWitnessBackoffMax)
+	orDuration(&c.Audit.WitnessRefresh, DefaultWitnessRefresh)
 	orString(&c.Listen.Metrics, DefaultMetricsAddr)
 	orString(&c.Store.Driver, DriverSQLite)
 	orString(&c.Store.SQLite.Synchronous, DefaultSynchronous)

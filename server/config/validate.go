@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
+
+	"github.com/bgbroker/breakglass/format/cosignature"
 )
 
 // Validate reports every missing or unsafe setting. Load and Parse run it;
@@ -34,6 +37,7 @@ func (c *Config) Validate() error {
 	add(c.validatePolicySource())
 	add(c.Tracing.validate())
 	add(c.Store.validate())
+	add(c.Audit.validateWitnesses())
 	add(onLoopback("debug.pprof", c.Debug.Pprof, "profiles are only served on loopback"))
 	add(onLoopback("listen.plain_http", c.Listen.PlainHTTP, "plain HTTP is only allowed on loopback"))
 	if len(errs) > 0 {
@@ -99,6 +103,54 @@ func (s Store) validate() error {
 	return nil
 }
 
+// validateWitnesses checks the witnesses the way their cosignatures will
+// be counted: each once, by name and by public key.
+func (a Audit) validateWitnesses() error {
+	var errs []error
+	keys := make([]*cosignature.Key, 0, len(a.Witnesses))
+	for i, w := range a.Witnesses {
+		where := fmt.Sprintf("audit.witnesses[%d]", i)
+		if w.Name == "" {
+			errs = append(errs, fmt.Errorf("%s: name is required", where))
+		} else {
+			where += " (" + w.Name + ")"
+		}
+		for _, o := range a.Witnesses[:i] {
+			if w.Name != "" && o.Name == w.Name {
+				errs = append(errs, fmt.Errorf("%s: the name is used twice", where))
+			}
+		}
+		u, err := url.Parse(w.URL)
+		switch {
+		case err != nil || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || (u.Scheme != "https" && u.Scheme != "http"):
+			errs = append(errs, fmt.Errorf("%s: url %q is not an https URL prefix", where, w.URL))
+		case u.Scheme == "http" && !loopbackHost(u.Hostname()):
+			errs = append(errs, fmt.Errorf("%s: url %q: plain HTTP is only allowed on loopback (terminate TLS in front of the witness)", where, w.URL))
+		}
+		k, err := cosignature.ParseKey(w.Key)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: key: %w", where, err))
+			continue
+		}
+		keys = append(keys, k)
+	}
+	if len(errs) == 0 {
+		if _, err := cosignature.NewSet(keys...); err != nil {
+			errs = append(errs, fmt.Errorf("audit.witnesses: %w", err))
+		}
+	}
+	switch n := len(a.Witnesses); {
+	case n > 0 && (a.WitnessQuorum < 1 || a.WitnessQuorum > n):
+		errs = append(errs, fmt.Errorf("audit.witness_quorum %d must be between 1 and the number of witnesses (%d)", a.WitnessQuorum, n))
+	case n == 0 && a.WitnessQuorum != 0:
+		errs = append(errs, errors.New("audit.witness_quorum is set but no audit.witnesses are configured"))
+	}
+	if a.RequireWitnessed && len(a.Witnesses) == 0 {
+		errs = append(errs, errors.New("audit.require_witnessed needs audit.witnesses"))
+	}
+	return errors.Join(errs...)
+}
+
 // onLoopback refuses an address that is set and not on loopback.
 func onLoopback(name, addr, why string) error {
 	if addr == "" || loopback(addr) {
@@ -112,6 +164,10 @@ func loopback(addr string) bool {
 	if err != nil {
 		return false
 	}
+	return loopbackHost(host)
+}
+
+func loopbackHost(host string) bool {
 	if host == "localhost" {
 		return true
 	}

@@ -81,6 +81,9 @@ func (d *Daemon) loadKeys(ctx context.Context) (err error) {
 }
 
 func (d *Daemon) newCheckpointer(ctx context.Context) (err error) {
+	if err := d.newWitnesses(ctx); err != nil {
+		return err
+	}
 	signer := keyring.NoteSigner{Ring: d.ring, Origin: d.origin, Ctx: context.WithoutCancel(ctx)}
 	d.Checkpoints, err = checkpoint.New(ctx, checkpoint.Config{Store: d.store, Signer: signer, Origin: d.origin,
 		Every: d.cfg.Audit.CheckpointEvery, Interval: d.cfg.Audit.CheckpointInterval, Now: d.now, Log: d.log,
@@ -93,7 +96,8 @@ func (d *Daemon) newCheckpointer(ctx context.Context) (err error) {
 func (d *Daemon) newBroker(ctx context.Context) (err error) {
 	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: d.policy, PolicySource: d.policySource, Keys: d.ring,
 		Now: d.now, Log: d.log, SweepInterval: d.cfg.SweepInterval, Origin: d.origin, Certs: d.ident,
-		Routes: notify.NewRouter(sinkConfigs(d.cfg.Notify.Sinks)), Observer: observer{d}})
+		Routes: notify.NewRouter(sinkConfigs(d.cfg.Notify.Sinks)), Observer: observer{d},
+		Witnesses: d.witnessing(d.ctx, d.Checkpoints)})
 	if err != nil {
 		return err
 	}
@@ -116,7 +120,7 @@ func (d *Daemon) newGRPC(context.Context) (err error) {
 	}
 	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: d.ident, TLS: credentials.NewTLS(d.ident.ServerTLS(d.cert)),
 		Limits: limits(d.cfg.Limits), Log: d.log, Metrics: d.metrics.GRPC, StatsHandler: statsHandler, ReloadPolicy: d.ReloadPolicy,
-		Audit: grpcapi.AuditConfig{Checkpoints: d.Checkpoints, LogKeys: d.logKeys, Store: d.store}})
+		Audit: grpcapi.AuditConfig{Checkpoints: d.Checkpoints, LogKeys: d.logKeys, Store: d.store, Witnesses: d.witnessIDs()}})
 	if err != nil {
 		return err
 	}
@@ -136,13 +140,18 @@ func (d *Daemon) logKeys() (*bgv1.PublicKey, *bgv1.PublicKey, error) {
 
 // checkpointSigned announces a new checkpoint through the broker (a
 // checkpoint signed while the broker is still being built is announced
-// with the next).
+// with the next). With witnesses it goes to them first, and is announced
+// with their cosignatures once they answered.
 func (d *Daemon) checkpointSigned(cp store.Checkpoint) {
+	if wc := d.witnesses; wc != nil {
+		wc.Notify()
+		return
+	}
 	b := d.Broker
 	if b == nil {
 		return
 	}
-	if err := b.CheckpointSigned(context.Background(), cp); err != nil {
+	if err := b.CheckpointSigned(context.Background(), cp, nil); err != nil {
 		d.log.Error("announcing a checkpoint failed", "size", cp.Size, "err", err)
 	}
 }
@@ -151,7 +160,11 @@ func (d *Daemon) checkpointSigned(cp store.Checkpoint) {
 func (d *Daemon) serve() {
 	ctx := d.ctx
 	d.checkHealth(ctx)
-	for _, loop := range []func(context.Context){d.Broker.Run, d.Broker.Follow, d.Checkpoints.Run, d.dispatcher.Run, d.keysLoop, d.healthLoop} {
+	loops := []func(context.Context){d.Broker.Run, d.Broker.Follow, d.Checkpoints.Run, d.dispatcher.Run, d.keysLoop, d.healthLoop}
+	if d.witnesses != nil {
+		loops = append(loops, d.witnesses.Run)
+	}
+	for _, loop := range loops {
 		d.goServe(func() error { loop(ctx); return nil })
 	}
 	d.serveListeners()

@@ -31,6 +31,7 @@ import (
 	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/tracing"
+	"github.com/bgbroker/breakglass/server/witness"
 )
 
 // Options starts a daemon.
@@ -81,6 +82,8 @@ type Daemon struct {
 	wants      []keyring.Want
 	origin     string
 	dispatcher *notify.Dispatcher
+	// witnesses, when configured, get every new checkpoint.
+	witnesses *witness.Client
 	grpc       *grpcapi.Server
 	listeners  listeners
 	servers    []*http.Server

@@ -54,6 +54,7 @@ func (d *Daemon) checkHealth(ctx context.Context) {
 		checks["policy"] = "ok"
 	}
 	d.checkOutbox(ctx, checks)
+	d.witnessHealth(checks)
 	d.healthy.mu.Lock()
 	changed := d.healthy.ok != ok
 	d.healthy.checks, d.healthy.ok = checks, ok
@@ -110,6 +111,18 @@ func (d *Daemon) health(ctx context.Context) httpapi.Health {
 	}
 	h.UnsignedBacklog, _ = d.Broker.Backlog(ctx)
 	h.PolicyHash = d.Broker.Policy().Hash()
+	if d.witnesses != nil {
+		d.witnessHealth(h.Checks) // live: a split view shows at once
+		now := d.now()
+		for _, w := range d.witnesses.Status() {
+			wh := httpapi.WitnessHealth{Name: w.Name, URL: w.URL, CosignedSize: w.CosignedSize, CosignedAt: w.CosignedAt,
+				LastError: w.LastError, Failures: w.Failures, SplitView: w.SplitView}
+			if !w.CosignedAt.IsZero() {
+				wh.AgeSeconds = max(0, int64(now.Sub(w.CosignedAt).Seconds()))
+			}
+			h.Witnesses = append(h.Witnesses, wh)
+		}
+	}
 	return h
 }
 
@@ -139,6 +152,12 @@ func (d *Daemon) metricsState(ctx context.Context) (metrics.State, error) {
 	}
 	st.PolicyHash = d.Broker.Policy().Hash()
 	st.PolicyInForce = d.Broker.PolicyAgreement(ctx) == nil
+	if d.witnesses != nil {
+		st.Witnesses = map[string]metrics.WitnessState{}
+		for _, w := range d.witnesses.Status() {
+			st.Witnesses[w.Name] = metrics.WitnessState{CosignedSize: w.CosignedSize, CosignedAt: w.CosignedAt, Failures: w.Failures, SplitView: w.SplitView != ""}
+		}
+	}
 	return st, nil
 }
 

@@ -32,6 +32,7 @@ const (
 	AttestationDone   = "attestation.recorded"
 	AttestationDue    = "attestation.overdue"
 	CheckpointSigned  = "checkpoint.signed"
+	WitnessSplitView  = "witness.split_view"
 	KeyRotated        = "key.rotated"
 	KeyRetired        = "key.retired"
 	KeyDestroyed      = "key.destroyed"

@@ -13,6 +13,7 @@ import (
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/checkpoint"
 	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/witness"
 )
 
 // AuditConfig is what the audit service serves besides the broker's store.
@@ -21,6 +22,15 @@ type AuditConfig struct {
 	// LogKeys describes the log's active audit and checkpoint keys.
 	LogKeys func() (audit, checkpoint *bgv1.PublicKey, err error)
 	Store   store.Store
+	// Witnesses, when set, name the witnesses whose quorum makes a
+	// checkpoint witnessed.
+	Witnesses *Witnesses
+}
+
+// Witnesses are the witnesses' identities in the store and their quorum.
+type Witnesses struct {
+	IDs    []string
+	Quorum int
 }
 
 // auditServer implements AuditService.
@@ -81,15 +91,49 @@ func (a *auditServer) GetCheckpoint(ctx context.Context, in *bgv1.GetCheckpointR
 		cp  store.Checkpoint
 		err error
 	)
-	if in.Size == 0 {
+	switch {
+	case in.Witnessed && in.Size != 0:
+		return nil, status.Error(codes.InvalidArgument, "ask for a size or for the newest witnessed checkpoint, not both")
+	case in.Witnessed:
+		w := a.cfg.Witnesses
+		if w == nil {
+			return nil, status.Error(codes.FailedPrecondition, "this broker has no witnesses configured (audit.witnesses)")
+		}
+		var size uint64
+		err = a.cfg.Store.View(ctx, func(r store.Reader) (err error) {
+			size, err = r.LatestWitnessed(ctx, w.IDs, w.Quorum, 0)
+			return err
+		})
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Errorf(codes.FailedPrecondition, "no checkpoint carries %d witness cosignatures yet (bgctl report shows the witnesses)", w.Quorum)
+		}
+		if err == nil {
+			cp, err = a.cfg.Checkpoints.At(ctx, size)
+		}
+	case in.Size == 0:
 		cp, err = a.cfg.Checkpoints.Latest(ctx)
-	} else {
+	default:
 		cp, err = a.cfg.Checkpoints.At(ctx, in.Size)
 	}
 	if err != nil {
 		return nil, a.storeStatus(ctx, err)
 	}
-	return &bgv1.GetCheckpointResponse{Checkpoint: cp.Note, Size: cp.Size, RootHash: cp.Root, Origin: a.cfg.Checkpoints.Origin()}, nil
+	var (
+		served []byte
+		cos    []store.Cosignature
+	)
+	err = a.cfg.Store.View(ctx, func(r store.Reader) (err error) {
+		served, cos, err = witness.Cosigned(ctx, r, cp)
+		return err
+	})
+	if err != nil {
+		return nil, a.storeStatus(ctx, err)
+	}
+	out := &bgv1.GetCheckpointResponse{Checkpoint: served, Size: cp.Size, RootHash: cp.Root, Origin: a.cfg.Checkpoints.Origin()}
+	for _, c := range cos {
+		out.Cosignatures = append(out.Cosignatures, &bgv1.Cosignature{Witness: c.Witness, Time: ts(c.SignedAt)})
+	}
+	return out, nil
 }
 
 // treeSize resolves 0 to the latest checkpoint's size.

@@ -80,5 +80,9 @@ func (g *governanceServer) GetReport(ctx context.Context, _ *bgv1.GetReportReque
 	for _, c := range rep.ExpiringCerts {
 		out.ExpiringCerts = append(out.ExpiringCerts, &bgv1.ExpiringCert{Principal: c.Principal, Serial: c.Serial, ExpireTime: ts(c.NotAfter)})
 	}
+	for _, w := range rep.Witnesses {
+		out.Witnesses = append(out.Witnesses, &bgv1.WitnessStatus{Name: w.Name, Url: w.URL, CosignedSize: w.CosignedSize, CosignedTime: ts(w.CosignedAt),
+			LastError: w.LastError, Failures: uint32(min(w.Failures, 1<<31)), SplitView: w.SplitView})
+	}
 	return out, nil
 }

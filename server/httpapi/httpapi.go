@@ -19,6 +19,8 @@ type Health struct {
 	// UnsignedBacklog counts audit entries waiting for the HSM.
 	UnsignedBacklog int    `json:"unsigned_backlog"`
 	PolicyHash      string `json:"policy_hash"`
+	// Witnesses are the witnesses the checkpoints go to.
+	Witnesses []WitnessHealth `json:"witnesses,omitempty"`
 }
 
 // Config builds the handler.
@@ -32,7 +34,10 @@ type Config struct {
 	AccountJWKS func(account string) ([]byte, error)
 	// Health reports health.
 	Health func(ctx context.Context) Health
-	Log    *slog.Logger
+	// Checkpoint returns the newest checkpoint to serve at /checkpoint,
+	// with its cosignatures (ErrNoCheckpoint when there is none).
+	Checkpoint func(ctx context.Context) ([]byte, error)
+	Log        *slog.Logger
 }
 
 // Handler returns the HTTP handler.
@@ -86,9 +91,12 @@ func Handler(cfg Config) http.Handler {
 		}
 		writeJSON(w, code, h)
 	})
+	if cfg.Checkpoint != nil {
+		mux.HandleFunc("GET /checkpoint", serveCheckpoint(cfg.Checkpoint, cfg.Log))
+	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("breakglass broker\n\n/.well-known/jwks.json\n/.well-known/oauth-authorization-server\n/healthz\n"))
+		_, _ = w.Write([]byte("breakglass broker\n\n/.well-known/jwks.json\n/.well-known/oauth-authorization-server\n/healthz\n/checkpoint\n"))
 	})
 	return securityHeaders(mux)
 }

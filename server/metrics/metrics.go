@@ -128,6 +128,16 @@ type State struct {
 	// ClientCertsExpiring counts client certificates seen in the last 30
 	// days that expire within 14 days.
 	ClientCertsExpiring int
+	// Witnesses is per witness.
+	Witnesses map[string]WitnessState
+}
+
+// WitnessState is one witness's view of the log.
+type WitnessState struct {
+	CosignedSize uint64
+	CosignedAt   time.Time
+	Failures     int
+	SplitView    bool
 }
 
 // OutboxState is one sink's outbox.
@@ -157,6 +167,10 @@ func (r *Registry) RegisterState(src func(ctx context.Context) (State, error)) {
 		inForce:    d("breakglass_policy_in_force", "1 when this broker's policy is the one the audit log last recorded; 0 when it refuses to grant."),
 		expiry:     d("breakglass_certificate_expiry_timestamp_seconds", "When a certificate the broker depends on expires (Unix time).", "cert"),
 		expiring:   d("breakglass_client_certificates_expiring", "Client certificates seen in the last 30 days that expire within 14 days."),
+		wSize:      d("breakglass_witness_cosigned_size", "Entries covered by the largest checkpoint the witness cosigned, per witness.", "witness"),
+		wAge:       d("breakglass_witness_cosigned_age_seconds", "Age of the witness's newest cosignature, by the broker's clock, per witness.", "witness"),
+		wFailures:  d("breakglass_witness_failures", "Submissions that failed in a row, per witness.", "witness"),
+		wSplit:     d("breakglass_witness_split_view", "1 while the witness refuses this log's history (a rollback or a fork), per witness.", "witness"),
 		scrapeFail: d("breakglass_state_scrape_error", "1 when the state could not be read for this scrape (the database is unreachable)."),
 	})
 }
@@ -170,11 +184,12 @@ type stateCollector struct {
 	err  error
 
 	requests, grants, tokens, entries, unsigned, cpSize, cpTime, pending, oldest, dead, policy, inForce, expiry, expiring, scrapeFail *prometheus.Desc
+	wSize, wAge, wFailures, wSplit                                                                                                    *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.grants, c.tokens, c.entries, c.unsigned, c.cpSize, c.cpTime, c.pending, c.oldest, c.dead,
-		c.policy, c.inForce, c.expiry, c.expiring, c.scrapeFail} {
+		c.policy, c.inForce, c.expiry, c.expiring, c.scrapeFail, c.wSize, c.wAge, c.wFailures, c.wSplit} {
 		ch <- d
 	}
 }
@@ -232,4 +247,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.expiry, float64(t.Unix()), kind)
 	}
 	gauge(c.expiring, float64(s.ClientCertsExpiring))
+	for name, w := range s.Witnesses {
+		gauge(c.wSize, float64(w.CosignedSize), name)
+		if !w.CosignedAt.IsZero() {
+			gauge(c.wAge, max(0, time.Since(w.CosignedAt).Seconds()), name)
+		}
+		gauge(c.wFailures, float64(w.Failures), name)
+		split := 0.0
+		if w.SplitView {
+			split = 1
+		}
+		gauge(c.wSplit, split, name)
+	}
 }

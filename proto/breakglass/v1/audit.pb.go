@@ -10,6 +10,7 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -134,7 +135,10 @@ func (x *GetLogInfoResponse) GetCheckpointKey() *PublicKey {
 type GetCheckpointRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 0 for the latest.
-	Size          uint64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	Size uint64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// The newest checkpoint that carries audit.witness_quorum cosignatures
+	// (FailedPrecondition when there is none yet); size must be 0.
+	Witnessed     bool `protobuf:"varint,2,opt,name=witnessed,proto3" json:"witnessed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -176,13 +180,24 @@ func (x *GetCheckpointRequest) GetSize() uint64 {
 	return 0
 }
 
+func (x *GetCheckpointRequest) GetWitnessed() bool {
+	if x != nil {
+		return x.Witnessed
+	}
+	return false
+}
+
 type GetCheckpointResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The signed note, exactly as golang.org/x/mod/sumdb/note opens it.
-	Checkpoint    []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
-	Size          uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	RootHash      []byte `protobuf:"bytes,3,opt,name=root_hash,json=rootHash,proto3" json:"root_hash,omitempty"`
-	Origin        string `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
+	// The signed note, exactly as golang.org/x/mod/sumdb/note opens it: the
+	// broker's signature, then each witness's cosignature line
+	// (c2sp.org/tlog-cosignature).
+	Checkpoint []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Size       uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	RootHash   []byte `protobuf:"bytes,3,opt,name=root_hash,json=rootHash,proto3" json:"root_hash,omitempty"`
+	Origin     string `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
+	// The cosignatures in the note, as the broker verified them.
+	Cosignatures  []*Cosignature `protobuf:"bytes,5,rep,name=cosignatures,proto3" json:"cosignatures,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -245,6 +260,68 @@ func (x *GetCheckpointResponse) GetOrigin() string {
 	return ""
 }
 
+func (x *GetCheckpointResponse) GetCosignatures() []*Cosignature {
+	if x != nil {
+		return x.Cosignatures
+	}
+	return nil
+}
+
+// Cosignature is a witness's cosignature of a checkpoint.
+type Cosignature struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The witness's key name and key ID (NAME+HEX).
+	Witness string `protobuf:"bytes,1,opt,name=witness,proto3" json:"witness,omitempty"`
+	// When the witness cosigned, by its clock.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cosignature) Reset() {
+	*x = Cosignature{}
+	mi := &file_breakglass_v1_audit_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cosignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cosignature) ProtoMessage() {}
+
+func (x *Cosignature) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_audit_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cosignature.ProtoReflect.Descriptor instead.
+func (*Cosignature) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Cosignature) GetWitness() string {
+	if x != nil {
+		return x.Witness
+	}
+	return ""
+}
+
+func (x *Cosignature) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 type GetInclusionProofRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -256,7 +333,7 @@ type GetInclusionProofRequest struct {
 
 func (x *GetInclusionProofRequest) Reset() {
 	*x = GetInclusionProofRequest{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[4]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +345,7 @@ func (x *GetInclusionProofRequest) String() string {
 func (*GetInclusionProofRequest) ProtoMessage() {}
 
 func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[4]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +358,7 @@ func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{4}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetInclusionProofRequest) GetIndex() uint64 {
@@ -312,7 +389,7 @@ type GetInclusionProofResponse struct {
 
 func (x *GetInclusionProofResponse) Reset() {
 	*x = GetInclusionProofResponse{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[5]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +401,7 @@ func (x *GetInclusionProofResponse) String() string {
 func (*GetInclusionProofResponse) ProtoMessage() {}
 
 func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[5]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +414,7 @@ func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofResponse.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{5}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetInclusionProofResponse) GetIndex() uint64 {
@@ -379,7 +456,7 @@ type GetConsistencyProofRequest struct {
 
 func (x *GetConsistencyProofRequest) Reset() {
 	*x = GetConsistencyProofRequest{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[6]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +468,7 @@ func (x *GetConsistencyProofRequest) String() string {
 func (*GetConsistencyProofRequest) ProtoMessage() {}
 
 func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[6]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +481,7 @@ func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{6}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetConsistencyProofRequest) GetFromSize() uint64 {
@@ -432,7 +509,7 @@ type GetConsistencyProofResponse struct {
 
 func (x *GetConsistencyProofResponse) Reset() {
 	*x = GetConsistencyProofResponse{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[7]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +521,7 @@ func (x *GetConsistencyProofResponse) String() string {
 func (*GetConsistencyProofResponse) ProtoMessage() {}
 
 func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[7]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +534,7 @@ func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{7}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetConsistencyProofResponse) GetFromSize() uint64 {
@@ -500,7 +577,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[8]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +589,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[8]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +602,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{8}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Entry) GetIndex() uint64 {
@@ -577,7 +654,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[9]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +666,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[9]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +679,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{9}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListEntriesRequest) GetStart() uint64 {
@@ -639,7 +716,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[10]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +728,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[10]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +741,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{10}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -698,7 +775,7 @@ type WatchEntriesRequest struct {
 
 func (x *WatchEntriesRequest) Reset() {
 	*x = WatchEntriesRequest{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[11]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +787,7 @@ func (x *WatchEntriesRequest) String() string {
 func (*WatchEntriesRequest) ProtoMessage() {}
 
 func (x *WatchEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[11]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +800,7 @@ func (x *WatchEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEntriesRequest.ProtoReflect.Descriptor instead.
 func (*WatchEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{11}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchEntriesRequest) GetStart() uint64 {
@@ -742,7 +819,7 @@ type WatchEntriesResponse struct {
 
 func (x *WatchEntriesResponse) Reset() {
 	*x = WatchEntriesResponse{}
-	mi := &file_breakglass_v1_audit_proto_msgTypes[12]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +831,7 @@ func (x *WatchEntriesResponse) String() string {
 func (*WatchEntriesResponse) ProtoMessage() {}
 
 func (x *WatchEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_audit_proto_msgTypes[12]
+	mi := &file_breakglass_v1_audit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +844,7 @@ func (x *WatchEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEntriesResponse.ProtoReflect.Descriptor instead.
 func (*WatchEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{12}
+	return file_breakglass_v1_audit_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchEntriesResponse) GetEntry() *Entry {
@@ -781,22 +858,27 @@ var File_breakglass_v1_audit_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x19breakglass/v1/audit.proto\x12\rbreakglass.v1\x1a\x18breakglass/v1/keys.proto\x1a\x1bbuf/validate/validate.proto\"\x13\n" +
+	"\x19breakglass/v1/audit.proto\x12\rbreakglass.v1\x1a\x18breakglass/v1/keys.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n" +
 	"\x11GetLogInfoRequest\"\xb8\x01\n" +
 	"\x12GetLogInfoResponse\x12\x16\n" +
 	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x125\n" +
 	"\taudit_key\x18\x03 \x01(\v2\x18.breakglass.v1.PublicKeyR\bauditKey\x12?\n" +
-	"\x0echeckpoint_key\x18\x04 \x01(\v2\x18.breakglass.v1.PublicKeyR\rcheckpointKey\"*\n" +
+	"\x0echeckpoint_key\x18\x04 \x01(\v2\x18.breakglass.v1.PublicKeyR\rcheckpointKey\"H\n" +
 	"\x14GetCheckpointRequest\x12\x12\n" +
-	"\x04size\x18\x01 \x01(\x04R\x04size\"\x80\x01\n" +
+	"\x04size\x18\x01 \x01(\x04R\x04size\x12\x1c\n" +
+	"\twitnessed\x18\x02 \x01(\bR\twitnessed\"\xc0\x01\n" +
 	"\x15GetCheckpointResponse\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\fR\n" +
 	"checkpoint\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x1b\n" +
 	"\troot_hash\x18\x03 \x01(\fR\brootHash\x12\x16\n" +
-	"\x06origin\x18\x04 \x01(\tR\x06origin\"M\n" +
+	"\x06origin\x18\x04 \x01(\tR\x06origin\x12>\n" +
+	"\fcosignatures\x18\x05 \x03(\v2\x1a.breakglass.v1.CosignatureR\fcosignatures\"W\n" +
+	"\vCosignature\x12\x18\n" +
+	"\awitness\x18\x01 \x01(\tR\awitness\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"M\n" +
 	"\x18GetInclusionProofRequest\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
 	"\ttree_size\x18\x02 \x01(\x04R\btreeSize\"\x83\x01\n" +
@@ -853,45 +935,49 @@ func file_breakglass_v1_audit_proto_rawDescGZIP() []byte {
 	return file_breakglass_v1_audit_proto_rawDescData
 }
 
-var file_breakglass_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_breakglass_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_breakglass_v1_audit_proto_goTypes = []any{
 	(*GetLogInfoRequest)(nil),           // 0: breakglass.v1.GetLogInfoRequest
 	(*GetLogInfoResponse)(nil),          // 1: breakglass.v1.GetLogInfoResponse
 	(*GetCheckpointRequest)(nil),        // 2: breakglass.v1.GetCheckpointRequest
 	(*GetCheckpointResponse)(nil),       // 3: breakglass.v1.GetCheckpointResponse
-	(*GetInclusionProofRequest)(nil),    // 4: breakglass.v1.GetInclusionProofRequest
-	(*GetInclusionProofResponse)(nil),   // 5: breakglass.v1.GetInclusionProofResponse
-	(*GetConsistencyProofRequest)(nil),  // 6: breakglass.v1.GetConsistencyProofRequest
-	(*GetConsistencyProofResponse)(nil), // 7: breakglass.v1.GetConsistencyProofResponse
-	(*Entry)(nil),                       // 8: breakglass.v1.Entry
-	(*ListEntriesRequest)(nil),          // 9: breakglass.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),         // 10: breakglass.v1.ListEntriesResponse
-	(*WatchEntriesRequest)(nil),         // 11: breakglass.v1.WatchEntriesRequest
-	(*WatchEntriesResponse)(nil),        // 12: breakglass.v1.WatchEntriesResponse
-	(*PublicKey)(nil),                   // 13: breakglass.v1.PublicKey
+	(*Cosignature)(nil),                 // 4: breakglass.v1.Cosignature
+	(*GetInclusionProofRequest)(nil),    // 5: breakglass.v1.GetInclusionProofRequest
+	(*GetInclusionProofResponse)(nil),   // 6: breakglass.v1.GetInclusionProofResponse
+	(*GetConsistencyProofRequest)(nil),  // 7: breakglass.v1.GetConsistencyProofRequest
+	(*GetConsistencyProofResponse)(nil), // 8: breakglass.v1.GetConsistencyProofResponse
+	(*Entry)(nil),                       // 9: breakglass.v1.Entry
+	(*ListEntriesRequest)(nil),          // 10: breakglass.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),         // 11: breakglass.v1.ListEntriesResponse
+	(*WatchEntriesRequest)(nil),         // 12: breakglass.v1.WatchEntriesRequest
+	(*WatchEntriesResponse)(nil),        // 13: breakglass.v1.WatchEntriesResponse
+	(*PublicKey)(nil),                   // 14: breakglass.v1.PublicKey
+	(*timestamppb.Timestamp)(nil),       // 15: google.protobuf.Timestamp
 }
 var file_breakglass_v1_audit_proto_depIdxs = []int32{
-	13, // 0: breakglass.v1.GetLogInfoResponse.audit_key:type_name -> breakglass.v1.PublicKey
-	13, // 1: breakglass.v1.GetLogInfoResponse.checkpoint_key:type_name -> breakglass.v1.PublicKey
-	8,  // 2: breakglass.v1.ListEntriesResponse.entries:type_name -> breakglass.v1.Entry
-	8,  // 3: breakglass.v1.WatchEntriesResponse.entry:type_name -> breakglass.v1.Entry
-	0,  // 4: breakglass.v1.AuditService.GetLogInfo:input_type -> breakglass.v1.GetLogInfoRequest
-	2,  // 5: breakglass.v1.AuditService.GetCheckpoint:input_type -> breakglass.v1.GetCheckpointRequest
-	4,  // 6: breakglass.v1.AuditService.GetInclusionProof:input_type -> breakglass.v1.GetInclusionProofRequest
-	6,  // 7: breakglass.v1.AuditService.GetConsistencyProof:input_type -> breakglass.v1.GetConsistencyProofRequest
-	9,  // 8: breakglass.v1.AuditService.ListEntries:input_type -> breakglass.v1.ListEntriesRequest
-	11, // 9: breakglass.v1.AuditService.WatchEntries:input_type -> breakglass.v1.WatchEntriesRequest
-	1,  // 10: breakglass.v1.AuditService.GetLogInfo:output_type -> breakglass.v1.GetLogInfoResponse
-	3,  // 11: breakglass.v1.AuditService.GetCheckpoint:output_type -> breakglass.v1.GetCheckpointResponse
-	5,  // 12: breakglass.v1.AuditService.GetInclusionProof:output_type -> breakglass.v1.GetInclusionProofResponse
-	7,  // 13: breakglass.v1.AuditService.GetConsistencyProof:output_type -> breakglass.v1.GetConsistencyProofResponse
-	10, // 14: breakglass.v1.AuditService.ListEntries:output_type -> breakglass.v1.ListEntriesResponse
-	12, // 15: breakglass.v1.AuditService.WatchEntries:output_type -> breakglass.v1.WatchEntriesResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	14, // 0: breakglass.v1.GetLogInfoResponse.audit_key:type_name -> breakglass.v1.PublicKey
+	14, // 1: breakglass.v1.GetLogInfoResponse.checkpoint_key:type_name -> breakglass.v1.PublicKey
+	4,  // 2: breakglass.v1.GetCheckpointResponse.cosignatures:type_name -> breakglass.v1.Cosignature
+	15, // 3: breakglass.v1.Cosignature.time:type_name -> google.protobuf.Timestamp
+	9,  // 4: breakglass.v1.ListEntriesResponse.entries:type_name -> breakglass.v1.Entry
+	9,  // 5: breakglass.v1.WatchEntriesResponse.entry:type_name -> breakglass.v1.Entry
+	0,  // 6: breakglass.v1.AuditService.GetLogInfo:input_type -> breakglass.v1.GetLogInfoRequest
+	2,  // 7: breakglass.v1.AuditService.GetCheckpoint:input_type -> breakglass.v1.GetCheckpointRequest
+	5,  // 8: breakglass.v1.AuditService.GetInclusionProof:input_type -> breakglass.v1.GetInclusionProofRequest
+	7,  // 9: breakglass.v1.AuditService.GetConsistencyProof:input_type -> breakglass.v1.GetConsistencyProofRequest
+	10, // 10: breakglass.v1.AuditService.ListEntries:input_type -> breakglass.v1.ListEntriesRequest
+	12, // 11: breakglass.v1.AuditService.WatchEntries:input_type -> breakglass.v1.WatchEntriesRequest
+	1,  // 12: breakglass.v1.AuditService.GetLogInfo:output_type -> breakglass.v1.GetLogInfoResponse
+	3,  // 13: breakglass.v1.AuditService.GetCheckpoint:output_type -> breakglass.v1.GetCheckpointResponse
+	6,  // 14: breakglass.v1.AuditService.GetInclusionProof:output_type -> breakglass.v1.GetInclusionProofResponse
+	8,  // 15: breakglass.v1.AuditService.GetConsistencyProof:output_type -> breakglass.v1.GetConsistencyProofResponse
+	11, // 16: breakglass.v1.AuditService.ListEntries:output_type -> breakglass.v1.ListEntriesResponse
+	13, // 17: breakglass.v1.AuditService.WatchEntries:output_type -> breakglass.v1.WatchEntriesResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_audit_proto_init() }
@@ -906,7 +992,7 @@ func file_breakglass_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_audit_proto_rawDesc), len(file_breakglass_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,7 +39,9 @@ type AuditServiceClient interface {
 	// verify entries and checkpoints. Any authenticated principal may ask.
 	GetLogInfo(ctx context.Context, in *GetLogInfoRequest, opts ...grpc.CallOption) (*GetLogInfoResponse, error)
 	// GetCheckpoint returns a signed checkpoint: the latest, covering every
-	// entry committed before the call, or the one at a given size.
+	// entry committed before the call, the one at a given size, or the
+	// newest one the witness quorum cosigned; with every witness
+	// cosignature collected for it.
 	GetCheckpoint(ctx context.Context, in *GetCheckpointRequest, opts ...grpc.CallOption) (*GetCheckpointResponse, error)
 	// GetInclusionProof proves an entry is in the tree of a given size.
 	GetInclusionProof(ctx context.Context, in *GetInclusionProofRequest, opts ...grpc.CallOption) (*GetInclusionProofResponse, error)
@@ -142,7 +144,9 @@ type AuditServiceServer interface {
 	// verify entries and checkpoints. Any authenticated principal may ask.
 	GetLogInfo(context.Context, *GetLogInfoRequest) (*GetLogInfoResponse, error)
 	// GetCheckpoint returns a signed checkpoint: the latest, covering every
-	// entry committed before the call, or the one at a given size.
+	// entry committed before the call, the one at a given size, or the
+	// newest one the witness quorum cosigned; with every witness
+	// cosignature collected for it.
 	GetCheckpoint(context.Context, *GetCheckpointRequest) (*GetCheckpointResponse, error)
 	// GetInclusionProof proves an entry is in the tree of a given size.
 	GetInclusionProof(context.Context, *GetInclusionProofRequest) (*GetInclusionProofResponse, error)

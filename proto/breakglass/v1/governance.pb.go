@@ -849,8 +849,10 @@ type GetReportResponse struct {
 	DeadLetters    []*DeadLetter       `protobuf:"bytes,7,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
 	Outbox         []*SinkStatus       `protobuf:"bytes,8,rep,name=outbox,proto3" json:"outbox,omitempty"`
 	ExpiringCerts  []*ExpiringCert     `protobuf:"bytes,9,rep,name=expiring_certs,json=expiringCerts,proto3" json:"expiring_certs,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The witnesses the checkpoints go to (auditors only).
+	Witnesses     []*WitnessStatus `protobuf:"bytes,10,rep,name=witnesses,proto3" json:"witnesses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetReportResponse) Reset() {
@@ -946,6 +948,110 @@ func (x *GetReportResponse) GetExpiringCerts() []*ExpiringCert {
 	return nil
 }
 
+func (x *GetReportResponse) GetWitnesses() []*WitnessStatus {
+	if x != nil {
+		return x.Witnesses
+	}
+	return nil
+}
+
+// WitnessStatus is a C2SP tlog-witness witness as the broker sees it.
+type WitnessStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Url   string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// The largest checkpoint it cosigned, and the cosignature's time.
+	CosignedSize uint64                 `protobuf:"varint,3,opt,name=cosigned_size,json=cosignedSize,proto3" json:"cosigned_size,omitempty"`
+	CosignedTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=cosigned_time,json=cosignedTime,proto3" json:"cosigned_time,omitempty"`
+	// Why the last submission failed, if it did.
+	LastError string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	Failures  uint32 `protobuf:"varint,6,opt,name=failures,proto3" json:"failures,omitempty"`
+	// Set while the witness refuses this log's history: the log was rolled
+	// back or forked after the witness cosigned it.
+	SplitView     string `protobuf:"bytes,7,opt,name=split_view,json=splitView,proto3" json:"split_view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WitnessStatus) Reset() {
+	*x = WitnessStatus{}
+	mi := &file_breakglass_v1_governance_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WitnessStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WitnessStatus) ProtoMessage() {}
+
+func (x *WitnessStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_governance_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WitnessStatus.ProtoReflect.Descriptor instead.
+func (*WitnessStatus) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WitnessStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WitnessStatus) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *WitnessStatus) GetCosignedSize() uint64 {
+	if x != nil {
+		return x.CosignedSize
+	}
+	return 0
+}
+
+func (x *WitnessStatus) GetCosignedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CosignedTime
+	}
+	return nil
+}
+
+func (x *WitnessStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *WitnessStatus) GetFailures() uint32 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *WitnessStatus) GetSplitView() string {
+	if x != nil {
+		return x.SplitView
+	}
+	return ""
+}
+
 var File_breakglass_v1_governance_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_governance_proto_rawDesc = "" +
@@ -1025,7 +1131,7 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\tR\x06serial\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\xaa\x04\n" +
+	"expireTime\"\xe6\x04\n" +
 	"\x11GetReportResponse\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12;\n" +
 	"\ractive_grants\x18\x02 \x03(\v2\x16.breakglass.v1.RequestR\factiveGrants\x127\n" +
@@ -1035,7 +1141,19 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\baccounts\x18\x06 \x03(\v2\x1c.breakglass.v1.AccountStatusR\baccounts\x12<\n" +
 	"\fdead_letters\x18\a \x03(\v2\x19.breakglass.v1.DeadLetterR\vdeadLetters\x121\n" +
 	"\x06outbox\x18\b \x03(\v2\x19.breakglass.v1.SinkStatusR\x06outbox\x12B\n" +
-	"\x0eexpiring_certs\x18\t \x03(\v2\x1b.breakglass.v1.ExpiringCertR\rexpiringCerts2\xa7\x02\n" +
+	"\x0eexpiring_certs\x18\t \x03(\v2\x1b.breakglass.v1.ExpiringCertR\rexpiringCerts\x12:\n" +
+	"\twitnesses\x18\n" +
+	" \x03(\v2\x1c.breakglass.v1.WitnessStatusR\twitnesses\"\xf5\x01\n" +
+	"\rWitnessStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12#\n" +
+	"\rcosigned_size\x18\x03 \x01(\x04R\fcosignedSize\x12?\n" +
+	"\rcosigned_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fcosignedTime\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x05 \x01(\tR\tlastError\x12\x1a\n" +
+	"\bfailures\x18\x06 \x01(\rR\bfailures\x12\x1d\n" +
+	"\n" +
+	"split_view\x18\a \x01(\tR\tsplitView2\xa7\x02\n" +
 	"\x11GovernanceService\x12`\n" +
 	"\x0fListPostReviews\x12%.breakglass.v1.ListPostReviewsRequest\x1a&.breakglass.v1.ListPostReviewsResponse\x12`\n" +
 	"\x0fClosePostReview\x12%.breakglass.v1.ClosePostReviewRequest\x1a&.breakglass.v1.ClosePostReviewResponse\x12N\n" +
@@ -1053,7 +1171,7 @@ func file_breakglass_v1_governance_proto_rawDescGZIP() []byte {
 	return file_breakglass_v1_governance_proto_rawDescData
 }
 
-var file_breakglass_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_breakglass_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_breakglass_v1_governance_proto_goTypes = []any{
 	(*PostReview)(nil),              // 0: breakglass.v1.PostReview
 	(*ListPostReviewsRequest)(nil),  // 1: breakglass.v1.ListPostReviewsRequest
@@ -1067,29 +1185,30 @@ var file_breakglass_v1_governance_proto_goTypes = []any{
 	(*SinkStatus)(nil),              // 9: breakglass.v1.SinkStatus
 	(*ExpiringCert)(nil),            // 10: breakglass.v1.ExpiringCert
 	(*GetReportResponse)(nil),       // 11: breakglass.v1.GetReportResponse
-	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
-	(*AuditRef)(nil),                // 13: breakglass.v1.AuditRef
-	(*durationpb.Duration)(nil),     // 14: google.protobuf.Duration
-	(*Request)(nil),                 // 15: breakglass.v1.Request
+	(*WitnessStatus)(nil),           // 12: breakglass.v1.WitnessStatus
+	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
+	(*AuditRef)(nil),                // 14: breakglass.v1.AuditRef
+	(*durationpb.Duration)(nil),     // 15: google.protobuf.Duration
+	(*Request)(nil),                 // 16: breakglass.v1.Request
 }
 var file_breakglass_v1_governance_proto_depIdxs = []int32{
-	12, // 0: breakglass.v1.PostReview.open_time:type_name -> google.protobuf.Timestamp
-	12, // 1: breakglass.v1.PostReview.due_time:type_name -> google.protobuf.Timestamp
-	12, // 2: breakglass.v1.PostReview.close_time:type_name -> google.protobuf.Timestamp
+	13, // 0: breakglass.v1.PostReview.open_time:type_name -> google.protobuf.Timestamp
+	13, // 1: breakglass.v1.PostReview.due_time:type_name -> google.protobuf.Timestamp
+	13, // 2: breakglass.v1.PostReview.close_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: breakglass.v1.ListPostReviewsResponse.reviews:type_name -> breakglass.v1.PostReview
 	0,  // 4: breakglass.v1.ClosePostReviewResponse.review:type_name -> breakglass.v1.PostReview
-	13, // 5: breakglass.v1.ClosePostReviewResponse.entry:type_name -> breakglass.v1.AuditRef
-	12, // 6: breakglass.v1.OutstandingToken.expire_time:type_name -> google.protobuf.Timestamp
-	14, // 7: breakglass.v1.AccountStatus.drill_every:type_name -> google.protobuf.Duration
-	12, // 8: breakglass.v1.AccountStatus.last_drill_time:type_name -> google.protobuf.Timestamp
-	14, // 9: breakglass.v1.AccountStatus.review_every:type_name -> google.protobuf.Duration
-	12, // 10: breakglass.v1.AccountStatus.last_attestation_time:type_name -> google.protobuf.Timestamp
-	12, // 11: breakglass.v1.AccountStatus.last_use_time:type_name -> google.protobuf.Timestamp
-	12, // 12: breakglass.v1.DeadLetter.create_time:type_name -> google.protobuf.Timestamp
-	12, // 13: breakglass.v1.SinkStatus.oldest_pending_time:type_name -> google.protobuf.Timestamp
-	12, // 14: breakglass.v1.ExpiringCert.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 15: breakglass.v1.GetReportResponse.time:type_name -> google.protobuf.Timestamp
-	15, // 16: breakglass.v1.GetReportResponse.active_grants:type_name -> breakglass.v1.Request
+	14, // 5: breakglass.v1.ClosePostReviewResponse.entry:type_name -> breakglass.v1.AuditRef
+	13, // 6: breakglass.v1.OutstandingToken.expire_time:type_name -> google.protobuf.Timestamp
+	15, // 7: breakglass.v1.AccountStatus.drill_every:type_name -> google.protobuf.Duration
+	13, // 8: breakglass.v1.AccountStatus.last_drill_time:type_name -> google.protobuf.Timestamp
+	15, // 9: breakglass.v1.AccountStatus.review_every:type_name -> google.protobuf.Duration
+	13, // 10: breakglass.v1.AccountStatus.last_attestation_time:type_name -> google.protobuf.Timestamp
+	13, // 11: breakglass.v1.AccountStatus.last_use_time:type_name -> google.protobuf.Timestamp
+	13, // 12: breakglass.v1.DeadLetter.create_time:type_name -> google.protobuf.Timestamp
+	13, // 13: breakglass.v1.SinkStatus.oldest_pending_time:type_name -> google.protobuf.Timestamp
+	13, // 14: breakglass.v1.ExpiringCert.expire_time:type_name -> google.protobuf.Timestamp
+	13, // 15: breakglass.v1.GetReportResponse.time:type_name -> google.protobuf.Timestamp
+	16, // 16: breakglass.v1.GetReportResponse.active_grants:type_name -> breakglass.v1.Request
 	6,  // 17: breakglass.v1.GetReportResponse.tokens:type_name -> breakglass.v1.OutstandingToken
 	0,  // 18: breakglass.v1.GetReportResponse.overdue_reviews:type_name -> breakglass.v1.PostReview
 	0,  // 19: breakglass.v1.GetReportResponse.open_reviews:type_name -> breakglass.v1.PostReview
@@ -1097,17 +1216,19 @@ var file_breakglass_v1_governance_proto_depIdxs = []int32{
 	8,  // 21: breakglass.v1.GetReportResponse.dead_letters:type_name -> breakglass.v1.DeadLetter
 	9,  // 22: breakglass.v1.GetReportResponse.outbox:type_name -> breakglass.v1.SinkStatus
 	10, // 23: breakglass.v1.GetReportResponse.expiring_certs:type_name -> breakglass.v1.ExpiringCert
-	1,  // 24: breakglass.v1.GovernanceService.ListPostReviews:input_type -> breakglass.v1.ListPostReviewsRequest
-	3,  // 25: breakglass.v1.GovernanceService.ClosePostReview:input_type -> breakglass.v1.ClosePostReviewRequest
-	5,  // 26: breakglass.v1.GovernanceService.GetReport:input_type -> breakglass.v1.GetReportRequest
-	2,  // 27: breakglass.v1.GovernanceService.ListPostReviews:output_type -> breakglass.v1.ListPostReviewsResponse
-	4,  // 28: breakglass.v1.GovernanceService.ClosePostReview:output_type -> breakglass.v1.ClosePostReviewResponse
-	11, // 29: breakglass.v1.GovernanceService.GetReport:output_type -> breakglass.v1.GetReportResponse
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	12, // 24: breakglass.v1.GetReportResponse.witnesses:type_name -> breakglass.v1.WitnessStatus
+	13, // 25: breakglass.v1.WitnessStatus.cosigned_time:type_name -> google.protobuf.Timestamp
+	1,  // 26: breakglass.v1.GovernanceService.ListPostReviews:input_type -> breakglass.v1.ListPostReviewsRequest
+	3,  // 27: breakglass.v1.GovernanceService.ClosePostReview:input_type -> breakglass.v1.ClosePostReviewRequest
+	5,  // 28: breakglass.v1.GovernanceService.GetReport:input_type -> breakglass.v1.GetReportRequest
+	2,  // 29: breakglass.v1.GovernanceService.ListPostReviews:output_type -> breakglass.v1.ListPostReviewsResponse
+	4,  // 30: breakglass.v1.GovernanceService.ClosePostReview:output_type -> breakglass.v1.ClosePostReviewResponse
+	11, // 31: breakglass.v1.GovernanceService.GetReport:output_type -> breakglass.v1.GetReportResponse
+	29, // [29:32] is the sub-list for method output_type
+	26, // [26:29] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_governance_proto_init() }
@@ -1122,7 +1243,7 @@ func file_breakglass_v1_governance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_governance_proto_rawDesc), len(file_breakglass_v1_governance_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
