@@ -84,9 +84,9 @@ type Daemon struct {
 	dispatcher *notify.Dispatcher
 	// witnesses, when configured, get every new checkpoint.
 	witnesses *witness.Client
-	grpc       *grpcapi.Server
-	listeners  listeners
-	servers    []*http.Server
+	grpc      *grpcapi.Server
+	listeners listeners
+	servers   []*http.Server
 	// pending are the servers' serve loops, started once all is built.
 	pending []func() error
 
