@@ -317,6 +317,7 @@ func TestHostileInputMatrix(t *testing.T) {
 		{"SQL in the ticket", create1("alice", &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x", Ticket: "INC-1'); DROP TABLE requests;--"}), codes.InvalidArgument, "ticket"},
 		{"TTL zero", create1("alice", &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x", RequestedTtl: dur(0)}), codes.InvalidArgument, "requested_ttl"},
 		{"TTL negative", create1("alice", &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x", RequestedTtl: dur(-time.Hour)}), codes.InvalidArgument, "requested_ttl"},
+		{"TTL not whole seconds", create1("alice", &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x", RequestedTtl: dur(30*time.Minute + 500*time.Millisecond)}), codes.InvalidArgument, "whole number of seconds"},
 		{"TTL over max_ttl", create1("alice", &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "x", RequestedTtl: dur(2 * time.Hour)}), codes.InvalidArgument, "max_ttl"},
 		{"empty justification", create1("alice", &bgv1.CreateRequestRequest{Account: "prod-db"}), codes.InvalidArgument, "justification"},
 		{"oversize justification", create1("alice", &bgv1.CreateRequestRequest{Account: "prod-db", Justification: strings.Repeat("x", 2001)}), codes.InvalidArgument, "justification"},

@@ -186,6 +186,11 @@ func (l *loader) duration(n *yaml.Node, path string, ceiling time.Duration) Dura
 	if d < MinDuration {
 		l.add(n, path, "%s is shorter than %s", d, MinDuration)
 	}
+	// The log records windows and TTLs in whole seconds; a fraction would
+	// be acted on but never recorded.
+	if d >= MinDuration && d%time.Second != 0 {
+		l.add(n, path, "%s is not a whole number of seconds", d)
+	}
 	if ceiling > 0 && d > ceiling {
 		l.add(n, path, "%s is longer than the ceiling of %s (max_duration)", d, ceiling)
 	}

@@ -291,3 +291,15 @@ accounts:
 		t.Errorf("Denials = %d, want 2", n)
 	}
 }
+
+// Every window and TTL is a whole number of seconds: the log records
+// seconds, and a fraction would be acted on but never recorded.
+func TestFractionalDurationsRefused(t *testing.T) {
+	for _, field := range []string{"max_ttl: 1h", "approval_window: 30m", "activation_window: 10m"} {
+		src := strings.Replace(basePolicy, field, field+"0.5s", 1)
+		_, err := Load([]byte(src), "p.yaml")
+		if err == nil || !strings.Contains(err.Error(), "not a whole number of seconds") {
+			t.Errorf("%s0.5s: %v", field, err)
+		}
+	}
+}

@@ -133,6 +133,11 @@ func (r *Request) Effective(now time.Time) (State, string, time.Time) {
 	return r.State, r.FinalReason, r.FinalAt
 }
 
+// SoloGrant reports whether r was approved as a solo grant, by the passing
+// of its veto window with no approver (a solo request may also be
+// approved by its quorum, and is then an ordinary grant).
+func (r *Request) SoloGrant() bool { return r.Solo && !r.ApprovedAt.IsZero() && len(r.Approvers) == 0 }
+
 // Reviewed reports whether principal has already reviewed.
 func (r *Request) Reviewed(principal string) bool {
 	for _, rv := range r.Reviews {
@@ -180,6 +185,11 @@ func Validate(a *policy.Account, justification, ticket string, ttl time.Duration
 	}
 	if ttl < time.Second {
 		return fmt.Errorf("the requested TTL must be at least one second")
+	}
+	// The log, the content approvers sign and the token record whole
+	// seconds: a fraction would make the grant other than the one signed.
+	if ttl%time.Second != 0 {
+		return fmt.Errorf("the requested TTL %s is not a whole number of seconds", ttl)
 	}
 	if ttl > a.MaxTTL.D() {
 		return fmt.Errorf("the requested TTL %s exceeds the account's max_ttl of %s", ttl, a.MaxTTL.D())

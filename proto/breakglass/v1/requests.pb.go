@@ -535,8 +535,10 @@ type CreateRequestRequest struct {
 	Justification string `protobuf:"bytes,2,opt,name=justification,proto3" json:"justification,omitempty"`
 	// Reference to an incident or change ticket; required by some accounts.
 	Ticket string `protobuf:"bytes,3,opt,name=ticket,proto3" json:"ticket,omitempty"`
-	// How long the grant should last once approved; capped by the account's
-	// max_ttl (longer is refused, not trimmed).
+	// How long the grant should last once approved, in whole seconds (the
+	// log and the approvers' statements record seconds, so a fraction would
+	// be a grant other than the one signed); capped by the account's max_ttl
+	// (longer is refused, not trimmed).
 	RequestedTtl *durationpb.Duration `protobuf:"bytes,4,opt,name=requested_ttl,json=requestedTtl,proto3" json:"requested_ttl,omitempty"`
 	// A drill exercises the flow; its tokens say so and name only the
 	// account's drill audience.
@@ -1163,12 +1165,13 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\rcreated_entry\x18\x17 \x01(\v2\x17.breakglass.v1.AuditRefR\fcreatedEntry\x12\x12\n" +
 	"\x04solo\x18\x18 \x01(\bR\x04solo\x12N\n" +
 	"\x15solo_acknowledge_time\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\x13soloAcknowledgeTime\x12P\n" +
-	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\"\xca\x03\n" +
+	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\"\xb9\x04\n" +
 	"\x14CreateRequestRequest\x12;\n" +
 	"\aaccount\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18@2\x16^[a-z0-9][a-z0-9._-]*$R\aaccount\x12p\n" +
 	"\rjustification\x18\x02 \x01(\tBJ\xbaHGrE\x10\x01\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\rjustification\x12D\n" +
-	"\x06ticket\x18\x03 \x01(\tB,\xbaH)r'\x18\x80\x012\"^[A-Za-z0-9][A-Za-z0-9._:#/-]*$|^$R\x06ticket\x12O\n" +
-	"\rrequested_ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\xe7\x84\x0f*\x00R\frequestedTtl\x12\x14\n" +
+	"\x06ticket\x18\x03 \x01(\tB,\xbaH)r'\x18\x80\x012\"^[A-Za-z0-9][A-Za-z0-9._:#/-]*$|^$R\x06ticket\x12\xbd\x01\n" +
+	"\rrequested_ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationB}\xbaHz\xba\x01k\n" +
+	"\x1brequested_ttl.whole_seconds\x12/requested_ttl must be a whole number of seconds\x1a\x1bint(this) % 1000000000 == 0\xaa\x01\t\"\x05\b\x80\xe7\x84\x0f*\x00R\frequestedTtl\x12\x14\n" +
 	"\x05drill\x18\x05 \x01(\bR\x05drill\x12\x12\n" +
 	"\x04solo\x18\x06 \x01(\bR\x04solo\x12B\n" +
 	"\x0fidempotency_key\x18\a \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[A-Za-z0-9_-]*$R\x0eidempotencyKey\"\x94\x01\n" +
