@@ -115,12 +115,14 @@ func TestPolicyReload(t *testing.T) {
 	}
 	if !eventually(10*time.Second, func() bool {
 		b, _ := os.ReadFile(d.state("events.jsonl"))
-		return strings.Contains(string(b), `"policy.loaded"`) && strings.Contains(string(b), "quorum")
+		// A lowered quorum weakens the policy: its own event type, to page on.
+		return strings.Contains(string(b), `"policy.weakened"`) && strings.Contains(string(b), "POLICY WEAKENED") && strings.Contains(string(b), "quorum")
 	}) {
-		t.Error("no policy.loaded event with the change")
+		t.Error("no policy.weakened event with the change")
 	}
 	r := d.exportAudit(t).verify(t)
-	if r.code != 0 || !strings.Contains(r.stdout, "account prod-db: quorum 1 of db-admins and 1 of security -> 1 of db-admins") {
+	if r.code != 0 || !strings.Contains(r.stdout, `WEAKENS accounts[prod-db].quorum: "1 of db-admins and 1 of security" -> "1 of db-admins" (the quorum can be met with less)`) ||
+		!strings.Contains(r.stdout, "WEAKENS the policy before it") {
 		t.Fatalf("verify:\n%s\n%s", r.stdout, r.stderr)
 	}
 }

@@ -23,6 +23,12 @@ type PolicyLoaded struct {
 	// Identity says how principals are read from client certificates, so
 	// a verifier can derive the reviewer of a signed statement.
 	Identity Identity `json:"identity"`
+	// Changes lists, for people, what this policy changes from the one
+	// before (policy.ChangeLines); Weakens is set when any change widens
+	// access or weakens oversight. A verifier recomputes both from the two
+	// logged policies and refuses an entry that hides a weakening.
+	Changes []string `json:"changes,omitempty"`
+	Weakens bool     `json:"weakens,omitempty"`
 }
 
 // Identity is how the broker names the holder of a client certificate.

@@ -307,64 +307,14 @@ func FromCanonicalJSON(b []byte) (*Policy, error) {
 	return &p, nil
 }
 
-// NoChange is what Changes says of two policies that differ in nothing it
-// reports.
-const NoChange = "no change to quorum rules, requesters or groups"
-
 // Short is the rule without the reminder every rule carries.
 func (r Rule) Short() string {
 	return strings.TrimSuffix(r.String(), " (the requester never counts; each approver counts once)")
 }
 
-// Changes lists, for people, what cur changes from old in quorum rules,
-// requesters, accounts and groups; with no old, cur's quorum rules.
-func Changes(old, cur *Policy) []string {
-	var out []string
-	if old == nil {
-		for _, a := range cur.Accounts {
-			out = append(out, fmt.Sprintf("account %s: quorum %s", a.Name, a.Quorum.Short()))
-		}
-		return out
-	}
-	for _, a := range cur.Accounts {
-		pa, ok := old.Account(a.Name)
-		switch {
-		case !ok:
-			out = append(out, fmt.Sprintf("account %s added: quorum %s", a.Name, a.Quorum.Short()))
-		case pa.Quorum.String() != a.Quorum.String():
-			out = append(out, fmt.Sprintf("account %s: quorum %s -> %s", a.Name, pa.Quorum.Short(), a.Quorum.Short()))
-		}
-		if ok && strings.Join(pa.Requesters, ",") != strings.Join(a.Requesters, ",") {
-			out = append(out, fmt.Sprintf("account %s: requesters %v -> %v", a.Name, pa.Requesters, a.Requesters))
-		}
-	}
-	for _, a := range old.Accounts {
-		if _, ok := cur.Account(a.Name); !ok {
-			out = append(out, fmt.Sprintf("account %s removed", a.Name))
-		}
-	}
-	names := map[string]bool{}
-	for g := range old.Groups {
-		names[g] = true
-	}
-	for g := range cur.Groups {
-		names[g] = true
-	}
-	groups := make([]string, 0, len(names))
-	for g := range names {
-		groups = append(groups, g)
-	}
-	sort.Strings(groups)
-	for _, g := range groups {
-		if strings.Join(old.Groups[g], ",") != strings.Join(cur.Groups[g], ",") {
-			out = append(out, fmt.Sprintf("group %s: %v -> %v", g, old.Groups[g], cur.Groups[g]))
-		}
-	}
-	if old.Admins != cur.Admins {
-		out = append(out, fmt.Sprintf("admins: %q -> %q", old.Admins, cur.Admins))
-	}
-	if len(out) == 0 {
-		out = append(out, NoChange)
-	}
-	return out
+// Equal reports whether two rules are the same structure: the same
+// alternatives in the same order, each the same requirements. Rules are
+// compared this way, never by their text, which a group name can imitate.
+func (r Rule) Equal(o Rule) bool {
+	return slices.EqualFunc(r, o, func(a, b Alternative) bool { return slices.Equal(a, b) })
 }

@@ -38,7 +38,11 @@ const (
 	KeyDestroyed      = "key.destroyed"
 	CertExpiring      = "cert.expiring"
 	PolicyLoaded      = "policy.loaded"
-	StoreRestored     = "store.restored"
+	// PolicyWeakened replaces policy.loaded for a policy that widens
+	// access or weakens oversight (policy.Weakens), so the SOC can page
+	// on it alone.
+	PolicyWeakened = "policy.weakened"
+	StoreRestored  = "store.restored"
 )
 
 // Event is the JSON body every sink receives (the Slack sink renders it as
