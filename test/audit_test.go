@@ -3,12 +3,16 @@ package test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
-	"math/rand/v2"
+	"math/big"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,7 +130,7 @@ func TestAuditWithOutsideTools(t *testing.T) {
 	d := startDev(t)
 	runFlow(t, d)
 	f := d.exportAudit(t)
-	if r := f.verify(t); r.code != 0 || !strings.Contains(r.stdout, "audit log verifies") || !strings.Contains(r.stdout, "tokens 1: every token followed its quorum") {
+	if r := f.verify(t); r.code != 0 || !strings.Contains(r.stdout, "audit log verifies") || !strings.Contains(r.stdout, "tokens 1\n  1 token(s) followed their quorum") {
 		t.Fatalf("verify: %+v", r)
 	}
 
@@ -554,6 +558,88 @@ func TestAuditTampering(t *testing.T) {
 	}
 }
 
+// Every violation is reported, not only the first: a change to one entry
+// after an unrelated earlier violation is caught at its own index.
+func TestAuditReportsEveryViolation(t *testing.T) {
+	d := startDev(t)
+	runFlow(t, d)
+	f := d.exportAudit(t)
+	ls := f.lines(t)
+	last := len(ls) - 1
+	ls[1].Signature = nil                         // taken before the HSM signed it
+	ls[last].Entry[len(ls[last].Entry)/2] ^= 0x01 // and, later, a changed entry
+	r := f.tampered(t, ls).verify(t, "-o", "json")
+	var out struct {
+		Violations []struct {
+			Index  int    `json:"index"`
+			Reason string `json:"reason"`
+		} `json:"violations"`
+		Count int `json:"count"`
+	}
+	if r.code != 1 || json.Unmarshal([]byte(r.stdout), &out) != nil {
+		t.Fatalf("verify: %+v", r)
+	}
+	got := map[int]string{}
+	for _, v := range out.Violations {
+		got[v.Index] += v.Reason + "; "
+	}
+	if !strings.Contains(got[1], "not signed") || !strings.Contains(got[last], "signature does not verify") || out.Count != len(out.Violations) {
+		t.Fatalf("violations %+v", out)
+	}
+	r = f.tampered(t, ls).verify(t)
+	if r.code != 1 || !strings.Contains(r.stderr, fmt.Sprintf("%d violation(s)", out.Count)) || !strings.Contains(r.stderr, "entry 1: ") ||
+		!strings.Contains(r.stderr, fmt.Sprintf("entry %d: ", last)) {
+		t.Fatalf("verify for people: %+v", r)
+	}
+}
+
+// A CRL revokes a certificate from its revocation time on: reviews signed
+// before it stay valid (bgctl audit verify --crl), and a CRL not signed by
+// the client CA is refused.
+func TestAuditVerifyWithCRL(t *testing.T) {
+	d := startDev(t)
+	runFlow(t, d)
+	f := d.exportAudit(t)
+	bobPEM, err := os.ReadFile(d.state("identities", "bob.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(bobPEM)
+	bob, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Revoked after every review of the flow (a CRL's times are to the
+	// second).
+	ca := d.devCA()
+	at := time.Now().Add(2 * time.Second)
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(2), ThisUpdate: at, NextUpdate: at.Add(time.Hour),
+		RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: bob.SerialNumber, RevocationTime: at}}}, ca.Cert, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+	crlFile := filepath.Join(t.TempDir(), "crl.pem")
+	if err := os.WriteFile(crlFile, crl, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.verify(t, "--crl", crlFile); r.code != 0 {
+		t.Fatalf("reviews signed before bob's certificate was revoked are refused: %+v", r)
+	}
+	other, err := devmode.NewCA("another CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := other.CRL(1, bob.SerialNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = os.WriteFile(crlFile, foreign, 0o600)
+	if r := f.verify(t, "--crl", crlFile); r.code == 0 || !strings.Contains(r.stderr, "not a CRL signed by") {
+		t.Fatalf("a CRL from another CA: %+v", r)
+	}
+}
+
 func (f *auditFiles) vkeyName(t *testing.T) string {
 	b, err := os.ReadFile(f.vkey)
 	if err != nil {
@@ -654,7 +740,7 @@ func TestCrashSafety(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(time.Duration(50+rand.IntN(400)) * time.Millisecond)
+		time.Sleep(time.Duration(50+mrand.IntN(400)) * time.Millisecond)
 		d.kill()
 		cancel()
 		wg.Wait()

@@ -2,7 +2,6 @@ package auditverify
 
 import (
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -18,31 +17,37 @@ import (
 // replay re-runs the broker's lifecycle from the entries alone and refuses
 // anything the broker must never have done.
 type replay struct {
-	origin  string
-	cas     *x509.CertPool
-	revoked map[string]bool
-
-	prevLeaf []byte
-	lastTime time.Time
+	origin string
+	cas    *x509.CertPool
+	// revoked maps a certificate (issuer and serial) to when its CRL says
+	// it was revoked: it signs nothing valid from then on.
+	revoked map[string]time.Time
+	report  func(*Violation)
 
 	policy     *policy.Policy
 	policyHash string
 	identity   audit.Identity
 	policies   []PolicyChange
+	weakening  int
 
-	requests map[string]*reqState
-	jtis     map[string]bool
+	requests  map[string]*reqState
+	nRequests int
+	jtis      map[string]bool
 	// postReviews maps an open post-use review to its request.
 	postReviews map[string]string
 	closed      map[string]bool
 	// tokenKeys maps an account ("" for the broker) to its active token kid.
-	tokenKeys map[string]string
-	grants    int
-	tokens    int
-	reviews   int
-	restores  []Restore
+	tokenKeys    map[string]string
+	grants       int
+	tokens       int
+	quorumTokens int
+	soloTokens   int
+	solo         []SoloGrant
+	soloCount    int
+	reviews      int
+	restores     []Restore
 	// sigs verifies statements and parses certificates, remembering both:
-	// prepare has verified most statements already.
+	// the workers have verified most statements already.
 	sigs *statement.Cache
 	// chains are the verified chains of the certificates seen;
 	// chainChecks counts the chains built.
@@ -73,51 +78,42 @@ type reqState struct {
 	activationDeadline     time.Time
 	issued                 int
 	solo                   bool
-	soloAckedAt            time.Time
-	grantAcked             bool
-	content                statement.Content
+	// soloGrant is set when the request was approved as solo, by its veto
+	// window: a solo request may also be approved by its quorum.
+	soloGrant   bool
+	soloAckedAt time.Time
+	grantAcked  bool
+	content     statement.Content
+	// soloListed is the grant's place in the summary's solo grants (-1
+	// past MaxListed).
+	soloListed int
 }
 
-func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache) *replay {
-	r := &replay{origin: origin, cas: cas, sigs: sigs, chains: map[string][][]*x509.Certificate{}, revoked: map[string]bool{}, prevLeaf: audit.ZeroPrev,
+func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache, report func(*Violation)) *replay {
+	r := &replay{origin: origin, cas: cas, sigs: sigs, report: report, chains: map[string][][]*x509.Certificate{}, revoked: map[string]time.Time{},
 		requests: map[string]*reqState{}, jtis: map[string]bool{}, postReviews: map[string]string{}, closed: map[string]bool{}, tokenKeys: map[string]string{}}
 	for _, crl := range crls {
 		for _, e := range crl.RevokedCertificateEntries {
-			r.revoked[new(big.Int).Set(e.SerialNumber).String()] = true
+			k := revocationKey(crl.RawIssuer, e.SerialNumber)
+			if t, ok := r.revoked[k]; !ok || e.RevocationTime.Before(t) {
+				r.revoked[k] = e.RevocationTime
+			}
 		}
 	}
 	return r
 }
 
+// revocationKey names a certificate by its issuer and serial, as CRLs do.
+func revocationKey(issuer []byte, serial *big.Int) string {
+	return string(issuer) + "\x00" + serial.String()
+}
+
 func (r *replay) summary() *Summary {
-	return &Summary{Requests: len(r.requests), Grants: r.grants, Tokens: r.tokens, Reviews: r.reviews, Policies: r.policies, Restores: r.restores}
+	return &Summary{Requests: r.nRequests, Grants: r.grants, Tokens: r.tokens, Reviews: r.reviews, Policies: r.policies, Restores: r.restores,
+		QuorumTokens: r.quorumTokens, SoloTokens: r.soloTokens, SoloGrants: r.solo, SoloGrantCount: r.soloCount, WeakeningPolicies: r.weakening}
 }
 
 func decode(raw json.RawMessage, v any) error { return json.Unmarshal(raw, v) }
-
-// link checks one entry's envelope and its link to the one before.
-func (r *replay) link(i int64, b []byte, e *audit.Entry) (*audit.Entry, *Violation) {
-	if e == nil {
-		var err error
-		if e, err = audit.Parse(b); err != nil {
-			return nil, violation(i, "the entry is not JSON: %v", err)
-		}
-	}
-	if e.V != audit.Version {
-		return nil, violation(i, "unknown entry format version %d", e.V)
-	}
-	if e.Index != uint64(i) {
-		return nil, violation(i, "the entry says it is entry %d: an entry before it was removed, or entries were reordered", e.Index)
-	}
-	if e.Prev != hex.EncodeToString(r.prevLeaf) {
-		return nil, violation(i, "the entry does not link to the one before it (prev %s): the log was changed or reordered", e.Prev)
-	}
-	if e.Time.Before(r.lastTime) {
-		return nil, violation(i, "time goes backwards (%s after %s)", e.Time.Format(time.RFC3339Nano), r.lastTime.Format(time.RFC3339Nano))
-	}
-	r.prevLeaf, r.lastTime = audit.LeafHash(b), e.Time
-	return e, nil
-}
 
 // entry replays one linked entry.
 func (r *replay) entry(i int64, e *audit.Entry) *Violation {
@@ -195,23 +191,46 @@ func (r *replay) policyLoaded(i int64, e *audit.Entry) *Violation {
 	default:
 		return violation(i, "unknown identity mode %q", pl.Identity.Mode)
 	}
-	r.policies = append(r.policies, PolicyChange{Index: uint64(i), Hash: p.Hash(), Changes: describeChanges(r.policy, p, r.identity, pl.Identity)})
+	changes, weakens := describeChanges(r.policy, p, r.identity, pl.Identity)
+	// A broker that records what changed must not hide a weakening.
+	if pl.Changes != nil && weakens && !pl.Weakens {
+		return violation(i, "the policy weakens the one before (%s) but the entry does not say so", strings.Join(weakening(changes), "; "))
+	}
+	if weakens {
+		r.weakening++
+	}
+	if len(r.policies) < MaxListed {
+		r.policies = append(r.policies, PolicyChange{Index: uint64(i), Hash: p.Hash(), Changes: changes, Weakens: weakens})
+	}
 	r.policy, r.policyHash, r.identity = p, p.Hash(), pl.Identity
 	return nil
 }
 
-// describeChanges lists what a new policy changes, identity settings
-// first.
-func describeChanges(old, cur *policy.Policy, oldID, curID audit.Identity) []string {
+// weakening keeps the lines that mark a weakening change.
+func weakening(lines []string) []string {
 	var out []string
-	if old != nil && oldID != curID {
-		out = append(out, fmt.Sprintf("identity: %s %s -> %s %s", oldID.Mode, oldID.URIPrefix, curID.Mode, curID.URIPrefix))
+	for _, l := range lines {
+		if strings.HasPrefix(l, "WEAKENS ") {
+			out = append(out, l)
+		}
 	}
-	changes := policy.Changes(old, cur)
-	if len(out) > 0 && len(changes) == 1 && changes[0] == policy.NoChange {
-		return out
+	return out
+}
+
+// describeChanges lists what a new policy changes, identity settings
+// first, and whether anything weakens it.
+func describeChanges(old, cur *policy.Policy, oldID, curID audit.Identity) ([]string, bool) {
+	changes := policy.ChangeLines(old, cur)
+	if old == nil {
+		return changes, false
 	}
-	return append(out, changes...)
+	weakens := policy.Weakens(policy.Diff(old, cur))
+	if oldID != curID {
+		changes = append([]string{fmt.Sprintf("WEAKENS identity: %s %s -> %s %s (principals are read from certificates differently)",
+			oldID.Mode, oldID.URIPrefix, curID.Mode, curID.URIPrefix)}, slices.DeleteFunc(changes, func(s string) bool { return s == policy.NoChange })...)
+		weakens = true
+	}
+	return changes, weakens
 }
 
 func shortRule(r policy.Rule) string { return r.Short() }
@@ -254,6 +273,7 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if c.Digest() != p.ContentDigest {
 		return violation(i, "the content digest does not match the request's content")
 	}
+	r.nRequests++
 	r.requests[e.Request] = &reqState{
 		id: e.Request, account: e.Account, requester: e.Actor, digest: p.ContentDigest, rule: p.Quorum, ttl: ttl, drill: p.Drill,
 		denyThreshold: p.DenyThreshold, maxIssuances: p.MaxIssuances, activationWindow: time.Duration(p.ActivationWindow) * time.Second,
@@ -325,8 +345,8 @@ func (r *replay) checkSignedReview(q *reqState, reviewer string, p audit.Request
 	if err := r.verifyChain(cert, at); err != nil {
 		return "the certificate did not chain to the client CA at " + at.UTC().Format(time.RFC3339) + ": " + err.Error()
 	}
-	if r.revoked[cert.SerialNumber.String()] {
-		return "the certificate is on the CRL"
+	if t, ok := r.revoked[revocationKey(cert.RawIssuer, cert.SerialNumber)]; ok && !at.Before(t) {
+		return fmt.Sprintf("the certificate was revoked at %s (CRL), before this was signed at %s", t.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
 	}
 	who, err := principalOf(cert, r.identity)
 	if err != nil {
@@ -425,6 +445,15 @@ func (r *replay) approved(i int64, e *audit.Entry) *Violation {
 	}
 	q.state, q.approvedAt, q.grantEnd, q.activationDeadline = "APPROVED", p.ApprovedAt, p.GrantExpiresAt, p.ActivationDeadline
 	r.grants++
+	if p.Solo {
+		q.soloGrant = true
+		r.soloCount++
+		q.soloListed = -1
+		if len(r.solo) < MaxListed {
+			q.soloListed = len(r.solo)
+			r.solo = append(r.solo, SoloGrant{Index: uint64(i), Request: q.id, Account: q.account, Requester: q.requester, ApprovedAt: p.ApprovedAt})
+		}
+	}
 	return nil
 }
 
@@ -499,7 +528,7 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 	if q.issued >= q.maxIssuances {
 		return violation(i, "token %d of a grant allowed %d", q.issued+1, q.maxIssuances)
 	}
-	if q.solo {
+	if q.soloGrant {
 		if a, ok := r.policy.Account(q.account); !ok || a.Solo == nil {
 			return violation(i, "token for a solo grant on %s, whose policy in force does not allow solo access", q.account)
 		}
@@ -567,6 +596,14 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 	r.jtis[c.JTI] = true
 	q.issued++
 	r.tokens++
+	if q.soloGrant {
+		r.soloTokens++
+		if q.soloListed >= 0 {
+			r.solo[q.soloListed].Tokens++
+		}
+	} else {
+		r.quorumTokens++
+	}
 	return nil
 }
 
@@ -645,7 +682,7 @@ func (r *replay) reviewOpened(i int64, e *audit.Entry) *Violation {
 	if err := decode(e.Payload, &p); err != nil || p.ID == "" || r.postReviews[p.ID] != "" {
 		return violation(i, "malformed or reused post_review_opened")
 	}
-	if q.issued == 0 && !(q.solo && q.state == "APPROVED") {
+	if q.issued == 0 && !(q.soloGrant && q.state == "APPROVED") {
 		return violation(i, "post-use review opened for %s, which issued no token", q.id)
 	}
 	r.postReviews[p.ID] = q.id

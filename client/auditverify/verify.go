@@ -1,23 +1,25 @@
 // Package auditverify checks an exported audit log offline, with public
-// keys only: every entry's signature, the hash chain, the Merkle root
-// against a signed checkpoint (and, given an older checkpoint, that the log
-// only grew since), and then the whole lifecycle replayed from the entry
-// bytes alone, so that every token is shown to follow a valid quorum of
-// approvals the approvers themselves signed.
+// keys only: every entry's signature by the audit key in force at its
+// index, the hash chain, the Merkle root against a signed checkpoint (and,
+// given an older checkpoint, that the log only grew since), and then the
+// whole lifecycle replayed from the entry bytes alone, so that every token
+// is shown to follow a valid quorum of approvals the approvers themselves
+// signed. It reads the export once, as a stream, and reports every
+// violation it finds, not only the first.
 package auditverify
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"runtime"
-	"sync"
-	"sync/atomic"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
@@ -56,18 +58,21 @@ func ExportLine(index uint64, entry, sig []byte, keyID string) Line {
 
 // Options is what an auditor holds.
 type Options struct {
-	// Log is the export, JSON Lines from index 0.
+	// Log is the export, JSON Lines from index 0. It is read once, in
+	// order: memory stays bounded whatever its size.
 	Log io.Reader
 	// Checkpoint is a signed checkpoint note the log must match.
 	Checkpoint []byte
 	// CheckpointKey is the signed-note verifier key (name+hash+base64) of
 	// the checkpoint key; its name is the log's origin.
 	CheckpointKey string
-	// AuditKeys verify entry signatures.
+	// AuditKeys verify entry signatures: the keys in force from the first
+	// entry. Later keys are followed through the rotation statements.
 	AuditKeys []*ecdsa.PublicKey
 	// ClientCAs verify the certificates behind signed reviews.
 	ClientCAs *x509.CertPool
-	// CRLs, when given, list certificates that must not have signed reviews.
+	// CRLs, when given, list certificates that must not have signed
+	// anything from their revocation on.
 	CRLs []*x509.RevocationList
 	// PreviousCheckpoint, when given, is an older checkpoint the log must
 	// extend: a truncated or rolled-back log fails.
@@ -77,13 +82,16 @@ type Options struct {
 	// the checkpoint (witness.go).
 	Witnesses     []string
 	WitnessQuorum int
+	// MaxViolations bounds the violations listed (default 100); the rest
+	// are counted.
+	MaxViolations int
 }
 
-// Violation is the first thing found wrong, at an entry index (-1 when it
-// is about the inputs rather than an entry).
+// Violation is one thing found wrong, at an entry index (-1 when it is
+// about the inputs rather than an entry).
 type Violation struct {
-	Index  int64
-	Reason string
+	Index  int64  `json:"index"`
+	Reason string `json:"reason"`
 }
 
 func (v *Violation) Error() string {
@@ -97,11 +105,52 @@ func violation(i int64, format string, args ...any) *Violation {
 	return &Violation{Index: i, Reason: fmt.Sprintf(format, args...)}
 }
 
+// Violations is every violation found: the first MaxViolations of them,
+// in index order, and how many there were in all. errors.As finds the
+// first as a *Violation.
+type Violations struct {
+	List  []*Violation `json:"violations"`
+	Count int          `json:"count"`
+}
+
+func (v *Violations) Error() string {
+	if len(v.List) == 0 {
+		return fmt.Sprintf("%d violations", v.Count)
+	}
+	if v.Count == 1 {
+		return v.List[0].Error()
+	}
+	return fmt.Sprintf("%d violations, the first: %s", v.Count, v.List[0].Error())
+}
+
+// Unwrap returns the violations listed.
+func (v *Violations) Unwrap() []error {
+	out := make([]error, len(v.List))
+	for i, x := range v.List {
+		out[i] = x
+	}
+	return out
+}
+
 // PolicyChange is one policy_loaded entry as the summary reports it.
 type PolicyChange struct {
 	Index   uint64   `json:"index"`
 	Hash    string   `json:"hash"`
 	Changes []string `json:"changes"`
+	// Weakens is set when the policy widened access or weakened
+	// oversight (policy.Weakens, or a change of the identity settings).
+	Weakens bool `json:"weakens,omitempty"`
+}
+
+// SoloGrant is a grant approved by the passing of its veto window, with
+// no approver: its tokens had no quorum, and the summary says so.
+type SoloGrant struct {
+	Index      uint64    `json:"index"`
+	Request    string    `json:"request"`
+	Account    string    `json:"account"`
+	Requester  string    `json:"requester"`
+	ApprovedAt time.Time `json:"approved_at"`
+	Tokens     int       `json:"tokens"`
 }
 
 // Summary is what a verified log contains.
@@ -115,6 +164,15 @@ type Summary struct {
 	Tokens         int            `json:"tokens"`
 	Reviews        int            `json:"reviews"`
 	Policies       []PolicyChange `json:"policies"`
+	// QuorumTokens are the tokens of grants approved by a quorum;
+	// SoloTokens those of solo grants, listed in SoloGrants (at most
+	// MaxListed, SoloGrantCount in all).
+	QuorumTokens   int         `json:"quorum_tokens"`
+	SoloTokens     int         `json:"solo_tokens"`
+	SoloGrants     []SoloGrant `json:"solo_grants,omitempty"`
+	SoloGrantCount int         `json:"solo_grant_count"`
+	// WeakeningPolicies counts the policy changes that weakened the policy.
+	WeakeningPolicies int `json:"weakening_policies"`
 	// AuditKeys and CheckpointKeys count the keys in the chains followed.
 	AuditKeys      int `json:"audit_keys"`
 	CheckpointKeys int `json:"checkpoint_keys"`
@@ -128,6 +186,10 @@ type Summary struct {
 	// Cosigners are the witnesses that cosigned the checkpoint.
 	Cosigners []Cosigner `json:"cosigners,omitempty"`
 }
+
+// MaxListed bounds the solo grants, policy changes and restores a summary
+// lists; past it they are only counted.
+const MaxListed = 1000
 
 // Restore is a restore of the store from a backup. A forced one rolled
 // the log back: LostAfter is the size of the newest checkpoint it knew of,
@@ -143,277 +205,277 @@ type Restore struct {
 // MaxLineBytes bounds one export line.
 const MaxLineBytes = 1 << 20
 
-// Verify checks the log. It returns the summary, or a *Violation naming the
-// first entry found wrong and why.
+// DefaultMaxViolations is how many violations are listed by default.
+const DefaultMaxViolations = 100
+
+// Verify checks the log. It returns the summary and, when anything is
+// wrong, a *Violations listing every violation found.
 func Verify(o Options) (*Summary, error) {
+	fatal := func(format string, args ...any) (*Summary, error) {
+		return nil, &Violations{List: []*Violation{violation(-1, format, args...)}, Count: 1}
+	}
 	if len(o.AuditKeys) == 0 {
-		return nil, violation(-1, "no audit key given")
+		return fatal("no audit key given")
 	}
 	if o.ClientCAs == nil {
-		return nil, violation(-1, "no client CA given")
+		return fatal("no client CA given")
 	}
 	vkey, err := note.NewVerifier(o.CheckpointKey)
 	if err != nil {
-		return nil, violation(-1, "the checkpoint key is not a signed-note verifier key: %v", err)
+		return fatal("the checkpoint key is not a signed-note verifier key: %v", err)
 	}
-	origin := vkey.Name()
-	lines, err := readLines(o.Log)
-	if err != nil {
-		return nil, err
+	if o.Log == nil {
+		return fatal("no export given")
 	}
-	// The chain, which also follows key rotations: each new audit or
-	// checkpoint key is introduced by a statement signed by a key already
-	// trusted and by the new one.
-	keys := &keyChain{audit: append([]*ecdsa.PublicKey(nil), o.AuditKeys...), checkpoint: []note.Verifier{vkey}}
-	sigs := statement.NewCache(min(len(lines), 1<<18))
-	parsed := prepare(lines, sigs)
-	r := newReplay(origin, o.ClientCAs, o.CRLs, sigs)
-	var entries []*audit.Entry
-	var chainErr *Violation
-	for i, l := range lines {
-		e, v := r.link(int64(i), l.Entry, parsed[i])
-		if v == nil {
-			v = keys.follow(int64(i), e)
-		}
-		if v != nil {
-			chainErr = v
-			break
-		}
-		entries = append(entries, e)
+	v := &verifier{o: o, origin: vkey.Name(), keys: newKeyChain(o.AuditKeys, vkey), max: o.MaxViolations,
+		tree: (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0), types: map[string]int{}}
+	if v.max <= 0 {
+		v.max = DefaultMaxViolations
 	}
-	// The entry signatures are checked on every core while this goroutine
-	// goes on with the tree and the replay, which must go in order; the
-	// signatures' verdict comes first all the same. The first thing wrong
-	// is reported by index: a changed entry fails its signature at its own
-	// index before its successor's link fails.
-	var (
-		sigChecks int
-		sigErr    *Violation
-		sigDone   = make(chan struct{})
-	)
-	go func() {
-		defer close(sigDone)
-		sigChecks, sigErr = checkSignatures(lines, keys.audit)
-	}()
-	if chainErr != nil {
-		<-sigDone
-		if sigErr != nil && sigErr.Index <= chainErr.Index {
-			return nil, sigErr
-		}
-		return nil, chainErr
+	v.sigs = statement.NewCache(1 << 16)
+	v.r = newReplay(v.origin, o.ClientCAs, o.CRLs, v.sigs, v.report)
+	v.prevLeaf = audit.ZeroPrev
+	if len(o.PreviousCheckpoint) > 0 {
+		v.cps = append(v.cps, v.checkpointBody("previous checkpoint", o.PreviousCheckpoint))
 	}
-	sum, err := verifyRest(o, origin, keys, r, lines, entries)
-	<-sigDone
-	if sigErr != nil {
-		return nil, sigErr
+	v.cps = append(v.cps, v.checkpointBody("checkpoint", o.Checkpoint))
+	v.stream(o.Log)
+	sum := v.finish()
+	if v.vs.Count > 0 {
+		sort.SliceStable(v.vs.List, func(i, j int) bool { return v.vs.List[i].Index < v.vs.List[j].Index })
+		return sum, &v.vs
 	}
-	if err != nil {
-		return nil, err
-	}
-	sum.SignatureChecks += sigChecks
-	cos, v := witnessed(o, origin)
-	if v != nil {
-		return nil, v
-	}
-	sum.Cosigners = cos
-	sum.SignatureChecks += len(sum.Cosigners)
 	return sum, nil
 }
 
-// verifyRest checks the checkpoints against the tree of the entries and
-// replays the lifecycle.
-func verifyRest(o Options, origin string, keys *keyChain, r *replay, lines []wireLine, entries []*audit.Entry) (*Summary, error) {
-	cp, err := keys.parseCheckpoint(o.Checkpoint, origin)
+// verifier is one run over one export.
+type verifier struct {
+	o      Options
+	origin string
+	keys   *keyChain
+	r      *replay
+	sigs   *statement.Cache
+	tree   *compact.Range
+	// treeBroken is set once an export line could not be read: the tree
+	// of the log can no longer be compared with the checkpoints.
+	treeBroken bool
+	cps        []*cpCheck
+	// n is the number of export lines read; prevLeaf the leaf hash of the
+	// last entry (nil when it could not be read).
+	n         int64
+	prevLeaf  []byte
+	lastTime  time.Time
+	vs        Violations
+	max       int
+	types     map[string]int
+	sigChecks int
+}
+
+// cpCheck is a checkpoint the log must match at its size.
+type cpCheck struct {
+	which string
+	raw   []byte
+	body  *log.Checkpoint
+	// reached is set once the tree had the checkpoint's size.
+	reached bool
+}
+
+// report records a violation at entry i.
+func (v *verifier) report(x *Violation) {
+	v.vs.Count++
+	if len(v.vs.List) < v.max {
+		v.vs.List = append(v.vs.List, x)
+	}
+}
+
+func (v *verifier) reportf(i int64, format string, args ...any) {
+	v.report(violation(i, format, args...))
+}
+
+// checkpointBody reads a checkpoint's body before its signature can be
+// checked: the key that signed it may be one the log rotates in, so the
+// signature is checked at the end with the whole key chain, and the body
+// gives the size at which the tree must have its root.
+func (v *verifier) checkpointBody(which string, raw []byte) *cpCheck {
+	c := &cpCheck{which: which, raw: raw}
+	if len(raw) == 0 {
+		v.reportf(-1, "%s: missing", which)
+		return c
+	}
+	_, err := note.Open(raw, note.VerifierList())
+	var unverified *note.UnverifiedNoteError
+	if !errors.As(err, &unverified) {
+		v.reportf(-1, "%s: not a signed note: %v", which, err)
+		return c
+	}
+	var body log.Checkpoint
+	rest, err := body.Unmarshal([]byte(unverified.Note.Text))
 	if err != nil {
-		return nil, violation(-1, "checkpoint: %v", err)
+		v.reportf(-1, "%s: %v", which, err)
+		return c
 	}
-	var prev *log.Checkpoint
-	if len(o.PreviousCheckpoint) > 0 {
-		if prev, err = keys.parseCheckpoint(o.PreviousCheckpoint, origin); err != nil {
-			return nil, violation(-1, "previous checkpoint: %v", err)
+	if body.Origin != v.origin {
+		v.reportf(-1, "%s: it is for log %q, not %q", which, body.Origin, v.origin)
+		return c
+	}
+	_ = rest
+	if len(body.Hash) != 32 {
+		v.reportf(-1, "%s: the root hash is not 32 bytes", which)
+		return c
+	}
+	c.body = &body
+	return c
+}
+
+// step checks the export line at position i, in order.
+func (v *verifier) step(i int64, p *prepared) {
+	v.n = i + 1
+	if p.wireErr != nil {
+		v.reportf(i, "export line %d is not a JSON object with base64 entry and signature: %v", i+1, p.wireErr)
+		v.lost()
+		return
+	}
+	if p.wire.Index != uint64(i) {
+		v.reportf(i, "export line %d holds index %d: an entry is missing, duplicated or out of order", i+1, p.wire.Index)
+	}
+	if len(p.wire.Entry) == 0 {
+		v.reportf(i, "export line %d has no entry", i+1)
+		v.lost()
+		return
+	}
+	v.appendLeaf(i, p.leaf)
+	e := p.entry
+	prev := v.prevLeaf
+	v.prevLeaf = p.leaf
+	if e == nil {
+		v.reportf(i, "the entry is not JSON: %v", p.parseErr)
+		return
+	}
+	v.types[string(e.Type)]++
+	switch {
+	case e.V != audit.Version:
+		v.reportf(i, "unknown entry format version %d", e.V)
+	case e.Index != uint64(i):
+		v.reportf(i, "the entry says it is entry %d: an entry before it was removed, or entries were reordered", e.Index)
+	case prev != nil && e.Prev != hex.EncodeToString(prev):
+		v.reportf(i, "the entry does not link to the one before it (prev %s): the log was changed or reordered", e.Prev)
+	case e.Time.Before(v.lastTime):
+		v.reportf(i, "time goes backwards (%s after %s)", e.Time.Format(time.RFC3339Nano), v.lastTime.Format(time.RFC3339Nano))
+	}
+	if e.Time.After(v.lastTime) {
+		v.lastTime = e.Time
+	}
+	if reason := v.keys.checkEntry(i, e, p.wire.Entry, p.wire.Signature, p.signer); reason != "" {
+		v.reportf(i, "%s", reason)
+	}
+	// An entry whose signature or link is wrong is reported, and still
+	// replayed for what it says: what follows is judged on its own, so one
+	// bad entry does not hide, or drown, the violations after it. (A key
+	// rotation is trusted for its statement's own two signatures.)
+	if x := v.keys.follow(i, e); x != nil {
+		v.report(x)
+		return
+	}
+	if x := v.r.entry(i, e); x != nil {
+		v.report(x)
+	}
+}
+
+// lost notes an export line that could not be read: what follows can be
+// checked, but not against the checkpoints' roots.
+func (v *verifier) lost() {
+	v.treeBroken = true
+	v.prevLeaf = nil
+}
+
+// appendLeaf adds entry i to the tree and compares roots at the
+// checkpoints' sizes.
+func (v *verifier) appendLeaf(i int64, leaf []byte) {
+	if v.treeBroken {
+		return
+	}
+	if err := v.tree.Append(leaf, nil); err != nil {
+		v.reportf(i, "building the tree: %v", err)
+		v.treeBroken = true
+		return
+	}
+	size := uint64(i + 1)
+	for _, c := range v.cps {
+		if c.body == nil || c.body.Size != size {
+			continue
 		}
-		if prev.Size > cp.Size {
-			return nil, violation(int64(cp.Size), "the checkpoint (size %d) is smaller than the previous checkpoint (size %d): the log was truncated or rolled back", cp.Size, prev.Size)
+		c.reached = true
+		root, err := v.tree.GetRootHash(nil)
+		if err != nil {
+			v.reportf(i, "building the tree: %v", err)
+			continue
+		}
+		if !bytes.Equal(root, c.body.Hash) {
+			v.reportf(i, "the tree of the first %d entries does not have the %s's root: an entry up to here was changed, removed, added or reordered", size, c.which)
 		}
 	}
-	if uint64(len(lines)) < cp.Size {
-		return nil, violation(int64(len(lines)), "the export ends at %d entries but the checkpoint covers %d: entries were removed or the log was truncated", len(lines), cp.Size)
+}
+
+// finish checks the checkpoints' signatures and sizes, and sums up.
+func (v *verifier) finish() *Summary {
+	if v.n == 0 {
+		v.reportf(-1, "the export is empty")
 	}
-	if prev != nil && uint64(len(lines)) < prev.Size {
-		return nil, violation(int64(len(lines)), "the export ends at %d entries but the previous checkpoint covers %d", len(lines), prev.Size)
-	}
-	// The tree from the entries' own bytes must have the checkpoints' roots.
-	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
-	cr := rf.NewEmptyRange(0)
-	for i, l := range lines {
-		if err := cr.Append(audit.LeafHash(l.Entry), nil); err != nil {
-			return nil, violation(int64(i), "building the tree: %v", err)
+	var main, prev *log.Checkpoint
+	for _, c := range v.cps {
+		if c.body == nil {
+			continue
 		}
-		size := uint64(i + 1)
-		for _, c := range []*log.Checkpoint{prev, cp} {
-			if c == nil || c.Size != size {
-				continue
-			}
-			root, err := cr.GetRootHash(nil)
-			if err != nil {
-				return nil, violation(int64(i), "building the tree: %v", err)
-			}
-			if !bytes.Equal(root, c.Hash) {
-				which := "checkpoint"
-				if c == prev {
-					which = "previous checkpoint"
-				}
-				return nil, violation(int64(i), "the tree of the first %d entries does not have the %s's root: an entry up to here was changed, removed, added or reordered", size, which)
-			}
+		cp, err := v.keys.openCheckpoint(c.raw, v.origin)
+		if err != nil {
+			v.reportf(-1, "%s: %v", c.which, err)
+			continue
 		}
-	}
-	for i, e := range entries {
-		if v := r.entry(int64(i), e); v != nil {
-			return nil, v
+		if c.which == "checkpoint" {
+			main = cp
+		} else {
+			prev = cp
+		}
+		switch {
+		case !c.reached && uint64(v.n) < cp.Size && c.which == "checkpoint":
+			v.reportf(v.n, "the export ends at %d entries but the checkpoint covers %d: entries were removed or the log was truncated", v.n, cp.Size)
+		case !c.reached && uint64(v.n) < cp.Size:
+			v.reportf(v.n, "the export ends at %d entries but the %s covers %d", v.n, c.which, cp.Size)
+		case !c.reached:
+			v.reportf(-1, "the %s (size %d) could not be compared with the log: an export line before it could not be read", c.which, cp.Size)
 		}
 	}
-	sum := r.summary()
-	sum.Origin, sum.Entries, sum.CheckpointSize = origin, uint64(len(lines)), cp.Size
-	sum.AuditKeys, sum.CheckpointKeys = len(keys.audit), len(keys.checkpoint)
-	sum.SignatureChecks = int(r.sigs.Checks()) + r.chainChecks + keys.checks
-	sum.Types = map[string]int{}
-	for _, e := range entries {
-		sum.Types[string(e.Type)]++
+	if main != nil && prev != nil && prev.Size > main.Size {
+		v.reportf(int64(main.Size), "the checkpoint (size %d) is smaller than the previous checkpoint (size %d): the log was truncated or rolled back", main.Size, prev.Size)
+	}
+	sum := v.r.summary()
+	sum.Origin, sum.Entries = v.origin, uint64(v.n)
+	if main != nil {
+		sum.CheckpointSize = main.Size
 	}
 	if prev != nil {
 		sum.PreviousSize = prev.Size
 	}
-	return sum, nil
+	sum.AuditKeys, sum.CheckpointKeys = len(v.keys.audit), len(v.keys.checkpoint)
+	sum.SignatureChecks = int(v.sigs.Checks()) + v.r.chainChecks + v.keys.checks + v.sigChecks
+	sum.Types = v.types
+	cos, x := witnessed(v.o, v.origin)
+	if x != nil {
+		v.report(x)
+	}
+	sum.Cosigners = cos
+	sum.SignatureChecks += len(sum.Cosigners)
+	return sum
 }
 
-// wireLine is what the verifier reads of an export line.
-type wireLine struct {
-	Index     uint64 `json:"index"`
-	Entry     []byte `json:"entry"`
-	Signature []byte `json:"signature"`
-}
-
-func readLines(r io.Reader) ([]wireLine, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-	var raw [][]byte
-	for sc.Scan() {
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
-			continue
-		}
-		raw = append(raw, bytes.Clone(b))
+// String describes the violations for people, one a line.
+func (v *Violations) String() string {
+	var b strings.Builder
+	for _, x := range v.List {
+		b.WriteString(x.Error() + "\n")
 	}
-	if err := sc.Err(); err != nil {
-		return nil, violation(int64(len(raw)), "reading the export: %v", err)
+	if v.Count > len(v.List) {
+		fmt.Fprintf(&b, "... and %d more\n", v.Count-len(v.List))
 	}
-	if len(raw) == 0 {
-		return nil, violation(-1, "the export is empty")
-	}
-	// Decoding is independent per line: on every core.
-	out := make([]wireLine, len(raw))
-	bad := make([]error, len(raw))
-	parallel(len(raw), func(i int) {
-		bad[i] = json.Unmarshal(raw[i], &out[i])
-		raw[i] = nil
-	})
-	for i, l := range out {
-		if bad[i] != nil {
-			return nil, violation(int64(i), "export line %d is not a JSON object with base64 entry and signature: %v", i+1, bad[i])
-		}
-		if l.Index != uint64(i) {
-			return nil, violation(int64(i), "export line %d holds index %d: an entry is missing, duplicated or out of order", i+1, l.Index)
-		}
-		if len(l.Entry) == 0 {
-			return nil, violation(int64(i), "export line %d has no entry", i+1)
-		}
-	}
-	return out, nil
-}
-
-// parallel calls fn(i) for every i < n on every core, in chunks.
-func parallel(n int, fn func(i int)) {
-	const chunk = 128
-	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-	)
-	for range min(runtime.GOMAXPROCS(0), (n+chunk-1)/chunk) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				start := int(next.Add(chunk)) - chunk
-				if start >= n {
-					return
-				}
-				for i := start; i < min(start+chunk, n); i++ {
-					fn(i)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-// prepare parses every entry and verifies the statements that reviews,
-// post-use review closings and attestations carry, on every core, so that
-// the replay, which must go in order, finds them parsed and verified. A
-// line that does not parse is left nil for the replay to report.
-func prepare(lines []wireLine, sigs *statement.Cache) []*audit.Entry {
-	parsed := make([]*audit.Entry, len(lines))
-	parallel(len(lines), func(i int) {
-		e, err := audit.Parse(lines[i].Entry)
-		if err != nil {
-			return
-		}
-		parsed[i] = e
-		switch e.Type {
-		case audit.TypeRequestReviewed, audit.TypeReviewClosed, audit.TypeAccountAttested:
-			var s audit.Signed
-			if json.Unmarshal(e.Payload, &s) != nil {
-				return
-			}
-			if cert, err := sigs.ParseCertificate(s.Certificate); err == nil {
-				_ = sigs.Verify(cert, s.Statement, s.Signature)
-			}
-		}
-	})
-	return parsed
-}
-
-// checkSignatures verifies every entry signature, on every core: it is the
-// bulk of the work.
-func checkSignatures(lines []wireLine, keys []*ecdsa.PublicKey) (int, *Violation) {
-	var (
-		mu     sync.Mutex
-		first  *Violation
-		checks atomic.Int64
-	)
-	parallel(len(lines), func(i int) {
-		l := lines[i]
-		ok := false
-		if len(l.Signature) > 0 {
-			for _, k := range keys {
-				checks.Add(1)
-				if audit.VerifySignature(k, l.Entry, l.Signature) {
-					ok = true
-					break
-				}
-			}
-		}
-		if ok {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if first == nil || int64(i) < first.Index {
-			reason := "the signature does not verify with the audit key: the entry or its signature was changed"
-			if len(l.Signature) == 0 {
-				reason = "the entry is not signed (it was written while the HSM was down and the export was taken before it was signed)"
-			}
-			first = violation(int64(i), "%s", reason)
-		}
-	})
-	return int(checks.Load()), first
+	return b.String()
 }

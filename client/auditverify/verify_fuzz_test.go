@@ -86,6 +86,8 @@ type fuzzLog struct {
 	signer   note.Signer
 	verifier note.Verifier
 	cas      *x509.CertPool
+	ca       *x509.Certificate
+	caKey    ed25519.PrivateKey
 	entries  [][]byte
 	export   []byte
 	// checkpoints[n] is the signed checkpoint of the first n entries; notes
@@ -107,8 +109,7 @@ var (
 	fuzzLogVal  *fuzzLog
 )
 
-func theFuzzLog(f *testing.F) *fuzzLog {
-	f.Helper()
+func theFuzzLog(testing.TB) *fuzzLog {
 	fuzzLogOnce.Do(func() { fuzzLogVal = buildFuzzLog() })
 	return fuzzLogVal
 }
@@ -133,13 +134,14 @@ func buildFuzzLog() *fuzzLog {
 
 	caKey := ed25519.NewKeyFromSeed(fuzzSeed("client ca"))
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fuzz client CA"}, NotBefore: fuzzT0.Add(-time.Hour),
-		NotAfter: fuzzT0.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		NotAfter: fuzzT0.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
 	caDER, err := x509.CreateCertificate(nil, caTmpl, caTmpl, caKey.Public(), caKey)
 	must(err)
 	ca, err := x509.ParseCertificate(caDER)
 	must(err)
 	l.cas = x509.NewCertPool()
 	l.cas.AddCert(ca)
+	l.ca, l.caKey = ca, caKey
 	l.bobKey = ed25519.NewKeyFromSeed(fuzzSeed("bob"))
 	bobURI, _ := url.Parse(fuzzURIPrefix + "bob")
 	l.bobDER, err = x509.CreateCertificate(nil, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "bob"},
@@ -465,8 +467,8 @@ func FuzzCheckpoint(f *testing.F) {
 	f.Add([]byte(fuzzOrigin + "\n18446744073709551615\nAAAA\n\n— " + fuzzOrigin + " AAAAAAAA\n"))
 
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		k := &keyChain{checkpoint: []note.Verifier{l.verifier}}
-		cp, err := k.parseCheckpoint(msg, fuzzOrigin)
+		k := newKeyChain(nil, l.verifier)
+		cp, err := k.openCheckpoint(msg, fuzzOrigin)
 		if err != nil {
 			return
 		}
@@ -576,7 +578,7 @@ func FuzzFollowRotation(f *testing.F) {
 	probe := []byte("probe")
 	probeSig := ed25519.Sign(l.nextNote, probe)
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		k := &keyChain{audit: []*ecdsa.PublicKey{&l.audit.PublicKey}, checkpoint: []note.Verifier{l.verifier}}
+		k := newKeyChain([]*ecdsa.PublicKey{&l.audit.PublicKey}, l.verifier)
 		if v := k.follow(0, &audit.Entry{Type: audit.TypeKeyActivated, Payload: payload}); v != nil {
 			return
 		}
@@ -585,8 +587,8 @@ func FuzzFollowRotation(f *testing.F) {
 			t.Fatalf("one entry added %d audit and %d checkpoint keys", len(k.audit)-1, len(k.checkpoint)-1)
 		case len(k.audit) == 2 && !k.audit[1].Equal(&l.nextAudit.PublicKey):
 			t.Fatalf("a rotation brought in an audit key the test never made")
-		case len(k.checkpoint) == 2 && !k.checkpoint[1].Verify(probe, probeSig):
-			t.Fatalf("a rotation brought in a checkpoint key the test never made: %s", k.checkpoint[1].Name())
+		case len(k.checkpoint) == 2 && !k.checkpoint[1].v.Verify(probe, probeSig):
+			t.Fatalf("a rotation brought in a checkpoint key the test never made: %s", k.checkpoint[1].v.Name())
 		}
 	})
 }

@@ -293,7 +293,7 @@ func readVKey(s string) (string, error) {
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var logFile, cpFile, prevFile, auditKey, cpKey, caFile string
 	var crlFiles, witnessKeys []string
-	var witnessQuorum int
+	var witnessQuorum, maxViolations int
 	cmd := &cobra.Command{
 		Use:   "verify --log FILE --checkpoint FILE --audit-key PEM --checkpoint-key VKEY --client-ca PEM",
 		Short: "Verify an exported log offline and prove every token had its quorum",
@@ -333,7 +333,18 @@ Needs no broker: only the files and public keys.`,
 				return err
 			}
 			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(caPEM) {
+			var caCerts []*x509.Certificate
+			for rest := caPEM; ; {
+				var blk *pem.Block
+				if blk, rest = pem.Decode(rest); blk == nil {
+					break
+				}
+				if c, err := x509.ParseCertificate(blk.Bytes); err == nil && blk.Type == "CERTIFICATE" {
+					pool.AddCert(c)
+					caCerts = append(caCerts, c)
+				}
+			}
+			if len(caCerts) == 0 {
 				return fmt.Errorf("%s holds no certificate", caFile)
 			}
 			var crls []*x509.RevocationList
@@ -349,20 +360,38 @@ Needs no broker: only the files and public keys.`,
 				if err != nil {
 					return fmt.Errorf("%s: %w", cf, err)
 				}
+				// Only the client CA says which of its certificates were
+				// revoked, and when.
+				signed := false
+				for _, ca := range caCerts {
+					if crl.CheckSignatureFrom(ca) == nil {
+						signed = true
+					}
+				}
+				if !signed {
+					return fmt.Errorf("%s is not a CRL signed by a certificate of %s", cf, caFile)
+				}
 				crls = append(crls, crl)
 			}
 			sum, err := auditverify.Verify(auditverify.Options{Log: f, Checkpoint: cp, CheckpointKey: vk, AuditKeys: []*ecdsa.PublicKey{ak},
-				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev, Witnesses: witnessKeys, WitnessQuorum: witnessQuorum})
+				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev, Witnesses: witnessKeys, WitnessQuorum: witnessQuorum, MaxViolations: maxViolations})
 			if err != nil {
-				var v *auditverify.Violation
-				if errors.As(err, &v) {
-					if a.output == "json" {
-						_ = writeAnyJSON(a.stdout, map[string]any{"ok": false, "index": v.Index, "reason": v.Reason})
-					}
-					fmt.Fprintln(a.stderr, "bgctl: audit log does NOT verify:", v.Error())
-					return exitCode(1)
+				var vs *auditverify.Violations
+				if !errors.As(err, &vs) || len(vs.List) == 0 {
+					return err
 				}
-				return err
+				if a.output == "json" {
+					_ = writeAnyJSON(a.stdout, map[string]any{"ok": false, "index": vs.List[0].Index, "reason": vs.List[0].Reason,
+						"violations": vs.List, "count": vs.Count, "summary": sum})
+				}
+				fmt.Fprintf(a.stderr, "bgctl: audit log does NOT verify: %d violation(s)\n", vs.Count)
+				for _, v := range vs.List {
+					fmt.Fprintln(a.stderr, "  "+v.Error())
+				}
+				if vs.Count > len(vs.List) {
+					fmt.Fprintf(a.stderr, "  ... and %d more (--max-violations)\n", vs.Count-len(vs.List))
+				}
+				return exitCode(1)
 			}
 			if a.output == "json" {
 				return writeAnyJSON(a.stdout, map[string]any{"ok": true, "summary": sum})
@@ -378,9 +407,27 @@ Needs no broker: only the files and public keys.`,
 					fmt.Fprintf(a.stdout, "    %s at %s\n", c.Witness, c.Time.Format(time.RFC3339))
 				}
 			}
-			fmt.Fprintf(a.stdout, "  requests %d, reviews %d, grants %d, tokens %d: every token followed its quorum\n", sum.Requests, sum.Reviews, sum.Grants, sum.Tokens)
+			fmt.Fprintf(a.stdout, "  requests %d, reviews %d, grants %d, tokens %d\n", sum.Requests, sum.Reviews, sum.Grants, sum.Tokens)
+			fmt.Fprintf(a.stdout, "  %d token(s) followed their quorum of signed approvals\n", sum.QuorumTokens)
+			if sum.SoloGrantCount > 0 {
+				fmt.Fprintf(a.stdout, "  SOLO: %d grant(s) approved with no approver at all (time-locked solo access), %d token(s) from them:\n", sum.SoloGrantCount, sum.SoloTokens)
+				for _, g := range sum.SoloGrants {
+					fmt.Fprintf(a.stdout, "    entry %d: request %s on %s by %s, approved %s, %d token(s)\n", g.Index, g.Request, g.Account, g.Requester,
+						g.ApprovedAt.UTC().Format(time.RFC3339), g.Tokens)
+				}
+				if len(sum.SoloGrants) < sum.SoloGrantCount {
+					fmt.Fprintf(a.stdout, "    ... and %d more\n", sum.SoloGrantCount-len(sum.SoloGrants))
+				}
+			}
+			if sum.WeakeningPolicies > 0 {
+				fmt.Fprintf(a.stdout, "  WEAKENED: %d policy change(s) widened access or weakened oversight (marked WEAKENS below)\n", sum.WeakeningPolicies)
+			}
 			for _, p := range sum.Policies {
-				fmt.Fprintf(a.stdout, "  policy at entry %d: %s\n", p.Index, p.Hash)
+				mark := ""
+				if p.Weakens {
+					mark = " WEAKENS the policy before it"
+				}
+				fmt.Fprintf(a.stdout, "  policy at entry %d: %s%s\n", p.Index, p.Hash, mark)
 				for _, c := range p.Changes {
 					fmt.Fprintf(a.stdout, "    %s\n", c)
 				}
@@ -395,6 +442,9 @@ Needs no broker: only the files and public keys.`,
 			return nil
 		},
 	}
+	cmd.Flags().StringArrayVar(&witnessKeys, "witness", nil, "a witness's cosignature verifier key (repeat for each witness)")
+	cmd.Flags().IntVar(&witnessQuorum, "witness-quorum", 0, "how many of the --witness keys must have cosigned the checkpoint")
+	cmd.Flags().IntVar(&maxViolations, "max-violations", auditverify.DefaultMaxViolations, "list at most this many violations (the rest are counted)")
 	cmd.Flags().StringVar(&logFile, "log", "", "export file (bgctl audit export)")
 	cmd.Flags().StringVar(&cpFile, "checkpoint", "", "signed checkpoint file (bgctl audit checkpoint)")
 	cmd.Flags().StringVar(&prevFile, "previous-checkpoint", "", "an older checkpoint the log must extend")
@@ -402,8 +452,6 @@ Needs no broker: only the files and public keys.`,
 	cmd.Flags().StringVar(&cpKey, "checkpoint-key", "", "checkpoint verifier key, or a file holding it (breakglassd hsm pubkey --format note)")
 	cmd.Flags().StringVar(&caFile, "client-ca", "", "client CA certificate(s) PEM")
 	cmd.Flags().StringSliceVar(&crlFiles, "crl", nil, "CRL file(s) of the client CA")
-	cmd.Flags().StringArrayVar(&witnessKeys, "witness", nil, "a witness's cosignature verifier key (repeat for each witness)")
-	cmd.Flags().IntVar(&witnessQuorum, "witness-quorum", 0, "how many of the --witness keys must have cosigned the checkpoint")
 	for _, f := range []string{"log", "checkpoint", "audit-key", "checkpoint-key", "client-ca"} {
 		_ = cmd.MarkFlagRequired(f)
 	}

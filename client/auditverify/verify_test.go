@@ -1,0 +1,224 @@
+package auditverify
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
+)
+
+// signedBy is an export of entries, each signed by the key given for it
+// (the fuzz log's audit key when nil).
+func (l *fuzzLog) signedBy(entries [][]byte, keys map[int]rfc6979) []byte {
+	var b bytes.Buffer
+	for i, e := range entries {
+		k, ok := keys[i]
+		if !ok {
+			k = l.audit
+		}
+		line, _ := json.Marshal(ExportLine(uint64(i), e, k.signSHA256(e), "kid"))
+		b.Write(append(line, '\n'))
+	}
+	return b.Bytes()
+}
+
+// chain builds entries after the fuzz log's first n entries.
+func (l *fuzzLog) chain(n int, drafts ...audit.Draft) [][]byte {
+	entries := append([][]byte(nil), l.entries[:n]...)
+	e, _ := audit.Parse(entries[n-1])
+	head := audit.Head{Size: uint64(n), LeafHash: audit.LeafHash(entries[n-1]), Time: e.Time}
+	for _, d := range drafts {
+		rec, err := audit.Build(head, head.Time.Add(time.Second), d)
+		must(err)
+		entries = append(entries, rec.Bytes)
+		head = rec.Next()
+	}
+	return entries
+}
+
+func violationsOf(t *testing.T, err error) *Violations {
+	t.Helper()
+	var vs *Violations
+	if !errors.As(err, &vs) {
+		t.Fatalf("Verify returned %T %v, not *Violations", err, err)
+	}
+	return vs
+}
+
+func has(vs *Violations, index int64, reason string) bool {
+	for _, v := range vs.List {
+		if v.Index == index && strings.Contains(v.Reason, reason) {
+			return true
+		}
+	}
+	return false
+}
+
+// The whole log is checked: a tampered entry after an unrelated earlier
+// violation is reported too, each with its index and reason, and the
+// violations past the limit are counted.
+func TestEveryViolationIsReported(t *testing.T) {
+	l := theFuzzLog(nil)
+	n := len(l.entries)
+	var lines []Line
+	for _, raw := range bytes.Split(bytes.TrimSpace(l.export), []byte("\n")) {
+		var x Line
+		must(json.Unmarshal(raw, &x))
+		lines = append(lines, x)
+	}
+	lines[1].Signature = nil // an unsigned refusal: the export was taken too early
+	tok := indexOfType(l.entries, audit.TypeTokenIssued)
+	lines[tok].Entry = bytes.Replace(lines[tok].Entry, []byte(`"db.example"`), []byte(`"db.other"`), 1)
+	var b bytes.Buffer
+	for _, x := range lines {
+		j, _ := json.Marshal(x)
+		b.Write(append(j, '\n'))
+	}
+	_, err := Verify(l.options(b.Bytes(), l.checkpoints[n], nil))
+	vs := violationsOf(t, err)
+	if !has(vs, 1, "not signed") || !has(vs, int64(tok), "signature does not verify") || !has(vs, int64(tok+1), "does not link") {
+		t.Fatalf("violations:\n%s", vs)
+	}
+	if vs.List[0].Index != 1 {
+		t.Fatalf("the first violation listed is %v", vs.List[0])
+	}
+	// A limit lists the first ones and counts them all.
+	o := l.options(b.Bytes(), l.checkpoints[n], nil)
+	o.MaxViolations = 1
+	_, err = Verify(o)
+	if vs := violationsOf(t, err); len(vs.List) != 1 || vs.Count < 3 || !strings.Contains(vs.String(), "more") {
+		t.Fatalf("with a limit of 1: %d listed, %d counted", len(vs.List), vs.Count)
+	}
+}
+
+func indexOfType(entries [][]byte, typ audit.Type) int {
+	for i, raw := range entries {
+		if e, err := audit.Parse(raw); err == nil && e.Type == typ {
+			return i
+		}
+	}
+	return -1
+}
+
+// A CRL revokes from its revocation time on: a review signed before its
+// signer's certificate was revoked stays valid; one signed after is not.
+func TestCRLRevocationTime(t *testing.T) {
+	l := theFuzzLog(nil)
+	n := len(l.entries)
+	bob, err := x509.ParseCertificate(l.bobDER)
+	must(err)
+	ca := l.ca
+	crl := func(at time.Time) *x509.RevocationList {
+		der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: fuzzT0, NextUpdate: fuzzT0.Add(48 * time.Hour),
+			RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: bob.SerialNumber, RevocationTime: at}}}, ca, l.caKey)
+		must(err)
+		out, err := x509.ParseRevocationList(der)
+		must(err)
+		return out
+	}
+	review := indexOfType(l.entries, audit.TypeRequestReviewed)
+	o := l.options(l.export, l.checkpoints[n], nil)
+	o.CRLs = []*x509.RevocationList{crl(fuzzT0.Add(time.Hour))}
+	if _, err := Verify(o); err != nil {
+		t.Fatalf("a review signed before its certificate was revoked is refused: %v", err)
+	}
+	o = l.options(l.export, l.checkpoints[n], nil)
+	o.CRLs = []*x509.RevocationList{crl(fuzzT0.Add(time.Minute))}
+	_, err = Verify(o)
+	if vs := violationsOf(t, err); !has(vs, int64(review), "revoked at") {
+		t.Fatalf("a review signed after its certificate was revoked: %s", vs)
+	}
+}
+
+// An entry must verify with the audit key in force at its index: after a
+// rotation, the retired key signs nothing but the rotation's own
+// key_retired entry.
+func TestRetiredAuditKeySignsNothingAfter(t *testing.T) {
+	l := theFuzzLog(nil)
+	var rot audit.KeyChange
+	must(json.Unmarshal(l.rotation("audit"), &rot))
+	entries := l.chain(3,
+		audit.Draft{Type: audit.TypeKeyActivated, Actor: "broker", Payload: json.RawMessage(l.rotation("audit"))},
+		audit.Draft{Type: audit.TypeKeyRetired, Actor: "broker", Payload: audit.KeyChange{Purpose: "audit", KID: rot.Previous, Label: "audit", Reason: "replaced by " + rot.KID}},
+		audit.Draft{Type: audit.TypePermissionDenied, Actor: "mallory", Payload: audit.PermissionDenied{Principal: "mallory", Count: 1,
+			WindowStart: fuzzT0, WindowEnd: fuzzT0.Add(time.Minute), Methods: map[string]int{"/x": 1}}},
+	)
+	cp, _ := l.checkpoint(entries)
+	// The rotation and its retirement by the old key, what follows by the new.
+	good := l.signedBy(entries, map[int]rfc6979{5: l.nextAudit})
+	if _, err := Verify(l.options(good, cp, nil)); err != nil {
+		t.Fatalf("a rotated log does not verify: %v", err)
+	}
+	// The retired key signing the entry after its retirement.
+	_, err := Verify(l.options(l.signedBy(entries, nil), cp, nil))
+	if vs := violationsOf(t, err); !has(vs, 5, "retired") {
+		t.Fatalf("an entry signed by the retired key: %s", vs)
+	}
+	// The new key signing the rotation itself, before it was in force.
+	_, err = Verify(l.options(l.signedBy(entries, map[int]rfc6979{3: l.nextAudit, 4: l.nextAudit, 5: l.nextAudit}), cp, nil))
+	if vs := violationsOf(t, err); !has(vs, 3, "does not verify with the audit key in force") {
+		t.Fatalf("the rotation signed by the new key: %s", vs)
+	}
+}
+
+// The summary counts the tokens of solo grants apart and lists the grants,
+// and marks a policy change that weakens the policy; an entry that hides
+// a weakening change it records is refused.
+func TestWeakeningPolicyChangeIsReported(t *testing.T) {
+	l := theFuzzLog(nil)
+	e0, _ := audit.Parse(l.entries[0])
+	var pl audit.PolicyLoaded
+	must(json.Unmarshal(e0.Payload, &pl))
+	old, err := policy.FromCanonicalJSON(pl.Policy)
+	must(err)
+	solo, err := policy.Load([]byte(`
+groups: {sre: [alice], db: [bob], owners: [olivia]}
+accounts:
+  - name: prod-db
+    owner: owners
+    requesters: [sre]
+    audiences: [db.example]
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 10m
+    ack_sinks: [soc]
+    solo: {delay: 10m, max_ttl: 30m}
+    quorum: [{require: [{group: db, approvals: 1}]}]
+`), "policy.yaml")
+	must(err)
+	loaded := func(weakens bool) audit.Draft {
+		return audit.Draft{Type: audit.TypePolicyLoaded, Actor: "operator", Payload: audit.PolicyLoaded{Hash: solo.Hash(), Previous: old.Hash(), Source: "policy.yaml",
+			Policy: solo.CanonicalJSON(), Identity: pl.Identity, Changes: policy.ChangeLines(old, solo), Weakens: weakens}}
+	}
+	entries := l.chain(len(l.entries), loaded(true))
+	cp, _ := l.checkpoint(entries)
+	sum, err := Verify(l.options(l.exportOf(entries), cp, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := sum.Policies[len(sum.Policies)-1]
+	if !last.Weakens || sum.WeakeningPolicies != 1 || !strings.Contains(strings.Join(last.Changes, "\n"), "WEAKENS accounts[prod-db].solo") {
+		t.Fatalf("the solo change: %+v", last)
+	}
+	if sum.QuorumTokens != 1 || sum.SoloTokens != 0 || sum.SoloGrantCount != 0 {
+		t.Fatalf("token counts %+v", sum)
+	}
+	// Hidden: the entry lists its changes but says it weakens nothing.
+	entries = l.chain(len(l.entries), loaded(false))
+	cp, _ = l.checkpoint(entries)
+	_, err = Verify(l.options(l.exportOf(entries), cp, nil))
+	if vs := violationsOf(t, err); !has(vs, int64(len(l.entries)), "does not say so") {
+		t.Fatalf("a hidden weakening: %s", vs)
+	}
+}
+
+var _ = ecdsa.PublicKey{}
