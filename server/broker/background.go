@@ -126,11 +126,15 @@ func (b *Broker) SignBacklog(ctx context.Context) (int, error) {
 			return signed, err
 		}
 		var batch []audit.Record
-		key, kid := b.keys.AuditKey()
 		// Read the backlog under the write lock: another replica may be
-		// signing it too, and an entry is signed once.
+		// signing it too, and an entry is signed once. The key is the one
+		// in force (an audit key is never rotated over a backlog, so it is
+		// the key in force at each entry's index).
 		err := b.update(ctx, func(tx store.Tx) error {
-			var err error
+			key, kid, err := b.auditKey(ctx, tx)
+			if err != nil {
+				return err
+			}
 			if batch, err = tx.Unsigned(ctx, 64); err != nil {
 				return err
 			}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -280,6 +281,9 @@ type PolicyReload struct {
 	// Changed is false when the policy was the one already logged.
 	Changed bool
 	Changes []string
+	// Weakens is set when the new policy widens access or weakens
+	// oversight; it is announced as policy.weakened.
+	Weakens bool
 	Entry   audit.Record
 }
 
@@ -311,22 +315,33 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source, actor 
 				return err
 			}
 		}
+		changes := policy.ChangeLines(old, p)
+		weakens := old != nil && policy.Weakens(policy.Diff(old, p))
+		if old != nil && pl.Identity != ident {
+			// The identity settings re-map principals: always weakening.
+			changes = append([]string{fmt.Sprintf("WEAKENS identity: %s %s -> %s %s (principals are read from certificates differently)",
+				pl.Identity.Mode, pl.Identity.URIPrefix, ident.Mode, ident.URIPrefix)}, slices.DeleteFunc(changes, func(s string) bool { return s == policy.NoChange })...)
+			weakens = true
+		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypePolicyLoaded, Actor: actor,
-			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: res.Previous, Source: source, Policy: p.CanonicalJSON(), Identity: ident},
+			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: res.Previous, Source: source, Policy: p.CanonicalJSON(), Identity: ident,
+				Changes: changes, Weakens: weakens},
 		}, true)
 		if err != nil {
 			return err
 		}
-		res.Changed, res.Entry, res.Changes = true, rec, policy.Changes(old, p)
-		details, err := json.Marshal(map[string]any{"hash": p.Hash(), "previous": res.Previous, "source": source, "changes": res.Changes})
+		res.Changed, res.Entry, res.Changes, res.Weakens = true, rec, changes, weakens
+		details, err := json.Marshal(map[string]any{"hash": p.Hash(), "previous": res.Previous, "source": source, "changes": res.Changes, "weakens": weakens})
 		if err != nil {
 			return err
 		}
 		idx := rec.Index
-		return b.emit(ctx, tx, event.Event{Type: event.PolicyLoaded, Actor: actor, Time: now, AuditIndex: &idx,
-			Summary: fmt.Sprintf("policy %s in force (was %s) by %s: %s", short(p.Hash()), short(res.Previous), actor, strings.Join(res.Changes, "; ")),
-			Details: details}, nil)
+		typ, summary := event.PolicyLoaded, fmt.Sprintf("policy %s in force (was %s) by %s: %s", short(p.Hash()), short(res.Previous), actor, strings.Join(res.Changes, "; "))
+		if weakens {
+			typ, summary = event.PolicyWeakened, "POLICY WEAKENED: "+summary
+		}
+		return b.emit(ctx, tx, event.Event{Type: typ, Actor: actor, Time: now, AuditIndex: &idx, Summary: summary, Details: details}, nil)
 	})
 	if err != nil {
 		return nil, err
@@ -399,14 +414,19 @@ func (b *Broker) appendEntry(ctx context.Context, tx store.Tx, now time.Time, d 
 	if err != nil {
 		return audit.Record{}, err
 	}
-	key, kid := b.keys.AuditKey()
+	key, kid, err := b.auditKey(ctx, tx)
 	if mustSign {
+		if err != nil {
+			return audit.Record{}, err
+		}
 		if b.hsmSuspect() {
 			return audit.Record{}, hsmDown(errHSMBackoff)
 		}
 		if err := audit.Sign(ctx, key, kid, &rec); err != nil {
 			return audit.Record{}, b.hsmFailure(ctx, err)
 		}
+	} else if err != nil {
+		b.log.Warn("audit entry stored unsigned: the audit key in force is not at hand yet", "index", rec.Index, "type", rec.Type, "err", err)
 	} else if !b.hsmSuspect() {
 		sctx, cancel := context.WithTimeout(ctx, b.cfg.OptionalSignTimeout)
 		err := audit.Sign(sctx, key, kid, &rec)
@@ -420,6 +440,42 @@ func (b *Broker) appendEntry(ctx context.Context, tx store.Tx, now time.Time, d 
 		return audit.Record{}, err
 	}
 	return rec, nil
+}
+
+// purposeAudit is the audit key's purpose in the key registry.
+const purposeAudit = "audit"
+
+// AuditKeyResolver is implemented by key sets that follow the key
+// registry (keyring.Ring): it returns the audit key a registry record
+// names, finding it in the HSM when it is new.
+type AuditKeyResolver interface {
+	AuditKeyFor(ctx context.Context, rec store.KeyRecord) (audit.Signer, error)
+}
+
+// auditKey is the audit key in force for the next entry of tx: the one
+// the key registry names active in the same transaction. A rotation made
+// by another process (breakglassd hsm rotate) takes effect at once, so a
+// retired key never signs an entry after its retirement; a broker whose
+// keys do not follow the registry (tools and tests with static keys, a
+// registry still empty) signs with its own.
+func (b *Broker) auditKey(ctx context.Context, tx store.Tx) (audit.Signer, string, error) {
+	key, kid := b.keys.AuditKey()
+	rec, err := tx.ActiveKey(ctx, purposeAudit, "")
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.KID == kid) {
+		return key, kid, nil
+	}
+	if err != nil {
+		return nil, "", internal(err)
+	}
+	res, ok := b.keys.(AuditKeyResolver)
+	if !ok {
+		return nil, "", hsmDown(fmt.Errorf("the key registry's audit key is %s, not %s, and this broker cannot load it", rec.KID, kid))
+	}
+	k, err := res.AuditKeyFor(ctx, rec)
+	if err != nil {
+		return nil, "", hsmDown(fmt.Errorf("the audit key in force (%s, %q): %w", rec.KID, rec.Label, err))
+	}
+	return k, rec.KID, nil
 }
 
 // update runs fn in a write transaction and maps foreign errors to

@@ -146,7 +146,7 @@ func newHarness(t *testing.T, policyYAML string) *harness {
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	t.Cleanup(h.cancel)
 	var err error
-	if h.ca, err = devmode.NewCA("test client CA", 24*time.Hour); err != nil {
+	if h.ca, err = devmode.NewCA("test client CA", 30*24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	caFile := filepath.Join(t.TempDir(), "ca.crt")
@@ -165,7 +165,10 @@ func (h *harness) cert(principal string) principalKey {
 	if pk, ok := h.certs[principal]; ok {
 		return pk
 	}
-	c, k, err := h.ca.Issue(devmode.LeafOptions{CommonName: principal, URIs: []string{"spiffe://test/user/" + principal}})
+	// Valid for as long as the tests move the clock on: what a principal
+	// signs must verify at the time it is logged.
+	c, k, err := h.ca.Issue(devmode.LeafOptions{CommonName: principal, URIs: []string{"spiffe://test/user/" + principal},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(29 * 24 * time.Hour)})
 	if err != nil {
 		h.t.Fatal(err)
 	}

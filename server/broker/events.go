@@ -147,6 +147,9 @@ func (b *Broker) acknowledged(ctx context.Context, tx store.Tx, it store.OutboxI
 		if !r.SoloAckedAt.IsZero() {
 			return nil // the window already runs from the first acknowledgement
 		}
+		if state, _, _ := r.Effective(now); state != request.Pending || !r.Solo {
+			return nil // ended before the alert was acknowledged: no window starts
+		}
 		r.SoloAckedAt, typ = now, audit.TypeSoloAcked
 	case event.GrantApproved:
 		if !r.GrantAckedAt.IsZero() {

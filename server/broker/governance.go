@@ -26,10 +26,16 @@ type Signed struct {
 }
 
 // checkSigned verifies a statement of type typ about subject and content,
-// with notes, signed by the connection's certificate.
-func (b *Broker) checkSigned(s Signed, typ, subject, content, notes string, now time.Time) error {
+// with notes, signed by caller's certificate, which must chain to the
+// client CA and not be revoked at now, as an offline verifier checks it.
+func (b *Broker) checkSigned(caller string, s Signed, typ, subject, content, notes string, now time.Time) error {
 	if len(s.Statement) == 0 || len(s.Signature) == 0 || s.Cert == nil {
 		return invalid("this must carry a statement signed with your client certificate's key (bgctl and the Go SDK sign it for you)")
+	}
+	if who, err := b.cfg.Certs.VerifyAt(s.Cert, now); err != nil {
+		return denied("your client certificate is not valid now, so what it signs would not verify: %s", err)
+	} else if who != caller {
+		return invalid("the statement is signed with the certificate of %s, not yours", who)
 	}
 	st, err := statement.Parse(s.Statement)
 	if err != nil {
@@ -145,6 +151,10 @@ func (b *Broker) ClosePostReview(ctx context.Context, caller, id, notes string, 
 		if err != nil {
 			return err
 		}
+		// Who may close is judged by the policy in force, as the log says.
+		if err := b.checkPolicyInForce(ctx, tx); err != nil {
+			return err
+		}
 		p := b.Policy()
 		if !b.mayClose(p, *pr, caller) {
 			if p.IsAuditor(caller) || pr.Requester == caller {
@@ -160,7 +170,7 @@ func (b *Broker) ClosePostReview(ctx context.Context, caller, id, notes string, 
 			return err
 		}
 		now := b.now().UTC()
-		if err := b.checkSigned(s, statement.TypeReviewClose, r.ID, r.Content().Digest(), notes, now); err != nil {
+		if err := b.checkSigned(caller, s, statement.TypeReviewClose, r.ID, r.Content().Digest(), notes, now); err != nil {
 			return err
 		}
 		pr.ClosedAt, pr.ClosedBy, pr.Notes, pr.Statement, pr.Signature, pr.Cert = now, caller, notes, s.Statement, s.Signature, s.Cert.Raw
@@ -197,12 +207,16 @@ func (b *Broker) Attest(ctx context.Context, caller, account, notes string, s Si
 		rec audit.Record
 	)
 	err := b.update(ctx, func(tx store.Tx) error {
+		// An attestation names the policy in force: it must be this one.
+		if err := b.checkPolicyInForce(ctx, tx); err != nil {
+			return err
+		}
 		now := b.now().UTC()
 		st, err := statement.Parse(s.Statement)
 		if err != nil || st.Type != statement.TypeAttest {
 			return invalid("an attestation must carry a signed attest statement")
 		}
-		if err := b.checkSigned(s, statement.TypeAttest, st.Request, statement.AccountDigest(account, p.Hash()), notes, now); err != nil {
+		if err := b.checkSigned(caller, s, statement.TypeAttest, st.Request, statement.AccountDigest(account, p.Hash()), notes, now); err != nil {
 			return err
 		}
 		a := store.Attestation{ID: st.Request, Account: account, By: caller, At: now, Notes: notes, PolicyHash: p.Hash(),

@@ -16,6 +16,18 @@ import (
 func (b *Broker) RecordKey(ctx context.Context, typ audit.Type, rec store.KeyRecord, change audit.KeyChange, retire *store.KeyRecord) error {
 	now := b.now().UTC()
 	return b.update(ctx, func(tx store.Tx) error {
+		if change.Purpose == purposeAudit && change.Previous != "" {
+			// Entries are signed by the key in force at their index: one
+			// written before the rotation must be signed by the old key,
+			// which only this broker's backlog signer could still do.
+			n, err := tx.UnsignedCount(ctx)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				return wrongState("%d audit entries written while the HSM was down are not signed yet; the broker signs them as soon as it reaches the HSM (see /healthz unsigned_backlog): rotate the audit key after that", n)
+			}
+		}
 		e, err := b.appendEntry(ctx, tx, now, audit.Draft{Type: typ, Actor: "broker", Account: rec.Account, Payload: change}, true)
 		if err != nil {
 			return err

@@ -61,7 +61,7 @@ func (b *Broker) checkIssuable(p *policy.Policy, r *request.Request, caller, aud
 	if r.Issued >= r.MaxIssuances {
 		return nil, policy.Outcome{}, wrongState("request %s has issued all %d tokens it may", r.ID, r.MaxIssuances)
 	}
-	if r.Solo {
+	if r.SoloGrant() {
 		// A solo grant has no quorum: it was approved by its veto window,
 		// which the log records; it must still be allowed by the policy.
 		if acct.Solo == nil {
@@ -85,6 +85,7 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 	now := b.now().UTC()
 	var r *request.Request
 	var outcome policy.Outcome
+	var minter *token.Minter
 	err := b.view(ctx, func(rd store.Reader) error {
 		var err error
 		if r, err = b.loadRequest(ctx, rd, id, caller); err != nil {
@@ -93,7 +94,11 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		if _, outcome, err = b.checkIssuable(p, r, caller, audience, now); err != nil {
 			return err
 		}
-		return b.checkWitnessed(ctx, rd, r)
+		if err := b.checkWitnessed(ctx, rd, r); err != nil {
+			return err
+		}
+		minter, err = b.minter(ctx, rd, r.Account)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -107,7 +112,7 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 	if b.hsmSuspect() {
 		return nil, hsmDown(errHSMBackoff)
 	}
-	minted, err := b.keys.Minter(r.Account).Mint(ctx, claims)
+	minted, err := minter.Mint(ctx, claims)
 	if err != nil {
 		return nil, b.hsmFailure(ctx, err)
 	}
@@ -119,6 +124,13 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		}
 		if err := b.checkPolicyInForce(ctx, tx); err != nil {
 			return err
+		}
+		// The key that signed must still be in force when the issuance
+		// is logged: a rotation meanwhile retired it.
+		if m, err := b.minter(ctx, tx, r.Account); err != nil {
+			return err
+		} else if m.KID() != minted.KID {
+			return &Error{Kind: KindState, Msg: "the token key was rotated while the token was being made; try again"}
 		}
 		now := b.now().UTC()
 		if _, o, err := b.checkIssuable(b.Policy(), r, caller, audience, now); err != nil {
@@ -162,7 +174,7 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 			caller, r.Issued, r.MaxIssuances, audience, r.Account, out.ExpiresAt.Format(time.RFC3339)), &rec), nil); err != nil {
 			return err
 		}
-		if first && !r.Solo { // a solo grant's review opened at its approval
+		if first && !r.SoloGrant() { // a solo grant's review opened at its approval
 			return b.openPostReview(ctx, tx, r, now)
 		}
 		return nil
@@ -173,6 +185,42 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 	b.notify(id)
 	b.log.Info("token issued", "request", id, "requester", caller, "audience", audience, "jti", jti, "token_sha256", minted.SHA256, "entry", out.Entry.Index)
 	return &out, nil
+}
+
+// MinterResolver is implemented by key sets that follow the key registry
+// (keyring.Ring): the minter of the token key a registry record names.
+type MinterResolver interface {
+	MinterFor(ctx context.Context, rec store.KeyRecord) (*token.Minter, error)
+}
+
+// purposeToken is the token keys' purpose in the key registry.
+const purposeToken = "token"
+
+// minter is the minter of the token key in force for account, as the key
+// registry names it in rd: the account's own key, else the broker's. A key
+// rotated by another process is used at once and a retired one never
+// again; keys that do not follow the registry mint with their own.
+func (b *Broker) minter(ctx context.Context, rd store.Reader, account string) (*token.Minter, error) {
+	own := b.keys.Minter(account)
+	res, ok := b.keys.(MinterResolver)
+	if !ok {
+		return own, nil
+	}
+	rec, err := rd.ActiveKey(ctx, purposeToken, account)
+	if errors.Is(err, store.ErrNotFound) && account != "" {
+		rec, err = rd.ActiveKey(ctx, purposeToken, "")
+	}
+	if errors.Is(err, store.ErrNotFound) || (err == nil && own != nil && rec.KID == own.KID()) {
+		return own, nil
+	}
+	if err != nil {
+		return nil, internal(err)
+	}
+	m, err := res.MinterFor(ctx, rec)
+	if err != nil {
+		return nil, hsmDown(fmt.Errorf("the token key in force (%s, %q): %w", rec.KID, rec.Label, err))
+	}
+	return m, nil
 }
 
 // RevokeGrant ends an approved grant now. Its requester, anyone eligible to

@@ -184,8 +184,17 @@ func (c *Checkpointer) sign(ctx context.Context, size uint64) (store.Checkpoint,
 	if err != nil || cp.Note != nil {
 		return cp, err
 	}
+	signer := c.cfg.Signer
+	if r, ok := signer.(Resolver); ok {
+		// The key in force now, read after the size: a key rotated in
+		// since may sign the log as it was, a retired one never signs
+		// beyond its retirement.
+		if signer, err = r.Resolve(ctx); err != nil {
+			return store.Checkpoint{}, &SignError{Err: err}
+		}
+	}
 	body := cpfmt.Body(c.cfg.Origin, size, cp.Root)
-	signed, err := note.Sign(&note.Note{Text: string(body)}, c.cfg.Signer)
+	signed, err := note.Sign(&note.Note{Text: string(body)}, signer)
 	if err != nil {
 		return store.Checkpoint{}, &SignError{Err: err}
 	}
@@ -198,6 +207,12 @@ func (c *Checkpointer) sign(ctx context.Context, size uint64) (store.Checkpoint,
 		c.cfg.OnNew(cp)
 	}
 	return cp, nil
+}
+
+// Resolver is a signer that follows key rotations: Resolve returns the
+// one key that signs the next checkpoint.
+type Resolver interface {
+	Resolve(ctx context.Context) (note.Signer, error)
 }
 
 // SignError means the HSM could not sign the checkpoint.

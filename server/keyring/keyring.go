@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/statement"
@@ -435,6 +437,87 @@ func (r *Ring) AuditKey() (audit.Signer, string) {
 	return r.keys[kid], kid
 }
 
+// AuditKeyFor returns the audit key a registry record names: one the ring
+// holds, or, when another process rotated it in since the ring was last
+// loaded, the key found in the HSM by its label (and checked to be the
+// key the registry recorded). It lets a broker sign every entry with the
+// audit key in force in the very transaction that appends it.
+func (r *Ring) AuditKeyFor(ctx context.Context, rec store.KeyRecord) (audit.Signer, error) {
+	return r.keyFor(ctx, rec)
+}
+
+func (r *Ring) keyFor(ctx context.Context, rec store.KeyRecord) (*hsm.Key, error) {
+	r.mu.RLock()
+	k, ok := r.keys[rec.KID]
+	r.mu.RUnlock()
+	if ok {
+		return k, nil
+	}
+	k, err := r.cfg.Module.Signer(ctx, rec.Label, hsm.Purpose(rec.Purpose))
+	if err != nil {
+		return nil, err
+	}
+	if kid, _ := keyid.Thumbprint(k.Public()); kid != rec.KID {
+		return nil, fmt.Errorf("key %q in the HSM is not the key the registry recorded (kid %s, registry %s): refusing to use it", rec.Label, kid, rec.KID)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Copied, not changed in place: load reads the old map unlocked.
+	keys := make(map[string]*hsm.Key, len(r.keys)+1)
+	for kid, k := range r.keys {
+		keys[kid] = k
+	}
+	keys[rec.KID] = k
+	r.keys = keys
+	return k, nil
+}
+
+// MinterFor returns the minter of the token key a registry record names,
+// finding the key in the HSM when another process rotated it in since the
+// ring was last loaded: tokens are signed by the key in force.
+func (r *Ring) MinterFor(ctx context.Context, rec store.KeyRecord) (*token.Minter, error) {
+	r.mu.RLock()
+	m, ok := r.minters[rec.KID]
+	r.mu.RUnlock()
+	if ok {
+		return m, nil
+	}
+	k, err := r.keyFor(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	if m, err = token.NewMinter(k, r.cfg.Issuer); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	minters := make(map[string]*token.Minter, len(r.minters)+1)
+	for kid, m := range r.minters {
+		minters[kid] = m
+	}
+	minters[rec.KID] = m
+	r.minters = minters
+	return m, nil
+}
+
+// activeFromRegistry returns the key the registry names active for a
+// purpose of the broker's own, or the ring's when the registry has none.
+func (r *Ring) activeFromRegistry(ctx context.Context, p hsm.Purpose) (*hsm.Key, error) {
+	var rec store.KeyRecord
+	err := r.cfg.Store.View(ctx, func(rd store.Reader) error {
+		var err error
+		rec, err = rd.ActiveKey(ctx, string(p), "")
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return r.activeKey(p, ""), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r.keyFor(ctx, rec)
+}
+
 // NoteSigner signs checkpoints with whichever checkpoint key is active.
 type NoteSigner struct {
 	Ring   *Ring
@@ -442,8 +525,27 @@ type NoteSigner struct {
 	Ctx    context.Context
 }
 
+// signer is the checkpoint key the registry names active now, so that a
+// checkpoint of the log after a rotation (made by another process) is
+// never signed by the retired key: the size was read before, so the key
+// read here was in force at it or came after it, and a key may sign the
+// log as it was before its activation.
 func (n NoteSigner) signer() (*hsm.NoteSigner, error) {
-	return hsm.NewNoteSigner(n.Ctx, n.Ring.Checkpoint(), n.Origin)
+	k, err := n.Ring.activeFromRegistry(n.Ctx, hsm.PurposeCheckpoint)
+	if err != nil {
+		return nil, err
+	}
+	return hsm.NewNoteSigner(n.Ctx, k, n.Origin)
+}
+
+// Resolve returns the signer of the checkpoint key in force now, so that
+// one checkpoint's key hash and signature come from the same key.
+func (n NoteSigner) Resolve(ctx context.Context) (note.Signer, error) {
+	k, err := n.Ring.activeFromRegistry(ctx, hsm.PurposeCheckpoint)
+	if err != nil {
+		return nil, err
+	}
+	return hsm.NewNoteSigner(ctx, k, n.Origin)
 }
 
 // Name implements note.Signer.

@@ -162,6 +162,10 @@ type Reader interface {
 	CertsSeen(ctx context.Context, since time.Time) ([]CertSeen, error)
 	// Keys returns the key registry.
 	Keys(ctx context.Context) ([]KeyRecord, error)
+	// ActiveKey returns the active key of a purpose (and account, for an
+	// account's own token key), or ErrNotFound: one indexed row, cheap
+	// enough to read in every write transaction.
+	ActiveKey(ctx context.Context, purpose, account string) (KeyRecord, error)
 	// LastTokenExpiry is the latest expiry of tokens signed by kid (zero
 	// if none).
 	LastTokenExpiry(ctx context.Context, kid string) (time.Time, error)

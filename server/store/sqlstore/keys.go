@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"time"
 
 	"github.com/bgbroker/breakglass/server/store"
@@ -28,6 +29,24 @@ func (t *Tx) Keys(ctx context.Context) ([]store.KeyRecord, error) {
 		out = append(out, k)
 	}
 	return out, rows.Err()
+}
+
+// ActiveKey implements store.Reader.
+func (t *Tx) ActiveKey(ctx context.Context, purpose, account string) (store.KeyRecord, error) {
+	var k store.KeyRecord
+	var act int64
+	var ret, des sql.NullInt64
+	err := t.Q.QueryRowContext(ctx, t.q(`SELECT kid, purpose, account, label, key_id, public_pem, state, activated_at, retired_at, destroyed_at
+		FROM keys WHERE purpose = ? AND account = ? AND state = 'active'`), purpose, account).
+		Scan(&k.KID, &k.Purpose, &k.Account, &k.Label, &k.KeyID, &k.PublicPEM, &k.State, &act, &ret, &des)
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, store.ErrNotFound
+	}
+	if err != nil {
+		return k, err
+	}
+	k.ActivatedAt, k.RetiredAt, k.DestroyedAt = fromNanos(act), fromNull(ret), fromNull(des)
+	return k, nil
 }
 
 // PutKey implements store.Tx.
