@@ -316,5 +316,5 @@ func (r Rule) Short() string {
 // alternatives in the same order, each the same requirements. Rules are
 // compared this way, never by their text, which a group name can imitate.
 func (r Rule) Equal(o Rule) bool {
-	return slices.EqualFunc(r, o, func(a, b Alternative) bool { return slices.Equal(a, b) })
+	return slices.EqualFunc(r, o, slices.Equal)
 }

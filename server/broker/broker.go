@@ -415,19 +415,19 @@ func (b *Broker) appendEntry(ctx context.Context, tx store.Tx, now time.Time, d 
 		return audit.Record{}, err
 	}
 	key, kid, err := b.auditKey(ctx, tx)
-	if mustSign {
-		if err != nil {
-			return audit.Record{}, err
-		}
+	switch {
+	case mustSign && err != nil:
+		return audit.Record{}, err
+	case mustSign:
 		if b.hsmSuspect() {
 			return audit.Record{}, hsmDown(errHSMBackoff)
 		}
 		if err := audit.Sign(ctx, key, kid, &rec); err != nil {
 			return audit.Record{}, b.hsmFailure(ctx, err)
 		}
-	} else if err != nil {
+	case err != nil:
 		b.log.Warn("audit entry stored unsigned: the audit key in force is not at hand yet", "index", rec.Index, "type", rec.Type, "err", err)
-	} else if !b.hsmSuspect() {
+	case !b.hsmSuspect():
 		sctx, cancel := context.WithTimeout(ctx, b.cfg.OptionalSignTimeout)
 		err := audit.Sign(sctx, key, kid, &rec)
 		cancel()

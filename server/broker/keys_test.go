@@ -105,7 +105,7 @@ func TestRotatedKeysAreInForceAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := jose.ParseSigned(iss.Token, []jose.SignatureAlgorithm{jose.ES256})
+	tok, err := jose.ParseSignedCompact(iss.Token, []jose.SignatureAlgorithm{jose.ES256})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,6 +64,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Checkpoints", testCheckpoints},
 		{"Cosignatures", testCosignatures},
 		{"ApprovedEntry", testApprovedEntry},
+		{"ActiveKey", testActiveKey},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1088,5 +1089,61 @@ func testApprovedEntry(t *testing.T, s store.Store) {
 	}
 	if r := load(); r.ApprovedEntry == nil || *r.ApprovedEntry != 1<<40 {
 		t.Fatalf("approval entry = %v", r.ApprovedEntry)
+	}
+}
+
+// testActiveKey: the active key of a purpose and account, the one the
+// broker signs with in every write transaction, follows rotations.
+func testActiveKey(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	get := func(purpose, account string) (store.KeyRecord, error) {
+		var k store.KeyRecord
+		err := s.View(ctx, func(r store.Reader) error {
+			var err error
+			k, err = r.ActiveKey(ctx, purpose, account)
+			return err
+		})
+		return k, err
+	}
+	if _, err := get("audit", ""); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an empty registry: %v", err)
+	}
+	k1 := store.KeyRecord{KID: "kid-1", Purpose: "audit", Label: "audit-1", KeyID: "01", PublicPEM: "pem", State: store.KeyActive, ActivatedAt: t0}
+	tk := store.KeyRecord{KID: "kid-t", Purpose: "token", Account: "prod-db", Label: "t", KeyID: "02", PublicPEM: "pem", State: store.KeyActive, ActivatedAt: t0}
+	if err := s.Update(ctx, func(tx store.Tx) error {
+		if err := tx.PutKey(ctx, k1); err != nil {
+			return err
+		}
+		return tx.PutKey(ctx, tk)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := get("audit", ""); err != nil || k.KID != "kid-1" || k.Label != "audit-1" || !k.ActivatedAt.Equal(t0) {
+		t.Fatalf("active audit key %+v, %v", k, err)
+	}
+	if _, err := get("token", ""); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the broker's token key, when only an account has one: %v", err)
+	}
+	if k, err := get("token", "prod-db"); err != nil || k.KID != "kid-t" {
+		t.Fatalf("an account's token key %+v, %v", k, err)
+	}
+	// A rotation: the old key retired, the new one active, in one transaction.
+	k2 := store.KeyRecord{KID: "kid-2", Purpose: "audit", Label: "audit-2", KeyID: "03", PublicPEM: "pem", State: store.KeyActive, ActivatedAt: t0.Add(time.Hour)}
+	if err := s.Update(ctx, func(tx store.Tx) error {
+		k1.State, k1.RetiredAt = store.KeyRetired, t0.Add(time.Hour)
+		if err := tx.PutKey(ctx, k1); err != nil {
+			return err
+		}
+		if k, err := tx.ActiveKey(ctx, "audit", ""); err != nil || k.KID != "" {
+			if !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("between the two writes: %+v, %v", k, err)
+			}
+		}
+		return tx.PutKey(ctx, k2)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := get("audit", ""); err != nil || k.KID != "kid-2" {
+		t.Fatalf("after the rotation %+v, %v", k, err)
 	}
 }
