@@ -566,7 +566,7 @@ func TestAuditReportsEveryViolation(t *testing.T) {
 	f := d.exportAudit(t)
 	ls := f.lines(t)
 	last := len(ls) - 1
-	ls[1].Signature = nil                         // taken before the HSM signed it
+	ls[1].Signature = nil                                                                        // taken before the HSM signed it
 	ls[last].Entry = bytes.Replace(ls[last].Entry, []byte(`"actor":"`), []byte(`"actor":"x`), 1) // and, later, a changed entry
 	r := f.tampered(t, ls).verify(t, "-o", "json")
 	var out struct {

@@ -135,20 +135,20 @@ func (k downKeys) AuditKeyFor(ctx context.Context, rec store.KeyRecord) (audit.S
 
 // world is one broker and everything around it.
 type world struct {
-	t       testing.TB
-	ctx     context.Context
-	clock   *clock
-	module  *hsm.Module
-	dir     string
-	store   store.Store
-	ring    *keyring.Ring
-	b       *broker.Broker
-	ident   *identity.Verifier
-	ca      *devmode.CA
-	certs   map[string]principalKey
-	down    atomic.Bool
-	policy  int
-	ids     []string
+	t      testing.TB
+	ctx    context.Context
+	clock  *clock
+	module *hsm.Module
+	dir    string
+	store  store.Store
+	ring   *keyring.Ring
+	b      *broker.Broker
+	ident  *identity.Verifier
+	ca     *devmode.CA
+	certs  map[string]principalKey
+	down   atomic.Bool
+	policy int
+	ids    []string
 	// first keys, as an auditor pins them at the key ceremony.
 	firstAudit *ecdsa.PublicKey
 	firstCP    crypto.PublicKey

@@ -1136,7 +1136,7 @@ func testActiveKey(t *testing.T, s store.Store) {
 		}
 		if k, err := tx.ActiveKey(ctx, "audit", ""); err != nil || k.KID != "" {
 			if !errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("between the two writes: %+v, %v", k, err)
+				return fmt.Errorf("between the two writes: %+v, %w", k, err)
 			}
 		}
 		return tx.PutKey(ctx, k2)
