@@ -17,6 +17,7 @@ import (
 	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/witness"
 )
 
 const govPolicy = `
@@ -434,5 +435,57 @@ func TestCheckpointAnnouncedOnce(t *testing.T) {
 	}
 	if len(ids) != 1 || sinks["soc"] != 1 {
 		t.Fatalf("checkpoint events %v to sinks %v", ids, sinks)
+	}
+}
+
+// A split view alerts every sink, whatever their routes, once per distinct
+// refusal however often the witness repeats it; a checkpoint is announced
+// with the witnesses that cosigned it.
+func TestWitnessSplitViewAlertsEverySinkOnce(t *testing.T) {
+	h := newGovHarness(t)
+	sv := witness.SplitView{Witness: "w1", WitnessSize: 10, LogSize: 7, Rollback: true, Message: "witness w1 has cosigned a tree of 10 entries but this log has only 7"}
+	for range 3 {
+		if err := h.b.WitnessSplitView(h.ctx, sv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sinks := map[string]int{}
+	for _, r := range h.outbox("", event.WitnessSplitView) {
+		sinks[r.Sink]++
+		var ev event.Event
+		if err := json.Unmarshal(r.Body, &ev); err != nil || !strings.HasPrefix(ev.Summary, "SPLIT VIEW: witness w1") || !strings.Contains(string(ev.Details), `"kind":"rollback"`) {
+			t.Fatalf("event %s: %v", r.Body, err)
+		}
+	}
+	if len(sinks) != 3 || sinks["soc"] != 1 || sinks["slack"] != 1 || sinks["ledger-only"] != 1 {
+		t.Fatalf("split view alerts to sinks %v", sinks)
+	}
+	// Another refusal (the witness now refuses a proof) is another alert.
+	sv.Rollback, sv.LogSize = false, 12
+	if err := h.b.WitnessSplitView(h.ctx, sv); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.outbox("", event.WitnessSplitView)); n != 6 {
+		t.Fatalf("%d split view rows", n)
+	}
+
+	cp := store.Checkpoint{Size: 4, Root: make([]byte, 32), Note: []byte("breakglass.test/log\n4\nAAAA\n\n— sig\n"), CreatedAt: h.clock.Now()}
+	cos := []store.Cosignature{{Size: 4, Witness: "witness.test/w1+01020304", Line: "— witness.test/w1 AAAA\n"}, {Size: 4, Witness: "witness.test/w2+05060708", Line: "— witness.test/w2 BBBB\n"}}
+	if err := h.b.CheckpointSigned(h.ctx, cp, cos); err != nil {
+		t.Fatal(err)
+	}
+	rows := h.outbox("", event.CheckpointSigned)
+	if len(rows) == 0 {
+		t.Fatal("no checkpoint event")
+	}
+	var ev event.Event
+	_ = json.Unmarshal(rows[0].Body, &ev)
+	var d struct {
+		Checkpoint string   `json:"checkpoint"`
+		By         []string `json:"cosigned_by"`
+	}
+	if err := json.Unmarshal(ev.Details, &d); err != nil || !strings.HasSuffix(d.Checkpoint, "— sig\n— witness.test/w1 AAAA\n— witness.test/w2 BBBB\n") ||
+		strings.Join(d.By, ",") != "witness.test/w1,witness.test/w2" {
+		t.Fatalf("checkpoint event %s: %v", ev.Details, err)
 	}
 }

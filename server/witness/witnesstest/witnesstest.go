@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -78,6 +79,7 @@ func Start(t *testing.T, name, origin, logKey string) *Witness {
 	w := &Witness{t: t, Name: name, dir: dir, db: filepath.Join(dir, "w.db"), sock: filepath.Join(dir, "a.sock"), bin: bin}
 
 	agent := exec.Command("ssh-agent", "-D", "-a", w.sock)
+	agent.SysProcAttr = dieWithTest()
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +122,7 @@ func (w *Witness) Start() {
 		return
 	}
 	cmd := exec.Command(w.bin, "-name", w.Name, "-db", w.db, "-ssh-agent", w.sock, "-key", w.fingerprint, "-listen", w.addr)
+	cmd.SysProcAttr = dieWithTest()
 	stderr, err := cmd.StderrPipe()
 	if err == nil {
 		err = cmd.Start()
@@ -203,6 +206,12 @@ func (w *Witness) Size(origin string) string {
 		}
 	}
 	return ""
+}
+
+// dieWithTest kills a child when the test binary dies (a timeout panics
+// past every cleanup), so no witness outlives its test.
+func dieWithTest() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 func run(t testing.TB, name string, args ...string) string {
