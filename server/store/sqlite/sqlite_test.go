@@ -86,3 +86,39 @@ func TestCorruptFileIsRefused(t *testing.T) {
 }
 
 var storetestTime = mustTime("2026-11-29T12:00:00Z")
+
+// The witness queries run per token and per checkpoint served: each reads
+// an index from one end and never sorts the table.
+func TestWitnessQueryPlans(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	open(t, path).Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for q, want := range map[string]string{
+		`SELECT size, witness FROM cosignatures WHERE size >= 0 AND size < 100 ORDER BY size DESC LIMIT 256`:                 "USING COVERING INDEX sqlite_autoindex_cosignatures_1 (size>? AND size<?)",
+		`SELECT size, witness, line, signed_at, created_at FROM cosignatures WHERE witness = 'w' ORDER BY size DESC LIMIT 1`: "USING INDEX cosignatures_witness (witness=?)",
+		`SELECT size, witness, line, signed_at, created_at FROM cosignatures WHERE size = 5 ORDER BY witness`:                "USING INDEX sqlite_autoindex_cosignatures_1 (size=?)",
+	} {
+		rows, err := db.Query("EXPLAIN QUERY PLAN " + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		all := strings.Join(plan, "; ")
+		if !strings.Contains(all, want) || strings.Contains(all, "TEMP B-TREE") || strings.Contains(all, "SCAN") {
+			t.Errorf("%s:\n  plan %s\n  want %s", q, all, want)
+		}
+	}
+}

@@ -4,8 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"math"
 	"strconv"
-	"strings"
 
 	"github.com/bgbroker/breakglass/server/store"
 )
@@ -47,24 +47,75 @@ func (t *Tx) LatestCosignature(ctx context.Context, witness string) (store.Cosig
 	return c, err
 }
 
+// maxWitnessedScan bounds the cosignatures LatestWitnessed reads: the
+// newest witnessed checkpoint is normally within the newest few rows, and
+// a log whose witnesses have refused it for longer than this reads as
+// unwitnessed rather than costing a scan of its history.
+const maxWitnessedScan = 1 << 16
+
 // LatestWitnessed implements store.Reader. It walks the primary key from
-// the largest size down and stops at the first size with a quorum, which
-// is normally the newest checkpoint.
+// the largest size down, a page at a time, and stops at the first size
+// with a quorum of the given witnesses.
 func (t *Tx) LatestWitnessed(ctx context.Context, witnesses []string, quorum int, minSize uint64) (uint64, error) {
 	if len(witnesses) == 0 || quorum < 1 || quorum > len(witnesses) {
 		return 0, store.ErrNotFound
 	}
-	args := []any{int64(minSize)}
+	counted := map[string]bool{}
 	for _, w := range witnesses {
-		args = append(args, w)
+		counted[w] = true
 	}
-	var size int64
-	err := t.Q.QueryRowContext(ctx, t.q(`SELECT size FROM cosignatures WHERE size >= ? AND witness IN (?`+strings.Repeat(",?", len(witnesses)-1)+`)
-		GROUP BY size HAVING COUNT(*) >= `+strconv.Itoa(quorum)+` ORDER BY size DESC LIMIT 1`), args...).Scan(&size)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, store.ErrNotFound
+	const page = 256
+	below := int64(math.MaxInt64) // sizes < below are still to read
+	for scanned := 0; scanned < maxWitnessedScan; {
+		rows, err := t.Q.QueryContext(ctx, t.q(`SELECT size, witness FROM cosignatures WHERE size >= ? AND size < ? ORDER BY size DESC LIMIT `+strconv.Itoa(page)),
+			int64(minSize), below)
+		if err != nil {
+			return 0, err
+		}
+		var (
+			sizes []int64
+			by    = map[int64]int{}
+		)
+		n := 0
+		for rows.Next() {
+			var (
+				size int64
+				w    string
+			)
+			if err := rows.Scan(&size, &w); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			n++
+			if len(sizes) == 0 || sizes[len(sizes)-1] != size {
+				sizes = append(sizes, size)
+			}
+			if counted[w] {
+				by[size]++
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return 0, err
+		}
+		scanned += n
+		// A full page may end inside a size: that size is read again,
+		// whole, with the next page.
+		complete := sizes
+		if n == page && len(sizes) > 1 {
+			complete = sizes[:len(sizes)-1]
+		}
+		for _, size := range complete {
+			if by[size] >= quorum {
+				return uint64(size), nil
+			}
+		}
+		if n < page || len(complete) == 0 {
+			return 0, store.ErrNotFound
+		}
+		below = complete[len(complete)-1]
 	}
-	return uint64(size), err
+	return 0, store.ErrNotFound
 }
 
 func scanCosignature(s scanner) (store.Cosignature, error) {

@@ -65,6 +65,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Cosignatures", testCosignatures},
 		{"ApprovedEntry", testApprovedEntry},
 		{"ActiveKey", testActiveKey},
+		{"WitnessedAcrossPages", testWitnessedPages},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1055,6 +1056,42 @@ func testCosignatures(t *testing.T, s store.Store) {
 			if tc.present && (err != nil || got != tc.want) || !tc.present && !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("LatestWitnessed(%v, %d, %d) = %d, %v; want %d", tc.ws, tc.quorum, tc.min, got, err, tc.want)
 			}
+		}
+		return nil
+	})
+}
+
+// testWitnessedPages: the newest witnessed checkpoint lies below pages of
+// checkpoints only one witness cosigned.
+func testWitnessedPages(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	w1, w2 := "witness.example/w1+0a0b0c0d", "witness.example/w2+01020304"
+	err := s.Update(ctx, func(tx store.Tx) error {
+		for _, c := range []store.Cosignature{{Size: 5, Witness: w1}, {Size: 5, Witness: w2}, {Size: 6, Witness: "other+00000000"}, {Size: 6, Witness: w2}} {
+			c.Line, c.SignedAt, c.CreatedAt = "— x\n", t0, t0
+			if err := tx.AddCosignature(ctx, c); err != nil {
+				return err
+			}
+		}
+		for size := uint64(7); size < 7+700; size++ {
+			if err := tx.AddCosignature(ctx, store.Cosignature{Size: size, Witness: w1, Line: "— x\n", SignedAt: t0, CreatedAt: t0}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.View(ctx, func(r store.Reader) error {
+		if got, err := r.LatestWitnessed(ctx, []string{w1, w2}, 2, 0); err != nil || got != 5 {
+			t.Errorf("LatestWitnessed = %d, %v; want 5", got, err)
+		}
+		if got, err := r.LatestWitnessed(ctx, []string{w1, w2}, 1, 0); err != nil || got != 706 {
+			t.Errorf("LatestWitnessed quorum 1 = %d, %v; want 706", got, err)
+		}
+		if _, err := r.LatestWitnessed(ctx, []string{w1, w2}, 2, 6); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("LatestWitnessed from 6: %v", err)
 		}
 		return nil
 	})
