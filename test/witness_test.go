@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -300,6 +301,22 @@ func TestWitnessesRefuseARollback(t *testing.T) {
 	h := d.healthz(t)
 	if !strings.HasPrefix(h.Checks["witness"], "SPLIT VIEW") || !strings.Contains(h.Checks["witness:w1"], "SPLIT VIEW") || h.Witnesses[0].SplitView == "" {
 		t.Fatalf("health after the rollback: %+v", h)
+	}
+	// gRPC health: the witness service fails, the broker still serves
+	// (taking access away must keep working).
+	if grpcurl, err := exec.LookPath("grpcurl"); err != nil && os.Getenv("CI") != "" {
+		t.Fatal("grpcurl is required in CI")
+	} else if err == nil {
+		tlsArgs := []string{"-cacert", d.state("ca", "ca.crt"), "-cert", d.state("identities", "dave.crt"), "-key", d.state("identities", "dave.key")}
+		if !eventually(30*time.Second, func() bool {
+			r := runCmdNoFatal(os.Environ(), grpcurl, append(tlsArgs, "-d", `{"service":"witness"}`, d.ready.GRPC, "grpc.health.v1.Health/Check")...)
+			return strings.Contains(r.stdout, `"NOT_SERVING"`)
+		}) {
+			t.Error("the witness gRPC health service does not fail on a split view")
+		}
+		if all := must(t, os.Environ(), grpcurl, append(tlsArgs, d.ready.GRPC, "grpc.health.v1.Health/Check")...); !strings.Contains(all, `"SERVING"`) {
+			t.Errorf("the broker stopped serving on a split view: %s", all)
+		}
 	}
 	rep := d.mustBgctl("dave", "report")
 	if !strings.Contains(rep, "SPLIT VIEW: witness w1") || !strings.Contains(rep, "REFUSES THIS LOG'S HISTORY") {

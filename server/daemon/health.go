@@ -54,7 +54,9 @@ func (d *Daemon) checkHealth(ctx context.Context) {
 		checks["policy"] = "ok"
 	}
 	d.checkOutbox(ctx, checks)
-	d.witnessHealth(checks)
+	if d.witnessHealth(checks) {
+		d.grpc.SetCheck("witness", checks["witness"] == "ok")
+	}
 	d.healthy.mu.Lock()
 	changed := d.healthy.ok != ok
 	d.healthy.checks, d.healthy.ok = checks, ok

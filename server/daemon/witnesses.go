@@ -122,13 +122,15 @@ func (d *Daemon) servedCheckpoint(ctx context.Context) ([]byte, error) {
 	return out, err
 }
 
-// witnessHealth adds a check per witness and the overall witness check:
-// failing while any witness reports a split view, or while fewer than the
-// quorum cosigned the newest checkpoint they were sent.
-func (d *Daemon) witnessHealth(checks map[string]string) {
+// witnessHealth adds a check per witness and the overall witness check
+// (also the gRPC health service "witness"): failing while any witness
+// reports a split view, or while fewer than the quorum cosigned the
+// newest checkpoint they were sent. It reports whether witnesses are
+// configured.
+func (d *Daemon) witnessHealth(checks map[string]string) bool {
 	wc := d.witnesses
 	if wc == nil {
-		return
+		return false
 	}
 	now := d.now()
 	var splits, behind []string
@@ -164,4 +166,5 @@ func (d *Daemon) witnessHealth(checks map[string]string) {
 	default:
 		checks["witness"] = "ok"
 	}
+	return true
 }

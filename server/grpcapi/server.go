@@ -186,6 +186,17 @@ func (s *Server) SetServing(ok bool) {
 	}
 }
 
+// SetCheck sets the health of one named check that does not decide the
+// broker's own serving status (the witnesses: a split view must be loud
+// without taking revocation away), as its own gRPC health service.
+func (s *Server) SetCheck(name string, ok bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.Health.SetServingStatus(name, st)
+}
+
 func methodOf(ctx context.Context) string {
 	m, _ := grpc.Method(ctx)
 	return m
