@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/bgbroker/breakglass/format/cosignature"
 	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
@@ -68,13 +69,12 @@ func (b *Broker) checkWitnessed(ctx context.Context, rd store.Reader, r *request
 // CheckpointSigned announces a checkpoint with the cosignatures it
 // carries, so the SOC holds checkpoints the broker cannot later deny.
 func (b *Broker) CheckpointSigned(ctx context.Context, cp store.Checkpoint, cos []store.Cosignature) error {
-	served := cp.Note
-	var by []string
+	var by, lines []string
 	for _, c := range cos {
-		served = append(append([]byte(nil), served...), c.Line...)
 		name, _, _ := strings.Cut(c.Witness, "+")
-		by = append(by, name)
+		by, lines = append(by, name), append(lines, c.Line)
 	}
+	served := cosignature.Append(cp.Note, lines...)
 	details, err := json.Marshal(map[string]any{"size": cp.Size, "checkpoint": string(served), "cosigned_by": by})
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"time"
 )
@@ -27,9 +28,7 @@ type WitnessHealth struct {
 // serveCheckpoint serves the newest checkpoint as a C2SP signed note with
 // the cosignatures it carries: what monitors and relying parties compare
 // with what the witnesses and the SOC hold.
-func serveCheckpoint(get func(ctx context.Context) ([]byte, error), log interface {
-	Error(msg string, args ...any)
-}) http.HandlerFunc {
+func serveCheckpoint(get func(ctx context.Context) ([]byte, error), log *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
