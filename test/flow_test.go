@@ -361,9 +361,14 @@ func TestCRLRevocation(t *testing.T) {
 	if err := os.WriteFile(d.state("ca", "crl.pem"), crl, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond) // the CRL file is checked at most once a second
-	_, err = d.client("bob").ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: pending, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
-	if codeOf(err) != codes.Unavailable {
+	// The broker looks for a new CRL file every second: a new connection
+	// of bob's is refused in the handshake once it has.
+	if !eventually(30*time.Second, func() bool {
+		c := d.client("bob")
+		_, err = c.ReviewRequest(ctx, &bgv1.ReviewRequestRequest{Id: pending, Decision: bgv1.ReviewDecision_REVIEW_DECISION_APPROVE})
+		_ = c.Close()
+		return codeOf(err) == codes.Unavailable
+	}) {
 		t.Fatalf("revoked certificate: %v", err)
 	}
 	if _, err := d.client("erin").ReviewByID(ctx, pending, bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, ""); err != nil {

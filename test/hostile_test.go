@@ -132,6 +132,7 @@ func TestHostileInputMatrix(t *testing.T) {
 		}
 		return d.clientTLS(issue(ca, devmode.LeafOptions{CommonName: name, URIs: []string{devmode.URIPrefix + name}}))
 	}
+	bobURIs := []string{devmode.URIPrefix + "bob"}
 	c := map[string]*client.Client{}
 	for _, p := range []string{"alice", "bob", "carol", "erin", "frank", "dave", "zoe"} {
 		c[p] = who(p)
@@ -183,12 +184,48 @@ func TestHostileInputMatrix(t *testing.T) {
 	}
 	approve("bob", shortGrant.GetRequest())
 	lapsed := create("alice", "quick", "approval window of 3s")
-	// The short grant and the approval window end, and the sweep records
-	// both, before the matrix starts: nothing may change while it runs.
+	// Connections opened while their certificates were good: one of bob's
+	// whose certificate is then revoked, one whose certificate expires in
+	// a second. Both must carry no call after that (DESIGN §4.3).
+	bobRevokedCert, bobRevokedKey, err := ca.Issue(devmode.LeafOptions{CommonName: "bob", URIs: bobURIs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobRevokedTLS := tlsFor(t, d.caPool(), bobRevokedCert, bobRevokedKey)
+	bobRevoked := d.clientTLS(bobRevokedTLS)
+	shortEnd := time.Now().Add(time.Second)
+	bobExpiring := d.clientTLS(issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: bobURIs, NotBefore: time.Now().Add(-time.Minute), NotAfter: shortEnd}))
+	for _, cl := range []*client.Client{bobRevoked, bobExpiring} {
+		if _, err := cl.ListAccounts(ctx, &bgv1.ListAccountsRequest{}); err != nil {
+			t.Fatalf("bob's connection before the revocation and the expiry: %v", err)
+		}
+	}
+	crl, err := ca.CRL(2, bobRevokedCert.SerialNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(d.state("ca", "crl.pem"), crl, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The short grant and the approval window end, the sweep records
+	// both, the short certificate expires and the broker loads the new
+	// CRL (a new connection with the revoked certificate is refused in
+	// the handshake) before the matrix starts: nothing may change while
+	// it runs.
 	if !eventually(90*time.Second, func() bool {
-		return strings.Contains(d.snapshot(), lapsed.GetId()+" EXPIRED") && strings.Contains(d.snapshot(), shortGrant.GetRequest().GetId()+" EXPIRED")
+		if !strings.Contains(d.snapshot(), lapsed.GetId()+" EXPIRED") || !strings.Contains(d.snapshot(), shortGrant.GetRequest().GetId()+" EXPIRED") ||
+			!time.Now().After(shortEnd.Add(time.Second)) {
+			return false
+		}
+		cc, err := client.Dial(client.Options{Addr: d.ready.GRPC, TLS: bobRevokedTLS})
+		if err != nil {
+			return false
+		}
+		defer cc.Close()
+		_, err = cc.ListAccounts(ctx, &bgv1.ListAccountsRequest{})
+		return status.Code(err) == codes.Unavailable
 	}) {
-		t.Fatalf("the sweep did not record the expiries: %s", d.snapshot())
+		t.Fatalf("the sweep did not record the expiries or the CRL was not loaded: %s", d.snapshot())
 	}
 
 	// Statements an attacker might replay or forge.
@@ -280,6 +317,25 @@ func TestHostileInputMatrix(t *testing.T) {
 		{"certificate without a URI SAN", withTLS(issue(ca, devmode.LeafOptions{CommonName: "bob"})), codes.Unauthenticated, "no URI SAN under"},
 		{"certificate naming two principals", withTLS(issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: []string{devmode.URIPrefix + "bob", devmode.URIPrefix + "erin"}})), codes.Unauthenticated, "exactly one"},
 		{"URI SAN outside the trust domain", withTLS(issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: []string{"spiffe://evil.example/user/bob"}})), codes.Unauthenticated, "no URI SAN under"},
+		{"URI SAN with an uppercase scheme", withTLS(issue(ca, devmode.LeafOptions{CommonName: "bob", RawURIs: []string{strings.Replace(devmode.URIPrefix, "spiffe://", "SPIFFE://", 1) + "bob"}})), codes.Unauthenticated, "no URI SAN under"},
+		{"URI SAN with an uppercase trust domain", withTLS(issue(ca, devmode.LeafOptions{CommonName: "bob", RawURIs: []string{strings.Replace(devmode.URIPrefix, "breakglass.dev", "BREAKGLASS.DEV", 1) + "bob"}})), codes.Unauthenticated, "no URI SAN under"},
+		{"CA certificate as a client certificate", withTLS(issue(ca, devmode.LeafOptions{CommonName: "bob", URIs: bobURI, IsCA: true})), codes.Unauthenticated, "CA certificate"},
+		{"open connection after revocation", func() error {
+			_, err := bobRevoked.GetRequest(ctx, &bgv1.GetRequestRequest{Id: pending.GetId()})
+			return err
+		}, codes.Unauthenticated, "revoked"},
+		{"open connection after expiry", func() error {
+			_, err := bobExpiring.GetRequest(ctx, &bgv1.GetRequestRequest{Id: pending.GetId()})
+			return err
+		}, codes.Unauthenticated, "validity period"},
+		{"approval by a revoked approver", func() error {
+			_, err := bobRevoked.Review(ctx, pending, bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, "")
+			return err
+		}, codes.Unauthenticated, "revoked"},
+		{"approval by an expired approver", func() error {
+			_, err := bobExpiring.Review(ctx, pending, bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, "")
+			return err
+		}, codes.Unauthenticated, "validity period"},
 		{"principal not in the policy", withTLS(issue(ca, devmode.LeafOptions{CommonName: "mallory", URIs: []string{devmode.URIPrefix + "mallory"}})), codes.PermissionDenied, "not in the broker's policy"},
 		{"principal spoofed in metadata", func() error {
 			mctx := metadata.AppendToOutgoingContext(ctx, "x-principal", "alice", "x-forwarded-client-cert", "URI="+devmode.URIPrefix+"alice")

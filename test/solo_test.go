@@ -58,7 +58,8 @@ type inproc struct {
 }
 
 // startInProcess runs a dev broker in this process with a settable clock,
-// its policy replaced by policyYAML, after preparing the HSM with prepare.
+// its policy replaced by policyYAML (the demo policy when empty), after
+// preparing the HSM with prepare.
 func startInProcess(t *testing.T, policyYAML string, prepare func(cfg *config.Config)) *inproc {
 	t.Helper()
 	ip := &inproc{t: t, dir: t.TempDir(), clk: &fakeClock{t: time.Now()}, c: map[string]*client.Client{}}
@@ -67,8 +68,10 @@ func startInProcess(t *testing.T, policyYAML string, prepare func(cfg *config.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(ip.dir, "policy.yaml"), []byte(policyYAML), 0o600); err != nil {
-		t.Fatal(err)
+	if policyYAML != "" {
+		if err := os.WriteFile(filepath.Join(ip.dir, "policy.yaml"), []byte(policyYAML), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, err := config.Load(path)
 	if err != nil {

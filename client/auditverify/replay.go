@@ -11,6 +11,7 @@ import (
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/principal"
 	"github.com/bgbroker/breakglass/format/statement"
 )
 
@@ -386,23 +387,10 @@ func (r *replay) verifyChain(cert *x509.Certificate, t time.Time) error {
 	return nil
 }
 
+// principalOf names the holder of c by the rule the broker logged: the
+// broker's own rule (format/principal), so the two cannot disagree.
 func principalOf(c *x509.Certificate, id audit.Identity) (string, error) {
-	if id.Mode == "cn" {
-		if c.Subject.CommonName == "" {
-			return "", fmt.Errorf("the certificate has no common name")
-		}
-		return c.Subject.CommonName, nil
-	}
-	var found []string
-	for _, u := range c.URIs {
-		if s := u.String(); strings.HasPrefix(s, id.URIPrefix) {
-			found = append(found, strings.TrimPrefix(s, id.URIPrefix))
-		}
-	}
-	if len(found) != 1 {
-		return "", fmt.Errorf("the certificate has %d URI SANs under %s, not exactly one", len(found), id.URIPrefix)
-	}
-	return found[0], nil
+	return principal.Rule{Mode: id.Mode, URIPrefix: id.URIPrefix}.Of(c)
 }
 
 func (q *reqState) approvals() []string {

@@ -21,6 +21,9 @@ const (
 	KindExists
 	KindUnavailable
 	KindExhausted
+	// KindUnauthenticated is a caller whose client certificate cannot
+	// vouch for them now: expired, not yet valid or revoked.
+	KindUnauthenticated
 )
 
 // Error is an error with a message safe to show the caller. Err, when set,

@@ -94,9 +94,10 @@ type Identity struct {
 	// is re-read when it changes.
 	CRL string `yaml:"crl"`
 	// Mode is "uri": the principal is the rest of the one URI SAN starting
-	// with URIPrefix; or "cn": the subject common name.
+	// with URIPrefix, compared as written in the certificate (case
+	// included); or "cn": the subject common name.
 	Mode string `yaml:"mode"`
-	// URIPrefix, e.g. "spiffe://example.org/user/".
+	// URIPrefix, e.g. "spiffe://example.org/user/"; it must end in "/".
 	URIPrefix string `yaml:"uri_prefix"`
 }
 
@@ -245,6 +246,12 @@ type Limits struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// HandshakeTimeout bounds the TLS handshake.
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// MaxConnectionAge ends every gRPC connection this long after it was
+	// made, so that each one handshakes again with the client CA (client
+	// certificates are also checked on every call); the calls in flight
+	// get MaxConnectionAgeGrace to finish.
+	MaxConnectionAge      time.Duration `yaml:"max_connection_age"`
+	MaxConnectionAgeGrace time.Duration `yaml:"max_connection_age_grace"`
 }
 
 // Tracing exports OpenTelemetry traces.

@@ -24,14 +24,18 @@ const (
 	DefaultBurst        = 40
 	DefaultMaxMessage   = 64 << 10
 	DefaultHandshake    = 10 * time.Second
-	DefaultMaxAttempts  = 10
-	DefaultBackoffBase  = time.Second
-	DefaultBackoffMax   = 5 * time.Minute
-	DefaultWorkers      = 4
-	DefaultPollInterval = 500 * time.Millisecond
-	DefaultSinkTimeout  = 10 * time.Second
-	DefaultSampleRatio  = 1.0
-	DefaultServiceName  = "breakglassd"
+	// Connections are made again every half hour; a call in flight then
+	// has five minutes (a watch stream is resumed by the SDK).
+	DefaultMaxConnectionAge      = 30 * time.Minute
+	DefaultMaxConnectionAgeGrace = 5 * time.Minute
+	DefaultMaxAttempts           = 10
+	DefaultBackoffBase           = time.Second
+	DefaultBackoffMax            = 5 * time.Minute
+	DefaultWorkers               = 4
+	DefaultPollInterval          = 500 * time.Millisecond
+	DefaultSinkTimeout           = 10 * time.Second
+	DefaultSampleRatio           = 1.0
+	DefaultServiceName           = "breakglassd"
 
 	DefaultWitnessTimeout    = 10 * time.Second
 	DefaultWitnessBackoffMax = time.Minute
@@ -86,6 +90,8 @@ func (l *Limits) setDefaults() {
 	orInt(&l.Burst, DefaultBurst)
 	orInt(&l.MaxMessageBytes, DefaultMaxMessage)
 	orDuration(&l.HandshakeTimeout, DefaultHandshake)
+	orDuration(&l.MaxConnectionAge, DefaultMaxConnectionAge)
+	orDuration(&l.MaxConnectionAgeGrace, DefaultMaxConnectionAgeGrace)
 }
 
 func (n *Notify) setDefaults() {

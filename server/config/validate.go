@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/bgbroker/breakglass/format/cosignature"
+	"github.com/bgbroker/breakglass/format/principal"
 )
 
 // Validate reports every missing or unsafe setting. Load and Parse run it;
@@ -34,6 +35,9 @@ func (c *Config) Validate() error {
 	need(c.TLS.Cert, "tls.cert")
 	need(c.TLS.Key, "tls.key")
 	need(c.Identity.ClientCA, "identity.client_ca")
+	if err := (principal.Rule{Mode: c.Identity.Mode, URIPrefix: c.Identity.URIPrefix}).Validate(); err != nil {
+		add(fmt.Errorf("identity: %w", err))
+	}
 	add(c.validatePolicySource())
 	add(c.Tracing.validate())
 	add(c.Store.validate())

@@ -160,7 +160,7 @@ func (d *Daemon) checkpointSigned(cp store.Checkpoint) {
 func (d *Daemon) serve() {
 	ctx := d.ctx
 	d.checkHealth(ctx)
-	loops := []func(context.Context){d.Broker.Run, d.Broker.Follow, d.Checkpoints.Run, d.dispatcher.Run, d.keysLoop, d.healthLoop}
+	loops := []func(context.Context){d.Broker.Run, d.Broker.Follow, d.Checkpoints.Run, d.dispatcher.Run, d.keysLoop, d.healthLoop, d.ident.Run}
 	if d.witnesses != nil {
 		loops = append(loops, d.witnesses.Run)
 	}

@@ -150,7 +150,7 @@ func newDaemon(ctx context.Context, opts Options) (*Daemon, error) {
 		now = time.Now
 	}
 	cfg := opts.Config
-	pol, source, ident, err := loadPolicyAndIdentity(cfg, log)
+	pol, source, ident, err := loadPolicyAndIdentity(cfg, log, now)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/hsm"
@@ -50,7 +51,7 @@ type offline struct {
 }
 
 func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *offline, err error) {
-	pol, source, ident, err := loadPolicyAndIdentity(cfg, log)
+	pol, source, ident, err := loadPolicyAndIdentity(cfg, log, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -83,12 +84,12 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 
 // loadPolicyAndIdentity loads what the configuration names of the policy
 // and the callers' identities.
-func loadPolicyAndIdentity(cfg *config.Config, log *slog.Logger) (*policy.Policy, string, *identity.Verifier, error) {
+func loadPolicyAndIdentity(cfg *config.Config, log *slog.Logger, now func() time.Time) (*policy.Policy, string, *identity.Verifier, error) {
 	pol, source, err := cfg.LoadPolicy()
 	if err != nil {
 		return nil, "", nil, err
 	}
-	ident, err := identity.New(identityConfig(cfg.Identity), log)
+	ident, err := identity.New(identityConfig(cfg.Identity), identity.Options{Log: log, Now: now})
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -40,7 +40,8 @@ func tracingConfig(c config.Tracing) tracing.Config {
 }
 
 func limits(c config.Limits) grpcapi.Limits {
-	return grpcapi.Limits{RatePerSecond: c.RatePerSecond, Burst: c.Burst, MaxMessageBytes: c.MaxMessageBytes, HandshakeTimeout: c.HandshakeTimeout}
+	return grpcapi.Limits{RatePerSecond: c.RatePerSecond, Burst: c.Burst, MaxMessageBytes: c.MaxMessageBytes, HandshakeTimeout: c.HandshakeTimeout,
+		MaxConnectionAge: c.MaxConnectionAge, MaxConnectionAgeGrace: c.MaxConnectionAgeGrace}
 }
 
 func notifyConfig(c config.Notify) notify.Config {

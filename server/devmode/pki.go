@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -14,6 +15,9 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // CA is a development certificate authority. In production the client CA
@@ -69,6 +73,13 @@ type LeafOptions struct {
 	Server     bool
 	NotBefore  time.Time
 	NotAfter   time.Time
+	// RawURIs are URI SANs written byte for byte as given (crypto/x509
+	// writes URIs as url.URL.String() re-serialises them), for the hostile
+	// cases; with them, DNSNames and IPs are left out.
+	RawURIs []string
+	// IsCA marks the certificate a CA (basicConstraints CA:TRUE), which no
+	// client identity may be; for the hostile cases.
+	IsCA bool
 }
 
 // Issue signs a leaf certificate for a fresh P-256 key.
@@ -100,6 +111,23 @@ func (ca *CA) Issue(o LeafOptions) (*x509.Certificate, *ecdsa.PrivateKey, error)
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	} else {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	}
+	if o.IsCA {
+		tmpl.BasicConstraintsValid, tmpl.IsCA = true, true
+	}
+	if len(o.RawURIs) > 0 {
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			for _, u := range o.RawURIs {
+				b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(u)) })
+			}
+		})
+		san, err := b.Bytes()
+		if err != nil {
+			return nil, nil, err
+		}
+		tmpl.DNSNames, tmpl.IPAddresses = nil, nil
+		tmpl.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: san}}
 	}
 	for _, u := range o.URIs {
 		pu, err := url.Parse(u)

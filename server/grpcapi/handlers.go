@@ -14,6 +14,7 @@ import (
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/identity"
 	"github.com/bgbroker/breakglass/server/request"
 )
 
@@ -129,12 +130,12 @@ func (s *Server) ReviewRequest(ctx context.Context, in *bgv1.ReviewRequestReques
 	if in.Decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
 		d = request.Deny
 	}
-	_, cert, err := s.id.FromPeer(ctx)
-	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+	p, ok := identity.PeerFrom(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
 	}
 	res, err := s.b.Review(ctx, caller(ctx), broker.ReviewInput{ID: in.Id, Decision: d, Comment: in.Comment,
-		Statement: in.Statement, Signature: in.Signature, Cert: cert, IdempotencyKey: in.IdempotencyKey})
+		Statement: in.Statement, Signature: in.Signature, Cert: p.Leaf, IdempotencyKey: in.IdempotencyKey})
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
@@ -247,11 +248,11 @@ func optDur(d time.Duration) *durationpb.Duration {
 
 // signedFrom binds a signed statement to the connection's certificate.
 func (s *Server) signedFrom(ctx context.Context, stmt, sig []byte) (broker.Signed, error) {
-	_, cert, err := s.id.FromPeer(ctx)
-	if err != nil {
-		return broker.Signed{}, status.Error(codes.Unauthenticated, err.Error())
+	p, ok := identity.PeerFrom(ctx)
+	if !ok {
+		return broker.Signed{}, status.Error(codes.Unauthenticated, "no verified client certificate")
 	}
-	return broker.Signed{Statement: stmt, Signature: sig, Cert: cert}, nil
+	return broker.Signed{Statement: stmt, Signature: sig, Cert: p.Leaf}, nil
 }
 
 // AttestAccount implements AccountService.

@@ -5,6 +5,7 @@ package grpcapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"google.golang.org/grpc/stats"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	pvmw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -44,6 +44,13 @@ type Limits struct {
 	MaxMessageBytes int
 	// HandshakeTimeout bounds the TLS handshake.
 	HandshakeTimeout time.Duration
+	// MaxConnectionAge ends every connection this long after it was made,
+	// so that each one handshakes again with the client CA; the calls
+	// still running get MaxConnectionAgeGrace to finish, then the
+	// connection is closed. Certificates are also checked on every call;
+	// this bounds what a connection carries on from its handshake.
+	MaxConnectionAge      time.Duration
+	MaxConnectionAgeGrace time.Duration
 }
 
 // Config builds the gRPC server.
@@ -102,7 +109,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if l := cfg.Limits; l.RatePerSecond <= 0 || l.Burst <= 0 || l.MaxMessageBytes <= 0 || l.HandshakeTimeout <= 0 {
+	if l := cfg.Limits; l.RatePerSecond <= 0 || l.Burst <= 0 || l.MaxMessageBytes <= 0 || l.HandshakeTimeout <= 0 ||
+		l.MaxConnectionAge <= 0 || l.MaxConnectionAgeGrace <= 0 {
 		return nil, fmt.Errorf("grpcapi: every limit must be positive: %+v", l)
 	}
 	s := &Server{b: cfg.Broker, id: cfg.Identity, log: cfg.Log, limits: cfg.Limits, limiters: map[string]*rate.Limiter{}, reload: cfg.ReloadPolicy}
@@ -117,8 +125,8 @@ func New(cfg Config) (*Server, error) {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
-			if p, _, err := s.id.FromPeer(ctx); err == nil {
-				return logging.Fields{"principal", p}
+			if p, err := s.id.Authenticate(ctx); err == nil && p.PrincipalErr == nil {
+				return logging.Fields{"principal", p.Principal}
 			}
 			return nil
 		}),
@@ -129,13 +137,13 @@ func New(cfg Config) (*Server, error) {
 	unary := []grpc.UnaryServerInterceptor{
 		recovery.UnaryServerInterceptor(recoveryOpt),
 		logging.UnaryServerInterceptor(logger, logOpts...),
-		auth.UnaryServerInterceptor(s.authenticate),
+		s.authUnary,
 		pvmw.UnaryServerInterceptor(validator),
 	}
 	streams := []grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(recoveryOpt),
 		logging.StreamServerInterceptor(logger, logOpts...),
-		auth.StreamServerInterceptor(s.authenticate),
+		s.authStream,
 		pvmw.StreamServerInterceptor(validator),
 	}
 	if cfg.Metrics != nil {
@@ -153,7 +161,8 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.ConnectionTimeout(s.limits.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute,
+			MaxConnectionAge: s.limits.MaxConnectionAge, MaxConnectionAgeGrace: s.limits.MaxConnectionAgeGrace}),
 		grpc.MaxConcurrentStreams(256),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(streams...),
@@ -208,31 +217,71 @@ func openMethod(m string) bool {
 	return strings.HasPrefix(m, "/grpc.health.v1.Health/") || strings.HasPrefix(m, "/grpc.reflection.")
 }
 
-// authenticate puts the caller's principal into the context, from the
-// verified client certificate and nothing else, and applies the caller's
-// rate limit.
-func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
+// authenticate puts the caller into the context, from the verified client
+// certificate and nothing else, checked on this call (validity by the
+// broker's clock, the CRL in force), and applies the caller's rate limit.
+func (s *Server) authenticate(ctx context.Context) (context.Context, identity.Peer, error) {
 	m := methodOf(ctx)
-	p, leaf, err := s.id.FromPeer(ctx)
+	p, err := s.id.Authenticate(ctx)
 	if err != nil {
-		if openMethod(m) {
-			return ctx, nil
-		}
+		// A certificate that lapsed or was revoked is refused everywhere,
+		// the open services included.
 		s.log.WarnContext(ctx, "unauthenticated call", "method", m, "err", err)
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+		return nil, p, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if p.PrincipalErr != nil {
+		if openMethod(m) {
+			return identity.WithPeer(ctx, p), p, nil
+		}
+		s.log.WarnContext(ctx, "unauthenticated call", "method", m, "err", p.PrincipalErr)
+		return nil, p, status.Error(codes.Unauthenticated, p.PrincipalErr.Error())
 	}
 	if !openMethod(m) {
-		if !s.b.Policy().Known(p) {
-			s.b.RecordDenial(p, m, "principal not in the policy")
-			return nil, status.Errorf(codes.PermissionDenied, "principal %s is not in the broker's policy", p)
+		if !s.b.Policy().Known(p.Principal) {
+			s.b.RecordDenial(p.Principal, m, "principal not in the policy")
+			return nil, p, status.Errorf(codes.PermissionDenied, "principal %s is not in the broker's policy", p.Principal)
 		}
-		if !s.limiter(p).Allow() {
-			return nil, status.Errorf(codes.ResourceExhausted, "rate limit: at most %g calls per second for %s; slow down and retry", s.limits.RatePerSecond, p)
+		if !s.limiter(p.Principal).Allow() {
+			return nil, p, status.Errorf(codes.ResourceExhausted, "rate limit: at most %g calls per second for %s; slow down and retry", s.limits.RatePerSecond, p.Principal)
 		}
-		s.b.SeenCert(p, leaf)
+		s.b.SeenCert(p.Principal, p.Leaf)
 	}
-	return identity.WithPrincipal(ctx, p), nil
+	return identity.WithPeer(ctx, p), p, nil
 }
+
+// authUnary is the authentication interceptor of unary calls.
+func (s *Server) authUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, _, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// authStream is the authentication interceptor of streams. A stream lives
+// as long as its caller keeps it open, so its certificate is watched while
+// it runs: a revocation or an expiry ends it with Unauthenticated.
+func (s *Server) authStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, p, err := s.authenticate(ss.Context())
+	if err != nil {
+		return err
+	}
+	ctx, stop := s.id.Guard(ctx, p)
+	defer stop()
+	err = handler(srv, &guardedStream{ServerStream: ss, ctx: ctx})
+	if cause := context.Cause(ctx); errors.Is(cause, identity.ErrNotValid) {
+		s.log.WarnContext(ctx, "stream ended: the caller's certificate is no longer valid", "method", methodOf(ctx), "principal", p.Principal, "err", cause)
+		return status.Error(codes.Unauthenticated, cause.Error())
+	}
+	return err
+}
+
+type guardedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (g *guardedStream) Context() context.Context { return g.ctx }
 
 func (s *Server) limiter(p string) *rate.Limiter {
 	s.mu.Lock()
@@ -272,6 +321,8 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 		code = codes.Unavailable
 	case broker.KindExhausted:
 		code = codes.ResourceExhausted
+	case broker.KindUnauthenticated:
+		code = codes.Unauthenticated
 	}
 	msg := broker.PublicMessage(err)
 	p := caller(ctx)
