@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,6 +132,8 @@ type harness struct {
 	audit    *faultyKey
 	tokenKey *faultyKey
 	routes   broker.Routes
+	crlFile  string
+	crlN     int64
 	ctx      context.Context
 	cancel   context.CancelFunc
 }
@@ -146,18 +149,41 @@ func newHarness(t *testing.T, policyYAML string) *harness {
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	t.Cleanup(h.cancel)
 	var err error
-	if h.ca, err = devmode.NewCA("test client CA", 30*24*time.Hour); err != nil {
+	if h.ca, err = devmode.NewCA("test client CA", 400*24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	caFile := filepath.Join(t.TempDir(), "ca.crt")
 	if err := os.WriteFile(caFile, devmode.CertPEM(h.ca.Cert), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if h.ident, err = identity.New(identity.Config{ClientCA: caFile, URIPrefix: "spiffe://test/user/"}, nil); err != nil {
+	h.crlFile = filepath.Join(t.TempDir(), "crl.pem")
+	h.revoke()
+	if h.ident, err = identity.New(identity.Config{ClientCA: caFile, CRL: h.crlFile, URIPrefix: "spiffe://test/user/"}, identity.Options{Now: h.clock.Now}); err != nil {
 		t.Fatal(err)
 	}
 	h.start(policyYAML)
 	return h
+}
+
+// revoke writes a new client CA CRL revoking the certificates of
+// principals (none: an empty CRL) and has the verifier load it.
+func (h *harness) revoke(principals ...string) {
+	h.t.Helper()
+	var serials []*big.Int
+	for _, p := range principals {
+		serials = append(serials, h.cert(p).cert.SerialNumber)
+	}
+	h.crlN++
+	crl, err := h.ca.CRL(h.crlN, serials...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := os.WriteFile(h.crlFile, crl, 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	if h.ident != nil && !h.ident.ReloadCRL() {
+		h.t.Fatal("the new CRL was not loaded")
+	}
 }
 
 // cert returns principal's client certificate and key, issuing them once.

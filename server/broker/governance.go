@@ -27,15 +27,14 @@ type Signed struct {
 
 // checkSigned verifies a statement of type typ about subject and content,
 // with notes, signed by caller's certificate, which must chain to the
-// client CA and not be revoked at now, as an offline verifier checks it.
+// client CA, be within its validity period and not be revoked at now, as
+// an offline verifier checks it.
 func (b *Broker) checkSigned(caller string, s Signed, typ, subject, content, notes string, now time.Time) error {
 	if len(s.Statement) == 0 || len(s.Signature) == 0 || s.Cert == nil {
 		return invalid("this must carry a statement signed with your client certificate's key (bgctl and the Go SDK sign it for you)")
 	}
-	if who, err := b.cfg.Certs.VerifyAt(s.Cert, now); err != nil {
-		return denied("your client certificate is not valid now, so what it signs would not verify: %s", err)
-	} else if who != caller {
-		return invalid("the statement is signed with the certificate of %s, not yours", who)
+	if err := b.checkSigner(s.Cert, caller, now); err != nil {
+		return err
 	}
 	st, err := statement.Parse(s.Statement)
 	if err != nil {
@@ -48,6 +47,48 @@ func (b *Broker) checkSigned(caller string, s Signed, typ, subject, content, not
 		return invalid("the signed statement does not match: %s", err)
 	}
 	return nil
+}
+
+// checkSigner refuses a signed statement whose certificate would not hold
+// in the log at at: the offline verifier checks that it chained to the
+// client CA, was within its validity period and not on the CRL, and named
+// the entry's actor, at the entry's time. Such an entry, once written,
+// would make the log fail verification for ever after, so it is refused
+// before anything is written.
+func (b *Broker) checkSigner(cert *x509.Certificate, caller string, at time.Time) error {
+	if cert == nil {
+		return invalid("this must carry a statement signed with your client certificate's key (bgctl and the Go SDK sign it for you)")
+	}
+	who, err := b.cfg.Certs.VerifyAt(cert, at)
+	if err != nil {
+		return &Error{Kind: KindUnauthenticated, Err: err,
+			Msg: fmt.Sprintf("the client certificate you signed with cannot vouch for you at %s (%s); nothing was recorded: renew your certificate and sign again",
+				at.UTC().Format(time.RFC3339), err)}
+	}
+	if who != caller {
+		return &Error{Kind: KindUnauthenticated, Msg: fmt.Sprintf("the client certificate you signed with names %s, not %s; nothing was recorded", who, caller)}
+	}
+	return nil
+}
+
+// precheckSigner is checkSigner at the broker's time, before the write
+// transaction: the chain is built and verified here, so that the checks
+// inside the transaction find it cached and no other writer waits on it.
+func (b *Broker) precheckSigner(cert *x509.Certificate, caller string) error {
+	if cert == nil {
+		return nil // refused inside, in the order of the other checks
+	}
+	return b.checkSigner(cert, caller, b.now().UTC())
+}
+
+// checkSignerAtEntry checks the certificate again at the time the entry
+// was actually given, when that is not now (the log's time never goes
+// back, so an entry can be later than the clock of the replica writing it).
+func (b *Broker) checkSignerAtEntry(cert *x509.Certificate, caller string, now time.Time, rec audit.Record) error {
+	if rec.Time.Equal(now) {
+		return nil
+	}
+	return b.checkSigner(cert, caller, rec.Time)
 }
 
 // overdueReviewOf returns an open post-use review of requester that is
@@ -139,6 +180,9 @@ func (b *Broker) ClosePostReview(ctx context.Context, caller, id, notes string, 
 	if err := validateText("notes", notes, 4000, true); err != nil {
 		return nil, audit.Record{}, err
 	}
+	if err := b.precheckSigner(s.Cert, caller); err != nil {
+		return nil, audit.Record{}, err
+	}
 	var (
 		out *store.PostReview
 		rec audit.Record
@@ -179,6 +223,9 @@ func (b *Broker) ClosePostReview(ctx context.Context, caller, id, notes string, 
 		if err != nil {
 			return err
 		}
+		if err := b.checkSignerAtEntry(s.Cert, caller, now, rec); err != nil {
+			return err
+		}
 		if err := tx.ClosePostReview(ctx, *pr); err != nil {
 			return err
 		}
@@ -202,6 +249,9 @@ func (b *Broker) Attest(ctx context.Context, caller, account, notes string, s Si
 	if !p.IsOwner(acct, caller) {
 		return nil, audit.Record{}, denied("only members of account %s's owner group (%s) may attest it", account, acct.Owner)
 	}
+	if err := b.precheckSigner(s.Cert, caller); err != nil {
+		return nil, audit.Record{}, err
+	}
 	var (
 		out *store.Attestation
 		rec audit.Record
@@ -224,6 +274,9 @@ func (b *Broker) Attest(ctx context.Context, caller, account, notes string, s Si
 		rec, err = b.appendEntry(ctx, tx, now, audit.Draft{Type: audit.TypeAccountAttested, Actor: caller, Account: account,
 			Payload: audit.AccountAttested{ID: a.ID, Notes: notes, PolicyHash: a.PolicyHash, Signed: audit.Signed{Statement: s.Statement, Signature: s.Signature, Certificate: s.Cert.Raw}}}, false)
 		if err != nil {
+			return err
+		}
+		if err := b.checkSignerAtEntry(s.Cert, caller, now, rec); err != nil {
 			return err
 		}
 		a.EntryIndex = rec.Index

@@ -185,7 +185,7 @@ func newWorld(t testing.TB, hw *hsmWorld, seedTime time.Time) *world {
 	w := &world{t: t, ctx: context.Background(), clock: &clock{t: seedTime}, module: hw.module, dir: t.TempDir(),
 		ca: hw.ca, certs: map[string]principalKey{}, counts: map[string]int{}}
 	var err error
-	if w.ident, err = identity.New(identity.Config{ClientCA: hw.caFile, URIPrefix: "spiffe://test/user/"}, nil); err != nil {
+	if w.ident, err = identity.New(identity.Config{ClientCA: hw.caFile, URIPrefix: "spiffe://test/user/"}, identity.Options{Now: w.clock.Now}); err != nil {
 		t.Fatal(err)
 	}
 	if w.store, err = sqlite.Open(w.ctx, sqlite.Config{Path: filepath.Join(w.dir, "broker.db")}); err != nil {

@@ -32,9 +32,12 @@ type ReviewInput struct {
 // checkStatement refuses a review whose signed statement is missing, does
 // not verify with the connection's certificate, or says anything other
 // than this review of this request in this log.
-func (b *Broker) checkStatement(in ReviewInput, r *request.Request, now time.Time) error {
+func (b *Broker) checkStatement(in ReviewInput, caller string, r *request.Request, now time.Time) error {
 	if len(in.Statement) == 0 || len(in.Signature) == 0 || in.Cert == nil {
 		return invalid("a review must carry a statement signed with your client certificate's key (bgctl and the Go SDK sign it for you)")
+	}
+	if err := b.checkSigner(in.Cert, caller, now); err != nil {
+		return err
 	}
 	st, err := statement.Parse(in.Statement)
 	if err != nil {
@@ -65,6 +68,12 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 	// reports any problem in its own order.
 	if in.Cert != nil && len(in.Statement) > 0 && len(in.Signature) > 0 {
 		_ = b.sigs.Verify(in.Cert, in.Statement, in.Signature)
+	}
+	// So is the certificate: one that expired or was revoked is refused
+	// here, before anything is written (the log would otherwise hold a
+	// review the offline verifier must reject).
+	if err := b.precheckSigner(in.Cert, caller); err != nil {
+		return nil, err
 	}
 	var (
 		res      Result
@@ -98,7 +107,7 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		if r.Reviewed(caller) {
 			return newErr(KindExists, "you already reviewed request %s; each approver counts once", r.ID)
 		}
-		if err := b.checkStatement(in, r, now); err != nil {
+		if err := b.checkStatement(in, caller, r, now); err != nil {
 			return err
 		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
@@ -107,6 +116,9 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 				Statement: in.Statement, Signature: in.Signature, Certificate: in.Cert.Raw},
 		}, in.Decision == request.Approve)
 		if err != nil {
+			return err
+		}
+		if err := b.checkSignerAtEntry(in.Cert, caller, now, rec); err != nil {
 			return err
 		}
 		rv := request.Review{Reviewer: caller, Decision: in.Decision, Comment: in.Comment, At: now, EntryIndex: rec.Index, LeafHash: rec.LeafHash,
