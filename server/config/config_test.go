@@ -37,6 +37,9 @@ func TestParseResolvesPathsAndValidates(t *testing.T) {
 		{"unknown driver", "store: {driver: mysql}", "not supported"},
 		{"profiles off loopback", "debug: {pprof: \"0.0.0.0:6060\"}", "loopback"},
 		{"profiles on a name", "debug: {pprof: \"example.org:6060\"}", "loopback"},
+		{"URI prefix without a trailing slash", "identity: {client_ca: ca.crt, uri_prefix: \"spiffe://x/user\"}", `must end in "/"`},
+		{"URI prefix with an uppercase scheme", "identity: {client_ca: ca.crt, uri_prefix: \"SPIFFE://x/user/\"}", "lowercase"},
+		{"unknown identity mode", "identity: {client_ca: ca.crt, mode: email}", "must be uri or cn"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
