@@ -12,7 +12,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 export PATH := $(BIN):$(PATH)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps dev test fuzz soak vet purego lint proto proto-check unit tools bench clean
+.PHONY: all build deps test-deps dev test fuzz soak vet purego lint proto proto-check unit tools bench clean cover
 
 all: build
 
@@ -63,6 +63,11 @@ proto-check: tools
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Statement coverage per package, the end-to-end tests' processes included
+# (binaries built with -cover, GOCOVERDIR, go tool covdata), as a table.
+cover: test-deps
+	@GO=$(GO) ./scripts/cover.sh
 
 # Runs every fuzz target in turn for FUZZTIME each (the seed corpora in
 # testdata/fuzz also run as ordinary tests in `make test`).

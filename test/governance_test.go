@@ -33,8 +33,8 @@ type hookReceiver struct {
 	mu         sync.Mutex
 	events     []event.Event
 	invalid    int
-	// refused are the request ids of deliveries turned away while down.
-	refused []string
+	// refused are the deliveries turned away while down.
+	refused []event.Event
 }
 
 func newHookReceiver(t *testing.T, secretFile string) *hookReceiver {
@@ -54,7 +54,7 @@ func newHookReceiver(t *testing.T, secretFile string) *hookReceiver {
 		_ = json.Unmarshal(body, &ev)
 		if h.down.Load() {
 			h.mu.Lock()
-			h.refused = append(h.refused, ev.Request)
+			h.refused = append(h.refused, ev)
 			h.mu.Unlock()
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
@@ -67,18 +67,24 @@ func newHookReceiver(t *testing.T, secretFile string) *hookReceiver {
 	return h
 }
 
-// waitRefused waits until a delivery for request was turned away.
-func (h *hookReceiver) waitRefused(request string) {
+// waitRefused waits until a delivery for request was turned away, and
+// returns its event.
+func (h *hookReceiver) waitRefused(request string) event.Event {
 	h.t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		h.mu.Lock()
-		refused := slices.Contains(h.refused, request)
+		i := slices.IndexFunc(h.refused, func(ev event.Event) bool { return ev.Request == request })
+		var ev event.Event
+		if i >= 0 {
+			ev = h.refused[i]
+		}
 		h.mu.Unlock()
-		if refused {
-			return
+		if i >= 0 {
+			return ev
 		}
 	}
 	h.t.Fatalf("no delivery for %s was attempted", request)
+	return event.Event{}
 }
 
 // waitFor waits until an event of typ for request has arrived.
@@ -147,7 +153,16 @@ func TestWebhooksFromDevMode(t *testing.T) {
 	// killed; the receiver comes back; the restarted daemon delivers it.
 	recv.down.Store(true)
 	id2 := d.createRequest("alice")
-	recv.waitRefused(id2)
+	// Killed once the failed attempt is recorded (a kill between the
+	// attempt and its record leaves the row leased for a minute).
+	refused := recv.waitRefused(id2)
+	if !eventually(20*time.Second, func() bool {
+		return slices.ContainsFunc(strings.Split(d.logs.String(), "\n"), func(l string) bool {
+			return strings.Contains(l, "will retry") && strings.Contains(l, "event="+refused.ID)
+		})
+	}) {
+		t.Fatalf("the failed delivery of %s was not recorded:\n%s", refused.ID, d.logs)
+	}
 	d.kill()
 	recv.down.Store(false)
 	d.start()

@@ -51,7 +51,17 @@ func testMain(m *testing.M) int {
 	bin.dir = dir
 	bin.breakglassd = filepath.Join(dir, "breakglassd")
 	bin.bgctl = filepath.Join(dir, "bgctl")
-	build := exec.Command("go", "build", "-o", dir, "../cmd/breakglassd", "../cmd/bgctl")
+	// make cover builds them with coverage counters, which they write to
+	// $GOCOVERDIR when they exit (go test sets GOCOVERDIR for the test
+	// binary itself, so the directory comes under another name).
+	args := append([]string{"build"}, strings.Fields(os.Getenv("BREAKGLASS_E2E_BUILDFLAGS"))...)
+	if d := os.Getenv("BREAKGLASS_E2E_COVERDIR"); d != "" {
+		if err := os.Setenv("GOCOVERDIR", d); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	build := exec.Command("go", append(args, "-o", dir, "../cmd/breakglassd", "../cmd/bgctl")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)

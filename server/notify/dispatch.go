@@ -223,14 +223,22 @@ func (d *Dispatcher) deliver(ctx context.Context, it store.OutboxItem) {
 		it.State, it.DeliveredAt, it.LastError = store.OutboxDelivered, now, ""
 	case it.Attempts >= d.cfg.MaxAttempts:
 		it.State, it.LastError = store.OutboxDead, trim(err.Error())
-		d.log.Error("notify: event dead-lettered", "sink", it.Sink, "event", it.EventID, "type", it.Type, "attempts", it.Attempts, "err", err)
 	default:
 		it.State, it.LastError = store.OutboxPending, trim(err.Error())
 		it.NextAttempt = now.Add(d.backoff(it.Attempts))
-		d.log.Warn("notify: delivery failed; will retry", "sink", it.Sink, "event", it.EventID, "attempt", it.Attempts, "next", it.NextAttempt, "err", err)
 	}
-	if err := d.finish(ctx, it); err != nil && ctx.Err() == nil {
-		d.log.Error("notify: recording a delivery failed; it will be retried", "sink", it.Sink, "event", it.EventID, "err", err)
+	if ferr := d.finish(ctx, it); ferr != nil {
+		if ctx.Err() == nil {
+			d.log.Error("notify: recording a delivery failed; it will be retried", "sink", it.Sink, "event", it.EventID, "err", ferr)
+		}
+		return
+	}
+	// Logged once recorded, so the log says what the outbox holds.
+	switch it.State {
+	case store.OutboxDead:
+		d.log.Error("notify: event dead-lettered", "sink", it.Sink, "event", it.EventID, "type", it.Type, "attempts", it.Attempts, "err", err)
+	case store.OutboxPending:
+		d.log.Warn("notify: delivery failed; will retry", "sink", it.Sink, "event", it.EventID, "attempt", it.Attempts, "next", it.NextAttempt, "err", err)
 	}
 }
 
