@@ -8,7 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bgbroker/breakglass/server/daemon"
+	"github.com/bgbroker/breakglass/server/backup"
+	"github.com/bgbroker/breakglass/server/config"
 )
 
 func newBackupCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -29,11 +30,11 @@ itself afterwards, so that the dump extends the checkpoint:
 			if err != nil {
 				return err
 			}
-			m, err := daemon.Backup(cmd.Context(), cfg, out, log)
+			m, err := backup.Backup(cmd.Context(), cfg, out, log)
 			if err != nil {
 				return err
 			}
-			if m.Driver == "postgres" {
+			if m.Driver == config.DriverPostgres {
 				fmt.Fprintf(stderr, "checkpoint and manifest written to %s; now dump the database (the dump extends the checkpoint):\n  pg_dump --format=custom --file %s \"$DSN\"\n",
 					out, filepath.Join(out, "broker.pgdump"))
 			}
@@ -50,7 +51,7 @@ itself afterwards, so that the dump extends the checkpoint:
 
 func newRestoreCmd(stdout, stderr io.Writer) *cobra.Command {
 	var cfgPath, level, operator string
-	var o daemon.RestoreOptions
+	var o backup.RestoreOptions
 	cmd := &cobra.Command{
 		Use:   "restore --config FILE --from DIR [--checkpoint FILE]... [--force --reason TEXT]",
 		Short: "Restore the store from a backup, refusing one that would roll the audit log back",
@@ -75,8 +76,8 @@ restored in place with pg_restore first; this command then checks it against
 				return err
 			}
 			o.Operator = operatorName(operator)
-			res, err := daemon.Restore(cmd.Context(), cfg, o, log)
-			var refused *daemon.RefusedError
+			res, err := backup.Restore(cmd.Context(), cfg, o, log)
+			var refused *backup.RefusedError
 			if errors.As(err, &refused) {
 				return exitError{code: 3, msg: err.Error()}
 			}

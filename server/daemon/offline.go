@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/broker"
@@ -22,13 +23,13 @@ import (
 // openStore opens the configured store.
 func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
 	switch cfg.Store.Driver {
-	case "postgres":
+	case config.DriverPostgres:
 		st, err := postgres.Open(ctx, postgresConfig(cfg.Store), log)
 		if err != nil {
 			return nil, err
 		}
 		return st, nil
-	case "sqlite", "":
+	case config.DriverSQLite, "":
 		st, err := sqlite.Open(ctx, sqliteConfig(cfg.Store))
 		if err != nil {
 			return nil, err
@@ -133,4 +134,27 @@ func (o *offline) Close() error {
 		errs = append(errs, o.module.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// OpenStore opens the store the configuration names, for the commands that
+// read or write it while no broker serves (backup, restore).
+func OpenStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
+	return openStore(ctx, cfg, log)
+}
+
+// RecordRestore writes a store_restored entry to the log of the store cfg
+// names, signed at once by the HSM, and returns its index.
+func RecordRestore(ctx context.Context, cfg *config.Config, e audit.StoreRestored, log *slog.Logger) (uint64, error) {
+	o, err := openOffline(ctx, cfg, log)
+	if err != nil {
+		return 0, fmt.Errorf("opening the HSM and the backup to record the restore, so nothing was restored: %w", err)
+	}
+	rec, err := o.broker.RecordRestore(ctx, e)
+	if cerr := o.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("recording the restore in the audit log, so nothing was restored: %w", err)
+	}
+	return rec.Index, nil
 }
