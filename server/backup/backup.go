@@ -58,16 +58,8 @@ func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logge
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if dir == "" {
-		return nil, errors.New("name the new directory to write the backup to (--out)")
-	}
-	for _, name := range []string{ManifestFile, DatabaseFile, CheckpointFile} {
-		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
-			return nil, fmt.Errorf("%s already holds a backup (or part of one: %s); back up into a new directory", dir, name)
-		}
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating the backup directory: %w", err)
+	if err := newBackupDir(dir); err != nil {
+		return nil, err
 	}
 	// A backup that fails leaves no part of itself behind, so the
 	// directory can be used again.
@@ -90,9 +82,49 @@ func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logge
 		c.Store.SQLite.Path = out
 		copyCfg = &c
 	}
-	st, err := daemon.OpenStore(ctx, copyCfg, log)
+	cp, err := latestCheckpoint(ctx, copyCfg, m, log)
 	if err != nil {
 		return nil, err
+	}
+	if len(cp.Note) == 0 && m.Entries > 0 {
+		log.Warn("the log has no signed checkpoint yet, so this backup holds none; a serving broker signs one within audit.checkpoint_interval of a write")
+	}
+	if len(cp.Note) > 0 {
+		m.CheckpointSize, m.Origin = cp.Size, noteOrigin(cp.Note)
+		if err := writeFile(filepath.Join(dir, CheckpointFile), bytes.NewReader(cp.Note)); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeManifest(dir, m); err != nil {
+		return nil, err
+	}
+	log.Info("backup written", "dir", dir, "entries", m.Entries, "checkpoint", m.CheckpointSize)
+	return m, nil
+}
+
+// newBackupDir creates dir for a backup, refusing one that holds a backup
+// or part of one.
+func newBackupDir(dir string) error {
+	if dir == "" {
+		return errors.New("name the new directory to write the backup to (--out)")
+	}
+	for _, name := range []string{ManifestFile, DatabaseFile, CheckpointFile} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			return fmt.Errorf("%s already holds a backup (or part of one: %s); back up into a new directory", dir, name)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating the backup directory: %w", err)
+	}
+	return nil
+}
+
+// latestCheckpoint reads the copy's length into m and returns its latest
+// checkpoint (none yet is no error).
+func latestCheckpoint(ctx context.Context, cfg *config.Config, m *Manifest, log *slog.Logger) (store.Checkpoint, error) {
+	st, err := daemon.OpenStore(ctx, cfg, log)
+	if err != nil {
+		return store.Checkpoint{}, err
 	}
 	var cp store.Checkpoint
 	err = st.View(ctx, func(r store.Reader) error {
@@ -107,35 +139,22 @@ func Backup(ctx context.Context, cfg *config.Config, dir string, log *slog.Logge
 		}
 		return err
 	})
-	if cerr := st.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, err
-	}
-	if len(cp.Note) == 0 && m.Entries > 0 {
-		log.Warn("the log has no signed checkpoint yet, so this backup holds none; a serving broker signs one within audit.checkpoint_interval of a write")
-	}
-	if len(cp.Note) > 0 {
-		m.CheckpointSize, m.Origin = cp.Size, noteOrigin(cp.Note)
-		if err := writeFile(filepath.Join(dir, CheckpointFile), bytes.NewReader(cp.Note)); err != nil {
-			return nil, err
-		}
-	}
+	return cp, errors.Join(err, st.Close())
+}
+
+// writeManifest writes m, with the copy's digest, last: a directory with
+// a manifest holds a whole backup.
+func writeManifest(dir string, m *Manifest) (err error) {
 	if m.Database != "" {
 		if m.SHA256, err = fileDigest(filepath.Join(dir, m.Database)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := writeFile(filepath.Join(dir, ManifestFile), bytes.NewReader(append(b, '\n'))); err != nil {
-		return nil, err
-	}
-	log.Info("backup written", "dir", dir, "entries", m.Entries, "checkpoint", m.CheckpointSize)
-	return m, nil
+	return writeFile(filepath.Join(dir, ManifestFile), bytes.NewReader(append(b, '\n')))
 }
 
 func readManifest(dir string) (*Manifest, error) {
