@@ -30,27 +30,7 @@ import (
 	"github.com/bgbroker/breakglass/server/devmode"
 )
 
-const benchPolicy = `auditors: auditors
-groups:
-  sre: [alice]
-  db-admins: [bob, carol]
-  security: [erin]
-  db-owners: [carol]
-  auditors: [dave]
-accounts:
-  - name: prod-db
-    owner: db-owners
-    requesters: [sre]
-    audiences: [db.prod.example]
-    max_ttl: 1h
-    approval_window: 1h
-    activation_window: 1h
-    max_issuances: 1000
-    quorum:
-      - require:
-          - {group: db-admins, approvals: 1}
-          - {group: security, approvals: 1}
-`
+var benchPolicy = devmode.Policy("", "approval_window: 1h", "activation_window: 1h", "max_issuances: 1000")
 
 type env struct {
 	dir      string

@@ -20,6 +20,7 @@ import (
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+	"github.com/bgbroker/breakglass/server/devmode"
 	"github.com/bgbroker/breakglass/server/event"
 )
 
@@ -188,30 +189,8 @@ func TestWebhooksFromDevMode(t *testing.T) {
 
 // The dev policy, with post-use reviews due after one second and blocking.
 func governancePolicy() string {
-	return `auditors: auditors
-groups:
-  sre: [alice]
-  db-admins: [bob, carol]
-  security: [erin]
-  db-owners: [carol]
-  auditors: [dave]
-accounts:
-  - name: prod-db
-    owner: db-owners
-    requesters: [sre]
-    audiences: [db.prod.example]
-    drill_audience: drill.db.prod.example
-    reviewers: db-owners
-    review_within: 1s
-    block_on_overdue_review: true
-    max_ttl: 1h
-    approval_window: 30m
-    activation_window: 15m
-    quorum:
-      - require:
-          - {group: db-admins, approvals: 1}
-          - {group: security, approvals: 1}
-`
+	return devmode.Policy("", "drill_audience: drill.db.prod.example", "reviewers: db-owners", "review_within: 1s",
+		"block_on_overdue_review: true")
 }
 
 // bgctl report shows a grant, its outstanding token and its overdue

@@ -11,29 +11,10 @@ import (
 	"google.golang.org/grpc/codes"
 
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+	"github.com/bgbroker/breakglass/server/devmode"
 )
 
-const reloadPolicy = `auditors: auditors
-admins: security
-groups:
-  sre: [alice]
-  db-admins: [bob, carol]
-  security: [erin]
-  db-owners: [carol]
-  auditors: [dave]
-accounts:
-  - name: prod-db
-    owner: db-owners
-    requesters: [sre]
-    audiences: [db.prod.example]
-    max_ttl: 1h
-    approval_window: 30m
-    activation_window: 15m
-    quorum:
-      - require:
-          - {group: db-admins, approvals: 1}
-          - {group: security, approvals: 1}
-`
+var reloadPolicy = devmode.Policy("admins: security")
 
 // A policy reloaded with a lowered quorum, by SIGHUP and by the admin
 // RPC: it is logged with what changed, announced, shown by the offline

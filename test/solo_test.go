@@ -23,31 +23,8 @@ import (
 	"github.com/bgbroker/breakglass/server/devmode"
 )
 
-const soloPolicy = `auditors: auditors
-groups:
-  sre: [alice]
-  db-admins: [bob, carol]
-  security: [erin]
-  db-owners: [carol]
-  auditors: [dave]
-accounts:
-  - name: prod-db
-    owner: db-owners
-    requesters: [sre]
-    audiences: [db.prod.example]
-    require_alert_ack: true
-    ack_sinks: [events-file]
-    solo: {delay: 10m, max_ttl: 30m}
-    token_key: prod-db-key
-    rotate_after_use: true
-    max_ttl: 1h
-    approval_window: 30m
-    activation_window: 15m
-    quorum:
-      - require:
-          - {group: db-admins, approvals: 1}
-          - {group: security, approvals: 1}
-`
+var soloPolicy = devmode.Policy("", "require_alert_ack: true", "ack_sinks: [events-file]", "solo: {delay: 10m, max_ttl: 30m}",
+	"token_key: prod-db-key", "rotate_after_use: true")
 
 type inproc struct {
 	t   *testing.T
