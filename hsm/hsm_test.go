@@ -98,7 +98,7 @@ func TestKeyAttributesReadBackIndependently(t *testing.T) {
 				pkcs11.CKA_DERIVE:            false,
 				pkcs11.CKA_SIGN_RECOVER:      false,
 				pkcs11.CKA_MODIFIABLE:        false,
-				pkcs11.CKA_DESTROYABLE:       purpose == hsm.PurposeToken,
+				pkcs11.CKA_DESTROYABLE:       purpose != hsm.PurposeAudit && purpose != hsm.PurposeCheckpoint,
 			}
 			for typ, v := range want {
 				attrs, err := p.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(typ, nil)})
@@ -140,7 +140,7 @@ func TestKeyAttributesReadBackIndependently(t *testing.T) {
 				t.Error("SignInit with a mechanism outside CKA_ALLOWED_MECHANISMS succeeded")
 			}
 			// Audit and checkpoint keys cannot be destroyed.
-			if purpose != hsm.PurposeToken {
+			if purpose == hsm.PurposeAudit || purpose == hsm.PurposeCheckpoint {
 				if err := p.DestroyObject(s, h); err == nil {
 					t.Error("destroying a log key succeeded")
 				}

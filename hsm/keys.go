@@ -35,10 +35,14 @@ const (
 	PurposeToken      Purpose = "token"
 	PurposeAudit      Purpose = "audit"
 	PurposeCheckpoint Purpose = "checkpoint"
+	// PurposeSSHCA signs OpenSSH user certificates (ecdsa-sha2-nistp256).
+	PurposeSSHCA Purpose = "ssh-ca"
+	// PurposeX509CA signs X.509 client certificates and their CRL.
+	PurposeX509CA Purpose = "x509-ca"
 )
 
 // Purposes lists every purpose in a stable order.
-var Purposes = []Purpose{PurposeToken, PurposeAudit, PurposeCheckpoint}
+var Purposes = []Purpose{PurposeToken, PurposeAudit, PurposeCheckpoint, PurposeSSHCA, PurposeX509CA}
 
 // Algorithm names a key algorithm as JOSE spells it.
 type Algorithm string
@@ -57,7 +61,7 @@ func ParsePurpose(s string) (Purpose, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("unknown purpose %q: want one of token, audit, checkpoint", s)
+	return "", fmt.Errorf("unknown purpose %q: want one of token, audit, checkpoint, ssh-ca, x509-ca", s)
 }
 
 // Algorithm returns the only algorithm keys of this purpose may have.
@@ -69,8 +73,9 @@ func (p Purpose) Algorithm() Algorithm {
 }
 
 // destroyable reports whether keys of this purpose may be destroyed. Audit
-// and checkpoint keys must outlive every log they signed.
-func (p Purpose) destroyable() bool { return p == PurposeToken }
+// and checkpoint keys must outlive every log they signed; token and CA keys
+// are destroyed once the last token or certificate they signed expired.
+func (p Purpose) destroyable() bool { return p != PurposeAudit && p != PurposeCheckpoint }
 
 // mechanism is the one signing mechanism a key of this algorithm may use.
 func (a Algorithm) mechanism() uint {

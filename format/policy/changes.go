@@ -127,6 +127,22 @@ var rules = map[string]rule{
 	"Account.solo":                    soloRule,
 	"Account.token_key":               never,
 	"Account.rotate_after_use":        turnedOff("the token key is no longer rotated after use"),
+	"Account.ssh":                     sshRule,
+	"Account.x509":                    x509Rule,
+
+	"SSH.principals":       nil, // compared as part of Account.ssh
+	"SSH.drill_principals": nil,
+	"SSH.source_addresses": nil,
+	"SSH.force_command":    nil,
+	"SSH.extensions":       nil,
+	"SSH.max_ttl":          nil,
+
+	"X509.common_name":       nil, // compared as part of Account.x509
+	"X509.drill_common_name": nil,
+	"X509.dns_names":         nil,
+	"X509.uri_sans":          nil,
+	"X509.ext_key_usage":     nil,
+	"X509.max_ttl":           nil,
 
 	"Solo.delay":   nil, // compared as part of Account.solo
 	"Solo.max_ttl": nil,

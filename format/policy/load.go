@@ -323,7 +323,7 @@ func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) 
 	f := l.fields(n, path, "name", "description", "owner", "requesters", "audiences", "max_ttl",
 		"approval_window", "activation_window", "max_issuances", "deny_threshold", "require_ticket", "quorum",
 		"reviewers", "review_within", "block_on_overdue_review", "drill_audience", "drill_every", "review_every",
-		"require_alert_ack", "ack_sinks", "solo", "token_key", "rotate_after_use")
+		"require_alert_ack", "ack_sinks", "solo", "token_key", "rotate_after_use", "ssh", "x509")
 	if n.Kind != yaml.MappingNode {
 		return nil
 	}
@@ -395,6 +395,12 @@ func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) 
 
 	a.Quorum = l.rule(f["quorum"], n, path+".quorum", known)
 	l.governance(f, n, path, a, known, ceiling)
+	if f["ssh"] != nil {
+		a.SSH = l.sshPolicy(f["ssh"], path+".ssh", a, ceiling)
+	}
+	if f["x509"] != nil {
+		a.X509 = l.x509Policy(f["x509"], path+".x509", a, requesters, ceiling)
+	}
 	if len(l.problems) == before {
 		// Only with every group reference sound would the matching mean anything.
 		l.satisfiable(f["quorum"], path, p, a, requesters)

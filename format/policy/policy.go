@@ -105,6 +105,10 @@ type Account struct {
 	// RotateAfterUse rotates the account's token key after every grant
 	// that issued a token ends.
 	RotateAfterUse bool `json:"rotate_after_use,omitempty"`
+	// SSH and X509, when set, let the account's grants get OpenSSH user
+	// certificates and X.509 client certificates.
+	SSH  *SSH  `json:"ssh,omitempty"`
+	X509 *X509 `json:"x509,omitempty"`
 }
 
 // Solo is time-locked solo access: a request no approver could be reached
