@@ -74,6 +74,8 @@ type Config struct {
 	Observer Observer
 	// Witnesses, when set, are the witnesses the checkpoints go to.
 	Witnesses *Witnessing
+	// Authorities sign SSH and X.509 certificates; nil issues none.
+	Authorities Authorities
 }
 
 // Observer hears what the broker has committed: the components that act on
@@ -88,6 +90,9 @@ type Observer interface {
 	// RotateAfterUse: a grant that issued a token of this account, whose
 	// policy says rotate_after_use, has ended.
 	RotateAfterUse(account string)
+	// CertificatesRevoked: certificates were revoked with their grant;
+	// the CRL must follow at once.
+	CertificatesRevoked()
 }
 
 // NopObserver hears nothing.
@@ -101,6 +106,9 @@ func (NopObserver) EventsQueued() {}
 
 // RotateAfterUse implements Observer.
 func (NopObserver) RotateAfterUse(string) {}
+
+// CertificatesRevoked implements Observer.
+func (NopObserver) CertificatesRevoked() {}
 
 // CertVerifier checks a client certificate as of a moment and names its
 // principal; identity.Verifier implements it.

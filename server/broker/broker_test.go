@@ -134,8 +134,12 @@ type harness struct {
 	routes   broker.Routes
 	crlFile  string
 	crlN     int64
-	ctx      context.Context
-	cancel   context.CancelFunc
+	// authorities and observer are the certificate settings of the broker.
+	authorities broker.Authorities
+	observer    broker.Observer
+	keys        map[hsm.Purpose]*hsm.Key
+	ctx         context.Context
+	cancel      context.CancelFunc
 }
 
 func newHarness(t *testing.T, policyYAML string) *harness {
@@ -145,7 +149,7 @@ func newHarness(t *testing.T, policyYAML string) *harness {
 	keys := hsmtest.Keys(t, m)
 	h := &harness{t: t, clock: &clock{t: time.Now().UTC().Truncate(time.Second)}, certs: map[string]principalKey{},
 		audit: &faultyKey{Key: keys[hsm.PurposeAudit]}, tokenKey: &faultyKey{Key: keys[hsm.PurposeToken]},
-		dbPath: filepath.Join(t.TempDir(), "broker.db")}
+		dbPath: filepath.Join(t.TempDir(), "broker.db"), keys: keys}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	t.Cleanup(h.cancel)
 	var err error
@@ -241,7 +245,7 @@ func (h *harness) start(policyYAML string) {
 		h.t.Fatal(err)
 	}
 	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", Keys: broker.StaticKeys{Audit: h.audit, Tokens: minter}, Now: h.clock.Now,
-		Origin: testOrigin, Certs: h.ident, Routes: h.routes})
+		Origin: testOrigin, Certs: h.ident, Routes: h.routes, Authorities: h.authorities, Observer: h.observer})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -340,7 +340,9 @@ func (b *Broker) CancelRequest(ctx context.Context, caller, id, reason string) (
 func (b *Broker) endRequest(ctx context.Context, caller, id string, from, to request.State, typ audit.Type, action, reason string,
 	authorize func(*policy.Policy, *request.Request) error) (*Result, error) {
 	var res Result
+	revokedCerts := 0
 	err := b.update(ctx, func(tx store.Tx) error {
+		revokedCerts = 0
 		r, err := b.loadRequest(ctx, tx, id, caller)
 		if err != nil {
 			return err
@@ -366,6 +368,13 @@ func (b *Broker) endRequest(ctx context.Context, caller, id string, from, to req
 		if err := b.grantEndedEarly(ctx, tx, r, now); err != nil {
 			return err
 		}
+		if to == request.Revoked {
+			// Its certificates are revoked with it, in this transaction:
+			// the KRL and CRL are made from these rows.
+			if revokedCerts, err = tx.RevokeCertificates(ctx, r.ID, "", now); err != nil {
+				return err
+			}
+		}
 		res = Result{Request: r, Entry: rec}
 		evType := event.RequestCancelled
 		if to == request.Revoked {
@@ -380,6 +389,10 @@ func (b *Broker) endRequest(ctx context.Context, caller, id string, from, to req
 	b.log.Info("request "+action, "request", id, "by", caller, "entry", res.Entry.Index)
 	if to == request.Revoked {
 		b.grantEnded(res.Request.Account, res.Request.Issued)
+	}
+	if revokedCerts > 0 {
+		b.log.Info("certificates revoked with their grant", "request", id, "certificates", revokedCerts)
+		b.cfg.Observer.CertificatesRevoked()
 	}
 	return &res, nil
 }

@@ -35,15 +35,9 @@ type Issued struct {
 // quorum is evaluated again from the signed reviews, each re-verified, under
 // the current policy.
 func (b *Broker) checkIssuable(p *policy.Policy, r *request.Request, caller, audience string, now time.Time) (*policy.Account, policy.Outcome, error) {
-	if r.Requester != caller {
-		return nil, policy.Outcome{}, denied("only the requester (%s) may issue tokens for request %s", r.Requester, r.ID)
-	}
-	if err := requireState(r, now, request.Approved, "used for a token"); err != nil {
+	acct, o, err := b.checkGrant(p, r, caller, now, "tokens", "used for a token")
+	if err != nil {
 		return nil, policy.Outcome{}, err
-	}
-	acct, ok := p.Account(r.Account)
-	if !ok {
-		return nil, policy.Outcome{}, wrongState("account %s is no longer in the policy; no token can be issued", r.Account)
 	}
 	// Drill tokens name only the drill audience, real ones never it, so a
 	// relying party can refuse drills for real work.
@@ -54,24 +48,42 @@ func (b *Broker) checkIssuable(p *policy.Policy, r *request.Request, caller, aud
 	} else if !slices.Contains(acct.Audiences, audience) {
 		return nil, policy.Outcome{}, invalid("audience %q is not one of account %s's audiences (%s)", audience, acct.Name, strings.Join(acct.Audiences, ", "))
 	}
+	return acct, o, nil
+}
+
+// checkGrant holds the rules every credential shares (tokens and
+// certificates alike): only the requester, only an approved grant, the
+// grant alert acknowledged where the account requires it, max_issuances,
+// and the quorum evaluated again from the stored signed reviews.
+func (b *Broker) checkGrant(p *policy.Policy, r *request.Request, caller string, now time.Time, what, action string) (*policy.Account, policy.Outcome, error) {
+	if r.Requester != caller {
+		return nil, policy.Outcome{}, denied("only the requester (%s) may be issued %s for request %s", r.Requester, what, r.ID)
+	}
+	if err := requireState(r, now, request.Approved, action); err != nil {
+		return nil, policy.Outcome{}, err
+	}
+	acct, ok := p.Account(r.Account)
+	if !ok {
+		return nil, policy.Outcome{}, wrongState("account %s is no longer in the policy; nothing can be issued", r.Account)
+	}
 	if acct.RequireAlertAck && r.Issued == 0 && r.GrantAckedAt.IsZero() {
-		return nil, policy.Outcome{}, wrongState("account %s requires the grant alert to be acknowledged by one of %s before the first token; it has not been yet (try again shortly; `bgctl report` shows undelivered alerts)",
+		return nil, policy.Outcome{}, wrongState("account %s requires the grant alert to be acknowledged by one of %s before the first credential; it has not been yet (try again shortly; `bgctl report` shows undelivered alerts)",
 			acct.Name, strings.Join(acct.AckSinks, ", "))
 	}
 	if r.Issued >= r.MaxIssuances {
-		return nil, policy.Outcome{}, wrongState("request %s has issued all %d tokens it may", r.ID, r.MaxIssuances)
+		return nil, policy.Outcome{}, wrongState("request %s has issued all %d tokens and certificates it may", r.ID, r.MaxIssuances)
 	}
 	if r.SoloGrant() {
 		// A solo grant has no quorum: it was approved by its veto window,
 		// which the log records; it must still be allowed by the policy.
 		if acct.Solo == nil {
-			return nil, policy.Outcome{}, wrongState("account %s no longer allows solo access; no token can be issued", r.Account)
+			return nil, policy.Outcome{}, wrongState("account %s no longer allows solo access; nothing can be issued", r.Account)
 		}
 		return acct, policy.Outcome{Met: true}, nil
 	}
 	o := policy.Evaluate(p, r.Rule, r.Requester, b.verifiedApprovals(r))
 	if !o.Met {
-		return nil, policy.Outcome{}, wrongState("request %s no longer meets its quorum (%s) under the current policy; no token can be issued", r.ID, r.Rule)
+		return nil, policy.Outcome{}, wrongState("request %s no longer meets its quorum (%s) under the current policy; nothing can be issued", r.ID, r.Rule)
 	}
 	return acct, o, nil
 }

@@ -20,6 +20,7 @@ const (
 	RequestCancelled  = "request.cancelled"
 	RequestExpired    = "request.expired"
 	TokenIssued       = "token.issued"
+	CertIssued        = "certificate.issued"
 	GrantRevoked      = "grant.revoked"
 	SoloRequested     = "solo.requested"
 	SoloAcknowledged  = "solo.acknowledged"

@@ -174,6 +174,7 @@ type Reader interface {
 	Idempotent(ctx context.Context, principal, method, key string) (*IdempotentCall, error)
 	// Counts summarises the store for metrics.
 	Counts(ctx context.Context, now time.Time) (Counts, error)
+	CertReader
 }
 
 // Counts are the store's figures for metrics.
@@ -242,6 +243,7 @@ type Tx interface {
 	AddIdempotent(ctx context.Context, c IdempotentCall) error
 	// PruneIdempotent forgets calls made before t and returns how many.
 	PruneIdempotent(ctx context.Context, before time.Time) (int, error)
+	CertWriter
 }
 
 // IdempotentCall is a write made with an idempotency key: what it was
@@ -276,6 +278,9 @@ type KeyRecord struct {
 	ActivatedAt time.Time
 	RetiredAt   time.Time
 	DestroyedAt time.Time
+	// RevokedAt is when a CA key was retired with every certificate it
+	// signed revoked (zero otherwise).
+	RevokedAt time.Time
 }
 
 // PostReview is the review of a grant after use.

@@ -11,7 +11,7 @@ import (
 
 // Keys implements store.Reader.
 func (t *Tx) Keys(ctx context.Context) ([]store.KeyRecord, error) {
-	rows, err := t.Q.QueryContext(ctx, `SELECT kid, purpose, account, label, key_id, public_pem, state, activated_at, retired_at, destroyed_at
+	rows, err := t.Q.QueryContext(ctx, `SELECT kid, purpose, account, label, key_id, public_pem, state, activated_at, retired_at, destroyed_at, revoked_at
 		FROM keys ORDER BY activated_at, kid`)
 	if err != nil {
 		return nil, err
@@ -21,11 +21,11 @@ func (t *Tx) Keys(ctx context.Context) ([]store.KeyRecord, error) {
 	for rows.Next() {
 		var k store.KeyRecord
 		var act int64
-		var ret, des sql.NullInt64
-		if err := rows.Scan(&k.KID, &k.Purpose, &k.Account, &k.Label, &k.KeyID, &k.PublicPEM, &k.State, &act, &ret, &des); err != nil {
+		var ret, des, rev sql.NullInt64
+		if err := rows.Scan(&k.KID, &k.Purpose, &k.Account, &k.Label, &k.KeyID, &k.PublicPEM, &k.State, &act, &ret, &des, &rev); err != nil {
 			return nil, err
 		}
-		k.ActivatedAt, k.RetiredAt, k.DestroyedAt = fromNanos(act), fromNull(ret), fromNull(des)
+		k.ActivatedAt, k.RetiredAt, k.DestroyedAt, k.RevokedAt = fromNanos(act), fromNull(ret), fromNull(des), fromNull(rev)
 		out = append(out, k)
 	}
 	return out, rows.Err()
@@ -51,10 +51,10 @@ func (t *Tx) ActiveKey(ctx context.Context, purpose, account string) (store.KeyR
 
 // PutKey implements store.Tx.
 func (t *Tx) PutKey(ctx context.Context, k store.KeyRecord) error {
-	_, err := t.exec(ctx, `INSERT INTO keys (kid, purpose, account, label, key_id, public_pem, state, activated_at, retired_at, destroyed_at)
-		VALUES (?,?,?,?,?,?,?,?,?,?)
-		ON CONFLICT (kid) DO UPDATE SET state = excluded.state, retired_at = excluded.retired_at, destroyed_at = excluded.destroyed_at`,
-		k.KID, k.Purpose, k.Account, k.Label, k.KeyID, k.PublicPEM, k.State, nanos(k.ActivatedAt), nullNanos(k.RetiredAt), nullNanos(k.DestroyedAt))
+	_, err := t.exec(ctx, `INSERT INTO keys (kid, purpose, account, label, key_id, public_pem, state, activated_at, retired_at, destroyed_at, revoked_at)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?)
+		ON CONFLICT (kid) DO UPDATE SET state = excluded.state, retired_at = excluded.retired_at, destroyed_at = excluded.destroyed_at, revoked_at = excluded.revoked_at`,
+		k.KID, k.Purpose, k.Account, k.Label, k.KeyID, k.PublicPEM, k.State, nanos(k.ActivatedAt), nullNanos(k.RetiredAt), nullNanos(k.DestroyedAt), nullNanos(k.RevokedAt))
 	return err
 }
 

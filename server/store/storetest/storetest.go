@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"FilterAndPage", testFilter},
 		{"DueForExpiry", testDueForExpiry},
 		{"Tokens", testTokens},
+		{"Certificates", testCertificates},
 		{"ConcurrentWritersNeverFork", testConcurrentAppends},
 		{"EachWriterGetsItsOwnOutcome", testWriterOutcomes},
 		{"IdempotentCalls", testIdempotent},
