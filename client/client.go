@@ -51,6 +51,7 @@ type Client struct {
 	bgv1.AuditServiceClient
 	bgv1.GovernanceServiceClient
 	bgv1.AdminServiceClient
+	bgv1.CertificateServiceClient
 
 	cc *failover
 	// key is the client certificate's private key, which signs review
@@ -128,15 +129,16 @@ func New(conns ...*grpc.ClientConn) *Client {
 
 func newClient(f *failover) *Client {
 	return &Client{
-		RequestServiceClient:    bgv1.NewRequestServiceClient(f),
-		ReviewServiceClient:     bgv1.NewReviewServiceClient(f),
-		TokenServiceClient:      bgv1.NewTokenServiceClient(f),
-		AccountServiceClient:    bgv1.NewAccountServiceClient(f),
-		AuditServiceClient:      bgv1.NewAuditServiceClient(f),
-		GovernanceServiceClient: bgv1.NewGovernanceServiceClient(f),
-		AdminServiceClient:      bgv1.NewAdminServiceClient(f),
-		cc:                      f,
-		now:                     time.Now,
+		RequestServiceClient:     bgv1.NewRequestServiceClient(f),
+		ReviewServiceClient:      bgv1.NewReviewServiceClient(f),
+		TokenServiceClient:       bgv1.NewTokenServiceClient(f),
+		AccountServiceClient:     bgv1.NewAccountServiceClient(f),
+		AuditServiceClient:       bgv1.NewAuditServiceClient(f),
+		GovernanceServiceClient:  bgv1.NewGovernanceServiceClient(f),
+		AdminServiceClient:       bgv1.NewAdminServiceClient(f),
+		CertificateServiceClient: bgv1.NewCertificateServiceClient(f),
+		cc:                       f,
+		now:                      time.Now,
 	}
 }
 

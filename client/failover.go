@@ -57,9 +57,9 @@ func (f *failover) failed(i int) {
 }
 
 // retryable lists the calls that may be repeated after Unavailable: reads,
-// the writes that carry an idempotency key, and IssueToken, whose retry
-// mints a new token that counts toward the grant's max_issuances (tokens
-// are never stored, so there is none to hand back). Revocations,
+// the writes that carry an idempotency key, and the issuance of tokens and
+// certificates, whose retry mints a new one that counts toward the grant's
+// max_issuances (none is stored to be handed back). Revocations,
 // cancellations and signed closings are not repeated: their outcome is for
 // the caller to check.
 func retryable(method string) bool {
@@ -69,7 +69,7 @@ func retryable(method string) bool {
 		return true
 	}
 	switch name {
-	case "CreateRequest", "ReviewRequest", "IssueToken":
+	case "CreateRequest", "ReviewRequest", "IssueToken", "IssueSSHCertificate", "IssueX509Certificate":
 		return true
 	}
 	return false

@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/daemon"
+	"github.com/bgbroker/breakglass/server/sshca"
 )
 
 // hsmFlags are the settings every ceremony command shares. Flags override
@@ -95,7 +97,7 @@ environment variable (--pin-env, default ` + hsm.DefaultPINEnv + `), never from 
 	}
 	f.register(cmd)
 	cmd.AddCommand(newKeygenCmd(f, stdout, stderr), newListCmd(f, stdout, stderr), newPubkeyCmd(f, stdout, stderr), newSelftestCmd(f, stdout, stderr),
-		newRotateCmd(f, stdout, stderr))
+		newRotateCmd(f, stdout, stderr), newCACertCmd(f, stdout, stderr), newCSRCmd(f, stdout, stderr))
 	return cmd
 }
 
@@ -141,7 +143,7 @@ func operatorName(flag string) string {
 func newKeygenCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 	var purpose, label, idHex, operator string
 	cmd := &cobra.Command{
-		Use:   "keygen --purpose token|audit|checkpoint --label LABEL",
+		Use:   "keygen --purpose token|audit|checkpoint|ssh-ca|x509-ca --label LABEL",
 		Short: "Generate a key inside the token and print the ceremony record (JSON)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -171,7 +173,7 @@ func newKeygenCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 			return writeJSON(stdout, rec)
 		},
 	}
-	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit or checkpoint (required)")
+	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit, checkpoint, ssh-ca or x509-ca (required)")
 	cmd.Flags().StringVar(&label, "label", "", "key label (required; must be unused on the token)")
 	cmd.Flags().StringVar(&idHex, "id", "", "CKA_ID in hex (default: 16 random bytes)")
 	cmd.Flags().StringVar(&operator, "operator", "", "name recorded as the operator (default: $SUDO_USER or the current user)")
@@ -271,8 +273,8 @@ func newListCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 func newPubkeyCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 	var label, format, noteName string
 	cmd := &cobra.Command{
-		Use:   "pubkey --label LABEL [--format pem|jwk|note] [--note-name NAME]",
-		Short: "Print a key's public half as PEM (SPKI), JWK, or signed-note verifier key",
+		Use:   "pubkey --label LABEL [--format pem|jwk|note|ssh] [--note-name NAME]",
+		Short: "Print a key's public half as PEM (SPKI), JWK, signed-note verifier key, or authorized_keys line (for sshd's TrustedUserCAKeys)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			m, err := f.open(cmd.Context(), stderr)
@@ -312,12 +314,22 @@ func newPubkeyCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 				}
 				_, err = fmt.Fprintln(stdout, vkey)
 				return err
+			case "ssh":
+				if k.Algorithm != hsm.ES256 {
+					return fmt.Errorf("%w: key %q is %s; SSH CA keys are ECDSA P-256", hsm.ErrPurposeMismatch, label, k.Algorithm)
+				}
+				pub, err := ssh.NewPublicKey(k.Public)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(stdout, sshca.AuthorizedKey(pub, "breakglass-ssh-ca "+k.Label))
+				return err
 			}
-			return fmt.Errorf("unknown --format %q: want pem, jwk or note", format)
+			return fmt.Errorf("unknown --format %q: want pem, jwk, note or ssh", format)
 		},
 	}
 	cmd.Flags().StringVar(&label, "label", "", "key label (required)")
-	cmd.Flags().StringVar(&format, "format", "pem", "pem, jwk or note")
+	cmd.Flags().StringVar(&format, "format", "pem", "pem, jwk, note or ssh")
 	cmd.Flags().StringVar(&noteName, "note-name", "", "signed-note key name (default: the key label; the audit log uses its origin)")
 	_ = cmd.MarkFlagRequired("label")
 	return cmd
@@ -401,7 +413,7 @@ func writeJSON(w io.Writer, v any) error {
 func newRotateCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
 	var purpose, account, label, operator string
 	cmd := &cobra.Command{
-		Use:   "rotate --config FILE --purpose token|audit|checkpoint [--account NAME] [--label LABEL]",
+		Use:   "rotate --config FILE --purpose token|audit|checkpoint|ssh-ca|x509-ca [--account NAME] [--label LABEL]",
 		Short: "Make a new key active and retire the old one, audited in the broker's log",
 		Long: `Generates a new key in the token and records it in the broker's key registry as
 active, the old one as retired, with an audit entry. An audit or checkpoint key
@@ -438,7 +450,7 @@ running broker picks the new key up within seconds.`,
 				"purpose": rec.Purpose, "account": rec.Account, "label": rec.Label, "kid": rec.KID, "id": rec.KeyID, "public_key_pem": rec.PublicPEM})
 		},
 	}
-	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit or checkpoint (required)")
+	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit, checkpoint, ssh-ca or x509-ca (required)")
 	cmd.Flags().StringVar(&account, "account", "", "the account whose own token key to rotate")
 	cmd.Flags().StringVar(&label, "label", "", "label of the new key (default: purpose, account and time)")
 	cmd.Flags().StringVar(&operator, "operator", "", "name recorded as the operator")

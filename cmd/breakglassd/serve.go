@@ -192,6 +192,31 @@ try it:
   (erin)  bgctl approve ID
   (alice) bgctl token ID --audience db.prod.example
 `)
+	if !strings.Contains(readConfig(cfgPath), "ssh_ca:") {
+		fmt.Fprintf(w, "\nthis dev directory predates SSH and X.509 certificates; remove %s to get both CAs\n", abs)
+		return
+	}
+	ca := filepath.Join(abs, "ca", "ca.crt")
+	fmt.Fprintf(w, `
+SSH and X.509 certificates for grants of prod-db (CA keys in the HSM):
+  sshd_config:
+    TrustedUserCAKeys /etc/ssh/breakglass_ca.pub      # curl -fsS --cacert %[2]s %[1]s/ssh/ca.pub -o /etc/ssh/breakglass_ca.pub
+    RevokedKeys /etc/ssh/breakglass_revoked.krl       # curl -fsS --cacert %[2]s %[1]s/ssh/revoked.krl -o /etc/ssh/breakglass_revoked.krl (every minute)
+    # principal: %[3]s (the user the requester logs in as)
+  postgresql.conf:
+    ssl = on
+    ssl_ca_file = 'breakglass_x509_ca.pem'            # curl -fsS --cacert %[2]s %[1]s/x509/ca.pem -o $PGDATA/breakglass_x509_ca.pem
+    ssl_crl_file = 'breakglass.crl.pem'               # curl -fsS --cacert %[2]s %[1]s/x509/crl.pem -o $PGDATA/breakglass.crl.pem; then SELECT pg_reload_conf()
+  pg_hba.conf:
+    hostssl all all 0.0.0.0/0 cert                    # the certificate's CN (the requester) is the role
+  (alice) bgctl ssh ID %[3]s@HOST
+  (alice) bgctl x509-cert ID --key-out alice.key --out alice.crt
+`, r.Issuer, ca, devmode.SSHPrincipal)
+}
+
+func readConfig(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
 }
 
 func newPolicyCmd(stdout io.Writer) *cobra.Command {

@@ -62,7 +62,9 @@ type X509CertInput struct {
 
 // IssuedX509Cert is a freshly signed X.509 certificate.
 type IssuedX509Cert struct {
-	Cert          *x509.Certificate
+	Cert *x509.Certificate
+	// CACert is the CA certificate that signed it.
+	CACert        *x509.Certificate
 	CAKID         string
 	IssuancesLeft int
 	Entry         audit.Record
@@ -318,7 +320,7 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 		if err != nil {
 			return err
 		}
-		out = IssuedX509Cert{Cert: cert, CAKID: caKID, IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
+		out = IssuedX509Cert{Cert: cert, CACert: ca.Certificate(), CAKID: caKID, IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
 		return nil
 	})
 	if err != nil {

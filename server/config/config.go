@@ -45,6 +45,10 @@ type Config struct {
 	// Tracing exports OpenTelemetry traces over OTLP; off by default.
 	Tracing Tracing `yaml:"tracing"`
 
+	// Certificates configures the SSH and X.509 certificate authorities
+	// (their keys are named under keys:).
+	Certificates Certificates `yaml:"certificates"`
+
 	path string
 }
 
@@ -83,6 +87,24 @@ type Keys struct {
 	Token      string `yaml:"token"`
 	Audit      string `yaml:"audit"`
 	Checkpoint string `yaml:"checkpoint"`
+	// SSHCA signs OpenSSH user certificates (purpose ssh-ca); optional.
+	SSHCA string `yaml:"ssh_ca"`
+	// X509CA signs X.509 client certificates and the CRL (purpose
+	// x509-ca); optional, and then certificates.x509_ca_cert is required.
+	X509CA string `yaml:"x509_ca"`
+}
+
+// Certificates configures the certificate authorities.
+type Certificates struct {
+	// X509CACert is a PEM file with the CA certificate of keys.x509_ca
+	// (self-signed by `breakglassd hsm ca-cert`, or signed by the
+	// organisation's root from `breakglassd hsm csr`), and of retired X.509
+	// CA keys while their certificates are valid. The broker refuses to
+	// start when it does not match the key.
+	X509CACert string `yaml:"x509_ca_cert"`
+	// CRLValidity is the CRL's nextUpdate after thisUpdate (default 1h);
+	// it is re-signed when half of it has passed.
+	CRLValidity time.Duration `yaml:"crl_validity"`
 }
 
 // Identity says how callers are recognised from their client certificates.
@@ -323,6 +345,7 @@ func (c *Config) rel(p string) string {
 func (c *Config) resolve() {
 	c.HSM.PINFile = c.rel(c.HSM.PINFile)
 	c.TLS.Cert, c.TLS.Key = c.rel(c.TLS.Cert), c.rel(c.TLS.Key)
+	c.Certificates.X509CACert = c.rel(c.Certificates.X509CACert)
 	c.Identity.ClientCA, c.Identity.CRL = c.rel(c.Identity.ClientCA), c.rel(c.Identity.CRL)
 	c.PolicyFile = c.rel(c.PolicyFile)
 	c.Store.SQLite.Path = c.rel(c.Store.SQLite.Path)

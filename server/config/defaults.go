@@ -40,6 +40,7 @@ const (
 	DefaultWitnessTimeout    = 10 * time.Second
 	DefaultWitnessBackoffMax = time.Minute
 	DefaultWitnessRefresh    = time.Hour
+	DefaultCRLValidity       = time.Hour
 )
 
 // setDefaults fills every unset (zero or negative) setting.
@@ -70,6 +71,9 @@ func (c *Config) setDefaults() {
 		c.Tracing.SampleRatio = DefaultSampleRatio
 	}
 	orString(&c.Tracing.ServiceName, DefaultServiceName)
+	if c.Certificates.CRLValidity == 0 { // negative is refused by Validate
+		c.Certificates.CRLValidity = DefaultCRLValidity
+	}
 }
 
 func (h *HSM) setDefaults() {

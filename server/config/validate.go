@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/bgbroker/breakglass/format/cosignature"
 	"github.com/bgbroker/breakglass/format/principal"
@@ -38,6 +39,7 @@ func (c *Config) Validate() error {
 	if err := (principal.Rule{Mode: c.Identity.Mode, URIPrefix: c.Identity.URIPrefix}).Validate(); err != nil {
 		add(fmt.Errorf("identity: %w", err))
 	}
+	add(c.Certificates.validate(c.Keys))
 	add(c.validatePolicySource())
 	add(c.Tracing.validate())
 	add(c.Store.validate())
@@ -177,4 +179,15 @@ func loopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+func (ct Certificates) validate(k Keys) error {
+	var errs []error
+	if k.X509CA != "" && ct.X509CACert == "" {
+		errs = append(errs, errors.New("keys.x509_ca needs certificates.x509_ca_cert, the CA certificate of that key (make one with `breakglassd hsm ca-cert`)"))
+	}
+	if v := ct.CRLValidity; v < time.Minute || v > 7*24*time.Hour {
+		errs = append(errs, fmt.Errorf("certificates.crl_validity %s must be between 1m and 168h", v))
+	}
+	return errors.Join(errs...)
 }

@@ -97,7 +97,7 @@ func (d *Daemon) newBroker(ctx context.Context) (err error) {
 	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: d.policy, PolicySource: d.policySource, Keys: d.ring,
 		Now: d.now, Log: d.log, SweepInterval: d.cfg.SweepInterval, Origin: d.origin, Certs: d.ident,
 		Routes: notify.NewRouter(sinkConfigs(d.cfg.Notify.Sinks)), Observer: observer{d},
-		Witnesses: d.witnessing(d.ctx, d.Checkpoints)})
+		Witnesses: d.witnessing(d.ctx, d.Checkpoints), Authorities: d.brokerAuthorities()})
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (d *Daemon) newGRPC(context.Context) (err error) {
 	}
 	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: d.ident, TLS: credentials.NewTLS(d.ident.ServerTLS(d.cert)),
 		Limits: limits(d.cfg.Limits), Log: d.log, Metrics: d.metrics.GRPC, StatsHandler: statsHandler, ReloadPolicy: d.ReloadPolicy,
-		Audit: grpcapi.AuditConfig{Checkpoints: d.Checkpoints, LogKeys: d.logKeys, Store: d.store, Witnesses: d.witnessIDs()}})
+		Audit: grpcapi.AuditConfig{Checkpoints: d.Checkpoints, LogKeys: d.logKeys, Store: d.store, Witnesses: d.witnessIDs()}, Authorities: grpcAuthorities(d.cas)})
 	if err != nil {
 		return err
 	}
@@ -166,6 +166,9 @@ func (d *Daemon) serve() {
 	}
 	for _, loop := range loops {
 		d.goServe(func() error { loop(ctx); return nil })
+	}
+	if d.cas != nil {
+		d.goServe(func() error { d.crlLoop(ctx); return nil })
 	}
 	d.serveListeners()
 }

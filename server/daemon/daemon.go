@@ -21,6 +21,7 @@ import (
 
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/hsm"
+	"github.com/bgbroker/breakglass/server/authority"
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/checkpoint"
 	"github.com/bgbroker/breakglass/server/config"
@@ -105,6 +106,11 @@ type Daemon struct {
 	errc   chan error
 
 	healthy healthState
+
+	// cas are the certificate authorities (nil without CA keys); crlKick
+	// asks for the CRLs to be checked now (after a revocation).
+	cas     *authority.Set
+	crlKick chan struct{}
 }
 
 // Start brings the broker up and returns once it is serving.
@@ -119,8 +125,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}()
 	steps := []func(context.Context) error{
-		d.openHSM, d.openStore, d.listen, d.loadKeys, d.newCheckpointer,
-		d.newBroker, d.newDispatcher, d.newGRPC, d.newHTTP,
+		d.openHSM, d.openStore, d.listen, d.loadKeys, d.newAuthorities, d.newCheckpointer,
+		d.newBroker, d.signFirstCRL, d.newDispatcher, d.newGRPC, d.newHTTP,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -159,7 +165,7 @@ func newDaemon(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{log: log, cfg: cfg, now: now, policy: pol, policySource: source, ident: ident, cert: cert, serverCert: serverCert,
-		rotating: make(chan struct{}, 1), errc: make(chan error, 4)}
+		rotating: make(chan struct{}, 1), errc: make(chan error, 4), crlKick: make(chan struct{}, 1)}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return d, nil
 }

@@ -53,6 +53,9 @@ func (d *Daemon) checkHealth(ctx context.Context) {
 	} else {
 		checks["policy"] = "ok"
 	}
+	if !d.checkCRLs(checks) {
+		ok = false
+	}
 	d.checkOutbox(ctx, checks)
 	if d.witnessHealth(checks) {
 		d.grpc.SetCheck("witness", checks["witness"] == "ok")
@@ -143,6 +146,11 @@ func (d *Daemon) metricsState(ctx context.Context) (metrics.State, error) {
 	now := d.now()
 	st := metrics.State{Requests: map[string]int{}, Outbox: map[string]metrics.OutboxState{},
 		Expiry: map[string]time.Time{"server": d.serverCert.NotAfter, "client_ca": d.ident.CAExpiry()}}
+	if d.cas != nil {
+		if c := d.cas.ActiveX509(); c != nil {
+			st.Expiry["x509_ca"] = c.NotAfter
+		}
+	}
 	err := d.store.View(ctx, func(r store.Reader) error {
 		if err := readLogState(ctx, r, now, &st); err != nil {
 			return err

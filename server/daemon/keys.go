@@ -22,10 +22,14 @@ func (d *Daemon) keysLoop(ctx context.Context) {
 		}
 		if err := d.ring.Load(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("reloading the key registry failed; keeping the keys in use", "err", err)
+		} else if d.cas != nil {
+			if err := d.cas.Reload(); err != nil {
+				d.log.Error("reloading the certificate authorities failed; keeping the ones in use", "err", err)
+			}
 		}
 		if n%12 == 0 {
 			if _, err := d.ring.DestroyExpired(ctx, d.Broker); err != nil && ctx.Err() == nil {
-				d.log.Error("destroying expired token keys failed", "err", err)
+				d.log.Error("destroying expired token and CA keys failed", "err", err)
 			}
 		}
 	}

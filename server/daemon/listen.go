@@ -71,7 +71,8 @@ func (d *Daemon) listen(context.Context) error {
 // public one), and profiles when configured.
 func (d *Daemon) newHTTP(context.Context) error {
 	public := httpapi.Handler(httpapi.Config{Issuer: d.Ready.Issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS,
-		Health: d.health, Log: d.log, Checkpoint: d.servedCheckpoint})
+		Health: d.health, Log: d.log, Checkpoint: d.servedCheckpoint,
+		Credentials: httpCredentials(d.cas)})
 	https := httpapi.Server(public)
 	https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{d.cert}}
 	https.ErrorLog = slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)

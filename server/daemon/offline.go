@@ -117,6 +117,12 @@ func loadRing(ctx context.Context, cfg *config.Config, rc keyring.Config, wants 
 func keyWants(cfg *config.Config, pol *policy.Policy) []keyring.Want {
 	wants := []keyring.Want{{Purpose: hsm.PurposeToken, Label: cfg.Keys.Token}, {Purpose: hsm.PurposeAudit, Label: cfg.Keys.Audit},
 		{Purpose: hsm.PurposeCheckpoint, Label: cfg.Keys.Checkpoint}}
+	if cfg.Keys.SSHCA != "" {
+		wants = append(wants, keyring.Want{Purpose: hsm.PurposeSSHCA, Label: cfg.Keys.SSHCA})
+	}
+	if cfg.Keys.X509CA != "" {
+		wants = append(wants, keyring.Want{Purpose: hsm.PurposeX509CA, Label: cfg.Keys.X509CA})
+	}
 	for _, a := range pol.Accounts {
 		if a.TokenKey != "" {
 			wants = append(wants, keyring.Want{Purpose: hsm.PurposeToken, Account: a.Name, Label: a.TokenKey})

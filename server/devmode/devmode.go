@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/notify"
+	"github.com/bgbroker/breakglass/server/x509ca"
 )
 
 // URIPrefix is the dev CA's principal namespace.
@@ -41,7 +43,13 @@ const (
 	TokenKeyLabel      = "token-dev"
 	AuditKeyLabel      = "audit-dev"
 	CheckpointKeyLabel = "checkpoint-dev"
+	SSHCAKeyLabel      = "ssh-ca-dev"
+	X509CAKeyLabel     = "x509-ca-dev"
 )
+
+// SSHPrincipal is the demo account's SSH principal: the user sshd logs
+// the requester in as.
+const SSHPrincipal = "breakglass"
 
 const demoPolicy = `# Demo policy written by breakglassd dev.
 #
@@ -70,6 +78,13 @@ accounts:
       - require:
           - {group: db-admins, approvals: 1}
           - {group: security, approvals: 1}
+    # OpenSSH user certificates (sshd TrustedUserCAKeys) and X.509 client
+    # certificates (PostgreSQL cert auth, any mTLS service) for the grant.
+    ssh:
+      principals: [breakglass]
+      extensions: [permit-pty]
+    x509:
+      common_name: "{requester}"
 `
 
 // Options are dev mode's flags.
@@ -146,6 +161,11 @@ keys:
   token: %s
   audit: %s
   checkpoint: %s
+  ssh_ca: %s
+  x509_ca: %s
+certificates:
+  x509_ca_cert: x509/ca.pem
+  crl_validity: 1h
 listen:
   grpc: %s
   https: %s
@@ -170,7 +190,7 @@ store:
   driver: sqlite
   sqlite:
     path: broker.db
-`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, o.GRPCAddr, o.HTTPAddr, cmp.Or(o.MetricsAddr, "127.0.0.1:0"), URIPrefix, "breakglass.dev/"+randHex(8))
+`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, SSHCAKeyLabel, X509CAKeyLabel, o.GRPCAddr, o.HTTPAddr, cmp.Or(o.MetricsAddr, "127.0.0.1:0"), URIPrefix, "breakglass.dev/"+randHex(8))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", false, err
 	}
@@ -211,12 +231,27 @@ func setupHSM(ctx context.Context, dir string) error {
 		return err
 	}
 	defer m.Close()
-	for p, label := range map[hsm.Purpose]string{hsm.PurposeToken: TokenKeyLabel, hsm.PurposeAudit: AuditKeyLabel, hsm.PurposeCheckpoint: CheckpointKeyLabel} {
+	for p, label := range map[hsm.Purpose]string{hsm.PurposeToken: TokenKeyLabel, hsm.PurposeAudit: AuditKeyLabel, hsm.PurposeCheckpoint: CheckpointKeyLabel,
+		hsm.PurposeSSHCA: SSHCAKeyLabel, hsm.PurposeX509CA: X509CAKeyLabel} {
 		if _, err := m.GenerateKey(ctx, hsm.GenerateRequest{Purpose: p, Label: label}); err != nil {
 			return err
 		}
 	}
-	return nil
+	// The X.509 CA certificate, self-signed by its key in the HSM.
+	k, err := m.Signer(ctx, X509CAKeyLabel, hsm.PurposeX509CA)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	cert, err := x509ca.SelfSign(ctx, k, x509ca.CAOptions{Subject: pkix.Name{CommonName: "breakglass dev X.509 CA", Organization: []string{"breakglass dev"}},
+		NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(2 * 365 * 24 * time.Hour)})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "x509"), 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "x509", "ca.pem"), CertPEM(cert), 0o644)
 }
 
 func setupPKI(dir string) error {

@@ -69,6 +69,9 @@ type Config struct {
 	StatsHandler stats.Handler
 	// ReloadPolicy, when set, serves AdminService.ReloadPolicy.
 	ReloadPolicy func(ctx context.Context, caller string) (*broker.PolicyReload, error)
+	// Authorities publishes the CA keys and certificates; nil when the
+	// broker has none.
+	Authorities CertificateAuthorities
 }
 
 // Server is the broker's gRPC server.
@@ -99,6 +102,7 @@ var ServiceNames = []string{
 	bgv1.AuditService_ServiceDesc.ServiceName,
 	bgv1.GovernanceService_ServiceDesc.ServiceName,
 	bgv1.AdminService_ServiceDesc.ServiceName,
+	bgv1.CertificateService_ServiceDesc.ServiceName,
 }
 
 var errNoReload = broker.Unavailable("this broker cannot reload its policy over the API")
@@ -174,6 +178,7 @@ func New(cfg Config) (*Server, error) {
 	bgv1.RegisterAuditServiceServer(s.GRPC, &auditServer{s: s, cfg: cfg.Audit})
 	bgv1.RegisterGovernanceServiceServer(s.GRPC, &governanceServer{s: s})
 	bgv1.RegisterAdminServiceServer(s.GRPC, &adminServer{s: s})
+	bgv1.RegisterCertificateServiceServer(s.GRPC, &certificateServer{s: s, cas: cfg.Authorities})
 	s.Health = health.NewServer()
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)

@@ -37,7 +37,10 @@ type Config struct {
 	// Checkpoint returns the newest checkpoint to serve at /checkpoint,
 	// with its cosignatures (ErrNoCheckpoint when there is none).
 	Checkpoint func(ctx context.Context) ([]byte, error)
-	Log        *slog.Logger
+	// Credentials, when set, publishes the CA material and revocation
+	// lists of SSH and X.509 certificates.
+	Credentials Credentials
+	Log         *slog.Logger
 }
 
 // Handler returns the HTTP handler.
@@ -93,6 +96,9 @@ func Handler(cfg Config) http.Handler {
 	})
 	if cfg.Checkpoint != nil {
 		mux.HandleFunc("GET /checkpoint", serveCheckpoint(cfg.Checkpoint, cfg.Log))
+	}
+	if cfg.Credentials != nil {
+		credentialRoutes(mux, cfg.Credentials, cfg)
 	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

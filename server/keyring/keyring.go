@@ -289,6 +289,34 @@ func (r *Ring) TokenKeys(account string) []crypto.PublicKey {
 	return out
 }
 
+// Entry is a key of the registry that is not destroyed, with its HSM key
+// (nil when a retired key is missing from the HSM).
+type Entry struct {
+	Record store.KeyRecord
+	Key    *hsm.Key
+}
+
+// KeysOf returns the keys of a purpose that are not destroyed, the
+// active one first, then the retired ones newest first.
+func (r *Ring) KeysOf(p hsm.Purpose) []Entry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []Entry
+	for i := len(r.records) - 1; i >= 0; i-- {
+		rec := r.records[i]
+		if rec.Purpose != string(p) || rec.State == store.KeyDestroyed {
+			continue
+		}
+		e := Entry{Record: rec, Key: r.keys[rec.KID]}
+		if rec.State == store.KeyActive {
+			out = append([]Entry{e}, out...)
+		} else {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Records returns the registry as loaded.
 func (r *Ring) Records() []store.KeyRecord {
 	r.mu.RLock()
@@ -321,6 +349,13 @@ func sortedKeys(m map[string]string) []string {
 // for audit and checkpoint keys the entry carries the rotation statement
 // signed by both keys. label names the new key (generated when empty).
 func (r *Ring) Rotate(ctx context.Context, reg Registrar, p hsm.Purpose, account, label, reason string) (store.KeyRecord, error) {
+	return r.RotateWith(ctx, reg, p, account, label, reason, nil)
+}
+
+// RotateWith is Rotate with a step between making the new key and
+// recording it active (an X.509 CA key needs its CA certificate first);
+// when prepare fails, nothing is recorded.
+func (r *Ring) RotateWith(ctx context.Context, reg Registrar, p hsm.Purpose, account, label, reason string, prepare func(*hsm.Key) error) (store.KeyRecord, error) {
 	if account != "" && p != hsm.PurposeToken {
 		return store.KeyRecord{}, errors.New("only token keys belong to accounts")
 	}
@@ -350,12 +385,17 @@ func (r *Ring) Rotate(ctx context.Context, reg Registrar, p hsm.Purpose, account
 	if err != nil {
 		return store.KeyRecord{}, err
 	}
+	if prepare != nil {
+		if err := prepare(k); err != nil {
+			return store.KeyRecord{}, err
+		}
+	}
 	rec, change, err := r.describe(k, p, account)
 	if err != nil {
 		return rec, err
 	}
 	change.Previous, change.Reason = oldKID, reason
-	if p != hsm.PurposeToken {
+	if p == hsm.PurposeAudit || p == hsm.PurposeCheckpoint {
 		if old == nil {
 			return rec, fmt.Errorf("no active %s key to rotate from", p)
 		}
@@ -380,19 +420,25 @@ func (r *Ring) Rotate(ctx context.Context, reg Registrar, p hsm.Purpose, account
 	return rec, r.Load(ctx)
 }
 
-// DestroyExpired destroys, in the HSM, every retired token key whose last
-// token has expired, after recording it (the key leaves the JWKS).
+// DestroyExpired destroys, in the HSM, every retired token or CA key whose
+// last token or certificate has expired, after recording it (the key
+// leaves the JWKS, /ssh/ca.pub or /x509/ca.pem).
 func (r *Ring) DestroyExpired(ctx context.Context, reg Registrar) (int, error) {
 	now := r.cfg.Now()
 	n := 0
 	for _, rec := range r.Records() {
-		if rec.Purpose != string(hsm.PurposeToken) || rec.State != store.KeyRetired {
+		ca := rec.Purpose == string(hsm.PurposeSSHCA) || rec.Purpose == string(hsm.PurposeX509CA)
+		if (rec.Purpose != string(hsm.PurposeToken) && !ca) || rec.State != store.KeyRetired {
 			continue
 		}
 		var last time.Time
 		if err := r.cfg.Store.View(ctx, func(rd store.Reader) error {
 			var err error
-			last, err = rd.LastTokenExpiry(ctx, rec.KID)
+			if ca {
+				last, err = rd.LastCertificateExpiry(ctx, rec.KID)
+			} else {
+				last, err = rd.LastTokenExpiry(ctx, rec.KID)
+			}
 			return err
 		}); err != nil {
 			return n, err
@@ -400,9 +446,13 @@ func (r *Ring) DestroyExpired(ctx context.Context, reg Registrar) (int, error) {
 		if now.Before(last) {
 			continue
 		}
+		reason := "its last token expired"
+		if ca {
+			reason = "its last certificate expired"
+		}
 		rec.State, rec.DestroyedAt = store.KeyDestroyed, now.UTC()
 		if err := reg.RecordKey(ctx, audit.TypeKeyDestroyed, rec, audit.KeyChange{Purpose: rec.Purpose, Account: rec.Account, KID: rec.KID, Label: rec.Label,
-			Reason: "its last token expired"}, nil); err != nil {
+			Reason: reason}, nil); err != nil {
 			return n, err
 		}
 		id, err := hex.DecodeString(rec.KeyID)
