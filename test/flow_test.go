@@ -273,7 +273,7 @@ func TestDevModeFlowWithBgctl(t *testing.T) {
 	for _, e := range d.chain() {
 		types = append(types, string(e.Type))
 	}
-	want := "policy_loaded key_activated key_activated key_activated request_created request_reviewed request_reviewed request_approved token_issued post_review_opened grant_revoked"
+	want := "policy_loaded key_activated key_activated key_activated key_activated key_activated request_created request_reviewed request_reviewed request_approved token_issued post_review_opened grant_revoked"
 	if strings.Join(types, " ") != want {
 		t.Errorf("audit entries:\n %s\nwant\n %s", strings.Join(types, " "), want)
 	}

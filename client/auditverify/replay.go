@@ -54,6 +54,8 @@ type replay struct {
 	// chainChecks counts the chains built.
 	chains      map[string][][]*x509.Certificate
 	chainChecks int
+	// certs are the SSH and X.509 certificates seen (certs.go).
+	certs certState
 }
 
 type reviewState struct {
@@ -134,6 +136,8 @@ func (r *replay) entry(i int64, e *audit.Entry) *Violation {
 		return r.final(i, e)
 	case audit.TypeTokenIssued:
 		return r.tokenIssued(i, e)
+	case audit.TypeSSHCertIssued, audit.TypeX509CertIssued:
+		return r.certificateIssued(i, e)
 	case audit.TypePermissionDenied:
 		var p audit.PermissionDenied
 		if err := decode(e.Payload, &p); err != nil || p.Principal != e.Actor || p.Count < 1 {

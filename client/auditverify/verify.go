@@ -24,6 +24,7 @@ import (
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/bgbroker/breakglass/format/audit"
@@ -85,6 +86,10 @@ type Options struct {
 	// MaxViolations bounds the violations listed (default 100); the rest
 	// are counted.
 	MaxViolations int
+	// SSHCAKeys and X509CACerts are the pinned certificate authorities:
+	// every logged certificate must be signed by one of them.
+	SSHCAKeys   []ssh.PublicKey
+	X509CACerts []*x509.Certificate
 }
 
 // Violation is one thing found wrong, at an entry index (-1 when it is
@@ -185,6 +190,10 @@ type Summary struct {
 	Restores []Restore `json:"restores,omitempty"`
 	// Cosigners are the witnesses that cosigned the checkpoint.
 	Cosigners []Cosigner `json:"cosigners,omitempty"`
+	// SSHCertificates and X509Certificates count the certificates
+	// replayed.
+	SSHCertificates  int `json:"ssh_certificates"`
+	X509Certificates int `json:"x509_certificates"`
 }
 
 // MaxListed bounds the solo grants, policy changes and restores a summary
@@ -234,6 +243,7 @@ func Verify(o Options) (*Summary, error) {
 	}
 	v.sigs = statement.NewCache(1 << 16)
 	v.r = newReplay(v.origin, o.ClientCAs, o.CRLs, v.sigs, v.report)
+	v.r.certs = newCertState(o)
 	v.prevLeaf = audit.ZeroPrev
 	if len(o.PreviousCheckpoint) > 0 {
 		v.cps = append(v.cps, v.checkpointBody("previous checkpoint", o.PreviousCheckpoint))
@@ -449,6 +459,7 @@ func (v *verifier) finish() *Summary {
 		v.reportf(int64(main.Size), "the checkpoint (size %d) is smaller than the previous checkpoint (size %d): the log was truncated or rolled back", main.Size, prev.Size)
 	}
 	sum := v.r.summary()
+	sum.SSHCertificates, sum.X509Certificates = v.r.certs.ssh, v.r.certs.x509
 	sum.Origin, sum.Entries = v.origin, uint64(v.n)
 	if main != nil {
 		sum.CheckpointSize = main.Size

@@ -292,7 +292,7 @@ func readVKey(s string) (string, error) {
 
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var logFile, cpFile, prevFile, auditKey, cpKey, caFile string
-	var crlFiles, witnessKeys []string
+	var crlFiles, witnessKeys, sshCAFiles, x509CAFiles []string
 	var witnessQuorum, maxViolations int
 	cmd := &cobra.Command{
 		Use:   "verify --log FILE --checkpoint FILE --audit-key PEM --checkpoint-key VKEY --client-ca PEM",
@@ -373,8 +373,13 @@ Needs no broker: only the files and public keys.`,
 				}
 				crls = append(crls, crl)
 			}
+			sshCAs, x509CAs, err := certAuthorities(sshCAFiles, x509CAFiles)
+			if err != nil {
+				return err
+			}
 			sum, err := auditverify.Verify(auditverify.Options{Log: f, Checkpoint: cp, CheckpointKey: vk, AuditKeys: []*ecdsa.PublicKey{ak},
-				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev, Witnesses: witnessKeys, WitnessQuorum: witnessQuorum, MaxViolations: maxViolations})
+				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev, Witnesses: witnessKeys, WitnessQuorum: witnessQuorum, MaxViolations: maxViolations,
+				SSHCAKeys: sshCAs, X509CACerts: x509CAs})
 			if err != nil {
 				var vs *auditverify.Violations
 				if !errors.As(err, &vs) || len(vs.List) == 0 {
@@ -409,6 +414,10 @@ Needs no broker: only the files and public keys.`,
 			}
 			fmt.Fprintf(a.stdout, "  requests %d, reviews %d, grants %d, tokens %d\n", sum.Requests, sum.Reviews, sum.Grants, sum.Tokens)
 			fmt.Fprintf(a.stdout, "  %d token(s) followed their quorum of signed approvals\n", sum.QuorumTokens)
+			if sum.SSHCertificates+sum.X509Certificates > 0 {
+				fmt.Fprintf(a.stdout, "  certificates: SSH %d, X.509 %d: each signed by a pinned CA after its quorum, within its grant, naming only what the policy allowed\n",
+					sum.SSHCertificates, sum.X509Certificates)
+			}
 			if sum.SoloGrantCount > 0 {
 				fmt.Fprintf(a.stdout, "  SOLO: %d grant(s) approved with no approver at all (time-locked solo access), %d token(s) from them:\n", sum.SoloGrantCount, sum.SoloTokens)
 				for _, g := range sum.SoloGrants {
@@ -452,6 +461,8 @@ Needs no broker: only the files and public keys.`,
 	cmd.Flags().StringVar(&cpKey, "checkpoint-key", "", "checkpoint verifier key, or a file holding it (breakglassd hsm pubkey --format note)")
 	cmd.Flags().StringVar(&caFile, "client-ca", "", "client CA certificate(s) PEM")
 	cmd.Flags().StringSliceVar(&crlFiles, "crl", nil, "CRL file(s) of the client CA")
+	cmd.Flags().StringSliceVar(&sshCAFiles, "ssh-ca-key", nil, "SSH CA key(s), authorized_keys lines (/ssh/ca.pub, breakglassd hsm pubkey --format ssh); needed when the log holds SSH certificates")
+	cmd.Flags().StringSliceVar(&x509CAFiles, "x509-ca-cert", nil, "X.509 CA certificate(s) PEM (/x509/ca.pem); needed when the log holds X.509 certificates")
 	for _, f := range []string{"log", "checkpoint", "audit-key", "checkpoint-key", "client-ca"} {
 		_ = cmd.MarkFlagRequired(f)
 	}
