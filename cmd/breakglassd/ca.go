@@ -138,7 +138,7 @@ func writePEM(stdout io.Writer, out, typ string, der []byte) error {
 		_, err := stdout.Write(b)
 		return err
 	}
-	return os.WriteFile(out, b, 0o644)
+	return os.WriteFile(out, b, 0o644) //nolint:gosec // a certificate or request is public
 }
 
 func dedupe(s []string) []string {

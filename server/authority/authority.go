@@ -132,7 +132,7 @@ func New(cfg Config) (*Set, error) {
 // Reload rebuilds the set after the registry changed (a rotation).
 func (s *Set) Reload() error {
 	var sshs []sshEntry
-	var sshErr error = errors.New("no SSH CA key is configured (keys.ssh_ca)")
+	sshErr := errors.New("no SSH CA key is configured (keys.ssh_ca)")
 	for _, e := range s.cfg.Keys.KeysOf(hsm.PurposeSSHCA) {
 		pubKey, err := keyring.PublicFromPEM(e.Record.PublicPEM)
 		if err != nil {
@@ -197,7 +197,7 @@ func (s *Set) loadX509() (x509Load, error) {
 	now := s.cfg.Now()
 	var out []x509Entry
 	used := make([]bool, len(certs))
-	var activeErr error = noCA
+	activeErr := noCA
 	for _, e := range keys {
 		pub, err := keyring.PublicFromPEM(e.Record.PublicPEM)
 		if err != nil {

@@ -251,7 +251,7 @@ func setupHSM(ctx context.Context, dir string) error {
 	if err := os.MkdirAll(filepath.Join(dir, "x509"), 0o700); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, "x509", "ca.pem"), CertPEM(cert), 0o644)
+	return os.WriteFile(filepath.Join(dir, "x509", "ca.pem"), CertPEM(cert), 0o644) //nolint:gosec // a CA certificate is public
 }
 
 func setupPKI(dir string) error {

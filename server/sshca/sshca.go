@@ -166,7 +166,7 @@ func ParseSubjectKey(b []byte) (ssh.PublicKey, error) {
 	}
 	pk, _, options, rest, err := ssh.ParseAuthorizedKey(b)
 	if err != nil {
-		return nil, fmt.Errorf("not a public key in authorized_keys format (%v)", err)
+		return nil, fmt.Errorf("not a public key in authorized_keys format (%w)", err)
 	}
 	if len(options) > 0 {
 		return nil, errors.New("the public key line carries authorized_keys options; give the key alone")

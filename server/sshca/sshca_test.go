@@ -128,7 +128,7 @@ func (p publicOnly) SignContext(context.Context, []byte, crypto.SignerOpts) ([]b
 }
 
 func TestParseSubjectKey(t *testing.T) {
-	line := func(pk ssh.PublicKey) []byte { return ssh.MarshalAuthorizedKey(pk) }
+	line := ssh.MarshalAuthorizedKey
 	ed, _, _ := ed25519.GenerateKey(rand.Reader)
 	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)

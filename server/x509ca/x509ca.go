@@ -246,10 +246,10 @@ func ParseCSR(b []byte) (*x509.CertificateRequest, error) {
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("not a certificate request (PKCS #10, PEM or DER): %v", err)
+		return nil, fmt.Errorf("not a certificate request (PKCS #10, PEM or DER): %w", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("the certificate request's signature does not verify, so it does not prove possession of its key: %v", err)
+		return nil, fmt.Errorf("the certificate request's signature does not verify, so it does not prove possession of its key: %w", err)
 	}
 	if err := CheckSubjectKey(csr.PublicKey); err != nil {
 		return nil, err
