@@ -207,3 +207,24 @@ func Require(t testing.TB, s *Server) *Server {
 	}
 	return s
 }
+
+// DataDir is the server's data directory (postgresql.conf, pg_hba.conf),
+// for tests that configure the server as a target rather than a store.
+func (s *Server) DataDir() string { return s.data() }
+
+// SocketDir is where the server's Unix socket is.
+func (s *Server) SocketDir() string { return s.dir }
+
+// Port is the server's TCP port on 127.0.0.1.
+func (s *Server) Port() int { return s.port }
+
+// Own gives a file in the data directory to the user the server runs as
+// (the server refuses a key file it does not own).
+func (s *Server) Own(path string) error {
+	if s.owner == nil {
+		return nil
+	}
+	uid, _ := strconv.Atoi(s.owner.Uid)
+	gid, _ := strconv.Atoi(s.owner.Gid)
+	return os.Chown(path, uid, gid)
+}
