@@ -133,8 +133,11 @@ LogLevel VERBOSE
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.cmd.Wait() }()
+	done := make(chan struct{})
+	go func() {
+		_ = s.cmd.Wait() // killed at cleanup: its exit status says nothing
+		close(done)
+	}()
 	t.Cleanup(func() {
 		_ = s.cmd.Process.Kill()
 		<-done
