@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -20,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ThalesGroup/crypto11"
 	"github.com/google/pprof/profile"
 	"go.yaml.in/yaml/v3"
 
@@ -40,6 +43,10 @@ type env struct {
 	tokenKey *hsm.Key
 	auditKey *hsm.Key
 	cpKey    *hsm.Key
+	// direct is the token key through crypto11 opened directly on the same
+	// token, the library's own rate beside the package's.
+	direct    crypto.Signer
+	directCtx *crypto11.Context
 }
 
 // setup makes a dev broker directory with the benchmark policy and a
@@ -90,10 +97,76 @@ func setup(ctx context.Context, work string) (*env, error) {
 			return nil, err
 		}
 	}
+	if err := e.openDirect(); err != nil {
+		e.close()
+		return nil, err
+	}
 	return e, nil
 }
 
-func (e *env) close() { _ = e.module.Close() }
+// openDirect opens crypto11 itself on the benchmark token and finds the
+// token key there.
+func (e *env) openDirect() error {
+	path, err := e.cfg.HSM.ResolveModule()
+	if err != nil {
+		return err
+	}
+	pin, err := e.cfg.HSM.ReadPIN()
+	if err != nil {
+		return err
+	}
+	c, err := crypto11.Configure(&crypto11.Config{Path: path, TokenLabel: e.cfg.HSM.TokenLabel, Pin: pin, MaxSessions: e.module.SigningSlots() + 1})
+	if err != nil {
+		return fmt.Errorf("opening crypto11 directly: %w", err)
+	}
+	e.directCtx = c
+	info := e.tokenKey.Info()
+	if e.direct, err = c.FindKeyPair(info.ID, []byte(info.Label)); err != nil {
+		return fmt.Errorf("finding the token key through crypto11: %w", err)
+	}
+	return nil
+}
+
+func (e *env) close() {
+	if e.directCtx != nil {
+		_ = e.directCtx.Close()
+	}
+	_ = e.module.Close()
+}
+
+// pairedRates measures the package and crypto11 called directly on the
+// same key at c goroutines, in alternating windows so that the machine's
+// other load falls on both alike.
+func (e *env) pairedRates(ctx context.Context, c int, d time.Duration) (pkg, direct float64) {
+	const rounds = 4
+	digest := sha256.Sum256([]byte("breakglass benchmark: raw signing rate"))
+	for range rounds {
+		pkg += e.rawRate(ctx, e.tokenKey, c, d/(2*rounds))
+		direct += signerRate(e.direct, digest[:], c, d/(2*rounds))
+	}
+	return pkg / rounds, direct / rounds
+}
+
+// signerRate signs a digest with s from c goroutines for d.
+func signerRate(s crypto.Signer, digest []byte, c int, d time.Duration) float64 {
+	var n atomic.Int64
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if _, err := s.Sign(nil, digest, crypto.SHA256); err == nil {
+					n.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
 
 // rawRate signs with key from c goroutines for d.
 func (e *env) rawRate(ctx context.Context, key *hsm.Key, c int, d time.Duration) float64 {

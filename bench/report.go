@@ -18,6 +18,12 @@ func targets(r *Results) []Check {
 		}
 		out = append(out, Check{Name: name, Value: value, Target: target, Met: met, Detail: detail})
 	}
+	for _, x := range r.RawECDSA {
+		if direct := rawAt(r.Crypto11, x.Concurrency); direct > 0 {
+			add(fmt.Sprintf("hsm package / crypto11 direct c=%d", x.Concurrency), x.PerSec/direct, 0.95, true,
+				fmt.Sprintf("%.0f / %.0f signatures/s on the same key, alternating windows", x.PerSec, direct))
+		}
+	}
 	for _, l := range r.Issue {
 		add(fmt.Sprintf("IssueToken c=%d tokens/s", l.Concurrency), l.PerSec, 0.5*l.RawPerSec/r.SigsPerIssue, true,
 			fmt.Sprintf("≥ 0.5 × %.0f raw/s ÷ %.2f signatures per issuance", l.RawPerSec, r.SigsPerIssue))
@@ -51,12 +57,17 @@ func targets(r *Results) []Check {
 func printTable(r *Results) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Printf("\nmachine: %d × %s, %s, %s\n\n", r.Machine.CPUs, r.Machine.Model, r.Machine.GoVer, r.Machine.SoftHS)
-	fmt.Fprintln(w, "raw HSM signing\tconcurrency\tsignatures/s\t")
+	fmt.Fprintln(w, "raw HSM signing\tconcurrency\thsm package/s\tcrypto11 direct/s\tratio\t")
 	for _, x := range r.RawECDSA {
-		fmt.Fprintf(w, "ECDSA P-256\t%d\t%.0f\t\n", x.Concurrency, x.PerSec)
+		direct := rawAt(r.Crypto11, x.Concurrency)
+		ratio := 0.0
+		if direct > 0 {
+			ratio = x.PerSec / direct
+		}
+		fmt.Fprintf(w, "ECDSA P-256\t%d\t%.0f\t%.0f\t%.2f\t\n", x.Concurrency, x.PerSec, direct, ratio)
 	}
 	for _, x := range r.RawEd25519 {
-		fmt.Fprintf(w, "Ed25519\t%d\t%.0f\t\n", x.Concurrency, x.PerSec)
+		fmt.Fprintf(w, "Ed25519\t%d\t%.0f\t\t\t\n", x.Concurrency, x.PerSec)
 	}
 	w.Flush()
 	fmt.Println()

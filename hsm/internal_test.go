@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
-	"golang.org/x/sync/semaphore"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -145,14 +144,10 @@ func TestReopenClassification(t *testing.T) {
 // ErrUnavailable at its deadline instead of queueing forever, and a full
 // queue refuses at once.
 func TestSlotsFailFast(t *testing.T) {
-	m := &Module{cfg: Config{SigningSlots: 2, SignTimeout: 50 * time.Millisecond, MaxQueue: 1}}
-	m.stats.init()
-	m.slots = semaphore.NewWeighted(2)
+	// No worker ever takes a job: both slots are held, as two hung
+	// library calls would hold them.
+	m := newModule(Config{SigningSlots: 2, SignTimeout: 50 * time.Millisecond, MaxQueue: 1})
 	k := &Key{m: m, info: KeyInfo{Label: "k", Algorithm: EdDSA, Purpose: PurposeCheckpoint}}
-	// Hold both slots, as two hung library calls would.
-	if err := m.slots.Acquire(context.Background(), 2); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	_, err := k.SignContext(context.Background(), []byte("x"), nil)
 	if !errors.Is(err, ErrUnavailable) {
@@ -181,5 +176,32 @@ func TestSlotsFailFast(t *testing.T) {
 	}
 	if st := m.Stats(); st.Rejected != 3 {
 		t.Errorf("rejected = %d, want 3", st.Rejected)
+	}
+}
+
+// Closing the module releases a signature still waiting for a worker at
+// once, instead of at its deadline.
+func TestCloseReleasesWaiters(t *testing.T) {
+	m := newModule(Config{SigningSlots: 1, SignTimeout: time.Hour, MaxQueue: 4})
+	k := &Key{m: m, info: KeyInfo{Label: "k", Algorithm: EdDSA, Purpose: PurposeCheckpoint}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := k.SignContext(context.Background(), []byte("x"), nil)
+		done <- err
+	}()
+	for m.queued.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("waiter after Close: %v", err)
+	}
+	if _, err := k.SignContext(context.Background(), []byte("x"), nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("sign after Close: %v", err)
+	}
+	if q := m.Stats().Queued; q != 0 {
+		t.Errorf("queued = %d after Close, want 0", q)
 	}
 }

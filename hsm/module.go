@@ -22,7 +22,6 @@ import (
 
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
-	"golang.org/x/sync/semaphore"
 )
 
 // Token describes the opened token.
@@ -37,14 +36,18 @@ type Token struct {
 
 // Module is an open PKCS#11 token. It is safe for concurrent use.
 type Module struct {
-	cfg    Config
-	path   string
-	pin    string
-	log    *slog.Logger
-	raw    *pkcs11.Ctx
-	token  Token
-	slots  *semaphore.Weighted
-	queued atomic.Int64
+	cfg   Config
+	path  string
+	pin   string
+	log   *slog.Logger
+	raw   *pkcs11.Ctx
+	token Token
+	// jobs feeds the signing workers, one per slot; queued counts the
+	// signatures waiting in it for a worker.
+	jobs    chan *signJob
+	queued  atomic.Int64
+	quit    chan struct{}
+	workers sync.WaitGroup
 
 	gen atomic.Pointer[generation]
 
@@ -105,14 +108,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Module, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Module{
-		cfg:   cfg,
-		path:  path,
-		pin:   pin,
-		log:   log,
-		slots: semaphore.NewWeighted(int64(cfg.SigningSlots)),
-	}
-	m.stats.init()
+	m := newModule(cfg)
+	m.path, m.pin, m.log = path, pin, log
 	raw := pkcs11.New(path)
 	if raw == nil {
 		return nil, fmt.Errorf("%w: %s could not be loaded as a PKCS#11 library; install SoftHSM2 with %q or set --module", ErrModuleNotFound, path, InstallHint)
@@ -128,6 +125,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Module, error) {
 		return nil, err
 	}
 	m.gen.Store(g)
+	m.startWorkers()
 	ti, err := raw.GetTokenInfo(g.slot)
 	if err != nil {
 		_ = m.Close()
@@ -142,6 +140,18 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Module, error) {
 		Module:       path,
 	}
 	return m, nil
+}
+
+// newModule makes a module with its signing queue and counters, before any
+// worker or library.
+func newModule(cfg Config) *Module {
+	m := &Module{
+		cfg:  cfg,
+		jobs: make(chan *signJob, cfg.MaxQueue+cfg.SigningSlots),
+		quit: make(chan struct{}),
+	}
+	m.stats.init()
+	return m
 }
 
 // preflight finds the token before crypto11 opens it, so that a missing
@@ -283,6 +293,12 @@ func (m *Module) Close() error {
 	}
 	m.closed = true
 	m.mu.Unlock()
+	if m.quit != nil {
+		// Workers finish the signature in hand (behind a hung call, as
+		// closing crypto11 below would anyway) and leave.
+		close(m.quit)
+		m.workers.Wait()
+	}
 	if g := m.gen.Swap(nil); g != nil {
 		g.close()
 	}

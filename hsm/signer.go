@@ -103,6 +103,23 @@ type signResult struct {
 	err error
 }
 
+// signJob is one signature handed to a signing worker.
+type signJob struct {
+	ctx  context.Context
+	k    *Key
+	data []byte
+	// state is jobQueued until a worker takes the job or its caller gives
+	// up on it, whichever comes first.
+	state atomic.Int32
+	done  chan signResult
+}
+
+const (
+	jobQueued int32 = iota
+	jobTaken
+	jobAbandoned
+)
+
 func (m *Module) sign(ctx context.Context, k *Key, data []byte) (sig []byte, err error) {
 	ctx, end := m.startSpan(ctx, k)
 	defer func() { end(err) }()
@@ -113,26 +130,70 @@ func (m *Module) sign(ctx context.Context, k *Key, data []byte) (sig []byte, err
 		m.stats.rejected.Add(1)
 		return nil, unavailable("%d signatures already waiting for the HSM", n-1)
 	}
-	if err := m.slots.Acquire(ctx, 1); err != nil {
-		m.queued.Add(-1)
-		m.stats.rejected.Add(1)
-		return nil, unavailable("no signing slot within the deadline (%d slots, all busy): %v", m.cfg.SigningSlots, err)
-	}
-	m.queued.Add(-1)
-	done := make(chan signResult, 1)
-	go func() {
-		defer m.slots.Release(1)
-		start := time.Now()
-		sig, err := m.signInSlot(ctx, k, data)
-		m.stats.record(k.info.Purpose, time.Since(start), err)
-		m.observe(k, time.Since(start), err)
-		done <- signResult{sig, err}
-	}()
+	j := &signJob{ctx: ctx, k: k, data: data, done: make(chan signResult, 1)}
 	select {
-	case r := <-done:
+	case m.jobs <- j:
+	case <-ctx.Done():
+		// The queue is full of abandoned jobs behind hung workers.
+		j.state.Store(jobAbandoned)
+		return nil, m.noSlot(ctx)
+	case <-m.quit:
+		m.queued.Add(-1)
+		return nil, unavailable("module is closed")
+	}
+	select {
+	case r := <-j.done:
 		return r.sig, r.err
 	case <-ctx.Done():
+		if j.state.CompareAndSwap(jobQueued, jobAbandoned) {
+			return nil, m.noSlot(ctx)
+		}
 		return nil, unavailable("signing with %q: %v", k.info.Label, ctx.Err())
+	case <-m.quit:
+		if j.state.CompareAndSwap(jobQueued, jobAbandoned) {
+			m.queued.Add(-1)
+		}
+		return nil, unavailable("module is closed")
+	}
+}
+
+// noSlot counts and describes a signature that no worker took in time.
+func (m *Module) noSlot(ctx context.Context) error {
+	m.queued.Add(-1)
+	m.stats.rejected.Add(1)
+	return unavailable("no signing slot within the deadline (%d slots, all busy): %v", m.cfg.SigningSlots, ctx.Err())
+}
+
+// startWorkers starts one long-lived signing worker per slot. A worker owns
+// its slot for as long as the module is open: a signature is a hand-off to a
+// warm goroutine rather than a new goroutine and a semaphore each time, and
+// a cgo call that hangs holds exactly one worker, so hung calls never exceed
+// the slot count.
+func (m *Module) startWorkers() {
+	for range m.cfg.SigningSlots {
+		m.workers.Add(1)
+		go m.worker()
+	}
+}
+
+func (m *Module) worker() {
+	defer m.workers.Done()
+	for {
+		select {
+		case <-m.quit:
+			return
+		case j := <-m.jobs:
+			if !j.state.CompareAndSwap(jobQueued, jobTaken) {
+				continue // its caller gave up and already left the queue
+			}
+			m.queued.Add(-1)
+			start := time.Now()
+			sig, err := m.signInSlot(j.ctx, j.k, j.data)
+			d := time.Since(start)
+			m.stats.record(j.k.info.Purpose, d, err)
+			m.observe(j.k, d, err)
+			j.done <- signResult{sig, err}
+		}
 	}
 }
 
