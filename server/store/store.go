@@ -132,7 +132,7 @@ type Reader interface {
 	OutboxFor(ctx context.Context, requestID, eventType string) ([]OutboxItem, error)
 	// OutboxSummary counts outbox rows per sink and state.
 	OutboxSummary(ctx context.Context) ([]SinkSummary, error)
-	// DeadLetters returns the dead rows, newest first.
+	// DeadLetters returns the dead rows nobody acknowledged, newest first.
 	DeadLetters(ctx context.Context, limit int) ([]OutboxItem, error)
 
 	// SoloAcknowledged returns pending solo requests whose alert was
@@ -220,6 +220,14 @@ type Tx interface {
 	ClaimOutbox(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]OutboxItem, error)
 	// FinishOutbox records the outcome of a delivery attempt.
 	FinishOutbox(ctx context.Context, it OutboxItem) error
+	// PruneOutbox deletes up to limit rows delivered before the cut-off,
+	// and up to limit dead rows acknowledged before it, oldest first, and
+	// returns how many. Pending rows and unacknowledged dead rows stay.
+	PruneOutbox(ctx context.Context, before time.Time, limit int) (int, error)
+	// AckDeadLetter records that an operator dealt with a dead row: it
+	// leaves the report and may be pruned after the retention. ErrNotFound
+	// when there is no such unacknowledged dead row.
+	AckDeadLetter(ctx context.Context, eventID, sink string, at time.Time) error
 
 	// AddPostReview opens a post-use review.
 	AddPostReview(ctx context.Context, pr PostReview) error
@@ -350,7 +358,8 @@ type OutboxItem struct {
 	DeliveredAt time.Time
 }
 
-// SinkSummary is the outbox's state for one sink.
+// SinkSummary is the outbox's state for one sink: rows pending, rows
+// delivered and not yet pruned, rows dead (acknowledged or not).
 type SinkSummary struct {
 	Sink          string
 	Pending       int

@@ -21,10 +21,11 @@ func (t *Tx) ActiveGrants(ctx context.Context, now time.Time) ([]*request.Reques
 	return t.queryRequests(ctx, `SELECT `+requestCols+` FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ? ORDER BY grant_expires_at`, nanos(now))
 }
 
-// Counts implements store.Reader.
+// Counts implements store.Reader from counters the write transactions keep
+// (request_counts, token_count) and the partial index of open grants.
 func (t *Tx) Counts(ctx context.Context, now time.Time) (store.Counts, error) {
 	c := store.Counts{Requests: map[request.State]int{}}
-	rows, err := t.Q.QueryContext(ctx, `SELECT state, COUNT(*) FROM requests GROUP BY state`)
+	rows, err := t.Q.QueryContext(ctx, `SELECT state, n FROM request_counts`)
 	if err != nil {
 		return c, err
 	}
@@ -35,12 +36,14 @@ func (t *Tx) Counts(ctx context.Context, now time.Time) (store.Counts, error) {
 		if err := rows.Scan(&state, &n); err != nil {
 			return c, err
 		}
-		c.Requests[request.State(state)] = n
+		if n != 0 {
+			c.Requests[request.State(state)] = n
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return c, err
 	}
-	err = t.Q.QueryRowContext(ctx, t.q(`SELECT (SELECT COUNT(*) FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ?), (SELECT COUNT(*) FROM tokens)`),
+	err = t.Q.QueryRowContext(ctx, t.q(`SELECT (SELECT COUNT(*) FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ?), (SELECT COALESCE(MAX(n), 0) FROM token_count)`),
 		nanos(now)).Scan(&c.ActiveGrants, &c.Tokens)
 	return c, err
 }
@@ -71,7 +74,11 @@ func (t *Tx) TokensOutstanding(ctx context.Context, now time.Time) ([]store.Toke
 // LastUse implements store.Reader.
 func (t *Tx) LastUse(ctx context.Context, account string, drill bool) (time.Time, error) {
 	var at sql.NullInt64
-	err := t.Q.QueryRowContext(ctx, t.q(`SELECT MAX(first_issued_at) FROM requests WHERE account = ? AND drill = ? AND issued > 0`), account, boolInt(drill)).Scan(&at)
+	err := t.Q.QueryRowContext(ctx, t.q(`SELECT first_issued_at FROM requests WHERE account = ? AND drill = ? AND issued > 0 AND first_issued_at IS NOT NULL
+		ORDER BY first_issued_at DESC LIMIT 1`), account, boolInt(drill)).Scan(&at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	}
 	return fromNull(at), err
 }
 

@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -82,21 +83,23 @@ func (t *Tx) OutboxFor(ctx context.Context, requestID, eventType string) ([]stor
 
 // DeadLetters implements store.Reader.
 func (t *Tx) DeadLetters(ctx context.Context, limit int) ([]store.OutboxItem, error) {
-	rows, err := t.Q.QueryContext(ctx, `SELECT `+outboxCols+` FROM outbox WHERE state = 'dead' ORDER BY created_at DESC LIMIT `+strconv.Itoa(max(limit, 1)))
+	rows, err := t.Q.QueryContext(ctx, `SELECT `+outboxCols+` FROM outbox WHERE state = 'dead' AND acked_at IS NULL ORDER BY created_at DESC LIMIT `+strconv.Itoa(max(limit, 1)))
 	if err != nil {
 		return nil, err
 	}
 	return scanOutbox(rows)
 }
 
-// OutboxSummary implements store.Reader.
+// OutboxSummary implements store.Reader from the counters the write
+// transactions keep (outbox_counts), and the oldest pending row of each
+// sink from the partial index of pending rows.
 func (t *Tx) OutboxSummary(ctx context.Context) ([]store.SinkSummary, error) {
-	rows, err := t.Q.QueryContext(ctx, `SELECT sink,
-		SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END),
-		SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END),
-		SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END),
-		COALESCE(MIN(CASE WHEN state = 'pending' THEN created_at END), 0)
-		FROM outbox GROUP BY sink ORDER BY sink`)
+	rows, err := t.Q.QueryContext(ctx, `SELECT c.sink,
+		SUM(CASE WHEN c.state = 'pending' THEN c.n ELSE 0 END),
+		SUM(CASE WHEN c.state = 'delivered' THEN c.n ELSE 0 END),
+		SUM(CASE WHEN c.state = 'dead' THEN c.n ELSE 0 END),
+		COALESCE((SELECT MIN(o.created_at) FROM outbox o WHERE o.state = 'pending' AND o.sink = c.sink), 0)
+		FROM outbox_counts c GROUP BY c.sink HAVING SUM(c.n) > 0 ORDER BY c.sink`)
 	if err != nil {
 		return nil, err
 	}
@@ -114,4 +117,44 @@ func (t *Tx) OutboxSummary(ctx context.Context) ([]store.SinkSummary, error) {
 		out = append(out, s)
 	}
 	return out, rows.Err()
+}
+
+// PruneOutbox implements store.Tx: one batch of delivered rows delivered
+// before the cut-off, and of dead rows acknowledged before it, oldest
+// first, each found through its partial index. Pending rows and dead rows
+// nobody acknowledged are never touched.
+func (t *Tx) PruneOutbox(ctx context.Context, before time.Time, limit int) (int, error) {
+	lim := strconv.Itoa(max(limit, 1))
+	total := 0
+	for _, q := range []string{
+		`DELETE FROM outbox WHERE (event_id, sink) IN (SELECT event_id, sink FROM outbox
+			WHERE state = 'delivered' AND delivered_at < ? ORDER BY delivered_at LIMIT ` + lim + `)`,
+		`DELETE FROM outbox WHERE (event_id, sink) IN (SELECT event_id, sink FROM outbox
+			WHERE state = 'dead' AND acked_at IS NOT NULL AND acked_at < ? ORDER BY acked_at LIMIT ` + lim + `)`,
+	} {
+		res, err := t.exec(ctx, q, nanos(before))
+		if err != nil {
+			return total, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, err
+		}
+		total += int(n)
+	}
+	return total, nil
+}
+
+// AckDeadLetter implements store.Tx.
+func (t *Tx) AckDeadLetter(ctx context.Context, eventID, sink string, at time.Time) error {
+	res, err := t.exec(ctx, `UPDATE outbox SET acked_at = ? WHERE event_id = ? AND sink = ? AND state = 'dead' AND acked_at IS NULL`, nanos(at), eventID, sink)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != 1 {
+		return fmt.Errorf("%w: no unacknowledged dead letter %s for sink %s", store.ErrNotFound, eventID, sink)
+	}
+	return nil
 }

@@ -168,18 +168,45 @@ func (t *Tx) Request(ctx context.Context, id string) (*request.Request, error) {
 	return r, nil
 }
 
+// reviewChunk bounds the ids bound in one reviews query; shorter lists are
+// padded to a few fixed lengths so that the statement cache holds a handful
+// of texts, whatever the number of requests read.
+var reviewChunks = []int{1, 8, 64, 512}
+
+// loadReviews reads the reviews of rs in bounded chunks, each a search of
+// the reviews' primary key: however many requests a caller reads (40,000
+// active grants), no statement binds more than 512 variables.
 func (t *Tx) loadReviews(ctx context.Context, rs []*request.Request) error {
-	if len(rs) == 0 {
-		return nil
-	}
-	byID := map[string]*request.Request{}
-	args := make([]any, 0, len(rs))
+	byID := make(map[string]*request.Request, len(rs))
 	for _, r := range rs {
 		byID[r.ID] = r
-		args = append(args, r.ID)
 	}
+	for start := 0; start < len(rs); {
+		n := len(rs) - start
+		size := reviewChunks[len(reviewChunks)-1]
+		for _, c := range reviewChunks {
+			if n <= c {
+				size = c
+				break
+			}
+		}
+		n = min(n, size)
+		args := make([]any, size)
+		for i := range size {
+			// Padding repeats the last id: IN ignores duplicates.
+			args[i] = rs[start+min(i, n-1)].ID
+		}
+		if err := t.reviewsIn(ctx, byID, args); err != nil {
+			return err
+		}
+		start += n
+	}
+	return nil
+}
+
+func (t *Tx) reviewsIn(ctx context.Context, byID map[string]*request.Request, ids []any) error {
 	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert
-		FROM reviews WHERE request_id IN (?`+strings.Repeat(",?", len(rs)-1)+`) ORDER BY entry_index`), args...)
+		FROM reviews WHERE request_id IN (?`+strings.Repeat(",?", len(ids)-1)+`) ORDER BY request_id, entry_index`), ids...)
 	if err != nil {
 		return err
 	}
@@ -201,49 +228,91 @@ func (t *Tx) loadReviews(ctx context.Context, rs []*request.Request) error {
 	return rows.Err()
 }
 
-// Requests implements store.Reader.
+// Requests implements store.Reader. Each combination of one state and one
+// account is a range of one index in page order (requests_by_*), read up
+// to the limit; several states or accounts are merged here, so no query
+// sorts or filters more rows than it returns.
 func (t *Tx) Requests(ctx context.Context, f store.Filter) ([]*request.Request, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	states := []string{""}
+	if len(f.States) > 0 {
+		states = states[:0]
+		for _, st := range f.States {
+			if !slices.Contains(states, string(st)) {
+				states = append(states, string(st))
+			}
+		}
+	}
+	accounts := []string{f.Account}
+	if len(f.Accounts) > 0 {
+		accounts = accounts[:0]
+		for _, a := range f.Accounts {
+			if f.Account != "" && a != f.Account {
+				continue
+			}
+			if !slices.Contains(accounts, a) {
+				accounts = append(accounts, a)
+			}
+		}
+		if len(accounts) == 0 {
+			return nil, nil
+		}
+	}
+	var out []*request.Request
+	for _, st := range states {
+		for _, acct := range accounts {
+			rs, err := t.requestsRange(ctx, st, acct, f, limit)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, rs...)
+		}
+	}
+	if len(states)*len(accounts) > 1 {
+		slices.SortFunc(out, func(a, b *request.Request) int {
+			if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+				return c
+			}
+			return strings.Compare(b.ID, a.ID)
+		})
+		out = out[:min(len(out), limit)]
+	}
+	return out, t.loadReviews(ctx, out)
+}
+
+func (t *Tx) requestsRange(ctx context.Context, state, account string, f store.Filter, limit int) ([]*request.Request, error) {
 	var (
 		where []string
 		args  []any
 	)
-	if len(f.States) > 0 {
-		where = append(where, "state IN (?"+strings.Repeat(",?", len(f.States)-1)+")")
-		for _, s := range f.States {
-			args = append(args, string(s))
-		}
+	if state != "" {
+		where = append(where, "state = ?")
+		args = append(args, state)
 	}
-	if f.Account != "" {
+	if account != "" {
 		where = append(where, "account = ?")
-		args = append(args, f.Account)
-	}
-	if len(f.Accounts) > 0 {
-		where = append(where, "account IN (?"+strings.Repeat(",?", len(f.Accounts)-1)+")")
-		for _, a := range f.Accounts {
-			args = append(args, a)
-		}
+		args = append(args, account)
 	}
 	if f.Requester != "" {
 		where = append(where, "requester = ?")
 		args = append(args, f.Requester)
 	}
 	if !f.BeforeTime.IsZero() {
-		where = append(where, "(created_at < ? OR (created_at = ? AND id < ?))")
-		args = append(args, nanos(f.BeforeTime), nanos(f.BeforeTime), f.BeforeID)
-	}
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
+		where = append(where, "(created_at, id) < (?, ?)")
+		args = append(args, nanos(f.BeforeTime), f.BeforeID)
 	}
 	query := `SELECT ` + requestCols + ` FROM requests`
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
 	query += " ORDER BY created_at DESC, id DESC LIMIT " + strconv.Itoa(limit)
-	return t.queryRequests(ctx, query, args...)
+	return t.scanRequests(ctx, query, args...)
 }
 
-func (t *Tx) queryRequests(ctx context.Context, query string, args ...any) ([]*request.Request, error) {
+func (t *Tx) scanRequests(ctx context.Context, query string, args ...any) ([]*request.Request, error) {
 	rows, err := t.Q.QueryContext(ctx, t.q(query), args...)
 	if err != nil {
 		return nil, err
@@ -263,16 +332,70 @@ func (t *Tx) queryRequests(ctx context.Context, query string, args ...any) ([]*r
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	return out, nil
+}
+
+func (t *Tx) queryRequests(ctx context.Context, query string, args ...any) ([]*request.Request, error) {
+	out, err := t.scanRequests(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
 	return out, t.loadReviews(ctx, out)
 }
 
-// DueForExpiry implements store.Reader.
+// DueForExpiry implements store.Reader: one search per deadline, each over
+// a partial index that holds open requests only, so the sweep costs the
+// number of requests due, never the number ever made.
 func (t *Tx) DueForExpiry(ctx context.Context, now time.Time, limit int) ([]*request.Request, error) {
 	n := nanos(now)
-	return t.queryRequests(ctx, `SELECT `+requestCols+` FROM requests
-		WHERE (state = 'PENDING' AND approval_deadline <= ?)
-		   OR (state = 'APPROVED' AND (grant_expires_at <= ? OR (issued = 0 AND activation_deadline <= ?)))
-		ORDER BY created_at LIMIT `+strconv.Itoa(max(limit, 1)), n, n, n)
+	limit = max(limit, 1)
+	lim := strconv.Itoa(limit)
+	type due struct {
+		r  *request.Request
+		at int64
+	}
+	var all []due
+	seen := map[string]bool{}
+	for _, q := range []struct{ where, col string }{
+		{"state = 'PENDING' AND approval_deadline <= ?", "approval_deadline"},
+		{"state = 'APPROVED' AND grant_expires_at <= ?", "grant_expires_at"},
+		{"state = 'APPROVED' AND issued = 0 AND activation_deadline <= ?", "activation_deadline"},
+	} {
+		rs, err := t.scanRequests(ctx, `SELECT `+requestCols+` FROM requests WHERE `+q.where+` ORDER BY `+q.col+` LIMIT `+lim, n)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rs {
+			if seen[r.ID] {
+				continue
+			}
+			seen[r.ID] = true
+			at := r.ApprovalDeadline
+			switch q.col {
+			case "grant_expires_at":
+				at = r.GrantExpiresAt
+			case "activation_deadline":
+				at = r.ActivationDeadline
+			}
+			all = append(all, due{r, nanos(at)})
+		}
+	}
+	slices.SortStableFunc(all, func(a, b due) int { return cmpInt(a.at, b.at) })
+	out := make([]*request.Request, 0, min(len(all), limit))
+	for _, d := range all[:min(len(all), limit)] {
+		out = append(out, d.r)
+	}
+	return out, t.loadReviews(ctx, out)
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // CreateRequest implements store.Tx.
