@@ -107,11 +107,12 @@ func setup(ctx context.Context, work string) (*env, error) {
 // openDirect opens crypto11 itself on the benchmark token and finds the
 // token key there.
 func (e *env) openDirect() error {
-	path, err := e.cfg.HSM.ResolveModule()
+	hc := daemon.HSMConfig(e.cfg.HSM)
+	path, err := hc.ResolveModule()
 	if err != nil {
 		return err
 	}
-	pin, err := e.cfg.HSM.ReadPIN()
+	pin, err := hc.ReadPIN()
 	if err != nil {
 		return err
 	}

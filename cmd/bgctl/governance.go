@@ -99,7 +99,7 @@ func (a *app) reportCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
-				rep, err := c.GetReport(ctx, &bgv1.GetReportRequest{})
+				rep, err := fetchReport(ctx, c)
 				if err != nil {
 					return err
 				}
@@ -228,4 +228,24 @@ func printWitnesses(out io.Writer, ws []*bgv1.WitnessStatus) {
 		}
 		fmt.Fprintf(out, "  %s (%s): %s; %s\n", w.GetName(), w.GetUrl(), cosigned, state)
 	}
+}
+
+// fetchReport reads every page of the report into one: the first page
+// carries every section, the ones after it further grants and tokens.
+func fetchReport(ctx context.Context, c *client.Client) (*bgv1.GetReportResponse, error) {
+	rep, err := c.GetReport(ctx, &bgv1.GetReportRequest{})
+	if err != nil {
+		return nil, err
+	}
+	for token := rep.GetNextPageToken(); token != ""; {
+		next, err := c.GetReport(ctx, &bgv1.GetReportRequest{PageToken: token})
+		if err != nil {
+			return nil, err
+		}
+		rep.ActiveGrants = append(rep.ActiveGrants, next.GetActiveGrants()...)
+		rep.Tokens = append(rep.Tokens, next.GetTokens()...)
+		token = next.GetNextPageToken()
+	}
+	rep.NextPageToken = ""
+	return rep, nil
 }

@@ -47,6 +47,9 @@ func (b *Broker) Run(ctx context.Context) {
 			}); err != nil && ctx.Err() == nil {
 				b.log.Warn("forgetting old idempotency keys failed", "err", err)
 			}
+			if _, err := b.PruneOutbox(ctx); err != nil && ctx.Err() == nil {
+				b.log.Warn("pruning delivered events from the outbox failed", "err", err)
+			}
 		}
 		if err := b.flushCerts(ctx); err != nil && ctx.Err() == nil {
 			b.log.Error("recording client certificates failed", "err", err)
@@ -60,18 +63,38 @@ func (b *Broker) Run(ctx context.Context) {
 	}
 }
 
+// sweepBatch is how many due requests one read of the sweep takes; the
+// sweep goes on reading until none is left.
+const sweepBatch = 100
+
 // Sweep records every deadline that has passed: pending requests whose
 // approval window ended, grants never activated, grants that ended. It
-// returns how many requests it expired.
+// drains any backlog (after a long outage, thousands may be due at once),
+// one bounded batch at a time, and returns how many requests it expired.
 func (b *Broker) Sweep(ctx context.Context) (int, error) {
 	now := b.now().UTC()
+	total := 0
+	for {
+		n, full, err := b.sweepOnce(ctx, now)
+		total += n
+		// A full batch in which nothing expired would be read again
+		// unchanged: stop rather than spin (the next tick retries).
+		if err != nil || !full || n == 0 {
+			return total, err
+		}
+	}
+}
+
+// sweepOnce expires one batch of due requests and says whether the batch
+// was full.
+func (b *Broker) sweepOnce(ctx context.Context, now time.Time) (int, bool, error) {
 	var due []*request.Request
 	if err := b.view(ctx, func(r store.Reader) error {
 		var err error
-		due, err = r.DueForExpiry(ctx, now, 100)
+		due, err = r.DueForExpiry(ctx, now, sweepBatch)
 		return err
 	}); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	n := 0
 	for _, d := range due {
@@ -107,14 +130,42 @@ func (b *Broker) Sweep(ctx context.Context) (int, error) {
 			return b.emit(ctx, tx, requestEvent(event.RequestExpired, r, "broker", fmt.Sprintf("request %s on %s expired: %s", r.ID, r.Account, reason), &rec), nil)
 		})
 		if err != nil {
-			return n, err
+			return n, false, err
 		}
 		b.notify(d.ID)
 		if ended != nil {
 			b.grantEnded(ended.Account, ended.Issued)
 		}
 	}
-	return n, nil
+	return n, len(due) == sweepBatch, nil
+}
+
+// pruneBatch bounds the rows one pruning transaction deletes, so that the
+// writer is never held long.
+const pruneBatch = 500
+
+// PruneOutbox deletes delivered events older than the retention, and dead
+// letters acknowledged longer ago than it, in bounded batches until none
+// is left; it returns how many rows it deleted. Each batch is its own
+// transaction deleting delivered rows only: a crash between batches loses
+// nothing that was not already delivered.
+func (b *Broker) PruneOutbox(ctx context.Context) (int, error) {
+	before := b.now().Add(-b.cfg.OutboxRetention)
+	total := 0
+	for {
+		var n int
+		if err := b.store.Update(ctx, func(tx store.Tx) error {
+			var err error
+			n, err = tx.PruneOutbox(ctx, before, pruneBatch)
+			return err
+		}); err != nil {
+			return total, err
+		}
+		total += n
+		if n == 0 {
+			return total, nil
+		}
+	}
 }
 
 // SignBacklog signs entries written while the HSM was down, oldest first.

@@ -47,6 +47,9 @@ type Config struct {
 	// SweepInterval is how often deadlines are recorded and unsigned
 	// entries retried (default 1s).
 	SweepInterval time.Duration
+	// OutboxRetention is how long delivered events, and dead letters once
+	// acknowledged, stay in the outbox (default 7 days).
+	OutboxRetention time.Duration
 	// DenialWindow is the aggregation window of permission_denied entries
 	// (default one minute).
 	DenialWindow time.Duration
@@ -174,6 +177,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = time.Second
+	}
+	if cfg.OutboxRetention <= 0 {
+		cfg.OutboxRetention = 7 * 24 * time.Hour
 	}
 	if cfg.DenialWindow <= 0 {
 		cfg.DenialWindow = time.Minute

@@ -346,7 +346,7 @@ func (b *Broker) Overdue(ctx context.Context) error {
 		return nil
 	}
 	now := b.now().UTC()
-	rep, err := b.report(ctx, b.Policy(), now)
+	rep, err := b.lateWork(ctx, b.Policy(), now)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/bgbroker/breakglass/server/notify"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/store/storetest"
 	"github.com/bgbroker/breakglass/server/witness"
 )
 
@@ -194,14 +195,14 @@ func TestDeadLetterIsAuditedAndReported(t *testing.T) {
 	if last.Type != audit.TypeAlertDead || !strings.Contains(string(last.Bytes), "receiver answered 500") {
 		t.Fatalf("last entry %s", last.Bytes)
 	}
-	rep, err := h.b.Report(h.ctx, "dave")
+	rep, err := h.b.Report(h.ctx, "dave", broker.ReportPage{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(rep.DeadLetters) != 1 || rep.DeadLetters[0].Sink != "slack" {
 		t.Fatalf("dead letters %+v", rep.DeadLetters)
 	}
-	if _, err := h.b.Report(h.ctx, "alice"); broker.KindOf(err) != broker.KindPermission {
+	if _, err := h.b.Report(h.ctx, "alice", broker.ReportPage{}); broker.KindOf(err) != broker.KindPermission {
 		t.Fatalf("requester reads the report: %v", err)
 	}
 }
@@ -315,7 +316,7 @@ func TestPostUseReviews(t *testing.T) {
 	h.clock.Advance(25*time.Hour + time.Hour)
 	_, err = h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "again"})
 	wantKind(t, err, broker.KindState, "must be closed before")
-	rep, _ := h.b.Report(h.ctx, "dave")
+	rep, _ := h.b.Report(h.ctx, "dave", broker.ReportPage{})
 	if len(rep.OverdueReviews) != 1 {
 		t.Fatalf("overdue reviews %d", len(rep.OverdueReviews))
 	}
@@ -487,5 +488,61 @@ func TestWitnessSplitViewAlertsEverySinkOnce(t *testing.T) {
 	if err := json.Unmarshal(ev.Details, &d); err != nil || !strings.HasSuffix(d.Checkpoint, "— sig\n— witness.test/w1 AAAA\n— witness.test/w2 BBBB\n") ||
 		strings.Join(d.By, ",") != "witness.test/w1,witness.test/w2" {
 		t.Fatalf("checkpoint event %s: %v", ev.Details, err)
+	}
+}
+
+// A backlog larger than a sweep batch (after an outage, say) is drained in
+// one sweep, not a hundred a tick.
+func TestSweepDrainsBacklog(t *testing.T) {
+	h := newGovHarness(t)
+	const n = 250
+	storetest.FillActiveGrants(t, h.store, "prod-db", n, h.clock.Now())
+	h.clock.Advance(2 * time.Hour)
+	got, err := h.b.Sweep(h.ctx)
+	if err != nil || got != n {
+		t.Fatalf("sweep expired %d, %v; want %d", got, err, n)
+	}
+	_ = h.store.View(h.ctx, func(r store.Reader) error {
+		c, err := r.Counts(h.ctx, h.clock.Now())
+		if err != nil || c.ActiveGrants != 0 || c.Requests["EXPIRED"] != n {
+			t.Errorf("counts after the sweep: %+v, %v", c, err)
+		}
+		return nil
+	})
+	h.verifyChain()
+}
+
+// A caller who may see none of many requests gets short pages, each
+// bounded in the rows it read, with a token to go on, instead of one call
+// that walks the whole history.
+func TestListRequestsExaminesBoundedRows(t *testing.T) {
+	h := newGovHarness(t)
+	const n = 250
+	storetest.FillActiveGrants(t, h.store, "prod-db", n, h.clock.Now())
+	calls, token := 0, ""
+	for {
+		calls++
+		out, next, err := h.b.ListRequests(h.ctx, "frank", broker.ListInput{PageSize: 10, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 0 {
+			t.Fatalf("frank sees %d requests of others", len(out))
+		}
+		if next == "" {
+			break
+		}
+		if calls > n {
+			t.Fatal("the pages never end")
+		}
+		token = next
+	}
+	if calls != 3 {
+		t.Fatalf("%d calls to read %d hidden requests at most 100 rows a call, want 3", calls, n)
+	}
+	// Someone who sees them all gets full pages.
+	out, next, err := h.b.ListRequests(h.ctx, "dave", broker.ListInput{PageSize: 10})
+	if err != nil || len(out) != 10 || next == "" {
+		t.Fatalf("auditor: %d requests, next %q, %v", len(out), next, err)
 	}
 }

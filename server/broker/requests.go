@@ -256,13 +256,23 @@ func (b *Broker) ListRequests(ctx context.Context, caller string, in ListInput) 
 	now := b.now()
 	var out []*request.Request
 	next := ""
+	// A call examines a bounded number of rows: past it, the page ends
+	// short with a token where the reading stopped (requests the caller
+	// may not see, or stored open but past their deadline, are skipped
+	// here), so that no call walks the history.
+	examined, maxExamined := 0, 10*size
 	err := b.view(ctx, func(r store.Reader) error {
 		for len(out) < size {
+			if examined >= maxExamined {
+				next = encodePageToken(f.BeforeTime, f.BeforeID)
+				return nil
+			}
 			batch, err := r.Requests(ctx, f)
 			if err != nil {
 				return err
 			}
 			for _, req := range batch {
+				examined++
 				f.BeforeTime, f.BeforeID = req.CreatedAt, req.ID
 				if !b.canSee(p, req, caller) {
 					continue

@@ -234,6 +234,10 @@ type Notify struct {
 	Workers int `yaml:"workers"`
 	// PollInterval is how often due retries are looked for.
 	PollInterval time.Duration `yaml:"poll_interval"`
+	// Retention is how long delivered events (and dead letters once
+	// acknowledged) stay in the outbox before they are pruned; pending and
+	// unacknowledged dead events stay until delivered or acknowledged.
+	Retention time.Duration `yaml:"retention"`
 }
 
 // Sink is one destination of announcements.

@@ -34,6 +34,7 @@ const (
 	DefaultWorkers               = 4
 	DefaultPollInterval          = 500 * time.Millisecond
 	DefaultSinkTimeout           = 10 * time.Second
+	DefaultRetention             = 7 * 24 * time.Hour
 	DefaultSampleRatio           = 1.0
 	DefaultServiceName           = "breakglassd"
 
@@ -104,6 +105,7 @@ func (n *Notify) setDefaults() {
 	orDuration(&n.BackoffMax, DefaultBackoffMax)
 	orInt(&n.Workers, DefaultWorkers)
 	orDuration(&n.PollInterval, DefaultPollInterval)
+	orDuration(&n.Retention, DefaultRetention)
 	for i := range n.Sinks {
 		orDuration(&n.Sinks[i].Timeout, DefaultSinkTimeout)
 	}

@@ -95,7 +95,7 @@ func (d *Daemon) newCheckpointer(ctx context.Context) (err error) {
 // records the first keys in the registry.
 func (d *Daemon) newBroker(ctx context.Context) (err error) {
 	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: d.policy, PolicySource: d.policySource, Keys: d.ring,
-		Now: d.now, Log: d.log, SweepInterval: d.cfg.SweepInterval, Origin: d.origin, Certs: d.ident,
+		Now: d.now, Log: d.log, SweepInterval: d.cfg.SweepInterval, OutboxRetention: d.cfg.Notify.Retention, Origin: d.origin, Certs: d.ident,
 		Routes: notify.NewRouter(sinkConfigs(d.cfg.Notify.Sinks)), Observer: observer{d},
 		Witnesses: d.witnessing(d.ctx, d.Checkpoints), Authorities: d.brokerAuthorities()})
 	if err != nil {

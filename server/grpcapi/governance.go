@@ -5,6 +5,7 @@ import (
 	"time"
 
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/store"
 )
 
@@ -45,12 +46,12 @@ func (g *governanceServer) ClosePostReview(ctx context.Context, in *bgv1.ClosePo
 	return &bgv1.ClosePostReviewResponse{Review: postReviewProto(*pr, g.s.b.Now()), Entry: ref(rec)}, nil
 }
 
-func (g *governanceServer) GetReport(ctx context.Context, _ *bgv1.GetReportRequest) (*bgv1.GetReportResponse, error) {
-	rep, err := g.s.b.Report(ctx, caller(ctx))
+func (g *governanceServer) GetReport(ctx context.Context, in *bgv1.GetReportRequest) (*bgv1.GetReportResponse, error) {
+	rep, err := g.s.b.Report(ctx, caller(ctx), broker.ReportPage{Size: int(in.PageSize), Token: in.PageToken})
 	if err != nil {
 		return nil, g.s.toStatus(ctx, err)
 	}
-	out := &bgv1.GetReportResponse{Time: ts(rep.Time)}
+	out := &bgv1.GetReportResponse{Time: ts(rep.Time), NextPageToken: rep.NextPageToken}
 	for _, r := range rep.ActiveGrants {
 		out.ActiveGrants = append(out.ActiveGrants, toProto(r))
 	}

@@ -85,6 +85,22 @@ type Filter struct {
 	Limit int
 }
 
+// Page is a keyset page: the rows after (AfterTime, AfterID) in the
+// listing's order, at most Limit of them (zero means 100).
+type Page struct {
+	AfterTime time.Time
+	AfterID   string
+	Limit     int
+}
+
+// Size is the page's limit with its default.
+func (p Page) Size() int {
+	if p.Limit <= 0 {
+		return 100
+	}
+	return p.Limit
+}
+
 // Reader reads in a transaction or snapshot.
 type Reader interface {
 	// Request returns a request with its reviews, or ErrNotFound.
@@ -138,10 +154,14 @@ type Reader interface {
 	// SoloAcknowledged returns pending solo requests whose alert was
 	// acknowledged (their veto windows are running).
 	SoloAcknowledged(ctx context.Context) ([]*request.Request, error)
-	// ActiveGrants returns APPROVED requests whose grant has not ended at now.
-	ActiveGrants(ctx context.Context, now time.Time) ([]*request.Request, error)
-	// TokensOutstanding returns tokens not yet expired at now.
-	TokensOutstanding(ctx context.Context, now time.Time) ([]TokenRecord, error)
+	// ActiveGrants returns one page of APPROVED requests whose grant has
+	// not ended at now, in order of grant end then id, after the page's
+	// cursor (grant end and id).
+	ActiveGrants(ctx context.Context, now time.Time, page Page) ([]*request.Request, error)
+	// TokensOutstanding returns one page of tokens not yet expired at now
+	// whose grant was not revoked, in order of expiry then jti, after the
+	// page's cursor (expiry and jti).
+	TokensOutstanding(ctx context.Context, now time.Time, page Page) ([]TokenRecord, error)
 	// LastUse is the first issuance of the newest grant of the account
 	// that issued a token (drill selects drills or real use); zero if none.
 	LastUse(ctx context.Context, account string, drill bool) (time.Time, error)

@@ -359,8 +359,17 @@ func (x *ClosePostReviewResponse) GetEntry() *AuditRef {
 	return nil
 }
 
+// GetReportRequest asks for one page of the standing-access report. The
+// first page carries every section; the pages after it carry only further
+// active grants and outstanding tokens, so that no reply outgrows the
+// message limit however many grants are open.
 type GetReportRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many active grants, and this many tokens, per page
+	// (default 100, at most 200).
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -393,6 +402,20 @@ func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetReportRequest.ProtoReflect.Descriptor instead.
 func (*GetReportRequest) Descriptor() ([]byte, []int) {
 	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetReportRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *GetReportRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 // OutstandingToken is a token that has not expired.
@@ -850,7 +873,9 @@ type GetReportResponse struct {
 	Outbox         []*SinkStatus       `protobuf:"bytes,8,rep,name=outbox,proto3" json:"outbox,omitempty"`
 	ExpiringCerts  []*ExpiringCert     `protobuf:"bytes,9,rep,name=expiring_certs,json=expiringCerts,proto3" json:"expiring_certs,omitempty"`
 	// The witnesses the checkpoints go to (auditors only).
-	Witnesses     []*WitnessStatus `protobuf:"bytes,10,rep,name=witnesses,proto3" json:"witnesses,omitempty"`
+	Witnesses []*WitnessStatus `protobuf:"bytes,10,rep,name=witnesses,proto3" json:"witnesses,omitempty"`
+	// Set when more active grants or tokens follow: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,11,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -953,6 +978,13 @@ func (x *GetReportResponse) GetWitnesses() []*WitnessStatus {
 		return x.Witnesses
 	}
 	return nil
+}
+
+func (x *GetReportResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // WitnessStatus is a C2SP tlog-witness witness as the broker sees it.
@@ -1084,8 +1116,12 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\tsignature\x18\x04 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tsignature\"{\n" +
 	"\x17ClosePostReviewResponse\x121\n" +
 	"\x06review\x18\x01 \x01(\v2\x19.breakglass.v1.PostReviewR\x06review\x12-\n" +
-	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\x12\n" +
-	"\x10GetReportRequest\"\xe6\x01\n" +
+	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"d\n" +
+	"\x10GetReportRequest\x12'\n" +
+	"\tpage_size\x18\x01 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xc8\x01(\x00R\bpageSize\x12'\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\xe6\x01\n" +
 	"\x10OutstandingToken\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1d\n" +
 	"\n" +
@@ -1131,7 +1167,7 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\tR\x06serial\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\xe6\x04\n" +
+	"expireTime\"\x8e\x05\n" +
 	"\x11GetReportResponse\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12;\n" +
 	"\ractive_grants\x18\x02 \x03(\v2\x16.breakglass.v1.RequestR\factiveGrants\x127\n" +
@@ -1143,7 +1179,8 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\x06outbox\x18\b \x03(\v2\x19.breakglass.v1.SinkStatusR\x06outbox\x12B\n" +
 	"\x0eexpiring_certs\x18\t \x03(\v2\x1b.breakglass.v1.ExpiringCertR\rexpiringCerts\x12:\n" +
 	"\twitnesses\x18\n" +
-	" \x03(\v2\x1c.breakglass.v1.WitnessStatusR\twitnesses\"\xf5\x01\n" +
+	" \x03(\v2\x1c.breakglass.v1.WitnessStatusR\twitnesses\x12&\n" +
+	"\x0fnext_page_token\x18\v \x01(\tR\rnextPageToken\"\xf5\x01\n" +
 	"\rWitnessStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12#\n" +

@@ -277,3 +277,12 @@ func isUnavailable(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, sql.ErrConnDone) ||
 		pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed")
 }
+
+// Explain runs fn in a write transaction that is rolled back and returns
+// PostgreSQL's EXPLAIN of every statement it ran, with sequential scans,
+// bitmap scans and sorts priced out so that each plan shows whether an
+// index serves the query, in its order, at any table size.
+func (s *Store) Explain(ctx context.Context, fn func(store.Tx) error) ([]sqlstore.Plan, error) {
+	return sqlstore.Explain(ctx, s, sqlstore.Explainer{Prefix: "EXPLAIN ",
+		Setup: []string{"SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off", "SET LOCAL enable_sort = off"}}, fn)
+}

@@ -360,3 +360,9 @@ func (s *Store) Close() error {
 	errs = append(errs, s.writeStmts.Close(), s.writer.Close())
 	return errors.Join(errs...)
 }
+
+// Explain runs fn in a write transaction that is rolled back and returns
+// SQLite's EXPLAIN QUERY PLAN of every statement it ran.
+func (s *Store) Explain(ctx context.Context, fn func(store.Tx) error) ([]sqlstore.Plan, error) {
+	return sqlstore.Explain(ctx, s, sqlstore.Explainer{Prefix: "EXPLAIN QUERY PLAN "}, fn)
+}

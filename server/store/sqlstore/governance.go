@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/bgbroker/breakglass/server/request"
@@ -17,8 +18,14 @@ func (t *Tx) SoloAcknowledged(ctx context.Context) ([]*request.Request, error) {
 }
 
 // ActiveGrants implements store.Reader.
-func (t *Tx) ActiveGrants(ctx context.Context, now time.Time) ([]*request.Request, error) {
-	return t.queryRequests(ctx, `SELECT `+requestCols+` FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ? ORDER BY grant_expires_at`, nanos(now))
+func (t *Tx) ActiveGrants(ctx context.Context, now time.Time, page store.Page) ([]*request.Request, error) {
+	lim := strconv.Itoa(page.Size())
+	if page.AfterTime.IsZero() {
+		return t.queryRequests(ctx, `SELECT `+requestCols+` FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ?
+			ORDER BY grant_expires_at, id LIMIT `+lim, nanos(now))
+	}
+	return t.queryRequests(ctx, `SELECT `+requestCols+` FROM requests WHERE state = 'APPROVED' AND grant_expires_at > ?
+		AND (grant_expires_at, id) > (?, ?) ORDER BY grant_expires_at, id LIMIT `+lim, nanos(now), nanos(page.AfterTime), page.AfterID)
 }
 
 // Counts implements store.Reader from counters the write transactions keep
@@ -49,10 +56,17 @@ func (t *Tx) Counts(ctx context.Context, now time.Time) (store.Counts, error) {
 }
 
 // TokensOutstanding implements store.Reader.
-func (t *Tx) TokensOutstanding(ctx context.Context, now time.Time) ([]store.TokenRecord, error) {
+func (t *Tx) TokensOutstanding(ctx context.Context, now time.Time, page store.Page) ([]store.TokenRecord, error) {
+	after, afterID := nanos(now), ""
+	if !page.AfterTime.IsZero() {
+		after, afterID = max(after, nanos(page.AfterTime)), page.AfterID
+	}
+	// (expires_at, jti) > (after, afterID) with afterID "" is expires_at >=
+	// after: a page from now starts after now, hence the first condition.
 	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT t.jti, t.request_id, t.account, t.subject, t.audience, t.kid, t.issued_at, t.expires_at, t.token_sha256, t.drill, t.entry_index
 		FROM tokens t JOIN requests r ON r.id = t.request_id
-		WHERE t.expires_at > ? AND r.state != 'REVOKED' ORDER BY t.expires_at`), nanos(now))
+		WHERE t.expires_at > ? AND (t.expires_at, t.jti) > (?, ?) AND r.state != 'REVOKED' ORDER BY t.expires_at, t.jti LIMIT `+strconv.Itoa(page.Size())),
+		nanos(now), after, afterID)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,11 @@ func Run(t *testing.T, newStore Factory) {
 		t.Cleanup(func() { _ = o.Close() })
 		testOutboxTwoHandles(t, s, o)
 	})
+	t.Run("OutboxPruningKeepsWhatIsNotDelivered", func(t *testing.T) {
+		s, another := newStore(t)
+		t.Cleanup(func() { _ = s.Close() })
+		testOutboxPrune(t, s, another)
+	})
 	tests := []struct {
 		name string
 		fn   func(*testing.T, store.Store)
@@ -67,6 +72,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ApprovedEntry", testApprovedEntry},
 		{"ActiveKey", testActiveKey},
 		{"WitnessedAcrossPages", testWitnessedPages},
+		{"QueryPlansUseIndexes", testQueryPlans},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

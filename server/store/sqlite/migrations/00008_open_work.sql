@@ -4,10 +4,11 @@
 -- filter in page order, and counters kept in the write transaction.
 
 DROP INDEX requests_open;
--- The expiry sweep, one index per deadline, holding open requests only.
-CREATE INDEX requests_pending_due ON requests (approval_deadline) WHERE state = 'PENDING';
-CREATE INDEX requests_grant_due ON requests (grant_expires_at) WHERE state = 'APPROVED';
-CREATE INDEX requests_activation_due ON requests (activation_deadline) WHERE state = 'APPROVED' AND issued = 0;
+-- The expiry sweep, one index per deadline behind the state, so that a
+-- search reads the open requests due and nothing of the closed history.
+CREATE INDEX requests_pending_due ON requests (state, approval_deadline);
+CREATE INDEX requests_grant_due ON requests (state, grant_expires_at, id);
+CREATE INDEX requests_activation_due ON requests (state, issued, activation_deadline);
 -- Solo requests whose veto window is running.
 CREATE INDEX requests_solo_waiting ON requests (created_at) WHERE state = 'PENDING' AND solo = 1 AND solo_acked_at IS NOT NULL;
 -- ListRequests: each filter, and each pair of them, in page order.
@@ -16,10 +17,11 @@ CREATE INDEX requests_by_account ON requests (account, state, created_at DESC, i
 CREATE INDEX requests_by_account_any ON requests (account, created_at DESC, id DESC);
 CREATE INDEX requests_by_requester ON requests (requester, state, created_at DESC, id DESC);
 CREATE INDEX requests_by_requester_any ON requests (requester, created_at DESC, id DESC);
+CREATE INDEX requests_by_requester_account ON requests (requester, account, created_at DESC, id DESC);
 -- LastUse: the newest first issuance per account and drill flag.
 CREATE INDEX requests_last_use ON requests (account, drill, first_issued_at) WHERE issued > 0;
 
-CREATE INDEX tokens_expiry ON tokens (expires_at);
+CREATE INDEX tokens_expiry ON tokens (expires_at, jti);
 CREATE INDEX certs_seen_last ON certs_seen (last_seen);
 
 -- Outbox retention: delivered rows are pruned after a retention, dead
