@@ -115,7 +115,7 @@ func testManyActiveGrants(t *testing.T, s store.Store) {
 		}
 		rs, err := r.Requests(ctx, store.Filter{Account: "prod-db", States: []request.State{request.Approved}, Limit: 500})
 		if err != nil || len(rs) != 500 || len(rs[0].Reviews) != 1 {
-			return fmt.Errorf("listing: %d requests, %v", len(rs), err)
+			return fmt.Errorf("listing: %d requests: %w", len(rs), err)
 		}
 		return nil
 	})
