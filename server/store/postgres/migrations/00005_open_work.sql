@@ -1,5 +1,5 @@
 -- +goose Up
--- The SQLite store's migration 00008: partial indexes over open work, list
+-- The SQLite store's migration 00009: partial indexes over open work, list
 -- indexes in page order, counters kept in the write transaction, outbox
 -- retention.
 
