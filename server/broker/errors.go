@@ -24,6 +24,8 @@ const (
 	// KindUnauthenticated is a caller whose client certificate cannot
 	// vouch for them now: expired, not yet valid or revoked.
 	KindUnauthenticated
+	// KindOutOfRange asks for more of the log than it holds.
+	KindOutOfRange
 )
 
 // Error is an error with a message safe to show the caller. Err, when set,

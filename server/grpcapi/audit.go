@@ -50,23 +50,23 @@ func (a *auditServer) auditorOnly(ctx context.Context) error {
 	return nil
 }
 
-// storeStatus maps store and checkpoint errors of the audit service.
+// storeStatus gives the audit service's store and checkpoint errors their
+// kind and public message; toStatus, the one mapping, turns them into a
+// status and logs the detail.
 func (a *auditServer) storeStatus(ctx context.Context, err error) error {
 	var se *checkpoint.SignError
+	kinded := func(k broker.Kind, msg string) error { return &broker.Error{Kind: k, Msg: msg, Err: err} }
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.OutOfRange, err.Error())
+		err = kinded(broker.KindOutOfRange, "the log does not hold that entry or tree size yet")
 	case errors.Is(err, store.ErrUnavailable):
-		a.s.log.WarnContext(ctx, "audit service: database unavailable", "method", methodOf(ctx), "err", err)
-		return status.Error(codes.Unavailable, "this replica cannot reach its database; try again, here or on another replica")
+		err = kinded(broker.KindUnavailable, "this replica cannot reach its database; try again, here or on another replica")
 	case errors.Is(err, checkpoint.ErrEmpty):
-		return status.Error(codes.FailedPrecondition, "the log is empty: there is no checkpoint yet")
+		err = kinded(broker.KindState, "the log is empty: there is no checkpoint yet")
 	case errors.As(err, &se):
-		a.s.log.WarnContext(ctx, "checkpoint not signed", "err", err)
-		return status.Error(codes.Unavailable, "the HSM cannot sign a checkpoint covering the latest entries right now; try again shortly or ask for the size of an earlier checkpoint")
+		err = kinded(broker.KindUnavailable, "the HSM cannot sign a checkpoint covering the latest entries right now; try again shortly or ask for the size of an earlier checkpoint")
 	}
-	a.s.log.ErrorContext(ctx, "audit service", "method", methodOf(ctx), "err", err)
-	return status.Error(codes.Internal, "internal error")
+	return a.s.toStatus(ctx, err)
 }
 
 func (a *auditServer) GetLogInfo(ctx context.Context, _ *bgv1.GetLogInfoRequest) (*bgv1.GetLogInfoResponse, error) {

@@ -328,6 +328,8 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 		code = codes.ResourceExhausted
 	case broker.KindUnauthenticated:
 		code = codes.Unauthenticated
+	case broker.KindOutOfRange:
+		code = codes.OutOfRange
 	}
 	msg := broker.PublicMessage(err)
 	p := caller(ctx)
