@@ -80,15 +80,19 @@ func (g GRPCKeys) FetchJWKS(ctx context.Context) ([]byte, error) {
 
 // VerifierConfig configures a relying party's verifier.
 type VerifierConfig struct {
-	// Issuer is the broker's HTTPS base URL; tokens must carry it as iss.
+	// Issuer is the iss tokens must carry: the broker's issuer, or the
+	// issuer of an account with a token key of its own
+	// (<broker issuer>/accounts/NAME).
 	Issuer string
 	// Audience is this relying party's identifier; tokens must name it.
 	Audience string
-	// Account pins the verifier to one account with its own token key: its
-	// keys alone are trusted (at /accounts/NAME/jwks.json) and its tokens
-	// alone accepted.
+	// Account pins the verifier to one account: its tokens alone are
+	// accepted. With Issuer the broker's, the account's own issuer
+	// (<Issuer>/accounts/NAME, for an account with a token key of its own)
+	// is the one expected and its keys alone are trusted.
 	Account string
-	// Keys fetches the JWKS; by default HTTPS from Issuer.
+	// Keys fetches the JWKS; by default HTTPS from
+	// <issuer>/.well-known/jwks.json.
 	Keys KeySource
 	// HTTPClient is used for the default key source.
 	HTTPClient *http.Client
@@ -129,12 +133,11 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if cfg.Issuer == "" || cfg.Audience == "" {
 		return nil, errors.New("verifier: Issuer and Audience are required")
 	}
+	if cfg.Account != "" && !strings.HasSuffix(cfg.Issuer, "/accounts/"+cfg.Account) {
+		cfg.Issuer = strings.TrimRight(cfg.Issuer, "/") + "/accounts/" + cfg.Account
+	}
 	if cfg.Keys == nil {
-		url := strings.TrimRight(cfg.Issuer, "/") + "/.well-known/jwks.json"
-		if cfg.Account != "" {
-			url = strings.TrimRight(cfg.Issuer, "/") + "/accounts/" + cfg.Account + "/jwks.json"
-		}
-		cfg.Keys = HTTPKeys{URL: url, Client: cfg.HTTPClient}
+		cfg.Keys = HTTPKeys{URL: strings.TrimRight(cfg.Issuer, "/") + "/.well-known/jwks.json", Client: cfg.HTTPClient}
 	}
 	if cfg.Leeway == 0 {
 		cfg.Leeway = 30 * time.Second

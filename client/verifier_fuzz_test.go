@@ -78,7 +78,7 @@ func FuzzVerify(f *testing.F) {
 	const kid = "k1"
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	claims := client.Claims{
-		Claims: jwt.Claims{Issuer: "https://broker.test", Subject: "alice", Audience: jwt.Audience{"db.example"}, ID: "2f7cfb0e-8d5f-4b6a-9a47-5a3c8d7e1b11",
+		Claims: jwt.Claims{Issuer: "https://broker.test/accounts/prod-db", Subject: "alice", Audience: jwt.Audience{"db.example"}, ID: "2f7cfb0e-8d5f-4b6a-9a47-5a3c8d7e1b11",
 			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(10 * time.Minute))},
 		ClientID: "alice", Account: "prod-db", Request: "01890000-0000-7000-8000-000000000001", Approvers: []string{"bob", "erin"},
 	}

@@ -433,28 +433,47 @@ func (a *app) checkCmd() *cobra.Command {
 }
 
 func (a *app) keysCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "keys",
-		Short: "Print the JWKS that verifies tokens",
-		Args:  cobra.NoArgs,
+	var account, format string
+	cmd := &cobra.Command{
+		Use:   "keys [--account A] [--format jwks|pem]",
+		Short: "Print the public keys that verify tokens, as a JWKS or PEM, for relying parties that take static keys",
+		Long: `Prints the keys that verify the broker's tokens (or, with --account, those of
+an account with a token key of its own), for consumers configured with static
+keys instead of discovery: Vault jwt_validation_pubkeys (--format pem), GCP
+--jwk-json-path or a pinned Kubernetes JWKS (--format jwks). A rotated key
+stays in the set until the last token it signed has expired: fetch the set
+again after every rotation, before the old key leaves it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "jwks" && format != "pem" {
+				return fmt.Errorf("--format must be jwks or pem, not %q", format)
+			}
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
+				resp, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{Account: account})
 				if err != nil {
 					return err
 				}
 				if a.output == "json" {
 					return a.printJSON(resp)
 				}
+				if format == "pem" {
+					for _, k := range resp.GetKeys() {
+						fmt.Fprintf(a.stdout, "# kid %s, issuer %s\n%s", k.GetKid(), resp.GetIssuer(), k.GetPem())
+					}
+					return nil
+				}
 				fmt.Fprintln(a.stdout, resp.GetJwks())
 				return nil
 			})
 		},
 	}
+	cmd.Flags().StringVar(&account, "account", "", "an account with a token key of its own (default: the broker's keys)")
+	cmd.Flags().StringVar(&format, "format", "jwks", "jwks (RFC 7517 key set) or pem (one PUBLIC KEY block per key)")
+	return cmd
 }
 
 func (a *app) verifyCmd() *cobra.Command {
-	var audience, issuer, jwksURL string
+	var audience, issuer, jwksURL, account string
 	var check, allowDrill bool
 	cmd := &cobra.Command{
 		Use:   "verify-token TOKEN --audience AUD",
@@ -462,9 +481,9 @@ func (a *app) verifyCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
-				cfg := client.VerifierConfig{Audience: audience, Issuer: issuer, AllowDrill: allowDrill, Keys: client.GRPCKeys{Client: c}}
+				cfg := client.VerifierConfig{Audience: audience, Issuer: issuer, AllowDrill: allowDrill, Keys: client.GRPCKeys{Client: c, Account: account}}
 				if issuer == "" {
-					keys, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{})
+					keys, err := c.GetSigningKeys(ctx, &bgv1.GetSigningKeysRequest{Account: account})
 					if err != nil {
 						return err
 					}
@@ -496,7 +515,8 @@ func (a *app) verifyCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&audience, "audience", "", "your relying party's audience (required)")
-	cmd.Flags().StringVar(&issuer, "issuer", "", "expected iss (default: the broker's, from GetSigningKeys)")
+	cmd.Flags().StringVar(&issuer, "issuer", "", "expected iss (default: the broker's, or the account's with --account, from GetSigningKeys)")
+	cmd.Flags().StringVar(&account, "account", "", "verify a token of an account with a token key of its own, with that account's keys")
 	cmd.Flags().StringVar(&jwksURL, "jwks-url", "", "fetch keys from this HTTPS JWKS URL instead of the gRPC API")
 	cmd.Flags().BoolVar(&check, "check", false, "also ask the broker whether the token was revoked")
 	cmd.Flags().BoolVar(&allowDrill, "allow-drill", false, "accept drill tokens")

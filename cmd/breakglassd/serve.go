@@ -112,7 +112,7 @@ func newDevCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `Dev mode creates, on its first run, everything a broker needs in DIR: a SoftHSM2
 token with the token, audit and checkpoint keys, a CA with a server certificate
 and client certificates for alice (requester), bob and carol (db-admins), erin
-(security) and dave (auditor), a policy, config.yaml and the database. Later
+(security), dave (auditor) and svc-db (relying party), a policy, config.yaml and the database. Later
 runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -143,7 +143,7 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 			if err != nil {
 				return err
 			}
-			d, err := daemon.Start(ctx, daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile})
+			d, err := daemon.Start(ctx, daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile, Dev: true})
 			if err != nil {
 				return err
 			}

@@ -26,8 +26,11 @@ type Config struct {
 	Listen   Listen   `yaml:"listen"`
 	TLS      TLS      `yaml:"tls"`
 	Identity Identity `yaml:"identity"`
-	// Issuer is the HTTPS base URL relying parties see as iss; by default
-	// https://<https listen address>.
+	// Issuer is the public HTTPS URL relying parties use: the iss of every
+	// token, under which discovery (/.well-known/openid-configuration), the
+	// JWKS and introspection are served. A path is allowed; no trailing
+	// slash, query or fragment. AWS wants a DNS name without a port. By
+	// default https://<https listen address>.
 	Issuer string `yaml:"issuer"`
 	// PolicyFile names the policy; Policy holds it inline instead.
 	PolicyFile string    `yaml:"policy_file"`

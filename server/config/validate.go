@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -44,6 +45,11 @@ func (c *Config) Validate() error {
 	add(c.Tracing.validate())
 	add(c.Store.validate())
 	add(c.Audit.validateWitnesses())
+	if c.Issuer != "" {
+		// http on loopback passes here: dev mode may use it (the daemon
+		// refuses it anywhere else).
+		add(ValidateIssuer(c.Issuer, true))
+	}
 	add(onLoopback("debug.pprof", c.Debug.Pprof, "profiles are only served on loopback"))
 	add(onLoopback("listen.plain_http", c.Listen.PlainHTTP, "plain HTTP is only allowed on loopback"))
 	if len(errs) > 0 {
@@ -190,4 +196,45 @@ func (ct Certificates) validate(k Keys) error {
 		errs = append(errs, fmt.Errorf("certificates.crl_validity %s must be between 1m and 168h", v))
 	}
 	return errors.Join(errs...)
+}
+
+// issuerPathRE is what an issuer's path may hold: it becomes the prefix of
+// the discovery, JWKS and introspection routes.
+var issuerPathRE = regexp.MustCompile(`^(/[A-Za-z0-9._~-]+)*$`)
+
+// ValidateIssuer checks the issuer relying parties will see as iss: an
+// absolute https URL (OpenID Connect Discovery 1.0 §3, RFC 8414 §2) with a
+// host, no user, query or fragment, and no trailing slash (iss is compared
+// byte for byte, so there is one spelling); a path is allowed. http is
+// accepted only for a loopback host, and only where allowHTTP says so (dev
+// mode).
+func ValidateIssuer(issuer string, allowHTTP bool) error {
+	u, err := url.Parse(issuer)
+	if err != nil {
+		return fmt.Errorf("issuer %q is not a URL: %w", issuer, err)
+	}
+	switch {
+	case u.Scheme == "http" && allowHTTP && loopbackHost(u.Hostname()):
+	case u.Scheme == "http" && loopbackHost(u.Hostname()):
+		return fmt.Errorf("issuer %q uses http: only dev mode may use http, and only on loopback; relying parties need https", issuer)
+	case u.Scheme != "https":
+		return fmt.Errorf("issuer %q must be an https URL, the address relying parties fetch discovery and keys from", issuer)
+	}
+	switch {
+	case u.Host == "" || u.Opaque != "":
+		return fmt.Errorf("issuer %q has no host", issuer)
+	case u.User != nil:
+		return fmt.Errorf("issuer %q must not hold a user name or password", issuer)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(issuer, "?#"):
+		return fmt.Errorf("issuer %q must not have a query or fragment", issuer)
+	case strings.HasSuffix(issuer, "/"):
+		return fmt.Errorf("issuer %q must not end in \"/\": tokens carry it as iss, compared byte for byte; write %q", issuer, strings.TrimRight(issuer, "/"))
+	case !issuerPathRE.MatchString(u.EscapedPath()) || u.RawPath != "":
+		return fmt.Errorf("issuer %q has a path with characters other than letters, digits and . _ ~ -", issuer)
+	case u.Scheme+"://"+u.Host+u.Path != issuer:
+		return fmt.Errorf("issuer %q is not in its plain form (%s)", issuer, u.Scheme+"://"+u.Host+u.Path)
+	case strings.ToLower(u.Host) != u.Host:
+		return fmt.Errorf("issuer %q must spell its host in lowercase", issuer)
+	}
+	return nil
 }

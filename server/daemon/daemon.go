@@ -44,6 +44,8 @@ type Options struct {
 	// ReadyFile, when set, receives the listening addresses as JSON once
 	// the daemon serves.
 	ReadyFile string
+	// Dev is breakglassd dev: an http issuer on loopback is allowed.
+	Dev bool
 }
 
 // Ready is what the ready file holds.
@@ -72,6 +74,7 @@ type Daemon struct {
 	policy       *policy.Policy
 	policySource string
 	ident        *identity.Verifier
+	dev          bool
 	cert         tls.Certificate
 	serverCert   *x509.Certificate
 
@@ -164,7 +167,7 @@ func newDaemon(ctx context.Context, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{log: log, cfg: cfg, now: now, policy: pol, policySource: source, ident: ident, cert: cert, serverCert: serverCert,
+	d := &Daemon{log: log, cfg: cfg, now: now, dev: opts.Dev, policy: pol, policySource: source, ident: ident, cert: cert, serverCert: serverCert,
 		rotating: make(chan struct{}, 1), errc: make(chan error, 4), crlKick: make(chan struct{}, 1)}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return d, nil

@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/httpapi"
 )
 
@@ -55,6 +56,9 @@ func (d *Daemon) listen(context.Context) error {
 		Issuer: d.cfg.Issuer, PID: os.Getpid()}
 	if d.Ready.Issuer == "" {
 		d.Ready.Issuer = "https://" + l.https.Addr().String()
+	}
+	if err := config.ValidateIssuer(d.Ready.Issuer, d.dev); err != nil {
+		return err
 	}
 	if l.plain != nil {
 		d.Ready.HTTP = l.plain.Addr().String()

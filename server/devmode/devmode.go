@@ -34,6 +34,7 @@ var Principals = []struct{ Name, Role string }{
 	{"carol", "approver (db-admins), owner of prod-db"},
 	{"erin", "approver (security)"},
 	{"dave", "auditor"},
+	{"svc-db", "relying party of db.prod.example (CheckToken, introspection)"},
 }
 
 const tokenLabel = "breakglass-dev"
@@ -56,12 +57,16 @@ const demoPolicy = `# Demo policy written by breakglassd dev.
 # prod-db needs one approval from db-admins AND one from security; the
 # requester never counts and one person fills at most one requirement.
 auditors: auditors
+# Relying parties may check tokens (CheckToken over gRPC, introspection
+# over HTTPS) with their client certificate.
+relying_parties: relying-parties
 groups:
   sre: [alice]
   db-admins: [bob, carol]
   security: [erin]
   db-owners: [carol]
   auditors: [dave]
+  relying-parties: [svc-db]
 accounts:
   - name: prod-db
     description: Superuser on the production database

@@ -190,7 +190,7 @@ func (s *Server) GetSigningKeys(ctx context.Context, in *bgv1.GetSigningKeysRequ
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
-	out := &bgv1.GetSigningKeysResponse{Jwks: string(jwks), Issuer: s.b.Minter("").Issuer()}
+	out := &bgv1.GetSigningKeysResponse{Jwks: string(jwks), Issuer: s.b.Minter(in.Account).Issuer()}
 	for _, pub := range s.b.TokenKeys(in.Account) {
 		pemBytes, err := keyid.PublicPEM(pub)
 		if err != nil {

@@ -49,41 +49,7 @@ func Handler(cfg Config) http.Handler {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /.well-known/jwks.json", func(w http.ResponseWriter, r *http.Request) {
-		b, err := cfg.JWKS()
-		if err != nil {
-			cfg.Log.Error("jwks", "err", err)
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/jwk-set+json")
-		w.Header().Set("Cache-Control", "public, max-age=300")
-		_, _ = w.Write(b)
-	})
-	mux.HandleFunc("GET /accounts/{account}/jwks.json", func(w http.ResponseWriter, r *http.Request) {
-		b, err := cfg.AccountJWKS(r.PathValue("account"))
-		if err != nil {
-			http.Error(w, "no key set for this account", http.StatusNotFound)
-			return
-		}
-		w.Header().Set("Content-Type", "application/jwk-set+json")
-		w.Header().Set("Cache-Control", "public, max-age=300")
-		_, _ = w.Write(b)
-	})
-	mux.HandleFunc("GET /.well-known/oauth-authorization-server", func(w http.ResponseWriter, r *http.Request) {
-		// RFC 8414 §2. The broker has no OAuth endpoints: tokens are issued
-		// over its gRPC API after a quorum of approvals, so the lists of
-		// supported response and grant types are honestly empty.
-		writeJSON(w, http.StatusOK, map[string]any{
-			"issuer":                                cfg.Issuer,
-			"jwks_uri":                              cfg.Issuer + "/.well-known/jwks.json",
-			"response_types_supported":              []string{},
-			"grant_types_supported":                 []string{},
-			"token_endpoint_auth_methods_supported": []string{"tls_client_auth"},
-			"id_token_signing_alg_values_supported": []string{},
-			"service_documentation":                 cfg.Issuer + "/",
-		})
-	})
+	serveMetadata(mux, cfg)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
@@ -100,10 +66,15 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Credentials != nil {
 		credentialRoutes(mux, cfg.Credentials, cfg)
 	}
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+	rt := routesFor(cfg.Issuer)
+	index := func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("breakglass broker\n\n/.well-known/jwks.json\n/.well-known/oauth-authorization-server\n/healthz\n/checkpoint\n"))
-	})
+		_, _ = w.Write([]byte("breakglass broker\n\n" + rt.path + "/.well-known/openid-configuration\n" + rt.path + "/.well-known/jwks.json\n/.well-known/oauth-authorization-server" + rt.path + "\n" + rt.path + "/accounts/NAME/.well-known/openid-configuration\n/healthz\n/checkpoint\n"))
+	}
+	mux.HandleFunc("GET /{$}", index)
+	if rt.path != "" {
+		mux.HandleFunc("GET "+rt.path+"/{$}", index)
+	}
 	return securityHeaders(mux)
 }
 

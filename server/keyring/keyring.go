@@ -39,7 +39,8 @@ type Registrar interface {
 type Config struct {
 	Module *hsm.Module
 	Store  store.Store
-	// Issuer is the iss of tokens.
+	// Issuer is the iss of the broker's tokens; an account with a token
+	// key of its own issues as token.AccountIssuer(Issuer, account).
 	Issuer string
 	// Origin names the checkpoint key's signed notes.
 	Origin string
@@ -194,7 +195,7 @@ func (r *Ring) load(ctx context.Context, wants []Want) error {
 			keys[rec.KID] = k
 		}
 		if rec.Purpose == string(hsm.PurposeToken) {
-			m, err := token.NewMinter(keys[rec.KID], r.cfg.Issuer)
+			m, err := token.NewMinter(keys[rec.KID], token.AccountIssuer(r.cfg.Issuer, rec.Account))
 			if err != nil {
 				return err
 			}
@@ -216,7 +217,7 @@ func (r *Ring) load(ctx context.Context, wants []Want) error {
 		keys[rec.KID], active[slot(w.Purpose, w.Account)] = k, rec.KID
 		recs = append(recs, rec)
 		if w.Purpose == hsm.PurposeToken {
-			if minters[rec.KID], err = token.NewMinter(k, r.cfg.Issuer); err != nil {
+			if minters[rec.KID], err = token.NewMinter(k, token.AccountIssuer(r.cfg.Issuer, w.Account)); err != nil {
 				return err
 			}
 		}
@@ -536,7 +537,7 @@ func (r *Ring) MinterFor(ctx context.Context, rec store.KeyRecord) (*token.Minte
 	if err != nil {
 		return nil, err
 	}
-	if m, err = token.NewMinter(k, r.cfg.Issuer); err != nil {
+	if m, err = token.NewMinter(k, token.AccountIssuer(r.cfg.Issuer, rec.Account)); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()

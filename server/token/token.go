@@ -63,6 +63,17 @@ type Minter struct {
 	issuer string
 }
 
+// AccountIssuer is the issuer of an account with a token key of its own:
+// its own discovery document and JWKS live under it, so that a relying
+// party pinned to the account uses stock OpenID discovery and trusts that
+// account's keys alone. account "" is the broker's own issuer.
+func AccountIssuer(issuer, account string) string {
+	if account == "" {
+		return issuer
+	}
+	return issuer + "/accounts/" + account
+}
+
 // NewMinter returns a minter for key with the given issuer (the broker's
 // HTTPS base URL).
 func NewMinter(key Signer, issuer string) (*Minter, error) {

@@ -1,0 +1,340 @@
+package test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+
+	"github.com/bgbroker/breakglass/hsm"
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
+	"github.com/bgbroker/breakglass/server/config"
+	"github.com/bgbroker/breakglass/server/daemon"
+)
+
+// fedPolicy has prod-db on the broker's token key and two accounts with
+// token keys of their own, so each has its own issuer.
+const fedPolicy = `auditors: auditors
+relying_parties: relying-parties
+groups:
+  sre: [alice]
+  db-admins: [bob, carol]
+  security: [erin]
+  db-owners: [carol]
+  auditors: [dave]
+  relying-parties: [svc-db]
+accounts:
+  - name: prod-db
+    owner: db-owners
+    requesters: [sre]
+    audiences: [db.prod.example]
+    drill_audience: drill.db.prod.example
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 15m
+    quorum:
+      - require:
+          - {group: db-admins, approvals: 1}
+          - {group: security, approvals: 1}
+  - name: ledger
+    owner: db-owners
+    requesters: [sre]
+    audiences: [ledger.example]
+    token_key: ledger-key
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 15m
+    quorum:
+      - require: [{group: db-admins, approvals: 1}]
+  - name: payroll
+    owner: db-owners
+    requesters: [sre]
+    audiences: [payroll.example]
+    token_key: payroll-key
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 15m
+    quorum:
+      - require: [{group: db-admins, approvals: 1}]
+`
+
+// fedBroker is an in-process broker with the federation policy and a
+// token per account.
+type fedBroker struct {
+	*inproc
+	caPEM  []byte
+	http   *http.Client
+	tokens map[string]*bgv1.IssueTokenResponse
+}
+
+func startFedBroker(t *testing.T) *fedBroker {
+	t.Helper()
+	ip := startInProcess(t, fedPolicy, func(cfg *config.Config) {
+		m, err := hsm.Open(context.Background(), daemon.HSMConfig(cfg.HSM), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		for _, label := range []string{"ledger-key", "payroll-key"} {
+			if _, err := m.GenerateKey(context.Background(), hsm.GenerateRequest{Purpose: hsm.PurposeToken, Label: label}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	caPEM, err := os.ReadFile(filepath.Join(ip.dir, "ca", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	f := &fedBroker{inproc: ip, caPEM: caPEM, tokens: map[string]*bgv1.IssueTokenResponse{},
+		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}}
+	t.Cleanup(f.http.CloseIdleConnections)
+	for account, aud := range map[string]string{"prod-db": "db.prod.example", "ledger": "ledger.example", "payroll": "payroll.example"} {
+		f.tokens[account] = f.grantToken(t, account, aud, false)
+	}
+	return f
+}
+
+// grantToken has alice request access to account, bob (and erin where the
+// quorum wants security) approve, and alice take a token for aud.
+func (f *fedBroker) grantToken(t *testing.T, account, aud string, drill bool) *bgv1.IssueTokenResponse {
+	t.Helper()
+	ctx := context.Background()
+	r, err := f.client("alice").CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: account, Justification: "outage " + account, RequestedTtl: dur(20 * time.Minute), Drill: drill})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetRequest().GetId()
+	for _, who := range []string{"bob", "erin"} {
+		got, err := f.client("alice").GetRequest(ctx, &bgv1.GetRequestRequest{Id: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetRequest().GetState() == bgv1.RequestState_REQUEST_STATE_APPROVED {
+			break
+		}
+		if _, err := f.client(who).ReviewByID(ctx, id, bgv1.ReviewDecision_REVIEW_DECISION_APPROVE, ""); err != nil {
+			t.Fatalf("%s approves %s: %v", who, account, err)
+		}
+	}
+	tok, err := f.client("alice").IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: id, Audience: aud})
+	if err != nil {
+		t.Fatalf("token for %s: %v", account, err)
+	}
+	return tok
+}
+
+func (f *fedBroker) issuer(account string) string {
+	if account == "" || account == "prod-db" {
+		return f.d.Ready.Issuer
+	}
+	return f.d.Ready.Issuer + "/accounts/" + account
+}
+
+// getJSON fetches a document the way a relying party would, trusting only
+// the broker's CA.
+func (f *fedBroker) getJSON(t *testing.T, u string) (map[string]any, fetched) {
+	t.Helper()
+	resp, err := f.http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got := fetched{StatusCode: resp.StatusCode, Status: resp.Status, Header: resp.Header}
+	b, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("%s: %v\n%s", u, err, b)
+		}
+	}
+	return m, got
+}
+
+// fetched is what a test needs of a response whose body was read.
+type fetched struct {
+	StatusCode int
+	Status     string
+	Header     http.Header
+}
+
+// A relying party with a stock OpenID library and only the broker's issuer
+// URL and CA certificate verifies tokens: go-oidc's NewProvider finds the
+// keys through discovery and its verifier expects ES256, for the broker's
+// issuer and for each account with a key of its own; a token of one issuer
+// never verifies under another.
+func TestGoOIDCDiscovery(t *testing.T) {
+	f := startFedBroker(t)
+	ctx := oidc.ClientContext(context.Background(), f.http)
+	verify := func(issuer, aud, token string) (*oidc.IDToken, error) {
+		p, err := oidc.NewProvider(ctx, issuer)
+		if err != nil {
+			return nil, fmt.Errorf("discovery of %s: %w", issuer, err)
+		}
+		var m struct {
+			Algs []string `json:"id_token_signing_alg_values_supported"`
+		}
+		if err := p.Claims(&m); err != nil || !slices.Equal(m.Algs, []string{"ES256"}) {
+			t.Fatalf("%s: signing algorithms %v (%v)", issuer, m.Algs, err)
+		}
+		return p.Verifier(&oidc.Config{ClientID: aud}).Verify(ctx, token)
+	}
+	cases := []struct {
+		account, aud string
+	}{{"prod-db", "db.prod.example"}, {"ledger", "ledger.example"}, {"payroll", "payroll.example"}}
+	for _, c := range cases {
+		tok, err := verify(f.issuer(c.account), c.aud, f.tokens[c.account].GetToken())
+		if err != nil {
+			t.Fatalf("%s under its issuer: %v", c.account, err)
+		}
+		var claims struct {
+			Account string `json:"bg_account"`
+			Sub     string `json:"sub"`
+		}
+		if err := tok.Claims(&claims); err != nil || claims.Account != c.account || claims.Sub != "alice" || tok.Issuer != f.issuer(c.account) {
+			t.Fatalf("%s: iss %s, claims %+v (%v)", c.account, tok.Issuer, claims, err)
+		}
+		for _, other := range cases {
+			if other.account == c.account {
+				continue
+			}
+			if _, err := verify(f.issuer(other.account), c.aud, f.tokens[c.account].GetToken()); err == nil {
+				t.Fatalf("a token of %s verified under %s's issuer", c.account, other.account)
+			}
+		}
+	}
+	// An account without a key of its own has no issuer of its own.
+	if _, err := oidc.NewProvider(ctx, f.d.Ready.Issuer+"/accounts/nope"); err == nil {
+		t.Fatal("discovery found an issuer for an account that does not exist")
+	}
+}
+
+// The discovery documents, checked member by member against what OpenID
+// Connect Discovery 1.0 §3 and RFC 8414 §2 require, at the places §4 and
+// §3.1 of each put them, for the broker's issuer and an account's.
+func TestMetadataDocuments(t *testing.T) {
+	f := startFedBroker(t)
+	for _, issuer := range []string{f.issuer(""), f.issuer("ledger")} {
+		u, _ := url.Parse(issuer)
+		oidcURL := issuer + "/.well-known/openid-configuration"
+		rfc8414URL := u.Scheme + "://" + u.Host + "/.well-known/oauth-authorization-server" + u.Path
+		docs := map[string]map[string]any{}
+		for name, loc := range map[string]string{"openid-configuration": oidcURL, "oauth-authorization-server": rfc8414URL} {
+			m, resp := f.getJSON(t, loc)
+			if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+				t.Fatalf("%s: %s, %s", loc, resp.Status, resp.Header.Get("Content-Type"))
+			}
+			docs[name] = m
+			checkMetadata(t, loc, issuer, f.issuer(""), m)
+		}
+		if fmt.Sprint(docs["openid-configuration"]) != fmt.Sprint(docs["oauth-authorization-server"]) {
+			t.Fatalf("the two documents of %s differ:\n%v\n%v", issuer, docs["openid-configuration"], docs["oauth-authorization-server"])
+		}
+		// The JWKS they name holds the keys of this issuer's tokens.
+		set, resp := f.getJSON(t, docs["openid-configuration"]["jwks_uri"].(string))
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/jwk-set+json" {
+			t.Fatalf("jwks_uri: %s %s", resp.Status, resp.Header.Get("Content-Type"))
+		}
+		keys, _ := set["keys"].([]any)
+		if len(keys) == 0 {
+			t.Fatalf("%s: empty key set", issuer)
+		}
+		for _, k := range keys {
+			k := k.(map[string]any)
+			if k["kty"] != "EC" || k["crv"] != "P-256" || k["alg"] != "ES256" || k["use"] != "sig" || k["kid"] == "" || k["d"] != nil {
+				t.Fatalf("%s: key %v", issuer, k)
+			}
+		}
+	}
+}
+
+// checkMetadata checks one metadata document of issuer.
+func checkMetadata(t *testing.T, loc, issuer, brokerIssuer string, m map[string]any) {
+	t.Helper()
+	str := func(name string) string {
+		s, ok := m[name].(string)
+		if !ok || s == "" {
+			t.Fatalf("%s: %s is missing or not a string: %v", loc, name, m[name])
+		}
+		return s
+	}
+	list := func(name string) []string {
+		raw, ok := m[name].([]any)
+		if !ok || len(raw) == 0 {
+			t.Fatalf("%s: %s must be a non-empty JSON array: %v", loc, name, m[name])
+		}
+		var out []string
+		for _, v := range raw {
+			s, ok := v.(string)
+			if !ok || s == "" {
+				t.Fatalf("%s: %s holds %v", loc, name, v)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	httpsURL := func(name, want string) {
+		s := str(name)
+		u, err := url.Parse(s)
+		if err != nil || u.Scheme != "https" || u.RawQuery != "" || u.Fragment != "" || (want != "" && s != want) {
+			t.Fatalf("%s: %s = %q, want an https URL %q", loc, name, s, want)
+		}
+	}
+	// Both: issuer REQUIRED, https, no query or fragment, identical to the
+	// issuer the document was fetched for (and to iss in tokens).
+	httpsURL("issuer", issuer)
+	// Discovery: jwks_uri REQUIRED (RFC 8414: OPTIONAL, https).
+	httpsURL("jwks_uri", "")
+	if !strings.HasPrefix(str("jwks_uri"), issuer+"/") {
+		t.Fatalf("%s: jwks_uri %s is not under the issuer", loc, str("jwks_uri"))
+	}
+	// Both: response_types_supported REQUIRED.
+	list("response_types_supported")
+	// Discovery: subject_types_supported REQUIRED (pairwise or public).
+	if got := list("subject_types_supported"); !slices.Equal(got, []string{"public"}) {
+		t.Fatalf("%s: subject_types_supported %v", loc, got)
+	}
+	// Discovery: id_token_signing_alg_values_supported REQUIRED; the only
+	// algorithm the broker signs with.
+	if got := list("id_token_signing_alg_values_supported"); !slices.Equal(got, []string{"ES256"}) {
+		t.Fatalf("%s: id_token_signing_alg_values_supported %v", loc, got)
+	}
+	// RFC 8414: introspection_endpoint with its auth methods (RFC 8705
+	// tls_client_auth), the broker's whatever the issuer.
+	httpsURL("introspection_endpoint", brokerIssuer+"/introspect")
+	if got := list("introspection_endpoint_auth_methods_supported"); !slices.Equal(got, []string{"tls_client_auth"}) {
+		t.Fatalf("%s: introspection_endpoint_auth_methods_supported %v", loc, got)
+	}
+	for _, c := range []string{"iss", "sub", "aud", "exp", "iat", "jti", "bg_account", "bg_approvers"} {
+		if !slices.Contains(list("claims_supported"), c) {
+			t.Fatalf("%s: claims_supported lacks %s", loc, c)
+		}
+	}
+	// What the broker does not have, it does not list: no authorization or
+	// token endpoint, so neither the endpoints (RFC 8414: "REQUIRED unless
+	// no grant types are supported that use" them) nor their auth methods
+	// and grant types; no empty lists.
+	for _, absent := range []string{"authorization_endpoint", "token_endpoint", "token_endpoint_auth_methods_supported", "grant_types_supported", "userinfo_endpoint", "registration_endpoint"} {
+		if _, ok := m[absent]; ok {
+			t.Fatalf("%s: lists %s, which the broker does not have", loc, absent)
+		}
+	}
+	for k, v := range m {
+		if l, ok := v.([]any); ok && len(l) == 0 {
+			t.Fatalf("%s: %s is an empty list", loc, k)
+		}
+	}
+}
