@@ -126,6 +126,15 @@ func TestDamagedDatabaseRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The full check an operator runs (start-up leaves it to the background).
+	dbCheck := func() (string, error) {
+		cmd := exec.Command(bin.breakglassd, "db", "check", "--config", d.state("config.yaml"))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := dbCheck(); err != nil || !strings.Contains(out, ": ok") {
+		t.Fatalf("db check on a sound database: %v\n%s", err, out)
+	}
 	for _, tc := range []struct {
 		name, want string
 		damage     func([]byte) []byte
@@ -153,6 +162,9 @@ func TestDamagedDatabaseRefused(t *testing.T) {
 			out, err := cmd.CombinedOutput()
 			if err == nil || ctx.Err() != nil || !strings.Contains(string(out), tc.want) {
 				t.Fatalf("serve on a %s database: %v\n%s", tc.name, err, out)
+			}
+			if out, err := dbCheck(); err == nil || !strings.Contains(out, "restore it from a backup") {
+				t.Fatalf("db check on a %s database: %v\n%s", tc.name, err, out)
 			}
 		})
 	}

@@ -56,7 +56,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newHSMCmd(stdout, stderr), newServeCmd(stderr), newDevCmd(stdout, stderr), newPolicyCmd(stdout),
-		newBackupCmd(stdout, stderr), newRestoreCmd(stdout, stderr))
+		newBackupCmd(stdout, stderr), newRestoreCmd(stdout, stderr), newDBCmd(stdout, stderr))
 	addVersion(root, stdout)
 	return root
 }

@@ -30,7 +30,11 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store
 		}
 		return st, nil
 	case config.DriverSQLite, "":
-		st, err := sqlite.Open(ctx, sqliteConfig(cfg.Store))
+		sc := sqliteConfig(cfg.Store)
+		sc.OnDamaged = func(err error) {
+			log.Error("the database failed its integrity check: every transaction is refused until it is restored from a backup", "err", err)
+		}
+		st, err := sqlite.Open(ctx, sc)
 		if err != nil {
 			return nil, err
 		}

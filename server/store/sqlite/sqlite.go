@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/pressly/goose/v3"
 	sqlite3 "modernc.org/sqlite"
@@ -36,7 +38,17 @@ type Config struct {
 	// Synchronous is FULL (default: a commit survives power loss) or NORMAL
 	// (survives a process crash; faster).
 	Synchronous string
+	// WALLimit is the size past which the write-ahead log is checkpointed
+	// and truncated between write batches, even while readers keep coming
+	// (default 64 MiB).
+	WALLimit int64
+	// OnDamaged, when set, is called once if the full integrity check that
+	// runs in the background after Open finds the database damaged.
+	OnDamaged func(error)
 }
+
+// DefaultWALLimit is Config.WALLimit's default.
+const DefaultWALLimit = 64 << 20
 
 // Store is the SQLite store.
 type Store struct {
@@ -53,6 +65,17 @@ type Store struct {
 	stop    chan struct{}
 	stopped chan struct{}
 	closed  sync.Once
+
+	path      string
+	walLimit  int64
+	lastCheck time.Time
+	// damaged holds the error of a failed background integrity check:
+	// from then on every transaction is refused.
+	damaged   atomic.Pointer[error]
+	onDamaged func(error)
+	checking  sync.WaitGroup
+	// checkpoints counts WAL truncations, for tests.
+	checkpoints atomic.Int64
 }
 
 // write is one caller's transaction function and where its result goes.
@@ -125,8 +148,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	writer.SetMaxOpenConns(2)
 	writer.SetMaxIdleConns(2)
 	writer.SetConnMaxLifetime(0)
+	walLimit := cfg.WALLimit
+	if walLimit <= 0 {
+		walLimit = DefaultWALLimit
+	}
 	s := &Store{writer: writer, writeStmts: sqlstore.NewStmtCache(writer),
-		writes: make(chan *write, 1024), stop: make(chan struct{}), stopped: make(chan struct{})}
+		writes: make(chan *write, 1024), stop: make(chan struct{}), stopped: make(chan struct{}),
+		path: cfg.Path, walLimit: walLimit, onDamaged: cfg.OnDamaged}
 	if err := s.check(ctx, cfg.Path); err != nil {
 		writer.Close()
 		return nil, err
@@ -158,21 +186,144 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	s.checking.Add(1)
+	go s.backgroundCheck()
 	return s, nil
 }
 
-// check refuses a file that is not a sound SQLite database, so a corrupted
-// store is reported at start rather than served.
+// check refuses, at start, a file that is not a sound SQLite database,
+// at a cost independent of its size: the header, the schema, and one
+// root-to-leaf path at each end of every table (a damaged page on those
+// paths, or a schema that does not parse, is found here). The full
+// quick_check, which reads every page, runs in the background once the
+// store is open (backgroundCheck) and on `breakglassd db check` (Check).
 func (s *Store) check(ctx context.Context, path string) error {
-	var res string
-	if err := s.writer.QueryRowContext(ctx, "PRAGMA quick_check").Scan(&res); err != nil {
+	var n int
+	if err := s.writer.QueryRowContext(ctx, "SELECT COUNT(*) FROM sqlite_master").Scan(&n); err != nil {
 		return fmt.Errorf("sqlite: %s cannot be read as a database (%w); restore it from a backup", path, err)
 	}
-	if res != "ok" {
-		return fmt.Errorf("sqlite: %s is corrupted (quick_check: %s); restore it from a backup", path, res)
+	rows, err := s.writer.QueryContext(ctx, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+	if err != nil {
+		return fmt.Errorf("sqlite: %s cannot be read as a database (%w); restore it from a backup", path, err)
+	}
+	var tables []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return fmt.Errorf("sqlite: %s is corrupted (%w); restore it from a backup", path, err)
+		}
+		tables = append(tables, name)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlite: %s is corrupted (%w); restore it from a backup", path, err)
+	}
+	for _, t := range tables {
+		for _, order := range []string{"ASC", "DESC"} {
+			var probe sql.NullString
+			err := s.writer.QueryRowContext(ctx, `SELECT typeof(rowid) FROM "`+strings.ReplaceAll(t, `"`, `""`)+`" ORDER BY rowid `+order+` LIMIT 1`).Scan(&probe)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) && !strings.Contains(err.Error(), "no such column: rowid") {
+				return fmt.Errorf("sqlite: %s is corrupted (table %s: %w); restore it from a backup", path, t, err)
+			}
+		}
 	}
 	return nil
 }
+
+// Check runs SQLite's quick_check over the whole database (every page,
+// every index): what start-up leaves to the background.
+func (s *Store) Check(ctx context.Context) error {
+	rows, err := s.writer.QueryContext(ctx, "PRAGMA quick_check")
+	if err != nil {
+		return fmt.Errorf("sqlite: %s cannot be checked (%w); restore it from a backup", s.path, err)
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var res string
+		if err := rows.Scan(&res); err != nil {
+			return fmt.Errorf("sqlite: %s cannot be checked (%w); restore it from a backup", s.path, err)
+		}
+		if res != "ok" {
+			problems = append(problems, res)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlite: %s is corrupted (%w); restore it from a backup", s.path, err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("sqlite: %s is corrupted (quick_check: %s); restore it from a backup", s.path, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// backgroundCheck runs the full check once after Open. A damaged database
+// found then refuses every later transaction: the broker stops granting
+// (and its health says why) rather than serve from, or write into, pages
+// it cannot trust.
+func (s *Store) backgroundCheck() {
+	defer s.checking.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := s.Check(ctx)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	s.damaged.Store(&err)
+	if s.onDamaged != nil {
+		s.onDamaged(err)
+	}
+}
+
+// Damaged returns the background check's finding, nil while none.
+func (s *Store) Damaged() error {
+	if e := s.damaged.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// truncateWAL checkpoints the whole write-ahead log into the database and
+// truncates it, between write batches, once it has grown past the limit.
+// Readers that keep arriving would otherwise keep the log from ever
+// restarting (each holds a snapshot inside it), and it would grow without
+// bound. The checkpoint waits a moment for the readers in flight, which
+// are short, and gives up until the next batch if one is not.
+func (s *Store) truncateWAL() {
+	if time.Since(s.lastCheck) < 100*time.Millisecond {
+		return
+	}
+	s.lastCheck = time.Now()
+	fi, err := os.Stat(s.path + "-wal")
+	if err != nil || fi.Size() < s.walLimit {
+		return
+	}
+	ctx := context.Background()
+	conn, err := s.writer.Conn(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "PRAGMA busy_timeout = 250"); err != nil {
+		return
+	}
+	defer func() { _, _ = conn.ExecContext(ctx, "PRAGMA busy_timeout = 10000") }()
+	var busy, logFrames, done int
+	if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &done); err == nil && busy == 0 {
+		s.checkpoints.Add(1)
+	}
+}
+
+// WALTruncations is how many times the write-ahead log was truncated.
+func (s *Store) WALTruncations() int64 { return s.checkpoints.Load() }
 
 func (s *Store) migrate(ctx context.Context) error {
 	sub, err := fs.Sub(migrations, "migrations")
@@ -194,6 +345,9 @@ func (s *Store) migrate(ctx context.Context) error {
 // its error rolls back only its own work, and it returns only once the
 // shared transaction has committed (or failed, taking fn's work with it).
 func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
+	if err := s.Damaged(); err != nil {
+		return err
+	}
 	w := &write{ctx: ctx, fn: fn, done: make(chan result, 1)}
 	select {
 	case s.writes <- w:
@@ -241,6 +395,7 @@ func (s *Store) writeLoop() {
 			}
 		}
 		s.runBatch(batch)
+		s.truncateWAL()
 	}
 }
 
@@ -336,6 +491,9 @@ func (s *Store) stopWriting() {
 
 // View implements store.Store.
 func (s *Store) View(ctx context.Context, fn func(store.Reader) error) error {
+	if err := s.Damaged(); err != nil {
+		return err
+	}
 	select {
 	case s.readers <- struct{}{}:
 	case <-ctx.Done():
@@ -353,6 +511,7 @@ func (s *Store) View(ctx context.Context, fn func(store.Reader) error) error {
 // Close implements store.Store.
 func (s *Store) Close() error {
 	s.stopWriting()
+	s.checking.Wait()
 	var errs []error
 	if s.reader != nil {
 		errs = append(errs, s.readStmts.Close(), s.reader.Close())

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	_ "modernc.org/sqlite"
@@ -121,4 +122,131 @@ func TestWitnessQueryPlans(t *testing.T) {
 			t.Errorf("%s:\n  plan %s\n  want %s", q, all, want)
 		}
 	}
+}
+
+// Damage on the pages start-up reads (the schema, the ends of every
+// table) refuses Open; damage deeper in the file, which start-up does not
+// read, is found by the full check that runs in the background, and from
+// then on every transaction is refused with a message saying what to do.
+func TestDamageFoundAtStartOrInTheBackground(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "broker.db")
+	s := open(t, path)
+	s.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE filler (x TEXT); WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+		INSERT INTO filler SELECT printf('%0100d', i) FROM n`); err != nil {
+		t.Fatal(err)
+	}
+	var pageSize, pages, leaf int
+	_ = db.QueryRow("PRAGMA page_size").Scan(&pageSize)
+	_ = db.QueryRow("PRAGMA page_count").Scan(&pages)
+	if err := db.QueryRow("SELECT pageno FROM dbstat WHERE name = 'filler' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 100").Scan(&leaf); err != nil {
+		t.Fatalf("finding a leaf in the middle of the table: %v", err)
+	}
+	db.Close()
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	damage := func(page int) {
+		b := append([]byte(nil), orig...)
+		off := (page - 1) * pageSize
+		for i := off; i < off+16; i++ {
+			b[i] ^= 0x5a
+		}
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The last page holds an end of some table: start-up reads it.
+	damage(pages)
+	if _, err := sqlite.Open(context.Background(), sqlite.Config{Path: path}); err == nil || !strings.Contains(err.Error(), "restore it from a backup") {
+		t.Fatalf("a damaged last page: %v", err)
+	}
+	damage(leaf)
+	found := make(chan error, 1)
+	s, err = sqlite.Open(context.Background(), sqlite.Config{Path: path, OnDamaged: func(err error) { found <- err }})
+	if err != nil {
+		t.Fatalf("start-up read a page in the middle of a table: %v", err)
+	}
+	defer s.Close()
+	if err := <-found; !strings.Contains(err.Error(), "restore it from a backup") {
+		t.Fatalf("background check: %v", err)
+	}
+	if err := s.Update(context.Background(), func(store.Tx) error { return nil }); err == nil || !strings.Contains(err.Error(), "corrupted") {
+		t.Fatalf("write after the check failed: %v", err)
+	}
+	if err := s.View(context.Background(), func(store.Reader) error { return nil }); err == nil {
+		t.Fatal("read after the check failed")
+	}
+	if err := s.Check(context.Background()); err == nil {
+		t.Fatal("Check passes a damaged database")
+	}
+}
+
+// Readers that never stop coming keep SQLite's own checkpoints from ever
+// restarting the write-ahead log; the store truncates it between write
+// batches once it passes its limit.
+func TestWALBoundedUnderContinuousReaders(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	const limit = 256 << 10
+	s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, WALLimit: limit, Synchronous: "NORMAL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var readers sync.WaitGroup
+	for range 4 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for ctx.Err() == nil {
+				_ = s.View(ctx, func(r store.Reader) error {
+					_, err := r.Head(ctx)
+					return err
+				})
+			}
+		}()
+	}
+	body := strings.Repeat("x", 8000)
+	maxWAL := int64(0)
+	for i := range 500 {
+		err := s.Update(context.Background(), func(tx store.Tx) error {
+			rec, err := audit.Build(mustHead(t, tx), storetestTime, audit.Draft{Type: audit.TypeGrantRevoked, Actor: "a", Payload: map[string]any{"i": i, "pad": body}})
+			if err != nil {
+				return err
+			}
+			rec.Signature, rec.KeyID = []byte("s"), "k"
+			return tx.Append(context.Background(), rec)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := os.Stat(path + "-wal"); err == nil {
+			maxWAL = max(maxWAL, fi.Size())
+		}
+	}
+	cancel()
+	readers.Wait()
+	// 500 entries of 8 kB wrote several MB through the log; it never held
+	// more than a few times its limit.
+	if maxWAL > 8*limit {
+		t.Fatalf("the write-ahead log reached %d bytes with a limit of %d", maxWAL, limit)
+	}
+	if s.WALTruncations() == 0 {
+		t.Fatal("the write-ahead log was never truncated")
+	}
+}
+
+func mustHead(t *testing.T, tx store.Tx) audit.Head {
+	h, err := tx.Head(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
