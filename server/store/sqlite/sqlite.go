@@ -187,7 +187,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.checking.Add(1)
-	go s.backgroundCheck()
+	go s.backgroundCheck(context.WithoutCancel(ctx))
 	return s, nil
 }
 
@@ -262,9 +262,9 @@ func (s *Store) Check(ctx context.Context) error {
 // found then refuses every later transaction: the broker stops granting
 // (and its health says why) rather than serve from, or write into, pages
 // it cannot trust.
-func (s *Store) backgroundCheck() {
+func (s *Store) backgroundCheck(ctx context.Context) {
 	defer s.checking.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
 		select {
