@@ -21,6 +21,8 @@ import (
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/daemon"
 	"github.com/bgbroker/breakglass/server/sshca"
+	"github.com/bgbroker/breakglass/server/store"
+	"github.com/bgbroker/breakglass/server/x509ca"
 )
 
 // hsmFlags are the settings every ceremony command shares. Flags override
@@ -411,16 +413,21 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func newRotateCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
-	var purpose, account, label, operator string
+	var purpose, account, label, operator, subject string
+	var days int
 	cmd := &cobra.Command{
-		Use:   "rotate --config FILE --purpose token|audit|checkpoint|ssh-ca|x509-ca [--account NAME] [--label LABEL]",
+		Use:   "rotate --config FILE --purpose token|audit|checkpoint|ssh-ca|x509-ca [--account NAME] [--label LABEL] [--subject DN --days N]",
 		Short: "Make a new key active and retire the old one, audited in the broker's log",
 		Long: `Generates a new key in the token and records it in the broker's key registry as
 active, the old one as retired, with an audit entry. An audit or checkpoint key
 rotation carries a statement signed by both the old and the new key, so a
 verifier holding the first key follows the chain. Retired token keys stay in
-the JWKS until the last token they signed expires, then are destroyed. A
-running broker picks the new key up within seconds.`,
+the JWKS until the last token they signed expires, then are destroyed; retired
+SSH and X.509 CA keys stay in /ssh/ca.pub and /x509/ca.pem (and their CRL is
+kept signed) until the last certificate they signed expires. An X.509 CA
+rotation self-signs the new key's CA certificate (--subject, --days) and adds
+it to certificates.x509_ca_cert before the key becomes active. A running
+broker picks the new key up within seconds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.config == "" {
@@ -442,8 +449,21 @@ running broker picks the new key up within seconds.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
-			rec, err := daemon.Rotate(cmd.Context(), cfg, p, account, label, slog.New(slog.NewTextHandler(stderr, nil)))
-			if err != nil {
+			log := slog.New(slog.NewTextHandler(stderr, nil))
+			var rec store.KeyRecord
+			if p == hsm.PurposeX509CA {
+				name, err := x509ca.ParseName(subject)
+				if err != nil {
+					return fmt.Errorf("--subject (the new X.509 CA certificate's): %w", err)
+				}
+				if days < 1 || days > 3650 {
+					return fmt.Errorf("--days must be between 1 and 3650")
+				}
+				rec, err = daemon.RotateX509CA(cmd.Context(), cfg, label, name, time.Duration(days)*24*time.Hour, log)
+				if err != nil {
+					return err
+				}
+			} else if rec, err = daemon.Rotate(cmd.Context(), cfg, p, account, label, log); err != nil {
 				return err
 			}
 			return writeJSON(stdout, map[string]any{"ceremony": "rotate", "time": time.Now().UTC(), "operator": operatorName(operator),
@@ -454,6 +474,8 @@ running broker picks the new key up within seconds.`,
 	cmd.Flags().StringVar(&account, "account", "", "the account whose own token key to rotate")
 	cmd.Flags().StringVar(&label, "label", "", "label of the new key (default: purpose, account and time)")
 	cmd.Flags().StringVar(&operator, "operator", "", "name recorded as the operator")
+	cmd.Flags().StringVar(&subject, "subject", "", "x509-ca: the new CA certificate's distinguished name")
+	cmd.Flags().IntVar(&days, "days", 365, "x509-ca: the new CA certificate's validity in days")
 	_ = cmd.MarkFlagRequired("purpose")
 	return cmd
 }
