@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -338,3 +339,169 @@ func checkMetadata(t *testing.T, loc, issuer, brokerIssuer string, m map[string]
 		}
 	}
 }
+
+// introspector is an HTTPS client of the introspection endpoint.
+type introspector struct {
+	t    *testing.T
+	url  string
+	http *http.Client
+	id   string
+}
+
+func (f *fedBroker) introspector(t *testing.T, name string) *introspector {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(f.caPEM)
+	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if name != "" {
+		cert, err := tls.LoadX509KeyPair(filepath.Join(f.dir, "identities", name+".crt"), filepath.Join(f.dir, "identities", name+".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	t.Cleanup(c.CloseIdleConnections)
+	return &introspector{t: t, url: f.issuer("") + "/introspect", http: c, id: name}
+}
+
+// post sends body as a form and returns the status and the JSON answer.
+func (in *introspector) post(contentType, body string) (int, map[string]any) {
+	in.t.Helper()
+	resp, err := in.http.Post(in.url, contentType, strings.NewReader(body))
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	if resp.StatusCode == http.StatusOK && resp.Header.Get("Cache-Control") != "no-store" {
+		in.t.Fatalf("an introspection answer without Cache-Control: no-store")
+	}
+	return resp.StatusCode, m
+}
+
+func (in *introspector) token(tok string) (int, map[string]any) {
+	in.t.Helper()
+	return in.post("application/x-www-form-urlencoded", url.Values{"token": {tok}, "client_id": {in.id}}.Encode())
+}
+
+// RFC 7662 introspection with RFC 8705 tls_client_auth: a relying party
+// with its client certificate learns whether a token is live; revoked,
+// expired, tampered, foreign, unknown and drill tokens are all just
+// inactive; callers without a certificate, or that are not relying parties
+// or auditors, get no answer; hostile bodies are refused.
+func TestIntrospection(t *testing.T) {
+	f := startFedBroker(t)
+	svc, dave := f.introspector(t, "svc-db"), f.introspector(t, "dave")
+	inactive := func(who *introspector, what, tok string) {
+		t.Helper()
+		code, m := who.token(tok)
+		if code != http.StatusOK || m["active"] != false || len(m) != 1 {
+			t.Fatalf("%s: %d %v, want {\"active\": false} alone", what, code, m)
+		}
+	}
+	// Live tokens, of the broker's issuer and of an account's.
+	for account, aud := range map[string]string{"prod-db": "db.prod.example", "ledger": "ledger.example"} {
+		for _, who := range []*introspector{svc, dave} {
+			code, m := who.token(f.tokens[account].GetToken())
+			if code != http.StatusOK || m["active"] != true || m["sub"] != "alice" || m["aud"] != aud || m["iss"] != f.issuer(account) ||
+				m["jti"] != f.tokens[account].GetJti() || m["client_id"] != "alice" || m["bg_account"] != account || m["bg_drill"] != false ||
+				m["exp"] == nil || m["iat"] == nil || m["nbf"] == nil || m["bg_request"] == nil || m["bg_approvers"] == nil {
+				t.Fatalf("%s's live %s token: %d %v", who.id, account, code, m)
+			}
+		}
+	}
+	// Tampered, foreign, unknown and drill tokens.
+	live := f.tokens["prod-db"].GetToken()
+	parts := strings.Split(live, ".")
+	payload, _ := decodeSegment(parts[1])
+	forged := strings.Replace(string(payload), `"sub":"alice"`, `"sub":"mallory"`, 1)
+	inactive(svc, "a token with a changed payload", parts[0]+"."+b64url([]byte(forged))+"."+parts[2])
+	sig, _ := decodeSegment(parts[2])
+	sig[0] ^= 1
+	inactive(svc, "a token with a changed signature", parts[0]+"."+parts[1]+"."+b64url(sig))
+	inactive(svc, "a token of another account's key with this issuer", parts[0]+"."+strings.Split(f.tokens["ledger"].GetToken(), ".")[1]+"."+parts[2])
+	inactive(svc, "garbage", "not-a-token")
+	inactive(svc, "a token in non-canonical base64url", live+"=")
+	drill := f.grantToken(t, "prod-db", "drill.db.prod.example", true)
+	inactive(svc, "a drill token", drill.GetToken())
+
+	// Refused, with no answer about the token.
+	refused := []struct {
+		what string
+		who  *introspector
+		ct   string
+		body string
+		code int
+	}{
+		{"no client certificate", f.introspector(t, ""), "application/x-www-form-urlencoded", "token=" + live + "&client_id=svc-db", http.StatusUnauthorized},
+		{"a requester", f.introspector(t, "alice"), "application/x-www-form-urlencoded", "token=" + live + "&client_id=alice", http.StatusForbidden},
+		{"client_id of someone else", svc, "application/x-www-form-urlencoded", "token=" + live + "&client_id=dave", http.StatusUnauthorized},
+		{"no client_id", svc, "application/x-www-form-urlencoded", "token=" + live, http.StatusBadRequest},
+		{"no token", svc, "application/x-www-form-urlencoded", "client_id=svc-db", http.StatusBadRequest},
+		{"the token twice", svc, "application/x-www-form-urlencoded", "token=" + live + "&token=x&client_id=svc-db", http.StatusBadRequest},
+		{"JSON instead of a form", svc, "application/json", `{"token":"` + live + `","client_id":"svc-db"}`, http.StatusBadRequest},
+		{"a malformed form", svc, "application/x-www-form-urlencoded", "token=%zz&client_id=svc-db", http.StatusBadRequest},
+		{"an oversize body", svc, "application/x-www-form-urlencoded", "client_id=svc-db&token=" + strings.Repeat("a", 1<<20), http.StatusRequestEntityTooLarge},
+	}
+	for _, c := range refused {
+		code, m := c.who.post(c.ct, c.body)
+		if code != c.code || m["active"] != nil || m["error"] == nil {
+			t.Fatalf("%s: %d %v, want %d with an OAuth error and no answer", c.what, code, m, c.code)
+		}
+	}
+	resp, err := svc.http.Get(svc.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET: %s", resp.Status)
+	}
+
+	// Revoked: the grant of the ledger token.
+	ctx := context.Background()
+	ledgerReq := f.requestOf(t, f.tokens["ledger"])
+	if _, err := f.client("alice").RevokeGrant(ctx, &bgv1.RevokeGrantRequest{RequestId: ledgerReq, Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	inactive(svc, "a token of a revoked grant", f.tokens["ledger"].GetToken())
+	// Expired, by the broker's clock.
+	f.clk.Advance(21 * time.Minute)
+	inactive(svc, "an expired token", f.tokens["prod-db"].GetToken())
+
+	// Rate-limited per principal; others go on.
+	var limited bool
+	for range 200 {
+		if code, _ := dave.token("x"); code == http.StatusTooManyRequests {
+			limited = true
+			break
+		}
+	}
+	if !limited {
+		t.Fatal("200 calls in a row were not rate-limited")
+	}
+	if code, _ := svc.token("x"); code != http.StatusOK {
+		t.Fatalf("svc-db after dave's flood: %d", code)
+	}
+}
+
+// requestOf is the request id of an issued token.
+func (f *fedBroker) requestOf(t *testing.T, tok *bgv1.IssueTokenResponse) string {
+	t.Helper()
+	payload, err := decodeSegment(strings.Split(tok.GetToken(), ".")[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Request string `json:"bg_request"`
+	}
+	if err := json.Unmarshal(payload, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.Request
+}
+
+func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -334,3 +336,62 @@ func (b *Broker) AccountJWKS(account string) ([]byte, error) {
 // TokenKeys returns the public keys that verify an account's tokens ("" for
 // the broker's own set).
 func (b *Broker) TokenKeys(account string) []crypto.PublicKey { return b.keys.TokenKeys(account) }
+
+// Introspection is what RFC 7662 introspection says of a token: Active,
+// and for an active token its claims; nothing else for an inactive one.
+type Introspection struct {
+	Active bool
+	Claims *token.Claims
+}
+
+// Introspect answers a relying party (or an auditor) about a token it was
+// given: active only when it is one this broker signed (signature with a
+// key of its issuer, the broker's or its account's), recorded with this
+// exact hash, within its validity period, its grant neither revoked nor
+// ended, and not a drill. Anything else is inactive, with no detail. The
+// token is never stored or logged.
+func (b *Broker) Introspect(ctx context.Context, caller, raw string) (*Introspection, error) {
+	p := b.Policy()
+	if !p.IsRelyingParty(caller) && !p.IsAuditor(caller) {
+		return nil, denied("only relying parties and auditors may introspect tokens")
+	}
+	issuers := []token.IssuerKeys{{Issuer: b.keys.Minter("").Issuer(), Keys: b.keys.TokenKeys("")}}
+	for _, a := range p.Accounts {
+		if keys := b.keys.TokenKeys(a.Name); len(keys) > 0 && a.TokenKey != "" {
+			issuers = append(issuers, token.IssuerKeys{Issuer: token.AccountIssuer(issuers[0].Issuer, a.Name), Keys: keys})
+		}
+	}
+	c, err := token.Verify(raw, issuers)
+	if err != nil {
+		return &Introspection{}, nil //nolint:nilerr // an invalid token is an inactive one (RFC 7662 §2.2), not an error
+	}
+	now := b.now()
+	if !now.Before(c.Expiry.Time()) || (c.NotBefore != nil && now.Before(c.NotBefore.Time())) || c.Drill {
+		return &Introspection{}, nil
+	}
+	sum := sha256.Sum256([]byte(raw))
+	active := false
+	err = b.view(ctx, func(rd store.Reader) error {
+		tk, err := rd.Token(ctx, c.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if tk.TokenSHA256 != hex.EncodeToString(sum[:]) || tk.Account != c.Account || tk.Drill {
+			return nil
+		}
+		r, err := rd.Request(ctx, tk.RequestID)
+		if err != nil {
+			return err
+		}
+		state, _, _ := r.Effective(now)
+		active = state == request.Approved && now.Before(tk.ExpiresAt)
+		return nil
+	})
+	if err != nil || !active {
+		return &Introspection{}, err
+	}
+	return &Introspection{Active: true, Claims: c}, nil
+}

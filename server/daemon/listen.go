@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/httpapi"
 )
@@ -76,9 +77,16 @@ func (d *Daemon) listen(context.Context) error {
 func (d *Daemon) newHTTP(context.Context) error {
 	public := httpapi.Handler(httpapi.Config{Issuer: d.Ready.Issuer, JWKS: d.Broker.JWKS, AccountJWKS: d.Broker.AccountJWKS,
 		Health: d.health, Log: d.log, Checkpoint: d.servedCheckpoint,
-		Credentials: httpCredentials(d.cas)})
+		Credentials: httpCredentials(d.cas),
+		Introspection: &httpapi.Introspection{Authenticate: d.ident.VerifyNow, Introspect: d.introspect,
+			Forbidden:     func(err error) bool { return broker.KindOf(err) == broker.KindPermission },
+			RatePerSecond: d.cfg.Limits.RatePerSecond, Burst: d.cfg.Limits.Burst}})
 	https := httpapi.Server(public)
-	https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{d.cert}}
+	// A client certificate is asked for, not required and not verified in
+	// the handshake: the public documents need none, and introspection
+	// verifies the one it gets (RFC 8705 tls_client_auth).
+	https.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{d.cert},
+		ClientAuth: tls.RequestClientCert, ClientCAs: d.ident.ClientCAs()}
 	https.ErrorLog = slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)
 	d.addServer(https, d.listeners.https, func(s *http.Server, l net.Listener) error { return s.ServeTLS(l, "", "") })
 	if d.listeners.plain != nil {
@@ -120,4 +128,28 @@ func (d *Daemon) serveListeners() {
 		d.goServe(run)
 	}
 	d.pending = nil
+}
+
+// introspect is the RFC 7662 answer about a token: {"active": false} alone
+// for anything but a live token, whose claims it lists otherwise.
+func (d *Daemon) introspect(ctx context.Context, principal, raw string) (map[string]any, error) {
+	in, err := d.Broker.Introspect(ctx, principal, raw)
+	if err != nil {
+		return nil, err
+	}
+	if !in.Active {
+		return map[string]any{"active": false}, nil
+	}
+	c := in.Claims
+	out := map[string]any{"active": true, "iss": c.Issuer, "sub": c.Subject, "exp": c.Expiry.Time().Unix(), "iat": c.IssuedAt.Time().Unix(),
+		"jti": c.ID, "client_id": c.ClientID, "token_type": "Bearer", "bg_account": c.Account, "bg_request": c.Request, "bg_approvers": c.Approvers, "bg_drill": c.Drill}
+	if c.NotBefore != nil {
+		out["nbf"] = c.NotBefore.Time().Unix()
+	}
+	if len(c.Audience) == 1 {
+		out["aud"] = c.Audience[0]
+	} else {
+		out["aud"] = []string(c.Audience)
+	}
+	return out, nil
 }

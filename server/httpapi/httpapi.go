@@ -41,6 +41,9 @@ type Config struct {
 	// lists of SSH and X.509 certificates.
 	Credentials Credentials
 	Log         *slog.Logger
+	// Introspection, when set, serves RFC 7662 introspection at
+	// <issuer>/introspect.
+	Introspection *Introspection
 }
 
 // Handler returns the HTTP handler.
@@ -50,6 +53,9 @@ func Handler(cfg Config) http.Handler {
 	}
 	mux := http.NewServeMux()
 	serveMetadata(mux, cfg)
+	if cfg.Introspection != nil {
+		serveIntrospection(mux, cfg)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()

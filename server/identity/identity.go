@@ -534,3 +534,12 @@ func PrincipalFrom(ctx context.Context) (string, bool) {
 	p, ok := PeerFrom(ctx)
 	return p.Principal, ok && p.Principal != "" && p.PrincipalErr == nil
 }
+
+// VerifyNow checks a client certificate presented outside the gRPC
+// listener (the HTTPS listener's introspection) as the gRPC handshake and
+// every call check theirs: chained to the client CA and within its validity
+// period at the broker's time, not on the CRL in force; and returns its
+// principal.
+func (v *Verifier) VerifyNow(c *x509.Certificate) (string, error) {
+	return v.VerifyAt(c, v.now())
+}
