@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,10 +16,27 @@ import (
 // content an approver's statement binds to.
 func ContentOf(r *bgv1.Request) statement.Content {
 	return statement.Content{
+		Version: statement.ContentVersion(r.GetContentVersion()).Norm(),
 		ID: r.GetId(), Account: r.GetAccount(), Requester: r.GetRequester(), Justification: r.GetJustification(),
 		Ticket: r.GetTicket(), TTLSeconds: int64(r.GetRequestedTtl().AsDuration() / time.Second), Drill: r.GetDrill(),
 		CreatedAt: r.GetCreateTime().AsTime(),
 	}
+}
+
+// checkedDigest is the content digest of r computed from the fields the
+// approver is shown. When the broker states the digest too, the two must
+// agree: the SDK signs only what it computed, and refuses to sign when
+// the broker says the request is something else.
+func checkedDigest(r *bgv1.Request) (string, error) {
+	c := ContentOf(r)
+	if !c.Version.Known() {
+		return "", fmt.Errorf("request %s has content version %d, which this SDK does not know: upgrade it", r.GetId(), r.GetContentVersion())
+	}
+	d := c.Digest()
+	if got := r.GetContentDigest(); got != "" && got != d {
+		return "", fmt.Errorf("request %s: the broker states content digest %s but its fields give %s; nothing was signed", r.GetId(), got, d)
+	}
+	return d, nil
 }
 
 // Origin returns the log's origin (cached after the first call).
@@ -71,7 +89,11 @@ func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.Revi
 	if decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
 		typ = statement.TypeDeny
 	}
-	stmt, sig, err := c.sign(ctx, typ, r.GetId(), ContentOf(r).Digest(), comment)
+	digest, err := checkedDigest(r)
+	if err != nil {
+		return nil, err
+	}
+	stmt, sig, err := c.sign(ctx, typ, r.GetId(), digest, comment)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +111,11 @@ func (c *Client) ClosePostReviewSigned(ctx context.Context, pr *bgv1.PostReview,
 	if err != nil {
 		return nil, err
 	}
-	stmt, sig, err := c.sign(ctx, statement.TypeReviewClose, pr.GetRequestId(), ContentOf(got.GetRequest()).Digest(), notes)
+	digest, err := checkedDigest(got.GetRequest())
+	if err != nil {
+		return nil, err
+	}
+	stmt, sig, err := c.sign(ctx, statement.TypeReviewClose, pr.GetRequestId(), digest, notes)
 	if err != nil {
 		return nil, err
 	}

@@ -148,9 +148,11 @@ func (k *keyChain) follow(i int64, e *audit.Entry) *Violation {
 	if kid, err := keyid.Thumbprint(pub); err != nil || kid != c.KID {
 		return violation(i, "the new key's kid %s is not its thumbprint", c.KID)
 	}
-	if !bytes.HasPrefix(c.Rotation, []byte(statement.RotationContext+"\n")) ||
-		!bytes.Contains(c.Rotation, fmt.Appendf(nil, "\npurpose %s\n", c.Purpose)) ||
-		!bytes.Contains(c.Rotation, fmt.Appendf(nil, "\nold %s\nnew %s\n", c.Previous, c.KID)) {
+	rot, err := statement.ParseRotation(c.Rotation)
+	if err != nil {
+		return violation(i, "the rotation statement is malformed: %v", err)
+	}
+	if rot.Purpose != c.Purpose || rot.Account != c.Account || rot.Old != c.Previous || rot.New != c.KID || !bytes.Equal(rot.Key, blk.Bytes) {
 		return violation(i, "the rotation statement does not describe this rotation")
 	}
 	k.checks += 2

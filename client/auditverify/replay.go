@@ -273,10 +273,16 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if p.PolicyHash != r.policyHash {
 		return violation(i, "the request names policy %s but %s is in force", p.PolicyHash, r.policyHash)
 	}
-	c := statement.Content{ID: e.Request, Account: e.Account, Requester: e.Actor, Justification: p.Justification, Ticket: p.Ticket,
+	v := statement.ContentVersion(p.ContentVersion)
+	if !v.Known() || p.ContentVersion == int(statement.ContentV1) {
+		// Version 1 is written as an absent field, never as 1: one
+		// entry, one encoding.
+		return violation(i, "request content_version %d is not one the broker writes (absent for version 1, or 2)", p.ContentVersion)
+	}
+	c := statement.Content{Version: v.Norm(), ID: e.Request, Account: e.Account, Requester: e.Actor, Justification: p.Justification, Ticket: p.Ticket,
 		TTLSeconds: p.TTLSeconds, Drill: p.Drill, CreatedAt: p.CreatedAt}
 	if c.Digest() != p.ContentDigest {
-		return violation(i, "the content digest does not match the request's content")
+		return violation(i, "the content digest does not match the request's content (version %d text)", v.Norm())
 	}
 	r.nRequests++
 	r.requests[e.Request] = &reqState{

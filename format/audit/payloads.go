@@ -53,9 +53,12 @@ type RequestCreated struct {
 	// Solo marks a time-locked solo request.
 	Solo       bool   `json:"solo,omitempty"`
 	PolicyHash string `json:"policy_hash"`
-	// ContentDigest is the SHA-256 of the request's immutable content, the
-	// value signed approvals bind to.
+	// ContentDigest is "sha256:" and the hex SHA-256 of the request's
+	// content text (docs/signing.md), the value signed statements bind to.
 	ContentDigest string `json:"content_digest"`
+	// ContentVersion is the version of that text; absent in entries
+	// written before version 2, which are version 1.
+	ContentVersion int `json:"content_version,omitempty"`
 }
 
 // RequestReviewed records one review. The reviewer is the entry's actor.

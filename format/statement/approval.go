@@ -15,20 +15,20 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"regexp"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// Context lines. Each signed object of the broker starts with its own.
-const (
-	ContentContext   = "breakglass request content v1"
-	StatementContext = "breakglass review statement v1"
-)
+// StatementContext begins every review, review-close and attest statement.
+// Each signed object of the broker starts with a context line of its own.
+const StatementContext = "breakglass review statement v1"
 
 // MaxSkew is how far a statement's time may be from the broker's clock.
 const MaxSkew = 5 * time.Minute
@@ -47,51 +47,9 @@ const (
 	TypeAttest = "attest"
 )
 
-// AccountContext begins the text an attestation's content digest covers.
-const AccountContext = "breakglass account attestation v1"
-
-// AccountDigest is the content digest of an attestation: the account and
-// the hash of the policy in force, which says who its approvers are.
-func AccountDigest(account, policyHash string) string {
-	return digest(fmt.Appendf(nil, "%s\naccount %s\npolicy %s\n", AccountContext, account, policyHash))
-}
-
-// Content is a request's immutable content: what an approver approves.
-type Content struct {
-	ID            string
-	Account       string
-	Requester     string
-	Justification string
-	Ticket        string
-	TTLSeconds    int64
-	Drill         bool
-	CreatedAt     time.Time
-}
-
-// Bytes is the canonical text whose SHA-256 is the content digest. Free
-// text is base64-encoded so that no field can forge a line of another.
-func (c Content) Bytes() []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s\nid %s\naccount %s\nrequester %s\nttl_seconds %d\ndrill %t\ncreated_at %s\nticket %s\njustification %s\n",
-		ContentContext, c.ID, c.Account, c.Requester, c.TTLSeconds, c.Drill, c.CreatedAt.UTC().Format(time.RFC3339Nano),
-		base64.StdEncoding.EncodeToString([]byte(c.Ticket)), base64.StdEncoding.EncodeToString([]byte(c.Justification)))
-	return b.Bytes()
-}
-
-// Digest is "sha256:" and the hex SHA-256 of Bytes.
-func (c Content) Digest() string { return digest(c.Bytes()) }
-
-// CommentDigest is the digest a statement carries for a review comment.
-func CommentDigest(comment string) string { return digest([]byte(comment)) }
-
-func digest(b []byte) string {
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
 // Statement is one signed review.
 type Statement struct {
-	// Type is approve or deny.
+	// Type is approve, deny, review-close or attest.
 	Type string
 	// Origin is the log origin of the deployment, so a statement is worth
 	// nothing in another one.
@@ -162,7 +120,7 @@ func Parse(b []byte) (Statement, error) {
 	}
 	t, err := time.Parse(time.RFC3339, vals[5])
 	if err != nil || t.UTC().Format(time.RFC3339) != vals[5] {
-		return s, errors.New("statement time must be RFC 3339 UTC to the second (2006-01-02T15:04:05Z)")
+		return s, errors.New("statement time must be RFC 3339 UTC to the second, such as 2026-11-29T12:52:10Z (no fraction, no offset other than Z)")
 	}
 	s.Time = t
 	if !bytes.Equal(s.Marshal(), b) {
@@ -185,21 +143,69 @@ func Sign(key crypto.Signer, stmt []byte) ([]byte, error) {
 	return nil, fmt.Errorf("cannot sign statements with a %T key", key.Public())
 }
 
-// Verify checks a statement signature against the certificate's key.
+// ErrSignatureEncoding marks a signature that is not in the encoding its
+// key type requires (docs/signing.md), such as a raw r||s ECDSA signature
+// where ASN.1 DER is expected: the signer's mistake, named as such.
+var ErrSignatureEncoding = errors.New("the signature is not in the encoding its key type requires")
+
+// Verify checks a statement signature against the certificate's key:
+// ECDSA with SHA-256, ASN.1 DER; Ed25519 over the statement itself; RSA
+// PKCS #1 v1.5 with SHA-256. A signature in another encoding is refused
+// with an error wrapping ErrSignatureEncoding that says which encoding was
+// expected.
 func Verify(cert *x509.Certificate, stmt, sig []byte) error {
 	var alg x509.SignatureAlgorithm
-	switch cert.PublicKey.(type) {
+	switch pub := cert.PublicKey.(type) {
 	case *ecdsa.PublicKey:
 		alg = x509.ECDSAWithSHA256
+		if err := checkDER(sig); err != nil {
+			hint := ""
+			if n := (pub.Curve.Params().BitSize + 7) / 8; len(sig) == 2*n {
+				hint = fmt.Sprintf("; these %d bytes look like a raw r||s signature (IEEE P1363, what WebCrypto returns): encode r and s as a DER SEQUENCE of two INTEGERs", len(sig))
+			}
+			return fmt.Errorf("%w: expected an ASN.1 DER ECDSA signature (RFC 3279: SEQUENCE { r INTEGER, s INTEGER }) over SHA-256 of the statement, %s%s", ErrSignatureEncoding, err, hint)
+		}
 	case ed25519.PublicKey:
 		alg = x509.PureEd25519
+		if len(sig) != ed25519.SignatureSize {
+			return fmt.Errorf("%w: expected a %d-byte Ed25519 signature (RFC 8032) of the statement itself, got %d bytes", ErrSignatureEncoding, ed25519.SignatureSize, len(sig))
+		}
 	case *rsa.PublicKey:
 		alg = x509.SHA256WithRSA
+		if len(sig) != pub.Size() {
+			return fmt.Errorf("%w: expected an RSA PKCS #1 v1.5 SHA-256 signature of %d bytes (the modulus size), got %d bytes", ErrSignatureEncoding, pub.Size(), len(sig))
+		}
 	default:
-		return fmt.Errorf("unsupported certificate key %T", cert.PublicKey)
+		return fmt.Errorf("unsupported certificate key %T: statements are signed with ECDSA, Ed25519 or RSA keys", cert.PublicKey)
 	}
 	if err := cert.CheckSignature(alg, stmt, sig); err != nil {
 		return fmt.Errorf("the signature does not verify with the certificate's key: %w", err)
+	}
+	return nil
+}
+
+// checkDER checks that sig is one DER SEQUENCE of two positive INTEGERs
+// in minimal encoding and nothing after it.
+func checkDER(sig []byte) error {
+	var seq cryptobyte.String
+	in := cryptobyte.String(sig)
+	if !in.ReadASN1(&seq, cbasn1.SEQUENCE) {
+		return fmt.Errorf("got %d bytes that are not a DER SEQUENCE", len(sig))
+	}
+	if !in.Empty() {
+		return errors.New("got bytes after the DER SEQUENCE")
+	}
+	for _, name := range []string{"r", "s"} {
+		var n big.Int
+		if !seq.ReadASN1Integer(&n) {
+			return fmt.Errorf("%s is not a minimally encoded DER INTEGER", name)
+		}
+		if n.Sign() <= 0 {
+			return fmt.Errorf("%s is not positive", name)
+		}
+	}
+	if !seq.Empty() {
+		return errors.New("the SEQUENCE holds more than r and s")
 	}
 	return nil
 }

@@ -41,7 +41,7 @@ func (b *Broker) checkSigned(caller string, s Signed, typ, subject, content, not
 		return invalid("the signed statement is malformed: %s", err)
 	}
 	if err := b.sigs.Verify(s.Cert, s.Statement, s.Signature); err != nil {
-		return invalid("the statement's signature does not verify with your client certificate")
+		return signatureError("the statement's", err)
 	}
 	if err := statement.Check(st, typ, b.cfg.Origin, subject, content, notes, now); err != nil {
 		return invalid("the signed statement does not match: %s", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
@@ -103,6 +104,7 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 	r := &request.Request{
 		ID: id, Account: acct.Name, Requester: caller, Justification: in.Justification, Ticket: in.Ticket,
 		TTL: in.TTL, Drill: in.Drill, Solo: in.Solo, State: request.Pending, CreatedAt: now,
+		ContentVersion:   statement.CurrentContent,
 		ApprovalDeadline: now.Add(acct.ApprovalWindow.D()), Rule: acct.Quorum, DenyThreshold: acct.DenyThreshold,
 		MaxIssuances: acct.MaxIssuances, PolicyHash: p.Hash(), ActivationWindow: acct.ActivationWindow.D(),
 	}
@@ -131,7 +133,7 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 				Justification: r.Justification, Ticket: r.Ticket, TTLSeconds: int64(r.TTL / time.Second), Drill: r.Drill,
 				CreatedAt: r.CreatedAt, ApprovalDeadline: r.ApprovalDeadline, Quorum: r.Rule, DenyThreshold: r.DenyThreshold,
 				MaxIssuances: r.MaxIssuances, ActivationWindow: int64(r.ActivationWindow / time.Second), PolicyHash: r.PolicyHash,
-				ContentDigest: r.Content().Digest(), Solo: r.Solo,
+				ContentDigest: r.Content().Digest(), ContentVersion: int(r.ContentVersion), Solo: r.Solo,
 			},
 		}, true)
 		if err != nil {

@@ -44,12 +44,61 @@ func (b *Broker) checkStatement(in ReviewInput, caller string, r *request.Reques
 		return invalid("the signed review statement is malformed: %s", err)
 	}
 	if err := b.sigs.Verify(in.Cert, in.Statement, in.Signature); err != nil {
-		return invalid("the review statement's signature does not verify with your client certificate")
+		return signatureError("the review statement's", err)
 	}
 	if err := statement.Check(st, string(in.Decision), b.cfg.Origin, r.ID, r.Content().Digest(), in.Comment, now); err != nil {
-		return invalid("the signed review statement does not match this review: %s", err)
+		return invalid("the signed review statement does not match this review: %s%s", err, contentHint(st, r))
 	}
 	return nil
+}
+
+// signatureError says why a statement's signature was refused: a wrong
+// encoding is named, with the one expected; any other failure is that the
+// signature does not verify with the certificate of the connection.
+func signatureError(what string, err error) error {
+	if errors.Is(err, statement.ErrSignatureEncoding) {
+		return invalid("%s signature is in the wrong encoding: %s (docs/signing.md)", what, err)
+	}
+	return invalid("%s signature does not verify with your client certificate's key: sign the exact statement bytes you send with the key of the certificate you connect with (docs/signing.md)", what)
+}
+
+// contentHint explains a content digest mismatch when its cause is known.
+func contentHint(st statement.Statement, r *request.Request) string {
+	if st.Content == r.Content().Digest() {
+		return ""
+	}
+	if h := statement.MismatchHint(st.Content, r.Content()); h != "" {
+		return ": " + h
+	}
+	return ""
+}
+
+// Prepared is the statement the broker would accept for a review now,
+// with the content it binds.
+type Prepared struct {
+	Statement []byte
+	Content   statement.Content
+	Origin    string
+}
+
+// PrepareReview builds, without recording anything, the statement that
+// caller's review of request id with this decision and comment would sign
+// now, for a client to compare with its own.
+func (b *Broker) PrepareReview(ctx context.Context, caller, id string, d request.Decision, comment string) (*Prepared, error) {
+	if d != request.Approve && d != request.Deny {
+		return nil, invalid("decision must be approve or deny")
+	}
+	if err := validateText("comment", comment, 2000, false); err != nil {
+		return nil, err
+	}
+	r, err := b.GetRequest(ctx, caller, id)
+	if err != nil {
+		return nil, err
+	}
+	c := r.Content()
+	st := statement.Statement{Type: string(d), Origin: b.cfg.Origin, Request: r.ID, Content: c.Digest(),
+		Comment: statement.CommentDigest(comment), Time: b.now().UTC().Truncate(time.Second)}
+	return &Prepared{Statement: st.Marshal(), Content: c, Origin: b.cfg.Origin}, nil
 }
 
 // Review records caller's decision on a pending request. An approval that

@@ -48,6 +48,7 @@ func toProto(r *request.Request) *bgv1.Request {
 		MaxIssuances: int32(r.MaxIssuances), Quorum: r.Rule.String(), PolicyHash: r.PolicyHash,
 		CreatedEntry: &bgv1.AuditRef{Index: r.CreatedEntry, LeafHash: r.CreatedLeaf},
 		Solo:         r.Solo, SoloAcknowledgeTime: ts(r.SoloAckedAt), GrantAcknowledgeTime: ts(r.GrantAckedAt),
+		ContentDigest: r.Content().Digest(), ContentVersion: uint32(r.ContentVersion.Norm()),
 	}
 	for _, rv := range r.Reviews {
 		d := bgv1.ReviewDecision_REVIEW_DECISION_APPROVE
@@ -140,6 +141,20 @@ func (s *Server) ReviewRequest(ctx context.Context, in *bgv1.ReviewRequestReques
 		return nil, s.toStatus(ctx, err)
 	}
 	return &bgv1.ReviewRequestResponse{Request: toProto(res.Request), Entry: ref(res.Entry), Replayed: res.Replayed}, nil
+}
+
+// PrepareReview implements ReviewService.
+func (s *Server) PrepareReview(ctx context.Context, in *bgv1.PrepareReviewRequest) (*bgv1.PrepareReviewResponse, error) {
+	d := request.Approve
+	if in.Decision == bgv1.ReviewDecision_REVIEW_DECISION_DENY {
+		d = request.Deny
+	}
+	p, err := s.b.PrepareReview(ctx, caller(ctx), in.Id, d, in.Comment)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return &bgv1.PrepareReviewResponse{Statement: p.Statement, Content: p.Content.Bytes(), ContentDigest: p.Content.Digest(),
+		ContentVersion: uint32(p.Content.Version.Norm()), Origin: p.Origin}, nil
 }
 
 // IssueToken implements TokenService.

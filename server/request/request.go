@@ -71,6 +71,9 @@ type Request struct {
 
 	CreatedAt        time.Time
 	ApprovalDeadline time.Time
+	// ContentVersion is the version of the content text the request's
+	// content digest is computed in, fixed when it is created.
+	ContentVersion statement.ContentVersion
 	// Rule is the quorum rule in force when the request was created; it
 	// stays the rule of this request whatever later policies say.
 	Rule          policy.Rule
@@ -163,7 +166,7 @@ func (r *Request) ApprovalsAndDenials() (approvals, denials []string) {
 // Content returns the request's immutable content: what approvers approve
 // and what their signed statements bind to.
 func (r *Request) Content() statement.Content {
-	return statement.Content{ID: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification,
+	return statement.Content{Version: r.ContentVersion.Norm(), ID: r.ID, Account: r.Account, Requester: r.Requester, Justification: r.Justification,
 		Ticket: r.Ticket, TTLSeconds: int64(r.TTL / time.Second), Drill: r.Drill, CreatedAt: r.CreatedAt.UTC()}
 }
 

@@ -34,7 +34,7 @@ type AccountServiceClient interface {
 	ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error)
 	// AttestAccount records that the caller, an owner, confirms the account
 	// is still needed and its approvers are right, with a signed attest
-	// statement (see client/approval).
+	// statement (docs/signing.md).
 	AttestAccount(ctx context.Context, in *AttestAccountRequest, opts ...grpc.CallOption) (*AttestAccountResponse, error)
 }
 
@@ -77,7 +77,7 @@ type AccountServiceServer interface {
 	ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error)
 	// AttestAccount records that the caller, an owner, confirms the account
 	// is still needed and its approvers are right, with a signed attest
-	// statement (see client/approval).
+	// statement (docs/signing.md).
 	AttestAccount(context.Context, *AttestAccountRequest) (*AttestAccountResponse, error)
 	mustEmbedUnimplementedAccountServiceServer()
 }

@@ -61,8 +61,9 @@ func (*GetLogInfoRequest) Descriptor() ([]byte, []int) {
 
 type GetLogInfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The log's origin: the first line of every checkpoint and the name of
-	// the checkpoint key.
+	// The log's origin: the first line of every checkpoint, the name of
+	// the checkpoint key, and the origin line of every signed statement
+	// (docs/signing.md).
 	Origin string `protobuf:"bytes,1,opt,name=origin,proto3" json:"origin,omitempty"`
 	// Number of entries now.
 	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`

@@ -35,7 +35,7 @@ type GovernanceServiceClient interface {
 	// for auditors, and their own grants' for requesters).
 	ListPostReviews(ctx context.Context, in *ListPostReviewsRequest, opts ...grpc.CallOption) (*ListPostReviewsResponse, error)
 	// ClosePostReview closes one with the reviewer's notes and a signed
-	// review-close statement.
+	// review-close statement (docs/signing.md).
 	ClosePostReview(ctx context.Context, in *ClosePostReviewRequest, opts ...grpc.CallOption) (*ClosePostReviewResponse, error)
 	// GetReport returns the standing-access report: auditors see everything,
 	// owners their accounts.
@@ -91,7 +91,7 @@ type GovernanceServiceServer interface {
 	// for auditors, and their own grants' for requesters).
 	ListPostReviews(context.Context, *ListPostReviewsRequest) (*ListPostReviewsResponse, error)
 	// ClosePostReview closes one with the reviewer's notes and a signed
-	// review-close statement.
+	// review-close statement (docs/signing.md).
 	ClosePostReview(context.Context, *ClosePostReviewRequest) (*ClosePostReviewResponse, error)
 	// GetReport returns the standing-access report: auditors see everything,
 	// owners their accounts.

@@ -310,8 +310,19 @@ type Request struct {
 	// then) and the grant alert (require_alert_ack).
 	SoloAcknowledgeTime  *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=solo_acknowledge_time,json=soloAcknowledgeTime,proto3" json:"solo_acknowledge_time,omitempty"`
 	GrantAcknowledgeTime *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=grant_acknowledge_time,json=grantAcknowledgeTime,proto3" json:"grant_acknowledge_time,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// "sha256:" and the lowercase hex SHA-256 of the request's content text
+	// (docs/signing.md), the value every statement signed about this request
+	// binds to, as its request_created entry records it. A client recomputes
+	// it from the fields above, in content_version, and refuses to sign when
+	// the two differ: it is there to check a computation, not to be signed
+	// blindly.
+	ContentDigest string `protobuf:"bytes,27,opt,name=content_digest,json=contentDigest,proto3" json:"content_digest,omitempty"`
+	// The version of that content text: 2 for requests created by this
+	// broker, 1 for requests created before version 2 existed (an absent
+	// field, from an older broker, also means 1).
+	ContentVersion uint32 `protobuf:"varint,28,opt,name=content_version,json=contentVersion,proto3" json:"content_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
@@ -524,6 +535,20 @@ func (x *Request) GetGrantAcknowledgeTime() *timestamppb.Timestamp {
 		return x.GrantAcknowledgeTime
 	}
 	return nil
+}
+
+func (x *Request) GetContentDigest() string {
+	if x != nil {
+		return x.ContentDigest
+	}
+	return ""
+}
+
+func (x *Request) GetContentVersion() uint32 {
+	if x != nil {
+		return x.ContentVersion
+	}
+	return 0
 }
 
 type CreateRequestRequest struct {
@@ -1134,7 +1159,8 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\acomment\x18\x03 \x01(\tR\acomment\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12-\n" +
-	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\xb1\t\n" +
+	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\x81\n" +
+	"\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaccount\x18\x02 \x01(\tR\aaccount\x12\x1c\n" +
@@ -1165,7 +1191,9 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\rcreated_entry\x18\x17 \x01(\v2\x17.breakglass.v1.AuditRefR\fcreatedEntry\x12\x12\n" +
 	"\x04solo\x18\x18 \x01(\bR\x04solo\x12N\n" +
 	"\x15solo_acknowledge_time\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\x13soloAcknowledgeTime\x12P\n" +
-	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\"\xb9\x04\n" +
+	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\x12%\n" +
+	"\x0econtent_digest\x18\x1b \x01(\tR\rcontentDigest\x12'\n" +
+	"\x0fcontent_version\x18\x1c \x01(\rR\x0econtentVersion\"\xb9\x04\n" +
 	"\x14CreateRequestRequest\x12;\n" +
 	"\aaccount\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18@2\x16^[a-z0-9][a-z0-9._-]*$R\aaccount\x12p\n" +
 	"\rjustification\x18\x02 \x01(\tBJ\xbaHGrE\x10\x01\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\rjustification\x12D\n" +

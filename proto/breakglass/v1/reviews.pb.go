@@ -23,17 +23,19 @@ const (
 )
 
 // ReviewRequestRequest carries the review and a statement signed with the
-// private key of the caller's client certificate (see client/approval):
+// private key of the caller's client certificate. docs/signing.md defines
+// the statement byte for byte (testdata/vectors has worked examples):
 //
 //	breakglass review statement v1
 //	type approve|deny
-//	origin <log origin>
+//	origin <log origin, GetLogInfo.origin>
 //	request <request id>
-//	content sha256:<hex digest of the request's content>
-//	comment sha256:<hex digest of the comment>
-//	time <RFC 3339 UTC, to the second>
+//	content <Request.content_digest, recomputed by the client>
+//	comment sha256:<lowercase hex SHA-256 of the comment's UTF-8 bytes>
+//	time <RFC 3339 UTC to the second, e.g. 2026-11-29T12:52:10Z>
 //
-// A review without a valid statement is refused with InvalidArgument.
+// each line ending in one LF. A review without a valid statement is
+// refused with InvalidArgument, saying what did not match.
 type ReviewRequestRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -41,8 +43,10 @@ type ReviewRequestRequest struct {
 	Comment  string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
 	// The signed statement, byte for byte.
 	Statement []byte `protobuf:"bytes,4,opt,name=statement,proto3" json:"statement,omitempty"`
-	// Its signature with the client certificate's key: ECDSA with SHA-256
-	// (ASN.1 DER), Ed25519, or RSA PKCS #1 v1.5 with SHA-256.
+	// Its signature with the client certificate's key, by the key's type:
+	// ECDSA over SHA-256 of the statement, ASN.1 DER encoded (not the raw
+	// r||s that WebCrypto returns); Ed25519 over the statement itself; RSA
+	// PKCS #1 v1.5 with SHA-256.
 	Signature []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
 	// Makes a retry safe, as in CreateRequestRequest: a second call with the
 	// same key and review returns the first call's answer.
@@ -185,6 +189,145 @@ func (x *ReviewRequestResponse) GetReplayed() bool {
 	return false
 }
 
+type PrepareReviewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Decision      ReviewDecision         `protobuf:"varint,2,opt,name=decision,proto3,enum=breakglass.v1.ReviewDecision" json:"decision,omitempty"`
+	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareReviewRequest) Reset() {
+	*x = PrepareReviewRequest{}
+	mi := &file_breakglass_v1_reviews_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareReviewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareReviewRequest) ProtoMessage() {}
+
+func (x *PrepareReviewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_reviews_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareReviewRequest.ProtoReflect.Descriptor instead.
+func (*PrepareReviewRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_reviews_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PrepareReviewRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PrepareReviewRequest) GetDecision() ReviewDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return ReviewDecision_REVIEW_DECISION_UNSPECIFIED
+}
+
+func (x *PrepareReviewRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type PrepareReviewResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The review statement the broker would accept now, byte for byte.
+	Statement []byte `protobuf:"bytes,1,opt,name=statement,proto3" json:"statement,omitempty"`
+	// The request's content text, whose SHA-256 is content_digest.
+	Content        []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	ContentDigest  string `protobuf:"bytes,3,opt,name=content_digest,json=contentDigest,proto3" json:"content_digest,omitempty"`
+	ContentVersion uint32 `protobuf:"varint,4,opt,name=content_version,json=contentVersion,proto3" json:"content_version,omitempty"`
+	// The log's origin, as GetLogInfo returns it.
+	Origin        string `protobuf:"bytes,5,opt,name=origin,proto3" json:"origin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareReviewResponse) Reset() {
+	*x = PrepareReviewResponse{}
+	mi := &file_breakglass_v1_reviews_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareReviewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareReviewResponse) ProtoMessage() {}
+
+func (x *PrepareReviewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_reviews_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareReviewResponse.ProtoReflect.Descriptor instead.
+func (*PrepareReviewResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_reviews_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PrepareReviewResponse) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *PrepareReviewResponse) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *PrepareReviewResponse) GetContentDigest() string {
+	if x != nil {
+		return x.ContentDigest
+	}
+	return ""
+}
+
+func (x *PrepareReviewResponse) GetContentVersion() uint32 {
+	if x != nil {
+		return x.ContentVersion
+	}
+	return 0
+}
+
+func (x *PrepareReviewResponse) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
 var File_breakglass_v1_reviews_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_reviews_proto_rawDesc = "" +
@@ -201,9 +344,21 @@ const file_breakglass_v1_reviews_proto_rawDesc = "" +
 	"\x15ReviewRequestResponse\x120\n" +
 	"\arequest\x18\x01 \x01(\v2\x16.breakglass.v1.RequestR\arequest\x12-\n" +
 	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\x12\x1a\n" +
-	"\breplayed\x18\x03 \x01(\bR\breplayed2k\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xdb\x01\n" +
+	"\x14PrepareReviewRequest\x12\x18\n" +
+	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x12E\n" +
+	"\bdecision\x18\x02 \x01(\x0e2\x1d.breakglass.v1.ReviewDecisionB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\bdecision\x12b\n" +
+	"\acomment\x18\x03 \x01(\tBH\xbaHErC\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\acomment\"\xb7\x01\n" +
+	"\x15PrepareReviewResponse\x12\x1c\n" +
+	"\tstatement\x18\x01 \x01(\fR\tstatement\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\x12%\n" +
+	"\x0econtent_digest\x18\x03 \x01(\tR\rcontentDigest\x12'\n" +
+	"\x0fcontent_version\x18\x04 \x01(\rR\x0econtentVersion\x12\x16\n" +
+	"\x06origin\x18\x05 \x01(\tR\x06origin2\xc7\x01\n" +
 	"\rReviewService\x12Z\n" +
-	"\rReviewRequest\x12#.breakglass.v1.ReviewRequestRequest\x1a$.breakglass.v1.ReviewRequestResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
+	"\rReviewRequest\x12#.breakglass.v1.ReviewRequestRequest\x1a$.breakglass.v1.ReviewRequestResponse\x12Z\n" +
+	"\rPrepareReview\x12#.breakglass.v1.PrepareReviewRequest\x1a$.breakglass.v1.PrepareReviewResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
 
 var (
 	file_breakglass_v1_reviews_proto_rawDescOnce sync.Once
@@ -217,25 +372,30 @@ func file_breakglass_v1_reviews_proto_rawDescGZIP() []byte {
 	return file_breakglass_v1_reviews_proto_rawDescData
 }
 
-var file_breakglass_v1_reviews_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_breakglass_v1_reviews_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_breakglass_v1_reviews_proto_goTypes = []any{
 	(*ReviewRequestRequest)(nil),  // 0: breakglass.v1.ReviewRequestRequest
 	(*ReviewRequestResponse)(nil), // 1: breakglass.v1.ReviewRequestResponse
-	(ReviewDecision)(0),           // 2: breakglass.v1.ReviewDecision
-	(*Request)(nil),               // 3: breakglass.v1.Request
-	(*AuditRef)(nil),              // 4: breakglass.v1.AuditRef
+	(*PrepareReviewRequest)(nil),  // 2: breakglass.v1.PrepareReviewRequest
+	(*PrepareReviewResponse)(nil), // 3: breakglass.v1.PrepareReviewResponse
+	(ReviewDecision)(0),           // 4: breakglass.v1.ReviewDecision
+	(*Request)(nil),               // 5: breakglass.v1.Request
+	(*AuditRef)(nil),              // 6: breakglass.v1.AuditRef
 }
 var file_breakglass_v1_reviews_proto_depIdxs = []int32{
-	2, // 0: breakglass.v1.ReviewRequestRequest.decision:type_name -> breakglass.v1.ReviewDecision
-	3, // 1: breakglass.v1.ReviewRequestResponse.request:type_name -> breakglass.v1.Request
-	4, // 2: breakglass.v1.ReviewRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	0, // 3: breakglass.v1.ReviewService.ReviewRequest:input_type -> breakglass.v1.ReviewRequestRequest
-	1, // 4: breakglass.v1.ReviewService.ReviewRequest:output_type -> breakglass.v1.ReviewRequestResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 0: breakglass.v1.ReviewRequestRequest.decision:type_name -> breakglass.v1.ReviewDecision
+	5, // 1: breakglass.v1.ReviewRequestResponse.request:type_name -> breakglass.v1.Request
+	6, // 2: breakglass.v1.ReviewRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	4, // 3: breakglass.v1.PrepareReviewRequest.decision:type_name -> breakglass.v1.ReviewDecision
+	0, // 4: breakglass.v1.ReviewService.ReviewRequest:input_type -> breakglass.v1.ReviewRequestRequest
+	2, // 5: breakglass.v1.ReviewService.PrepareReview:input_type -> breakglass.v1.PrepareReviewRequest
+	1, // 6: breakglass.v1.ReviewService.ReviewRequest:output_type -> breakglass.v1.ReviewRequestResponse
+	3, // 7: breakglass.v1.ReviewService.PrepareReview:output_type -> breakglass.v1.PrepareReviewResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_reviews_proto_init() }
@@ -250,7 +410,7 @@ func file_breakglass_v1_reviews_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_reviews_proto_rawDesc), len(file_breakglass_v1_reviews_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ReviewService_ReviewRequest_FullMethodName = "/breakglass.v1.ReviewService/ReviewRequest"
+	ReviewService_PrepareReview_FullMethodName = "/breakglass.v1.ReviewService/PrepareReview"
 )
 
 // ReviewServiceClient is the client API for ReviewService service.
@@ -32,6 +33,15 @@ type ReviewServiceClient interface {
 	// principals eligible under the request's quorum rule may review, never
 	// the requester, and each principal once.
 	ReviewRequest(ctx context.Context, in *ReviewRequestRequest, opts ...grpc.CallOption) (*ReviewRequestResponse, error)
+	// PrepareReview records nothing: it returns the statement the broker
+	// would accept now for this decision and comment (dated by the broker's
+	// clock) and the request's content text, so that a client can compare
+	// them with its own and find its mistake before it signs. A client must
+	// still build the statement from the request it showed the approver and
+	// sign only its own text: signing text the broker sent would let a broker
+	// that is not honest obtain a signature over a request the approver never
+	// saw (docs/signing.md). Whoever may see the request may ask.
+	PrepareReview(ctx context.Context, in *PrepareReviewRequest, opts ...grpc.CallOption) (*PrepareReviewResponse, error)
 }
 
 type reviewServiceClient struct {
@@ -52,6 +62,16 @@ func (c *reviewServiceClient) ReviewRequest(ctx context.Context, in *ReviewReque
 	return out, nil
 }
 
+func (c *reviewServiceClient) PrepareReview(ctx context.Context, in *PrepareReviewRequest, opts ...grpc.CallOption) (*PrepareReviewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareReviewResponse)
+	err := c.cc.Invoke(ctx, ReviewService_PrepareReview_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReviewServiceServer is the server API for ReviewService service.
 // All implementations must embed UnimplementedReviewServiceServer
 // for forward compatibility.
@@ -62,6 +82,15 @@ type ReviewServiceServer interface {
 	// principals eligible under the request's quorum rule may review, never
 	// the requester, and each principal once.
 	ReviewRequest(context.Context, *ReviewRequestRequest) (*ReviewRequestResponse, error)
+	// PrepareReview records nothing: it returns the statement the broker
+	// would accept now for this decision and comment (dated by the broker's
+	// clock) and the request's content text, so that a client can compare
+	// them with its own and find its mistake before it signs. A client must
+	// still build the statement from the request it showed the approver and
+	// sign only its own text: signing text the broker sent would let a broker
+	// that is not honest obtain a signature over a request the approver never
+	// saw (docs/signing.md). Whoever may see the request may ask.
+	PrepareReview(context.Context, *PrepareReviewRequest) (*PrepareReviewResponse, error)
 	mustEmbedUnimplementedReviewServiceServer()
 }
 
@@ -74,6 +103,9 @@ type UnimplementedReviewServiceServer struct{}
 
 func (UnimplementedReviewServiceServer) ReviewRequest(context.Context, *ReviewRequestRequest) (*ReviewRequestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReviewRequest not implemented")
+}
+func (UnimplementedReviewServiceServer) PrepareReview(context.Context, *PrepareReviewRequest) (*PrepareReviewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareReview not implemented")
 }
 func (UnimplementedReviewServiceServer) mustEmbedUnimplementedReviewServiceServer() {}
 func (UnimplementedReviewServiceServer) testEmbeddedByValue()                       {}
@@ -114,6 +146,24 @@ func _ReviewService_ReviewRequest_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReviewService_PrepareReview_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareReviewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReviewServiceServer).PrepareReview(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReviewService_PrepareReview_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReviewServiceServer).PrepareReview(ctx, req.(*PrepareReviewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReviewService_ServiceDesc is the grpc.ServiceDesc for ReviewService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -124,6 +174,10 @@ var ReviewService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReviewRequest",
 			Handler:    _ReviewService_ReviewRequest_Handler,
+		},
+		{
+			MethodName: "PrepareReview",
+			Handler:    _ReviewService_PrepareReview_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
