@@ -210,24 +210,38 @@ func checkDER(sig []byte) error {
 	return nil
 }
 
+// MismatchError is a statement that verifies but says something other
+// than the action it is presented with. Field names the line that differs:
+// type, origin, request, content, comment or time.
+type MismatchError struct {
+	Field string
+	msg   string
+}
+
+func (e *MismatchError) Error() string { return e.msg }
+
+func mismatch(field, format string, args ...any) error {
+	return &MismatchError{Field: field, msg: fmt.Sprintf(format, args...)}
+}
+
 // Check verifies that stmt is a statement for exactly this review: type,
 // origin, request, content and comment all match, and its time is within
-// MaxSkew of now.
+// MaxSkew of now. Its error is a *MismatchError.
 func Check(s Statement, decision, origin, requestID, contentDigest, comment string, now time.Time) error {
 	switch {
 	case s.Type != decision:
-		return fmt.Errorf("the statement says %s but the review is %s", s.Type, decision)
+		return mismatch("type", "the statement says %s but the review is %s", s.Type, decision)
 	case s.Origin != origin:
-		return fmt.Errorf("the statement is for log %q, not this one (%q)", s.Origin, origin)
+		return mismatch("origin", "the statement is for log %q, not this one (%q)", s.Origin, origin)
 	case s.Request != requestID:
-		return fmt.Errorf("the statement is for request %s, not %s", s.Request, requestID)
+		return mismatch("request", "the statement is for request %s, not %s", s.Request, requestID)
 	case s.Content != contentDigest:
-		return errors.New("the statement's content digest does not match the request: it was signed over other content")
+		return mismatch("content", "the statement's content digest does not match the request: it was signed over other content")
 	case s.Comment != CommentDigest(comment):
-		return errors.New("the statement's comment digest does not match the comment")
+		return mismatch("comment", "the statement's comment digest does not match the comment")
 	}
 	if d := s.Time.Sub(now); d > MaxSkew || d < -MaxSkew {
-		return fmt.Errorf("the statement's time %s is %s from the broker's clock; at most %s is allowed (check your clock)",
+		return mismatch("time", "the statement's time %s is %s from the broker's clock; at most %s is allowed (check your clock)",
 			s.Time.UTC().Format(time.RFC3339), d.Round(time.Second), MaxSkew)
 	}
 	return nil
