@@ -16,10 +16,15 @@ import (
 // content an approver's statement binds to.
 func ContentOf(r *bgv1.Request) statement.Content {
 	return statement.Content{
-		Version: statement.ContentVersion(r.GetContentVersion()).Norm(),
-		ID: r.GetId(), Account: r.GetAccount(), Requester: r.GetRequester(), Justification: r.GetJustification(),
-		Ticket: r.GetTicket(), TTLSeconds: int64(r.GetRequestedTtl().AsDuration() / time.Second), Drill: r.GetDrill(),
-		CreatedAt: r.GetCreateTime().AsTime(),
+		Version:       statement.ContentVersion(r.GetContentVersion()).Norm(),
+		ID:            r.GetId(),
+		Account:       r.GetAccount(),
+		Requester:     r.GetRequester(),
+		Justification: r.GetJustification(),
+		Ticket:        r.GetTicket(),
+		TTLSeconds:    int64(r.GetRequestedTtl().AsDuration() / time.Second),
+		Drill:         r.GetDrill(),
+		CreatedAt:     r.GetCreateTime().AsTime(),
 	}
 }
 

@@ -552,8 +552,10 @@ func (l *fuzzLog) rotation(purpose string) []byte {
 	if err != nil {
 		panic(err)
 	}
-	stmt := fmt.Appendf(nil, "%s\npurpose %s\naccount \nold %s\nnew %s\nkey next-%s\ntime %s\n", statement.RotationContext, purpose, oldKID, kid, purpose,
-		fuzzT0.Format(time.RFC3339))
+	stmt, err := statement.Rotation(purpose, "", oldKID, kid, pub, fuzzT0)
+	if err != nil {
+		panic(err)
+	}
 	b, err := json.Marshal(audit.KeyChange{Purpose: purpose, KID: kid, Label: "next-" + purpose, Previous: oldKID,
 		PublicPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), Rotation: stmt,
 		OldSignature: signOld(stmt), NewSignature: signNew(stmt), NoteKey: noteKey})

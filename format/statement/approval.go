@@ -163,7 +163,7 @@ func Verify(cert *x509.Certificate, stmt, sig []byte) error {
 			if n := (pub.Curve.Params().BitSize + 7) / 8; len(sig) == 2*n {
 				hint = fmt.Sprintf("; these %d bytes look like a raw r||s signature (IEEE P1363, what WebCrypto returns): encode r and s as a DER SEQUENCE of two INTEGERs", len(sig))
 			}
-			return fmt.Errorf("%w: expected an ASN.1 DER ECDSA signature (RFC 3279: SEQUENCE { r INTEGER, s INTEGER }) over SHA-256 of the statement, %s%s", ErrSignatureEncoding, err, hint)
+			return fmt.Errorf("%w: expected an ASN.1 DER ECDSA signature (RFC 3279: SEQUENCE { r INTEGER, s INTEGER }) over SHA-256 of the statement, %s%s", ErrSignatureEncoding, err.Error(), hint)
 		}
 	case ed25519.PublicKey:
 		alg = x509.PureEd25519

@@ -342,8 +342,8 @@ func contentVectors() []contentVector {
 		return c
 	}
 	v1 := func(c statement.Content) statement.Content { c.Version = statement.ContentV1; return c }
-	replace := func(c statement.Content, old, new string) string {
-		return strings.Replace(string(c.Bytes()), old, new, 1)
+	replace := func(c statement.Content, from, to string) string {
+		return strings.Replace(string(c.Bytes()), from, to, 1)
 	}
 	c := baseContent()
 	add("v2-fraction", "version 2: created_at always has nine fractional digits", c,
