@@ -6,7 +6,8 @@
 # start throwaway instances of (the broker's replicated store and a target
 # that accepts the broker's X.509 client certificates), and OpenSSH's
 # server and client (sshd accepts the broker's SSH certificates; ssh-keygen
-# checks its KRLs).
+# checks its KRLs), and Node.js with the npm packages of test/node (the
+# relying party written with openid-client and jose), from its lock file.
 set -euo pipefail
 need=()
 have_softhsm=0
@@ -22,6 +23,8 @@ if [ "${1:-}" = test ]; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   # ssh-keygen checks KRLs; the witnesses the tests run keep their keys in ssh-agent.
   { command -v ssh-agent >/dev/null && command -v ssh-keygen >/dev/null && command -v ssh-add >/dev/null; } || need+=(openssh-client)
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
@@ -59,4 +62,19 @@ if [ "${1:-}" = test ]; then
       GOBIN="$bin" go install "filippo.io/torchwood/cmd/$tool@v0.6.1"
     fi
   done
+fi
+# The npm packages of test/node, exactly as its package-lock.json says
+# (npm ci), again whenever the lock file is newer than the installed tree.
+# openid-client, jose and undici need Node.js 20.18 or later.
+if [ "${1:-}" = test ]; then
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=18)?0:1)'; then
+    echo "Node.js $(node --version) is too old for test/node: it needs 20.18 or later" >&2
+    exit 1
+  fi
+  stamp="$root/test/node/node_modules/.package-lock.json"
+  if [ ! -e "$stamp" ] || [ "$root/test/node/package-lock.json" -nt "$stamp" ]; then
+    echo "installing: npm packages of test/node" >&2
+    npm ci --prefix "$root/test/node" --no-audit --no-fund --loglevel=error >&2
+  fi
 fi
