@@ -28,13 +28,26 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // AccountService describes the accounts a caller may ask for or review.
+//
+// Every call of every service needs a client certificate from the broker's
+// client CA (TLS 1.3, checked on each call against the broker's clock and
+// the CRL) whose principal is named in the policy; a principal the policy
+// does not know gets PermissionDenied from every call. Groups below are the
+// policy's: requesters, eligible approvers (any group of the account's
+// quorum rule), owners (owner), reviewers, auditors (the policy's
+// auditors group), relying parties (relying_parties) and admins (admins).
+// grpc.health.v1.Health and server reflection need only a certificate from
+// the client CA, whatever principal it names.
 type AccountServiceClient interface {
 	// ListAccounts returns each account the caller may request, review or
 	// own, and every account for auditors.
+	// Who may call: any principal in the policy (the answer lists only the
+	// accounts that concern the caller; it may be empty).
 	ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error)
 	// AttestAccount records that the caller, an owner, confirms the account
 	// is still needed and its approvers are right, with a signed attest
 	// statement (docs/signing.md).
+	// Who may call: members of the account's owner group only.
 	AttestAccount(ctx context.Context, in *AttestAccountRequest, opts ...grpc.CallOption) (*AttestAccountResponse, error)
 }
 
@@ -71,13 +84,26 @@ func (c *accountServiceClient) AttestAccount(ctx context.Context, in *AttestAcco
 // for forward compatibility.
 //
 // AccountService describes the accounts a caller may ask for or review.
+//
+// Every call of every service needs a client certificate from the broker's
+// client CA (TLS 1.3, checked on each call against the broker's clock and
+// the CRL) whose principal is named in the policy; a principal the policy
+// does not know gets PermissionDenied from every call. Groups below are the
+// policy's: requesters, eligible approvers (any group of the account's
+// quorum rule), owners (owner), reviewers, auditors (the policy's
+// auditors group), relying parties (relying_parties) and admins (admins).
+// grpc.health.v1.Health and server reflection need only a certificate from
+// the client CA, whatever principal it names.
 type AccountServiceServer interface {
 	// ListAccounts returns each account the caller may request, review or
 	// own, and every account for auditors.
+	// Who may call: any principal in the policy (the answer lists only the
+	// accounts that concern the caller; it may be empty).
 	ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error)
 	// AttestAccount records that the caller, an owner, confirms the account
 	// is still needed and its approvers are right, with a signed attest
 	// statement (docs/signing.md).
+	// Who may call: members of the account's owner group only.
 	AttestAccount(context.Context, *AttestAccountRequest) (*AttestAccountResponse, error)
 	mustEmbedUnimplementedAccountServiceServer()
 }

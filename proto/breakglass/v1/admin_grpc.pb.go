@@ -26,7 +26,9 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService is for the policy's admins group.
+// AdminService is for the policy's admins group. Like every service it
+// needs a client certificate from the client CA naming a principal in the
+// policy (see AccountService).
 type AdminServiceClient interface {
 	// ReloadPolicy reads the policy again from where the broker's
 	// configuration names it (as SIGHUP does), validates it, and puts it in
@@ -34,6 +36,8 @@ type AdminServiceClient interface {
 	// announced as a policy.loaded event. An invalid policy is refused and
 	// the one in force stays. Pending requests keep the quorum rule they
 	// were created under.
+	// Who may call: members of the policy's admins group only, checked
+	// before the file is read.
 	ReloadPolicy(ctx context.Context, in *ReloadPolicyRequest, opts ...grpc.CallOption) (*ReloadPolicyResponse, error)
 }
 
@@ -59,7 +63,9 @@ func (c *adminServiceClient) ReloadPolicy(ctx context.Context, in *ReloadPolicyR
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService is for the policy's admins group.
+// AdminService is for the policy's admins group. Like every service it
+// needs a client certificate from the client CA naming a principal in the
+// policy (see AccountService).
 type AdminServiceServer interface {
 	// ReloadPolicy reads the policy again from where the broker's
 	// configuration names it (as SIGHUP does), validates it, and puts it in
@@ -67,6 +73,8 @@ type AdminServiceServer interface {
 	// announced as a policy.loaded event. An invalid policy is refused and
 	// the one in force stays. Pending requests keep the quorum rule they
 	// were created under.
+	// Who may call: members of the policy's admins group only, checked
+	// before the file is read.
 	ReloadPolicy(context.Context, *ReloadPolicyRequest) (*ReloadPolicyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }

@@ -33,25 +33,34 @@ const (
 //
 // AuditService serves the audit log: signed checkpoints (C2SP signed notes
 // over tlog-checkpoint bodies), RFC 6962 inclusion and consistency proofs,
-// and the entries themselves for auditors and the SOC.
+// and the entries themselves for auditors and the SOC. Like every service
+// it needs a client certificate from the client CA naming a principal in
+// the policy (see AccountService).
 type AuditServiceClient interface {
 	// GetLogInfo returns the log's origin, its size and the public keys that
-	// verify entries and checkpoints. Any authenticated principal may ask.
+	// verify entries and checkpoints.
+	// Who may call: any principal in the policy.
 	GetLogInfo(ctx context.Context, in *GetLogInfoRequest, opts ...grpc.CallOption) (*GetLogInfoResponse, error)
 	// GetCheckpoint returns a signed checkpoint: the latest, covering every
 	// entry committed before the call, the one at a given size, or the
 	// newest one the witness quorum cosigned; with every witness
 	// cosignature collected for it.
+	// Who may call: any principal in the policy (a checkpoint says nothing
+	// but the size and root of the log; /checkpoint serves it to anyone).
 	GetCheckpoint(ctx context.Context, in *GetCheckpointRequest, opts ...grpc.CallOption) (*GetCheckpointResponse, error)
 	// GetInclusionProof proves an entry is in the tree of a given size.
+	// Who may call: any principal in the policy (a proof holds hashes only).
 	GetInclusionProof(ctx context.Context, in *GetInclusionProofRequest, opts ...grpc.CallOption) (*GetInclusionProofResponse, error)
 	// GetConsistencyProof proves the tree of one size is a prefix of a larger one.
+	// Who may call: any principal in the policy (a proof holds hashes only).
 	GetConsistencyProof(ctx context.Context, in *GetConsistencyProofRequest, opts ...grpc.CallOption) (*GetConsistencyProofResponse, error)
-	// ListEntries returns entries in index order. Auditors only.
+	// ListEntries returns entries in index order.
+	// Who may call: members of the policy's auditors group only.
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	// WatchEntries streams entries from an index on, then each new one as it
 	// is committed. Resume after a disconnect from the next index wanted: no
-	// gaps, no duplicates. Auditors only.
+	// gaps, no duplicates.
+	// Who may call: members of the policy's auditors group only.
 	WatchEntries(ctx context.Context, in *WatchEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEntriesResponse], error)
 }
 
@@ -138,25 +147,34 @@ type AuditService_WatchEntriesClient = grpc.ServerStreamingClient[WatchEntriesRe
 //
 // AuditService serves the audit log: signed checkpoints (C2SP signed notes
 // over tlog-checkpoint bodies), RFC 6962 inclusion and consistency proofs,
-// and the entries themselves for auditors and the SOC.
+// and the entries themselves for auditors and the SOC. Like every service
+// it needs a client certificate from the client CA naming a principal in
+// the policy (see AccountService).
 type AuditServiceServer interface {
 	// GetLogInfo returns the log's origin, its size and the public keys that
-	// verify entries and checkpoints. Any authenticated principal may ask.
+	// verify entries and checkpoints.
+	// Who may call: any principal in the policy.
 	GetLogInfo(context.Context, *GetLogInfoRequest) (*GetLogInfoResponse, error)
 	// GetCheckpoint returns a signed checkpoint: the latest, covering every
 	// entry committed before the call, the one at a given size, or the
 	// newest one the witness quorum cosigned; with every witness
 	// cosignature collected for it.
+	// Who may call: any principal in the policy (a checkpoint says nothing
+	// but the size and root of the log; /checkpoint serves it to anyone).
 	GetCheckpoint(context.Context, *GetCheckpointRequest) (*GetCheckpointResponse, error)
 	// GetInclusionProof proves an entry is in the tree of a given size.
+	// Who may call: any principal in the policy (a proof holds hashes only).
 	GetInclusionProof(context.Context, *GetInclusionProofRequest) (*GetInclusionProofResponse, error)
 	// GetConsistencyProof proves the tree of one size is a prefix of a larger one.
+	// Who may call: any principal in the policy (a proof holds hashes only).
 	GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*GetConsistencyProofResponse, error)
-	// ListEntries returns entries in index order. Auditors only.
+	// ListEntries returns entries in index order.
+	// Who may call: members of the policy's auditors group only.
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	// WatchEntries streams entries from an index on, then each new one as it
 	// is committed. Resume after a disconnect from the next index wanted: no
-	// gaps, no duplicates. Auditors only.
+	// gaps, no duplicates.
+	// Who may call: members of the policy's auditors group only.
 	WatchEntries(*WatchEntriesRequest, grpc.ServerStreamingServer[WatchEntriesResponse]) error
 	mustEmbedUnimplementedAuditServiceServer()
 }

@@ -38,15 +38,22 @@ const (
 // written when the HSM cannot sign. Names, options and usages come from the
 // account's ssh: and x509: policy, never from the caller. Revoking the grant
 // revokes its certificates: /ssh/revoked.krl and /x509/crl.pem on the HTTPS
-// listener list them.
+// listener list them. Like every service it needs a client certificate
+// from the client CA naming a principal in the policy (see AccountService).
 type CertificateServiceClient interface {
 	// IssueSSHCertificate signs an OpenSSH user certificate for a public key.
+	// Who may call: the grant's requester only (the principal of the
+	// request), on an account with an ssh: policy.
 	IssueSSHCertificate(ctx context.Context, in *IssueSSHCertificateRequest, opts ...grpc.CallOption) (*IssueSSHCertificateResponse, error)
 	// IssueX509Certificate signs an X.509 client certificate for the key of a
 	// certificate request whose signature proves possession.
+	// Who may call: the grant's requester only, on an account with an x509:
+	// policy.
 	IssueX509Certificate(ctx context.Context, in *IssueX509CertificateRequest, opts ...grpc.CallOption) (*IssueX509CertificateResponse, error)
 	// GetCertificateAuthorities returns the CA keys and certificates targets
 	// trust, as served at /ssh/ca.pub and /x509/ca.pem.
+	// Who may call: any principal in the policy (the same material is public
+	// on the HTTPS listener).
 	GetCertificateAuthorities(ctx context.Context, in *GetCertificateAuthoritiesRequest, opts ...grpc.CallOption) (*GetCertificateAuthoritiesResponse, error)
 }
 
@@ -102,15 +109,22 @@ func (c *certificateServiceClient) GetCertificateAuthorities(ctx context.Context
 // written when the HSM cannot sign. Names, options and usages come from the
 // account's ssh: and x509: policy, never from the caller. Revoking the grant
 // revokes its certificates: /ssh/revoked.krl and /x509/crl.pem on the HTTPS
-// listener list them.
+// listener list them. Like every service it needs a client certificate
+// from the client CA naming a principal in the policy (see AccountService).
 type CertificateServiceServer interface {
 	// IssueSSHCertificate signs an OpenSSH user certificate for a public key.
+	// Who may call: the grant's requester only (the principal of the
+	// request), on an account with an ssh: policy.
 	IssueSSHCertificate(context.Context, *IssueSSHCertificateRequest) (*IssueSSHCertificateResponse, error)
 	// IssueX509Certificate signs an X.509 client certificate for the key of a
 	// certificate request whose signature proves possession.
+	// Who may call: the grant's requester only, on an account with an x509:
+	// policy.
 	IssueX509Certificate(context.Context, *IssueX509CertificateRequest) (*IssueX509CertificateResponse, error)
 	// GetCertificateAuthorities returns the CA keys and certificates targets
 	// trust, as served at /ssh/ca.pub and /x509/ca.pem.
+	// Who may call: any principal in the policy (the same material is public
+	// on the HTTPS listener).
 	GetCertificateAuthorities(context.Context, *GetCertificateAuthoritiesRequest) (*GetCertificateAuthoritiesResponse, error)
 	mustEmbedUnimplementedCertificateServiceServer()
 }

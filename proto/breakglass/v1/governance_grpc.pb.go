@@ -29,16 +29,26 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // GovernanceService covers what happens around each use: post-use reviews
-// and the standing-access report.
+// and the standing-access report. Like every service it needs a client
+// certificate from the client CA naming a principal in the policy (see
+// AccountService).
 type GovernanceServiceClient interface {
 	// ListPostReviews returns the post-use reviews the caller may close (all
 	// for auditors, and their own grants' for requesters).
+	// Who may call: any principal in the policy; the answer holds only the
+	// reviews the caller may close, all of them for auditors, and the
+	// caller's own grants' for requesters.
 	ListPostReviews(ctx context.Context, in *ListPostReviewsRequest, opts ...grpc.CallOption) (*ListPostReviewsResponse, error)
 	// ClosePostReview closes one with the reviewer's notes and a signed
 	// review-close statement (docs/signing.md).
+	// Who may call: members of the account's reviewer group (default its
+	// owner group) who neither requested nor approved the grant; auditors
+	// and the requester get PermissionDenied, anyone else NotFound.
 	ClosePostReview(ctx context.Context, in *ClosePostReviewRequest, opts ...grpc.CallOption) (*ClosePostReviewResponse, error)
 	// GetReport returns the standing-access report: auditors see everything,
 	// owners their accounts.
+	// Who may call: auditors, and owners of at least one account (for
+	// their accounts only).
 	GetReport(ctx context.Context, in *GetReportRequest, opts ...grpc.CallOption) (*GetReportResponse, error)
 }
 
@@ -85,16 +95,26 @@ func (c *governanceServiceClient) GetReport(ctx context.Context, in *GetReportRe
 // for forward compatibility.
 //
 // GovernanceService covers what happens around each use: post-use reviews
-// and the standing-access report.
+// and the standing-access report. Like every service it needs a client
+// certificate from the client CA naming a principal in the policy (see
+// AccountService).
 type GovernanceServiceServer interface {
 	// ListPostReviews returns the post-use reviews the caller may close (all
 	// for auditors, and their own grants' for requesters).
+	// Who may call: any principal in the policy; the answer holds only the
+	// reviews the caller may close, all of them for auditors, and the
+	// caller's own grants' for requesters.
 	ListPostReviews(context.Context, *ListPostReviewsRequest) (*ListPostReviewsResponse, error)
 	// ClosePostReview closes one with the reviewer's notes and a signed
 	// review-close statement (docs/signing.md).
+	// Who may call: members of the account's reviewer group (default its
+	// owner group) who neither requested nor approved the grant; auditors
+	// and the requester get PermissionDenied, anyone else NotFound.
 	ClosePostReview(context.Context, *ClosePostReviewRequest) (*ClosePostReviewResponse, error)
 	// GetReport returns the standing-access report: auditors see everything,
 	// owners their accounts.
+	// Who may call: auditors, and owners of at least one account (for
+	// their accounts only).
 	GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error)
 	mustEmbedUnimplementedGovernanceServiceServer()
 }

@@ -32,20 +32,28 @@ const (
 //
 // RequestService is how a requester asks for emergency access to one
 // account and follows the request. The caller is always the principal of
-// the client certificate; no field names the caller.
+// the client certificate; no field names the caller. Like every service it
+// needs a client certificate from the client CA naming a principal in the
+// policy (see AccountService).
 type RequestServiceClient interface {
-	// CreateRequest asks for access to an account. Only members of the
-	// account's requester groups may ask.
+	// CreateRequest asks for access to an account.
+	// Who may call: members of the account's requester groups only.
 	CreateRequest(ctx context.Context, in *CreateRequestRequest, opts ...grpc.CallOption) (*CreateRequestResponse, error)
 	// GetRequest returns a request the caller may see: its requester, the
 	// principals who may review it, the account's owners and auditors.
+	// Who may call: those; anyone else gets NotFound, as for a request that
+	// does not exist.
 	GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*GetRequestResponse, error)
 	// ListRequests returns the requests the caller may see, newest first.
+	// Who may call: any principal in the policy; the answer holds only the
+	// requests GetRequest would show the caller.
 	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
 	// WatchRequest streams the request now and after every change, and ends
 	// once the request is final.
+	// Who may call: whoever GetRequest would show the request to.
 	WatchRequest(ctx context.Context, in *WatchRequestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRequestResponse], error)
-	// CancelRequest withdraws a pending request; only its requester may.
+	// CancelRequest withdraws a pending request.
+	// Who may call: the request's requester only.
 	CancelRequest(ctx context.Context, in *CancelRequestRequest, opts ...grpc.CallOption) (*CancelRequestResponse, error)
 }
 
@@ -122,20 +130,28 @@ func (c *requestServiceClient) CancelRequest(ctx context.Context, in *CancelRequ
 //
 // RequestService is how a requester asks for emergency access to one
 // account and follows the request. The caller is always the principal of
-// the client certificate; no field names the caller.
+// the client certificate; no field names the caller. Like every service it
+// needs a client certificate from the client CA naming a principal in the
+// policy (see AccountService).
 type RequestServiceServer interface {
-	// CreateRequest asks for access to an account. Only members of the
-	// account's requester groups may ask.
+	// CreateRequest asks for access to an account.
+	// Who may call: members of the account's requester groups only.
 	CreateRequest(context.Context, *CreateRequestRequest) (*CreateRequestResponse, error)
 	// GetRequest returns a request the caller may see: its requester, the
 	// principals who may review it, the account's owners and auditors.
+	// Who may call: those; anyone else gets NotFound, as for a request that
+	// does not exist.
 	GetRequest(context.Context, *GetRequestRequest) (*GetRequestResponse, error)
 	// ListRequests returns the requests the caller may see, newest first.
+	// Who may call: any principal in the policy; the answer holds only the
+	// requests GetRequest would show the caller.
 	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
 	// WatchRequest streams the request now and after every change, and ends
 	// once the request is final.
+	// Who may call: whoever GetRequest would show the request to.
 	WatchRequest(*WatchRequestRequest, grpc.ServerStreamingServer[WatchRequestResponse]) error
-	// CancelRequest withdraws a pending request; only its requester may.
+	// CancelRequest withdraws a pending request.
+	// Who may call: the request's requester only.
 	CancelRequest(context.Context, *CancelRequestRequest) (*CancelRequestResponse, error)
 	mustEmbedUnimplementedRequestServiceServer()
 }

@@ -27,11 +27,15 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ReviewService is how approvers approve or deny requests.
+// ReviewService is how approvers approve or deny requests. Like every
+// service it needs a client certificate from the client CA naming a
+// principal in the policy (see AccountService).
 type ReviewServiceClient interface {
-	// ReviewRequest records the caller's decision on a pending request. Only
-	// principals eligible under the request's quorum rule may review, never
-	// the requester, and each principal once.
+	// ReviewRequest records the caller's decision on a pending request.
+	// Who may call: principals eligible under the request's quorum rule
+	// (members of a group it names), never the requester, each principal
+	// once; the statement must be signed with the key of the certificate
+	// the call is made with.
 	ReviewRequest(ctx context.Context, in *ReviewRequestRequest, opts ...grpc.CallOption) (*ReviewRequestResponse, error)
 	// PrepareReview records nothing: it returns the statement the broker
 	// would accept now for this decision and comment (dated by the broker's
@@ -40,7 +44,8 @@ type ReviewServiceClient interface {
 	// still build the statement from the request it showed the approver and
 	// sign only its own text: signing text the broker sent would let a broker
 	// that is not honest obtain a signature over a request the approver never
-	// saw (docs/signing.md). Whoever may see the request may ask.
+	// saw (docs/signing.md).
+	// Who may call: whoever GetRequest would show the request to.
 	PrepareReview(ctx context.Context, in *PrepareReviewRequest, opts ...grpc.CallOption) (*PrepareReviewResponse, error)
 }
 
@@ -76,11 +81,15 @@ func (c *reviewServiceClient) PrepareReview(ctx context.Context, in *PrepareRevi
 // All implementations must embed UnimplementedReviewServiceServer
 // for forward compatibility.
 //
-// ReviewService is how approvers approve or deny requests.
+// ReviewService is how approvers approve or deny requests. Like every
+// service it needs a client certificate from the client CA naming a
+// principal in the policy (see AccountService).
 type ReviewServiceServer interface {
-	// ReviewRequest records the caller's decision on a pending request. Only
-	// principals eligible under the request's quorum rule may review, never
-	// the requester, and each principal once.
+	// ReviewRequest records the caller's decision on a pending request.
+	// Who may call: principals eligible under the request's quorum rule
+	// (members of a group it names), never the requester, each principal
+	// once; the statement must be signed with the key of the certificate
+	// the call is made with.
 	ReviewRequest(context.Context, *ReviewRequestRequest) (*ReviewRequestResponse, error)
 	// PrepareReview records nothing: it returns the statement the broker
 	// would accept now for this decision and comment (dated by the broker's
@@ -89,7 +98,8 @@ type ReviewServiceServer interface {
 	// still build the statement from the request it showed the approver and
 	// sign only its own text: signing text the broker sent would let a broker
 	// that is not honest obtain a signature over a request the approver never
-	// saw (docs/signing.md). Whoever may see the request may ask.
+	// saw (docs/signing.md).
+	// Who may call: whoever GetRequest would show the request to.
 	PrepareReview(context.Context, *PrepareReviewRequest) (*PrepareReviewResponse, error)
 	mustEmbedUnimplementedReviewServiceServer()
 }

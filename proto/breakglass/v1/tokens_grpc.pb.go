@@ -30,18 +30,32 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // TokenService mints access tokens for approved grants and answers relying
-// parties.
+// parties. Like every service it needs a client certificate from the client
+// CA naming a principal in the policy (see AccountService). Relying parties
+// that do not speak gRPC use RFC 7662 introspection on the HTTPS listener
+// instead of CheckToken, with the same client certificate
+// (introspection_endpoint in the issuer's discovery document).
 type TokenServiceClient interface {
 	// IssueToken signs an RFC 9068 access token (JWT, ES256) in the HSM for an
-	// approved grant. Only the requester may call it, at most max_issuances
-	// times per grant, and the token expires no later than the grant.
+	// approved grant, at most max_issuances times per grant; the token
+	// expires no later than the grant.
+	// Who may call: the grant's requester only.
 	IssueToken(ctx context.Context, in *IssueTokenRequest, opts ...grpc.CallOption) (*IssueTokenResponse, error)
 	// RevokeGrant ends an approved grant at once. Its requester, the
 	// principals who may review it and the account's owners may revoke.
+	// Who may call: those three; anyone else gets PermissionDenied, or
+	// NotFound when they may not see the request.
 	RevokeGrant(ctx context.Context, in *RevokeGrantRequest, opts ...grpc.CallOption) (*RevokeGrantResponse, error)
 	// CheckToken reports whether a token is still good, by its jti.
+	// Who may call: members of the policy's relying_parties and auditors
+	// groups, for any token; the token's own requester (its sub), for that
+	// token only.
 	CheckToken(ctx context.Context, in *CheckTokenRequest, opts ...grpc.CallOption) (*CheckTokenResponse, error)
-	// GetSigningKeys returns the JWKS that verifies tokens.
+	// GetSigningKeys returns the JWKS that verifies tokens: the broker's, or
+	// with account set an account's own (its issuer is then
+	// <issuer>/accounts/NAME).
+	// Who may call: any principal in the policy (the same key sets are
+	// public on the HTTPS listener under each issuer).
 	GetSigningKeys(ctx context.Context, in *GetSigningKeysRequest, opts ...grpc.CallOption) (*GetSigningKeysResponse, error)
 }
 
@@ -98,18 +112,32 @@ func (c *tokenServiceClient) GetSigningKeys(ctx context.Context, in *GetSigningK
 // for forward compatibility.
 //
 // TokenService mints access tokens for approved grants and answers relying
-// parties.
+// parties. Like every service it needs a client certificate from the client
+// CA naming a principal in the policy (see AccountService). Relying parties
+// that do not speak gRPC use RFC 7662 introspection on the HTTPS listener
+// instead of CheckToken, with the same client certificate
+// (introspection_endpoint in the issuer's discovery document).
 type TokenServiceServer interface {
 	// IssueToken signs an RFC 9068 access token (JWT, ES256) in the HSM for an
-	// approved grant. Only the requester may call it, at most max_issuances
-	// times per grant, and the token expires no later than the grant.
+	// approved grant, at most max_issuances times per grant; the token
+	// expires no later than the grant.
+	// Who may call: the grant's requester only.
 	IssueToken(context.Context, *IssueTokenRequest) (*IssueTokenResponse, error)
 	// RevokeGrant ends an approved grant at once. Its requester, the
 	// principals who may review it and the account's owners may revoke.
+	// Who may call: those three; anyone else gets PermissionDenied, or
+	// NotFound when they may not see the request.
 	RevokeGrant(context.Context, *RevokeGrantRequest) (*RevokeGrantResponse, error)
 	// CheckToken reports whether a token is still good, by its jti.
+	// Who may call: members of the policy's relying_parties and auditors
+	// groups, for any token; the token's own requester (its sub), for that
+	// token only.
 	CheckToken(context.Context, *CheckTokenRequest) (*CheckTokenResponse, error)
-	// GetSigningKeys returns the JWKS that verifies tokens.
+	// GetSigningKeys returns the JWKS that verifies tokens: the broker's, or
+	// with account set an account's own (its issuer is then
+	// <issuer>/accounts/NAME).
+	// Who may call: any principal in the policy (the same key sets are
+	// public on the HTTPS listener under each issuer).
 	GetSigningKeys(context.Context, *GetSigningKeysRequest) (*GetSigningKeysResponse, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
