@@ -56,6 +56,11 @@ type replay struct {
 	chainChecks int
 	// certs are the SSH and X.509 certificates seen (certs.go).
 	certs certState
+	// passkeys are the bound passkeys by credential ID (passkeys.go).
+	passkeys          map[string]*boundPasskey
+	passkeyBindings   int
+	passkeyApprovals  int
+	hardwareApprovals int
 }
 
 type reviewState struct {
@@ -94,7 +99,8 @@ type reqState struct {
 
 func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache, report func(*Violation)) *replay {
 	r := &replay{origin: origin, cas: cas, sigs: sigs, report: report, chains: map[string][][]*x509.Certificate{}, revoked: map[string]time.Time{},
-		requests: map[string]*reqState{}, jtis: map[string]bool{}, postReviews: map[string]string{}, closed: map[string]bool{}, tokenKeys: map[string]string{}}
+		requests: map[string]*reqState{}, jtis: map[string]bool{}, postReviews: map[string]string{}, closed: map[string]bool{}, tokenKeys: map[string]string{},
+		passkeys: map[string]*boundPasskey{}}
 	for _, crl := range crls {
 		for _, e := range crl.RevokedCertificateEntries {
 			k := revocationKey(crl.RawIssuer, e.SerialNumber)
@@ -113,7 +119,8 @@ func revocationKey(issuer []byte, serial *big.Int) string {
 
 func (r *replay) summary() *Summary {
 	return &Summary{Requests: r.nRequests, Grants: r.grants, Tokens: r.tokens, Reviews: r.reviews, Policies: r.policies, Restores: r.restores,
-		QuorumTokens: r.quorumTokens, SoloTokens: r.soloTokens, SoloGrants: r.solo, SoloGrantCount: r.soloCount, WeakeningPolicies: r.weakening}
+		QuorumTokens: r.quorumTokens, SoloTokens: r.soloTokens, SoloGrants: r.solo, SoloGrantCount: r.soloCount, WeakeningPolicies: r.weakening,
+		PasskeyBindings: r.passkeyBindings, PasskeyApprovals: r.passkeyApprovals, HardwareKeyApprovals: r.hardwareApprovals}
 }
 
 func decode(raw json.RawMessage, v any) error { return json.Unmarshal(raw, v) }
@@ -161,6 +168,10 @@ func (r *replay) entry(i int64, e *audit.Entry) *Violation {
 			r.tokenKeys[c.Account] = c.KID
 		}
 		return nil
+	case audit.TypePasskeyBound:
+		return r.passkeyBound(i, e)
+	case audit.TypePasskeyRemoved:
+		return r.passkeyRemoved(i, e)
 	case audit.TypeStoreRestored:
 		var p audit.StoreRestored
 		if err := decode(e.Payload, &p); err != nil || p.Operator == "" || p.BackupSize > uint64(i) || (p.Forced && p.Reason == "") {
@@ -328,8 +339,20 @@ func (r *replay) reviewed(i int64, e *audit.Entry) *Violation {
 	if !r.policy.Eligible(q.rule, e.Actor) {
 		return violation(i, "%s is not an eligible approver of request %s under the policy in force", e.Actor, q.id)
 	}
-	if reason := r.checkSignedReview(q, e.Actor, p, e.Time); reason != "" {
-		return violation(i, "the signed review of %s does not hold: %s", e.Actor, reason)
+	if p.Passkey != nil {
+		if _, reason := r.checkPasskeyReview(q, e.Actor, p, e.Time); reason != "" {
+			return violation(i, "the passkey-signed review of %s does not hold: %s", e.Actor, reason)
+		}
+		if p.Decision == statement.TypeApprove {
+			r.passkeyApprovals++
+		}
+	} else {
+		if reason := r.checkSignedReview(q, e.Actor, p, e.Time); reason != "" {
+			return violation(i, "the signed review of %s does not hold: %s", e.Actor, reason)
+		}
+		if p.KeyStore == audit.KeyStorePKCS11 && p.Decision == statement.TypeApprove {
+			r.hardwareApprovals++
+		}
 	}
 	q.reviews[e.Actor] = reviewState{decision: p.Decision, at: e.Time}
 	q.order = append(q.order, e.Actor)

@@ -194,6 +194,14 @@ type Summary struct {
 	// replayed.
 	SSHCertificates  int `json:"ssh_certificates"`
 	X509Certificates int `json:"x509_certificates"`
+	// PasskeyBindings counts the passkeys approvers bound; PasskeyApprovals
+	// the approvals signed by one (WebAuthn assertions, user verified).
+	PasskeyBindings  int `json:"passkey_bindings"`
+	PasskeyApprovals int `json:"passkey_approvals"`
+	// HardwareKeyApprovals counts the certificate-signed approvals whose
+	// client said its key was on a PKCS#11 token (key_store pkcs11): what
+	// the signer's client declared, which no signature proves.
+	HardwareKeyApprovals int `json:"hardware_key_approvals"`
 }
 
 // MaxListed bounds the solo grants, policy changes and restores a summary

@@ -414,6 +414,10 @@ Needs no broker: only the files and public keys.`,
 			}
 			fmt.Fprintf(a.stdout, "  requests %d, reviews %d, grants %d, tokens %d\n", sum.Requests, sum.Reviews, sum.Grants, sum.Tokens)
 			fmt.Fprintf(a.stdout, "  %d token(s) followed their quorum of signed approvals\n", sum.QuorumTokens)
+			if sum.PasskeyBindings+sum.PasskeyApprovals+sum.HardwareKeyApprovals > 0 {
+				fmt.Fprintf(a.stdout, "  passkeys: %d bound by their approvers' certificate keys; %d passkey approval(s) (user-verified WebAuthn assertions over the statement); "+
+					"%d hardware-key approval(s) (certificate keys on a PKCS#11 token, as the signer's client declared)\n", sum.PasskeyBindings, sum.PasskeyApprovals, sum.HardwareKeyApprovals)
+			}
 			if sum.SSHCertificates+sum.X509Certificates > 0 {
 				fmt.Fprintf(a.stdout, "  certificates: SSH %d, X.509 %d: each signed by a pinned CA after its quorum, within its grant, naming only what the policy allowed\n",
 					sum.SSHCertificates, sum.X509Certificates)

@@ -46,6 +46,8 @@ const (
 	TypeKeyRetired       Type = "key_retired"
 	TypeKeyDestroyed     Type = "key_destroyed"
 	TypeStoreRestored    Type = "store_restored"
+	TypePasskeyBound     Type = "passkey_bound"
+	TypePasskeyRemoved   Type = "passkey_removed"
 )
 
 // Entry is the JSON object that is hashed and signed. Field order is fixed

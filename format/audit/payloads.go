@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/policy"
 )
 
@@ -73,6 +74,35 @@ type RequestReviewed struct {
 	Statement   []byte `json:"statement"`
 	Signature   []byte `json:"signature"`
 	Certificate []byte `json:"certificate"`
+	// KeyStore is what the signer's client declared of where the
+	// certificate's key lives: KeyStorePKCS11 for a token reached through
+	// PKCS#11 (a smart card, a security key, an HSM), empty otherwise. No
+	// signature covers it; verifiers report it as declared.
+	KeyStore string `json:"key_store,omitempty"`
+	// Passkey is set instead of Signature and Certificate for a review
+	// signed by a bound passkey: the WebAuthn assertion whose challenge is
+	// the SHA-256 of Statement (format/passkey).
+	Passkey *passkey.Assertion `json:"passkey,omitempty"`
+}
+
+// KeyStorePKCS11 is RequestReviewed.KeyStore for a key on a PKCS#11 token.
+const KeyStorePKCS11 = "pkcs11"
+
+// PasskeyBound records an approver binding a passkey to themselves (the
+// actor): the binding statement (format/passkey), signed with the key of
+// their client certificate, and the certificate (DER). Base64 in JSON.
+type PasskeyBound struct {
+	Credential  []byte `json:"credential"`
+	Statement   []byte `json:"statement"`
+	Signature   []byte `json:"signature"`
+	Certificate []byte `json:"certificate"`
+}
+
+// PasskeyRemoved records the end of a binding: the credential's
+// assertions count no more.
+type PasskeyRemoved struct {
+	Credential []byte `json:"credential"`
+	Reason     string `json:"reason,omitempty"`
 }
 
 // RequestApproved records the moment the quorum was met.

@@ -723,9 +723,16 @@ const specRef = "docs/signing.md"
 
 func generate(t *testing.T, kf *keyFile) map[string][]byte {
 	t.Helper()
+	ensurePasskeys(t, kf)
 	reviews := statementVectors(t, kf)
 	entries, cps := entryVectors(t, kf, reviews)
 	return map[string][]byte{
+		"passkey-binding.json": encode(t, file[bindingVector]{Spec: specRef + "#passkey-bindings",
+			Description: "Passkey binding statements: an approver binds a WebAuthn credential (its ID and COSE public key, the RP ID and the console's origin) with the key of their client certificate. Verification order: parse, signature with the presented certificate's key, the certificate names the principal line, then origin and time against expect.",
+			Vectors:     bindingVectors(t, kf)}),
+		"passkey-review.json": encode(t, file[assertionVector]{Spec: specRef + "#passkey-reviews",
+			Description: "Review statements signed by a bound passkey: the WebAuthn assertion (authenticator data, client data, signature) whose challenge is the statement's SHA-256, judged by WebAuthn Level 3 section 7.2 with user verification required, against the binding named. Verification order: credential, client data (malformed, type, challenge, origin, cross-origin), authenticator data (rp-id, user-presence, user-verification), signature, counter.",
+			Vectors:     assertionVectors(t, kf)}),
 		"keys.json": encode(t, kf),
 		"request-content.json": encode(t, file[contentVector]{Spec: specRef + "#request-content",
 			Description: "The request content text, whose SHA-256 is Request.content_digest, built from a request's fields in its content_version; and texts a client could make by mistake.",
