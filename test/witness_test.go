@@ -142,6 +142,17 @@ func TestWitnessesCosignARealFlow(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "FailedPrecondition") || !strings.Contains(r.stderr, "witness cosignatures") {
 		t.Fatalf("a token before the witnesses saw the grant: %+v", r)
 	}
+	t.Logf("bgctl token with w2 down: %s", r.stderr)
+	// Certificates are credentials too: none before the witnesses saw the
+	// grant either.
+	_, pub := sshKey(t, t.TempDir())
+	if r := d.bgctl("alice", "ssh-cert", id, "--public-key", pub); r.code == 0 || !strings.Contains(r.stderr, "FailedPrecondition") || !strings.Contains(r.stderr, "witness cosignatures") {
+		t.Fatalf("an SSH certificate before the witnesses saw the grant: %+v", r)
+	}
+	xdir := t.TempDir()
+	if r := d.bgctl("alice", "x509-cert", id, "--key-out", filepath.Join(xdir, "k.pem"), "--out", filepath.Join(xdir, "c.pem")); r.code == 0 || !strings.Contains(r.stderr, "witness cosignatures") {
+		t.Fatalf("an X.509 certificate before the witnesses saw the grant: %+v", r)
+	}
 	// w1 alone cosigns the newer checkpoints: a quorum of one is met, and
 	// w2 falls behind in health, failing.
 	var h healthz

@@ -102,10 +102,16 @@ type faultyKey struct {
 	down atomic.Bool
 	// tries counts the signatures asked of the key.
 	tries atomic.Int64
+	// during, when set, runs once inside the next signature: something
+	// another process does while the HSM signs.
+	during atomic.Pointer[func()]
 }
 
 func (k *faultyKey) SignContext(ctx context.Context, d []byte, o crypto.SignerOpts) ([]byte, error) {
 	k.tries.Add(1)
+	if f := k.during.Swap(nil); f != nil {
+		(*f)()
+	}
 	if k.down.Load() {
 		return nil, fmt.Errorf("%w: CKR_DEVICE_ERROR (injected)", hsm.ErrUnavailable)
 	}
@@ -137,6 +143,7 @@ type harness struct {
 	// authorities and observer are the certificate settings of the broker.
 	authorities broker.Authorities
 	observer    broker.Observer
+	witnesses   *broker.Witnessing
 	keys        map[hsm.Purpose]*hsm.Key
 	ctx         context.Context
 	cancel      context.CancelFunc
@@ -245,7 +252,7 @@ func (h *harness) start(policyYAML string) {
 		h.t.Fatal(err)
 	}
 	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", Keys: broker.StaticKeys{Audit: h.audit, Tokens: minter}, Now: h.clock.Now,
-		Origin: testOrigin, Certs: h.ident, Routes: h.routes, Authorities: h.authorities, Observer: h.observer})
+		Origin: testOrigin, Certs: h.ident, Routes: h.routes, Authorities: h.authorities, Observer: h.observer, Witnesses: h.witnesses})
 	if err != nil {
 		h.t.Fatal(err)
 	}

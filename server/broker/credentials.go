@@ -131,8 +131,10 @@ func validity(r *request.Request, now time.Time, maxTTL time.Duration) (time.Tim
 
 // IssueSSHCertificate signs an OpenSSH user certificate for an approved
 // grant, by the rules of IssueToken: only the requester, quorum evaluated
-// again from the stored signed reviews, counted against max_issuances, and
-// Unavailable with nothing written when the HSM cannot sign. Principals,
+// again from the stored signed reviews, counted against max_issuances, the
+// first credential held back until the witnesses saw the grant
+// (require_witnessed), and Unavailable with nothing written when the HSM
+// cannot sign. Principals,
 // options and extensions come from the policy only.
 func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHCertInput) (*IssuedSSHCert, error) {
 	subject, err := sshca.ParseSubjectKey(in.PublicKey)
@@ -143,6 +145,7 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 	if err != nil {
 		return nil, err
 	}
+	ca, caKID, caErr := cas.SSHCA()
 	p := b.Policy()
 	now := b.now().UTC()
 	var r *request.Request
@@ -159,6 +162,9 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 		}
 		if acct.SSH == nil {
 			return wrongState("account %s does not allow SSH certificates (its policy has no ssh: section)", acct.Name)
+		}
+		if err := b.checkWitnessed(ctx, rd, r); err != nil {
+			return err
 		}
 		principals, err := sshPrincipals(acct, r, in.Principals)
 		if err != nil {
@@ -178,14 +184,13 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 		rq = sshca.Request{Key: subject, KeyID: sshca.KeyID(r.ID, r.Issued+1, r.Requester), Principals: principals,
 			ValidAfter: from, ValidBefore: until, CriticalOptions: opts, Extensions: acct.SSH.Extensions}
 		approvers = o.Approvers()
-		return nil
+		if caErr != nil {
+			return wrongState("no SSH certificate can be issued: %s", caErr)
+		}
+		return checkCAInForce(ctx, rd, purposeSSHCA, caKID)
 	})
 	if err != nil {
 		return nil, err
-	}
-	ca, caKID, err := cas.SSHCA()
-	if err != nil {
-		return nil, wrongState("no SSH certificate can be issued: %s", err)
 	}
 	if rq.Serial, err = sshca.RandomSerial(); err != nil {
 		return nil, internal(err)
@@ -201,6 +206,9 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 	err = b.update(ctx, func(tx store.Tx) error {
 		r, err := b.certificateGrant(ctx, tx, caller, in.RequestID, approvers, rq.KeyID)
 		if err != nil {
+			return err
+		}
+		if err := checkCAInForce(ctx, tx, purposeSSHCA, caKID); err != nil {
 			return err
 		}
 		now := b.now().UTC()
@@ -245,6 +253,7 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 	if err != nil {
 		return nil, err
 	}
+	ca, caKID, caErr := cas.X509CA()
 	p := b.Policy()
 	now := b.now().UTC()
 	var r *request.Request
@@ -262,6 +271,9 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 		if acct.X509 == nil {
 			return wrongState("account %s does not allow X.509 certificates (its policy has no x509: section)", acct.Name)
 		}
+		if err := b.checkWitnessed(ctx, rd, r); err != nil {
+			return err
+		}
 		if rq, err = x509Names(acct, r); err != nil {
 			return err
 		}
@@ -269,14 +281,13 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 			return err
 		}
 		approvers = o.Approvers()
-		return nil
+		if caErr != nil {
+			return wrongState("no X.509 certificate can be issued: %s", caErr)
+		}
+		return checkCAInForce(ctx, rd, purposeX509CA, caKID)
 	})
 	if err != nil {
 		return nil, err
-	}
-	ca, caKID, err := cas.X509CA()
-	if err != nil {
-		return nil, wrongState("no X.509 certificate can be issued: %s", err)
 	}
 	if end := ca.Certificate().NotAfter; rq.NotAfter.After(end) {
 		return nil, wrongState("the X.509 CA certificate ends at %s, before this grant: renew it (breakglassd hsm ca-cert) or rotate the CA", end.UTC().Format(time.RFC3339))
@@ -297,6 +308,9 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 	err = b.update(ctx, func(tx store.Tx) error {
 		r, err := b.certificateGrant(ctx, tx, caller, in.RequestID, approvers, "")
 		if err != nil {
+			return err
+		}
+		if err := checkCAInForce(ctx, tx, purposeX509CA, caKID); err != nil {
 			return err
 		}
 		now := b.now().UTC()
@@ -330,6 +344,40 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 	b.log.Info("x509 certificate issued", "request", in.RequestID, "requester", caller, "serial", cert.SerialNumber.String(),
 		"common_name", cert.Subject.CommonName, "entry", out.Entry.Index)
 	return &out, nil
+}
+
+// The CA keys' purposes in the key registry.
+const (
+	purposeSSHCA  = "ssh-ca"
+	purposeX509CA = "x509-ca"
+)
+
+// checkCAInForce refuses a certificate of CA key kid unless the key
+// registry in rd names kid the active key of its purpose. Read before
+// signing, it keeps a broker that has not yet reloaded its CAs after a
+// rotation by another process (breakglassd hsm rotate) from signing with
+// the retired key; read again in the write transaction, it throws away a
+// certificate whose key was retired while the HSM signed it, so no
+// certificate is ever recorded under a key after its retirement (when its
+// last certificate is counted before the key is destroyed with its CRL).
+// CAs that do not follow the registry (no active key of the purpose) are
+// not checked.
+func checkCAInForce(ctx context.Context, rd store.Reader, purpose, kid string) error {
+	rec, err := rd.ActiveKey(ctx, purpose, "")
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if rec.KID == kid {
+		return nil
+	}
+	what := "SSH"
+	if purpose == purposeX509CA {
+		what = "X.509"
+	}
+	return &Error{Kind: KindState, Msg: fmt.Sprintf("the %s CA key was rotated (the registry's active key is now %s, this broker's %s); the broker loads the new key within seconds: try again", what, rec.KID, kid)}
 }
 
 // x509Names fills a certificate's subject and names from the policy, for
@@ -396,6 +444,9 @@ func (b *Broker) certificateGrant(ctx context.Context, tx store.Tx, caller, id s
 	}
 	if keyID != "" && keyID != fmt.Sprintf("breakglass:%s:%d:%s", r.ID, r.Issued+1, r.Requester) {
 		return nil, &Error{Kind: KindState, Msg: "another token or certificate was issued for this grant while the certificate was being made; try again"}
+	}
+	if err := b.checkWitnessed(ctx, tx, r); err != nil {
+		return nil, err
 	}
 	return r, nil
 }

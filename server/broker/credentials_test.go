@@ -377,3 +377,126 @@ type revocations struct {
 }
 
 func (r revocations) CertificatesRevoked() { r.n.Add(1) }
+
+// audit.require_witnessed holds back every first credential, not only
+// tokens: an SSH or X.509 certificate for a grant no witness has seen
+// would let the grant be used hidden from them. Once a checkpoint that
+// covers the approval carries the quorum, certificates are issued.
+func TestCertificatesWaitForTheWitnesses(t *testing.T) {
+	h, _, _ := certHarness(t)
+	needed := &atomic.Int32{}
+	h.witnesses = &broker.Witnessing{IDs: []string{"w1+00000001", "w2+00000002"}, Quorum: 2, Require: true, Needed: func() { needed.Add(1) }}
+	h.restart(certPolicy)
+	r := h.approved("alice")
+	before := h.snap()
+	_, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)})
+	wantKind(t, err, broker.KindState, "witness cosignatures")
+	_, err = h.b.IssueX509Certificate(h.ctx, "alice", broker.X509CertInput{RequestID: r.ID, CSR: newCSR(t, &x509.CertificateRequest{})})
+	wantKind(t, err, broker.KindState, "witness cosignatures")
+	_, err = h.b.IssueToken(h.ctx, "alice", r.ID, "db.prod.example")
+	wantKind(t, err, broker.KindState, "witness cosignatures")
+	if h.snap() != before {
+		t.Fatal("a credential held back for the witnesses changed the store")
+	}
+	if needed.Load() < 3 {
+		t.Errorf("a checkpoint was asked for %d times, want one per refused credential", needed.Load())
+	}
+	// A checkpoint covering the approval, cosigned by one witness: still
+	// short of the quorum.
+	var size uint64
+	if err := h.store.Update(h.ctx, func(tx store.Tx) error {
+		hd, err := tx.Head(h.ctx)
+		if err != nil {
+			return err
+		}
+		size = hd.Size
+		if err := tx.AddCheckpoint(h.ctx, store.Checkpoint{Size: size, Root: make([]byte, 32), Note: []byte("test checkpoint\n"), CreatedAt: h.clock.Now()}); err != nil {
+			return err
+		}
+		return tx.AddCosignature(h.ctx, store.Cosignature{Size: size, Witness: "w1+00000001", Line: "— w1 AAAA\n", SignedAt: h.clock.Now(), CreatedAt: h.clock.Now()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)})
+	wantKind(t, err, broker.KindState, "witness cosignatures")
+	if err := h.store.Update(h.ctx, func(tx store.Tx) error {
+		return tx.AddCosignature(h.ctx, store.Cosignature{Size: size, Witness: "w2+00000002", Line: "— w2 AAAA\n", SignedAt: h.clock.Now(), CreatedAt: h.clock.Now()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)}); err != nil {
+		t.Fatalf("SSH certificate once the witnesses cosigned the approval: %v", err)
+	}
+	if _, err := h.b.IssueX509Certificate(h.ctx, "alice", broker.X509CertInput{RequestID: r.ID, CSR: newCSR(t, &x509.CertificateRequest{})}); err != nil {
+		t.Fatalf("X.509 certificate once the witnesses cosigned the approval: %v", err)
+	}
+}
+
+// registerCA records a CA key as the registry's active key of its purpose
+// (retiring old, when given), as `breakglassd hsm rotate` does from
+// another process.
+func registerCA(t *testing.T, h *harness, purpose, kid string, old *store.KeyRecord) store.KeyRecord {
+	t.Helper()
+	rec := store.KeyRecord{KID: kid, Purpose: purpose, Label: kid, KeyID: "01", PublicPEM: "-", State: store.KeyActive, ActivatedAt: h.clock.Now()}
+	if old != nil {
+		old.State, old.RetiredAt = store.KeyRetired, h.clock.Now()
+	}
+	if err := h.b.RecordKey(h.ctx, audit.TypeKeyActivated, rec, audit.KeyChange{Purpose: purpose, KID: kid, Label: kid, Reason: "test"}, old); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// A CA key rotated by another process while a certificate is being
+// signed: the certificate signed by the retired key is thrown away, not
+// issued and not logged, as a token signed by a retired token key is. A
+// broker that has not reloaded its CAs since the rotation signs nothing
+// with the retired key either. Otherwise a certificate could be recorded
+// under a key already retired, after the key's last certificate was
+// counted, and outlive the key's CRL.
+func TestCertificatesSignedByARotatedCAKeyAreRefused(t *testing.T) {
+	h, a, _ := certHarness(t)
+	sshRec := registerCA(t, h, "ssh-ca", a.sshKID, nil)
+	x5Rec := registerCA(t, h, "x509-ca", a.x5KID, nil)
+	r := h.approved("alice")
+	if _, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)}); err != nil {
+		t.Fatalf("with the registry naming the CA key in use: %v", err)
+	}
+	// The rotation lands while the HSM signs.
+	rotate := func() { registerCA(t, h, "ssh-ca", "ssh-kid-2", &sshRec) }
+	a.sshKey.during.Store(&rotate)
+	before := h.snap()
+	_, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)})
+	wantKind(t, err, broker.KindState, "SSH CA key was rotated")
+	if after := h.snap(); after.requests != before.requests || after.head != before.head+2 { // the rotation's two entries
+		t.Fatalf("a certificate of the retired CA key was recorded: head %d -> %d", before.head, after.head)
+	}
+	// This broker still holds the old key as its active one: nothing more
+	// is signed with it until it reloads.
+	tries := a.sshKey.tries.Load()
+	_, err = h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)})
+	wantKind(t, err, broker.KindState, "SSH CA key was rotated")
+	if a.sshKey.tries.Load() != tries {
+		t.Fatal("the retired SSH CA key was asked to sign")
+	}
+	// The same for X.509.
+	rotateX := func() { registerCA(t, h, "x509-ca", "x509-kid-2", &x5Rec) }
+	a.x5Key.during.Store(&rotateX)
+	before = h.snap()
+	_, err = h.b.IssueX509Certificate(h.ctx, "alice", broker.X509CertInput{RequestID: r.ID, CSR: newCSR(t, &x509.CertificateRequest{})})
+	wantKind(t, err, broker.KindState, "X.509 CA key was rotated")
+	if after := h.snap(); after.requests != before.requests || after.head != before.head+2 {
+		t.Fatalf("a certificate of the retired X.509 CA key was recorded: head %d -> %d", before.head, after.head)
+	}
+	tries = a.x5Key.tries.Load()
+	_, err = h.b.IssueX509Certificate(h.ctx, "alice", broker.X509CertInput{RequestID: r.ID, CSR: newCSR(t, &x509.CertificateRequest{})})
+	wantKind(t, err, broker.KindState, "X.509 CA key was rotated")
+	if a.x5Key.tries.Load() != tries {
+		t.Fatal("the retired X.509 CA key was asked to sign")
+	}
+	// Once the broker's CAs name the new keys, it issues again.
+	a.sshKID, a.x5KID = "ssh-kid-2", "x509-kid-2"
+	if _, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)}); err != nil {
+		t.Fatalf("after the reload: %v", err)
+	}
+}

@@ -22,19 +22,20 @@ type Witnessing struct {
 	// them a checkpoint needs.
 	IDs    []string
 	Quorum int
-	// Require withholds a grant's first token until a checkpoint covering
-	// its approval carries Quorum cosignatures (audit.require_witnessed).
+	// Require withholds a grant's first credential (token or certificate)
+	// until a checkpoint covering its approval carries Quorum cosignatures
+	// (audit.require_witnessed).
 	Require bool
-	// Needed is called when a first token waits for the witnesses, so a
+	// Needed is called when a first credential waits for the witnesses, so a
 	// checkpoint covering the approval is signed and sent now.
 	Needed func()
 	// Status reports each witness, for the standing-access report.
 	Status func() []witness.Status
 }
 
-// checkWitnessed refuses a grant's first token while no checkpoint that
-// covers its approval entry carries the witness quorum, so that no grant
-// can be used unseen by the witnesses.
+// checkWitnessed refuses a grant's first credential (token, SSH or X.509
+// certificate) while no checkpoint that covers its approval entry carries
+// the witness quorum, so that no grant can be used unseen by the witnesses.
 func (b *Broker) checkWitnessed(ctx context.Context, rd store.Reader, r *request.Request) error {
 	w := b.cfg.Witnesses
 	if w == nil || !w.Require || r.Issued > 0 {
@@ -62,7 +63,7 @@ func (b *Broker) checkWitnessed(ctx context.Context, rd store.Reader, r *request
 	if w.Needed != nil {
 		w.Needed()
 	}
-	return wrongState("the broker requires every grant to be witnessed before its first token: no checkpoint covering this grant's approval (entry %d) carries %d witness cosignatures yet (try again shortly; `bgctl report` shows the witnesses)",
+	return wrongState("the broker requires every grant to be witnessed before its first token or certificate: no checkpoint covering this grant's approval (entry %d) carries %d witness cosignatures yet (try again shortly; `bgctl report` shows the witnesses)",
 		need-1, w.Quorum)
 }
 
