@@ -2,14 +2,18 @@ package auditverify
 
 import (
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/claims"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/format/principal"
 	"github.com/bgbroker/breakglass/format/statement"
@@ -77,6 +81,7 @@ type reqState struct {
 	denyThreshold          int
 	maxIssuances           int
 	activationWindow       time.Duration
+	createdAt              time.Time
 	approvalDeadline       time.Time
 	state                  string
 	reviews                map[string]reviewState
@@ -123,6 +128,9 @@ func (r *replay) summary() *Summary {
 		PasskeyBindings: r.passkeyBindings, PasskeyApprovals: r.passkeyApprovals, HardwareKeyApprovals: r.hardwareApprovals}
 }
 
+// decode decodes a payload. The verifier has checked that it is the
+// strict encoding of its type's payload (audit.DecodePayload) before the
+// replay sees it, so encoding/json reads it the one way it can be read.
 func decode(raw json.RawMessage, v any) error { return json.Unmarshal(raw, v) }
 
 // entry replays one linked entry.
@@ -190,7 +198,7 @@ func (r *replay) policyLoaded(i int64, e *audit.Entry) *Violation {
 	}
 	p, err := policy.FromCanonicalJSON(pl.Policy)
 	if err != nil {
-		return violation(i, "the logged policy does not parse: %v", err)
+		return violation(i, "the logged policy is refused: %v", err)
 	}
 	if p.Hash() != pl.Hash {
 		return violation(i, "the logged policy's hash is %s, not %s as the entry claims", p.Hash(), pl.Hash)
@@ -278,8 +286,26 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if p.ActivationWindow != int64(acct.ActivationWindow.D()/time.Second) {
 		return violation(i, "the request's activation window of %d seconds is not account %s's (%s)", p.ActivationWindow, e.Account, acct.ActivationWindow.D())
 	}
-	if p.Quorum.String() != acct.Quorum.String() || p.DenyThreshold != acct.DenyThreshold || p.MaxIssuances != acct.MaxIssuances {
+	// Rules are compared as structures: their text, which a group name
+	// could imitate, means nothing.
+	if !p.Quorum.Equal(acct.Quorum) || p.DenyThreshold != acct.DenyThreshold || p.MaxIssuances != acct.MaxIssuances {
 		return violation(i, "the request's quorum, deny threshold or issuance limit differ from account %s's in the policy in force", e.Account)
+	}
+	if d := e.Time.Sub(p.CreatedAt); d < 0 || d > statement.MaxSkew {
+		return violation(i, "the request says it was created at %s, %s from its entry's time %s (at most %s before it)",
+			p.CreatedAt.UTC().Format(time.RFC3339Nano), d, e.Time.UTC().Format(time.RFC3339Nano), statement.MaxSkew)
+	}
+	if want := p.CreatedAt.Add(acct.ApprovalWindow.D()); !p.ApprovalDeadline.Equal(want) {
+		return violation(i, "the request's approval deadline %s is not its creation + account %s's approval window %s (%s)",
+			p.ApprovalDeadline.UTC().Format(time.RFC3339), e.Account, acct.ApprovalWindow.D(), want.UTC().Format(time.RFC3339))
+	}
+	switch {
+	case strings.TrimSpace(p.Justification) == "":
+		return violation(i, "the request has no justification")
+	case acct.RequireTicket && p.Ticket == "":
+		return violation(i, "account %s requires a ticket and the request has none", e.Account)
+	case p.Drill && acct.DrillAudience == "":
+		return violation(i, "a drill of account %s, which has no drill audience", e.Account)
 	}
 	if p.PolicyHash != r.policyHash {
 		return violation(i, "the request names policy %s but %s is in force", p.PolicyHash, r.policyHash)
@@ -299,7 +325,7 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	r.requests[e.Request] = &reqState{
 		id: e.Request, account: e.Account, requester: e.Actor, digest: p.ContentDigest, rule: p.Quorum, ttl: ttl, drill: p.Drill,
 		denyThreshold: p.DenyThreshold, maxIssuances: p.MaxIssuances, activationWindow: time.Duration(p.ActivationWindow) * time.Second,
-		approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{}, solo: p.Solo, content: c,
+		createdAt: p.CreatedAt, approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{}, solo: p.Solo, content: c,
 	}
 	return nil
 }
@@ -452,11 +478,29 @@ func (r *replay) approved(i int64, e *audit.Entry) *Violation {
 		if v := r.soloRipe(i, e, q); v != nil {
 			return v
 		}
-	} else if o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals()); !o.Met {
-		return violation(i, "request %s approved without its quorum (%s): approvals %v", q.id, shortRule(q.rule), q.approvals())
+		// The acknowledgement time comes back from the store, whose clock
+		// may be coarser than the entry's (PostgreSQL keeps microseconds).
+		if d := p.AcknowledgedAt.Sub(q.soloAckedAt); len(p.Assignment) > 0 || p.Alternative != -1 || d > time.Microsecond || d < -time.Microsecond {
+			return violation(i, "the solo approval of %s names approvers, an alternative or an acknowledgement time other than the logged one", q.id)
+		}
+	} else {
+		o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals())
+		if !o.Met {
+			return violation(i, "request %s approved without its quorum (%s): approvals %v", q.id, shortRule(q.rule), q.approvals())
+		}
+		if reason := checkAssignment(r.policy, q, p); reason != "" {
+			return violation(i, "the approval's assignment of approvers to requirements does not hold: %s", reason)
+		}
+		if !p.AcknowledgedAt.IsZero() {
+			return violation(i, "a quorum approval with an acknowledgement time")
+		}
 	}
-	if p.ApprovedAt.After(e.Time) {
-		return violation(i, "approval time %s is after the entry", p.ApprovedAt)
+	if d := e.Time.Sub(p.ApprovedAt); d < 0 || d > statement.MaxSkew {
+		return violation(i, "approval time %s is not within %s before its entry's time %s", p.ApprovedAt.UTC().Format(time.RFC3339Nano), statement.MaxSkew, e.Time.UTC().Format(time.RFC3339Nano))
+	}
+	if p.ApprovedAt.Before(q.createdAt) || !p.ApprovedAt.Before(q.approvalDeadline) {
+		return violation(i, "approval time %s is outside the request's approval window [%s, %s)", p.ApprovedAt.UTC().Format(time.RFC3339),
+			q.createdAt.UTC().Format(time.RFC3339), q.approvalDeadline.UTC().Format(time.RFC3339))
 	}
 	if !p.GrantExpiresAt.Equal(p.ApprovedAt.Add(q.ttl)) {
 		return violation(i, "the grant ends at %s, not approval + TTL (%s)", p.GrantExpiresAt, p.ApprovedAt.Add(q.ttl))
@@ -487,6 +531,12 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 	if err := decode(e.Payload, &p); err != nil {
 		return violation(i, "malformed %s payload: %v", e.Type, err)
 	}
+	if e.Type != audit.TypeRequestExpired {
+		// Taking access away happens when it is logged.
+		if d := e.Time.Sub(p.At); d < 0 || d > statement.MaxSkew {
+			return violation(i, "%s at %s, not within %s before its entry's time %s", e.Type, p.At.UTC().Format(time.RFC3339Nano), statement.MaxSkew, e.Time.UTC().Format(time.RFC3339Nano))
+		}
+	}
 	switch e.Type {
 	case audit.TypeRequestCancelled:
 		if q.state != "PENDING" || e.Actor != q.requester {
@@ -507,6 +557,9 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 		if q.state != "PENDING" || policy.Denials(r.policy, q.rule, q.requester, deniers) < need {
 			return violation(i, "request %s denied without reaching its deny threshold", q.id)
 		}
+		if !slices.Equal(p.Denials, deniers) {
+			return violation(i, "the denial names %v, but %v denied request %s", p.Denials, deniers, q.id)
+		}
 		q.state = "DENIED"
 	case audit.TypeGrantRevoked:
 		if q.state != "APPROVED" {
@@ -519,6 +572,20 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 		}
 		if e.Time.Before(p.At) {
 			return violation(i, "request %s expired before its deadline", q.id)
+		}
+		// The deadline it expired at: the approval window of a pending
+		// request; the end of a grant, or of its activation window when
+		// nothing was issued. Deadlines come back from the store, whose
+		// clock may keep only microseconds.
+		want := q.approvalDeadline
+		if q.state == "APPROVED" {
+			want = q.grantEnd
+			if q.issued == 0 && q.activationDeadline.Before(want) {
+				want = q.activationDeadline
+			}
+		}
+		if !p.At.Equal(want) && !p.At.Equal(want.Truncate(time.Microsecond)) {
+			return violation(i, "request %s expired at %s, but its deadline was %s", q.id, p.At.UTC().Format(time.RFC3339Nano), want.UTC().Format(time.RFC3339Nano))
 		}
 		q.state = "EXPIRED"
 	}
@@ -566,31 +633,19 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 	if a, ok := r.policy.Account(q.account); ok && a.RequireAlertAck && q.issued == 0 && !q.grantAcked {
 		return violation(i, "first token of a grant on %s before an ack sink acknowledged the grant alert (require_alert_ack)", q.account)
 	}
-	var c struct {
-		Iss       string   `json:"iss"`
-		Sub       string   `json:"sub"`
-		Aud       any      `json:"aud"`
-		Iat       int64    `json:"iat"`
-		Nbf       int64    `json:"nbf"`
-		Exp       int64    `json:"exp"`
-		JTI       string   `json:"jti"`
-		ClientID  string   `json:"client_id"`
-		Account   string   `json:"bg_account"`
-		Request   string   `json:"bg_request"`
-		Approvers []string `json:"bg_approvers"`
-		Drill     bool     `json:"bg_drill"`
+	c, err := claims.Parse(p.Claims)
+	if err != nil {
+		return violation(i, "the token's claims are not what relying parties would read: %v", err)
 	}
-	if err := json.Unmarshal(p.Claims, &c); err != nil {
-		return violation(i, "the token's claims do not parse: %v", err)
-	}
-	aud := audiences(c.Aud)
+	aud := []string(c.Audience)
+	exp := c.Expiry.Time()
 	acct, ok := r.policy.Account(q.account)
 	switch {
-	case c.Sub != q.requester || c.ClientID != q.requester:
-		return violation(i, "the token's subject is %s, not the requester %s", c.Sub, q.requester)
+	case c.Subject != q.requester || c.ClientID != q.requester:
+		return violation(i, "the token's subject is %s, not the requester %s", c.Subject, q.requester)
 	case c.Request != q.id || c.Account != q.account || c.Drill != q.drill:
 		return violation(i, "the token's bg_request, bg_account or bg_drill do not match its request")
-	case c.JTI == "" || c.JTI != p.JTI || r.jtis[c.JTI]:
+	case c.ID == "" || c.ID != p.JTI || r.jtis[c.ID]:
 		return violation(i, "the token's jti is missing, differs from the entry's or was issued before")
 	case len(aud) != 1 || aud[0] != p.Audience:
 		return violation(i, "the token's audience %v is not the entry's %q", aud, p.Audience)
@@ -600,13 +655,23 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 		return violation(i, "drill token for audience %q, not the drill audience %q", p.Audience, acct.DrillAudience)
 	case !q.drill && !slices.Contains(acct.Audiences, p.Audience):
 		return violation(i, "audience %q is not one of account %s's", p.Audience, q.account)
-	case time.Unix(c.Exp, 0).After(q.grantEnd):
-		return violation(i, "the token expires at %s, after its grant ends at %s", time.Unix(c.Exp, 0).UTC().Format(time.RFC3339), q.grantEnd.UTC().Format(time.RFC3339))
-	case !time.Unix(c.Exp, 0).Equal(p.ExpiresAt):
+	case exp.After(q.grantEnd):
+		return violation(i, "the token expires at %s, after its grant ends at %s", exp.UTC().Format(time.RFC3339), q.grantEnd.UTC().Format(time.RFC3339))
+	case !exp.Equal(p.ExpiresAt):
 		return violation(i, "the token's exp differs from the entry's expires_at")
-	case time.Unix(c.Iat, 0).Before(q.approvedAt.Truncate(time.Second)):
-		return violation(i, "the token was issued at %s, before its grant was approved", time.Unix(c.Iat, 0).UTC().Format(time.RFC3339))
-	case len(p.TokenSHA256) != 64:
+	case c.IssuedAt.Time().Before(q.approvedAt.Truncate(time.Second)):
+		return violation(i, "the token was issued at %s, before its grant was approved", c.IssuedAt.Time().UTC().Format(time.RFC3339))
+	case !exp.Equal(q.grantEnd.Truncate(time.Second)):
+		return violation(i, "the token expires at %s, not when its grant ends (%s)", exp.UTC().Format(time.RFC3339), q.grantEnd.UTC().Format(time.RFC3339))
+	case !c.NotBefore.Time().Equal(c.IssuedAt.Time()) || !c.IssuedAt.Time().Equal(p.IssuedAt):
+		return violation(i, "the token's iat, nbf and the entry's issued_at differ")
+	case e.Time.Before(p.IssuedAt) || e.Time.Sub(p.IssuedAt) > statement.MaxSkew:
+		return violation(i, "the token was issued at %s, not within %s before its entry's time %s", p.IssuedAt.UTC().Format(time.RFC3339), statement.MaxSkew, e.Time.UTC().Format(time.RFC3339Nano))
+	case p.Issuance != q.issued+1:
+		return violation(i, "the entry numbers the token %d, but it is issuance %d of its grant", p.Issuance, q.issued+1)
+	case !validIssuer(c.Issuer, q.account, slot != ""):
+		return violation(i, "the token's issuer %q is not an https issuer (under /accounts/%s for the account's own key)", c.Issuer, q.account)
+	case !validSHA256(p.TokenSHA256):
 		return violation(i, "the token hash is not a SHA-256")
 	}
 	for _, a := range c.Approvers {
@@ -614,7 +679,7 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 			return violation(i, "the token names %s as an approver, who did not approve request %s", a, q.id)
 		}
 	}
-	r.jtis[c.JTI] = true
+	r.jtis[c.ID] = true
 	q.issued++
 	r.tokens++
 	if q.soloGrant {
@@ -628,20 +693,60 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 	return nil
 }
 
-func audiences(v any) []string {
-	switch a := v.(type) {
-	case string:
-		return []string{a}
-	case []any:
-		var out []string
-		for _, x := range a {
-			if s, ok := x.(string); ok {
-				out = append(out, s)
-			}
-		}
-		return out
+// validIssuer reports whether iss is a broker issuer: an https URL (http
+// on loopback, as dev mode runs), under /accounts/ACCOUNT exactly when the
+// account signs with its own key.
+func validIssuer(iss, account string, own bool) bool {
+	u, err := url.Parse(iss)
+	if err != nil || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil || strings.HasSuffix(iss, "/") {
+		return false
 	}
-	return nil
+	if u.Scheme != "https" && (u.Scheme != "http" || !loopback(u.Hostname())) {
+		return false
+	}
+	return strings.HasSuffix(u.Path, "/accounts/"+account) == own
+}
+
+func loopback(host string) bool {
+	ip, err := netip.ParseAddr(host)
+	return host == "localhost" || (err == nil && ip.IsLoopback())
+}
+
+func validSHA256(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == 32 && s == hex.EncodeToString(b)
+}
+
+// checkAssignment checks the approval's record of which approver filled
+// which requirement: the alternative it names is the rule's, every
+// approver in it approved this request, belongs to the group it fills,
+// and counts once, and each requirement has exactly its approvals.
+func checkAssignment(pol *policy.Policy, q *reqState, p audit.RequestApproved) string {
+	if p.Alternative < 0 || p.Alternative >= len(q.rule) {
+		return fmt.Sprintf("alternative %d is not one of the rule's %d", p.Alternative, len(q.rule))
+	}
+	counted := policy.Evaluate(pol, q.rule, q.requester, q.approvals()).Counted
+	filled := map[string]int{}
+	for who, g := range p.Assignment {
+		switch {
+		case !slices.Contains(counted, who):
+			return fmt.Sprintf("%s is assigned to %s but has no approval that counts", who, g)
+		case !pol.IsMember(g, who):
+			return fmt.Sprintf("%s is assigned to %s, a group they are not in", who, g)
+		}
+		filled[g]++
+	}
+	alt := q.rule[p.Alternative]
+	for _, req := range alt {
+		if filled[req.Group] != req.Approvals {
+			return fmt.Sprintf("requirement %d of %s has %d approvers assigned", req.Approvals, req.Group, filled[req.Group])
+		}
+		delete(filled, req.Group)
+	}
+	for g := range filled {
+		return fmt.Sprintf("approvers are assigned to %s, which alternative %d does not name", g, p.Alternative)
+	}
+	return ""
 }
 
 // soloRipe checks a solo approval: the policy in force allows solo access,

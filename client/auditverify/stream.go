@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"runtime"
 	"slices"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/statement"
+	"github.com/bgbroker/breakglass/format/strictjson"
 )
 
 // batchLines is how many export lines are read and prepared at once. Two
@@ -38,7 +40,11 @@ type prepared struct {
 	wireErr  error
 	entry    *audit.Entry
 	parseErr error
-	leaf     []byte
+	// payloadErr is set when the payload is not the strict encoding of
+	// its type's payload (or the type is unknown): the replay, which
+	// decodes payloads again, only ever sees canonical ones.
+	payloadErr error
+	leaf       []byte
 	// signer is the candidate audit key the signature verifies with, if
 	// any; whether that key was in force at this index is decided in order.
 	signer *ecdsa.PublicKey
@@ -121,12 +127,22 @@ func (v *verifier) stream(r io.Reader) {
 // prepare does everything for one line that needs no other line.
 func prepare(raw []byte, cands *candidates, sigs *statement.Cache) prepared {
 	var p prepared
-	if p.wireErr = json.Unmarshal(raw, &p.wire); p.wireErr != nil || len(p.wire.Entry) == 0 {
+	if p.wireErr = json.Unmarshal(raw, &p.wire); p.wireErr == nil {
+		// The line is not signed, but it is what people read: one key,
+		// one meaning, as for the entries.
+		if k := strictjson.TopKeyProblem(raw); k != "" {
+			p.wireErr = errors.New(k)
+		}
+	}
+	if p.wireErr != nil || len(p.wire.Entry) == 0 {
 		return p
 	}
 	p.leaf = audit.LeafHash(p.wire.Entry)
-	p.entry, p.parseErr = audit.Parse(p.wire.Entry)
+	p.entry, p.parseErr = audit.Decode(p.wire.Entry)
 	e := p.entry
+	if e != nil {
+		_, p.payloadErr = e.DecodePayload()
+	}
 	if e != nil && e.Type == audit.TypeKeyActivated {
 		var c audit.KeyChange
 		if json.Unmarshal(e.Payload, &c) == nil && c.Purpose == "audit" {

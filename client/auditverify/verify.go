@@ -366,7 +366,7 @@ func (v *verifier) step(i int64, p *prepared) {
 	prev := v.prevLeaf
 	v.prevLeaf = p.leaf
 	if e == nil {
-		v.reportf(i, "the entry is not JSON: %v", p.parseErr)
+		v.reportf(i, "the entry is not the broker's encoding of an entry: %v", p.parseErr)
 		return
 	}
 	v.types[string(e.Type)]++
@@ -385,6 +385,14 @@ func (v *verifier) step(i int64, p *prepared) {
 	}
 	if reason := v.keys.checkEntry(i, e, p.wire.Entry, p.wire.Signature, p.signer); reason != "" {
 		v.reportf(i, "%s", reason)
+	}
+	if p.payloadErr != nil {
+		if errors.Is(p.payloadErr, audit.ErrUnknownType) {
+			v.reportf(i, "unknown entry type %q", e.Type)
+		} else {
+			v.reportf(i, "%v", p.payloadErr)
+		}
+		return
 	}
 	// An entry whose signature or link is wrong is reported, and still
 	// replayed for what it says: what follows is judged on its own, so one

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/checkpoint"
+	"github.com/bgbroker/breakglass/format/claims"
 	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/format/statement"
@@ -158,6 +160,10 @@ func buildFuzzLog() *fuzzLog {
 		l.checkpoints[n], l.notes[text+"\n"], l.roots[uint64(n)] = signed, signed, root
 	}
 	if _, err := Verify(l.options(l.export, l.checkpoints[len(l.entries)], nil)); err != nil {
+		var vs *Violations
+		if errors.As(err, &vs) {
+			panic(fmt.Sprintf("the fuzz log does not verify:\n%s", vs))
+		}
 		panic(fmt.Sprintf("the fuzz log does not verify: %v", err))
 	}
 	return l
@@ -189,9 +195,9 @@ accounts:
 	must(err)
 	grantEnd := reviewed.Add(time.Duration(ttlSeconds) * time.Second)
 	issued := fuzzT0.Add(3 * time.Minute)
-	claims, err := json.Marshal(map[string]any{"iss": "https://broker.example", "sub": "alice", "aud": "db.example", "iat": issued.Unix(),
-		"nbf": issued.Unix(), "exp": issued.Add(10 * time.Minute).Unix(), "jti": "jti-1", "client_id": "alice", "bg_account": "prod-db",
-		"bg_request": fuzzRequest, "bg_approvers": []string{"bob"}, "bg_drill": false})
+	claims, err := json.Marshal(claims.Claims{Issuer: "https://broker.example", Subject: "alice", Audience: jwt.Audience{"db.example"},
+		IssuedAt: claims.NumericDate(issued), NotBefore: claims.NumericDate(issued), Expiry: claims.NumericDate(grantEnd),
+		ID: "jti-1", ClientID: "alice", Account: "prod-db", Request: fuzzRequest, Approvers: []string{"bob"}})
 	must(err)
 
 	type step struct {
@@ -216,7 +222,7 @@ accounts:
 		{reviewed, req(audit.TypeRequestApproved, "breakglass", audit.RequestApproved{ApprovedAt: reviewed, GrantExpiresAt: grantEnd,
 			ActivationDeadline: reviewed.Add(10 * time.Minute), Assignment: map[string]string{"bob": "db"}})},
 		{issued, req(audit.TypeTokenIssued, "alice", audit.TokenIssued{JTI: "jti-1", KID: fuzzTokenKID, Audience: "db.example", IssuedAt: issued,
-			ExpiresAt: issued.Add(10 * time.Minute), TokenSHA256: strings.Repeat("ab", 32), Claims: claims, Issuance: 1})},
+			ExpiresAt: grantEnd, TokenSHA256: strings.Repeat("ab", 32), Claims: claims, Issuance: 1})},
 		{grantEnd, req(audit.TypeRequestExpired, "breakglass", audit.RequestFinal{Reason: "the grant ended", At: grantEnd})},
 		{grantEnd, req(audit.TypeReviewOpened, "breakglass", audit.PostReviewOpened{ID: "review-1", DueAt: grantEnd.Add(72 * time.Hour),
 			Reviewers: "owners", Excluded: []string{"alice", "bob"}})},

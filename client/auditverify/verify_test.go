@@ -5,8 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
@@ -222,3 +224,44 @@ accounts:
 }
 
 var _ = ecdsa.PublicKey{}
+
+// What the verifier reads is what jq, Python and go-jose read: an entry
+// or a token's claims that two readers could resolve differently is a
+// violation, whatever the signatures say.
+func TestAmbiguousBytesAreViolations(t *testing.T) {
+	l := theFuzzLog(nil)
+	tok := indexOfType(l.entries, audit.TypeTokenIssued)
+	resign := func(i int, entry []byte) []byte {
+		entries := append([][]byte(nil), l.entries...)
+		entries[i] = entry // as written: rechain would re-encode it
+		for j := i + 1; j < len(entries); j++ {
+			e, _ := audit.Parse(entries[j])
+			e.Prev = hex.EncodeToString(audit.LeafHash(entries[j-1]))
+			entries[j], _ = json.Marshal(e)
+		}
+		cp, _ := l.checkpoint(entries)
+		_, err := Verify(l.options(l.exportOf(entries), cp, nil))
+		if err == nil {
+			t.Fatalf("verifies with entry %d:\n%s", i, entry)
+		}
+		var vs *Violations
+		errors.As(err, &vs)
+		return []byte(vs.String())
+	}
+	e, _ := audit.Parse(l.entries[tok])
+	var p audit.TokenIssued
+	must(json.Unmarshal(e.Payload, &p))
+	claims := strings.Replace(string(p.Claims), `"aud":"db.example"`, `"aud":"payments.example"`, 1)
+	claims = strings.TrimSuffix(claims, "}") + `,"Aud":"db.example"}`
+	p.Claims = json.RawMessage(claims)
+	e.Payload, _ = json.Marshal(p)
+	forged, _ := json.Marshal(e)
+	if got := resign(tok, forged); !strings.Contains(string(got), fmt.Sprintf("entry %d: the token's claims are not what relying parties would read", tok)) ||
+		!strings.Contains(string(got), `"Aud" in $ differs from key "aud" only in case`) {
+		t.Fatalf("a case-variant claim:\n%s", got)
+	}
+	hidden := bytes.Replace(l.entries[tok], []byte(`"actor"`), []byte(`"Type":"permission_denied","actor"`), 1)
+	if got := resign(tok, hidden); !strings.Contains(string(got), fmt.Sprintf("entry %d: the entry is not the broker's encoding of an entry", tok)) {
+		t.Fatalf("a case-variant entry key:\n%s", got)
+	}
+}

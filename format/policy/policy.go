@@ -297,20 +297,6 @@ func (p *Policy) finish() {
 	p.hash = hex.EncodeToString(sum[:])
 }
 
-// FromCanonicalJSON rebuilds a policy from its logged form, as the offline
-// verifier does. It does not re-validate: a logged policy is history.
-func FromCanonicalJSON(b []byte) (*Policy, error) {
-	var p Policy
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, err
-	}
-	for g := range p.Groups {
-		sort.Strings(p.Groups[g])
-	}
-	p.finish()
-	return &p, nil
-}
-
 // Short is the rule without the reminder every rule carries.
 func (r Rule) Short() string {
 	return strings.TrimSuffix(r.String(), " (the requester never counts; each approver counts once)")

@@ -16,6 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/bgbroker/breakglass/format/claims"
 	"github.com/bgbroker/breakglass/format/keyid"
 )
 
@@ -28,21 +29,8 @@ type Signer interface {
 	SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error)
 }
 
-// Claims are the claims of an access token (RFC 9068 §2.2 plus ours).
-type Claims struct {
-	Issuer    string           `json:"iss"`
-	Subject   string           `json:"sub"`
-	Audience  jwt.Audience     `json:"aud"`
-	IssuedAt  *jwt.NumericDate `json:"iat"`
-	NotBefore *jwt.NumericDate `json:"nbf"`
-	Expiry    *jwt.NumericDate `json:"exp"`
-	ID        string           `json:"jti"`
-	ClientID  string           `json:"client_id"`
-	Account   string           `json:"bg_account"`
-	Request   string           `json:"bg_request"`
-	Approvers []string         `json:"bg_approvers"`
-	Drill     bool             `json:"bg_drill"`
-}
+// Claims are the claims of an access token (format/claims).
+type Claims = claims.Claims
 
 // Minted is a signed token and what the broker may keep of it.
 type Minted struct {
@@ -147,7 +135,7 @@ func JWKS(keys ...crypto.PublicKey) ([]byte, error) {
 
 // NumericDate truncates t to whole seconds, so that a token's exp is never
 // after the instant it stands for.
-func NumericDate(t time.Time) *jwt.NumericDate { return jwt.NewNumericDate(t.Truncate(time.Second)) }
+func NumericDate(t time.Time) *jwt.NumericDate { return claims.NumericDate(t) }
 
 // Public is the token key's public key.
 func (m *Minter) Public() crypto.PublicKey { return m.key.Public() }
