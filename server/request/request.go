@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/format/statement"
 )
@@ -50,6 +51,12 @@ type Review struct {
 	Statement []byte
 	Signature []byte
 	Cert      []byte
+	// Passkey, for a review signed by a bound passkey, is the WebAuthn
+	// assertion over the statement (Signature and Cert are then empty).
+	Passkey *passkey.Assertion
+	// KeyStore is where the reviewer's client said the certificate key
+	// lives (audit.KeyStorePKCS11 or empty).
+	KeyStore string
 }
 
 // Request is a request and, once approved, its grant.

@@ -195,6 +195,7 @@ type Reader interface {
 	// Counts summarises the store for metrics.
 	Counts(ctx context.Context, now time.Time) (Counts, error)
 	CertReader
+	PasskeyReader
 }
 
 // Counts are the store's figures for metrics.
@@ -272,6 +273,7 @@ type Tx interface {
 	// PruneIdempotent forgets calls made before t and returns how many.
 	PruneIdempotent(ctx context.Context, before time.Time) (int, error)
 	CertWriter
+	PasskeyWriter
 }
 
 // IdempotentCall is a write made with an idempotency key: what it was

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 )
@@ -212,7 +213,7 @@ func (t *Tx) loadReviews(ctx context.Context, rs []*request.Request) error {
 }
 
 func (t *Tx) reviewsIn(ctx context.Context, byID map[string]*request.Request, ids []any) error {
-	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert
+	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert, passkey, key_store
 		FROM reviews WHERE request_id IN (?`+strings.Repeat(",?", len(ids)-1)+`) ORDER BY request_id, entry_index`), ids...)
 	if err != nil {
 		return err
@@ -223,9 +224,16 @@ func (t *Tx) reviewsIn(ctx context.Context, byID map[string]*request.Request, id
 			id, decision string
 			rv           request.Review
 			at           int64
+			pk           []byte
 		)
-		if err := rows.Scan(&id, &rv.Reviewer, &decision, &rv.Comment, &at, &rv.EntryIndex, &rv.LeafHash, &rv.Statement, &rv.Signature, &rv.Cert); err != nil {
+		if err := rows.Scan(&id, &rv.Reviewer, &decision, &rv.Comment, &at, &rv.EntryIndex, &rv.LeafHash, &rv.Statement, &rv.Signature, &rv.Cert, &pk, &rv.KeyStore); err != nil {
 			return err
+		}
+		if len(pk) > 0 {
+			rv.Passkey = new(passkey.Assertion)
+			if err := json.Unmarshal(pk, rv.Passkey); err != nil {
+				return fmt.Errorf("review of %s by %s: its stored passkey assertion does not parse: %w", id, rv.Reviewer, err)
+			}
 		}
 		rv.Decision, rv.At = request.Decision(decision), fromNanos(at)
 		if r := byID[id]; r != nil {
@@ -470,8 +478,17 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 // AddReview implements store.Tx.
 func (t *Tx) AddReview(ctx context.Context, requestID string, rv request.Review) error {
 	t.touched(requestID)
-	_, err := t.exec(ctx, `INSERT INTO reviews (request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-		requestID, rv.Reviewer, string(rv.Decision), rv.Comment, nanos(rv.At), rv.EntryIndex, rv.LeafHash, orEmptyBytes(rv.Statement), orEmptyBytes(rv.Signature), orEmptyBytes(rv.Cert))
+	var pk []byte
+	if rv.Passkey != nil {
+		var err error
+		if pk, err = json.Marshal(rv.Passkey); err != nil {
+			return err
+		}
+	}
+	_, err := t.exec(ctx, `INSERT INTO reviews (request_id, reviewer, decision, comment, at, entry_index, leaf_hash, statement, signature, cert, passkey, key_store)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
+		requestID, rv.Reviewer, string(rv.Decision), rv.Comment, nanos(rv.At), rv.EntryIndex, rv.LeafHash, orEmptyBytes(rv.Statement), orEmptyBytes(rv.Signature), orEmptyBytes(rv.Cert),
+		orEmptyBytes(pk), rv.KeyStore)
 	return err
 }
 

@@ -24,7 +24,7 @@ type Explainer interface {
 
 // historyTables are the tables that grow with history: nothing that runs
 // per tick, per scrape or per call may scan them.
-var historyTables = []string{"requests", "outbox", "entries", "tokens", "reviews"}
+var historyTables = []string{"requests", "outbox", "entries", "tokens", "reviews", "passkeys"}
 
 var (
 	sqliteScan = regexp.MustCompile(`^SCAN (\w+)(?: AS \w+)?(?: USING (?:COVERING )?INDEX (\w+))?`)
@@ -99,6 +99,14 @@ func testQueryPlans(t *testing.T, s store.Store) {
 		{name: "LastTokenExpiry", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.LastTokenExpiry(ctx, "k"); return err }},
 		{name: "PostReviewsOpen", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.PostReviews(ctx, true); return err },
 			scans: []string{"post_reviews_open"}},
+		{name: "PendingPasskey", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.PendingPasskey(ctx, "h1"); return err }},
+		{name: "Passkey", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.Passkey(ctx, []byte("c1")); return err }},
+		{name: "PasskeysOf", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.PasskeysOf(ctx, "bob", 20); return err }, ordered: true},
+		{name: "PruneExpiredPasskeys", fn: func(ctx context.Context, tx store.Tx) error {
+			_, err := tx.PruneExpiredPasskeys(ctx, now, 100)
+			return err
+		},
+			scans: []string{"passkeys_pending_expiry"}, ordered: true},
 	}
 	// Every ListRequests filter, and the pairs the API can combine, with a
 	// page token: each is one index range in page order.
@@ -216,6 +224,12 @@ func seedPlans(t *testing.T, s store.Store) {
 		}
 		if err := tx.Enqueue(ctx, []store.OutboxItem{{EventID: "e1", Sink: "soc", Type: "t", Account: "prod-db", RequestID: "r1", Body: []byte("{}"), CreatedAt: t0}}); err != nil {
 			return err
+		}
+		for i, who := range []string{"bob", "erin", "carol"} {
+			p := pendingPasskey(fmt.Sprintf("c%d", i), who, fmt.Sprintf("h%d", i), t0)
+			if err := tx.AddPasskey(ctx, p); err != nil {
+				return err
+			}
 		}
 		_, err := appendEntry(ctx, tx, t0, audit.TypeGrantRevoked)
 		return err

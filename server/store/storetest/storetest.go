@@ -72,6 +72,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ApprovedEntry", testApprovedEntry},
 		{"ActiveKey", testActiveKey},
 		{"WitnessedAcrossPages", testWitnessedPages},
+		{"Passkeys", testPasskeys},
 		{"QueryPlansUseIndexes", testQueryPlans},
 	}
 	for _, tc := range tests {
