@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -413,10 +414,11 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func newRotateCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
-	var purpose, account, label, operator, subject string
+	var purpose, account, label, operator, subject, reason string
 	var days int
+	var revokeOld bool
 	cmd := &cobra.Command{
-		Use:   "rotate --config FILE --purpose token|audit|checkpoint|ssh-ca|x509-ca [--account NAME] [--label LABEL] [--subject DN --days N]",
+		Use:   "rotate --config FILE --purpose token|audit|checkpoint|ssh-ca|x509-ca [--account NAME] [--label LABEL] [--subject DN --days N] [--revoke-old --reason TEXT]",
 		Short: "Make a new key active and retire the old one, audited in the broker's log",
 		Long: `Generates a new key in the token and records it in the broker's key registry as
 active, the old one as retired, with an audit entry. An audit or checkpoint key
@@ -427,7 +429,15 @@ SSH and X.509 CA keys stay in /ssh/ca.pub and /x509/ca.pem (and their CRL is
 kept signed) until the last certificate they signed expires. An X.509 CA
 rotation self-signs the new key's CA certificate (--subject, --days) and adds
 it to certificates.x509_ca_cert before the key becomes active. A running
-broker picks the new key up within seconds.`,
+broker picks the new key up within seconds.
+
+With --revoke-old (CA keys only, for a key that may be compromised) the old
+CA key is revoked, not merely retired, with every certificate it signed that
+has not expired, in the rotation's transaction: an SSH CA key leaves
+/ssh/ca.pub and is listed whole in the KRL (sshd refuses everything it
+signed); an X.509 CA key's certificate leaves /x509/ca.pem and its CRL,
+signed while the key is still in the HSM, lists every certificate it
+signed. --reason is required and logged.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.config == "" {
@@ -449,6 +459,16 @@ broker picks the new key up within seconds.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
+			if revokeOld != (reason != "") {
+				return errors.New("--revoke-old and --reason go together: a CA key is revoked for a reason, which is logged")
+			}
+			if revokeOld && p != hsm.PurposeSSHCA && p != hsm.PurposeX509CA {
+				return fmt.Errorf("--revoke-old is for CA keys (ssh-ca, x509-ca); a %s key is rotated and retired", p)
+			}
+			revokeReason := ""
+			if revokeOld {
+				revokeReason = reason
+			}
 			log := slog.New(slog.NewTextHandler(stderr, nil))
 			var rec store.KeyRecord
 			if p == hsm.PurposeX509CA {
@@ -459,15 +479,23 @@ broker picks the new key up within seconds.`,
 				if days < 1 || days > 3650 {
 					return fmt.Errorf("--days must be between 1 and 3650")
 				}
-				rec, err = daemon.RotateX509CA(cmd.Context(), cfg, label, name, time.Duration(days)*24*time.Hour, log)
+				rec, err = daemon.RotateX509CA(cmd.Context(), cfg, label, name, time.Duration(days)*24*time.Hour, revokeReason, log)
 				if err != nil {
+					return err
+				}
+			} else if revokeOld {
+				if rec, err = daemon.RotateRevoking(cmd.Context(), cfg, p, label, revokeReason, log); err != nil {
 					return err
 				}
 			} else if rec, err = daemon.Rotate(cmd.Context(), cfg, p, account, label, log); err != nil {
 				return err
 			}
-			return writeJSON(stdout, map[string]any{"ceremony": "rotate", "time": time.Now().UTC(), "operator": operatorName(operator),
-				"purpose": rec.Purpose, "account": rec.Account, "label": rec.Label, "kid": rec.KID, "id": rec.KeyID, "public_key_pem": rec.PublicPEM})
+			out := map[string]any{"ceremony": "rotate", "time": time.Now().UTC(), "operator": operatorName(operator),
+				"purpose": rec.Purpose, "account": rec.Account, "label": rec.Label, "kid": rec.KID, "id": rec.KeyID, "public_key_pem": rec.PublicPEM}
+			if revokeOld {
+				out["revoked_previous"], out["reason"] = true, reason
+			}
+			return writeJSON(stdout, out)
 		},
 	}
 	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit, checkpoint, ssh-ca or x509-ca (required)")
@@ -476,6 +504,8 @@ broker picks the new key up within seconds.`,
 	cmd.Flags().StringVar(&operator, "operator", "", "name recorded as the operator")
 	cmd.Flags().StringVar(&subject, "subject", "", "x509-ca: the new CA certificate's distinguished name")
 	cmd.Flags().IntVar(&days, "days", 365, "x509-ca: the new CA certificate's validity in days")
+	cmd.Flags().BoolVar(&revokeOld, "revoke-old", false, "ssh-ca, x509-ca: revoke the old CA key with every certificate it signed (a key that may be compromised)")
+	cmd.Flags().StringVar(&reason, "reason", "", "with --revoke-old: why, logged and announced")
 	_ = cmd.MarkFlagRequired("purpose")
 	return cmd
 }

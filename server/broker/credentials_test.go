@@ -500,3 +500,56 @@ func TestCertificatesSignedByARotatedCAKeyAreRefused(t *testing.T) {
 		t.Fatalf("after the reload: %v", err)
 	}
 }
+
+// A CA key retired as revoked (hsm rotate --revoke-old, for a key that may
+// be compromised) takes every certificate it signed with it, in the
+// rotation's transaction: they enter the KRL and the key's CRL at once.
+// Certificates of other CA keys are untouched.
+func TestRevokingACAKeyRevokesItsCertificates(t *testing.T) {
+	h, a, revoked := certHarness(t)
+	sshRec := registerCA(t, h, "ssh-ca", a.sshKID, nil)
+	registerCA(t, h, "x509-ca", a.x5KID, nil)
+	r := h.approved("alice")
+	old, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x5, err := h.b.IssueX509Certificate(h.ctx, "alice", broker.X509CertInput{RequestID: r.ID, CSR: newCSR(t, &x509.CertificateRequest{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshRec.State, sshRec.RetiredAt, sshRec.RevokedAt = store.KeyRetired, h.clock.Now(), h.clock.Now()
+	next := store.KeyRecord{KID: "ssh-kid-2", Purpose: "ssh-ca", Label: "ssh-kid-2", KeyID: "02", PublicPEM: "-", State: store.KeyActive, ActivatedAt: h.clock.Now()}
+	if err := h.b.RecordKey(h.ctx, audit.TypeKeyActivated, next, audit.KeyChange{Purpose: "ssh-ca", KID: next.KID, Label: next.Label, Previous: sshRec.KID,
+		Reason: "key ceremony: the old key's backup was lost"}, &sshRec); err != nil {
+		t.Fatal(err)
+	}
+	if revoked.Load() != 1 {
+		t.Fatalf("CertificatesRevoked heard %d times", revoked.Load())
+	}
+	_ = h.store.View(h.ctx, func(rd store.Reader) error {
+		got, err := rd.RevokedCertificates(h.ctx, store.CertSSH, h.clock.Now())
+		if err != nil || len(got) != 1 || got[0].Serial != sshCertSerial(old.Cert) || got[0].CAKID != a.sshKID {
+			t.Errorf("revoked SSH certificates %+v, %v", got, err)
+		}
+		if got, err := rd.RevokedCertificates(h.ctx, store.CertX509, h.clock.Now()); err != nil || len(got) != 0 {
+			t.Errorf("the X.509 certificate %s of another CA was revoked: %+v %v", x5.Cert.SerialNumber, got, err)
+		}
+		keys, err := rd.Keys(h.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k.KID == a.sshKID && (k.RevokedAt.IsZero() || k.State != store.KeyRetired) {
+				t.Errorf("the old SSH CA key is %s, revoked at %s", k.State, k.RevokedAt)
+			}
+		}
+		return nil
+	})
+	e := lastEntry(t, h, audit.TypeKeyRetired)
+	var ch audit.KeyChange
+	if err := json.Unmarshal(e.Payload, &ch); err != nil || ch.KID != a.sshKID || !strings.Contains(ch.Reason, "revoked with every certificate it signed (1 not yet expired)") ||
+		!strings.Contains(ch.Reason, "the old key's backup was lost") {
+		t.Fatalf("key_retired entry %s: %v", e.Payload, err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/bgbroker/breakglass/hsm"
@@ -23,6 +24,19 @@ import (
 // outbox, which the running broker delivers). A running broker picks the
 // new key up within seconds.
 func Rotate(ctx context.Context, cfg *config.Config, p hsm.Purpose, account, label string, log *slog.Logger) (store.KeyRecord, error) {
+	return rotate(ctx, cfg, p, account, label, "", log)
+}
+
+// RotateRevoking rotates the SSH CA key and revokes the old one with every
+// certificate it signed (hsm rotate --revoke-old), for the reason given.
+func RotateRevoking(ctx context.Context, cfg *config.Config, p hsm.Purpose, label, reason string, log *slog.Logger) (store.KeyRecord, error) {
+	if strings.TrimSpace(reason) == "" {
+		return store.KeyRecord{}, errors.New("revoking a CA key needs a reason (--reason): it is logged and announced")
+	}
+	return rotate(ctx, cfg, p, "", label, reason, log)
+}
+
+func rotate(ctx context.Context, cfg *config.Config, p hsm.Purpose, account, label, revokeReason string, log *slog.Logger) (store.KeyRecord, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -47,6 +61,9 @@ func Rotate(ctx context.Context, cfg *config.Config, p hsm.Purpose, account, lab
 		return store.KeyRecord{}, err
 	}
 	defer o.Close()
+	if revokeReason != "" {
+		return o.ring.RotateRevoking(ctx, o.broker, p, label, "key ceremony: "+revokeReason, nil)
+	}
 	return o.ring.Rotate(ctx, o.broker, p, account, label, "key ceremony")
 }
 
@@ -55,7 +72,11 @@ func Rotate(ctx context.Context, cfg *config.Config, p hsm.Purpose, account, lab
 // old key's, which stays published until its last certificate expires)
 // before the key is recorded active, so the broker never holds an active
 // X.509 CA key without its certificate.
-func RotateX509CA(ctx context.Context, cfg *config.Config, label string, subject pkix.Name, validity time.Duration, log *slog.Logger) (store.KeyRecord, error) {
+//
+// With revokeReason set, the old key is revoked with every certificate it
+// signed (hsm rotate --revoke-old): its certificate leaves /x509/ca.pem and
+// its CRL, signed while the key is still in the HSM, lists them all.
+func RotateX509CA(ctx context.Context, cfg *config.Config, label string, subject pkix.Name, validity time.Duration, revokeReason string, log *slog.Logger) (store.KeyRecord, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -88,6 +109,9 @@ func RotateX509CA(ctx context.Context, cfg *config.Config, label string, subject
 			return err
 		}
 		return os.Rename(tmp, bundle)
+	}
+	if revokeReason != "" {
+		return o.ring.RotateRevoking(ctx, o.broker, hsm.PurposeX509CA, label, "key ceremony: "+revokeReason, prepare)
 	}
 	return o.ring.RotateWith(ctx, o.broker, hsm.PurposeX509CA, "", label, "key ceremony", prepare)
 }

@@ -357,6 +357,22 @@ func (r *Ring) Rotate(ctx context.Context, reg Registrar, p hsm.Purpose, account
 // recording it active (an X.509 CA key needs its CA certificate first);
 // when prepare fails, nothing is recorded.
 func (r *Ring) RotateWith(ctx context.Context, reg Registrar, p hsm.Purpose, account, label, reason string, prepare func(*hsm.Key) error) (store.KeyRecord, error) {
+	return r.rotate(ctx, reg, p, account, label, reason, prepare, false)
+}
+
+// RotateRevoking rotates a CA key and retires the old one as revoked,
+// with every certificate it signed that has not expired: for a CA key
+// that may be compromised. The old key leaves /ssh/ca.pub or /x509/ca.pem,
+// an SSH CA key is listed whole in the KRL, and an X.509 CA key's CRL
+// (signed while its key is still in the HSM) lists everything it signed.
+func (r *Ring) RotateRevoking(ctx context.Context, reg Registrar, p hsm.Purpose, label, reason string, prepare func(*hsm.Key) error) (store.KeyRecord, error) {
+	if p != hsm.PurposeSSHCA && p != hsm.PurposeX509CA {
+		return store.KeyRecord{}, fmt.Errorf("only CA keys are revoked with what they signed; a %s key is rotated and retired", p)
+	}
+	return r.rotate(ctx, reg, p, "", label, reason, prepare, true)
+}
+
+func (r *Ring) rotate(ctx context.Context, reg Registrar, p hsm.Purpose, account, label, reason string, prepare func(*hsm.Key) error, revoke bool) (store.KeyRecord, error) {
 	if account != "" && p != hsm.PurposeToken {
 		return store.KeyRecord{}, errors.New("only token keys belong to accounts")
 	}
@@ -379,6 +395,9 @@ func (r *Ring) RotateWith(ctx context.Context, reg Registrar, p hsm.Purpose, acc
 		}
 	}
 	r.mu.RUnlock()
+	if revoke && oldRec == nil {
+		return store.KeyRecord{}, fmt.Errorf("no active %s key to revoke", p)
+	}
 	if _, err := r.cfg.Module.GenerateKey(ctx, hsm.GenerateRequest{Purpose: p, Label: label}); err != nil {
 		return store.KeyRecord{}, err
 	}
@@ -414,6 +433,9 @@ func (r *Ring) RotateWith(ctx context.Context, reg Registrar, p hsm.Purpose, acc
 	}
 	if oldRec != nil {
 		oldRec.State, oldRec.RetiredAt = store.KeyRetired, now
+		if revoke {
+			oldRec.RevokedAt = now
+		}
 	}
 	if err := reg.RecordKey(ctx, audit.TypeKeyActivated, rec, change, oldRec); err != nil {
 		return rec, err
