@@ -53,6 +53,10 @@ func NewPayload(t Type) any {
 		return new(KeyChange)
 	case TypeStoreRestored:
 		return new(StoreRestored)
+	case TypePasskeyBound:
+		return new(PasskeyBound)
+	case TypePasskeyRemoved:
+		return new(PasskeyRemoved)
 	case TypeSSHCertIssued:
 		return new(SSHCertificateIssued)
 	case TypeX509CertIssued:

@@ -3,7 +3,12 @@ package audit
 import (
 	"encoding/json"
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +86,54 @@ func TestStrictReadingRefusesAmbiguity(t *testing.T) {
 	e.Type = "grant_approved_by_magic"
 	if _, err := e.DecodePayload(); !errors.Is(err, ErrUnknownType) {
 		t.Errorf("an unknown type: %v", err)
+	}
+}
+
+// Every entry type declared in this package has a payload to be read
+// strictly: a type added without one would make the verifier refuse every
+// entry of it.
+func TestEveryTypeHasAPayload(t *testing.T) {
+	fset := token.NewFileSet()
+	names, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, name := range names {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		{
+			for _, d := range f.Decls {
+				g, ok := d.(*ast.GenDecl)
+				if !ok || g.Tok != token.CONST {
+					continue
+				}
+				for _, spec := range g.Specs {
+					vs := spec.(*ast.ValueSpec)
+					if id, ok := vs.Type.(*ast.Ident); !ok || id.Name != "Type" {
+						continue
+					}
+					for _, v := range vs.Values {
+						lit, ok := v.(*ast.BasicLit)
+						if !ok {
+							continue
+						}
+						name, _ := strconv.Unquote(lit.Value)
+						n++
+						if NewPayload(Type(name)) == nil {
+							t.Errorf("entry type %q has no payload in NewPayload", name)
+						}
+					}
+				}
+			}
+		}
+	}
+	if n < 20 {
+		t.Fatalf("found only %d entry types", n)
 	}
 }
