@@ -53,6 +53,8 @@ func (r *replay) certificateIssued(i int64, e *audit.Entry) *Violation {
 	}
 	var approvers []string
 	var from, until time.Time
+	var kind string
+	var maxTTL time.Duration
 	if e.Type == audit.TypeSSHCertIssued {
 		var p audit.SSHCertificateIssued
 		if err := decode(e.Payload, &p); err != nil {
@@ -63,6 +65,7 @@ func (r *replay) certificateIssued(i int64, e *audit.Entry) *Violation {
 			return vv
 		}
 		approvers, from, until = p.Approvers, time.Unix(int64(cert.ValidAfter), 0), time.Unix(int64(cert.ValidBefore), 0)
+		kind, maxTTL = "ssh", acct.SSH.MaxTTL.D()
 		r.certs.ssh++
 	} else {
 		var p audit.X509CertificateIssued
@@ -74,6 +77,7 @@ func (r *replay) certificateIssued(i int64, e *audit.Entry) *Violation {
 			return vv
 		}
 		approvers, from, until = p.Approvers, cert.NotBefore, cert.NotAfter
+		kind, maxTTL = "x509", acct.X509.MaxTTL.D()
 		r.certs.x509++
 	}
 	switch {
@@ -83,6 +87,9 @@ func (r *replay) certificateIssued(i int64, e *audit.Entry) *Violation {
 		return violation(i, "the certificate is valid from %s, before its grant was approved at %s", from.UTC().Format(time.RFC3339), q.approvedAt.UTC().Format(time.RFC3339))
 	case !from.Before(until):
 		return violation(i, "the certificate's validity is empty")
+	case maxTTL > 0 && until.After(e.Time.Add(maxTTL)):
+		return violation(i, "the certificate is valid until %s, more than account %s's %s.max_ttl (%s) after its issuance at %s", until.UTC().Format(time.RFC3339),
+			acct.Name, kind, maxTTL, e.Time.UTC().Format(time.RFC3339))
 	}
 	for _, a := range approvers {
 		if !slices.Contains(q.approvals(), a) {
