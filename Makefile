@@ -12,7 +12,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 export PATH := $(BIN):$(PATH)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps dev test fuzz soak vet purego lint proto proto-check unit tools bench clean cover
+.PHONY: all build deps test-deps examples-deps examples dev test fuzz soak vet purego lint proto proto-check unit tools bench clean cover
 
 all: build
 
@@ -29,6 +29,16 @@ test: test-deps vet purego lint proto-check unit
 
 test-deps:
 	@./scripts/ensure-deps.sh test
+
+examples-deps:
+	@./scripts/ensure-deps.sh examples
+
+# The Node client of examples/node, written from the proto, docs/signing.md
+# and testdata/vectors alone: its vector tests, then the whole flow against
+# a fresh dev broker (make test runs both in TestNodeClientVectors and
+# TestNodeClientFlow).
+examples: examples-deps build
+	@./scripts/examples.sh
 
 vet:
 	$(GO) vet ./...

@@ -7,7 +7,10 @@
 # that accepts the broker's X.509 client certificates), and OpenSSH's
 # server and client (sshd accepts the broker's SSH certificates; ssh-keygen
 # checks its KRLs), and Node.js with the npm packages of test/node (the
-# relying party written with openid-client and jose), from its lock file.
+# relying party written with openid-client and jose) and of examples/node
+# (the client written with @grpc/grpc-js, @grpc/proto-loader and jose),
+# each from its lock file. With the argument "examples" (make examples),
+# Node.js and those npm packages only.
 set -euo pipefail
 need=()
 have_softhsm=0
@@ -23,6 +26,8 @@ if [ "${1:-}" = test ]; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   # ssh-keygen checks KRLs; the witnesses the tests run keep their keys in ssh-agent.
   { command -v ssh-agent >/dev/null && command -v ssh-keygen >/dev/null && command -v ssh-add >/dev/null; } || need+=(openssh-client)
+fi
+if [ "${1:-}" = test ] || [ "${1:-}" = examples ]; then
   command -v node >/dev/null || need+=(nodejs)
   command -v npm >/dev/null || need+=(npm)
 fi
@@ -63,18 +68,22 @@ if [ "${1:-}" = test ]; then
     fi
   done
 fi
-# The npm packages of test/node, exactly as its package-lock.json says
-# (npm ci), again whenever the lock file is newer than the installed tree.
-# openid-client, jose and undici need Node.js 20.18 or later.
-if [ "${1:-}" = test ]; then
+# The npm packages of test/node and examples/node, exactly as their
+# package-lock.json files say (npm ci), again whenever a lock file is newer
+# than the installed tree. openid-client, jose and undici need Node.js
+# 20.18 or later. With the argument "examples" (make examples), only
+# Node.js, npm and these packages are installed.
+if [ "${1:-}" = test ] || [ "${1:-}" = examples ]; then
   root="$(cd "$(dirname "$0")/.." && pwd)"
   if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=18)?0:1)'; then
-    echo "Node.js $(node --version) is too old for test/node: it needs 20.18 or later" >&2
+    echo "Node.js $(node --version) is too old for test/node and examples/node: they need 20.18 or later" >&2
     exit 1
   fi
-  stamp="$root/test/node/node_modules/.package-lock.json"
-  if [ ! -e "$stamp" ] || [ "$root/test/node/package-lock.json" -nt "$stamp" ]; then
-    echo "installing: npm packages of test/node" >&2
-    npm ci --prefix "$root/test/node" --no-audit --no-fund --loglevel=error >&2
-  fi
+  for project in test/node examples/node; do
+    stamp="$root/$project/node_modules/.package-lock.json"
+    if [ ! -e "$stamp" ] || [ "$root/$project/package-lock.json" -nt "$stamp" ]; then
+      echo "installing: npm packages of $project" >&2
+      npm ci --prefix "$root/$project" --no-audit --no-fund --loglevel=error >&2
+    fi
+  done
 fi

@@ -18,18 +18,18 @@ import (
 // its lock file by scripts/ensure-deps.sh test.
 const nodeRelyingParty = "node"
 
-// needNodePackages returns node's path when Node.js and the relying
-// party's packages are installed; it skips otherwise, except under CI,
-// where either missing is a broken setup.
-func needNodePackages(t *testing.T) string {
+// needNodePackages returns node's path when Node.js and the packages of
+// the Node project in dir are installed; it skips otherwise, except under
+// CI, where either missing is a broken setup.
+func needNodePackages(t *testing.T, dir string, pkgs ...string) string {
 	t.Helper()
 	node := needTool(t, "node")
-	for _, pkg := range []string{"openid-client", "jose", "undici"} {
-		if _, err := os.Stat(filepath.Join(nodeRelyingParty, "node_modules", pkg, "package.json")); err != nil {
+	for _, pkg := range pkgs {
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json")); err != nil {
 			if os.Getenv("CI") != "" {
-				t.Fatalf("npm package %s is not installed in test/node (scripts/ensure-deps.sh test runs npm ci there): %v", pkg, err)
+				t.Fatalf("npm package %s is not installed in %s (scripts/ensure-deps.sh test runs npm ci there): %v", pkg, dir, err)
 			}
-			t.Skipf("npm package %s is not installed in test/node: run scripts/ensure-deps.sh test", pkg)
+			t.Skipf("npm package %s is not installed in %s: run scripts/ensure-deps.sh test", pkg, dir)
 		}
 	}
 	return node
@@ -44,7 +44,7 @@ func needNodePackages(t *testing.T) string {
 // certificate says a live token is active and a revoked or forged one is
 // not.
 func TestNodeRelyingParty(t *testing.T) {
-	node := needNodePackages(t)
+	node := needNodePackages(t, nodeRelyingParty, "openid-client", "jose", "undici")
 	f := startFedBroker(t)
 	revoked := f.grantToken(t, "prod-db", "db.prod.example", false)
 	if _, err := f.client("alice").RevokeGrant(context.Background(), &bgv1.RevokeGrantRequest{RequestId: f.requestOf(t, revoked), Reason: "done"}); err != nil {

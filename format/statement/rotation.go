@@ -40,8 +40,10 @@ type RotationFields struct {
 }
 
 var (
-	kidRE     = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
-	purposeRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+	kidRE = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
+	// Only the audit and the checkpoint keys rotate by a statement both
+	// keys sign (docs/signing.md, "Key rotation").
+	purposeRE = regexp.MustCompile(`^(audit|checkpoint)$`)
 	accountRE = regexp.MustCompile(`^([a-z0-9][a-z0-9._-]{0,63})?$`)
 )
 

@@ -466,13 +466,13 @@ func statementVectors(t *testing.T, kf *keyFile) []statementVector {
 	good("approve-rsa-2048", "an approval signed with an RSA certificate key: PKCS #1 v1.5 with SHA-256", "carol", base, "ok")
 	deny := base
 	deny.Type = statement.TypeDeny
-	good("deny-ecdsa-p256", "a denial", "bob", deny, "not during the freeze")
+	denied := good("deny-ecdsa-p256", "a denial", "bob", deny, "not during the freeze")
 	rc := base
 	rc.Type = statement.TypeReviewClose
-	good("review-close-ecdsa-p256", "closing the post-use review of the grant: request and content are the grant's request and its content digest, comment the digest of the notes", "bob", rc, "used as described; the replica was rebuilt")
+	closed := good("review-close-ecdsa-p256", "closing the post-use review of the grant: request and content are the grant's request and its content digest, comment the digest of the notes", "bob", rc, "used as described; the replica was rebuilt")
 	at := base
 	at.Type, at.Request, at.Content = statement.TypeAttest, attestID, statement.AccountDigest("prod-db", policyHash)
-	good("attest-rsa-2048", "an attestation: request is a fresh id chosen by the signer, content the digest of the account text (account-attestation.json), comment the digest of the notes", "carol", at, "still needed; approvers reviewed")
+	attested := good("attest-rsa-2048", "an attestation: request is a fresh id chosen by the signer, content the digest of the account text (account-attestation.json), comment the digest of the notes", "carol", at, "still needed; approvers reviewed")
 	edge := approve
 	edge.Name, edge.Description = "approve-at-skew-limit", "the statement's time is exactly five minutes from the verifier's clock: still accepted"
 	edge.Expect.Now = signedAt.Add(statement.MaxSkew).Format(time.RFC3339)
@@ -515,6 +515,20 @@ func statementVectors(t *testing.T, kf *keyFile) []statementVector {
 	mis("other-comment", "presented with another comment", "comment", func(e *expectation) { e.Comment = "confirmed" })
 	mis("too-late", "checked five minutes and one second after its time", "time", func(e *expectation) { e.Now = signedAt.Add(statement.MaxSkew + time.Second).Format(time.RFC3339) })
 	mis("too-early", "checked five minutes and one second before its time (the signer's clock is fast)", "time", func(e *expectation) { e.Now = signedAt.Add(-statement.MaxSkew - time.Second).Format(time.RFC3339) })
+	// The other types refused: a statement serves only the action its type
+	// names, and an attestation binds the policy in force.
+	d := denied
+	d.Expect.Type = statement.TypeApprove
+	reject(d, "deny-as-approve", "a denial presented as an approval", "type")
+	rcv := closed
+	rcv.Expect.Type = statement.TypeApprove
+	reject(rcv, "review-close-as-approve", "the closing of a grant's post-use review presented as an approval of its request", "type")
+	rcv = closed
+	rcv.Expect.Request = "01938a2e-7c4b-7d3f-9a1e-5b6c7d8e9f02"
+	reject(rcv, "review-close-other-grant", "the closing of one grant's review presented for another grant's", "request")
+	atv := attested
+	atv.Expect.Content = statement.AccountDigest("prod-db", hexSHA([]byte("another policy")))
+	reject(atv, "attest-other-policy", "an attestation made under a policy other than the one in force", "content")
 
 	// Malformed texts, each signed as it is: only the form is wrong.
 	malformed := func(name, desc, text string) { reject(resigned(approve, text), name, desc, "malformed") }
@@ -585,6 +599,11 @@ func rotationVectors(t *testing.T, kf *keyFile) []rotationVector {
 	bad = audit
 	bad.Name, bad.Description, bad.Verdict, bad.Reason = "account-line-without-space", "the empty account line written without its space", "reject", "malformed"
 	bad.Inputs, bad.Text = nil, strings.Replace(audit.Text, "\naccount \n", "\naccount\n", 1)
+	bad.SHA256, bad.OldSignature, bad.NewSignature = hexSHA([]byte(bad.Text)), b64(sign(t, kf.key(t, "audit-1"), []byte(bad.Text))), b64(sign(t, kf.key(t, "audit-2"), []byte(bad.Text)))
+	out = append(out, bad)
+	bad = audit
+	bad.Name, bad.Description, bad.Verdict, bad.Reason = "token-purpose", "a purpose other than audit or checkpoint, signed by both keys: only those two keys rotate by statement", "reject", "malformed"
+	bad.Inputs, bad.Text = nil, strings.Replace(audit.Text, "\npurpose audit\n", "\npurpose token\n", 1)
 	bad.SHA256, bad.OldSignature, bad.NewSignature = hexSHA([]byte(bad.Text)), b64(sign(t, kf.key(t, "audit-1"), []byte(bad.Text))), b64(sign(t, kf.key(t, "audit-2"), []byte(bad.Text)))
 	out = append(out, bad)
 	return out
