@@ -35,6 +35,7 @@ import https from 'node:https';
 import path from 'node:path';
 import * as jose from 'jose';
 import * as s from './lib/signing.mjs';
+import * as pk from './lib/passkey.mjs';
 import { connect, BrokerError } from './lib/broker.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -176,6 +177,8 @@ async function audit(dave) {
   let kid = await s.thumbprint(auditKey);
   let rule = null;
   const digests = {};
+  const passkeys = new Map();
+  const removed = new Set();
   const counts = { entries: 0, statements: 0, requests: 0, rotations: 0 };
   const leaves = [];
   for (const [i, raw] of entries.entries()) {
@@ -189,13 +192,32 @@ async function audit(dave) {
     counts.entries++;
     const p = e.payload ?? {};
     const at = s.parseRFC3339(e.time).seconds;
-    // statementOf checks a signed statement carried by an entry.
-    const statementOf = (expect) => {
+    // signer checks the certificate an entry carries: from the client CA,
+    // naming the entry's actor.
+    const signer = () => {
       const cert = new X509Certificate(Buffer.from(p.certificate, 'base64'));
       if (!cert.verify(clientCA.publicKey) || !cert.checkIssued(clientCA)) throw new Error(`entry ${i}: the signer's certificate is not from the client CA`);
       const who = principalOf(cert, rule);
       if (who !== e.actor) throw new Error(`entry ${i}: signed by ${who}, logged as ${e.actor}`);
-      s.verifyStatement(cert.publicKey, Buffer.from(p.statement, 'base64'), Buffer.from(p.signature, 'base64'), expect, at);
+      return cert;
+    };
+    // statementOf checks a signed statement carried by an entry: signed
+    // by the certificate key, or by a bound passkey (a WebAuthn assertion
+    // whose challenge is the statement's SHA-256).
+    const statementOf = (expect) => {
+      const stmt = Buffer.from(p.statement, 'base64');
+      if (p.passkey) {
+        const id = Buffer.from(p.passkey.credential, 'base64');
+        const bound = passkeys.get(id.toString('base64url'));
+        if (!bound || bound.actor !== e.actor) throw new Error(`entry ${i}: passkey ${id.toString('base64url')} is not bound to ${e.actor}`);
+        bound.counter = pk.verifyAssertion(bound.binding, stmt, {
+          credential: id, authenticatorData: Buffer.from(p.passkey.authenticator_data, 'base64'),
+          clientDataJSON: Buffer.from(p.passkey.client_data_json, 'base64'), signature: Buffer.from(p.passkey.signature, 'base64'),
+        }, bound.counter);
+        s.checkStatement(s.parseStatement(stmt), expect, at);
+      } else {
+        s.verifyStatement(signer().publicKey, stmt, Buffer.from(p.signature, 'base64'), expect, at);
+      }
       counts.statements++;
     };
     switch (e.type) {
@@ -218,6 +240,21 @@ async function audit(dave) {
       case 'account_attested':
         statementOf({ type: 'attest', origin: info.origin, request: p.id, content: s.digest(s.accountText(e.account, p.policy_hash)), comment: p.notes ?? '' });
         break;
+      case 'passkey_bound': {
+        const cert = signer();
+        const binding = pk.verifyBinding(cert.publicKey, e.actor, Buffer.from(p.statement, 'base64'), Buffer.from(p.signature, 'base64'), info.origin, at);
+        const id = binding.credential.toString('base64url');
+        if (passkeys.has(id) || removed.has(id)) throw new Error(`entry ${i}: passkey ${id} was bound before`);
+        passkeys.set(id, { binding, actor: e.actor, counter: 0 });
+        counts.statements++;
+        break;
+      }
+      case 'passkey_removed': {
+        const id = Buffer.from(p.credential, 'base64').toString('base64url');
+        passkeys.delete(id);
+        removed.add(id);
+        break;
+      }
       case 'key_activated':
         // An audit key rotation, signed by the old key and the new one:
         // the new key signs the entries after this one.

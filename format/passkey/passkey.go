@@ -508,16 +508,16 @@ func CounterAdvances(last, next uint32) bool {
 }
 
 // CheckBinding checks a parsed binding against where and when it is
-// presented: the deployment's log origin, the principal the signing
+// presented, in the order of docs/signing.md: the principal the signing
 // certificate names (a binding is signed by the key of the certificate
-// of the principal it names, never by someone else's), and a time within
-// statement.MaxSkew of at.
+// of the principal it names, never by someone else's), the deployment's
+// log origin, and a time within statement.MaxSkew of at.
 func CheckBinding(b Binding, origin, signer string, at time.Time) error {
 	switch {
-	case b.Origin != origin:
-		return refuse(ReasonLog, "the binding is for log %q, not this one (%q)", b.Origin, origin)
 	case b.Principal != signer:
 		return refuse(ReasonSigner, "the binding names %s but was signed with the certificate key of %s: only the approver binds their own passkey", b.Principal, signer)
+	case b.Origin != origin:
+		return refuse(ReasonLog, "the binding is for log %q, not this one (%q)", b.Origin, origin)
 	}
 	if d := b.Time.Sub(at); d > statement.MaxSkew || d < -statement.MaxSkew {
 		return refuse(ReasonTime, "the binding's time %s is %s from %s; at most %s is allowed (check your clock)",

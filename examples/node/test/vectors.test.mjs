@@ -11,6 +11,7 @@ import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto'
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import * as s from '../lib/signing.mjs';
+import * as pk from '../lib/passkey.mjs';
 
 const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../testdata/vectors');
 const load = (name) => JSON.parse(readFileSync(path.join(dir, name), 'utf8'));
@@ -18,7 +19,8 @@ const URI_PREFIX = 'spiffe://breakglass.test/user/';
 
 // The files this client knows. A new kind of vector must be taught to it
 // (and to docs/signing.md) before the suite passes again.
-const KNOWN = ['keys.json', 'request-content.json', 'account-attestation.json', 'review-statement.json', 'key-rotation.json', 'audit-entry.json', 'checkpoint.json'];
+const KNOWN = ['keys.json', 'request-content.json', 'account-attestation.json', 'review-statement.json', 'key-rotation.json', 'audit-entry.json', 'checkpoint.json',
+  'passkey-binding.json', 'passkey-review.json'];
 
 test('every vector file is one this client checks', () => {
   const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
@@ -212,6 +214,51 @@ test('checkpoints', () => {
       reason = e.reason;
     }
     verdictIs(v, reason);
+  }
+});
+
+test('passkey bindings: texts, COSE keys, signatures by the certificate key and verdicts', async () => {
+  for (const v of load('passkey-binding.json').vectors) {
+    const text = Buffer.from(v.text, 'utf8');
+    assert.equal(s.sha256(text).toString('hex'), v.sha256, v.name);
+    if (v.inputs) {
+      const i = v.inputs;
+      const built = `${pk.BINDING_CONTEXT}\norigin ${i.origin}\nprincipal ${i.principal}\ncredential ${i.credential}\nkey ${i.key}\nrp_id ${i.rp_id}\nweb_origin ${i.web_origin}\ntime ${i.time}\n`;
+      assert.equal(built, v.text, `${v.name}: the text from its inputs`);
+      // The COSE key in the binding is the passkey's public key.
+      const { publicKey } = pk.parseCOSEKey(Buffer.from(i.key, 'base64'));
+      assert.equal(await s.thumbprint(publicKey), keys[v.passkey].kid, `${v.name}: the COSE key is ${v.passkey}'s`);
+    }
+    const signer = keys[v.expect.certificate];
+    assert.ok(signer.cert.verify(keys.ca.pub), v.name);
+    const reason = await judge(() => pk.verifyBinding(signer.cert.publicKey, principalOf(signer.cert), text, Buffer.from(v.signature, 'base64'),
+      v.expect.origin, s.parseTimeSec(v.expect.now)));
+    verdictIs(v, reason);
+  }
+});
+
+test('passkey reviews: WebAuthn assertions over review statements', async () => {
+  const bindings = Object.fromEntries(load('passkey-binding.json').vectors.filter((v) => v.verdict === 'accept')
+    .map((v) => [v.name, pk.parseBinding(Buffer.from(v.text, 'utf8'))]));
+  for (const v of load('passkey-review.json').vectors) {
+    const statement = Buffer.from(v.statement, 'utf8');
+    assert.doesNotThrow(() => s.parseStatement(statement), v.name);
+    assert.equal(s.sha256(statement).toString('base64url'), v.challenge, `${v.name}: the challenge is the statement's SHA-256`);
+    const b = bindings[v.binding];
+    assert.ok(b, `${v.name}: binding ${v.binding}`);
+    const reason = await judge(() => pk.verifyAssertion(b, statement, {
+      credential: Buffer.from(v.credential, 'base64url'), authenticatorData: Buffer.from(v.authenticator_data, 'base64'),
+      clientDataJSON: Buffer.from(v.client_data_json, 'utf8'), signature: Buffer.from(v.signature, 'base64'),
+    }, v.last_counter));
+    verdictIs(v, reason);
+  }
+});
+
+test('passkey client data: duplicates and case variants are malformed', () => {
+  const b = { credential: Buffer.from([1]), webOrigin: 'https://x.test', rpID: 'x.test', cose: null };
+  const a = (cd) => ({ credential: Buffer.from([1]), authenticatorData: Buffer.alloc(37), clientDataJSON: Buffer.from(cd), signature: Buffer.from([1]) });
+  for (const cd of ['{"type":"webauthn.get","type":"webauthn.get"}', '{"Type":"webauthn.get"}', '{"cro\u017fsOrigin":true}', '[]', '{"type":"webauthn.get"} x', '{"type":1}']) {
+    assert.throws(() => pk.verifyAssertion(b, Buffer.from('s'), a(cd), 0), (e) => e.reason === 'malformed', cd);
   }
 });
 
