@@ -121,7 +121,7 @@ func (r *replay) grantUsable(i int64, e *audit.Entry, q *reqState, what string) 
 		if a, ok := r.policy.Account(q.account); !ok || a.Solo == nil {
 			return violation(i, "%s for a solo grant on %s, whose policy in force does not allow solo access", what, q.account)
 		}
-	} else if o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals()); !o.Met {
+	} else if o := q.evaluate(r.policy); !o.Met {
 		return violation(i, "%s issued without quorum under the policy in force: approvals %v do not satisfy %s", what, q.approvals(), shortRule(q.rule))
 	}
 	if a, ok := r.policy.Account(q.account); ok && a.RequireAlertAck && q.issued == 0 && !q.grantAcked {

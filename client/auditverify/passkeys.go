@@ -2,13 +2,12 @@ package auditverify
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"time"
 
 	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/statement"
 )
@@ -26,10 +25,7 @@ type boundPasskey struct {
 }
 
 // keyOf names a certificate's key: the SHA-256 of its SubjectPublicKeyInfo.
-func keyOf(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+func keyOf(c *x509.Certificate) string { return keyid.SPKI(c.RawSubjectPublicKeyInfo) }
 
 // passkeyBound checks a binding as the broker must have before logging it:
 // the statement parses and is signed with the key of a certificate that

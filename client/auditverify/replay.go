@@ -70,6 +70,8 @@ type replay struct {
 type reviewState struct {
 	decision string
 	at       time.Time
+	// key names the key that signed the review (keyOf).
+	key string
 }
 
 type reqState struct {
@@ -97,6 +99,8 @@ type reqState struct {
 	soloAckedAt time.Time
 	grantAcked  bool
 	content     statement.Content
+	// requesterKey names the key that signed the request (keyOf).
+	requesterKey string
 	// soloListed is the grant's place in the summary's solo grants (-1
 	// past MaxListed).
 	soloListed int
@@ -365,22 +369,39 @@ func (r *replay) reviewed(i int64, e *audit.Entry) *Violation {
 	if !r.policy.Eligible(q.rule, e.Actor) {
 		return violation(i, "%s is not an eligible approver of request %s under the policy in force", e.Actor, q.id)
 	}
+	var key string
 	if p.Passkey != nil {
-		if _, reason := r.checkPasskeyReview(q, e.Actor, p, e.Time); reason != "" {
+		var reason string
+		if key, reason = r.checkPasskeyReview(q, e.Actor, p, e.Time); reason != "" {
 			return violation(i, "the passkey-signed review of %s does not hold: %s", e.Actor, reason)
-		}
-		if p.Decision == statement.TypeApprove {
-			r.passkeyApprovals++
 		}
 	} else {
 		if reason := r.checkSignedReview(q, e.Actor, p, e.Time); reason != "" {
 			return violation(i, "the signed review of %s does not hold: %s", e.Actor, reason)
 		}
-		if p.KeyStore == audit.KeyStorePKCS11 && p.Decision == statement.TypeApprove {
+		cert, _ := r.sigs.ParseCertificate(p.Certificate) // parsed and checked above
+		key = keyOf(cert)
+	}
+	// One key is one reviewer, whatever name its review is logged under:
+	// the broker refuses a second review by a key, and never counts the
+	// requester's.
+	if q.requesterKey != "" && key == q.requesterKey {
+		return violation(i, "the review logged as %s is signed by the key that signed request %s as its requester %s: the requester never counts",
+			e.Actor, q.id, q.requester)
+	}
+	for _, who := range q.order {
+		if q.reviews[who].key == key {
+			return violation(i, "the review logged as %s is signed by the key that already reviewed request %s as %s: each key counts once", e.Actor, q.id, who)
+		}
+	}
+	if p.Decision == statement.TypeApprove {
+		if p.Passkey != nil {
+			r.passkeyApprovals++
+		} else if p.KeyStore == audit.KeyStorePKCS11 {
 			r.hardwareApprovals++
 		}
 	}
-	q.reviews[e.Actor] = reviewState{decision: p.Decision, at: e.Time}
+	q.reviews[e.Actor] = reviewState{decision: p.Decision, at: e.Time, key: key}
 	q.order = append(q.order, e.Actor)
 	r.reviews++
 	return nil
@@ -462,6 +483,27 @@ func (q *reqState) approvals() []string {
 	return out
 }
 
+// signed lists the reviews of one decision with their keys, in log order.
+func (q *reqState) signed(decision string) []policy.Approval {
+	var out []policy.Approval
+	for _, who := range q.order {
+		if rv := q.reviews[who]; rv.decision == decision {
+			out = append(out, policy.Approval{Principal: who, Key: rv.key})
+		}
+	}
+	return out
+}
+
+// requesterOf is the requester as the quorum rules see it: name and key.
+func (q *reqState) requesterOf() policy.Approval {
+	return policy.Approval{Principal: q.requester, Key: q.requesterKey}
+}
+
+// evaluate judges the request's approvals under pol by name and by key.
+func (q *reqState) evaluate(pol *policy.Policy) policy.Outcome {
+	return policy.EvaluateSigned(pol, q.rule, q.requesterOf(), q.signed(statement.TypeApprove))
+}
+
 func (r *replay) approved(i int64, e *audit.Entry) *Violation {
 	q, v := r.request(i, e)
 	if v != nil {
@@ -484,7 +526,7 @@ func (r *replay) approved(i int64, e *audit.Entry) *Violation {
 			return violation(i, "the solo approval of %s names approvers, an alternative or an acknowledgement time other than the logged one", q.id)
 		}
 	} else {
-		o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals())
+		o := q.evaluate(r.policy)
 		if !o.Met {
 			return violation(i, "request %s approved without its quorum (%s): approvals %v", q.id, shortRule(q.rule), q.approvals())
 		}
@@ -554,7 +596,7 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 		if q.solo {
 			need = 1 // one eligible denial vetoes a solo request
 		}
-		if q.state != "PENDING" || policy.Denials(r.policy, q.rule, q.requester, deniers) < need {
+		if q.state != "PENDING" || policy.DenialsSigned(r.policy, q.rule, q.requesterOf(), q.signed(statement.TypeDeny)) < need {
 			return violation(i, "request %s denied without reaching its deny threshold", q.id)
 		}
 		if !slices.Equal(p.Denials, deniers) {
@@ -620,7 +662,7 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 		if a, ok := r.policy.Account(q.account); !ok || a.Solo == nil {
 			return violation(i, "token for a solo grant on %s, whose policy in force does not allow solo access", q.account)
 		}
-	} else if o := policy.Evaluate(r.policy, q.rule, q.requester, q.approvals()); !o.Met {
+	} else if o := q.evaluate(r.policy); !o.Met {
 		return violation(i, "token issued without quorum under the policy in force: approvals %v do not satisfy %s", q.approvals(), shortRule(q.rule))
 	}
 	slot := ""
@@ -725,7 +767,7 @@ func checkAssignment(pol *policy.Policy, q *reqState, p audit.RequestApproved) s
 	if p.Alternative < 0 || p.Alternative >= len(q.rule) {
 		return fmt.Sprintf("alternative %d is not one of the rule's %d", p.Alternative, len(q.rule))
 	}
-	counted := policy.Evaluate(pol, q.rule, q.requester, q.approvals()).Counted
+	counted := q.evaluate(pol).Counted
 	filled := map[string]int{}
 	for who, g := range p.Assignment {
 		switch {

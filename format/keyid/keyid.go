@@ -6,8 +6,10 @@ package keyid
 import (
 	"crypto"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 
 	"github.com/go-jose/go-jose/v4"
@@ -45,4 +47,23 @@ func PublicPEM(pub crypto.PublicKey) ([]byte, error) {
 		return nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// SPKI names a signer's key the way approvals are counted: "sha256:" and
+// the hex SHA-256 of its DER SubjectPublicKeyInfo (a certificate's
+// RawSubjectPublicKeyInfo). Two certificates for one key name it alike,
+// whatever principals they name.
+func SPKI(spki []byte) string {
+	sum := sha256.Sum256(spki)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// CertSPKI is SPKI of the key of a DER certificate, "" when it does not
+// parse.
+func CertSPKI(der []byte) string {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return ""
+	}
+	return SPKI(c.RawSubjectPublicKeyInfo)
 }

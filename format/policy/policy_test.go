@@ -303,3 +303,46 @@ func TestFractionalDurationsRefused(t *testing.T) {
 		}
 	}
 }
+
+// One key is one approver, whatever names its approvals are logged under,
+// and the requester's key never counts.
+func TestEvaluateSignedCountsKeys(t *testing.T) {
+	p := mustLoad(t, `
+groups: {sre: [alice, frank], db-admins: [bob, carol, frank], security: [bob2, erin, alice2]}
+accounts:
+  - name: prod-db
+    owner: sre
+    requesters: [sre]
+    audiences: [db.prod.example]
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 10m
+    quorum:
+      - require: [{group: db-admins, approvals: 1}, {group: security, approvals: 1}]
+`)
+	a, _ := p.Account("prod-db")
+	alice := Approval{Principal: "alice", Key: "sha256:aa"}
+	tests := []struct {
+		name      string
+		approvals []Approval
+		met       bool
+		counted   []string
+	}{
+		{"two keys", []Approval{{"bob", "sha256:b1"}, {"erin", "sha256:e1"}}, true, []string{"bob", "erin"}},
+		{"one key under two names", []Approval{{"bob", "sha256:b1"}, {"bob2", "sha256:b1"}}, false, []string{"bob"}},
+		{"the requester's key under another name", []Approval{{"bob", "sha256:b1"}, {"alice2", "sha256:aa"}}, false, []string{"bob"}},
+		{"names without keys still count once each", []Approval{{"bob", ""}, {"erin", ""}, {"bob", ""}}, true, []string{"bob", "erin"}},
+		{"the first approval of a key is the one that counts", []Approval{{"bob2", "sha256:b1"}, {"bob", "sha256:b1"}, {"carol", "sha256:c1"}}, true, []string{"bob2", "carol"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := EvaluateSigned(p, a.Quorum, alice, tc.approvals)
+			if o.Met != tc.met || strings.Join(o.Counted, ",") != strings.Join(tc.counted, ",") {
+				t.Fatalf("met %v counted %v; want %v %v", o.Met, o.Counted, tc.met, tc.counted)
+			}
+			if n := DenialsSigned(p, a.Quorum, alice, tc.approvals); n != len(tc.counted) {
+				t.Fatalf("denials counted %d, want %d", n, len(tc.counted))
+			}
+		})
+	}
+}

@@ -29,21 +29,39 @@ func (o Outcome) Approvers() []string {
 	return out
 }
 
+// Approval is one approval (or denial): the principal it is logged under
+// and the key that signed it.
+type Approval struct {
+	Principal string
+	// Key names the signing key: "sha256:" and the hex SHA-256 of its
+	// DER SubjectPublicKeyInfo (for a passkey, of the certificate key that
+	// bound it). Empty when it is not known.
+	Key string
+}
+
 // Evaluate decides whether approvals satisfy rule for a request made by
-// requester. Membership is taken from p at the time of the call, so an
-// approver removed from the policy since their review no longer counts. The
-// requester never counts and each principal counts once, however many
-// approvals name them. One approver fills at most one requirement: an
-// alternative is met when a matching of approvers to requirement slots
-// fills every slot.
+// requester, by principal names alone. EvaluateSigned is the rule for
+// signed approvals; Evaluate is EvaluateSigned without keys.
 func Evaluate(p *Policy, rule Rule, requester string, approvals []string) Outcome {
-	var counted []string
-	for _, a := range approvals {
-		if a == requester || slices.Contains(counted, a) || !p.Eligible(rule, a) {
-			continue
-		}
-		counted = append(counted, a)
+	as := make([]Approval, len(approvals))
+	for i, a := range approvals {
+		as[i] = Approval{Principal: a}
 	}
+	return EvaluateSigned(p, rule, Approval{Principal: requester}, as)
+}
+
+// EvaluateSigned decides whether approvals satisfy rule for a request
+// made by requester. Membership is taken from p at the time of the call,
+// so an approver removed from the policy since their review no longer
+// counts. The requester never counts, neither under their name nor by
+// their key, whatever name an approval signed with it is logged under.
+// Each principal counts once and so does each key: of several approvals
+// signed by one key, only the first counts, so one key fills at most one
+// requirement. One approver fills at most one requirement: an alternative
+// is met when a matching of approvers to requirement slots fills every
+// slot.
+func EvaluateSigned(p *Policy, rule Rule, requester Approval, approvals []Approval) Outcome {
+	counted := countable(p, rule, requester, approvals)
 	sort.Strings(counted)
 	out := Outcome{Counted: counted, Alternative: -1}
 	for i, alt := range rule {
@@ -53,6 +71,28 @@ func Evaluate(p *Policy, rule Rule, requester string, approvals []string) Outcom
 		}
 	}
 	return out
+}
+
+// countable lists, in order, the principals of the approvals that count:
+// eligible, neither the requester nor signed by the requester's key, each
+// principal and each key once.
+func countable(p *Policy, rule Rule, requester Approval, approvals []Approval) []string {
+	var counted, keys []string
+	for _, a := range approvals {
+		switch {
+		case a.Principal == requester.Principal, a.Key != "" && a.Key == requester.Key:
+			continue
+		case slices.Contains(counted, a.Principal), a.Key != "" && slices.Contains(keys, a.Key):
+			continue
+		case !p.Eligible(rule, a.Principal):
+			continue
+		}
+		counted = append(counted, a.Principal)
+		if a.Key != "" {
+			keys = append(keys, a.Key)
+		}
+	}
+	return counted
 }
 
 // match finds an assignment of approvers to the slots of alt (a
@@ -121,13 +161,17 @@ func match(p *Policy, alt Alternative, approvers []string) (map[string]string, b
 // Denials counts the distinct eligible principals, other than the
 // requester, among deniers.
 func Denials(p *Policy, rule Rule, requester string, deniers []string) int {
-	var seen []string
-	for _, d := range deniers {
-		if d != requester && !slices.Contains(seen, d) && p.Eligible(rule, d) {
-			seen = append(seen, d)
-		}
+	as := make([]Approval, len(deniers))
+	for i, d := range deniers {
+		as[i] = Approval{Principal: d}
 	}
-	return len(seen)
+	return DenialsSigned(p, rule, Approval{Principal: requester}, as)
+}
+
+// DenialsSigned counts denials as EvaluateSigned counts approvals: eligible,
+// not the requester's name or key, each principal and each key once.
+func DenialsSigned(p *Policy, rule Rule, requester Approval, deniers []Approval) int {
+	return len(countable(p, rule, requester, deniers))
 }
 
 // eligibleApprovers lists every principal who may review under rule, other

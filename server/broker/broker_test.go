@@ -563,6 +563,33 @@ func TestOnePersonFillsOneRequirement(t *testing.T) {
 	}
 }
 
+// One key is one approver: a second certificate for bob's key, naming
+// erin, fills no second requirement; the broker refuses the review, and
+// the quorum rule would not count it either.
+func TestOneKeyIsOneApprover(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	if _, err := h.review("bob", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	c, k, err := h.ca.Issue(devmode.LeafOptions{CommonName: "erin", URIs: []string{"spiffe://test/user/erin"}, Key: h.cert("bob").key,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.certs["erin"] = principalKey{c, k}
+	before := h.snap()
+	_, err = h.review("erin", r.ID, request.Approve)
+	wantKind(t, err, broker.KindExists, "already reviewed request "+r.ID+" as bob; each key counts once")
+	if h.snap() != before {
+		t.Fatal("a refused review changed something")
+	}
+	delete(h.certs, "erin")
+	if res, err := h.review("erin", r.ID, request.Approve); err != nil || res.Request.State != request.Approved {
+		t.Fatalf("erin with her own key: %v", err)
+	}
+}
+
 func TestDenyThreshold(t *testing.T) {
 	h := newHarness(t, testPolicy)
 	// ledger needs two denials.

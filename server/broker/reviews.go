@@ -10,6 +10,7 @@ import (
 	"github.com/bgbroker/breakglass/format/statement"
 
 	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/request"
@@ -159,6 +160,18 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		if err := b.checkStatement(in, caller, r, now); err != nil {
 			return err
 		}
+		// One key is one reviewer: a certificate naming someone else over
+		// a key that already reviewed, or that signed the request, adds
+		// nobody.
+		key := keyid.SPKI(in.Cert.RawSubjectPublicKeyInfo)
+		if k := r.RequesterKey(); k != "" && k == key {
+			return denied("your client certificate's key signed request %s as its requester (%s): the requester never reviews their own request", r.ID, r.Requester)
+		}
+		for _, rv := range r.Reviews {
+			if b.reviewKey(rv) == key {
+				return newErr(KindExists, "the key of your client certificate already reviewed request %s as %s; each key counts once, whatever name its certificate gives", r.ID, rv.Reviewer)
+			}
+		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypeRequestReviewed, Actor: caller, Request: r.ID, Account: r.Account,
 			Payload: audit.RequestReviewed{Decision: string(in.Decision), Comment: in.Comment, Groups: p.EligibleGroups(r.Rule, caller),
@@ -190,7 +203,7 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		_, denials := r.ApprovalsAndDenials()
 		switch in.Decision {
 		case request.Approve:
-			o := policy.Evaluate(p, r.Rule, r.Requester, b.verifiedApprovals(r))
+			o := b.evaluate(p, r)
 			if !o.Met {
 				break
 			}
@@ -200,7 +213,7 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 			}
 		case request.Deny:
 			// One eligible denial vetoes a solo request.
-			if policy.Denials(p, r.Rule, r.Requester, denials) < r.DenyThreshold && !r.Solo {
+			if policy.DenialsSigned(p, r.Rule, requesterOf(r), b.signedDenials(r)) < r.DenyThreshold && !r.Solo {
 				break
 			}
 			if err := b.deny(ctx, tx, r, now, caller, denials); err != nil {
@@ -232,51 +245,86 @@ func joinNames(names []string) string {
 	return out
 }
 
-// verifiedApprovals returns the approvers whose stored signed statement
-// still verifies: a well-formed approve statement for this request, its
-// content and comment, in this log, made within MaxSkew of the review, by
-// the key of a certificate that chained to the client CA when the review
-// was made, is not revoked now, and names the reviewer. Anything else does
-// not count toward a quorum.
-func (b *Broker) verifiedApprovals(r *request.Request) []string {
-	var out []string
+// verifiedApprovals returns the approvals whose stored signed statement
+// still verifies, with the key that signed each: a well-formed approve
+// statement for this request, its content and comment, in this log, made
+// within MaxSkew of the review, by the key of a certificate that chained
+// to the client CA when the review was made, is not revoked now, and names
+// the reviewer. Anything else does not count toward a quorum; the quorum
+// rule then counts each principal and each key once, and never the
+// requester's (policy.EvaluateSigned).
+func (b *Broker) verifiedApprovals(r *request.Request) []policy.Approval {
+	var out []policy.Approval
 	digest := r.Content().Digest()
 	for _, rv := range r.Reviews {
 		if rv.Decision != request.Approve {
 			continue
 		}
-		if err := b.verifyReview(r, rv, digest); err != nil {
+		key, err := b.verifyReview(r, rv, digest)
+		if err != nil {
 			b.log.Warn("a stored approval does not verify and is not counted", "request", r.ID, "reviewer", rv.Reviewer, "err", err)
 			continue
 		}
-		out = append(out, rv.Reviewer)
+		out = append(out, policy.Approval{Principal: rv.Reviewer, Key: key})
 	}
 	return out
 }
 
-func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest string) error {
+// signedDenials returns the denials with the keys that signed them.
+func (b *Broker) signedDenials(r *request.Request) []policy.Approval {
+	var out []policy.Approval
+	for _, rv := range r.Reviews {
+		if rv.Decision == request.Deny {
+			out = append(out, policy.Approval{Principal: rv.Reviewer, Key: b.reviewKey(rv)})
+		}
+	}
+	return out
+}
+
+// reviewKey names the key that signed a stored review ("" if its
+// certificate does not parse).
+func (b *Broker) reviewKey(rv request.Review) string {
+	cert, err := b.sigs.ParseCertificate(rv.Cert)
+	if err != nil {
+		return ""
+	}
+	return keyid.SPKI(cert.RawSubjectPublicKeyInfo)
+}
+
+// requesterOf is the requester as the quorum rule sees them: their name
+// and the key that signed the request.
+func requesterOf(r *request.Request) policy.Approval {
+	return policy.Approval{Principal: r.Requester, Key: r.RequesterKey()}
+}
+
+// evaluate judges r's verified approvals under p.
+func (b *Broker) evaluate(p *policy.Policy, r *request.Request) policy.Outcome {
+	return policy.EvaluateSigned(p, r.Rule, requesterOf(r), b.verifiedApprovals(r))
+}
+
+func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest string) (string, error) {
 	st, err := statement.Parse(rv.Statement)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := statement.Check(st, string(rv.Decision), b.cfg.Origin, r.ID, digest, rv.Comment, rv.At); err != nil {
-		return err
+		return "", err
 	}
 	cert, err := b.sigs.ParseCertificate(rv.Cert)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := b.sigs.Verify(cert, rv.Statement, rv.Signature); err != nil {
-		return err
+		return "", err
 	}
 	who, err := b.cfg.Certs.VerifyAt(cert, rv.At)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if who != rv.Reviewer {
-		return fmt.Errorf("the certificate names %s, not the reviewer %s", who, rv.Reviewer)
+		return "", fmt.Errorf("the certificate names %s, not the reviewer %s", who, rv.Reviewer)
 	}
-	return nil
+	return keyid.SPKI(cert.RawSubjectPublicKeyInfo), nil
 }
 
 // approve moves r to APPROVED now with its request_approved entry (which

@@ -83,7 +83,7 @@ func (b *Broker) checkGrant(p *policy.Policy, r *request.Request, caller string,
 		}
 		return acct, policy.Outcome{Met: true}, nil
 	}
-	o := policy.Evaluate(p, r.Rule, r.Requester, b.verifiedApprovals(r))
+	o := b.evaluate(p, r)
 	if !o.Met {
 		return nil, policy.Outcome{}, wrongState("request %s no longer meets its quorum (%s) under the current policy; nothing can be issued", r.ID, r.Rule)
 	}

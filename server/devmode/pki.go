@@ -80,13 +80,20 @@ type LeafOptions struct {
 	// IsCA marks the certificate a CA (basicConstraints CA:TRUE), which no
 	// client identity may be; for the hostile cases.
 	IsCA bool
+	// Key, when set, is the certificate's key instead of a fresh one: a
+	// second certificate for a key, naming someone else, for the cases
+	// where one key is logged under two names.
+	Key *ecdsa.PrivateKey
 }
 
-// Issue signs a leaf certificate for a fresh P-256 key.
+// Issue signs a leaf certificate for a fresh P-256 key (or o.Key).
 func (ca *CA) Issue(o LeafOptions) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
+	key := o.Key
+	if key == nil {
+		var err error
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			return nil, nil, err
+		}
 	}
 	sn, err := serial()
 	if err != nil {

