@@ -12,7 +12,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 export PATH := $(BIN):$(PATH)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps examples-deps examples dev test fuzz soak vet purego lint proto proto-check unit tools bench clean cover
+.PHONY: all build deps test-deps examples-deps examples dev test fuzz soak vet purego lint proto proto-check unit tools bench bench-scale clean cover
 
 all: build
 
@@ -94,6 +94,15 @@ fuzz:
 # BENCHFLAGS=-quick for a short run; -profiles DIR keeps the CPU profiles.
 bench: deps build
 	$(GO) run ./bench -breakglassd $(BIN)/breakglassd $(BENCHFLAGS)
+
+# Measures the daemon at 10k, 100k and 1M audit entries in one run (start,
+# idle CPU, every ListRequests filter, reports, /metrics, proofs, export and
+# offline verification, IssueToken and whole flows), with each figure's
+# ratio to its 10k value: a table on stdout, the figures in
+# bench/results/scale.json. Takes most of an hour; BENCHFLAGS=-quick for a
+# short run at 2k and 20k entries, -sizes N,M,... for other sizes.
+bench-scale: deps build
+	$(GO) run ./bench -scale -breakglassd $(BIN)/breakglassd -bgctl $(BIN)/bgctl $(BENCHFLAGS)
 
 # Holds a steady mixed load (requests, signed reviews, tokens, reads, audit
 # reads, watch streams) on a running breakglassd for SOAKTIME at SOAKRATE

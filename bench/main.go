@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -110,8 +111,45 @@ func main() {
 		profs = flag.String("profiles", "", "keep the daemon's CPU profiles, and the load generator's, in this directory")
 		soak  = flag.Duration("soak", 0, "instead of the benchmarks, hold a steady mixed load this long and sample the daemon")
 		rate  = flag.Float64("rate", 100, "operations per second of the soak")
+		scale = flag.Bool("scale", false, "instead of the benchmarks, measure the daemon at growing log sizes (make bench-scale)")
+		sizes = flag.String("sizes", "10000,100000,1000000", "the log sizes of -scale, in audit entries")
+		bgc   = flag.String("bgctl", "", "bgctl binary for -scale (built when empty)")
+		// The fill process of -scale (see scalefill.go).
+		fillCfg = flag.String("scale-fill", "", "")
+		fillTo  = flag.Uint64("scale-to", 0, "")
 	)
 	flag.Parse()
+	if *fillCfg != "" {
+		if err := runFill(*fillCfg, *fillTo, 32); err != nil {
+			fmt.Fprintln(os.Stderr, "bench fill:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *scale {
+		o := scaleOpts{dur: *dur, idle: 30 * time.Second, samples: 30, outDir: *out, bgd: *bgd, bgc: *bgc, quick: *quick}
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if *quick && !set["sizes"] {
+			*sizes = "2000,20000"
+		}
+		if *quick {
+			o.dur, o.idle, o.samples = 2*time.Second, 10*time.Second, 15
+		}
+		for _, f := range strings.Split(*sizes, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+			if err != nil || n == 0 {
+				fmt.Fprintf(os.Stderr, "bench: -sizes: %q is not a number of entries\n", f)
+				os.Exit(2)
+			}
+			o.sizes = append(o.sizes, n)
+		}
+		if err := runScale(o); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-scale:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *soak > 0 {
 		if err := runSoak(*soak, *rate, *out, *bgd); err != nil {
 			fmt.Fprintln(os.Stderr, "soak:", err)

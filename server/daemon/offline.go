@@ -34,6 +34,9 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store
 		sc.OnDamaged = func(err error) {
 			log.Error("the database failed its integrity check: every transaction is refused until it is restored from a backup", "err", err)
 		}
+		sc.OnChecked = func(took time.Duration) {
+			log.Info("the database passed its background integrity check", "took", took.Round(time.Millisecond))
+		}
 		st, err := sqlite.Open(ctx, sc)
 		if err != nil {
 			return nil, err

@@ -45,6 +45,10 @@ type Config struct {
 	// OnDamaged, when set, is called once if the full integrity check that
 	// runs in the background after Open finds the database damaged.
 	OnDamaged func(error)
+	// OnChecked, when set, is called once that check found nothing, with
+	// how long it took (it reads every page: operators see what a start
+	// costs in the background).
+	OnChecked func(time.Duration)
 }
 
 // DefaultWALLimit is Config.WALLimit's default.
@@ -66,13 +70,15 @@ type Store struct {
 	stopped chan struct{}
 	closed  sync.Once
 
-	path      string
-	walLimit  int64
-	lastCheck time.Time
+	path     string
+	walLimit int64
+	// retryAt holds off the next checkpoint attempt after one that failed.
+	retryAt time.Time
 	// damaged holds the error of a failed background integrity check:
 	// from then on every transaction is refused.
 	damaged   atomic.Pointer[error]
 	onDamaged func(error)
+	onChecked func(time.Duration)
 	checking  sync.WaitGroup
 	// checkpoints counts WAL truncations, for tests.
 	checkpoints atomic.Int64
@@ -154,7 +160,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{writer: writer, writeStmts: sqlstore.NewStmtCache(writer),
 		writes: make(chan *write, 1024), stop: make(chan struct{}), stopped: make(chan struct{}),
-		path: cfg.Path, walLimit: walLimit, onDamaged: cfg.OnDamaged}
+		path: cfg.Path, walLimit: walLimit, onDamaged: cfg.OnDamaged, onChecked: cfg.OnChecked}
 	if err := s.check(ctx, cfg.Path); err != nil {
 		writer.Close()
 		return nil, err
@@ -273,7 +279,11 @@ func (s *Store) backgroundCheck(ctx context.Context) {
 		case <-ctx.Done():
 		}
 	}()
+	start := time.Now()
 	err := s.Check(ctx)
+	if err == nil && s.onChecked != nil {
+		s.onChecked(time.Since(start))
+	}
 	if err == nil || ctx.Err() != nil {
 		return
 	}
@@ -295,13 +305,15 @@ func (s *Store) Damaged() error {
 // truncates it, between write batches, once it has grown past the limit.
 // Readers that keep arriving would otherwise keep the log from ever
 // restarting (each holds a snapshot inside it), and it would grow without
-// bound. The checkpoint waits a moment for the readers in flight, which
-// are short, and gives up until the next batch if one is not.
+// bound. The size is looked at after every batch (a stat): a check every
+// so often let a loaded machine write several limits' worth between two
+// looks. The checkpoint waits a moment for the readers in flight, which
+// are short; when one is not, the next attempt waits a little, so that
+// writers are not held up by a checkpoint that cannot finish.
 func (s *Store) truncateWAL() {
-	if time.Since(s.lastCheck) < 100*time.Millisecond {
+	if time.Now().Before(s.retryAt) {
 		return
 	}
-	s.lastCheck = time.Now()
 	fi, err := os.Stat(s.path + "-wal")
 	if err != nil || fi.Size() < s.walLimit {
 		return
@@ -319,7 +331,9 @@ func (s *Store) truncateWAL() {
 	var busy, logFrames, done int
 	if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &done); err == nil && busy == 0 {
 		s.checkpoints.Add(1)
+		return
 	}
+	s.retryAt = time.Now().Add(100 * time.Millisecond)
 }
 
 // WALTruncations is how many times the write-ahead log was truncated.

@@ -472,6 +472,12 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 		return fmt.Errorf("%w: request %s changed underneath (version %d)", store.ErrConflict, r.ID, r.Version)
 	}
 	r.Version++
+	if r.State == request.Revoked {
+		// Its tokens leave the index of live ones (TokensOutstanding).
+		if _, err := t.exec(ctx, `UPDATE tokens SET revoked = 1 WHERE request_id = ? AND revoked = 0`, r.ID); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -60,6 +61,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"FilterAndPage", testFilter},
 		{"DueForExpiry", testDueForExpiry},
 		{"Tokens", testTokens},
+		{"TokensOutstandingAreLiveOnly", testTokensOutstanding},
 		{"Certificates", testCertificates},
 		{"ConcurrentWritersNeverFork", testConcurrentAppends},
 		{"EachWriterGetsItsOwnOutcome", testWriterOutcomes},
@@ -471,6 +473,83 @@ func testTokens(t *testing.T, s store.Store) {
 		}
 		return nil
 	})
+}
+
+// Outstanding tokens are the unexpired tokens of grants not revoked, in
+// expiry order across pages; revoking a grant takes its tokens out at once,
+// in the transaction that revokes it.
+func testTokensOutstanding(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	now := t0.Add(10 * time.Minute)
+	err := s.Update(ctx, func(tx store.Tx) error {
+		for i := range 3 {
+			r := newRequest(fmt.Sprintf("g%d", i), t0)
+			r.State, r.ApprovedAt, r.GrantExpiresAt, r.Issued = request.Approved, t0, t0.Add(time.Hour), 2
+			if err := tx.CreateRequest(ctx, r); err != nil {
+				return err
+			}
+			// One token long expired, two live.
+			for j, exp := range []time.Duration{time.Minute, 30 * time.Minute, time.Hour} {
+				if err := tx.AddToken(ctx, &store.TokenRecord{JTI: fmt.Sprintf("j%d%d", i, j), RequestID: r.ID, Account: "prod-db", Subject: "alice",
+					Audience: "db", KID: "k", IssuedAt: t0, ExpiresAt: t0.Add(exp + time.Duration(i)*time.Second), TokenSHA256: "ff"}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outstanding := func(limit int) []string {
+		t.Helper()
+		var jtis []string
+		_ = s.View(ctx, func(r store.Reader) error {
+			for pg := (store.Page{Limit: limit}); ; {
+				ts, err := r.TokensOutstanding(ctx, now, pg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, tk := range ts {
+					jtis = append(jtis, tk.JTI)
+				}
+				if len(ts) < limit {
+					return nil
+				}
+				pg.AfterTime, pg.AfterID = ts[len(ts)-1].ExpiresAt, ts[len(ts)-1].JTI
+			}
+		})
+		return jtis
+	}
+	if got, want := strings.Join(outstanding(2), ","), "j01,j11,j21,j02,j12,j22"; got != want {
+		t.Fatalf("outstanding tokens %s, want %s", got, want)
+	}
+	revoke := func(id string, fail error) error {
+		return s.Update(ctx, func(tx store.Tx) error {
+			r, err := tx.Request(ctx, id)
+			if err != nil {
+				return err
+			}
+			r.State, r.FinalAt = request.Revoked, now
+			if err := tx.SaveRequest(ctx, r); err != nil {
+				return err
+			}
+			return fail
+		})
+	}
+	boom := errors.New("boom")
+	if err := revoke("g1", boom); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(outstanding(100), ","), "j01,j11,j21,j02,j12,j22"; got != want {
+		t.Fatalf("after a revocation rolled back: %s, want %s", got, want)
+	}
+	if err := revoke("g1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(outstanding(1), ","), "j01,j21,j02,j22"; got != want {
+		t.Fatalf("after revoking g1: %s, want %s", got, want)
+	}
 }
 
 // Many writers at once: the log stays dense and every entry links to the
