@@ -63,7 +63,7 @@ func ChangeLines(old, cur *Policy) []string {
 		for _, a := range cur.Accounts {
 			out = append(out, fmt.Sprintf("account %s: quorum %s", a.Name, a.Quorum.Short()))
 		}
-		return out
+		return append(out, "policy admins: "+cur.AdminRule())
 	}
 	cs := Diff(old, cur)
 	if len(cs) == 0 {
@@ -92,14 +92,16 @@ type rule func(old, cur any, op, cp *Policy) (bool, string)
 // Go type and JSON name), how a change of it is judged. TestEveryFieldIsCompared
 // walks the types by reflection: a field added without a rule here fails.
 var rules = map[string]rule{
-	"Policy.groups":          nil, // keyed: see diffGroups
-	"Policy.auditors":        roleGroup("who may read everything changed"),
-	"Policy.relying_parties": roleGroup("who may check tokens changed"),
-	"Policy.admins":          roleGroup("who may change the policy changed"),
-	"Policy.max_duration":    longer,
-	"Policy.accounts":        nil, // keyed: see diffAccounts
-	"Policy.contacts":        nil, // keyed: see diffContacts
-	"Policy.identity":        anyChange("principals are read from certificates differently"),
+	"Policy.groups":               nil, // keyed: see diffGroups
+	"Policy.auditors":             roleGroup("who may read everything changed"),
+	"Policy.relying_parties":      roleGroup("who may check tokens changed"),
+	"Policy.admins":               roleGroup("who may propose policy changes changed"),
+	"Policy.policy_admins":        nil, // compared as a rule: see Diff
+	"Policy.policy_change_window": longer,
+	"Policy.max_duration":         longer,
+	"Policy.accounts":             nil, // keyed: see diffAccounts
+	"Policy.contacts":             nil, // keyed: see diffContacts
+	"Policy.identity":             anyChange("principals are read from certificates differently"),
 
 	"Identity.mode":       nil, // compared as part of Policy.identity
 	"Identity.uri_prefix": nil,
@@ -115,7 +117,7 @@ var rules = map[string]rule{
 	"Account.max_issuances":           more("more tokens per grant"),
 	"Account.deny_threshold":          more("more denials needed to stop a request"),
 	"Account.require_ticket":          turnedOff("a ticket is no longer required"),
-	"Account.quorum":                  weakerRule,
+	"Account.quorum":                  nil, // compared as a rule: see diffAccounts
 	"Account.reviewers":               anyChange("who reviews grants after use changed"),
 	"Account.review_within":           longer,
 	"Account.block_on_overdue_review": turnedOff("overdue reviews no longer block new requests"),
@@ -176,6 +178,10 @@ func Diff(old, cur *Policy) []Change {
 			out = append(out, diffGroups(old, cur)...)
 		case "Policy.accounts":
 			out = append(out, diffAccounts(old, cur, add)...)
+		case "Policy.policy_admins":
+			if c, ok := ruleChange(path, old.PolicyAdmins, cur.PolicyAdmins, "the policy can be changed with less"); ok {
+				out = append(out, c)
+			}
 		case "Policy.contacts":
 			diffKeyed(path, old.Contacts, cur.Contacts, func(p string, o, n any) { add(p, o, n, never) })
 		default:
@@ -300,6 +306,9 @@ func (p *Policy) groupRole(g string) string {
 			roles = append(roles, "owners or reviewers of "+a.Name)
 		}
 	}
+	if p.ruleNames(p.PolicyAdmins, g) {
+		roles = append(roles, "policy admins")
+	}
 	for _, r := range []struct{ name, group string }{{"auditors", p.Auditors}, {"admins", p.Admins}, {"relying parties", p.RelyingParties}} {
 		if r.group == g {
 			roles = append(roles, r.name)
@@ -342,17 +351,9 @@ func diffAccounts(old, cur *Policy, add func(path string, o, n any, r rule)) []C
 		default:
 			diffFields(reflect.ValueOf(o).Elem(), reflect.ValueOf(n).Elem(), path+".", func(p, name string, ov, nv reflect.Value) {
 				if name == "Account.quorum" {
-					// Compared as structures; shown in words.
-					or, nr := ov.Interface().(Rule), nv.Interface().(Rule)
-					if canon(or) == canon(nr) {
-						return
+					if c, ok := ruleChange(p, ov.Interface().(Rule), nv.Interface().(Rule), "the quorum can be met with less"); ok {
+						out = append(out, c)
 					}
-					c := Change{Path: p, Old: canon(ruleText(or)), New: canon(ruleText(nr))}
-					if c.Old == c.New {
-						c.Old, c.New = canon(or), canon(nr) // rules that read alike but differ
-					}
-					c.Weakens, c.Why = weakerRule(or, nr, old, cur)
-					out = append(out, c)
 					return
 				}
 				add(p, valueOf(ov), valueOf(nv), rules[name])
@@ -360,6 +361,23 @@ func diffAccounts(old, cur *Policy, add func(path string, o, n any, r rule)) []C
 		}
 	})
 	return out
+}
+
+// ruleChange compares two rules as structures and shows them in words; a
+// new rule that some alternative of which demands less than every old one
+// weakens, for why.
+func ruleChange(path string, or, nr Rule, why string) (Change, bool) {
+	if canon(or) == canon(nr) {
+		return Change{}, false
+	}
+	c := Change{Path: path, Old: canon(ruleText(or)), New: canon(ruleText(nr))}
+	if c.Old == c.New {
+		c.Old, c.New = canon(or), canon(nr) // rules that read alike but differ
+	}
+	if weaker(or, nr) {
+		c.Weakens, c.Why = true, why
+	}
+	return c, true
 }
 
 // ruleText shows a quorum rule in words in a change, so that people read
@@ -461,18 +479,17 @@ func soloRule(o, n any, _, _ *Policy) (bool, string) {
 	return false, ""
 }
 
-// weakerRule weakens unless every alternative of the new rule demands at
-// least what some alternative of the old one did: the same groups, each
-// with at least as many approvals.
-func weakerRule(o, n any, _, _ *Policy) (bool, string) {
-	or, _ := o.(Rule)
-	nr, _ := n.(Rule)
+// weaker reports whether some alternative of the new rule demands less
+// than every alternative of the old one: the same groups, each with at
+// least as many approvals, is what "at least" means. An empty new rule
+// (nobody may act) never weakens; an empty old one and a new one does.
+func weaker(or, nr Rule) bool {
 	for _, alt := range nr {
 		if !slices.ContainsFunc(or, func(old Alternative) bool { return demandsAtLeast(alt, old) }) {
-			return true, "the quorum can be met with less"
+			return true
 		}
 	}
-	return false, ""
+	return false
 }
 
 // demandsAtLeast reports whether alt needs at least everything old needs.

@@ -151,17 +151,23 @@ func TestWeakeningChanges(t *testing.T) {
 		{"auditors changed", "auditors: auditors\n", "auditors: sre\n", true, "who may read everything"},
 		{"auditor added", "auditors: [dave]", "auditors: [dave, mallory]", true, "mallory join the auditors"},
 		{"relying parties changed", "relying_parties: relying\n", "relying_parties: sre\n", true, "check tokens"},
-		{"admins added", "auditors: auditors\n", "auditors: auditors\nadmins: owners\n", true, "change the policy"},
+		{"admins added", "auditors: auditors\n", "auditors: auditors\nadmins: owners\n", true, "propose policy changes"},
+		{"policy admins lowered", ", {group: db-admins, approvals: 1}]}]\n", "]}]\n", true, "the policy can be changed with less"},
+		{"policy admins raised", "{group: db-admins, approvals: 1}]}]\n", "{group: db-admins, approvals: 1}, {group: sre, approvals: 1}]}]\n", false, "policy_admins"},
+		{"policy admins given an alternative", "]}]\npolicy_change_window", "]}, {require: [{group: sre, approvals: 1}, {group: db-admins, approvals: 1}]}]\npolicy_change_window", true, "the policy can be changed with less"},
+		{"policy admin added", "security: [erin, carol]", "security: [erin, carol, mallory]", true, "mallory join the approvers of prod-db, policy admins"},
+		{"change window widened", "policy_change_window: 48h", "policy_change_window: 96h", true, "policy_change_window"},
+		{"policy admins dropped", "policy_admins: [{require: [{group: security, approvals: 1}, {group: db-admins, approvals: 1}]}]\npolicy_change_window: 48h\n", "", false, `policy_admins: "1 of security and 1 of db-admins" -> "(none)"`},
 		{"account added", "accounts:\n", "accounts:\n  - {name: new, owner: owners, requesters: [sre], audiences: [new.example], max_ttl: 1h, approval_window: 30m, activation_window: 10m, quorum: [{require: [{group: db-admins, approvals: 1}]}]}\n", true, "a new account"},
 		{"description changed", "description: Production database superuser", "description: Prod DB", false, "description"},
 		{"ticket no longer required", "    max_ttl: 1h\n", "    max_ttl: 1h\n    require_ticket: true\n", false, "require_ticket"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if !strings.Contains(basePolicy, tc.from) {
+			if !strings.Contains(adminPolicy, tc.from) {
 				t.Fatalf("the base policy has no %q", tc.from)
 			}
-			old, cur := mustLoad(t, basePolicy), mustLoad(t, strings.Replace(basePolicy, tc.from, tc.to, 1))
+			old, cur := mustLoad(t, adminPolicy), mustLoad(t, strings.Replace(adminPolicy, tc.from, tc.to, 1))
 			cs := Diff(old, cur)
 			lines := strings.Join(ChangeLines(old, cur), "\n")
 			if Weakens(cs) != tc.weakens || !strings.Contains(lines, tc.want) {

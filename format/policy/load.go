@@ -53,27 +53,64 @@ func (e *InvalidError) Error() string {
 	return b.String()
 }
 
+// Bounds on a policy document. A policy is a few kilobytes; these stop a
+// hostile or broken one (a proposal comes over the API) from costing the
+// broker memory or time before it is refused.
+const (
+	// MaxPolicyBytes bounds the document.
+	MaxPolicyBytes = 1 << 20
+	// MaxDepth bounds how deeply mappings and lists nest; the deepest
+	// setting of a valid policy is about ten levels down.
+	MaxDepth = 32
+	// MaxNodes bounds the number of YAML values.
+	MaxNodes = 100000
+	// MaxGroupMembers bounds each group, MaxGroups the groups, MaxAccounts
+	// the accounts and MaxAlternatives the alternatives of a rule and the
+	// requirements of an alternative; MaxApprovals bounds one requirement.
+	MaxGroupMembers = 2000
+	MaxGroups       = 1000
+	MaxAccounts     = 1000
+	MaxAlternatives = 16
+	MaxApprovals    = 100
+)
+
 // Load parses and validates a policy document. Every problem is reported,
 // not only the first; any problem makes the whole policy invalid.
 func Load(b []byte, source string) (*Policy, error) {
-	var doc yaml.Node
+	doc := func(msg string) error {
+		return &InvalidError{Source: source, Problems: []Problem{{Path: "(document)", Msg: msg}}}
+	}
+	if len(b) > MaxPolicyBytes {
+		return nil, doc(fmt.Sprintf("the policy is %d bytes, more than the %d a policy may have", len(b), MaxPolicyBytes))
+	}
+	var n yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&doc); err != nil {
+	if err := dec.Decode(&n); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, &InvalidError{Source: source, Problems: []Problem{{Path: "(document)", Msg: "the policy is empty"}}}
+			return nil, doc("the policy is empty")
 		}
-		return nil, &InvalidError{Source: source, Problems: []Problem{{Path: "(document)", Msg: "not valid YAML: " + err.Error()}}}
+		return nil, doc("not valid YAML: " + err.Error())
 	}
-	if len(doc.Content) == 0 {
-		return nil, &InvalidError{Source: source, Problems: []Problem{{Path: "(document)", Msg: "the policy is empty"}}}
+	if len(n.Content) == 0 {
+		return nil, doc("the policy is empty")
 	}
-	return LoadNode(doc.Content[0], source)
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return nil, doc("the file holds more than one YAML document (a second --- line): a policy is one document")
+	}
+	return LoadNode(n.Content[0], source)
 }
 
 // LoadNode validates a policy held in a YAML node, such as the policy:
 // section of the broker's configuration.
 func LoadNode(n *yaml.Node, source string) (*Policy, error) {
 	l := &loader{}
+	// The shape is checked before anything is read: an alias would be
+	// read as often as it is named (a "billion laughs" document), and the
+	// walks below recurse by depth.
+	if l.shape(n); len(l.problems) > 0 {
+		return nil, &InvalidError{Source: source, Problems: l.problems}
+	}
 	p := l.policy(n)
 	if len(l.problems) > 0 {
 		sort.SliceStable(l.problems, func(i, j int) bool { return l.problems[i].Line < l.problems[j].Line })
@@ -85,6 +122,47 @@ func LoadNode(n *yaml.Node, source string) (*Policy, error) {
 
 type loader struct {
 	problems []Problem
+}
+
+// shape refuses anchors, aliases and merge keys, documents nested deeper
+// than MaxDepth and documents of more than MaxNodes values. It walks with
+// an explicit stack, so a deep document cannot exhaust the goroutine's.
+func (l *loader) shape(root *yaml.Node) {
+	type item struct {
+		n     *yaml.Node
+		depth int
+	}
+	stack := []item{{root, 1}}
+	count, deep := 0, false
+	for len(stack) > 0 {
+		it := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		n := it.n
+		if count++; count > MaxNodes {
+			l.add(nil, "(document)", "the policy has more than %d values", MaxNodes)
+			return
+		}
+		switch {
+		case n.Kind == yaml.AliasNode:
+			l.add(n, "(document)", "YAML aliases (*%s) are not allowed in a policy: write the value out where it is used", n.Value)
+			continue
+		case n.Anchor != "":
+			l.add(n, "(document)", "YAML anchors (&%s) are not allowed in a policy: write the value out where it is used", n.Anchor)
+		case n.Kind == yaml.ScalarNode && n.Tag == "!!merge":
+			l.add(n, "(document)", "YAML merge keys (<<) are not allowed in a policy")
+		}
+		if it.depth > MaxDepth {
+			if !deep {
+				l.add(n, "(document)", "the policy nests more than %d levels deep", MaxDepth)
+				deep = true
+			}
+			continue
+		}
+		for i := len(n.Content) - 1; i >= 0; i-- {
+			stack = append(stack, item{n.Content[i], it.depth + 1})
+		}
+	}
+	sort.SliceStable(l.problems, func(i, j int) bool { return l.problems[i].Line < l.problems[j].Line })
 }
 
 func (l *loader) add(n *yaml.Node, path, format string, args ...any) {
@@ -199,7 +277,8 @@ func (l *loader) duration(n *yaml.Node, path string, ceiling time.Duration) Dura
 
 func (l *loader) policy(n *yaml.Node) *Policy {
 	p := &Policy{Groups: map[string][]string{}}
-	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "admins", "max_duration", "accounts", "contacts")
+	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "admins", "policy_admins", "policy_change_window",
+		"max_duration", "accounts", "contacts")
 
 	ceiling := DefaultCeiling
 	if v := f["max_duration"]; v != nil {
@@ -211,9 +290,12 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 	p.MaxDuration = Duration(ceiling)
 
 	if g := f["groups"]; g != nil {
-		if g.Kind != yaml.MappingNode {
+		switch {
+		case g.Kind != yaml.MappingNode:
 			l.add(g, "groups", "must be a mapping of group name to a list of principals")
-		} else {
+		case len(g.Content)/2 > MaxGroups:
+			l.add(g, "groups", "more than %d groups", MaxGroups)
+		default:
 			for i := 0; i+1 < len(g.Content); i += 2 {
 				k, v := g.Content[i], g.Content[i+1]
 				path := "groups." + k.Value
@@ -224,6 +306,10 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 					l.add(k, path, "group %q is defined twice", k.Value)
 				}
 				members := l.strs(v, path)
+				if len(members) > MaxGroupMembers {
+					l.add(v, path, "more than %d members", MaxGroupMembers)
+					members = nil
+				}
 				seen := map[string]bool{}
 				for j, m := range members {
 					if !principalRE.MatchString(m) {
@@ -252,6 +338,17 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 	p.Auditors = groupRef(f["auditors"], "auditors")
 	p.RelyingParties = groupRef(f["relying_parties"], "relying_parties")
 	p.Admins = groupRef(f["admins"], "admins")
+	known := func(g string) bool { _, ok := p.Groups[g]; return ok }
+	if an := f["policy_admins"]; an != nil {
+		before := len(l.problems)
+		p.PolicyAdmins = l.rule(an, n, "policy_admins", known)
+		p.ChangeWindow = l.optDuration(f["policy_change_window"], "policy_change_window", ceiling, min(DefaultChangeWindow, ceiling))
+		if len(l.problems) == before {
+			l.reachableAdmins(an, p)
+		}
+	} else if cw := f["policy_change_window"]; cw != nil {
+		l.add(cw, "policy_change_window", "is set but policy_admins is not: without policy admins the policy can never be changed")
+	}
 
 	if cn := f["contacts"]; cn != nil {
 		if cn.Kind != yaml.MappingNode {
@@ -279,9 +376,12 @@ func (l *loader) policy(n *yaml.Node) *Policy {
 
 	audiences := map[string]string{}
 	if as := f["accounts"]; as != nil {
-		if as.Kind != yaml.SequenceNode {
+		switch {
+		case as.Kind != yaml.SequenceNode:
 			l.add(as, "accounts", "must be a list")
-		} else {
+		case len(as.Content) > MaxAccounts:
+			l.add(as, "accounts", "more than %d accounts", MaxAccounts)
+		default:
 			names := map[string]bool{}
 			for i, an := range as.Content {
 				a := l.account(an, i, p, ceiling)
@@ -351,13 +451,15 @@ func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) 
 		l.add(n, path+".requesters", "is required: at least one group whose members may request access")
 	}
 	var requesters []string
+	seenRequester := map[string]bool{}
 	for j, g := range a.Requesters {
 		if !known(g) {
 			l.add(f["requesters"].Content[j], fmt.Sprintf("%s.requesters[%d]", path, j), "unknown group %q", g)
 			continue
 		}
 		for _, m := range p.Groups[g] {
-			if !slices.Contains(requesters, m) {
+			if !seenRequester[m] {
+				seenRequester[m] = true
 				requesters = append(requesters, m)
 			}
 		}
@@ -417,6 +519,10 @@ func (l *loader) rule(n, parent *yaml.Node, path string, known func(string) bool
 		l.add(n, path, "must be a non-empty list of alternatives")
 		return nil
 	}
+	if len(n.Content) > MaxAlternatives {
+		l.add(n, path, "more than %d alternatives", MaxAlternatives)
+		return nil
+	}
 	var rule Rule
 	for i, an := range n.Content {
 		apath := fmt.Sprintf("%s[%d]", path, i)
@@ -424,6 +530,11 @@ func (l *loader) rule(n, parent *yaml.Node, path string, known func(string) bool
 		rn := f["require"]
 		if rn == nil || rn.Kind != yaml.SequenceNode || len(rn.Content) == 0 {
 			l.add(an, apath, "needs zero approvals: `require` must list at least one {group, approvals}")
+			rule = append(rule, nil)
+			continue
+		}
+		if len(rn.Content) > MaxAlternatives {
+			l.add(rn, apath+".require", "more than %d requirements", MaxAlternatives)
 			rule = append(rule, nil)
 			continue
 		}
@@ -441,6 +552,10 @@ func (l *loader) rule(n, parent *yaml.Node, path string, known func(string) bool
 			}
 			if req.Approvals < 1 {
 				l.add(qn, qpath+".approvals", "must be at least 1 (an alternative must never be met by nobody)")
+			}
+			if req.Approvals > MaxApprovals {
+				l.add(qn, qpath+".approvals", "must be at most %d", MaxApprovals)
+				req.Approvals = MaxApprovals
 			}
 			for _, prev := range alt {
 				if prev.Group == req.Group {
@@ -463,29 +578,90 @@ func (l *loader) rule(n, parent *yaml.Node, path string, known func(string) bool
 // can be reached.
 func (l *loader) satisfiable(n *yaml.Node, path string, p *Policy, a *Account, requesters []string) {
 	for i, alt := range a.Quorum {
-		for _, r := range requesters {
-			var candidates []string
-			for _, req := range alt {
-				for _, m := range p.Groups[req.Group] {
-					if m != r && !slices.Contains(candidates, m) {
-						candidates = append(candidates, m)
-					}
-				}
-			}
-			if _, ok := match(p, alt, candidates); !ok {
-				l.add(n.Content[i], fmt.Sprintf("%s.quorum[%d]", path, i),
-					"cannot be met when %s requests: needs %s from distinct approvers other than %s, but only %d eligible (%s)",
-					r, Rule{alt}.describeShort(), r, len(candidates), strings.Join(candidates, ", "))
-				break
-			}
+		if r, candidates, ok := meetableWithoutAny(p, alt, requesters); !ok {
+			l.add(n.Content[i], fmt.Sprintf("%s.quorum[%d]", path, i),
+				"cannot be met when %s requests: needs %s from distinct approvers other than %s, but only %d eligible (%s)",
+				r, Rule{alt}.describeShort(), r, len(candidates), strings.Join(candidates, ", "))
 		}
 	}
+	eligible := p.eligibleApprovers(a.Quorum, "")
 	for _, r := range requesters {
-		if n := len(p.eligibleApprovers(a.Quorum, r)); n < a.DenyThreshold {
+		n := len(eligible)
+		if _, in := slices.BinarySearch(eligible, r); in {
+			n--
+		}
+		if n < a.DenyThreshold {
 			l.add(nil, path+".deny_threshold", "is %d but only %d approvers other than %s could deny", a.DenyThreshold, n, r)
 			break
 		}
 	}
+}
+
+// reachableAdmins checks the policy_admins rule as satisfiable checks an
+// account's quorum: every alternative can be met by the admins other than
+// whoever proposes the change, for every possible proposer (a policy admin
+// or a member of admins), so no change is ever stuck and none is ever
+// approved by its proposer alone.
+func (l *loader) reachableAdmins(n *yaml.Node, p *Policy) {
+	proposers := p.eligibleApprovers(p.PolicyAdmins, "")
+	if p.Admins != "" {
+		admins := proposers[:len(proposers):len(proposers)] // sorted
+		for _, m := range p.Groups[p.Admins] {
+			if _, in := slices.BinarySearch(admins, m); !in {
+				proposers = append(proposers, m)
+			}
+		}
+	}
+	for i, alt := range p.PolicyAdmins {
+		all := p.eligibleApprovers(Rule{alt}, "")
+		if _, ok := match(p, alt, all); !ok {
+			l.add(n.Content[i], fmt.Sprintf("policy_admins[%d]", i), "cannot be met: needs %s from distinct admins, but only %d are eligible (%s)",
+				Rule{alt}.describeShort(), len(all), strings.Join(all, ", "))
+			continue
+		}
+		if r, others, ok := meetableWithoutAny(p, alt, proposers); !ok {
+			l.add(n.Content[i], fmt.Sprintf("policy_admins[%d]", i),
+				"cannot be met when %s proposes a change: needs %s from distinct admins other than the proposer, but only %d remain (%s)",
+				r, Rule{alt}.describeShort(), len(others), strings.Join(others, ", "))
+		}
+	}
+}
+
+// meetableWithoutAny reports whether alt can be met by its eligible
+// members once any one of excluded is left out; when not, it names the
+// first such person and the candidates left without them. Leaving out
+// someone the full matching does not use changes nothing, so only the
+// matched members (at most the alternative's approvals) are tried again:
+// the cost does not grow with the number of requesters.
+func meetableWithoutAny(p *Policy, alt Alternative, excluded []string) (string, []string, bool) {
+	all := p.eligibleApprovers(Rule{alt}, "")
+	without := func(r string) []string {
+		if _, in := slices.BinarySearch(all, r); !in {
+			return all
+		}
+		return slices.DeleteFunc(slices.Clone(all), func(m string) bool { return m == r })
+	}
+	assign, ok := match(p, alt, all)
+	if !ok {
+		if len(excluded) == 0 {
+			return "", all, false
+		}
+		return excluded[0], without(excluded[0]), false
+	}
+	for _, r := range excluded {
+		if _, used := assign[r]; !used {
+			continue
+		}
+		if others := without(r); !matchable(p, alt, others) {
+			return r, others, false
+		}
+	}
+	return "", nil, true
+}
+
+func matchable(p *Policy, alt Alternative, approvers []string) bool {
+	_, ok := match(p, alt, approvers)
+	return ok
 }
 
 func (r Rule) describeShort() string {

@@ -30,6 +30,9 @@ const (
 	MinDuration = time.Second
 	// MaxIssuancesLimit bounds max_issuances.
 	MaxIssuancesLimit = 1000
+	// DefaultChangeWindow is how long a policy change may wait for the
+	// policy admins' quorum unless policy_change_window says otherwise.
+	DefaultChangeWindow = 72 * time.Hour
 )
 
 var (
@@ -50,8 +53,18 @@ type Policy struct {
 	Auditors string `json:"auditors,omitempty"`
 	// RelyingParties names the group that may call CheckToken.
 	RelyingParties string `json:"relying_parties,omitempty"`
-	// Admins names the group that may reload the policy over the API.
+	// Admins names the group that may reload the policy over the API and
+	// propose changes to it.
 	Admins string `json:"admins,omitempty"`
+	// PolicyAdmins is the quorum rule that judges a change of this policy:
+	// the policy after it is put in force only with signed statements by
+	// enough of these admins, the proposer never counting. Empty, the
+	// policy cannot be changed at all, only replaced by a trust reset.
+	PolicyAdmins Rule `json:"policy_admins,omitempty"`
+	// ChangeWindow is how long a proposed change may wait for its quorum,
+	// and how old an admin's statement may be when the change is put in
+	// force. Set (default DefaultChangeWindow) only with PolicyAdmins.
+	ChangeWindow Duration `json:"policy_change_window,omitempty"`
 	// MaxDuration is the ceiling for windows and TTLs.
 	MaxDuration Duration   `json:"max_duration"`
 	Accounts    []*Account `json:"accounts"`
@@ -202,6 +215,22 @@ func (p *Policy) IsAdmin(principal string) bool {
 	return p.Admins != "" && p.IsMember(p.Admins, principal)
 }
 
+// IsPolicyAdmin reports whether principal may sign statements about
+// changes of this policy: a member of a group its policy_admins rule names.
+func (p *Policy) IsPolicyAdmin(principal string) bool {
+	return p.Eligible(p.PolicyAdmins, principal)
+}
+
+// MayPropose reports whether principal may propose a change of this
+// policy: a policy admin or a member of the admins group.
+func (p *Policy) MayPropose(principal string) bool {
+	return p.IsPolicyAdmin(principal) || p.IsAdmin(principal)
+}
+
+// PolicyAdminList lists every principal who may sign statements about
+// changes of this policy, sorted.
+func (p *Policy) PolicyAdminList() []string { return p.eligibleApprovers(p.PolicyAdmins, "") }
+
 // IsRelyingParty reports whether principal may check tokens.
 func (p *Policy) IsRelyingParty(principal string) bool {
 	return p.RelyingParties != "" && p.IsMember(p.RelyingParties, principal)
@@ -295,6 +324,14 @@ func (p *Policy) finish() {
 	}
 	sum := sha256.Sum256(p.CanonicalJSON())
 	p.hash = hex.EncodeToString(sum[:])
+}
+
+// AdminRule describes who must agree to change the policy, in words.
+func (p *Policy) AdminRule() string {
+	if len(p.PolicyAdmins) == 0 {
+		return "none (the policy cannot be changed, only replaced by a trust reset)"
+	}
+	return fmt.Sprintf("%s within %s (the proposer never counts; each admin counts once)", p.PolicyAdmins.Short(), p.ChangeWindow.D())
 }
 
 // Short is the rule without the reminder every rule carries.

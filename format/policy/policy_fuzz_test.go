@@ -12,6 +12,8 @@ const fuzzPolicy = `
 auditors: auditors
 relying_parties: relying
 max_duration: 168h
+policy_admins: [{require: [{group: security, approvals: 1}, {group: db-admins, approvals: 1}]}]
+policy_change_window: 48h
 groups:
   sre: [alice, frank]
   db-admins: [bob, carol]

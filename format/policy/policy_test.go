@@ -32,6 +32,12 @@ accounts:
           - {group: security, approvals: 1}
 `
 
+// adminPolicy is basePolicy with policy admins: one of security and one
+// of db-admins must agree to change it.
+const adminPolicy = basePolicy + `policy_admins: [{require: [{group: security, approvals: 1}, {group: db-admins, approvals: 1}]}]
+policy_change_window: 48h
+`
+
 func mustLoad(t *testing.T, src string) *Policy {
 	t.Helper()
 	p, err := Load([]byte(src), "test.yaml")

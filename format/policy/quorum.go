@@ -109,10 +109,10 @@ func match(p *Policy, alt Alternative, approvers []string) (map[string]string, b
 		}
 		need += max(req.Approvals, 0)
 	}
-	var slots []string // slot -> group
-	for _, req := range alt {
+	var slots []int // slot -> requirement
+	for r, req := range alt {
 		for range req.Approvals {
-			slots = append(slots, req.Group)
+			slots = append(slots, r)
 		}
 	}
 	if len(slots) == 0 {
@@ -121,14 +121,23 @@ func match(p *Policy, alt Alternative, approvers []string) (map[string]string, b
 	if len(approvers) < len(slots) {
 		return nil, false
 	}
+	// Membership is looked up once per approver and requirement, not at
+	// every step of the search.
+	member := make([][]bool, len(approvers))
+	for a, who := range approvers {
+		member[a] = make([]bool, len(alt))
+		for r, req := range alt {
+			member[a][r] = p.IsMember(req.Group, who)
+		}
+	}
 	slotOwner := make([]int, len(slots)) // slot -> approver index, -1 if free
 	for i := range slotOwner {
 		slotOwner[i] = -1
 	}
 	var try func(a int, seen []bool) bool
 	try = func(a int, seen []bool) bool {
-		for s, g := range slots {
-			if seen[s] || !p.IsMember(g, approvers[a]) {
+		for s, r := range slots {
+			if seen[s] || !member[a][r] {
 				continue
 			}
 			seen[s] = true
@@ -153,7 +162,7 @@ func match(p *Policy, alt Alternative, approvers []string) (map[string]string, b
 	}
 	assign := map[string]string{}
 	for s, a := range slotOwner {
-		assign[approvers[a]] = slots[s]
+		assign[approvers[a]] = alt[slots[s]].Group
 	}
 	return assign, true
 }
@@ -177,11 +186,13 @@ func DenialsSigned(p *Policy, rule Rule, requester Approval, deniers []Approval)
 // eligibleApprovers lists every principal who may review under rule, other
 // than requester.
 func (p *Policy) eligibleApprovers(rule Rule, requester string) []string {
+	seen := map[string]bool{}
 	var out []string
 	for _, alt := range rule {
 		for _, req := range alt {
 			for _, m := range p.Groups[req.Group] {
-				if m != requester && !slices.Contains(out, m) {
+				if m != requester && !seen[m] {
+					seen[m] = true
 					out = append(out, m)
 				}
 			}

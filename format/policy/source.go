@@ -56,6 +56,10 @@ func (p *Policy) Source() ([]byte, error) {
 			doc[k] = v
 		}
 	}
+	if len(p.PolicyAdmins) > 0 {
+		doc["policy_admins"] = ruleSource(p.PolicyAdmins)
+		doc["policy_change_window"] = p.ChangeWindow.D().String()
+	}
 	if p.Contacts != nil {
 		cs := map[string]any{}
 		for who, c := range p.Contacts {
@@ -80,6 +84,20 @@ func (p *Policy) Source() ([]byte, error) {
 	return yaml.Marshal(doc)
 }
 
+// ruleSource is a rule in the file's grammar: alternatives, each require:
+// a list of {group, approvals}.
+func ruleSource(rule Rule) []any {
+	out := []any{}
+	for _, alt := range rule {
+		reqs := []any{}
+		for _, r := range alt {
+			reqs = append(reqs, map[string]any{"group": r.Group, "approvals": r.Approvals})
+		}
+		out = append(out, map[string]any{"require": reqs})
+	}
+	return out
+}
+
 func nonNil(s []string) []string {
 	if s == nil {
 		return []string{}
@@ -95,15 +113,7 @@ func (a *Account) source() map[string]any {
 		"reviewers": a.Reviewers, "review_within": a.ReviewWithin.D().String(),
 		"block_on_overdue_review": a.BlockOnOverdueReview, "require_alert_ack": a.RequireAlertAck, "rotate_after_use": a.RotateAfterUse,
 	}
-	quorum := []any{}
-	for _, alt := range a.Quorum {
-		reqs := []any{}
-		for _, r := range alt {
-			reqs = append(reqs, map[string]any{"group": r.Group, "approvals": r.Approvals})
-		}
-		quorum = append(quorum, map[string]any{"require": reqs})
-	}
-	m["quorum"] = quorum
+	m["quorum"] = ruleSource(a.Quorum)
 	opt := func(k, v string) {
 		if v != "" {
 			m[k] = v
