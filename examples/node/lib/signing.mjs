@@ -303,6 +303,82 @@ export function verifyStatement(publicKey, bytes, sig, expect, nowSeconds) {
   return st;
 }
 
+// ---- policy statements ----
+
+export const POLICY_CONTEXT = 'breakglass policy statement v1';
+export const NO_PREVIOUS = 'none';
+
+// policyStatementText builds a policy admin's statement about one change of
+// the policy: p.previous is the hash of the policy in force ('' for a
+// genesis), p.policy the new policy's hash, p.comment the comment itself.
+export function policyStatementText(p) {
+  need(p.decision === 'approve' || p.decision === 'deny', `decision ${JSON.stringify(p.decision)} is not approve or deny`);
+  need(LOG_ORIGIN.test(p.origin), `origin ${JSON.stringify(p.origin)} is not a log origin`);
+  const previous = p.previous === '' ? NO_PREVIOUS : p.previous;
+  need(previous === NO_PREVIOUS || HEX64.test(previous), 'previous must be a policy hash (64 lower-case hex) or empty for a genesis');
+  need(HEX64.test(p.policy), 'policy must be a policy hash (64 lower-case hex)');
+  need(previous !== p.policy, 'previous and policy must differ');
+  need(typeof p.comment === 'string', 'comment must be a string');
+  const time = typeof p.time === 'string' ? (parseTimeSec(p.time), p.time) : timeSec(p.time);
+  const b = Buffer.from(`${POLICY_CONTEXT}\ndecision ${p.decision}\norigin ${p.origin}\nprevious ${previous}\npolicy ${p.policy}\n` +
+    `comment ${commentDigest(p.comment)}\ntime ${time}\n`, 'ascii');
+  need(b.length <= MAX_STATEMENT_BYTES, 'the statement is over 1024 bytes');
+  return b;
+}
+
+const POLICY_RE = new RegExp('^' + POLICY_CONTEXT + '\\n' +
+  'decision (approve|deny)\\n' +
+  'origin ([\\x21-\\x7E]{1,255})\\n' +
+  'previous ([0-9a-f]{64}|none)\\n' +
+  'policy ([0-9a-f]{64})\\n' +
+  'comment (sha256:[0-9a-f]{64})\\n' +
+  'time ([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)\\n$');
+
+// parsePolicyStatement reads a policy statement exactly by the grammar.
+export function parsePolicyStatement(bytes) {
+  const b = Buffer.from(bytes);
+  if (b.length > MAX_STATEMENT_BYTES) refuse('malformed', `the statement is ${b.length} bytes; at most ${MAX_STATEMENT_BYTES}`);
+  if (!isASCII(b)) refuse('malformed', 'the statement is not US-ASCII');
+  const m = POLICY_RE.exec(b.toString('latin1'));
+  if (!m) refuse('malformed', 'the policy statement does not match the grammar of docs/signing.md');
+  if (m[3] === m[4]) refuse('malformed', 'previous and policy are the same');
+  let seconds;
+  try { seconds = parseTimeSec(m[6]); } catch (e) { refuse('malformed', e.message); }
+  return { decision: m[1], origin: m[2], previous: m[3], policy: m[4], comment: m[5], time: m[6], seconds };
+}
+
+// checkPolicyStatement checks a parsed policy statement against the change
+// it is presented for, in the spec's order; its time may be five minutes
+// ahead of nowSeconds and at most maxAgeSeconds behind it (five minutes
+// when smaller: a review over the API).
+export function checkPolicyStatement(st, expect, nowSeconds, maxAgeSeconds = 0) {
+  const previous = expect.previous === '' ? NO_PREVIOUS : expect.previous;
+  if (st.decision !== expect.decision) refuse('decision', `the statement says ${st.decision} but the decision is ${expect.decision}`);
+  if (st.origin !== expect.origin) refuse('origin', `the statement is for log ${JSON.stringify(st.origin)}, not ${JSON.stringify(expect.origin)}`);
+  if (st.previous !== previous) refuse('previous', `the statement is about a change from ${st.previous}, not from ${previous}`);
+  if (st.policy !== expect.policy) refuse('policy', `the statement is about policy ${st.policy}, not ${expect.policy}`);
+  if (st.comment !== commentDigest(expect.comment)) refuse('comment', 'the statement\'s comment digest is not the comment\'s');
+  const skew = st.seconds - nowSeconds;
+  const maxAge = Math.max(maxAgeSeconds, MAX_SKEW_SECONDS);
+  if (skew > MAX_SKEW_SECONDS) refuse('time', `the statement's time ${st.time} is ${skew} s ahead of the verifier's clock`);
+  if (-skew > maxAge) refuse('time', `the statement's time ${st.time} is ${-skew} s before the verifier's clock; at most ${maxAge} s is allowed`);
+}
+
+// verifyPolicyStatement is the whole judgement of one policy statement.
+export function verifyPolicyStatement(publicKey, bytes, sig, expect, nowSeconds, maxAgeSeconds = 0) {
+  const st = parsePolicyStatement(bytes);
+  verifyStatementSignature(publicKey, bytes, sig);
+  checkPolicyStatement(st, expect, nowSeconds, maxAgeSeconds);
+  return st;
+}
+
+// policyBundleLine is one line of a policy.sigs bundle: the statement as
+// text, the signature and the signer's DER certificate in base64.
+export function policyBundleLine(statement, signature, certificateDER) {
+  return JSON.stringify({ statement: Buffer.from(statement).toString('latin1'), signature: Buffer.from(signature).toString('base64'),
+    certificate: Buffer.from(certificateDER).toString('base64') }) + '\n';
+}
+
 // ---- attestations ----
 
 // accountText is what an attest statement's content digest covers: the

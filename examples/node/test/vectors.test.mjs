@@ -20,7 +20,7 @@ const URI_PREFIX = 'spiffe://breakglass.test/user/';
 // The files this client knows. A new kind of vector must be taught to it
 // (and to docs/signing.md) before the suite passes again.
 const KNOWN = ['keys.json', 'request-content.json', 'account-attestation.json', 'review-statement.json', 'key-rotation.json', 'audit-entry.json', 'checkpoint.json',
-  'passkey-binding.json', 'passkey-review.json'];
+  'passkey-binding.json', 'passkey-review.json', 'policy-statement.json'];
 
 test('every vector file is one this client checks', () => {
   const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
@@ -281,4 +281,27 @@ test('times: strict, truncated, nanoseconds kept', () => {
   assert.equal(s.createdAtText(2, '1795956730', 1000), '2026-11-29T12:52:10.000001000Z');
   assert.equal(s.createdAtText(1, '1795956730', 1000), '2026-11-29T12:52:10.000001Z');
   assert.equal(s.createdAtText(1, '1795956730', 0), '2026-11-29T12:52:10Z');
+});
+
+test('policy statements: texts, signatures, bundle lines and verdicts', async () => {
+  for (const v of load('policy-statement.json').vectors) {
+    const text = Buffer.from(v.text, 'utf8');
+    assert.equal(s.sha256(text).toString('hex'), v.sha256, `${v.name}: sha256`);
+    const k = keys[v.key];
+    assert.ok(k.cert.verify(keys.ca.pub), `${v.name}: the signer's certificate chains to the CA`);
+    if (v.inputs) {
+      const built = s.policyStatementText(v.inputs);
+      assert.equal(built.toString(), v.text, `${v.name}: the text from its inputs`);
+      const ours = s.signStatement(k.priv, built);
+      assert.doesNotThrow(() => s.verifyStatementSignature(k.cert.publicKey, built, ours), v.name);
+      if (k.type !== 'ecdsa-p256' && v.verdict === 'accept') assert.equal(ours.toString('base64'), v.signature, `${v.name}: our ${k.type} signature`);
+    }
+    if (v.bundle_line) {
+      assert.equal(s.policyBundleLine(text, Buffer.from(v.signature, 'base64'), k.cert.raw), v.bundle_line, `${v.name}: bundle line`);
+    }
+    const e = v.expect;
+    const reason = await judge(() => s.verifyPolicyStatement(k.cert.publicKey, text, Buffer.from(v.signature, 'base64'),
+      { decision: e.decision, origin: e.origin, previous: e.previous, policy: e.policy, comment: e.comment }, s.parseTimeSec(e.now), e.max_age_seconds));
+    verdictIs(v, reason);
+  }
 });
