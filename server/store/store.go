@@ -196,6 +196,7 @@ type Reader interface {
 	Counts(ctx context.Context, now time.Time) (Counts, error)
 	CertReader
 	PasskeyReader
+	ProposalReader
 }
 
 // Counts are the store's figures for metrics.
@@ -274,6 +275,7 @@ type Tx interface {
 	PruneIdempotent(ctx context.Context, before time.Time) (int, error)
 	CertWriter
 	PasskeyWriter
+	ProposalWriter
 }
 
 // IdempotentCall is a write made with an idempotency key: what it was

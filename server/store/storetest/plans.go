@@ -24,7 +24,7 @@ type Explainer interface {
 
 // historyTables are the tables that grow with history: nothing that runs
 // per tick, per scrape or per call may scan them.
-var historyTables = []string{"requests", "outbox", "entries", "tokens", "reviews", "passkeys"}
+var historyTables = []string{"requests", "outbox", "entries", "tokens", "reviews", "passkeys", "policy_proposals", "policy_proposal_reviews"}
 
 var (
 	sqliteScan = regexp.MustCompile(`^SCAN (\w+)(?: AS \w+)?(?: USING (?:COVERING )?INDEX (\w+))?`)
@@ -113,6 +113,17 @@ func testQueryPlans(t *testing.T, s store.Store) {
 			return err
 		},
 			scans: []string{"passkeys_pending_expiry"}, ordered: true},
+		{name: "PolicyProposal", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.PolicyProposal(ctx, "p2"); return err }},
+		{name: "ProposalReviews", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.ProposalReviews(ctx, "p2"); return err }, ordered: true},
+		{name: "PendingProposals", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.PendingProposals(ctx, 16); return err },
+			scans: []string{"policy_proposals_pending"}, ordered: true, uses: "policy_proposals_pending"},
+		{name: "DueProposals", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.DueProposals(ctx, now, 16); return err },
+			scans: []string{"policy_proposals_pending_expiry"}, ordered: true, uses: "policy_proposals_pending_expiry"},
+		{name: "ClosePolicyProposal", fn: func(ctx context.Context, tx store.Tx) error {
+			c := proposal("p2", t0)
+			c.State, c.ClosedAt = store.ProposalStale, now
+			return tx.ClosePolicyProposal(ctx, c)
+		}},
 	}
 	// Every ListRequests filter, and the pairs the API can combine, with a
 	// page token: each is one index range in page order.
@@ -237,6 +248,22 @@ func seedPlans(t *testing.T, s store.Store) {
 		for i, who := range []string{"bob", "erin", "carol"} {
 			p := pendingPasskey(fmt.Sprintf("c%d", i), who, fmt.Sprintf("h%d", i), t0)
 			if err := tx.AddPasskey(ctx, p); err != nil {
+				return err
+			}
+		}
+		for i := range 3 {
+			p := proposal(fmt.Sprintf("p%d", i), t0.Add(time.Duration(i)*time.Minute))
+			if err := tx.AddPolicyProposal(ctx, p); err != nil {
+				return err
+			}
+			if i < 2 { // history: closed proposals stay
+				p.State, p.ClosedAt = store.ProposalExpired, t0.Add(time.Hour)
+				if err := tx.ClosePolicyProposal(ctx, p); err != nil {
+					return err
+				}
+			}
+			if err := tx.AddProposalReview(ctx, store.ProposalReview{Proposal: p.ID, Reviewer: "bob", Key: "k", Decision: "approve", At: t0,
+				Statement: []byte("s"), Signature: []byte("s"), Cert: []byte("c")}); err != nil {
 				return err
 			}
 		}

@@ -75,6 +75,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ActiveKey", testActiveKey},
 		{"WitnessedAcrossPages", testWitnessedPages},
 		{"Passkeys", testPasskeys},
+		{"PolicyProposals", testProposals},
 		{"QueryPlansUseIndexes", testQueryPlans},
 	}
 	for _, tc := range tests {
