@@ -69,10 +69,14 @@ func testProposals(t *testing.T, s store.Store) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := up(func(tx store.Tx) error { return tx.AddProposalReview(ctx, review("bob", "sha256:b2", "deny", t0.Add(3*time.Minute))) }); !errors.Is(err, store.ErrConflict) {
+	if err := up(func(tx store.Tx) error {
+		return tx.AddProposalReview(ctx, review("bob", "sha256:b2", "deny", t0.Add(3*time.Minute)))
+	}); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("a second review by one principal: %v", err)
 	}
-	if err := up(func(tx store.Tx) error { return tx.AddProposalReview(ctx, review("mallory", "sha256:bb", "approve", t0.Add(3*time.Minute))) }); !errors.Is(err, store.ErrConflict) {
+	if err := up(func(tx store.Tx) error {
+		return tx.AddProposalReview(ctx, review("mallory", "sha256:bb", "approve", t0.Add(3*time.Minute)))
+	}); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("a second review with one key under another name: %v", err)
 	}
 	_ = s.View(ctx, func(r store.Reader) error {
