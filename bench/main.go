@@ -114,6 +114,7 @@ func main() {
 		scale = flag.Bool("scale", false, "instead of the benchmarks, measure the daemon at growing log sizes (make bench-scale)")
 		sizes = flag.String("sizes", "10000,100000,1000000", "the log sizes of -scale, in audit entries")
 		bgc   = flag.String("bgctl", "", "bgctl binary for -scale (built when empty)")
+		keep  = flag.Bool("keep", false, "-scale leaves its stores and last export in its work directory")
 		// The fill process of -scale (see scalefill.go).
 		fillCfg = flag.String("scale-fill", "", "")
 		fillTo  = flag.Uint64("scale-to", 0, "")
@@ -127,7 +128,7 @@ func main() {
 		return
 	}
 	if *scale {
-		o := scaleOpts{dur: *dur, idle: 30 * time.Second, samples: 30, outDir: *out, bgd: *bgd, bgc: *bgc, quick: *quick}
+		o := scaleOpts{dur: *dur, idle: 30 * time.Second, samples: 30, outDir: *out, bgd: *bgd, bgc: *bgc, quick: *quick, keep: *keep}
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		if *quick && !set["sizes"] {

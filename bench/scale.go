@@ -144,6 +144,8 @@ type scaleOpts struct {
 	outDir    string
 	bgd, bgc  string
 	quick     bool
+	// keep leaves the work directory (the store, the last export) behind.
+	keep bool
 }
 
 type scaleRun struct {
@@ -161,7 +163,11 @@ func runScale(o scaleOpts) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	if o.keep {
+		logf("keeping the stores and the last export in %s", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 	for _, b := range []struct {
 		path *string
 		pkg  string
@@ -647,7 +653,9 @@ func (s *scaleRun) exportVerify(ctx context.Context, d *scaleDaemon, v map[strin
 		}
 	}
 	logFile := filepath.Join(dir, "log.jsonl")
-	defer os.Remove(logFile)
+	if !s.o.keep {
+		defer os.Remove(logFile)
+	}
 	id := filepath.Join(s.dir, "identities", "dave")
 	t := time.Now()
 	if _, err := runPeak(s.o.bgc, "audit", "export", "--addr", d.ready.GRPC, "--ca", filepath.Join(s.dir, "ca", "ca.crt"), "--cert", id+".crt", "--key", id+".key",

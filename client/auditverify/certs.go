@@ -21,16 +21,17 @@ import (
 
 // certState is what the replay keeps of the certificates it has seen.
 type certState struct {
-	sshCAs   []ssh.PublicKey
-	x509CAs  []*x509.Certificate
-	ssh      int
-	x509     int
-	sshSeen  map[string]bool // ca kid / serial
-	x509Seen map[string]bool
+	sshCAs  []ssh.PublicKey
+	x509CAs []*x509.Certificate
+	ssh     int
+	x509    int
+	// sshSeen and x509Seen hold "CA kid/serial" of every certificate.
+	sshSeen  digestSet
+	x509Seen digestSet
 }
 
 func newCertState(o Options) certState {
-	return certState{sshCAs: o.SSHCAKeys, x509CAs: o.X509CACerts, sshSeen: map[string]bool{}, x509Seen: map[string]bool{}}
+	return certState{sshCAs: o.SSHCAKeys, x509CAs: o.X509CACerts, sshSeen: digestSet{}, x509Seen: digestSet{}}
 }
 
 // certificateIssued replays an ssh_certificate_issued or
@@ -175,7 +176,7 @@ func (r *replay) checkSSHCert(i int64, q *reqState, acct *policy.Account, p audi
 		return nil, violation(i, "the SSH certificate differs from what its entry says of it")
 	case cert.Serial == 0:
 		return nil, violation(i, "the SSH certificate has serial 0, which no KRL can revoke")
-	case r.certs.sshSeen[p.CAKID+"/"+p.Serial]:
+	case r.certs.sshSeen.has(p.CAKID + "/" + p.Serial):
 		return nil, violation(i, "SSH certificate serial %s was issued before by the same CA", p.Serial)
 	case cert.KeyId != fmt.Sprintf("breakglass:%s:%d:%s", q.id, q.issued+1, q.requester) || p.Issuance != q.issued+1:
 		return nil, violation(i, "the SSH certificate's key ID %q is not breakglass:%s:%d:%s", cert.KeyId, q.id, q.issued+1, q.requester)
@@ -195,7 +196,7 @@ func (r *replay) checkSSHCert(i int64, q *reqState, acct *policy.Account, p audi
 			return nil, violation(i, "the SSH certificate names principal %q, which is not one of account %s's %s in the logged policy", pr, acct.Name, what)
 		}
 	}
-	r.certs.sshSeen[p.CAKID+"/"+p.Serial] = true
+	r.certs.sshSeen.add(p.CAKID + "/" + p.Serial)
 	return cert, nil
 }
 
@@ -273,7 +274,7 @@ func (r *replay) checkX509Cert(i int64, q *reqState, acct *policy.Account, p aud
 	case cert.SerialNumber.String() != p.Serial || cert.Subject.CommonName != p.CommonName || !slices.Equal(cert.DNSNames, p.DNSNames) ||
 		!slices.Equal(uris, p.URIs) || !cert.NotBefore.Equal(p.NotBefore) || !cert.NotAfter.Equal(p.NotAfter) || hex.EncodeToString(spki[:]) != p.SubjectKeySHA256:
 		return nil, violation(i, "the X.509 certificate differs from what its entry says of it")
-	case r.certs.x509Seen[p.CAKID+"/"+p.Serial]:
+	case r.certs.x509Seen.has(p.CAKID + "/" + p.Serial):
 		return nil, violation(i, "X.509 certificate serial %s was issued before by the same CA", p.Serial)
 	case p.Issuance != q.issued+1:
 		return nil, violation(i, "the entry numbers the certificate %d, but it is issuance %d of its grant", p.Issuance, q.issued+1)
@@ -286,7 +287,7 @@ func (r *replay) checkX509Cert(i int64, q *reqState, acct *policy.Account, p aud
 	case cert.IsCA || !slices.Equal(ekus, acct.X509.ExtKeyUsage) || cert.KeyUsage != x509.KeyUsageDigitalSignature:
 		return nil, violation(i, "the X.509 certificate's usages (CA %v, %v) are not the logged policy's %v", cert.IsCA, ekus, acct.X509.ExtKeyUsage)
 	}
-	r.certs.x509Seen[p.CAKID+"/"+p.Serial] = true
+	r.certs.x509Seen.add(p.CAKID + "/" + p.Serial)
 	return cert, nil
 }
 

@@ -35,12 +35,17 @@ type replay struct {
 	policies   []PolicyChange
 	weakening  int
 
+	// requests are the requests still open, or ended with a post-use
+	// review open; ended keeps the others small (compact.go).
 	requests  map[string]*reqState
+	ended     *idSet[ended]
+	names     names
 	nRequests int
-	jtis      map[string]bool
-	// postReviews maps an open post-use review to its request.
+	jtis      *idSet[struct{}]
+	// postReviews maps an open post-use review to its request; postSeen
+	// holds every post-use review ever opened.
 	postReviews map[string]string
-	closed      map[string]bool
+	postSeen    *idSet[struct{}]
 	// tokenKeys maps an account ("" for the broker) to its active token kid.
 	tokenKeys    map[string]string
 	grants       int
@@ -104,12 +109,19 @@ type reqState struct {
 	// soloListed is the grant's place in the summary's solo grants (-1
 	// past MaxListed).
 	soloListed int
+	// openReviews counts its post-use reviews not yet closed; reviewed is
+	// set once one was opened.
+	openReviews int
+	reviewed    bool
+	// gone marks what request() makes of an ended request: its id,
+	// account, requester and final state, nothing else.
+	gone bool
 }
 
 func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache, report func(*Violation)) *replay {
 	r := &replay{origin: origin, cas: cas, sigs: sigs, report: report, chains: map[string][][]*x509.Certificate{}, revoked: map[string]time.Time{},
-		requests: map[string]*reqState{}, jtis: map[string]bool{}, postReviews: map[string]string{}, closed: map[string]bool{}, tokenKeys: map[string]string{},
-		passkeys: map[string]*boundPasskey{}}
+		requests: map[string]*reqState{}, ended: newIDSet[ended](), jtis: newIDSet[struct{}](), postReviews: map[string]string{}, postSeen: newIDSet[struct{}](),
+		tokenKeys: map[string]string{}, passkeys: map[string]*boundPasskey{}}
 	for _, crl := range crls {
 		for _, e := range crl.RevokedCertificateEntries {
 			k := revocationKey(crl.RawIssuer, e.SerialNumber)
@@ -268,7 +280,7 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if err := decode(e.Payload, &p); err != nil {
 		return violation(i, "malformed request_created payload: %v", err)
 	}
-	if e.Request == "" || r.requests[e.Request] != nil {
+	if e.Request == "" || r.requests[e.Request] != nil || r.ended.has(e.Request) {
 		return violation(i, "request id %q is empty or reused", e.Request)
 	}
 	acct, ok := r.policy.Account(e.Account)
@@ -337,7 +349,13 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 func (r *replay) request(i int64, e *audit.Entry) (*reqState, *Violation) {
 	q := r.requests[e.Request]
 	if q == nil {
-		return nil, violation(i, "%s for request %q, which was never created", e.Type, e.Request)
+		end, ok := r.ended.get(e.Request)
+		if !ok {
+			return nil, violation(i, "%s for request %q, which was never created", e.Type, e.Request)
+		}
+		// Every check an entry about it meets refuses it by its final
+		// state, as the whole state would have.
+		q = &reqState{id: e.Request, account: r.names.name(end.account), requester: r.names.name(end.requester), state: r.names.name(end.state), gone: true}
 	}
 	if e.Account != q.account {
 		return nil, violation(i, "%s names account %s but request %s is for %s", e.Type, e.Account, q.id, q.account)
@@ -631,7 +649,21 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 		}
 		q.state = "EXPIRED"
 	}
+	r.endIfDone(q)
 	return nil
+}
+
+// endIfDone keeps only what ended holds of a request that is final and
+// owes no post-use review (none was due, or every one opened was closed):
+// nothing later in the log may use more.
+func (r *replay) endIfDone(q *reqState) {
+	used := q.issued > 0 || q.soloGrant
+	switch {
+	case q.gone, q.openReviews > 0, q.state == "PENDING", q.state == "APPROVED", used && !q.reviewed:
+		return
+	}
+	delete(r.requests, q.id)
+	r.ended.put(q.id, ended{state: r.names.id(q.state), account: r.names.id(q.account), requester: r.names.id(q.requester)})
 }
 
 func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
@@ -687,7 +719,7 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 		return violation(i, "the token's subject is %s, not the requester %s", c.Subject, q.requester)
 	case c.Request != q.id || c.Account != q.account || c.Drill != q.drill:
 		return violation(i, "the token's bg_request, bg_account or bg_drill do not match its request")
-	case c.ID == "" || c.ID != p.JTI || r.jtis[c.ID]:
+	case c.ID == "" || c.ID != p.JTI || r.jtis.has(c.ID):
 		return violation(i, "the token's jti is missing, differs from the entry's or was issued before")
 	case len(aud) != 1 || aud[0] != p.Audience:
 		return violation(i, "the token's audience %v is not the entry's %q", aud, p.Audience)
@@ -721,7 +753,7 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 			return violation(i, "the token names %s as an approver, who did not approve request %s", a, q.id)
 		}
 	}
-	r.jtis[c.ID] = true
+	r.jtis.put(c.ID, struct{}{})
 	q.issued++
 	r.tokens++
 	if q.soloGrant {
@@ -847,13 +879,19 @@ func (r *replay) reviewOpened(i int64, e *audit.Entry) *Violation {
 		return v
 	}
 	var p audit.PostReviewOpened
-	if err := decode(e.Payload, &p); err != nil || p.ID == "" || r.postReviews[p.ID] != "" {
+	if err := decode(e.Payload, &p); err != nil || p.ID == "" || r.postSeen.has(p.ID) {
 		return violation(i, "malformed or reused post_review_opened")
+	}
+	if q.gone {
+		return violation(i, "post-use review opened for %s after it ended (%s) with no review left to open", q.id, q.state)
 	}
 	if q.issued == 0 && !(q.soloGrant && q.state == "APPROVED") {
 		return violation(i, "post-use review opened for %s, which issued no token", q.id)
 	}
 	r.postReviews[p.ID] = q.id
+	r.postSeen.put(p.ID, struct{}{})
+	q.openReviews++
+	q.reviewed = true
 	return nil
 }
 
@@ -866,7 +904,7 @@ func (r *replay) reviewClosed(i int64, e *audit.Entry) *Violation {
 	if err := decode(e.Payload, &p); err != nil {
 		return violation(i, "malformed post_review_closed payload: %v", err)
 	}
-	if r.postReviews[p.ID] != q.id || r.closed[p.ID] {
+	if r.postReviews[p.ID] != q.id {
 		return violation(i, "post-use review %s is not open for request %s", p.ID, q.id)
 	}
 	a, ok := r.policy.Account(q.account)
@@ -876,7 +914,9 @@ func (r *replay) reviewClosed(i int64, e *audit.Entry) *Violation {
 	if reason := r.checkStatement(e.Actor, statement.TypeReviewClose, q.id, q.digest, p.Notes, p.Signed, e.Time); reason != "" {
 		return violation(i, "the signed closing of post-use review %s does not hold: %s", p.ID, reason)
 	}
-	r.closed[p.ID] = true
+	delete(r.postReviews, p.ID)
+	q.openReviews--
+	r.endIfDone(q)
 	return nil
 }
 

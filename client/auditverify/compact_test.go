@@ -1,0 +1,179 @@
+package auditverify
+
+import (
+	"crypto/ed25519"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
+)
+
+// replayer feeds entries built in order to a replay of its own, as the
+// verifier does once signatures and the tree are checked.
+type replayer struct {
+	t    *testing.T
+	r    *replay
+	head audit.Head
+	at   time.Time
+	vs   []*Violation
+}
+
+func newReplayer(t *testing.T, l *fuzzLog) *replayer {
+	p := &replayer{t: t, at: fuzzT0.Add(time.Minute)}
+	p.r = newReplay(fuzzOrigin, l.cas, nil, statement.NewCache(64), func(v *Violation) { p.vs = append(p.vs, v) })
+	return p
+}
+
+// raw replays entry bytes as they are.
+func (p *replayer) raw(b []byte) *Violation {
+	p.t.Helper()
+	e, err := audit.Parse(b)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	rec, err := audit.Build(p.head, e.Time, audit.Draft{Type: e.Type, Actor: e.Actor, Request: e.Request, Account: e.Account, Payload: e.Payload})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.head = rec.Next()
+	if e.Time.After(p.at) {
+		p.at = e.Time
+	}
+	return p.r.entry(int64(rec.Index), e)
+}
+
+// next replays a new entry a millisecond after the one before.
+func (p *replayer) next(d audit.Draft) *Violation {
+	p.t.Helper()
+	p.at = p.at.Add(time.Millisecond)
+	rec, err := audit.Build(p.head, p.at, d)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return p.raw(rec.Bytes)
+}
+
+func (p *replayer) mustRefuse(v *Violation, reason string) {
+	p.t.Helper()
+	if v == nil || !strings.Contains(v.Reason, reason) {
+		p.t.Errorf("got %v, want a violation saying %q", v, reason)
+	}
+}
+
+func (p *replayer) created(id string, pol *policy.Policy) *Violation {
+	acct, _ := pol.Account("prod-db")
+	at := p.at.Add(time.Millisecond)
+	c := statement.Content{Version: statement.CurrentContent, ID: id, Account: "prod-db", Requester: "alice", Justification: "db down", Ticket: "INC-1", TTLSeconds: 1800, CreatedAt: at}
+	return p.next(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: audit.RequestCreated{
+		Justification: c.Justification, Ticket: c.Ticket, TTLSeconds: c.TTLSeconds, CreatedAt: at, ApprovalDeadline: at.Add(acct.ApprovalWindow.D()),
+		Quorum: acct.Quorum, DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: int64(acct.ActivationWindow.D() / time.Second),
+		PolicyHash: pol.Hash(), ContentDigest: c.Digest(), ContentVersion: int(statement.CurrentContent)}})
+}
+
+// The replay keeps a request whole only while something may still happen
+// to it: once final with no post-use review owed, only its final state,
+// account and requester stay, and every later entry about it is refused
+// for the reason its whole state gave.
+func TestEndedRequestsKeepLittle(t *testing.T) {
+	l := theFuzzLog(t)
+	p := newReplayer(t, l)
+	for _, b := range l.entries[:3] { // the policy, a refusal, the token key
+		if v := p.raw(b); v != nil {
+			t.Fatal(v)
+		}
+	}
+	pol := p.r.policy
+	const n = 5000
+	id := func(k int) string { return fmt.Sprintf("01890000-0000-7000-8000-%012x", 0x100+k) }
+	for k := range n {
+		if v := p.created(id(k), pol); v != nil {
+			t.Fatalf("request %d: %v", k, v)
+		}
+		if k == n-1 {
+			break // the last stays pending
+		}
+		if v := p.next(audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: id(k), Account: "prod-db",
+			Payload: audit.RequestFinal{Reason: "restored", At: p.at.Add(time.Millisecond)}}); v != nil {
+			t.Fatalf("cancelling %d: %v", k, v)
+		}
+	}
+	if len(p.r.requests) != 1 || p.r.requests[id(n-1)] == nil || len(p.r.ended.uuids) != n-1 || len(p.r.ended.other) != 0 || p.r.nRequests != n {
+		t.Fatalf("after %d requests, %d cancelled: %d held whole, %d ended, %d counted", n, n-1, len(p.r.requests), len(p.r.ended.uuids), p.r.nRequests)
+	}
+	old := id(7)
+	entry := func(typ audit.Type, actor, account string, payload any) audit.Draft {
+		return audit.Draft{Type: typ, Actor: actor, Request: old, Account: account, Payload: payload}
+	}
+	p.mustRefuse(p.created(old, pol), "is empty or reused")
+	p.mustRefuse(p.next(entry(audit.TypeTokenIssued, "alice", "prod-db", audit.TokenIssued{JTI: "j"})), "which is CANCELLED, not an approved grant")
+	p.mustRefuse(p.next(entry(audit.TypeTokenIssued, "bob", "prod-db", audit.TokenIssued{JTI: "j"})), "token issued to bob, not the requester alice")
+	p.mustRefuse(p.next(entry(audit.TypeRequestReviewed, "bob", "prod-db", audit.RequestReviewed{Decision: statement.TypeApprove})), "which was not pending")
+	p.mustRefuse(p.next(entry(audit.TypeRequestApproved, "breakglass", "prod-db", audit.RequestApproved{})), "approved while not pending")
+	p.mustRefuse(p.next(entry(audit.TypeRequestCancelled, "alice", "prod-db", audit.RequestFinal{At: p.at.Add(time.Millisecond)})), "cancelled by alice while CANCELLED")
+	p.mustRefuse(p.next(entry(audit.TypeGrantRevoked, "alice", "prod-db", audit.RequestFinal{At: p.at.Add(time.Millisecond)})), "revoked while CANCELLED")
+	p.mustRefuse(p.next(entry(audit.TypeSoloAcked, "breakglass", "prod-db", audit.AlertDelivery{EventID: "e", Sink: "soc"})), "not a pending solo request")
+	p.mustRefuse(p.next(entry(audit.TypeRequestCancelled, "alice", "other-db", audit.RequestFinal{At: p.at.Add(time.Millisecond)})), "names account other-db but request")
+	p.mustRefuse(p.next(entry(audit.TypeReviewOpened, "breakglass", "prod-db", audit.PostReviewOpened{ID: "r"})), "after it ended (CANCELLED)")
+	// A delivery report about it is no violation, as before.
+	if v := p.next(entry(audit.TypeAlertDead, "breakglass", "prod-db", audit.AlertDelivery{EventID: "e", Sink: "soc"})); v != nil {
+		t.Errorf("a dead letter about an ended request: %v", v)
+	}
+}
+
+// A used grant stays whole until its post-use review is closed, even when
+// the review opens after the grant ended; then it ends like any other, and
+// its token's jti and its review's id stay taken.
+func TestUsedGrantEndsWithItsReview(t *testing.T) {
+	l := theFuzzLog(t)
+	p := newReplayer(t, l)
+	for i, b := range l.entries {
+		if v := p.raw(b); v != nil {
+			t.Fatalf("entry %d: %v", i, v)
+		}
+	}
+	q := p.r.requests[fuzzRequest]
+	if q == nil || q.state != "EXPIRED" || q.openReviews != 1 {
+		t.Fatalf("the used grant after its review opened: %+v", q)
+	}
+	// olivia, an owner, closes the review with a signed statement.
+	oKey := ed25519.NewKeyFromSeed(fuzzSeed("olivia"))
+	oURI, _ := url.Parse(fuzzURIPrefix + "olivia")
+	der, err := x509.CreateCertificate(nil, &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "olivia"},
+		NotBefore: l.ca.NotBefore, NotAfter: l.ca.NotAfter, URIs: []*url.URL{oURI}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+		l.ca, oKey.Public(), l.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := p.at.Add(time.Second)
+	st := statement.Statement{Type: statement.TypeReviewClose, Origin: fuzzOrigin, Request: fuzzRequest, Content: q.digest,
+		Comment: statement.CommentDigest("fine"), Time: at.Truncate(time.Second)}.Marshal()
+	sig, err := statement.Sign(oKey, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.at = at
+	closing := audit.Draft{Type: audit.TypeReviewClosed, Actor: "olivia", Request: fuzzRequest, Account: "prod-db",
+		Payload: audit.PostReviewClosed{ID: "review-1", Notes: "fine", Signed: audit.Signed{Statement: st, Signature: sig, Certificate: der}}}
+	if v := p.next(closing); v != nil {
+		t.Fatalf("closing the review: %v", v)
+	}
+	if len(p.r.requests) != 0 || len(p.r.postReviews) != 0 || !p.r.ended.has(fuzzRequest) {
+		t.Fatalf("after its review closed the grant is still held: %d requests, %d open reviews", len(p.r.requests), len(p.r.postReviews))
+	}
+	p.mustRefuse(p.next(closing), "post-use review review-1 is not open")
+	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeReviewOpened, Actor: "breakglass", Request: fuzzRequest, Account: "prod-db",
+		Payload: audit.PostReviewOpened{ID: "review-1"}}), "malformed or reused post_review_opened")
+	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeTokenIssued, Actor: "alice", Request: fuzzRequest, Account: "prod-db",
+		Payload: audit.TokenIssued{JTI: "jti-2"}}), "which is EXPIRED, not an approved grant")
+	if !p.r.jtis.has("jti-1") {
+		t.Error("the ended grant's jti was forgotten")
+	}
+}
