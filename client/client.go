@@ -40,6 +40,10 @@ type Options struct {
 	// Now is the clock that dates signed review statements (time.Now when
 	// nil); the broker refuses statements more than five minutes off its own.
 	Now func() time.Time
+	// KeyStore is where the client certificate's key lives, as reviews
+	// declare it (bgv1.KeyStore_KEY_STORE_PKCS11 for a token reached
+	// through PKCS#11); unspecified when not said.
+	KeyStore bgv1.KeyStore
 }
 
 // Client is a connection to the broker with a method per RPC.
@@ -52,15 +56,17 @@ type Client struct {
 	bgv1.GovernanceServiceClient
 	bgv1.AdminServiceClient
 	bgv1.CertificateServiceClient
+	bgv1.PasskeyServiceClient
 
 	cc *failover
 	// key is the client certificate's private key, which signs review
 	// statements.
 	key crypto.Signer
 
-	now    func() time.Time
-	mu     sync.Mutex
-	origin string
+	now      func() time.Time
+	keyStore bgv1.KeyStore
+	mu       sync.Mutex
+	origin   string
 }
 
 // TLSConfig builds the mTLS client configuration from PEM files.
@@ -112,6 +118,7 @@ func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
 	if o.Now != nil {
 		c.now = o.Now
 	}
+	c.keyStore = o.KeyStore
 	if len(tc.Certificates) > 0 {
 		c.key, _ = tc.Certificates[0].PrivateKey.(crypto.Signer)
 	}
@@ -137,6 +144,7 @@ func newClient(f *failover) *Client {
 		GovernanceServiceClient:  bgv1.NewGovernanceServiceClient(f),
 		AdminServiceClient:       bgv1.NewAdminServiceClient(f),
 		CertificateServiceClient: bgv1.NewCertificateServiceClient(f),
+		PasskeyServiceClient:     bgv1.NewPasskeyServiceClient(f),
 		cc:                       f,
 		now:                      time.Now,
 	}

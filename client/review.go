@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"time"
@@ -74,9 +75,12 @@ func (c *Client) sign(ctx context.Context, typ, subject, content, comment string
 	st := statement.Statement{Type: typ, Origin: origin, Request: subject, Content: content,
 		Comment: statement.CommentDigest(comment), Time: c.now().UTC().Truncate(time.Second)}
 	stmt = st.Marshal()
-	sig, err = statement.Sign(c.key, stmt)
+	sig, err = signWith(c.key, stmt)
 	return stmt, sig, err
 }
+
+// signWith signs a statement by the rules of docs/signing.md.
+func signWith(k crypto.Signer, stmt []byte) ([]byte, error) { return statement.Sign(k, stmt) }
 
 // Review approves or denies the request r as shown to the approver: the
 // statement binds exactly this content, this comment and this log, and is
@@ -102,7 +106,7 @@ func (c *Client) Review(ctx context.Context, r *bgv1.Request, decision bgv1.Revi
 	if err != nil {
 		return nil, err
 	}
-	in := &bgv1.ReviewRequestRequest{Id: r.GetId(), Decision: decision, Comment: comment, Statement: stmt, Signature: sig}
+	in := &bgv1.ReviewRequestRequest{Id: r.GetId(), Decision: decision, Comment: comment, Statement: stmt, Signature: sig, KeyStore: c.keyStore}
 	if len(idempotencyKey) == 1 {
 		in.IdempotencyKey = idempotencyKey[0]
 	}

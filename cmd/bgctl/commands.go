@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bgbroker/breakglass/client"
+	"github.com/bgbroker/breakglass/format/passkey"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 )
 
@@ -97,9 +98,20 @@ func (a *app) printRequest(out io.Writer, r *bgv1.Request) {
 	}
 	for _, rv := range r.GetReviews() {
 		d := strings.ToLower(strings.TrimPrefix(rv.GetDecision().String(), "REVIEW_DECISION_"))
-		fmt.Fprintf(w, "Review\t%s %s at %s: %s\n", rv.GetReviewer(), d, fmtTime(rv.GetCreateTime()), oneLine(rv.GetComment(), 120))
+		fmt.Fprintf(w, "Review\t%s %s at %s, signed with %s: %s\n", rv.GetReviewer(), d, fmtTime(rv.GetCreateTime()), signerKind(rv), oneLine(rv.GetComment(), 120))
 	}
 	_ = w.Flush()
+}
+
+// signerKind says what signed a review, for people.
+func signerKind(rv *bgv1.Review) string {
+	switch {
+	case rv.GetSigner() == bgv1.ReviewSigner_REVIEW_SIGNER_PASSKEY:
+		return "a passkey (" + oneLine(passkey.EncodeID(rv.GetPasskeyCredentialId()), 24) + ")"
+	case rv.GetKeyStore() == bgv1.KeyStore_KEY_STORE_PKCS11:
+		return "a certificate key on a PKCS#11 token"
+	}
+	return "a certificate key"
 }
 
 func (a *app) requestCmd() *cobra.Command {

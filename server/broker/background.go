@@ -50,6 +50,9 @@ func (b *Broker) Run(ctx context.Context) {
 			if _, err := b.PruneOutbox(ctx); err != nil && ctx.Err() == nil {
 				b.log.Warn("pruning delivered events from the outbox failed", "err", err)
 			}
+			if _, err := b.PrunePasskeys(ctx); err != nil && ctx.Err() == nil {
+				b.log.Warn("forgetting passkeys whose codes lapsed failed", "err", err)
+			}
 		}
 		if err := b.flushCerts(ctx); err != nil && ctx.Err() == nil {
 			b.log.Error("recording client certificates failed", "err", err)

@@ -549,6 +549,9 @@ func (b *Broker) loadRequest(ctx context.Context, r store.Reader, id, caller str
 	if !b.canSee(b.Policy(), req, caller) {
 		return nil, notFound(id)
 	}
+	if err := attachBindings(ctx, r, req); err != nil {
+		return nil, err
+	}
 	return req, nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/keyid"
+	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/event"
 	"github.com/bgbroker/breakglass/server/request"
@@ -26,6 +27,13 @@ type ReviewInput struct {
 	Statement []byte
 	Signature []byte
 	Cert      *x509.Certificate
+	// Passkey, for a review signed in the console, is the WebAuthn
+	// assertion over Statement by a passkey bound to the caller; Signature
+	// and Cert are then unused.
+	Passkey *passkey.Assertion
+	// KeyStore is where the caller's client says the certificate key
+	// lives (audit.KeyStorePKCS11, or empty).
+	KeyStore string
 	// IdempotencyKey, when set, makes a retry return this call's result.
 	IdempotencyKey string
 }
@@ -116,14 +124,19 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 	// The signature is verified before the write transaction so that no
 	// other writer waits on it; checkStatement inside finds it cached and
 	// reports any problem in its own order.
-	if in.Cert != nil && len(in.Statement) > 0 && len(in.Signature) > 0 {
-		_ = b.sigs.Verify(in.Cert, in.Statement, in.Signature)
+	if in.KeyStore != "" && in.KeyStore != audit.KeyStorePKCS11 {
+		return nil, invalid("unknown key store %q", in.KeyStore)
 	}
-	// So is the certificate: one that expired or was revoked is refused
-	// here, before anything is written (the log would otherwise hold a
-	// review the offline verifier must reject).
-	if err := b.precheckSigner(in.Cert, caller); err != nil {
-		return nil, err
+	if in.Passkey == nil {
+		if in.Cert != nil && len(in.Statement) > 0 && len(in.Signature) > 0 {
+			_ = b.sigs.Verify(in.Cert, in.Statement, in.Signature)
+		}
+		// So is the certificate: one that expired or was revoked is refused
+		// here, before anything is written (the log would otherwise hold a
+		// review the offline verifier must reject).
+		if err := b.precheckSigner(in.Cert, caller); err != nil {
+			return nil, err
+		}
 	}
 	var (
 		res      Result
@@ -157,13 +170,27 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 		if r.Reviewed(caller) {
 			return newErr(KindExists, "you already reviewed request %s; each approver counts once", r.ID)
 		}
-		if err := b.checkStatement(in, caller, r, now); err != nil {
-			return err
+		payload := audit.RequestReviewed{Decision: string(in.Decision), Comment: in.Comment, Groups: p.EligibleGroups(r.Rule, caller), Statement: in.Statement}
+		rv := request.Review{Reviewer: caller, Decision: in.Decision, Comment: in.Comment, At: now, Statement: in.Statement}
+		var pk *store.Passkey
+		if in.Passkey != nil {
+			if pk, err = b.checkPasskeyReview(ctx, tx, in, caller, r, now); err != nil {
+				return err
+			}
+			payload.Passkey, rv.Passkey = in.Passkey, in.Passkey
+			rv.Binding = &request.PasskeyBinding{Statement: pk.Statement, Cert: pk.Cert}
+		} else {
+			if err := b.checkStatement(in, caller, r, now); err != nil {
+				return err
+			}
+			payload.Signature, payload.Certificate, payload.KeyStore = in.Signature, in.Cert.Raw, in.KeyStore
+			rv.Signature, rv.Cert, rv.KeyStore = in.Signature, in.Cert.Raw, in.KeyStore
 		}
 		// One key is one reviewer: a certificate naming someone else over
 		// a key that already reviewed, or that signed the request, adds
 		// nobody.
-		key := keyid.SPKI(in.Cert.RawSubjectPublicKeyInfo)
+		// A passkey counts as the certificate key that bound it.
+		key := b.reviewKey(rv)
 		if k := r.RequesterKey(); k != "" && k == key {
 			return denied("your client certificate's key signed request %s as its requester (%s): the requester never reviews their own request", r.ID, r.Requester)
 		}
@@ -173,18 +200,22 @@ func (b *Broker) Review(ctx context.Context, caller string, in ReviewInput) (*Re
 			}
 		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
-			Type: audit.TypeRequestReviewed, Actor: caller, Request: r.ID, Account: r.Account,
-			Payload: audit.RequestReviewed{Decision: string(in.Decision), Comment: in.Comment, Groups: p.EligibleGroups(r.Rule, caller),
-				Statement: in.Statement, Signature: in.Signature, Certificate: in.Cert.Raw},
+			Type: audit.TypeRequestReviewed, Actor: caller, Request: r.ID, Account: r.Account, Payload: payload,
 		}, in.Decision == request.Approve)
 		if err != nil {
 			return err
 		}
-		if err := b.checkSignerAtEntry(in.Cert, caller, now, rec); err != nil {
+		if pk != nil {
+			if err := b.passkeyAtEntry(pk, in, caller, r, now, rec); err != nil {
+				return err
+			}
+			if err := tx.SavePasskey(ctx, *pk); err != nil {
+				return err
+			}
+		} else if err := b.checkSignerAtEntry(in.Cert, caller, now, rec); err != nil {
 			return err
 		}
-		rv := request.Review{Reviewer: caller, Decision: in.Decision, Comment: in.Comment, At: now, EntryIndex: rec.Index, LeafHash: rec.LeafHash,
-			Statement: in.Statement, Signature: in.Signature, Cert: in.Cert.Raw}
+		rv.EntryIndex, rv.LeafHash = rec.Index, rec.LeafHash
 		if err := tx.AddReview(ctx, r.ID, rv); err != nil {
 			if errors.Is(err, store.ErrConflict) {
 				return newErr(KindExists, "you already reviewed request %s; each approver counts once", r.ID)
@@ -284,7 +315,16 @@ func (b *Broker) signedDenials(r *request.Request) []policy.Approval {
 // reviewKey names the key that signed a stored review ("" if its
 // certificate does not parse).
 func (b *Broker) reviewKey(rv request.Review) string {
-	cert, err := b.sigs.ParseCertificate(rv.Cert)
+	der := rv.Cert
+	if rv.Passkey != nil {
+		// A passkey signs for the certificate key that bound it: one
+		// person's certificate and passkey are one approver.
+		if rv.Binding == nil {
+			return ""
+		}
+		der = rv.Binding.Cert
+	}
+	cert, err := b.sigs.ParseCertificate(der)
 	if err != nil {
 		return ""
 	}
@@ -303,6 +343,9 @@ func (b *Broker) evaluate(p *policy.Policy, r *request.Request) policy.Outcome {
 }
 
 func (b *Broker) verifyReview(r *request.Request, rv request.Review, digest string) (string, error) {
+	if rv.Passkey != nil {
+		return b.verifyPasskeyReview(r, rv, digest)
+	}
 	st, err := statement.Parse(rv.Statement)
 	if err != nil {
 		return "", err

@@ -55,8 +55,15 @@ func toProto(r *request.Request) *bgv1.Request {
 		if rv.Decision == request.Deny {
 			d = bgv1.ReviewDecision_REVIEW_DECISION_DENY
 		}
-		out.Reviews = append(out.Reviews, &bgv1.Review{Reviewer: rv.Reviewer, Decision: d, Comment: rv.Comment, CreateTime: ts(rv.At),
-			Entry: &bgv1.AuditRef{Index: rv.EntryIndex, LeafHash: rv.LeafHash}})
+		pr := &bgv1.Review{Reviewer: rv.Reviewer, Decision: d, Comment: rv.Comment, CreateTime: ts(rv.At),
+			Entry: &bgv1.AuditRef{Index: rv.EntryIndex, LeafHash: rv.LeafHash}, Signer: bgv1.ReviewSigner_REVIEW_SIGNER_CERTIFICATE}
+		switch {
+		case rv.Passkey != nil:
+			pr.Signer, pr.PasskeyCredentialId = bgv1.ReviewSigner_REVIEW_SIGNER_PASSKEY, rv.Passkey.Credential
+		case rv.KeyStore == audit.KeyStorePKCS11:
+			pr.KeyStore = bgv1.KeyStore_KEY_STORE_PKCS11
+		}
+		out.Reviews = append(out.Reviews, pr)
 	}
 	return out
 }
@@ -135,8 +142,12 @@ func (s *Server) ReviewRequest(ctx context.Context, in *bgv1.ReviewRequestReques
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
 	}
+	keyStore := ""
+	if in.KeyStore == bgv1.KeyStore_KEY_STORE_PKCS11 {
+		keyStore = audit.KeyStorePKCS11
+	}
 	res, err := s.b.Review(ctx, caller(ctx), broker.ReviewInput{ID: in.Id, Decision: d, Comment: in.Comment,
-		Statement: in.Statement, Signature: in.Signature, Cert: p.Leaf, IdempotencyKey: in.IdempotencyKey})
+		Statement: in.Statement, Signature: in.Signature, Cert: p.Leaf, KeyStore: keyStore, IdempotencyKey: in.IdempotencyKey})
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}

@@ -103,6 +103,7 @@ var ServiceNames = []string{
 	bgv1.GovernanceService_ServiceDesc.ServiceName,
 	bgv1.AdminService_ServiceDesc.ServiceName,
 	bgv1.CertificateService_ServiceDesc.ServiceName,
+	bgv1.PasskeyService_ServiceDesc.ServiceName,
 }
 
 var errNoReload = broker.Unavailable("this broker cannot reload its policy over the API")
@@ -179,6 +180,7 @@ func New(cfg Config) (*Server, error) {
 	bgv1.RegisterGovernanceServiceServer(s.GRPC, &governanceServer{s: s})
 	bgv1.RegisterAdminServiceServer(s.GRPC, &adminServer{s: s})
 	bgv1.RegisterCertificateServiceServer(s.GRPC, &certificateServer{s: s, cas: cfg.Authorities})
+	bgv1.RegisterPasskeyServiceServer(s.GRPC, &passkeyServer{s: s})
 	s.Health = health.NewServer()
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)

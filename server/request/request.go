@@ -57,6 +57,19 @@ type Review struct {
 	// KeyStore is where the reviewer's client said the certificate key
 	// lives (audit.KeyStorePKCS11 or empty).
 	KeyStore string
+	// Binding, for a passkey review, is the passkey's binding as the
+	// broker holds it when the request is loaded (not stored with the
+	// review): a removal or a revoked binding certificate takes the
+	// approval away.
+	Binding *PasskeyBinding
+}
+
+// PasskeyBinding is a passkey's binding statement and the certificate
+// that signed it, and whether it has been removed since.
+type PasskeyBinding struct {
+	Statement []byte
+	Cert      []byte
+	Removed   bool
 }
 
 // Request is a request and, once approved, its grant.

@@ -139,6 +139,110 @@ func (ReviewDecision) EnumDescriptor() ([]byte, []int) {
 	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{1}
 }
 
+// KeyStore is where a client keeps its certificate's private key.
+type KeyStore int32
+
+const (
+	KeyStore_KEY_STORE_UNSPECIFIED KeyStore = 0
+	// A key file.
+	KeyStore_KEY_STORE_FILE KeyStore = 1
+	// A PKCS#11 token: a smart card (PIV), a security key, an HSM.
+	KeyStore_KEY_STORE_PKCS11 KeyStore = 2
+)
+
+// Enum value maps for KeyStore.
+var (
+	KeyStore_name = map[int32]string{
+		0: "KEY_STORE_UNSPECIFIED",
+		1: "KEY_STORE_FILE",
+		2: "KEY_STORE_PKCS11",
+	}
+	KeyStore_value = map[string]int32{
+		"KEY_STORE_UNSPECIFIED": 0,
+		"KEY_STORE_FILE":        1,
+		"KEY_STORE_PKCS11":      2,
+	}
+)
+
+func (x KeyStore) Enum() *KeyStore {
+	p := new(KeyStore)
+	*p = x
+	return p
+}
+
+func (x KeyStore) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyStore) Descriptor() protoreflect.EnumDescriptor {
+	return file_breakglass_v1_requests_proto_enumTypes[2].Descriptor()
+}
+
+func (KeyStore) Type() protoreflect.EnumType {
+	return &file_breakglass_v1_requests_proto_enumTypes[2]
+}
+
+func (x KeyStore) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyStore.Descriptor instead.
+func (KeyStore) EnumDescriptor() ([]byte, []int) {
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{2}
+}
+
+// ReviewSigner is what signed a review statement.
+type ReviewSigner int32
+
+const (
+	ReviewSigner_REVIEW_SIGNER_UNSPECIFIED ReviewSigner = 0
+	// The key of the reviewer's client certificate.
+	ReviewSigner_REVIEW_SIGNER_CERTIFICATE ReviewSigner = 1
+	// A passkey or security key the reviewer bound (a WebAuthn assertion).
+	ReviewSigner_REVIEW_SIGNER_PASSKEY ReviewSigner = 2
+)
+
+// Enum value maps for ReviewSigner.
+var (
+	ReviewSigner_name = map[int32]string{
+		0: "REVIEW_SIGNER_UNSPECIFIED",
+		1: "REVIEW_SIGNER_CERTIFICATE",
+		2: "REVIEW_SIGNER_PASSKEY",
+	}
+	ReviewSigner_value = map[string]int32{
+		"REVIEW_SIGNER_UNSPECIFIED": 0,
+		"REVIEW_SIGNER_CERTIFICATE": 1,
+		"REVIEW_SIGNER_PASSKEY":     2,
+	}
+)
+
+func (x ReviewSigner) Enum() *ReviewSigner {
+	p := new(ReviewSigner)
+	*p = x
+	return p
+}
+
+func (x ReviewSigner) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReviewSigner) Descriptor() protoreflect.EnumDescriptor {
+	return file_breakglass_v1_requests_proto_enumTypes[3].Descriptor()
+}
+
+func (ReviewSigner) Type() protoreflect.EnumType {
+	return &file_breakglass_v1_requests_proto_enumTypes[3]
+}
+
+func (x ReviewSigner) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReviewSigner.Descriptor instead.
+func (ReviewSigner) EnumDescriptor() ([]byte, []int) {
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{3}
+}
+
 // AuditRef points at the audit log entry that recorded a change.
 type AuditRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -196,14 +300,20 @@ func (x *AuditRef) GetLeafHash() []byte {
 
 // Review is one approver's decision on a request.
 type Review struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reviewer      string                 `protobuf:"bytes,1,opt,name=reviewer,proto3" json:"reviewer,omitempty"`
-	Decision      ReviewDecision         `protobuf:"varint,2,opt,name=decision,proto3,enum=breakglass.v1.ReviewDecision" json:"decision,omitempty"`
-	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	Entry         *AuditRef              `protobuf:"bytes,5,opt,name=entry,proto3" json:"entry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Reviewer   string                 `protobuf:"bytes,1,opt,name=reviewer,proto3" json:"reviewer,omitempty"`
+	Decision   ReviewDecision         `protobuf:"varint,2,opt,name=decision,proto3,enum=breakglass.v1.ReviewDecision" json:"decision,omitempty"`
+	Comment    string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Entry      *AuditRef              `protobuf:"bytes,5,opt,name=entry,proto3" json:"entry,omitempty"`
+	Signer     ReviewSigner           `protobuf:"varint,6,opt,name=signer,proto3,enum=breakglass.v1.ReviewSigner" json:"signer,omitempty"`
+	// For certificate-signed reviews, where the reviewer's client said the
+	// key lives (unspecified when it did not say).
+	KeyStore KeyStore `protobuf:"varint,7,opt,name=key_store,json=keyStore,proto3,enum=breakglass.v1.KeyStore" json:"key_store,omitempty"`
+	// For passkey-signed reviews, the credential ID.
+	PasskeyCredentialId []byte `protobuf:"bytes,8,opt,name=passkey_credential_id,json=passkeyCredentialId,proto3" json:"passkey_credential_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Review) Reset() {
@@ -267,6 +377,27 @@ func (x *Review) GetCreateTime() *timestamppb.Timestamp {
 func (x *Review) GetEntry() *AuditRef {
 	if x != nil {
 		return x.Entry
+	}
+	return nil
+}
+
+func (x *Review) GetSigner() ReviewSigner {
+	if x != nil {
+		return x.Signer
+	}
+	return ReviewSigner_REVIEW_SIGNER_UNSPECIFIED
+}
+
+func (x *Review) GetKeyStore() KeyStore {
+	if x != nil {
+		return x.KeyStore
+	}
+	return KeyStore_KEY_STORE_UNSPECIFIED
+}
+
+func (x *Review) GetPasskeyCredentialId() []byte {
+	if x != nil {
+		return x.PasskeyCredentialId
 	}
 	return nil
 }
@@ -1152,14 +1283,17 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\x1cbreakglass/v1/requests.proto\x12\rbreakglass.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\bAuditRef\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
-	"\tleaf_hash\x18\x02 \x01(\fR\bleafHash\"\xe5\x01\n" +
+	"\tleaf_hash\x18\x02 \x01(\fR\bleafHash\"\x84\x03\n" +
 	"\x06Review\x12\x1a\n" +
 	"\breviewer\x18\x01 \x01(\tR\breviewer\x129\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1d.breakglass.v1.ReviewDecisionR\bdecision\x12\x18\n" +
 	"\acomment\x18\x03 \x01(\tR\acomment\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12-\n" +
-	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\x81\n" +
+	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\x123\n" +
+	"\x06signer\x18\x06 \x01(\x0e2\x1b.breakglass.v1.ReviewSignerR\x06signer\x124\n" +
+	"\tkey_store\x18\a \x01(\x0e2\x17.breakglass.v1.KeyStoreR\bkeyStore\x122\n" +
+	"\x15passkey_credential_id\x18\b \x01(\fR\x13passkeyCredentialId\"\x81\n" +
 	"\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
@@ -1244,7 +1378,15 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\x0eReviewDecision\x12\x1f\n" +
 	"\x1bREVIEW_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REVIEW_DECISION_APPROVE\x10\x01\x12\x18\n" +
-	"\x14REVIEW_DECISION_DENY\x10\x022\xcf\x03\n" +
+	"\x14REVIEW_DECISION_DENY\x10\x02*O\n" +
+	"\bKeyStore\x12\x19\n" +
+	"\x15KEY_STORE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eKEY_STORE_FILE\x10\x01\x12\x14\n" +
+	"\x10KEY_STORE_PKCS11\x10\x02*g\n" +
+	"\fReviewSigner\x12\x1d\n" +
+	"\x19REVIEW_SIGNER_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19REVIEW_SIGNER_CERTIFICATE\x10\x01\x12\x19\n" +
+	"\x15REVIEW_SIGNER_PASSKEY\x10\x022\xcf\x03\n" +
 	"\x0eRequestService\x12Z\n" +
 	"\rCreateRequest\x12#.breakglass.v1.CreateRequestRequest\x1a$.breakglass.v1.CreateRequestResponse\x12Q\n" +
 	"\n" +
@@ -1265,67 +1407,71 @@ func file_breakglass_v1_requests_proto_rawDescGZIP() []byte {
 	return file_breakglass_v1_requests_proto_rawDescData
 }
 
-var file_breakglass_v1_requests_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_breakglass_v1_requests_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_breakglass_v1_requests_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_breakglass_v1_requests_proto_goTypes = []any{
 	(RequestState)(0),             // 0: breakglass.v1.RequestState
 	(ReviewDecision)(0),           // 1: breakglass.v1.ReviewDecision
-	(*AuditRef)(nil),              // 2: breakglass.v1.AuditRef
-	(*Review)(nil),                // 3: breakglass.v1.Review
-	(*Request)(nil),               // 4: breakglass.v1.Request
-	(*CreateRequestRequest)(nil),  // 5: breakglass.v1.CreateRequestRequest
-	(*CreateRequestResponse)(nil), // 6: breakglass.v1.CreateRequestResponse
-	(*GetRequestRequest)(nil),     // 7: breakglass.v1.GetRequestRequest
-	(*GetRequestResponse)(nil),    // 8: breakglass.v1.GetRequestResponse
-	(*ListRequestsRequest)(nil),   // 9: breakglass.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil),  // 10: breakglass.v1.ListRequestsResponse
-	(*WatchRequestRequest)(nil),   // 11: breakglass.v1.WatchRequestRequest
-	(*WatchRequestResponse)(nil),  // 12: breakglass.v1.WatchRequestResponse
-	(*CancelRequestRequest)(nil),  // 13: breakglass.v1.CancelRequestRequest
-	(*CancelRequestResponse)(nil), // 14: breakglass.v1.CancelRequestResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(KeyStore)(0),                 // 2: breakglass.v1.KeyStore
+	(ReviewSigner)(0),             // 3: breakglass.v1.ReviewSigner
+	(*AuditRef)(nil),              // 4: breakglass.v1.AuditRef
+	(*Review)(nil),                // 5: breakglass.v1.Review
+	(*Request)(nil),               // 6: breakglass.v1.Request
+	(*CreateRequestRequest)(nil),  // 7: breakglass.v1.CreateRequestRequest
+	(*CreateRequestResponse)(nil), // 8: breakglass.v1.CreateRequestResponse
+	(*GetRequestRequest)(nil),     // 9: breakglass.v1.GetRequestRequest
+	(*GetRequestResponse)(nil),    // 10: breakglass.v1.GetRequestResponse
+	(*ListRequestsRequest)(nil),   // 11: breakglass.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),  // 12: breakglass.v1.ListRequestsResponse
+	(*WatchRequestRequest)(nil),   // 13: breakglass.v1.WatchRequestRequest
+	(*WatchRequestResponse)(nil),  // 14: breakglass.v1.WatchRequestResponse
+	(*CancelRequestRequest)(nil),  // 15: breakglass.v1.CancelRequestRequest
+	(*CancelRequestResponse)(nil), // 16: breakglass.v1.CancelRequestResponse
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 }
 var file_breakglass_v1_requests_proto_depIdxs = []int32{
 	1,  // 0: breakglass.v1.Review.decision:type_name -> breakglass.v1.ReviewDecision
-	15, // 1: breakglass.v1.Review.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 2: breakglass.v1.Review.entry:type_name -> breakglass.v1.AuditRef
-	16, // 3: breakglass.v1.Request.requested_ttl:type_name -> google.protobuf.Duration
-	0,  // 4: breakglass.v1.Request.state:type_name -> breakglass.v1.RequestState
-	15, // 5: breakglass.v1.Request.create_time:type_name -> google.protobuf.Timestamp
-	15, // 6: breakglass.v1.Request.approval_deadline:type_name -> google.protobuf.Timestamp
-	15, // 7: breakglass.v1.Request.approve_time:type_name -> google.protobuf.Timestamp
-	15, // 8: breakglass.v1.Request.grant_expire_time:type_name -> google.protobuf.Timestamp
-	15, // 9: breakglass.v1.Request.activation_deadline:type_name -> google.protobuf.Timestamp
-	15, // 10: breakglass.v1.Request.final_time:type_name -> google.protobuf.Timestamp
-	3,  // 11: breakglass.v1.Request.reviews:type_name -> breakglass.v1.Review
-	2,  // 12: breakglass.v1.Request.created_entry:type_name -> breakglass.v1.AuditRef
-	15, // 13: breakglass.v1.Request.solo_acknowledge_time:type_name -> google.protobuf.Timestamp
-	15, // 14: breakglass.v1.Request.grant_acknowledge_time:type_name -> google.protobuf.Timestamp
-	16, // 15: breakglass.v1.CreateRequestRequest.requested_ttl:type_name -> google.protobuf.Duration
-	4,  // 16: breakglass.v1.CreateRequestResponse.request:type_name -> breakglass.v1.Request
-	2,  // 17: breakglass.v1.CreateRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	4,  // 18: breakglass.v1.GetRequestResponse.request:type_name -> breakglass.v1.Request
-	0,  // 19: breakglass.v1.ListRequestsRequest.state:type_name -> breakglass.v1.RequestState
-	4,  // 20: breakglass.v1.ListRequestsResponse.requests:type_name -> breakglass.v1.Request
-	4,  // 21: breakglass.v1.WatchRequestResponse.request:type_name -> breakglass.v1.Request
-	4,  // 22: breakglass.v1.CancelRequestResponse.request:type_name -> breakglass.v1.Request
-	2,  // 23: breakglass.v1.CancelRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	5,  // 24: breakglass.v1.RequestService.CreateRequest:input_type -> breakglass.v1.CreateRequestRequest
-	7,  // 25: breakglass.v1.RequestService.GetRequest:input_type -> breakglass.v1.GetRequestRequest
-	9,  // 26: breakglass.v1.RequestService.ListRequests:input_type -> breakglass.v1.ListRequestsRequest
-	11, // 27: breakglass.v1.RequestService.WatchRequest:input_type -> breakglass.v1.WatchRequestRequest
-	13, // 28: breakglass.v1.RequestService.CancelRequest:input_type -> breakglass.v1.CancelRequestRequest
-	6,  // 29: breakglass.v1.RequestService.CreateRequest:output_type -> breakglass.v1.CreateRequestResponse
-	8,  // 30: breakglass.v1.RequestService.GetRequest:output_type -> breakglass.v1.GetRequestResponse
-	10, // 31: breakglass.v1.RequestService.ListRequests:output_type -> breakglass.v1.ListRequestsResponse
-	12, // 32: breakglass.v1.RequestService.WatchRequest:output_type -> breakglass.v1.WatchRequestResponse
-	14, // 33: breakglass.v1.RequestService.CancelRequest:output_type -> breakglass.v1.CancelRequestResponse
-	29, // [29:34] is the sub-list for method output_type
-	24, // [24:29] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	17, // 1: breakglass.v1.Review.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 2: breakglass.v1.Review.entry:type_name -> breakglass.v1.AuditRef
+	3,  // 3: breakglass.v1.Review.signer:type_name -> breakglass.v1.ReviewSigner
+	2,  // 4: breakglass.v1.Review.key_store:type_name -> breakglass.v1.KeyStore
+	18, // 5: breakglass.v1.Request.requested_ttl:type_name -> google.protobuf.Duration
+	0,  // 6: breakglass.v1.Request.state:type_name -> breakglass.v1.RequestState
+	17, // 7: breakglass.v1.Request.create_time:type_name -> google.protobuf.Timestamp
+	17, // 8: breakglass.v1.Request.approval_deadline:type_name -> google.protobuf.Timestamp
+	17, // 9: breakglass.v1.Request.approve_time:type_name -> google.protobuf.Timestamp
+	17, // 10: breakglass.v1.Request.grant_expire_time:type_name -> google.protobuf.Timestamp
+	17, // 11: breakglass.v1.Request.activation_deadline:type_name -> google.protobuf.Timestamp
+	17, // 12: breakglass.v1.Request.final_time:type_name -> google.protobuf.Timestamp
+	5,  // 13: breakglass.v1.Request.reviews:type_name -> breakglass.v1.Review
+	4,  // 14: breakglass.v1.Request.created_entry:type_name -> breakglass.v1.AuditRef
+	17, // 15: breakglass.v1.Request.solo_acknowledge_time:type_name -> google.protobuf.Timestamp
+	17, // 16: breakglass.v1.Request.grant_acknowledge_time:type_name -> google.protobuf.Timestamp
+	18, // 17: breakglass.v1.CreateRequestRequest.requested_ttl:type_name -> google.protobuf.Duration
+	6,  // 18: breakglass.v1.CreateRequestResponse.request:type_name -> breakglass.v1.Request
+	4,  // 19: breakglass.v1.CreateRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	6,  // 20: breakglass.v1.GetRequestResponse.request:type_name -> breakglass.v1.Request
+	0,  // 21: breakglass.v1.ListRequestsRequest.state:type_name -> breakglass.v1.RequestState
+	6,  // 22: breakglass.v1.ListRequestsResponse.requests:type_name -> breakglass.v1.Request
+	6,  // 23: breakglass.v1.WatchRequestResponse.request:type_name -> breakglass.v1.Request
+	6,  // 24: breakglass.v1.CancelRequestResponse.request:type_name -> breakglass.v1.Request
+	4,  // 25: breakglass.v1.CancelRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	7,  // 26: breakglass.v1.RequestService.CreateRequest:input_type -> breakglass.v1.CreateRequestRequest
+	9,  // 27: breakglass.v1.RequestService.GetRequest:input_type -> breakglass.v1.GetRequestRequest
+	11, // 28: breakglass.v1.RequestService.ListRequests:input_type -> breakglass.v1.ListRequestsRequest
+	13, // 29: breakglass.v1.RequestService.WatchRequest:input_type -> breakglass.v1.WatchRequestRequest
+	15, // 30: breakglass.v1.RequestService.CancelRequest:input_type -> breakglass.v1.CancelRequestRequest
+	8,  // 31: breakglass.v1.RequestService.CreateRequest:output_type -> breakglass.v1.CreateRequestResponse
+	10, // 32: breakglass.v1.RequestService.GetRequest:output_type -> breakglass.v1.GetRequestResponse
+	12, // 33: breakglass.v1.RequestService.ListRequests:output_type -> breakglass.v1.ListRequestsResponse
+	14, // 34: breakglass.v1.RequestService.WatchRequest:output_type -> breakglass.v1.WatchRequestResponse
+	16, // 35: breakglass.v1.RequestService.CancelRequest:output_type -> breakglass.v1.CancelRequestResponse
+	31, // [31:36] is the sub-list for method output_type
+	26, // [26:31] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_requests_proto_init() }
@@ -1338,7 +1484,7 @@ func file_breakglass_v1_requests_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_requests_proto_rawDesc), len(file_breakglass_v1_requests_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      4,
 			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,

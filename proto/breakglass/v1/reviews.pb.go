@@ -51,8 +51,12 @@ type ReviewRequestRequest struct {
 	// Makes a retry safe, as in CreateRequestRequest: a second call with the
 	// same key and review returns the first call's answer.
 	IdempotencyKey string `protobuf:"bytes,6,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where the client keeps the certificate's key, as it declares it: the
+	// review entry records it (key_store) and the offline verifier reports
+	// hardware-key approvals, as declared, since no signature proves it.
+	KeyStore      KeyStore `protobuf:"varint,7,opt,name=key_store,json=keyStore,proto3,enum=breakglass.v1.KeyStore" json:"key_store,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReviewRequestRequest) Reset() {
@@ -125,6 +129,13 @@ func (x *ReviewRequestRequest) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *ReviewRequestRequest) GetKeyStore() KeyStore {
+	if x != nil {
+		return x.KeyStore
+	}
+	return KeyStore_KEY_STORE_UNSPECIFIED
 }
 
 type ReviewRequestResponse struct {
@@ -332,7 +343,7 @@ var File_breakglass_v1_reviews_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_reviews_proto_rawDesc = "" +
 	"\n" +
-	"\x1bbreakglass/v1/reviews.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\"\xef\x02\n" +
+	"\x1bbreakglass/v1/reviews.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\"\xaf\x03\n" +
 	"\x14ReviewRequestRequest\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x12E\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1d.breakglass.v1.ReviewDecisionB\n" +
@@ -340,7 +351,8 @@ const file_breakglass_v1_reviews_proto_rawDesc = "" +
 	"\acomment\x18\x03 \x01(\tBH\xbaHErC\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\acomment\x12&\n" +
 	"\tstatement\x18\x04 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tstatement\x12&\n" +
 	"\tsignature\x18\x05 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tsignature\x12B\n" +
-	"\x0fidempotency_key\x18\x06 \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[A-Za-z0-9_-]*$R\x0eidempotencyKey\"\x94\x01\n" +
+	"\x0fidempotency_key\x18\x06 \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[A-Za-z0-9_-]*$R\x0eidempotencyKey\x12>\n" +
+	"\tkey_store\x18\a \x01(\x0e2\x17.breakglass.v1.KeyStoreB\b\xbaH\x05\x82\x01\x02\x10\x01R\bkeyStore\"\x94\x01\n" +
 	"\x15ReviewRequestResponse\x120\n" +
 	"\arequest\x18\x01 \x01(\v2\x16.breakglass.v1.RequestR\arequest\x12-\n" +
 	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\x12\x1a\n" +
@@ -379,23 +391,25 @@ var file_breakglass_v1_reviews_proto_goTypes = []any{
 	(*PrepareReviewRequest)(nil),  // 2: breakglass.v1.PrepareReviewRequest
 	(*PrepareReviewResponse)(nil), // 3: breakglass.v1.PrepareReviewResponse
 	(ReviewDecision)(0),           // 4: breakglass.v1.ReviewDecision
-	(*Request)(nil),               // 5: breakglass.v1.Request
-	(*AuditRef)(nil),              // 6: breakglass.v1.AuditRef
+	(KeyStore)(0),                 // 5: breakglass.v1.KeyStore
+	(*Request)(nil),               // 6: breakglass.v1.Request
+	(*AuditRef)(nil),              // 7: breakglass.v1.AuditRef
 }
 var file_breakglass_v1_reviews_proto_depIdxs = []int32{
 	4, // 0: breakglass.v1.ReviewRequestRequest.decision:type_name -> breakglass.v1.ReviewDecision
-	5, // 1: breakglass.v1.ReviewRequestResponse.request:type_name -> breakglass.v1.Request
-	6, // 2: breakglass.v1.ReviewRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	4, // 3: breakglass.v1.PrepareReviewRequest.decision:type_name -> breakglass.v1.ReviewDecision
-	0, // 4: breakglass.v1.ReviewService.ReviewRequest:input_type -> breakglass.v1.ReviewRequestRequest
-	2, // 5: breakglass.v1.ReviewService.PrepareReview:input_type -> breakglass.v1.PrepareReviewRequest
-	1, // 6: breakglass.v1.ReviewService.ReviewRequest:output_type -> breakglass.v1.ReviewRequestResponse
-	3, // 7: breakglass.v1.ReviewService.PrepareReview:output_type -> breakglass.v1.PrepareReviewResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	5, // 1: breakglass.v1.ReviewRequestRequest.key_store:type_name -> breakglass.v1.KeyStore
+	6, // 2: breakglass.v1.ReviewRequestResponse.request:type_name -> breakglass.v1.Request
+	7, // 3: breakglass.v1.ReviewRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	4, // 4: breakglass.v1.PrepareReviewRequest.decision:type_name -> breakglass.v1.ReviewDecision
+	0, // 5: breakglass.v1.ReviewService.ReviewRequest:input_type -> breakglass.v1.ReviewRequestRequest
+	2, // 6: breakglass.v1.ReviewService.PrepareReview:input_type -> breakglass.v1.PrepareReviewRequest
+	1, // 7: breakglass.v1.ReviewService.ReviewRequest:output_type -> breakglass.v1.ReviewRequestResponse
+	3, // 8: breakglass.v1.ReviewService.PrepareReview:output_type -> breakglass.v1.PrepareReviewResponse
+	7, // [7:9] is the sub-list for method output_type
+	5, // [5:7] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_reviews_proto_init() }
