@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"filippo.io/torchwood"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/bgbroker/breakglass/format/cosignature"
@@ -166,6 +167,21 @@ func TestWitnessesCosignARealFlow(t *testing.T) {
 		!strings.Contains(h.Checks["witness"], "fewer than the quorum") {
 		t.Fatalf("health with w2 down: %+v", h)
 	}
+	// The metrics say the same, per witness, and the example alert rules
+	// name only witness series the broker exports.
+	var mfs map[string]*dto.MetricFamily
+	if !eventually(30*time.Second, func() bool {
+		_, mfs = d.scrape(t)
+		return witnessSample(mfs, "breakglass_witness_cosigned_size", "w1") > witnessSample(mfs, "breakglass_witness_cosigned_size", "w2") &&
+			witnessSample(mfs, "breakglass_witness_failures", "w2") >= 1 && witnessSample(mfs, "breakglass_witness_quorum_met", "") == 0
+	}) {
+		t.Fatalf("metrics with w2 down: %v", mfs["breakglass_witness_cosigned_size"])
+	}
+	if witnessSample(mfs, "breakglass_witness_split_view", "w2") != 0 || witnessSample(mfs, "breakglass_witness_failures", "w1") != 0 ||
+		witnessSample(mfs, "breakglass_witness_cosigned_age_seconds", "w2") < witnessSample(mfs, "breakglass_witness_cosigned_age_seconds", "w1") {
+		t.Fatalf("metrics with w2 down: %v %v", mfs["breakglass_witness_split_view"], mfs["breakglass_witness_cosigned_age_seconds"])
+	}
+	checkAlertRules(t, mfs, func(name string) bool { return strings.HasPrefix(name, "breakglass_witness_") })
 	alone := d.exportAudit(t)
 	write := func(p, s string) string {
 		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
@@ -190,6 +206,12 @@ func TestWitnessesCosignARealFlow(t *testing.T) {
 		return tok.code == 0
 	}) {
 		t.Fatalf("no token after w2 came back: %+v\n%+v", tok, d.healthz(t))
+	}
+	if !eventually(30*time.Second, func() bool {
+		_, mfs = d.scrape(t)
+		return witnessSample(mfs, "breakglass_witness_quorum_met", "") == 1
+	}) {
+		t.Fatalf("the witness quorum is not met again in the metrics: %+v", d.healthz(t))
 	}
 
 	// The auditor: the witnessed checkpoint, the export, the witness keys.
@@ -313,6 +335,9 @@ func TestWitnessesRefuseARollback(t *testing.T) {
 	if !strings.HasPrefix(h.Checks["witness"], "SPLIT VIEW") || !strings.Contains(h.Checks["witness:w1"], "SPLIT VIEW") || h.Witnesses[0].SplitView == "" {
 		t.Fatalf("health after the rollback: %+v", h)
 	}
+	if _, mfs := d.scrape(t); witnessSample(mfs, "breakglass_witness_split_view", "w1") != 1 || witnessSample(mfs, "breakglass_witness_quorum_met", "") != 0 {
+		t.Fatalf("metrics after the rollback: %v %v", mfs["breakglass_witness_split_view"], mfs["breakglass_witness_quorum_met"])
+	}
 	// gRPC health: the witness service fails, the broker still serves
 	// (taking access away must keep working).
 	if grpcurl, err := exec.LookPath("grpcurl"); err != nil && os.Getenv("CI") != "" {
@@ -353,4 +378,19 @@ func TestWitnessesRefuseARollback(t *testing.T) {
 	if v := f.verify(t, "--witness", d.w1.VKey, "--witness", d.w2.VKey, "--witness-quorum", "1"); v.code == 0 || !strings.Contains(v.stderr, "fewer than the quorum") {
 		t.Fatalf("the rolled-back checkpoint is witnessed: %+v", v)
 	}
+}
+
+// witnessSample is the value of a witness series for one witness ("" for
+// the series without a witness label), -1 when it is missing.
+func witnessSample(mfs map[string]*dto.MetricFamily, name, witness string) float64 {
+	f := mfs[name]
+	if f == nil {
+		return -1
+	}
+	for _, m := range f.Metric {
+		if labelsOf(m)["witness"] == witness {
+			return sample(m)
+		}
+	}
+	return -1
 }

@@ -1,6 +1,8 @@
 package auditverify
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/bgbroker/breakglass/format/cosignature"
@@ -52,12 +54,25 @@ func witnessed(o Options, origin string) ([]Cosigner, *Violation) {
 	if err != nil {
 		return nil, violation(-1, "checkpoint: %v", err)
 	}
+	// A cosignature dated ahead of this machine's clock (the auditor's,
+	// which reads the log after the witnesses cosigned it) does not count:
+	// C2SP tlog-cosignature lets verifiers refuse future timestamps.
+	now := time.Now()
 	out := make([]Cosigner, 0, len(cos))
+	var future []string
 	for _, c := range cos {
+		if c.Future(now) {
+			future = append(future, fmt.Sprintf("%s at %s", c.Witness, c.Time.Format(time.RFC3339)))
+			continue
+		}
 		out = append(out, Cosigner{Witness: c.Witness, Key: c.Key, Time: c.Time})
 	}
 	if len(out) < o.WitnessQuorum {
-		return out, violation(-1, "the checkpoint carries valid cosignatures by %d of the witnesses given, fewer than the quorum of %d: it may be a view no witness saw", len(out), o.WitnessQuorum)
+		why := ""
+		if len(future) > 0 {
+			why = fmt.Sprintf(" (not counted, dated more than %s ahead of this machine's clock: %s)", cosignature.MaxClockSkew, strings.Join(future, ", "))
+		}
+		return out, violation(-1, "the checkpoint carries valid cosignatures by %d of the witnesses given, fewer than the quorum of %d: it may be a view no witness saw%s", len(out), o.WitnessQuorum, why)
 	}
 	return out, nil
 }

@@ -107,6 +107,19 @@ type Cosignature struct {
 	Line string
 }
 
+// MaxClockSkew is how far a cosignature's timestamp may be ahead of the
+// verifier's clock. C2SP tlog-cosignature says verifiers MAY reject
+// cosignatures with timestamps in the future; the broker and the offline
+// verifier do, beyond this much disagreement between two NTP-kept clocks.
+// A cosignature is a statement about what the witness had seen "as of"
+// its time: one dated ahead is wrong by the witness's own definition, and
+// counted it would make a witness that stopped cosigning look current
+// until that time.
+const MaxClockSkew = 5 * time.Minute
+
+// Future reports whether c is dated more than MaxClockSkew after now.
+func (c Cosignature) Future(now time.Time) bool { return c.Time.After(now.Add(MaxClockSkew)) }
+
 // Set is the witnesses a verifier counts, each once.
 type Set struct {
 	keys []*Key

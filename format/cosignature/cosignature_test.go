@@ -274,3 +274,24 @@ func TestParseLines(t *testing.T) {
 		}
 	}
 }
+
+// C2SP tlog-cosignature: "verifiers MAY reject cosignatures with
+// timestamps in the future". Future says which ones are, with the clock
+// skew allowed.
+func TestFuture(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		at     time.Time
+		future bool
+	}{
+		{now.Add(-time.Hour), false},
+		{now, false},
+		{now.Add(MaxClockSkew), false},
+		{now.Add(MaxClockSkew + time.Second), true},
+		{now.Add(365 * 24 * time.Hour), true},
+	} {
+		if got := (Cosignature{Time: tc.at}).Future(now); got != tc.future {
+			t.Errorf("a cosignature at %s, verified at %s: Future %v", tc.at, now, got)
+		}
+	}
+}

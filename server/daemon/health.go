@@ -165,8 +165,12 @@ func (d *Daemon) metricsState(ctx context.Context) (metrics.State, error) {
 	if d.witnesses != nil {
 		st.Witnesses = map[string]metrics.WitnessState{}
 		for _, w := range d.witnesses.Status() {
-			st.Witnesses[w.Name] = metrics.WitnessState{CosignedSize: w.CosignedSize, CosignedAt: w.CosignedAt, Failures: w.Failures, SplitView: w.SplitView != ""}
+			st.Witnesses[w.Name] = metrics.WitnessState{CosignedSize: w.CosignedSize, CosignedAt: w.CosignedAt, Age: now.Sub(w.CosignedAt), Failures: w.Failures,
+				SplitView: w.SplitView != ""}
 		}
+		checks := map[string]string{}
+		d.witnessHealth(checks)
+		st.WitnessQuorumMet = checks["witness"] == "ok"
 	}
 	return st, nil
 }

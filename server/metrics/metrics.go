@@ -128,16 +128,21 @@ type State struct {
 	// ClientCertsExpiring counts client certificates seen in the last 30
 	// days that expire within 14 days.
 	ClientCertsExpiring int
-	// Witnesses is per witness.
-	Witnesses map[string]WitnessState
+	// Witnesses is per witness; WitnessQuorumMet whether enough of them
+	// cosign the newest checkpoint without a split view (the witness
+	// health check), when witnesses are configured.
+	Witnesses        map[string]WitnessState
+	WitnessQuorumMet bool
 }
 
 // WitnessState is one witness's view of the log.
 type WitnessState struct {
 	CosignedSize uint64
 	CosignedAt   time.Time
-	Failures     int
-	SplitView    bool
+	// Age is how old its newest cosignature is by the broker's clock.
+	Age       time.Duration
+	Failures  int
+	SplitView bool
 }
 
 // OutboxState is one sink's outbox.
@@ -171,6 +176,7 @@ func (r *Registry) RegisterState(src func(ctx context.Context) (State, error)) {
 		wAge:       d("breakglass_witness_cosigned_age_seconds", "Age of the witness's newest cosignature, by the broker's clock, per witness.", "witness"),
 		wFailures:  d("breakglass_witness_failures", "Submissions that failed in a row, per witness.", "witness"),
 		wSplit:     d("breakglass_witness_split_view", "1 while the witness refuses this log's history (a rollback or a fork), per witness.", "witness"),
+		wQuorum:    d("breakglass_witness_quorum_met", "1 while witness_quorum witnesses cosign the newest checkpoint and none refuses the log's history; 0 otherwise."),
 		scrapeFail: d("breakglass_state_scrape_error", "1 when the state could not be read for this scrape (the database is unreachable)."),
 	})
 }
@@ -184,12 +190,12 @@ type stateCollector struct {
 	err  error
 
 	requests, grants, tokens, entries, unsigned, cpSize, cpTime, pending, oldest, dead, policy, inForce, expiry, expiring, scrapeFail *prometheus.Desc
-	wSize, wAge, wFailures, wSplit                                                                                                    *prometheus.Desc
+	wSize, wAge, wFailures, wSplit, wQuorum                                                                                           *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.grants, c.tokens, c.entries, c.unsigned, c.cpSize, c.cpTime, c.pending, c.oldest, c.dead,
-		c.policy, c.inForce, c.expiry, c.expiring, c.scrapeFail, c.wSize, c.wAge, c.wFailures, c.wSplit} {
+		c.policy, c.inForce, c.expiry, c.expiring, c.scrapeFail, c.wSize, c.wAge, c.wFailures, c.wSplit, c.wQuorum} {
 		ch <- d
 	}
 }
@@ -250,7 +256,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, w := range s.Witnesses {
 		gauge(c.wSize, float64(w.CosignedSize), name)
 		if !w.CosignedAt.IsZero() {
-			gauge(c.wAge, max(0, time.Since(w.CosignedAt).Seconds()), name)
+			gauge(c.wAge, max(0, w.Age.Seconds()), name)
 		}
 		gauge(c.wFailures, float64(w.Failures), name)
 		split := 0.0
@@ -258,5 +264,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			split = 1
 		}
 		gauge(c.wSplit, split, name)
+	}
+	if s.Witnesses != nil {
+		met := 0.0
+		if s.WitnessQuorumMet {
+			met = 1
+		}
+		gauge(c.wQuorum, met)
 	}
 }

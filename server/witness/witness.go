@@ -507,6 +507,11 @@ func (c *Client) cosigned(ctx context.Context, w *witness, cp store.Checkpoint, 
 	}
 	got := cos[0]
 	now := c.opts.Now().UTC()
+	if got.Future(now) {
+		c.fail(w, fmt.Errorf("its cosignature is dated %s, %s ahead of this broker's clock (at most %s is allowed): not stored; the witness's clock, or this broker's, is wrong",
+			got.Time.Format(time.RFC3339), got.Time.Sub(now).Round(time.Second), cosignature.MaxClockSkew))
+		return
+	}
 	err = c.opts.Store.Update(ctx, func(tx store.Tx) error {
 		return tx.AddCosignature(ctx, store.Cosignature{Size: cp.Size, Witness: w.key.ID(), Line: got.Line, SignedAt: got.Time, CreatedAt: now})
 	})

@@ -496,7 +496,22 @@ func TestHostileWitnessAnswers(t *testing.T) {
 	// the refusals above are about the answers, not the fake.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(good)) }))
 	defer srv.Close()
-	c, _ := e.client([]witness.Config{{Name: "evil", URL: srv.URL, Key: signer.Verifier().String()}}, 1)
+	// Unless it is dated ahead of the broker's clock by more than the
+	// skew allowed (here the broker's clock is an hour behind the
+	// witness's): C2SP tlog-cosignature lets verifiers refuse future
+	// timestamps, and a cosignature an hour ahead would make a witness
+	// that stopped cosigning look current for that hour.
+	behind, _ := e.client([]witness.Config{{Name: "evil", URL: srv.URL, Key: signer.Verifier().String()}}, 1,
+		func(o *witness.Options) { o.Now = func() time.Time { return time.Now().Add(-time.Hour) } })
+	behind.Round(ctx)
+	if st := behind.Status()[0]; st.CosignedSize != 0 || !strings.Contains(st.LastError, "ahead of this broker's clock") || st.Failures != 1 {
+		t.Fatalf("a cosignature from an hour ahead: status %+v", st)
+	}
+	if _, cos := e.served(cp.Size); len(cos) != 0 {
+		t.Fatalf("stored %d cosignatures dated in the future", len(cos))
+	}
+	c, _ := e.client([]witness.Config{{Name: "evil", URL: srv.URL, Key: signer.Verifier().String()}}, 1,
+		func(o *witness.Options) { o.Now = func() time.Time { return time.Now().Add(-time.Minute) } }) // within the skew
 	c.Round(ctx)
 	if _, cos := e.served(cp.Size); len(cos) != 1 {
 		t.Fatalf("stored %d cosignatures", len(cos))
