@@ -5,9 +5,14 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -24,6 +29,7 @@ import (
 	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/hsm/hsmtest"
+	"github.com/bgbroker/breakglass/server/authority"
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/checkpoint"
 	"github.com/bgbroker/breakglass/server/devmode"
@@ -34,6 +40,8 @@ import (
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
+	"github.com/bgbroker/breakglass/server/x509ca"
+	"golang.org/x/crypto/ssh"
 )
 
 // The property: whatever a broker is asked, valid or not, the log it
@@ -72,6 +80,15 @@ accounts:
           - {group: security, approvals: 1}
       - require:
           - {group: db-admins, approvals: 2}
+    ssh:
+      principals: [breakglass, postgres]
+      drill_principals: [drill]
+      max_ttl: 20m
+    x509:
+      common_name: "{requester}"
+      drill_common_name: "drill-{requester}"
+      dns_names: ["{requester}.users.example.com"]
+      max_ttl: 25m
   - name: solo-db
     owner: owners
     requesters: [sre]
@@ -143,6 +160,14 @@ type world struct {
 	store  store.Store
 	ring   *keyring.Ring
 	b      *broker.Broker
+	// cas are the SSH and X.509 CAs over the ring's CA keys, with the
+	// X.509 CA certificates in caCerts (as certificates.x509_ca_cert).
+	cas     *authority.Set
+	caCerts string
+	// sshKey and csr are a requester's subject key and certificate
+	// request, made once.
+	sshKey []byte
+	csr    []byte
 	ident  *identity.Verifier
 	ca     *devmode.CA
 	certs  map[string]principalKey
@@ -162,13 +187,16 @@ type hsmWorld struct {
 	module *hsm.Module
 	ca     *devmode.CA
 	caFile string
+	// caCertPEM is the X.509 CA key's self-signed CA certificate.
+	caCertPEM   []byte
+	sshKey, csr []byte
 }
 
 func newHSMWorld(t testing.TB) *hsmWorld {
 	t.Helper()
 	tok := hsmtest.NewToken(t)
 	m := tok.Open(t)
-	hsmtest.Keys(t, m)
+	keys := hsmtest.Keys(t, m)
 	ca, err := devmode.NewCA("property client CA", 10*365*24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +205,33 @@ func newHSMWorld(t testing.TB) *hsmWorld {
 	if err := os.WriteFile(caFile, devmode.CertPEM(ca.Cert), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return &hsmWorld{module: m, ca: ca, caFile: caFile}
+	hw := &hsmWorld{module: m, ca: ca, caFile: caFile}
+	hw.caCertPEM = propCACert(t, keys[hsm.PurposeX509CA], "property X.509 CA")
+	pub, _, err := ed25519.GenerateKey(crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk, _ := ssh.NewPublicKey(pub)
+	hw.sshKey = ssh.MarshalAuthorizedKey(sk)
+	ck, _ := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	der, err := x509.CreateCertificateRequest(crand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "root"}, DNSNames: []string{"evil.example"}}, ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hw.csr = der
+	return hw
+}
+
+// propCACert self-signs a CA certificate for an X.509 CA key, valid long
+// after any certificate of the test.
+func propCACert(t testing.TB, k x509ca.Signer, cn string) []byte {
+	t.Helper()
+	c, err := x509ca.SelfSign(context.Background(), k, x509ca.CAOptions{Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(5 * 365 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
 
 func newWorld(t testing.TB, hw *hsmWorld, seedTime time.Time) *world {
@@ -192,6 +246,11 @@ func newWorld(t testing.TB, hw *hsmWorld, seedTime time.Time) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = w.store.Close() })
+	w.caCerts = filepath.Join(w.dir, "x509-ca.pem")
+	if err := os.WriteFile(w.caCerts, hw.caCertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.sshKey, w.csr = hw.sshKey, hw.csr
 	if err := w.start(); err != nil {
 		t.Fatal(err)
 	}
@@ -218,22 +277,45 @@ func (w *world) start() error {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	wants := []keyring.Want{{Purpose: hsm.PurposeToken, Label: "token-key"}, {Purpose: hsm.PurposeAudit, Label: "audit-key"}, {Purpose: hsm.PurposeCheckpoint, Label: "checkpoint-key"}}
+	wants := []keyring.Want{{Purpose: hsm.PurposeToken, Label: "token-key"}, {Purpose: hsm.PurposeAudit, Label: "audit-key"}, {Purpose: hsm.PurposeCheckpoint, Label: "checkpoint-key"},
+		{Purpose: hsm.PurposeSSHCA, Label: "ssh-ca-key"}, {Purpose: hsm.PurposeX509CA, Label: "x509-ca-key"}}
 	ring := keyring.New(keyring.Config{Module: w.module, Store: w.store, Issuer: "https://broker.test", Origin: testOrigin, Now: w.clock.Now})
 	if err := ring.Preload(w.ctx, wants); err != nil {
 		w.t.Fatal(err)
 	}
+	cas, err := authority.New(authority.Config{Keys: ring, Store: w.store, CACertFile: w.caCerts, BaseURL: "https://broker.test", Now: w.clock.Now})
+	if err != nil {
+		w.t.Fatal(err)
+	}
 	routes := notify.NewRouter([]notify.SinkConfig{{Name: "soc"}, {Name: "slack", Route: event.Route{Events: []string{"grant.*"}}}})
 	b, err := broker.New(w.ctx, broker.Config{Store: w.store, Policy: p, PolicySource: "policy.yaml", Keys: downKeys{ring, &w.down}, Now: w.clock.Now,
-		Origin: testOrigin, Certs: w.ident, Routes: routes, HSMBackoff: time.Nanosecond})
+		Origin: testOrigin, Certs: w.ident, Routes: routes, HSMBackoff: time.Nanosecond, Authorities: cas})
 	if err != nil {
 		return err
 	}
 	if err := ring.Bootstrap(w.ctx, b, wants); err != nil {
 		return err
 	}
-	w.ring, w.b = ring, b
+	if err := cas.Reload(); err != nil {
+		w.t.Fatal(err)
+	}
+	w.ring, w.b, w.cas = ring, b, cas
 	return nil
+}
+
+// reloadKeys is the daemon's keys loop: the ring and the CAs follow the
+// registry (keys rotated by another process), and the CRLs are re-signed.
+func (w *world) reloadKeys() {
+	if err := w.ring.Load(w.ctx); err != nil {
+		w.t.Fatal(err)
+	}
+	if err := w.cas.Reload(); err != nil {
+		w.t.Fatal(err)
+	}
+	w.counts["keys reloaded"]++
+	if err := w.cas.RefreshCRLs(w.ctx); err == nil {
+		w.counts["crls"]++
+	}
 }
 
 func (w *world) cert(p string) principalKey {
@@ -326,8 +408,20 @@ func (w *world) step(o *ops) {
 			aud = "drill.db.example"
 		}
 		for range o.pick(3) + 1 {
-			_, err = w.b.IssueToken(ctx, "alice", r.ID, aud)
-			note("token", err)
+			switch o.pick(4) {
+			case 0:
+				_, err = w.b.IssueSSHCertificate(ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: w.sshKey})
+				note("ssh certificate", err)
+			case 1:
+				_, err = w.b.IssueX509Certificate(ctx, "alice", broker.X509CertInput{RequestID: r.ID, CSR: w.csr})
+				note("x509 certificate", err)
+			default:
+				_, err = w.b.IssueToken(ctx, "alice", r.ID, aud)
+				note("token", err)
+			}
+			if err != nil && os.Getenv("PROPDEBUG") != "" {
+				w.t.Logf("credential for %s: %v", r.ID, err)
+			}
 		}
 	case 0, 1, 2: // a request: mostly one the broker should take
 		acct := pick([]string{"prod-db", "prod-db", "solo-db", "nope"})
@@ -388,11 +482,28 @@ func (w *world) step(o *ops) {
 		if err != nil && os.Getenv("PROPDEBUG") != "" {
 			w.t.Logf("review %s by %s: %v", rid, who, err)
 		}
-	case 7, 8: // a token
+	case 7, 8: // a token, or a certificate
 		rid := id()
 		caller := "alice"
 		if r := w.request(rid); r != nil && o.pick(6) != 0 {
 			caller = r.Requester
+		}
+		switch o.pick(4) {
+		case 0:
+			principals := [][]string{nil, nil, {"postgres"}, {"drill"}, {"root"}, {"breakglass", "postgres"}}[o.pick(6)]
+			_, err := w.b.IssueSSHCertificate(ctx, caller, broker.SSHCertInput{RequestID: rid, PublicKey: w.sshKey, Principals: principals})
+			note("ssh certificate", err)
+			if err != nil && os.Getenv("PROPDEBUG") != "" {
+				w.t.Logf("ssh certificate %s by %s: %v", rid, caller, err)
+			}
+			return
+		case 1:
+			_, err := w.b.IssueX509Certificate(ctx, caller, broker.X509CertInput{RequestID: rid, CSR: w.csr})
+			note("x509 certificate", err)
+			if err != nil && os.Getenv("PROPDEBUG") != "" {
+				w.t.Logf("x509 certificate %s by %s: %v", rid, caller, err)
+			}
+			return
 		}
 		aud := pick([]string{"db.prod.example", "db-replica.prod.example", "drill.db.example", "solo.example", "other.example"})
 		if r := w.request(rid); r != nil && o.pick(4) != 0 {
@@ -420,6 +531,9 @@ func (w *world) step(o *ops) {
 		w.clock.Advance(propSteps[o.pick(len(propSteps))])
 		if o.pick(2) == 0 {
 			w.down.Store(false) // the HSM is back
+		}
+		if o.pick(2) == 0 {
+			w.reloadKeys()
 		}
 		_, err := w.b.Sweep(ctx)
 		note("sweep", err)
@@ -466,7 +580,7 @@ func (w *world) step(o *ops) {
 			_, err := w.b.SignBacklog(ctx)
 			note("backlog", err)
 		default:
-			purpose := []hsm.Purpose{hsm.PurposeAudit, hsm.PurposeCheckpoint, hsm.PurposeToken}[o.pick(3)]
+			purpose := []hsm.Purpose{hsm.PurposeAudit, hsm.PurposeCheckpoint, hsm.PurposeToken, hsm.PurposeSSHCA, hsm.PurposeX509CA}[o.pick(5)]
 			// The ceremony runs in a process of its own (breakglassd hsm
 			// rotate), with its own ring and broker on the same store: this
 			// broker learns of the new key from the registry alone.
@@ -476,10 +590,32 @@ func (w *world) step(o *ops) {
 			}
 			p, _ := policy.Load([]byte(propPolicies[w.policy]), "policy.yaml")
 			ob, err := broker.New(ctx, broker.Config{Store: w.store, Policy: p, PolicySource: "policy.yaml", Keys: cer, Now: w.clock.Now, Origin: testOrigin, Certs: w.ident})
-			if err == nil {
-				_, err = cer.Rotate(ctx, ob, purpose, "", fmt.Sprintf("%s-%d", purpose, w.clock.Now().UnixNano()), "ceremony")
+			label := fmt.Sprintf("%s-%d", purpose, w.clock.Now().UnixNano())
+			var prepare func(*hsm.Key) error
+			if purpose == hsm.PurposeX509CA {
+				prepare = func(k *hsm.Key) error { // as hsm rotate --subject does
+					f, err := os.OpenFile(w.caCerts, os.O_APPEND|os.O_WRONLY, 0)
+					if err != nil {
+						return err
+					}
+					defer f.Close()
+					_, err = f.Write(propCACert(w.t, k, label))
+					return err
+				}
 			}
-			note("rotate "+string(purpose), err)
+			op := "rotate " + string(purpose)
+			switch {
+			case err != nil:
+			case (purpose == hsm.PurposeSSHCA || purpose == hsm.PurposeX509CA) && o.pick(3) == 0:
+				_, err = cer.RotateRevoking(ctx, ob, purpose, label, "ceremony: compromised", prepare)
+				op = "revoke " + string(purpose)
+			default:
+				_, err = cer.RotateWith(ctx, ob, purpose, "", label, "ceremony", prepare)
+			}
+			note(op, err)
+			if err != nil && os.Getenv("PROPDEBUG") != "" {
+				w.t.Logf("%s: %v", op, err)
+			}
 		}
 	case 15: // a post-use review closed, or an account attested
 		who := pick([]string{"rita", "olivia", "alice", "bob"})
@@ -548,7 +684,37 @@ func (w *world) verify() *auditverify.Summary {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(w.ca.Cert)
-	sum, err := auditverify.Verify(auditverify.Options{Log: &export, Checkpoint: cp.Note, CheckpointKey: vkey, AuditKeys: []*ecdsa.PublicKey{w.firstAudit}, ClientCAs: pool})
+	// The auditor pins every CA key of the key ceremonies.
+	var sshCAs []ssh.PublicKey
+	var recs2 []store.KeyRecord
+	_ = w.store.View(w.ctx, func(r store.Reader) error {
+		var err error
+		recs2, err = r.Keys(w.ctx)
+		return err
+	})
+	for _, k := range recs2 {
+		if k.Purpose == string(hsm.PurposeSSHCA) {
+			pub, err := keyring.PublicFromPEM(k.PublicPEM)
+			if err != nil {
+				w.t.Fatal(err)
+			}
+			sk, err := ssh.NewPublicKey(pub)
+			if err != nil {
+				w.t.Fatal(err)
+			}
+			sshCAs = append(sshCAs, sk)
+		}
+	}
+	b, err := os.ReadFile(w.caCerts)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	x509CAs, err := x509ca.ParseCertificates(b)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	sum, err := auditverify.Verify(auditverify.Options{Log: &export, Checkpoint: cp.Note, CheckpointKey: vkey, AuditKeys: []*ecdsa.PublicKey{w.firstAudit}, ClientCAs: pool,
+		SSHCAKeys: sshCAs, X509CACerts: x509CAs})
 	if err != nil {
 		var vs *auditverify.Violations
 		if errors.As(err, &vs) {
@@ -576,7 +742,11 @@ func runWorld(t testing.TB, hw *hsmWorld, b []byte, t0 time.Time) (*world, *audi
 
 // Random valid and invalid calls, with time passing, policies reloaded,
 // keys rotated by another process and the HSM failing: every log the
-// broker writes verifies offline. One run has a fixed seed, and is shown
+// broker writes verifies offline. The calls include SSH and X.509
+// certificates (fractional TTLs, ssh and x509 max_ttl, principals outside
+// the policy, drills) and CA keys rotated or revoked by another process
+// and picked up later, so certificate entries verify against the pinned
+// CAs under the same churn as tokens. One run has a fixed seed, and is shown
 // to reach the whole flow; the others a fresh one each time, logged
 // (BROKER_PROPERTY_SEED replays it; BROKER_PROPERTY_RUNS and
 // BROKER_PROPERTY_OPS make the test longer).
@@ -603,17 +773,20 @@ func TestBrokerLogsAlwaysVerify(t *testing.T) {
 		return b
 	}
 	// The fixed run reaches every part of the flow.
-	w, sum := runWorld(t, hw, ops(3), time.Now().UTC().Truncate(time.Second))
+	w, sum := runWorld(t, hw, ops(43), time.Now().UTC().Truncate(time.Second))
 	t.Logf("fixed seed: %v", w.counts)
-	t.Logf("verified: %d entries, %d grants (%d solo), %d tokens, %d audit keys, %d weakening policies", sum.Entries, sum.Grants, sum.SoloGrantCount, sum.Tokens, sum.AuditKeys, sum.WeakeningPolicies)
+	t.Logf("verified: %d entries, %d grants (%d solo), %d tokens, %d SSH and %d X.509 certificates, %d audit keys, %d weakening policies", sum.Entries, sum.Grants, sum.SoloGrantCount,
+		sum.Tokens, sum.SSHCertificates, sum.X509Certificates, sum.AuditKeys, sum.WeakeningPolicies)
 	for _, op := range []string{"create", "create refused", "review", "review refused", "token", "token refused", "end", "sweep", "reload", "restart",
-		"rotate audit", "rotate checkpoint", "rotate token", "hsm toggled", "backlog", "ack", "attest"} {
+		"rotate audit", "rotate checkpoint", "rotate token", "hsm toggled", "backlog", "ack", "attest", "ssh certificate", "ssh certificate refused",
+		"x509 certificate", "x509 certificate refused", "rotate ssh-ca", "rotate x509-ca", "revoke ssh-ca", "revoke x509-ca", "keys reloaded"} {
 		if w.counts[op] == 0 {
 			t.Errorf("no %q in the fixed run: the operations do not reach it", op)
 		}
 	}
-	if sum.Grants < 3 || sum.Tokens < 2 || sum.AuditKeys < 2 || sum.SoloGrantCount < 1 {
-		t.Errorf("the fixed run verified %d grants, %d tokens and %d audit keys", sum.Grants, sum.Tokens, sum.AuditKeys)
+	if sum.Grants < 3 || sum.Tokens < 2 || sum.AuditKeys < 2 || sum.SoloGrantCount < 1 || sum.SSHCertificates < 2 || sum.X509Certificates < 2 {
+		t.Errorf("the fixed run verified %d grants (%d solo), %d tokens, %d SSH and %d X.509 certificates and %d audit keys", sum.Grants, sum.SoloGrantCount,
+			sum.Tokens, sum.SSHCertificates, sum.X509Certificates, sum.AuditKeys)
 	}
 	for run := range runs {
 		s := seed + uint64(run)
