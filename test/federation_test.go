@@ -82,7 +82,14 @@ type fedBroker struct {
 
 func startFedBroker(t *testing.T) *fedBroker {
 	t.Helper()
-	ip := startInProcess(t, fedPolicy, func(cfg *config.Config) {
+	return startFedBrokerWith(t, fedPolicy)
+}
+
+// startFedBrokerWith is startFedBroker with another policy holding the
+// federation policy's accounts.
+func startFedBrokerWith(t *testing.T, pol string) *fedBroker {
+	t.Helper()
+	ip := startInProcess(t, pol, func(cfg *config.Config) {
 		m, err := hsm.Open(context.Background(), daemon.HSMConfig(cfg.HSM), nil)
 		if err != nil {
 			t.Fatal(err)

@@ -261,6 +261,9 @@ func newPolicyCmd(stdout io.Writer) *cobra.Command {
 			for _, a := range p.Accounts {
 				fmt.Fprintf(stdout, "  %s: requesters %s; quorum %s\n", a.Name, strings.Join(a.Requesters, ", "), a.Quorum)
 			}
+			for _, w := range p.Warnings() {
+				fmt.Fprintf(stdout, "warning: %s:%s\n", src, w)
+			}
 			return nil
 		},
 	}

@@ -131,6 +131,7 @@ var rules = map[string]rule{
 	"Account.rotate_after_use":        turnedOff("the token key is no longer rotated after use"),
 	"Account.ssh":                     sshRule,
 	"Account.x509":                    x509Rule,
+	"Account.federation":              never, // a note for validation: it grants nothing
 
 	"SSH.principals":       nil, // compared as part of Account.ssh
 	"SSH.drill_principals": nil,

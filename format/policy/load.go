@@ -117,11 +117,21 @@ func LoadNode(n *yaml.Node, source string) (*Policy, error) {
 		return nil, &InvalidError{Source: source, Problems: l.problems}
 	}
 	p.finish()
+	p.warnings = l.warnings
 	return p, nil
 }
 
 type loader struct {
 	problems []Problem
+	warnings []Problem
+}
+
+func (l *loader) warn(n *yaml.Node, path, format string, args ...any) {
+	w := Problem{Path: path, Msg: fmt.Sprintf(format, args...)}
+	if n != nil {
+		w.Line, w.Column = n.Line, n.Column
+	}
+	l.warnings = append(l.warnings, w)
 }
 
 // shape refuses anchors, aliases and merge keys, documents nested deeper
@@ -423,7 +433,7 @@ func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) 
 	f := l.fields(n, path, "name", "description", "owner", "requesters", "audiences", "max_ttl",
 		"approval_window", "activation_window", "max_issuances", "deny_threshold", "require_ticket", "quorum",
 		"reviewers", "review_within", "block_on_overdue_review", "drill_audience", "drill_every", "review_every",
-		"require_alert_ack", "ack_sinks", "solo", "token_key", "rotate_after_use", "ssh", "x509")
+		"require_alert_ack", "ack_sinks", "solo", "token_key", "rotate_after_use", "ssh", "x509", "federation")
 	if n.Kind != yaml.MappingNode {
 		return nil
 	}
@@ -503,11 +513,38 @@ func (l *loader) account(n *yaml.Node, i int, p *Policy, ceiling time.Duration) 
 	if f["x509"] != nil {
 		a.X509 = l.x509Policy(f["x509"], path+".x509", a, requesters, ceiling)
 	}
+	l.federation(f, n, path, a)
 	if len(l.problems) == before {
 		// Only with every group reference sound would the matching mean anything.
 		l.satisfiable(f["quorum"], path, p, a, requesters)
 	}
 	return a
+}
+
+// federation reads the consumers an account is marked for and warns about
+// settings they are documented to refuse. A token lives at most max_ttl
+// (it expires no later than its grant, which ends at most max_ttl after
+// approval; solo grants are shorter still), so max_ttl bounds exp - iat.
+func (l *loader) federation(f map[string]*yaml.Node, n *yaml.Node, path string, a *Account) {
+	fn := f["federation"]
+	a.Federation = l.strs(fn, path+".federation")
+	for j, c := range a.Federation {
+		at := fmt.Sprintf("%s.federation[%d]", path, j)
+		if !slices.Contains(FederationConsumers, c) {
+			l.add(fn.Content[j], at, "unknown consumer %q (known: %s)", c, strings.Join(FederationConsumers, ", "))
+		}
+		if slices.Index(a.Federation, c) != j {
+			l.add(fn.Content[j], at, "consumer %q is listed twice", c)
+		}
+	}
+	if slices.Contains(a.Federation, FederationGCP) && a.MaxTTL.D() >= GCPMaxTokenLifetime {
+		at := f["max_ttl"]
+		if at == nil {
+			at = n
+		}
+		l.warn(at, path+".max_ttl", "%s lets tokens live %s, but the account is marked for gcp and GCP workload identity federation refuses a token whose exp is not less than %s after its iat: set max_ttl below %s (GCP recommends under 6h)",
+			a.MaxTTL.D(), a.MaxTTL.D(), GCPMaxTokenLifetime, GCPMaxTokenLifetime)
+	}
 }
 
 func (l *loader) rule(n, parent *yaml.Node, path string, known func(string) bool) Rule {

@@ -33,7 +33,24 @@ const (
 	// DefaultChangeWindow is how long a policy change may wait for the
 	// policy admins' quorum unless policy_change_window says otherwise.
 	DefaultChangeWindow = 72 * time.Hour
+	// GCPMaxTokenLifetime is GCP workload identity federation's bound on a
+	// token: its Security Token Service refuses a JWT whose exp is not less
+	// than 48 hours after its iat.
+	GCPMaxTokenLifetime = 48 * time.Hour
 )
+
+// Federation consumers an account's tokens may be marked for (federation:
+// in the policy). Marking changes nothing the broker signs; it lets policy
+// validation warn about settings the consumer is documented to refuse.
+const (
+	FederationAWS        = "aws"
+	FederationGCP        = "gcp"
+	FederationKubernetes = "kubernetes"
+	FederationVault      = "vault"
+)
+
+// FederationConsumers are the known values of an account's federation:.
+var FederationConsumers = []string{FederationAWS, FederationGCP, FederationKubernetes, FederationVault}
 
 var (
 	nameRE      = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
@@ -73,7 +90,14 @@ type Policy struct {
 
 	byName map[string]*Account
 	hash   string
+	// warnings are what loading found legal but likely wrong; they are
+	// not part of the policy (not hashed, not logged).
+	warnings []Problem
 }
+
+// Warnings lists what loading found valid but likely not what was meant,
+// such as an account marked for GCP whose tokens GCP would refuse.
+func (p *Policy) Warnings() []Problem { return p.warnings }
 
 // Account is one protected system or role.
 type Account struct {
@@ -122,6 +146,10 @@ type Account struct {
 	// certificates and X.509 client certificates.
 	SSH  *SSH  `json:"ssh,omitempty"`
 	X509 *X509 `json:"x509,omitempty"`
+	// Federation names the outside consumers (aws, gcp, kubernetes,
+	// vault) that accept the account's tokens through discovery, so that
+	// validation can warn about settings they refuse.
+	Federation []string `json:"federation,omitempty"`
 }
 
 // Solo is time-locked solo access: a request no approver could be reached

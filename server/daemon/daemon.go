@@ -270,7 +270,16 @@ func (d *Daemon) ReloadPolicy(ctx context.Context, caller string) (*broker.Polic
 	if err != nil {
 		return nil, broker.Invalid("the policy is refused and the one in force stays: %v", err)
 	}
+	logPolicyWarnings(d.log, p, source)
 	return d.Broker.ReloadPolicy(ctx, caller, p, source)
+}
+
+// logPolicyWarnings logs what the policy holds that is valid but likely
+// wrong (breakglassd policy check prints the same).
+func logPolicyWarnings(log *slog.Logger, p *policy.Policy, source string) {
+	for _, w := range p.Warnings() {
+		log.Warn("policy: "+w.Msg, "source", source, "setting", w.Path, "line", w.Line)
+	}
 }
 
 // background runs goroutines that Close waits for. Once stopping, it

@@ -97,6 +97,7 @@ func loadPolicyAndIdentity(cfg *config.Config, log *slog.Logger, now func() time
 	if err != nil {
 		return nil, "", nil, err
 	}
+	logPolicyWarnings(log, pol, source)
 	ident, err := identity.New(identityConfig(cfg.Identity), identity.Options{Log: log, Now: now})
 	if err != nil {
 		return nil, "", nil, err
