@@ -131,6 +131,9 @@ func (a *Account) source() map[string]any {
 	if a.AckSinks != nil {
 		m["ack_sinks"] = a.AckSinks
 	}
+	if a.Federation != nil {
+		m["federation"] = a.Federation
+	}
 	if a.Solo != nil {
 		m["solo"] = map[string]any{"delay": a.Solo.Delay.D().String(), "max_ttl": a.Solo.MaxTTL.D().String()}
 	}
