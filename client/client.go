@@ -102,7 +102,7 @@ func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
 			return nil, err
 		}
 	}
-	f := &failover{addrs: splitAddrs(o.Addr)}
+	f := &failover{addrs: splitAddrs(o.Addr), tls: newTLSSetup(o, tc, o.Now)}
 	if len(f.addrs) == 0 {
 		return nil, errors.New("the broker address is required (--addr or BGCTL_ADDR)")
 	}

@@ -22,8 +22,10 @@ import (
 type failover struct {
 	conns []*grpc.ClientConn
 	addrs []string
-	mu    sync.Mutex
-	cur   int
+	// tls explains TLS refusals (nil for connections made elsewhere).
+	tls *tlsSetup
+	mu  sync.Mutex
+	cur int
 }
 
 var _ grpc.ClientConnInterface = (*failover)(nil)
@@ -105,7 +107,7 @@ func (f *failover) Invoke(ctx context.Context, method string, args, reply any, o
 	var err error
 	for range len(f.conns) {
 		i, conn := f.current()
-		err = conn.Invoke(ctx, method, args, reply, opts...)
+		err = f.explain(i, conn.Invoke(ctx, method, args, reply, opts...))
 		if status.Code(err) != codes.Unavailable || !retryable(method) || ctx.Err() != nil || len(f.conns) == 1 {
 			return err
 		}
@@ -127,8 +129,9 @@ func (f *failover) NewStream(ctx context.Context, desc *grpc.StreamDesc, method 
 		var s grpc.ClientStream
 		s, err = conn.NewStream(ctx, desc, method, opts...)
 		if err == nil {
-			return &watchedStream{ClientStream: s, onUnavailable: func() { f.failed(i) }}, nil
+			return &watchedStream{ClientStream: s, explain: func(err error) error { return f.explain(i, err) }, onUnavailable: func() { f.failed(i) }}, nil
 		}
+		err = f.explain(i, err)
 		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 			return nil, err
 		}
@@ -139,15 +142,24 @@ func (f *failover) NewStream(ctx context.Context, desc *grpc.StreamDesc, method 
 
 type watchedStream struct {
 	grpc.ClientStream
+	explain       func(error) error
 	onUnavailable func()
 }
 
 func (s *watchedStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
+	err := s.explain(s.ClientStream.RecvMsg(m))
 	if status.Code(err) == codes.Unavailable {
 		s.onUnavailable()
 	}
 	return err
+}
+
+// explain makes a TLS refusal on replica i say what to change.
+func (f *failover) explain(i int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return f.tls.explain(f.addrs[i], err)
 }
 
 func (f *failover) close() error {

@@ -147,7 +147,7 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 			if err != nil {
 				return err
 			}
-			envs, err := devmode.WriteIdentityEnv(o.Dir, d.Ready.GRPC)
+			envs, err := devmode.WriteIdentityEnv(o.Dir, d.Ready.GRPC, bgctlDir())
 			if err != nil {
 				d.Close()
 				return err
@@ -164,6 +164,24 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 	cmd.Flags().StringVar(&level, "log-level", "", "debug, info, warn or error")
 	cmd.Flags().StringArrayVar(&o.Webhooks, "webhook", nil, "announce events to this Standard Webhooks receiver (repeatable); the secret is in DIR/webhook.secret")
 	return cmd
+}
+
+// bgctlDir is the directory of this breakglassd when bgctl is beside it
+// (make dev builds both into .bin, packages install both), for the
+// identity files to put on PATH; "" otherwise.
+func bgctlDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return ""
+	}
+	dir := filepath.Dir(exe)
+	if fi, err := os.Stat(filepath.Join(dir, "bgctl")); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return ""
+	}
+	return dir
 }
 
 func printBanner(w io.Writer, dir, cfgPath string, created bool, r daemon.Ready, envs []string) {

@@ -306,8 +306,11 @@ func setupPKI(dir string) error {
 }
 
 // WriteIdentityEnv writes DIR/identities/NAME.env for each principal with
-// the four BGCTL_* variables, pointing at addr.
-func WriteIdentityEnv(dir, addr string) ([]string, error) {
+// the four BGCTL_* variables, pointing at addr, and, when binDir is not
+// empty, binDir on PATH (once, however many files a shell sources), so
+// that the bgctl built beside breakglassd runs in a fresh shell as the
+// README's tour types it.
+func WriteIdentityEnv(dir, addr, binDir string) ([]string, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -315,18 +318,27 @@ func WriteIdentityEnv(dir, addr string) ([]string, error) {
 	var out []string
 	for _, p := range Principals {
 		f := filepath.Join(dir, "identities", p.Name+".env")
-		body := strings.Join([]string{
+		lines := []string{
 			"# " + p.Name + ": " + p.Role,
-			"export BGCTL_ADDR=" + addr,
-			"export BGCTL_CA=" + filepath.Join(dir, "ca", "ca.crt"),
-			"export BGCTL_CERT=" + filepath.Join(dir, "identities", p.Name+".crt"),
-			"export BGCTL_KEY=" + filepath.Join(dir, "identities", p.Name+".key"),
-			"",
-		}, "\n")
-		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+			"export BGCTL_ADDR=" + shellQuote(addr),
+			"export BGCTL_CA=" + shellQuote(filepath.Join(dir, "ca", "ca.crt")),
+			"export BGCTL_CERT=" + shellQuote(filepath.Join(dir, "identities", p.Name+".crt")),
+			"export BGCTL_KEY=" + shellQuote(filepath.Join(dir, "identities", p.Name+".key")),
+		}
+		if binDir != "" {
+			q := shellQuote(binDir)
+			lines = append(lines, `case ":$PATH:" in *:`+q+`:*) ;; *) export PATH=`+q+`:"$PATH" ;; esac`)
+		}
+		if err := os.WriteFile(f, []byte(strings.Join(append(lines, ""), "\n")), 0o600); err != nil {
 			return nil, err
 		}
 		out = append(out, f)
 	}
 	return out, nil
+}
+
+// shellQuote quotes s for a POSIX shell: inside single quotes, each single
+// quote closing them, escaped, and opening them again.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

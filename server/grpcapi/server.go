@@ -162,7 +162,7 @@ func New(cfg Config) (*Server, error) {
 		opts = append(opts, grpc.StatsHandler(cfg.StatsHandler))
 	}
 	s.GRPC = grpc.NewServer(append(opts,
-		grpc.Creds(cfg.TLS),
+		grpc.Creds(deliverAlerts(cfg.TLS)),
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.ConnectionTimeout(s.limits.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
