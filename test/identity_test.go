@@ -2,6 +2,9 @@ package test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -13,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc/codes"
 
 	"github.com/bgbroker/breakglass/client"
@@ -162,6 +166,18 @@ func TestOpenConnectionAfterRevocationAndExpiry(t *testing.T) {
 	_, err = alice.IssueToken(ctx, &bgv1.IssueTokenRequest{RequestId: id, Audience: "db.prod.example"})
 	if !refusedByBroker(err, "revoked") {
 		t.Fatalf("IssueToken on the revoked connection: %v", err)
+	}
+	// Certificates are credentials like tokens: none on the revoked
+	// connection either.
+	_, err = alice.IssueSSHCertificate(ctx, &bgv1.IssueSSHCertificateRequest{RequestId: id, PublicKey: string(ssh.MarshalAuthorizedKey(mustSSHPub(t)))})
+	if codeOf(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("IssueSSHCertificate on the revoked connection: %v", err)
+	}
+	csrKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, csrKey)
+	_, err = alice.IssueX509Certificate(ctx, &bgv1.IssueX509CertificateRequest{RequestId: id, Csr: csr})
+	if codeOf(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("IssueX509Certificate on the revoked connection: %v", err)
 	}
 	// The open stream is cut with Unauthenticated, not only checked when
 	// it started.
