@@ -67,6 +67,9 @@ var ErrNotValid = errors.New("client certificate not valid")
 type crlState struct {
 	version uint64
 	revoked map[string]bool
+	// number is the CRL's cRLNumber (nil without one): a CRL numbered
+	// below the one in force is an older one and is not loaded.
+	number  *big.Int
 	next    time.Time
 	mod     time.Time
 	size    int64
@@ -317,11 +320,18 @@ func (v *Verifier) reloadCRL(force bool) error {
 	if !signed {
 		return fmt.Errorf("identity: CRL %s is not signed by the client CA", v.cfg.CRL)
 	}
+	// CRL numbers only grow (RFC 5280 §5.2.3): a CRL numbered below the
+	// one in force is an older CRL put back, which would take revocations
+	// away. The last good CRL stays in force.
+	if cur.number != nil && crl.Number != nil && crl.Number.Cmp(cur.number) < 0 {
+		return fmt.Errorf("identity: CRL %s is number %s, older than the CRL in force (number %s): it would undo revocations; keeping the one in force",
+			v.cfg.CRL, crl.Number, cur.number)
+	}
 	revoked := map[string]bool{}
 	for _, e := range crl.RevokedCertificateEntries {
 		revoked[new(big.Int).Set(e.SerialNumber).String()] = true
 	}
-	v.crl.Store(&crlState{version: cur.version + 1, revoked: revoked, next: crl.NextUpdate, mod: fi.ModTime(), size: fi.Size(), sum: sum})
+	v.crl.Store(&crlState{version: cur.version + 1, revoked: revoked, number: crl.Number, next: crl.NextUpdate, mod: fi.ModTime(), size: fi.Size(), sum: sum})
 	v.changedMu.Lock()
 	close(v.changed)
 	v.changed = make(chan struct{})

@@ -286,6 +286,12 @@ func TestCRLReloadKeepsLastGood(t *testing.T) {
 			b, _ := other.CRL(9)
 			_ = os.WriteFile(crlFile, b, 0o644)
 		},
+		func() {
+			// An older CRL of the client CA itself (number 1, without
+			// alice) put back in place of the one revoking her (number 2).
+			b, _ := ca.CRL(1)
+			_ = os.WriteFile(crlFile, b, 0o644)
+		},
 	} {
 		broken()
 		if v.ReloadCRL() {
