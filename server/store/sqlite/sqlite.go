@@ -70,8 +70,12 @@ type Store struct {
 	stopped chan struct{}
 	closed  sync.Once
 
-	path     string
-	walLimit int64
+	path string
+	// checkDSN opens a read-only connection (Check); duringCheck, set by
+	// tests, is called while a check is under way.
+	checkDSN    string
+	duringCheck atomic.Pointer[func()]
+	walLimit    int64
 	// retryAt holds off the next checkpoint attempt after one that failed.
 	retryAt time.Time
 	// damaged holds the error of a failed background integrity check:
@@ -171,7 +175,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		writer.Close()
 		return nil, err
 	}
-	reader, err := sql.Open("sqlite", base+"?_pragma=query_only(1)"+common)
+	s.checkDSN = base + "?_pragma=query_only(1)" + common
+	reader, err := sql.Open("sqlite", s.checkDSN)
 	if err != nil {
 		s.stopWriting()
 		writer.Close()
@@ -238,13 +243,24 @@ func (s *Store) check(ctx context.Context, path string) error {
 }
 
 // Check runs SQLite's quick_check over the whole database (every page,
-// every index): what start-up leaves to the background.
+// every index): what start-up leaves to the background. It reads on a
+// connection of its own: on one of the writer's, the writes waiting to
+// prepare a statement waited for the whole check, and start-up with them.
 func (s *Store) Check(ctx context.Context) error {
-	rows, err := s.writer.QueryContext(ctx, "PRAGMA quick_check")
+	db, err := sql.Open("sqlite", s.checkDSN)
+	if err != nil {
+		return fmt.Errorf("sqlite: %s cannot be checked (%w)", s.path, err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	rows, err := db.QueryContext(ctx, "PRAGMA quick_check")
 	if err != nil {
 		return fmt.Errorf("sqlite: %s cannot be checked (%w); restore it from a backup", s.path, err)
 	}
 	defer rows.Close()
+	if f := s.duringCheck.Load(); f != nil {
+		(*f)()
+	}
 	var problems []string
 	for rows.Next() {
 		var res string

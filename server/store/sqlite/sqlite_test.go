@@ -8,12 +8,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	_ "modernc.org/sqlite"
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/sqlite"
+	"github.com/bgbroker/breakglass/server/store/sqlstore"
 	"github.com/bgbroker/breakglass/server/store/storetest"
 )
 
@@ -249,4 +251,44 @@ func mustHead(t *testing.T, tx store.Tx) audit.Head {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// The full integrity check reads on a connection of its own: writes go on
+// while it runs, including those that prepare a statement for the first
+// time (on the writer's connections they waited for the whole check, and a
+// start-up with them).
+func TestWritesDoNotWaitForTheCheck(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "broker.db"))
+	defer s.Close()
+	release := make(chan struct{})
+	inCheck := make(chan struct{})
+	var once sync.Once
+	sqlite.DuringCheck(s, func() { // the background check may get here too
+		once.Do(func() { close(inCheck) })
+		<-release
+	})
+	checked := make(chan error, 1)
+	go func() { checked <- s.Check(context.Background()) }()
+	<-inCheck
+	wrote := make(chan error, 1)
+	go func() {
+		wrote <- s.Update(context.Background(), func(tx store.Tx) error {
+			// A statement no one prepared before.
+			_, err := tx.(*sqlstore.Tx).Exec(context.Background(), "CREATE TABLE written_during_the_check (x INTEGER)")
+			return err
+		})
+	}()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		close(release)
+		t.Fatal("a write waited for the integrity check")
+	}
+	close(release)
+	if err := <-checked; err != nil {
+		t.Fatal(err)
+	}
 }
