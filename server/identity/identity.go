@@ -69,11 +69,11 @@ type crlState struct {
 	revoked map[string]bool
 	// number is the CRL's cRLNumber (nil without one): a CRL numbered
 	// below the one in force is an older one and is not loaded.
-	number  *big.Int
-	next    time.Time
-	mod     time.Time
-	size    int64
-	sum     [32]byte
+	number *big.Int
+	next   time.Time
+	mod    time.Time
+	size   int64
+	sum    [32]byte
 }
 
 // Verifier checks client certificates and extracts principals.
