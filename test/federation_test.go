@@ -2,6 +2,10 @@ package test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -18,11 +22,13 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/go-jose/go-jose/v4"
 
 	"github.com/bgbroker/breakglass/hsm"
 	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/daemon"
+	"github.com/bgbroker/breakglass/server/devmode"
 )
 
 // fedPolicy has prod-db on the broker's token key and two accounts with
@@ -389,6 +395,13 @@ func (in *introspector) post(contentType, body string) (int, map[string]any) {
 	return resp.StatusCode, m
 }
 
+// as is in reporting to t (a subtest).
+func (in *introspector) as(t *testing.T) *introspector {
+	c := *in
+	c.t = t
+	return &c
+}
+
 func (in *introspector) token(tok string) (int, map[string]any) {
 	in.t.Helper()
 	return in.post("application/x-www-form-urlencoded", url.Values{"token": {tok}, "client_id": {in.id}}.Encode())
@@ -397,45 +410,116 @@ func (in *introspector) token(tok string) (int, map[string]any) {
 // RFC 7662 introspection with RFC 8705 tls_client_auth: a relying party
 // with its client certificate learns whether a token is live; revoked,
 // expired, tampered, foreign, unknown and drill tokens are all just
-// inactive; callers without a certificate, or that are not relying parties
-// or auditors, get no answer; hostile bodies are refused.
+// inactive; callers without a certificate, with one the broker does not
+// accept, or that are not relying parties or auditors, get no answer;
+// hostile bodies are refused; each principal is rate-limited alone.
 func TestIntrospection(t *testing.T) {
 	f := startFedBroker(t)
 	svc, dave := f.introspector(t, "svc-db"), f.introspector(t, "dave")
-	inactive := func(who *introspector, what, tok string) {
+	inactive := func(t *testing.T, who *introspector, tok string) {
 		t.Helper()
-		code, m := who.token(tok)
+		code, m := who.as(t).token(tok)
 		if code != http.StatusOK || m["active"] != false || len(m) != 1 {
-			t.Fatalf("%s: %d %v, want {\"active\": false} alone", what, code, m)
+			t.Fatalf("%d %v, want {\"active\": false} alone", code, m)
 		}
 	}
-	// Live tokens, of the broker's issuer and of an account's.
+	// Live tokens, of the broker's issuer and of an account's, for a
+	// relying party and an auditor.
 	for account, aud := range map[string]string{"prod-db": "db.prod.example", "ledger": "ledger.example"} {
 		for _, who := range []*introspector{svc, dave} {
-			code, m := who.token(f.tokens[account].GetToken())
-			if code != http.StatusOK || m["active"] != true || m["sub"] != "alice" || m["aud"] != aud || m["iss"] != f.issuer(account) ||
-				m["jti"] != f.tokens[account].GetJti() || m["client_id"] != "alice" || m["bg_account"] != account || m["bg_drill"] != false ||
-				m["exp"] == nil || m["iat"] == nil || m["nbf"] == nil || m["bg_request"] == nil || m["bg_approvers"] == nil {
-				t.Fatalf("%s's live %s token: %d %v", who.id, account, code, m)
-			}
+			t.Run("live "+account+" token for "+who.id, func(t *testing.T) {
+				code, m := who.as(t).token(f.tokens[account].GetToken())
+				if code != http.StatusOK || m["active"] != true || m["sub"] != "alice" || m["aud"] != aud || m["iss"] != f.issuer(account) ||
+					m["jti"] != f.tokens[account].GetJti() || m["client_id"] != "alice" || m["bg_account"] != account || m["bg_drill"] != false ||
+					m["exp"] == nil || m["iat"] == nil || m["nbf"] == nil || m["bg_request"] == nil || m["bg_approvers"] == nil {
+					t.Fatalf("%d %v", code, m)
+				}
+			})
 		}
 	}
-	// Tampered, foreign, unknown and drill tokens.
+
 	live := f.tokens["prod-db"].GetToken()
 	parts := strings.Split(live, ".")
 	payload, _ := decodeSegment(parts[1])
-	forged := strings.Replace(string(payload), `"sub":"alice"`, `"sub":"mallory"`, 1)
-	inactive(svc, "a token with a changed payload", parts[0]+"."+b64url([]byte(forged))+"."+parts[2])
 	sig, _ := decodeSegment(parts[2])
 	sig[0] ^= 1
-	inactive(svc, "a token with a changed signature", parts[0]+"."+parts[1]+"."+b64url(sig))
-	inactive(svc, "a token of another account's key with this issuer", parts[0]+"."+strings.Split(f.tokens["ledger"].GetToken(), ".")[1]+"."+parts[2])
-	inactive(svc, "garbage", "not-a-token")
-	inactive(svc, "a token in non-canonical base64url", live+"=")
 	drill := f.grantToken(t, "prod-db", "drill.db.prod.example", true)
-	inactive(svc, "a drill token", drill.GetToken())
+	for what, tok := range map[string]string{
+		"tampered payload":        parts[0] + "." + b64url([]byte(strings.Replace(string(payload), `"sub":"alice"`, `"sub":"mallory"`, 1))) + "." + parts[2],
+		"tampered signature":      parts[0] + "." + parts[1] + "." + b64url(sig),
+		"foreign token":           parts[0] + "." + strings.Split(f.tokens["ledger"].GetToken(), ".")[1] + "." + parts[2],
+		"unknown token":           "not-a-token",
+		"non-canonical base64url": live + "=",
+		"drill token":             drill.GetToken(),
+	} {
+		t.Run("inactive: "+what, func(t *testing.T) { inactive(t, svc, tok) })
+	}
+	t.Run("inactive: a token signed by another issuer's key", func(t *testing.T) {
+		// The same claims, signed by a key the broker never had, named
+		// by its own kid: what another broker (or a forger) would send.
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwk := jose.JSONWebKey{Key: key.Public(), Algorithm: "ES256"}
+		kid, _ := jwk.Thumbprint(crypto.SHA256)
+		signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key},
+			(&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", b64url(kid)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		jws, err := signer.Sign(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		foreign, err := jws.CompactSerialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		inactive(t, svc, foreign)
+	})
 
-	// Refused, with no answer about the token.
+	// Client certificates the broker does not accept, from the client CA
+	// or not: no answer, 401 (or 403 for a principal that may not ask).
+	ca, err := devmode.LoadCA(filepath.Join(f.dir, "ca", "ca.crt"), filepath.Join(f.dir, "ca", "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignCA, err := devmode.NewCA("another CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const prefix = "spiffe://breakglass.dev/user/"
+	uri := []string{prefix + "svc-db"}
+	// The auditor's second certificate, revoked below (its own rate
+	// limit, not svc-db's, pays for the polling).
+	revoked := f.certIntrospector(t, ca, devmode.LeafOptions{CommonName: "dave", URIs: []string{prefix + "dave"}}, "dave")
+	certCases := []struct {
+		what string
+		ca   *devmode.CA
+		leaf devmode.LeafOptions
+		id   string
+		code int
+	}{
+		{"a certificate from another CA", foreignCA, devmode.LeafOptions{CommonName: "svc-db", URIs: uri}, "svc-db", http.StatusUnauthorized},
+		{"a server certificate (no clientAuth)", ca, devmode.LeafOptions{CommonName: "svc-db", URIs: uri, Server: true}, "svc-db", http.StatusUnauthorized},
+		{"an expired certificate", ca, devmode.LeafOptions{CommonName: "svc-db", URIs: uri, NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, "svc-db", http.StatusUnauthorized},
+		{"two URI SANs under the prefix", ca, devmode.LeafOptions{CommonName: "svc-db", URIs: []string{prefix + "svc-db", prefix + "dave"}}, "svc-db", http.StatusUnauthorized},
+		{"no URI SAN under the prefix", ca, devmode.LeafOptions{CommonName: "svc-db", URIs: []string{"spiffe://elsewhere/user/svc-db"}}, "svc-db", http.StatusUnauthorized},
+		{"a CA certificate", ca, devmode.LeafOptions{CommonName: "svc-db", URIs: uri, IsCA: true}, "svc-db", http.StatusUnauthorized},
+		{"a principal not in the policy", ca, devmode.LeafOptions{CommonName: "mallory", URIs: []string{prefix + "mallory"}}, "mallory", http.StatusForbidden},
+	}
+	for _, c := range certCases {
+		t.Run("refused: "+c.what, func(t *testing.T) {
+			in := f.certIntrospector(t, c.ca, c.leaf, c.id)
+			code, m := in.as(t).token(live)
+			if code != c.code || m["active"] != nil || m["error"] == nil {
+				t.Fatalf("%d %v, want %d with an OAuth error and no answer", code, m, c.code)
+			}
+		})
+	}
+
+	// Hostile and broken requests: refused, with no answer about the token.
 	refused := []struct {
 		what string
 		who  *introspector
@@ -445,54 +529,117 @@ func TestIntrospection(t *testing.T) {
 	}{
 		{"no client certificate", f.introspector(t, ""), "application/x-www-form-urlencoded", "token=" + live + "&client_id=svc-db", http.StatusUnauthorized},
 		{"a requester", f.introspector(t, "alice"), "application/x-www-form-urlencoded", "token=" + live + "&client_id=alice", http.StatusForbidden},
-		{"client_id of someone else", svc, "application/x-www-form-urlencoded", "token=" + live + "&client_id=dave", http.StatusUnauthorized},
+		{"an approver", f.introspector(t, "bob"), "application/x-www-form-urlencoded", "token=" + live + "&client_id=bob", http.StatusForbidden},
+		{"client_id of someone else (wrong client)", svc, "application/x-www-form-urlencoded", "token=" + live + "&client_id=dave", http.StatusUnauthorized},
 		{"no client_id", svc, "application/x-www-form-urlencoded", "token=" + live, http.StatusBadRequest},
 		{"no token", svc, "application/x-www-form-urlencoded", "client_id=svc-db", http.StatusBadRequest},
 		{"the token twice", svc, "application/x-www-form-urlencoded", "token=" + live + "&token=x&client_id=svc-db", http.StatusBadRequest},
 		{"JSON instead of a form", svc, "application/json", `{"token":"` + live + `","client_id":"svc-db"}`, http.StatusBadRequest},
+		{"no content type", svc, "", "token=" + live + "&client_id=svc-db", http.StatusBadRequest},
 		{"a malformed form", svc, "application/x-www-form-urlencoded", "token=%zz&client_id=svc-db", http.StatusBadRequest},
 		{"an oversize body", svc, "application/x-www-form-urlencoded", "client_id=svc-db&token=" + strings.Repeat("a", 1<<20), http.StatusRequestEntityTooLarge},
 	}
 	for _, c := range refused {
-		code, m := c.who.post(c.ct, c.body)
-		if code != c.code || m["active"] != nil || m["error"] == nil {
-			t.Fatalf("%s: %d %v, want %d with an OAuth error and no answer", c.what, code, m, c.code)
-		}
+		t.Run("refused: "+c.what, func(t *testing.T) {
+			code, m := c.who.as(t).post(c.ct, c.body)
+			if code != c.code || m["active"] != nil || m["error"] == nil {
+				t.Fatalf("%d %v, want %d with an OAuth error and no answer", code, m, c.code)
+			}
+		})
 	}
-	resp, err := svc.http.Get(svc.url)
+	t.Run("refused: GET", func(t *testing.T) {
+		resp, err := svc.http.Get(svc.url + "?token=" + url.QueryEscape(live) + "&client_id=svc-db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != http.MethodPost {
+			t.Fatalf("GET: %s, Allow %q", resp.Status, resp.Header.Get("Allow"))
+		}
+	})
+
+	t.Run("refused: a revoked client certificate", func(t *testing.T) {
+		if code, m := revoked.as(t).token(live); code != http.StatusOK || m["active"] != true {
+			t.Fatalf("before revocation: %d %v", code, m)
+		}
+		crl, err := ca.CRL(2, revoked.cert.SerialNumber)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(f.dir, "ca", "crl.pem"), crl, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The broker looks for a new CRL every second.
+		var code int
+		var m map[string]any
+		waitFor(t, "the revoked certificate to be refused", func() bool {
+			code, m = revoked.as(t).token(live)
+			return code != http.StatusOK
+		})
+		if code != http.StatusUnauthorized || m["active"] != nil || !strings.Contains(fmt.Sprint(m["error_description"]), "revoked") {
+			t.Fatalf("after revocation: %d %v", code, m)
+		}
+		if code, _ := dave.as(t).token(live); code != http.StatusOK {
+			t.Fatalf("dave's own certificate after another of his was revoked: %d", code)
+		}
+	})
+
+	t.Run("inactive: a revoked grant", func(t *testing.T) {
+		ledgerReq := f.requestOf(t, f.tokens["ledger"])
+		if _, err := f.client("alice").RevokeGrant(context.Background(), &bgv1.RevokeGrantRequest{RequestId: ledgerReq, Reason: "done"}); err != nil {
+			t.Fatal(err)
+		}
+		inactive(t, svc, f.tokens["ledger"].GetToken())
+		if code, m := svc.as(t).token(live); code != http.StatusOK || m["active"] != true {
+			t.Fatalf("another grant's token after the revocation: %d %v", code, m)
+		}
+	})
+	t.Run("inactive: an expired token (the broker's clock)", func(t *testing.T) {
+		f.clk.Advance(21 * time.Minute)
+		inactive(t, svc, live)
+	})
+
+	t.Run("rate limit per principal", func(t *testing.T) {
+		var limited bool
+		for range 200 {
+			code, m := dave.as(t).token("x")
+			if code == http.StatusTooManyRequests {
+				if m["error"] != "slow_down" {
+					t.Fatalf("429 with %v", m)
+				}
+				limited = true
+				break
+			}
+		}
+		if !limited {
+			t.Fatal("200 calls in a row were not rate-limited")
+		}
+		if code, _ := svc.as(t).token("x"); code != http.StatusOK {
+			t.Fatalf("svc-db after dave's flood: %d", code)
+		}
+	})
+}
+
+// certIntrospector is an introspection client with a certificate issued
+// by ca for leaf, sending client_id id.
+func (f *fedBroker) certIntrospector(t *testing.T, ca *devmode.CA, leaf devmode.LeafOptions, id string) *certIntrospectorT {
+	t.Helper()
+	cert, key, err := ca.Issue(leaf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusMethodNotAllowed {
-		t.Fatalf("GET: %s", resp.Status)
-	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(f.caPEM)
+	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}}}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	t.Cleanup(c.CloseIdleConnections)
+	return &certIntrospectorT{introspector: &introspector{t: t, url: f.issuer("") + "/introspect", http: c, id: id}, cert: cert}
+}
 
-	// Revoked: the grant of the ledger token.
-	ctx := context.Background()
-	ledgerReq := f.requestOf(t, f.tokens["ledger"])
-	if _, err := f.client("alice").RevokeGrant(ctx, &bgv1.RevokeGrantRequest{RequestId: ledgerReq, Reason: "done"}); err != nil {
-		t.Fatal(err)
-	}
-	inactive(svc, "a token of a revoked grant", f.tokens["ledger"].GetToken())
-	// Expired, by the broker's clock.
-	f.clk.Advance(21 * time.Minute)
-	inactive(svc, "an expired token", f.tokens["prod-db"].GetToken())
-
-	// Rate-limited per principal; others go on.
-	var limited bool
-	for range 200 {
-		if code, _ := dave.token("x"); code == http.StatusTooManyRequests {
-			limited = true
-			break
-		}
-	}
-	if !limited {
-		t.Fatal("200 calls in a row were not rate-limited")
-	}
-	if code, _ := svc.token("x"); code != http.StatusOK {
-		t.Fatalf("svc-db after dave's flood: %d", code)
-	}
+type certIntrospectorT struct {
+	*introspector
+	cert *x509.Certificate
 }
 
 // requestOf is the request id of an issued token.

@@ -231,10 +231,23 @@ func ValidateIssuer(issuer string, allowHTTP bool) error {
 		return fmt.Errorf("issuer %q must not end in \"/\": tokens carry it as iss, compared byte for byte; write %q", issuer, strings.TrimRight(issuer, "/"))
 	case !issuerPathRE.MatchString(u.EscapedPath()) || u.RawPath != "":
 		return fmt.Errorf("issuer %q has a path with characters other than letters, digits and . _ ~ -", issuer)
+	case hasDotSegment(u.Path):
+		// A client or proxy that resolves "." or ".." would fetch
+		// discovery from another path than the one tokens name.
+		return fmt.Errorf("issuer %q has a \".\" or \"..\" segment in its path; write the path it means", issuer)
 	case u.Scheme+"://"+u.Host+u.Path != issuer:
 		return fmt.Errorf("issuer %q is not in its plain form (%s)", issuer, u.Scheme+"://"+u.Host+u.Path)
 	case strings.ToLower(u.Host) != u.Host:
 		return fmt.Errorf("issuer %q must spell its host in lowercase", issuer)
 	}
 	return nil
+}
+
+func hasDotSegment(path string) bool {
+	for _, seg := range strings.Split(path, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }
