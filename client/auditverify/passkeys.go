@@ -129,7 +129,7 @@ func (r *replay) checkPasskeyReview(q *reqState, reviewer string, p audit.Reques
 	if reason := r.certHeld(bp.cert, at); reason != "" {
 		return "", "the passkey's binding no longer holds: " + reason
 	}
-	if who, err := principalOf(bp.cert, r.identity); err != nil || who != reviewer {
+	if who, err := principalOf(bp.cert, q.identity); err != nil || who != reviewer {
 		return "", fmt.Sprintf("the passkey's binding certificate names %q, not %s, under the identity rule in force", who, reviewer)
 	}
 	v, err := passkey.VerifyAssertion(bp.binding, p.Statement, *p.Passkey)

@@ -75,8 +75,10 @@ type replay struct {
 type reviewState struct {
 	decision string
 	at       time.Time
-	// key names the key that signed the review (keyOf).
-	key string
+	// key names the key that signed the review (keyOf); cert is the
+	// certificate it was judged by (a passkey's binding certificate).
+	key  string
+	cert *x509.Certificate
 }
 
 type reqState struct {
@@ -104,8 +106,13 @@ type reqState struct {
 	soloAckedAt time.Time
 	grantAcked  bool
 	content     statement.Content
-	// requesterKey names the key that signed the request (keyOf).
-	requesterKey string
+	// requesterKey names the key that signed the request (keyOf), and
+	// requesterCert is its certificate.
+	requesterKey  string
+	requesterCert *x509.Certificate
+	// identity is the identity rule in force when the request was
+	// created: its reviews are judged by it.
+	identity audit.Identity
 	// soloListed is the grant's place in the summary's solo grants (-1
 	// past MaxListed).
 	soloListed int
@@ -222,14 +229,20 @@ func (r *replay) policyLoaded(i int64, e *audit.Entry) *Violation {
 	if pl.Previous != r.policyHash {
 		return violation(i, "the entry says the previous policy was %q but it was %q", pl.Previous, r.policyHash)
 	}
-	switch pl.Identity.Mode {
-	case "uri":
-		if pl.Identity.URIPrefix == "" {
-			return violation(i, "the identity configuration has no URI prefix")
+	if err := pl.Identity.Validate(); err != nil {
+		return violation(i, "the identity rule is refused: %v", err)
+	}
+	if pl.Identity.Mode == policy.IdentityCN && pl.Identity.URIPrefix != "" {
+		return violation(i, "the identity rule has a uri_prefix in cn mode")
+	}
+	// The rule is part of the policy: the entry must say the same.
+	if p.Identity != nil && *p.Identity != pl.Identity {
+		return violation(i, "the policy names identity rule %s but its entry says %s", p.Identity, pl.Identity)
+	}
+	if r.policy != nil && pl.Identity != r.identity {
+		if v := r.checkRemap(i, e.Time, pl.Identity); v != nil {
+			return v
 		}
-	case "cn":
-	default:
-		return violation(i, "unknown identity mode %q", pl.Identity.Mode)
 	}
 	changes, weakens := describeChanges(r.policy, p, r.identity, pl.Identity)
 	// A broker that records what changed must not hide a weakening.
@@ -257,20 +270,71 @@ func weakening(lines []string) []string {
 	return out
 }
 
-// describeChanges lists what a new policy changes, identity settings
-// first, and whether anything weakens it.
+// describeChanges lists what a new policy changes, and whether anything
+// weakens it. The identity rule is compared as part of the policy: a
+// policy logged before policies named it is judged by the rule its
+// entry names.
 func describeChanges(old, cur *policy.Policy, oldID, curID audit.Identity) ([]string, bool) {
-	changes := policy.ChangeLines(old, cur)
+	if cur.Identity == nil {
+		cur = cur.WithIdentity(curID)
+	}
 	if old == nil {
-		return changes, false
+		return policy.ChangeLines(nil, cur), false
 	}
-	weakens := policy.Weakens(policy.Diff(old, cur))
-	if oldID != curID {
-		changes = append([]string{fmt.Sprintf("WEAKENS identity: %s %s -> %s %s (principals are read from certificates differently)",
-			oldID.Mode, oldID.URIPrefix, curID.Mode, curID.URIPrefix)}, slices.DeleteFunc(changes, func(s string) bool { return s == policy.NoChange })...)
-		weakens = true
+	if old.Identity == nil {
+		old = old.WithIdentity(oldID)
 	}
-	return changes, weakens
+	return policy.ChangeLines(old, cur), policy.Weakens(policy.Diff(old, cur))
+}
+
+// checkRemap refuses an identity rule change that names someone with open
+// work differently, as the broker does: for every request still pending
+// or granted at t, its requester and reviewers, by the certificates their
+// signatures were judged by, must be the same principals under cur.
+func (r *replay) checkRemap(i int64, t time.Time, cur audit.Identity) *Violation {
+	for _, q := range r.requests {
+		if !q.openAt(t) {
+			continue
+		}
+		check := func(role, who string, c *x509.Certificate) *Violation {
+			if c == nil {
+				return nil
+			}
+			got, err := principalOf(c, cur)
+			if err != nil {
+				got = "nobody (" + err.Error() + ")"
+			}
+			if got != who {
+				return violation(i, "the new identity rule %s would name %s %s of open request %s %s: the broker refuses to re-map anyone with open work",
+					cur, role, who, q.id, got)
+			}
+			return nil
+		}
+		if v := check("requester", q.requester, q.requesterCert); v != nil {
+			return v
+		}
+		for _, who := range q.order {
+			if v := check("reviewer", who, q.reviews[who].cert); v != nil {
+				return v
+			}
+		}
+	}
+	return nil
+}
+
+// openAt reports whether q is pending or a live grant at t.
+func (q *reqState) openAt(t time.Time) bool {
+	switch q.state {
+	case "PENDING":
+		return t.Before(q.approvalDeadline)
+	case "APPROVED":
+		end := q.grantEnd
+		if q.issued == 0 && q.activationDeadline.Before(end) {
+			end = q.activationDeadline
+		}
+		return t.Before(end)
+	}
+	return false
 }
 
 func shortRule(r policy.Rule) string { return r.Short() }
@@ -341,7 +405,7 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	r.requests[e.Request] = &reqState{
 		id: e.Request, account: e.Account, requester: e.Actor, digest: p.ContentDigest, rule: p.Quorum, ttl: ttl, drill: p.Drill,
 		denyThreshold: p.DenyThreshold, maxIssuances: p.MaxIssuances, activationWindow: time.Duration(p.ActivationWindow) * time.Second,
-		createdAt: p.CreatedAt, approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{}, solo: p.Solo, content: c,
+		identity: r.identity, createdAt: p.CreatedAt, approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{}, solo: p.Solo, content: c,
 	}
 	return nil
 }
@@ -387,17 +451,21 @@ func (r *replay) reviewed(i int64, e *audit.Entry) *Violation {
 	if !r.policy.Eligible(q.rule, e.Actor) {
 		return violation(i, "%s is not an eligible approver of request %s under the policy in force", e.Actor, q.id)
 	}
-	var key string
+	var (
+		key  string
+		cert *x509.Certificate
+	)
 	if p.Passkey != nil {
 		var reason string
 		if key, reason = r.checkPasskeyReview(q, e.Actor, p, e.Time); reason != "" {
 			return violation(i, "the passkey-signed review of %s does not hold: %s", e.Actor, reason)
 		}
+		cert = r.passkeys[string(p.Passkey.Credential)].cert
 	} else {
 		if reason := r.checkSignedReview(q, e.Actor, p, e.Time); reason != "" {
 			return violation(i, "the signed review of %s does not hold: %s", e.Actor, reason)
 		}
-		cert, _ := r.sigs.ParseCertificate(p.Certificate) // parsed and checked above
+		cert, _ = r.sigs.ParseCertificate(p.Certificate) // parsed and checked above
 		key = keyOf(cert)
 	}
 	// One key is one reviewer, whatever name its review is logged under:
@@ -419,7 +487,7 @@ func (r *replay) reviewed(i int64, e *audit.Entry) *Violation {
 			r.hardwareApprovals++
 		}
 	}
-	q.reviews[e.Actor] = reviewState{decision: p.Decision, at: e.Time, key: key}
+	q.reviews[e.Actor] = reviewState{decision: p.Decision, at: e.Time, key: key, cert: cert}
 	q.order = append(q.order, e.Actor)
 	r.reviews++
 	return nil
@@ -447,7 +515,9 @@ func (r *replay) checkSignedReview(q *reqState, reviewer string, p audit.Request
 	if t, ok := r.revoked[revocationKey(cert.RawIssuer, cert.SerialNumber)]; ok && !at.Before(t) {
 		return fmt.Sprintf("the certificate was revoked at %s (CRL), before this was signed at %s", t.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
 	}
-	who, err := principalOf(cert, r.identity)
+	// Judged by the identity rule in force when the request was made: a
+	// later rule cannot re-map who signed it.
+	who, err := principalOf(cert, q.identity)
 	if err != nil {
 		return err.Error()
 	}
@@ -941,6 +1011,6 @@ func (r *replay) attested(i int64, e *audit.Entry) *Violation {
 // checkStatement verifies a signed statement of principal like the broker
 // must have.
 func (r *replay) checkStatement(principal, typ, subject, content, notes string, s audit.Signed, at time.Time) string {
-	return r.checkSignedReview(&reqState{id: subject, digest: content}, principal,
+	return r.checkSignedReview(&reqState{id: subject, digest: content, identity: r.identity}, principal,
 		audit.RequestReviewed{Decision: typ, Comment: notes, Statement: s.Statement, Signature: s.Signature, Certificate: s.Certificate}, at)
 }

@@ -265,3 +265,46 @@ func TestAmbiguousBytesAreViolations(t *testing.T) {
 		t.Fatalf("a case-variant entry key:\n%s", got)
 	}
 }
+
+// A policy_loaded that changes the identity rule while a request is open
+// would re-map who signed it: the broker refuses that, so the verifier
+// does too; the same change once nothing is open is a change like any
+// other, marked as weakening, and later requests are judged by it.
+func TestIdentityChangeWithOpenWork(t *testing.T) {
+	l := theFuzzLog(nil)
+	e0, _ := audit.Parse(l.entries[0])
+	var pl audit.PolicyLoaded
+	must(json.Unmarshal(e0.Payload, &pl))
+	old, err := policy.FromCanonicalJSON(pl.Policy)
+	must(err)
+	wider := old.WithIdentity(policy.Identity{Mode: "uri", URIPrefix: "spiffe://example.org/"})
+	loaded := audit.Draft{Type: audit.TypePolicyLoaded, Actor: "operator", Payload: audit.PolicyLoaded{Hash: wider.Hash(), Previous: old.Hash(), Source: "policy.yaml",
+		Policy: wider.CanonicalJSON(), Identity: *wider.Identity}}
+	review := indexOfType(l.entries, audit.TypeRequestReviewed)
+	entries := l.chain(review+1, loaded)
+	cp, _ := l.checkpoint(entries)
+	_, err = Verify(l.options(l.exportOf(entries), cp, nil))
+	if vs := violationsOf(t, err); !has(vs, int64(review+1), "would name reviewer bob of open request "+fuzzRequest+" nobody") {
+		t.Fatalf("an identity change under an open request: %s", vs)
+	}
+	entries = l.chain(len(l.entries), loaded)
+	cp, _ = l.checkpoint(entries)
+	sum, err := Verify(l.options(l.exportOf(entries), cp, nil))
+	if err != nil {
+		t.Fatalf("an identity change once nothing is open: %v", err)
+	}
+	if last := sum.Policies[len(sum.Policies)-1]; !last.Weakens || !strings.Contains(strings.Join(last.Changes, "\n"), "WEAKENS identity") {
+		t.Fatalf("the identity change: %+v", last)
+	}
+	// The entry and the policy must name the same rule.
+	lying := loaded
+	p := lying.Payload.(audit.PolicyLoaded)
+	p.Identity = pl.Identity
+	lying.Payload = p
+	entries = l.chain(len(l.entries), lying)
+	cp, _ = l.checkpoint(entries)
+	_, err = Verify(l.options(l.exportOf(entries), cp, nil))
+	if vs := violationsOf(t, err); !has(vs, int64(len(l.entries)), "but its entry says") {
+		t.Fatalf("an entry naming another rule than its policy: %s", vs)
+	}
+}

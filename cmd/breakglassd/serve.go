@@ -276,6 +276,11 @@ func newPolicyCmd(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(stdout, "policy %s is valid\n  hash %s\n  %d groups, %d accounts\n", src, p.Hash(), len(p.Groups), len(p.Accounts))
+			if p.Identity != nil {
+				fmt.Fprintf(stdout, "  identity %s\n", p.Identity)
+			} else {
+				fmt.Fprintln(stdout, "  identity: not named; the broker puts its configuration's identity rule in, which changes the hash (check with --config)")
+			}
 			for _, a := range p.Accounts {
 				fmt.Fprintf(stdout, "  %s: requesters %s; quorum %s\n", a.Name, strings.Join(a.Requesters, ", "), a.Quorum)
 			}

@@ -32,12 +32,9 @@ type PolicyLoaded struct {
 	Weakens bool     `json:"weakens,omitempty"`
 }
 
-// Identity is how the broker names the holder of a client certificate.
-type Identity struct {
-	// Mode is uri (the one URI SAN under URIPrefix) or cn.
-	Mode      string `json:"mode"`
-	URIPrefix string `json:"uri_prefix,omitempty"`
-}
+// Identity is how the broker names the holder of a client certificate:
+// the policy's rule (policy.Identity), logged beside the policy too.
+type Identity = policy.Identity
 
 // RequestCreated records a new request and the rule it will be judged by.
 type RequestCreated struct {

@@ -288,7 +288,10 @@ func (l *loader) duration(n *yaml.Node, path string, ceiling time.Duration) Dura
 func (l *loader) policy(n *yaml.Node) *Policy {
 	p := &Policy{Groups: map[string][]string{}}
 	f := l.fields(n, "policy", "groups", "auditors", "relying_parties", "admins", "policy_admins", "policy_change_window",
-		"max_duration", "accounts", "contacts")
+		"max_duration", "accounts", "contacts", "identity")
+	if id := f["identity"]; id != nil {
+		p.Identity = l.identity(id)
+	}
 
 	ceiling := DefaultCeiling
 	if v := f["max_duration"]; v != nil {

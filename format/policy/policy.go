@@ -87,6 +87,10 @@ type Policy struct {
 	Accounts    []*Account `json:"accounts"`
 	// Contacts are the principals' paging routes.
 	Contacts map[string]Contact `json:"contacts,omitempty"`
+	// Identity is how principals are read from client certificates
+	// (identity.go). A policy file may leave it out; the broker then puts
+	// its configured rule in, so every policy it runs and logs names one.
+	Identity *Identity `json:"identity,omitempty"`
 
 	byName map[string]*Account
 	hash   string

@@ -73,6 +73,13 @@ func (p *Policy) Source() ([]byte, error) {
 		}
 		doc["contacts"] = cs
 	}
+	if p.Identity != nil {
+		id := map[string]any{"mode": p.Identity.Mode}
+		if p.Identity.URIPrefix != "" {
+			id["uri_prefix"] = p.Identity.URIPrefix
+		}
+		doc["identity"] = id
+	}
 	accounts := []any{}
 	for _, a := range p.Accounts {
 		if a == nil {

@@ -45,3 +45,36 @@ func TestLoggedPolicyHeldToLoaderRules(t *testing.T) {
 		})
 	}
 }
+
+// The identity rule is a setting of the policy: validated by the loader,
+// part of the hash, carried by the logged form.
+func TestIdentitySection(t *testing.T) {
+	p := mustLoad(t, "identity: {mode: uri, uri_prefix: \"spiffe://example.org/user/\"}\n"+basePolicy)
+	if p.Identity == nil || *p.Identity != (Identity{Mode: "uri", URIPrefix: "spiffe://example.org/user/"}) {
+		t.Fatalf("identity %+v", p.Identity)
+	}
+	base := mustLoad(t, basePolicy)
+	if base.Identity != nil || base.Hash() == p.Hash() || base.WithIdentity(*p.Identity).Hash() != p.Hash() {
+		t.Fatal("the identity rule is not part of the hash, or WithIdentity differs from the file's")
+	}
+	back, err := FromCanonicalJSON(p.CanonicalJSON())
+	if err != nil || *back.Identity != *p.Identity {
+		t.Fatalf("round trip: %v", err)
+	}
+	for _, tc := range []struct{ section, why string }{
+		{`identity: {mode: uri, uri_prefix: "spiffe://example.org/user"}`, `must end in "/"`},
+		{`identity: {mode: uri}`, "uri_prefix is required"},
+		{`identity: {mode: email}`, "must be uri or cn"},
+		{`identity: {mode: cn, uri_prefix: "spiffe://x/"}`, "is set in cn mode"},
+		{`identity: {mode: uri, uri_prefix: "SPIFFE://x/"}`, "lowercase"},
+		{`identity: {mode: uri, uri_prefix: "spiffe://x/", extra: 1}`, `unknown setting "extra"`},
+	} {
+		_, err := Load([]byte(tc.section+"\n"+basePolicy), "p.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.why) {
+			t.Errorf("%s: %v, want %q", tc.section, err, tc.why)
+		}
+	}
+	if Diff(base.WithIdentity(*p.Identity), base.WithIdentity(Identity{Mode: "cn"}))[0].Path != "identity" {
+		t.Fatal("an identity change is not a change")
+	}
+}

@@ -16,7 +16,6 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -40,38 +39,25 @@ type Rule struct {
 	URIPrefix string
 }
 
-// Validate refuses a rule that could name the wrong principal: in uri mode
-// the prefix must be an absolute URI with a lowercase scheme, no query or
-// fragment, ending in "/" (without the slash, "spiffe://x/user" would give
-// "spiffe://x/userbob" the principal "bob").
+// Validate refuses a rule that could name the wrong principal
+// (policy.Identity.Validate says how).
 func (r Rule) Validate() error {
-	switch r.Mode {
-	case "", ModeURI:
-	case ModeCN:
-		return nil
-	default:
-		return fmt.Errorf("identity mode must be %s or %s, not %q", ModeURI, ModeCN, r.Mode)
+	if r.Mode == "" {
+		r.Mode = ModeURI
 	}
-	p := r.URIPrefix
-	const example = "such as spiffe://example.org/user/"
-	if p == "" {
-		return fmt.Errorf("uri_prefix is required in uri mode: a URI prefix %s", example)
-	}
-	u, err := url.Parse(p)
-	if err != nil || u.Scheme == "" || !strings.Contains(p, "://") || u.Opaque != "" {
-		return fmt.Errorf("uri_prefix %q is not an absolute URI prefix %s", p, example)
-	}
-	if !strings.HasPrefix(p, u.Scheme+"://") || u.Scheme != strings.ToLower(u.Scheme) {
-		return fmt.Errorf("uri_prefix %q must spell its scheme in lowercase: URI SANs are compared as written", p)
-	}
-	if strings.ContainsAny(p, "?#") {
-		return fmt.Errorf("uri_prefix %q must not hold a query or fragment", p)
-	}
-	if !strings.HasSuffix(p, "/") {
-		return fmt.Errorf("uri_prefix %q must end in \"/\": without it %sbob would be the principal bob", p, p+"x")
-	}
-	return nil
+	return policy.Identity{Mode: r.Mode, URIPrefix: r.URIPrefix}.Validate()
 }
+
+// Identity is the rule as the policy names it.
+func (r Rule) Identity() policy.Identity {
+	if r.Mode == ModeCN {
+		return policy.Identity{Mode: ModeCN}
+	}
+	return policy.Identity{Mode: ModeURI, URIPrefix: r.URIPrefix}
+}
+
+// FromIdentity is the rule a policy's identity names.
+func FromIdentity(id policy.Identity) Rule { return Rule{Mode: id.Mode, URIPrefix: id.URIPrefix} }
 
 // Of returns the principal c names under r. A CA certificate names no
 // principal: a client identity is a leaf.

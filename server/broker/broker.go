@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -204,10 +203,14 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := b.checkPolicySinks(cfg.Policy); err != nil {
 		return nil, err
 	}
-	b.policy.Store(cfg.Policy)
-	if _, err := b.logPolicy(ctx, cfg.Policy, cfg.PolicySource, "broker"); err != nil {
+	p := b.withIdentity(cfg.Policy)
+	if _, err := b.logPolicy(ctx, p, cfg.PolicySource, "broker"); err != nil {
 		return nil, err
 	}
+	if err := b.applyIdentity(p); err != nil {
+		return nil, err
+	}
+	b.policy.Store(p)
 	return b, nil
 }
 
@@ -304,8 +307,7 @@ type PolicyReload struct {
 // logPolicy appends a policy_loaded entry, by actor, unless the last one
 // logged has the same hash and identity configuration, and announces it.
 func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source, actor string) (*PolicyReload, error) {
-	mode, prefix := b.cfg.Certs.Describe()
-	ident := audit.Identity{Mode: mode, URIPrefix: prefix}
+	ident := *p.Identity
 	res := &PolicyReload{Hash: p.Hash()}
 	err := b.update(ctx, func(tx store.Tx) error {
 		var old *policy.Policy
@@ -322,6 +324,14 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source, actor 
 			if old, err = policy.FromCanonicalJSON(pl.Policy); err != nil {
 				return fmt.Errorf("reading the policy in force: %w", err)
 			}
+			// A policy logged before policies named their identity rule
+			// was judged by the one its entry names.
+			if old.Identity == nil {
+				old = old.WithIdentity(pl.Identity)
+			}
+			if err := b.checkRemap(ctx, tx, pl.Identity, ident, b.now()); err != nil {
+				return err
+			}
 		}
 		now := b.now()
 		for _, a := range p.Accounts {
@@ -329,14 +339,10 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source, actor 
 				return err
 			}
 		}
+		// The identity rule is part of the policy: a change of it is one
+		// of the changes, and always weakening.
 		changes := policy.ChangeLines(old, p)
 		weakens := old != nil && policy.Weakens(policy.Diff(old, p))
-		if old != nil && pl.Identity != ident {
-			// The identity settings re-map principals: always weakening.
-			changes = append([]string{fmt.Sprintf("WEAKENS identity: %s %s -> %s %s (principals are read from certificates differently)",
-				pl.Identity.Mode, pl.Identity.URIPrefix, ident.Mode, ident.URIPrefix)}, slices.DeleteFunc(changes, func(s string) bool { return s == policy.NoChange })...)
-			weakens = true
-		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypePolicyLoaded, Actor: actor,
 			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: res.Previous, Source: source, Policy: p.CanonicalJSON(), Identity: ident,
@@ -388,8 +394,12 @@ func (b *Broker) ReloadPolicy(ctx context.Context, caller string, p *policy.Poli
 	if err := b.checkPolicySinks(p); err != nil {
 		return nil, invalid("the new policy is refused and the one in force stays: %s", err)
 	}
+	p = b.withIdentity(p)
 	res, err := b.logPolicy(ctx, p, source, actor)
 	if err != nil {
+		return nil, err
+	}
+	if err := b.applyIdentity(p); err != nil {
 		return nil, err
 	}
 	b.policy.Store(p)

@@ -937,6 +937,56 @@ func TestPolicyLoggedOncePerChange(t *testing.T) {
 	}
 }
 
+// The identity rule is part of the policy: a reload that would name
+// anyone with open work differently is refused and the rule in force
+// stays; once the work has ended, the new rule is logged with the policy
+// and applied to every caller.
+func TestIdentityRuleChangeWaitsForOpenWork(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	r := h.create("alice", "prod-db")
+	if _, err := h.review("bob", r.ID, request.Approve); err != nil {
+		t.Fatal(err)
+	}
+	wider := "identity: {mode: uri, uri_prefix: \"spiffe://test/\"}\n" + testPolicy
+	p, err := policy.Load([]byte(wider), "policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Hash() == h.b.Policy().Hash() {
+		t.Fatal("the identity rule is not part of the policy's hash")
+	}
+	before := h.snap()
+	_, err = h.b.ReloadPolicy(h.ctx, "", p, "policy.yaml")
+	wantKind(t, err, broker.KindState, "would name people with open work differently")
+	for _, want := range []string{"reviewer bob of request " + r.ID + " would be nobody", "request " + r.ID + " was made by alice before requests were signed"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal does not say %q: %v", want, err)
+		}
+	}
+	if h.snap() != before || h.b.Policy().Identity.URIPrefix != "spiffe://test/user/" {
+		t.Fatal("a refused identity change changed something")
+	}
+	if mode, prefix := h.ident.Describe(); mode != "uri" || prefix != "spiffe://test/user/" {
+		t.Fatalf("the rule in force changed to %s %s", mode, prefix)
+	}
+	if _, err := h.b.CancelRequest(h.ctx, "alice", r.ID, "done"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.b.ReloadPolicy(h.ctx, "", p, "policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Weakens || !strings.Contains(strings.Join(res.Changes, "\n"), "WEAKENS identity") {
+		t.Fatalf("the identity change is not marked: %v", res.Changes)
+	}
+	if _, prefix := h.ident.Describe(); prefix != "spiffe://test/" {
+		t.Fatalf("the new rule is not in force: %s", prefix)
+	}
+	if _, err := h.ident.Principal(h.cert("bob").cert); err == nil {
+		t.Fatal("a certificate is still named by the old rule")
+	}
+}
+
 func TestWatch(t *testing.T) {
 	h := newHarness(t, testPolicy)
 	r := h.create("alice", "prod-db")

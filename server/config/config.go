@@ -367,19 +367,44 @@ func (c *Config) resolve() {
 	}
 }
 
-// LoadPolicy reads and validates the policy the configuration names.
+// LoadPolicy reads and validates the policy the configuration names. A
+// policy that names no identity rule gets the configuration's (identity:
+// mode and uri_prefix): every policy the broker runs names the rule it is
+// judged by, and its hash covers it.
 func (c *Config) LoadPolicy() (*policy.Policy, string, error) {
-	if c.PolicyFile != "" {
-		b, err := os.ReadFile(c.PolicyFile)
-		if err != nil {
-			return nil, c.PolicyFile, fmt.Errorf("reading policy: %w", err)
+	var (
+		p      *policy.Policy
+		source string
+		err    error
+	)
+	switch {
+	case c.PolicyFile != "":
+		source = c.PolicyFile
+		b, rerr := os.ReadFile(c.PolicyFile)
+		if rerr != nil {
+			return nil, c.PolicyFile, fmt.Errorf("reading policy: %w", rerr)
 		}
-		p, err := policy.Load(b, c.PolicyFile)
-		return p, c.PolicyFile, err
-	}
-	if c.Policy.Kind == 0 {
+		p, err = policy.Load(b, c.PolicyFile)
+	case c.Policy.Kind == 0:
 		return nil, "", errors.New("no policy configured: set policy_file or policy")
+	default:
+		source = c.path
+		p, err = policy.LoadNode(&c.Policy, c.path+" (policy:)")
 	}
-	p, err := policy.LoadNode(&c.Policy, c.path+" (policy:)")
-	return p, c.path, err
+	if err != nil {
+		return nil, source, err
+	}
+	if p.Identity == nil {
+		p = p.WithIdentity(c.IdentityRule())
+	}
+	return p, source, nil
+}
+
+// IdentityRule is the identity rule the identity: section names, the
+// default for a policy that names none.
+func (c *Config) IdentityRule() policy.Identity {
+	if c.Identity.Mode == policy.IdentityCN {
+		return policy.Identity{Mode: policy.IdentityCN}
+	}
+	return policy.Identity{Mode: policy.IdentityURI, URIPrefix: c.Identity.URIPrefix}
 }

@@ -98,7 +98,11 @@ func loadPolicyAndIdentity(cfg *config.Config, log *slog.Logger, now func() time
 		return nil, "", nil, err
 	}
 	logPolicyWarnings(log, pol, source)
-	ident, err := identity.New(identityConfig(cfg.Identity), identity.Options{Log: log, Now: now})
+	// The policy names the identity rule (the configuration's, unless it
+	// names its own).
+	ic := identityConfig(cfg.Identity)
+	ic.Mode, ic.URIPrefix = pol.Identity.Mode, pol.Identity.URIPrefix
+	ident, err := identity.New(ic, identity.Options{Log: log, Now: now})
 	if err != nil {
 		return nil, "", nil, err
 	}

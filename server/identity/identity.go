@@ -78,8 +78,10 @@ type crlState struct {
 
 // Verifier checks client certificates and extracts principals.
 type Verifier struct {
-	cfg     Config
-	rule    principal.Rule
+	cfg Config
+	// rule is the identity rule in force (SetRule changes it with the
+	// policy that names it).
+	rule    atomic.Pointer[principal.Rule]
 	pool    *x509.CertPool
 	cas     []*x509.Certificate
 	log     *slog.Logger
@@ -153,9 +155,10 @@ func New(cfg Config, opts Options) (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: reading client_ca: %w", err)
 	}
-	v := &Verifier{cfg: cfg, rule: rule, pool: x509.NewCertPool(), log: opts.Log, now: opts.Now, crlTick: opts.CRLInterval,
+	v := &Verifier{cfg: cfg, pool: x509.NewCertPool(), log: opts.Log, now: opts.Now, crlTick: opts.CRLInterval,
 		recheck: opts.Recheck, changed: make(chan struct{}), peers: map[*x509.Certificate]*peerCheck{}}
 	v.crl.Store(&crlState{})
+	v.rule.Store(&rule)
 	for rest := b; ; {
 		var blk *pem.Block
 		blk, rest = pem.Decode(rest)
@@ -345,7 +348,30 @@ func (v *Verifier) CRLNextUpdate() time.Time { return v.crl.Load().next }
 
 // Principal extracts the principal from a verified leaf certificate.
 func (v *Verifier) Principal(c *x509.Certificate) (string, error) {
-	return v.rule.Of(c)
+	return v.rule.Load().Of(c)
+}
+
+// SetRule puts an identity rule in force (the broker does when a policy
+// naming another one is put in force, having checked that it re-maps
+// nobody with open work). Every certificate is named by it from the next
+// call on: the principals cached for live connections are forgotten.
+func (v *Verifier) SetRule(mode, uriPrefix string) error {
+	r := principal.Rule{Mode: mode, URIPrefix: uriPrefix}
+	if r.Mode == "" {
+		r.Mode = principal.ModeURI
+	}
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	if r.Mode == principal.ModeCN {
+		r.URIPrefix = ""
+	}
+	v.peersMu.Lock()
+	v.rule.Store(&r)
+	v.peers = map[*x509.Certificate]*peerCheck{}
+	v.peersMu.Unlock()
+	v.log.Info("identity: rule in force", "mode", r.Mode, "uri_prefix", r.URIPrefix)
+	return nil
 }
 
 // Peer is the caller of one gRPC call as its certificate names it.
@@ -396,7 +422,7 @@ func (v *Verifier) check(leaf *x509.Certificate, chains [][]*x509.Certificate) (
 	pc := v.peers[leaf]
 	if pc == nil {
 		pc = &peerCheck{serial: leaf.SerialNumber.String(), crl: crl.version, revoked: crl.revoked[leaf.SerialNumber.String()]}
-		pc.principal, pc.perr = v.rule.Of(leaf)
+		pc.principal, pc.perr = v.rule.Load().Of(leaf)
 		for _, ch := range chains {
 			var w [2]time.Time
 			for i, c := range ch {
@@ -520,10 +546,11 @@ func anyValidAt(chains [][]*x509.Certificate, t time.Time) bool {
 
 // Describe is the identity configuration as the audit log records it.
 func (v *Verifier) Describe() (mode, uriPrefix string) {
-	if v.cfg.Mode == principal.ModeCN {
+	r := v.rule.Load()
+	if r.Mode == principal.ModeCN {
 		return principal.ModeCN, ""
 	}
-	return principal.ModeURI, v.cfg.URIPrefix
+	return principal.ModeURI, r.URIPrefix
 }
 
 type peerKey struct{}

@@ -175,6 +175,10 @@ func (r *Request) Reviewed(principal string) bool {
 // for a request made before requests were signed.
 func (r *Request) RequesterKey() string { return "" }
 
+// RequesterCert is the certificate (DER) whose key signed the request,
+// nil for a request made before requests were signed.
+func (r *Request) RequesterCert() []byte { return nil }
+
 // ApprovalsAndDenials splits the reviewers by decision.
 func (r *Request) ApprovalsAndDenials() (approvals, denials []string) {
 	for _, rv := range r.Reviews {
