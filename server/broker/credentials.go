@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"slices"
 	"strconv"
@@ -160,29 +161,13 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 		if err != nil {
 			return err
 		}
-		if acct.SSH == nil {
-			return wrongState("account %s does not allow SSH certificates (its policy has no ssh: section)", acct.Name)
-		}
 		if err := b.checkWitnessed(ctx, rd, r); err != nil {
 			return err
 		}
-		principals, err := sshPrincipals(acct, r, in.Principals)
-		if err != nil {
+		if rq, err = sshCertFor(acct, r, in.Principals, now); err != nil {
 			return err
 		}
-		from, until, err := validity(r, now, acct.SSH.MaxTTL.D())
-		if err != nil {
-			return err
-		}
-		opts := map[string]string{}
-		if acct.SSH.ForceCommand != "" {
-			opts["force-command"] = acct.SSH.ForceCommand
-		}
-		if len(acct.SSH.SourceAddresses) > 0 {
-			opts["source-address"] = strings.Join(acct.SSH.SourceAddresses, ",")
-		}
-		rq = sshca.Request{Key: subject, KeyID: sshca.KeyID(r.ID, r.Issued+1, r.Requester), Principals: principals,
-			ValidAfter: from, ValidBefore: until, CriticalOptions: opts, Extensions: acct.SSH.Extensions}
+		rq.Key = subject
 		approvers = o.Approvers()
 		if caErr != nil {
 			return wrongState("no SSH certificate can be issued: %s", caErr)
@@ -212,6 +197,9 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 			return err
 		}
 		now := b.now().UTC()
+		if err := sshCertStillAllowed(b.Policy(), r, in.Principals, rq, now); err != nil {
+			return err
+		}
 		if time.Unix(int64(cert.ValidBefore), 0).After(r.GrantExpiresAt) {
 			return errors.New("certificate would outlive its grant") // cannot happen: valid-before is at most the grant end
 		}
@@ -268,16 +256,10 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 		if err != nil {
 			return err
 		}
-		if acct.X509 == nil {
-			return wrongState("account %s does not allow X.509 certificates (its policy has no x509: section)", acct.Name)
-		}
 		if err := b.checkWitnessed(ctx, rd, r); err != nil {
 			return err
 		}
-		if rq, err = x509Names(acct, r); err != nil {
-			return err
-		}
-		if rq.NotBefore, rq.NotAfter, err = validity(r, now, acct.X509.MaxTTL.D()); err != nil {
+		if rq, err = x509CertFor(acct, r, now); err != nil {
 			return err
 		}
 		approvers = o.Approvers()
@@ -314,6 +296,9 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 			return err
 		}
 		now := b.now().UTC()
+		if err := x509CertStillAllowed(b.Policy(), r, rq, now); err != nil {
+			return err
+		}
 		if cert.NotAfter.After(r.GrantExpiresAt) {
 			return errors.New("certificate would outlive its grant") // cannot happen: not-after is at most the grant end
 		}
@@ -344,6 +329,99 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 	b.log.Info("x509 certificate issued", "request", in.RequestID, "requester", caller, "serial", cert.SerialNumber.String(),
 		"common_name", cert.Subject.CommonName, "entry", out.Entry.Index)
 	return &out, nil
+}
+
+// sshCertFor is what the policy gives a grant's SSH certificate now:
+// principals (the requested ones, each allowed), options, extensions and
+// validity; the key and serial are the caller's.
+func sshCertFor(acct *policy.Account, r *request.Request, requested []string, now time.Time) (sshca.Request, error) {
+	if acct.SSH == nil {
+		return sshca.Request{}, wrongState("account %s does not allow SSH certificates (its policy has no ssh: section)", acct.Name)
+	}
+	principals, err := sshPrincipals(acct, r, requested)
+	if err != nil {
+		return sshca.Request{}, err
+	}
+	from, until, err := validity(r, now, acct.SSH.MaxTTL.D())
+	if err != nil {
+		return sshca.Request{}, err
+	}
+	opts := map[string]string{}
+	if acct.SSH.ForceCommand != "" {
+		opts["force-command"] = acct.SSH.ForceCommand
+	}
+	if len(acct.SSH.SourceAddresses) > 0 {
+		opts["source-address"] = strings.Join(acct.SSH.SourceAddresses, ",")
+	}
+	return sshca.Request{KeyID: sshca.KeyID(r.ID, r.Issued+1, r.Requester), Principals: principals,
+		ValidAfter: from, ValidBefore: until, CriticalOptions: opts, Extensions: acct.SSH.Extensions}, nil
+}
+
+// errPolicyChanged refuses a certificate made under a policy that is no
+// longer in force.
+var errPolicyChanged = &Error{Kind: KindState, Msg: "the account's policy changed while the certificate was being made, and no longer gives what it names; try again"}
+
+// sshCertStillAllowed checks, when the certificate is recorded, that the
+// policy in force then gives what was signed: the same principals,
+// options and extensions, and a validity no longer than it allows from
+// now. A policy reloaded while the HSM signed must not let a certificate
+// of the old policy into the log.
+func sshCertStillAllowed(p *policy.Policy, r *request.Request, requested []string, signed sshca.Request, now time.Time) error {
+	acct, ok := p.Account(r.Account)
+	if !ok {
+		return errPolicyChanged
+	}
+	want, err := sshCertFor(acct, r, requested, now)
+	if err != nil {
+		if KindOf(err) == KindInvalid {
+			return errPolicyChanged // a principal it no longer allows
+		}
+		return err
+	}
+	if !slices.Equal(want.Principals, signed.Principals) || !maps.Equal(want.CriticalOptions, signed.CriticalOptions) ||
+		!slices.Equal(want.Extensions, signed.Extensions) || !want.ValidAfter.Equal(signed.ValidAfter) || signed.ValidBefore.After(want.ValidBefore) {
+		return errPolicyChanged
+	}
+	return nil
+}
+
+// x509CertFor is what the policy gives a grant's X.509 certificate now:
+// subject, names, usages and validity; the key, serial and distribution
+// point are the caller's.
+func x509CertFor(acct *policy.Account, r *request.Request, now time.Time) (x509ca.Request, error) {
+	if acct.X509 == nil {
+		return x509ca.Request{}, wrongState("account %s does not allow X.509 certificates (its policy has no x509: section)", acct.Name)
+	}
+	rq, err := x509Names(acct, r)
+	if err != nil {
+		return rq, err
+	}
+	rq.NotBefore, rq.NotAfter, err = validity(r, now, acct.X509.MaxTTL.D())
+	return rq, err
+}
+
+// x509CertStillAllowed is sshCertStillAllowed for X.509 certificates.
+func x509CertStillAllowed(p *policy.Policy, r *request.Request, signed x509ca.Request, now time.Time) error {
+	acct, ok := p.Account(r.Account)
+	if !ok {
+		return errPolicyChanged
+	}
+	want, err := x509CertFor(acct, r, now)
+	if err != nil {
+		return err
+	}
+	uri := func(us []*url.URL) []string {
+		var out []string
+		for _, u := range us {
+			out = append(out, u.String())
+		}
+		return out
+	}
+	if want.CommonName != signed.CommonName || !slices.Equal(want.DNSNames, signed.DNSNames) || !slices.Equal(uri(want.URIs), uri(signed.URIs)) ||
+		!slices.Equal(want.ExtKeyUsage, signed.ExtKeyUsage) || !want.NotBefore.Equal(signed.NotBefore) || signed.NotAfter.After(want.NotAfter) {
+		return errPolicyChanged
+	}
+	return nil
 }
 
 // The CA keys' purposes in the key registry.

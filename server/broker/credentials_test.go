@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/request"
@@ -551,5 +552,66 @@ func TestRevokingACAKeyRevokesItsCertificates(t *testing.T) {
 	if err := json.Unmarshal(e.Payload, &ch); err != nil || ch.KID != a.sshKID || !strings.Contains(ch.Reason, "revoked with every certificate it signed (1 not yet expired)") ||
 		!strings.Contains(ch.Reason, "the old key's backup was lost") {
 		t.Fatalf("key_retired entry %s: %v", e.Payload, err)
+	}
+}
+
+// The policy reloaded while the HSM signs a certificate: the certificate
+// was made from the old policy's ssh: or x509: section, and is recorded
+// only if the policy in force when it is recorded gives the same names,
+// options and validity. Otherwise the log would hold a certificate the
+// logged policy does not allow, which the offline verifier refuses.
+func TestCertificatesAfterAPolicyReloadMidFlight(t *testing.T) {
+	h, a, _ := certHarness(t)
+	r := h.approved("alice")
+	narrowed := strings.Replace(certPolicy, "principals: [breakglass, postgres]", "principals: [breakglass]", 1)
+	narrowed = strings.Replace(narrowed, `dns_names: ["{requester}.users.example.com"]`, `dns_names: ["{requester}.db.example.com"]`, 1)
+	for _, tc := range []struct {
+		name   string
+		policy string
+		issue  func() error
+		key    *faultyKey
+	}{
+		{"ssh principals narrowed", narrowed, func() error {
+			_, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t), Principals: []string{"postgres"}})
+			return err
+		}, a.sshKey},
+		{"ssh max_ttl shortened", strings.Replace(certPolicy, "      extensions: [permit-pty]\n", "      extensions: [permit-pty]\n      max_ttl: 5m\n", 1), func() error {
+			_, err := h.b.IssueSSHCertificate(h.ctx, "alice", broker.SSHCertInput{RequestID: r.ID, PublicKey: newSSHKey(t)})
+			return err
+		}, a.sshKey},
+		{"x509 names changed", narrowed, func() error {
+			_, err := h.b.IssueX509Certificate(h.ctx, "alice", broker.X509CertInput{RequestID: r.ID, CSR: newCSR(t, &x509.CertificateRequest{})})
+			return err
+		}, a.x5Key},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := policy.Load([]byte(tc.policy), "policy.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			orig, err := policy.Load([]byte(certPolicy), "policy.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			reload := func() {
+				if _, err := h.b.ReloadPolicy(h.ctx, "", p, "policy.yaml"); err != nil {
+					t.Error(err)
+				}
+			}
+			tc.key.during.Store(&reload)
+			before := h.snap()
+			err = tc.issue()
+			wantKind(t, err, broker.KindState, "policy changed while the certificate was being made")
+			if after := h.snap(); after.requests != before.requests || after.head != before.head+1 { // the reload's entry alone
+				t.Fatalf("a certificate made under the old policy was recorded: head %d -> %d", before.head, after.head)
+			}
+			// Under the policy in force, issuance goes on.
+			if err := tc.issue(); err != nil && !strings.Contains(err.Error(), "not one of") {
+				t.Fatalf("after the reload: %v", err)
+			}
+			if _, err := h.b.ReloadPolicy(h.ctx, "", orig, "policy.yaml"); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
