@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"database/sql"
 	"encoding/json"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -38,7 +37,9 @@ type devBroker struct {
 	ready daemon.Ready
 	cmd   *exec.Cmd
 	logs  *logBuffer
-	done  chan error
+	// out is what the daemon printed on its standard output.
+	out  *logBuffer
+	done chan error
 }
 
 // logBuffer collects the daemon's stderr while the test reads it.
@@ -51,6 +52,12 @@ func (l *logBuffer) add(s string) {
 	l.mu.Lock()
 	l.b.WriteString(s)
 	l.mu.Unlock()
+}
+
+// Write lets the buffer collect a stream.
+func (l *logBuffer) Write(b []byte) (int, error) {
+	l.add(string(b))
+	return len(b), nil
 }
 
 func (l *logBuffer) String() string {
@@ -80,7 +87,8 @@ func (d *devBroker) start() {
 	d.cmd.Env = append(os.Environ(), "SOFTHSM2_CONF=")
 	d.logs = &logBuffer{}
 	stderr, _ := d.cmd.StderrPipe()
-	d.cmd.Stdout = io.Discard
+	d.out = &logBuffer{}
+	d.cmd.Stdout = d.out
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}

@@ -106,6 +106,9 @@ type Set struct {
 type crlSeen struct {
 	number  uint64
 	serials map[string]bool
+	// issuer is the CRL's issuer name, DER: it must be the subject of
+	// the CA certificate published now, or targets find no CRL for it.
+	issuer []byte
 }
 
 // New builds the set from the registry and the CA certificate file. It
@@ -534,7 +537,7 @@ func (s *Set) refreshCRL(ctx context.Context, e x509Entry) error {
 	if err := s.cfg.Store.View(ctx, read); err != nil {
 		return err
 	}
-	why := s.crlDue(latest, revoked, now)
+	why := s.crlDue(latest, revoked, now, e.cert)
 	if why == "" {
 		s.setStale(e.kid, "")
 		return nil
@@ -548,7 +551,7 @@ func (s *Set) refreshCRL(ctx context.Context, e x509Entry) error {
 		if err := read(tx); err != nil {
 			return err
 		}
-		if s.crlDue(latest, revoked, now) == "" {
+		if s.crlDue(latest, revoked, now, e.cert) == "" {
 			return nil
 		}
 		number := uint64(1)
@@ -572,7 +575,7 @@ func (s *Set) refreshCRL(ctx context.Context, e x509Entry) error {
 	})
 	if err != nil {
 		// Until it is re-signed, say why the published one falls short.
-		s.setStale(e.kid, s.crlShortfall(latest, revoked, now))
+		s.setStale(e.kid, s.crlShortfall(latest, revoked, now, e.cert))
 		return err
 	}
 	s.setStale(e.kid, "")
@@ -581,11 +584,11 @@ func (s *Set) refreshCRL(ctx context.Context, e x509Entry) error {
 }
 
 // crlDue says why a new CRL is needed, or "".
-func (s *Set) crlDue(latest *store.CRLRecord, revoked []store.CertRecord, now time.Time) string {
+func (s *Set) crlDue(latest *store.CRLRecord, revoked []store.CertRecord, now time.Time, caCert *x509.Certificate) string {
 	if latest == nil {
 		return "none yet"
 	}
-	if why := s.crlShortfall(latest, revoked, now); why != "" {
+	if why := s.crlShortfall(latest, revoked, now, caCert); why != "" {
 		return why
 	}
 	if !now.Before(latest.ThisUpdate.Add(latest.NextUpdate.Sub(latest.ThisUpdate) / 2)) {
@@ -594,15 +597,21 @@ func (s *Set) crlDue(latest *store.CRLRecord, revoked []store.CertRecord, now ti
 	return ""
 }
 
-// crlShortfall says what the CRL fails at: a revocation it lacks, or
-// having lapsed.
-func (s *Set) crlShortfall(latest *store.CRLRecord, revoked []store.CertRecord, now time.Time) string {
+// crlShortfall says what the CRL fails at: a revocation it lacks, an
+// issuer that is not the published CA certificate's subject (the CA
+// certificate was replaced, say by one the organisation's root signed:
+// targets look CRLs up by issuer name and would find none), or having
+// lapsed.
+func (s *Set) crlShortfall(latest *store.CRLRecord, revoked []store.CertRecord, now time.Time, caCert *x509.Certificate) string {
 	if latest == nil {
 		return "no CRL has been signed"
 	}
-	seen, err := s.serialsOf(latest)
+	seen, issuer, err := s.serialsOf(latest)
 	if err != nil {
 		return "the stored CRL does not parse"
+	}
+	if caCert != nil && !bytes.Equal(issuer, caCert.RawSubject) {
+		return "it was signed under another CA certificate (the CA certificate was replaced)"
 	}
 	missing := 0
 	for _, c := range revoked {
@@ -619,22 +628,22 @@ func (s *Set) crlShortfall(latest *store.CRLRecord, revoked []store.CertRecord, 
 	return ""
 }
 
-func (s *Set) serialsOf(c *store.CRLRecord) (map[string]bool, error) {
+func (s *Set) serialsOf(c *store.CRLRecord) (map[string]bool, []byte, error) {
 	s.crlMu.Lock()
 	defer s.crlMu.Unlock()
 	if seen, ok := s.crlSerials[c.CAKID]; ok && seen.number == c.Number {
-		return seen.serials, nil
+		return seen.serials, seen.issuer, nil
 	}
 	crl, err := x509.ParseRevocationList(c.DER)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := map[string]bool{}
 	for _, e := range crl.RevokedCertificateEntries {
 		out[e.SerialNumber.String()] = true
 	}
-	s.crlSerials[c.CAKID] = crlSeen{number: c.Number, serials: out}
-	return out, nil
+	s.crlSerials[c.CAKID] = crlSeen{number: c.Number, serials: out, issuer: crl.RawIssuer}
+	return out, crl.RawIssuer, nil
 }
 
 func (s *Set) setStale(kid, why string) {

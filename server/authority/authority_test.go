@@ -1,6 +1,7 @@
 package authority_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -256,5 +257,40 @@ func TestCACertificateMustMatchTheKey(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "does not match its key") {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// The CA certificate replaced for the same key (renewed, or signed by the
+// organisation's root after hsm csr): the stored CRL names the old
+// certificate's subject as its issuer, which targets no longer find a CA
+// for, so it is re-signed at the next look under the new certificate.
+func TestCRLResignedWhenTheCACertificateChanges(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.set.RefreshCRLs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.crl(t).Number.Int64(); n != 1 {
+		t.Fatalf("first CRL number %d", n)
+	}
+	renewed, err := x509ca.SelfSign(ctx, e.x509, x509ca.CAOptions{Subject: pkix.Name{CommonName: "test CA, renewed", Organization: []string{"Example"}},
+		NotBefore: e.clock.Now().Add(-time.Minute), NotAfter: e.clock.Now().Add(60 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: renewed.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.set.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute) // long before half the CRL's validity
+	if err := e.set.RefreshCRLs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.caCert = renewed
+	c := e.crl(t) // checks the signature against the renewed certificate
+	if c.Number.Int64() != 2 || !bytes.Equal(c.RawIssuer, renewed.RawSubject) {
+		t.Fatalf("the CRL after the CA certificate changed: number %v, issuer %s", c.Number, c.Issuer)
 	}
 }
