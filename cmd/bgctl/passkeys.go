@@ -100,7 +100,7 @@ func (a *app) passkeyListCmd() *cobra.Command {
 						bound = fmt.Sprintf("%s (entry %d)", fmtTime(p.GetBindTime()), p.GetBoundEntry().GetIndex())
 					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s %s\t%s\t%s\t%s\n", passkey.EncodeID(p.GetCredentialId()), oneLine(orDash(p.GetLabel()), 32), passkeyState(p.GetState()),
-						passkey.AlgName(p.GetAlgorithm()), oneLine(p.GetFingerprint(), 20), p.GetWebOrigin(), fmtTime(p.GetCreateTime()), bound)
+						passkey.AlgName(p.GetAlgorithm()), oneLine(p.GetFingerprint(), 24), p.GetWebOrigin(), fmtTime(p.GetCreateTime()), bound)
 				}
 				return w.Flush()
 			})

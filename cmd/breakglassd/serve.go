@@ -105,9 +105,9 @@ func newServeCmd(stderr io.Writer) *cobra.Command {
 
 func newDevCmd(stdout, stderr io.Writer) *cobra.Command {
 	var o devmode.Options
-	var readyFile, level string
+	var readyFile, level, consoleAddr string
 	cmd := &cobra.Command{
-		Use:   "dev [--dir DIR] [--addr HOST:PORT] [--http-addr HOST:PORT] [--metrics-addr HOST:PORT]",
+		Use:   "dev [--dir DIR] [--addr HOST:PORT] [--http-addr HOST:PORT] [--metrics-addr HOST:PORT] [--console-addr HOST:PORT]",
 		Short: "Run a complete broker for trying it out: SoftHSM2 token, CA, demo identities and policy in DIR",
 		Long: `Dev mode creates, on its first run, everything a broker needs in DIR: a SoftHSM2
 token with the token, audit and checkpoint keys, a CA with a server certificate
@@ -117,6 +117,12 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			// The console is on in dev mode, also for a directory made
+			// before it existed; on a free port when the gRPC one is.
+			o.ConsoleAddr = consoleAddr
+			if !cmd.Flags().Changed("console-addr") && strings.HasSuffix(o.GRPCAddr, ":0") {
+				o.ConsoleAddr = "127.0.0.1:0"
+			}
 			path, created, err := devmode.Setup(ctx, o)
 			if err != nil {
 				return err
@@ -133,6 +139,9 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 			}
 			if cmd.Flags().Changed("metrics-addr") {
 				cfg.Listen.Metrics = o.MetricsAddr
+			}
+			if cmd.Flags().Changed("console-addr") || cfg.Listen.Console == "" {
+				cfg.Listen.Console = o.ConsoleAddr
 			}
 			hooks, err := devmode.WebhookSinks(filepath.Dir(path), o.Webhooks)
 			if err != nil {
@@ -160,6 +169,7 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 	cmd.Flags().StringVar(&o.GRPCAddr, "addr", "127.0.0.1:7443", "gRPC (mTLS) listen address")
 	cmd.Flags().StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:7444", "HTTPS listen address (JWKS, metadata, health)")
 	cmd.Flags().StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:7445", "metrics listen address (plain HTTP, no authentication: keep it on loopback)")
+	cmd.Flags().StringVar(&consoleAddr, "console-addr", "127.0.0.1:7446", "approver console listen address (HTTPS, client certificates required), reached as https://localhost:PORT")
 	cmd.Flags().StringVar(&readyFile, "ready-file", "", "write the listening addresses as JSON to this file once serving")
 	cmd.Flags().StringVar(&level, "log-level", "", "debug, info, warn or error")
 	cmd.Flags().StringArrayVar(&o.Webhooks, "webhook", nil, "announce events to this Standard Webhooks receiver (repeatable); the secret is in DIR/webhook.secret")
@@ -196,10 +206,13 @@ breakglass broker, DEV MODE (not for production)
   gRPC      %s (mTLS, TLS 1.3)
   HTTPS     %s  (JWKS at %s/.well-known/jwks.json, CA %s)
   metrics   http://%s/metrics  (loopback, no authentication)
+  console   %s  (approver console; import a client certificate into the browser first,
+            such as bob's: openssl pkcs12 -export -in %s -inkey %s -out bob.p12)
   config    %s  (breakglassd serve --config %s runs the same broker)
 
 identities (source one per shell):
-`, state, abs, r.GRPC, r.Issuer, r.Issuer, filepath.Join(abs, "ca", "ca.crt"), r.Metrics, cfgPath, cfgPath)
+`, state, abs, r.GRPC, r.Issuer, r.Issuer, filepath.Join(abs, "ca", "ca.crt"), r.Metrics, r.Console,
+		filepath.Join(abs, "identities", "bob.crt"), filepath.Join(abs, "identities", "bob.key"), cfgPath, cfgPath)
 	for i, e := range envs {
 		fmt.Fprintf(w, "  source %-60s # %s\n", e, devmode.Principals[i].Role)
 	}

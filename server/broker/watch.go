@@ -7,25 +7,34 @@ import (
 	"github.com/bgbroker/breakglass/server/request"
 )
 
-// notify wakes the watchers of a request after a committed change.
+// anyRequest keys the watchers of every request (WatchChanges).
+const anyRequest = ""
+
+// notify wakes the watchers of a request, and those of every request,
+// after a committed change.
 func (b *Broker) notify(id string) {
 	b.watchMu.Lock()
 	defer b.watchMu.Unlock()
-	for ch := range b.watchers[id] {
-		select {
-		case ch <- struct{}{}:
-		default: // a wake-up is already pending
+	for _, key := range []string{id, anyRequest} {
+		for ch := range b.watchers[key] {
+			select {
+			case ch <- struct{}{}:
+			default: // a wake-up is already pending
+			}
+		}
+		if id == anyRequest {
+			break
 		}
 	}
 }
 
-// Watch calls send with the request now and after every change until the
-// request is final, ctx ends or send fails. Deadlines count as changes.
-func (b *Broker) Watch(ctx context.Context, caller, id string, send func(*request.Request) error) error {
+// watch registers a watcher of a request (anyRequest: of all) for caller,
+// within the caller's limit of open watches.
+func (b *Broker) watch(caller, id string) (chan struct{}, func(), error) {
 	b.watchMu.Lock()
+	defer b.watchMu.Unlock()
 	if b.watching[caller] >= b.cfg.MaxWatchesPerPrincipal {
-		b.watchMu.Unlock()
-		return newErr(KindExhausted, "you already have %d watch streams open; close one first", b.cfg.MaxWatchesPerPrincipal)
+		return nil, nil, newErr(KindExhausted, "you already have %d watch streams open; close one first", b.cfg.MaxWatchesPerPrincipal)
 	}
 	b.watching[caller]++
 	ch := make(chan struct{}, 1)
@@ -33,9 +42,9 @@ func (b *Broker) Watch(ctx context.Context, caller, id string, send func(*reques
 		b.watchers[id] = map[chan struct{}]struct{}{}
 	}
 	b.watchers[id][ch] = struct{}{}
-	b.watchMu.Unlock()
-	defer func() {
+	return ch, func() {
 		b.watchMu.Lock()
+		defer b.watchMu.Unlock()
 		delete(b.watchers[id], ch)
 		if len(b.watchers[id]) == 0 {
 			delete(b.watchers, id)
@@ -43,8 +52,50 @@ func (b *Broker) Watch(ctx context.Context, caller, id string, send func(*reques
 		if b.watching[caller]--; b.watching[caller] == 0 {
 			delete(b.watching, caller)
 		}
-		b.watchMu.Unlock()
-	}()
+	}, nil
+}
+
+// WatchChanges calls changed(true) once it is watching, then changed(false)
+// after every committed change to any request (the same notifications
+// Watch uses, other replicas' included) and at least every interval, since
+// deadlines change what a list shows without a write; until ctx ends or
+// changed fails. It counts as one of the caller's watches: past the limit
+// it returns before calling changed at all.
+func (b *Broker) WatchChanges(ctx context.Context, caller string, interval time.Duration, changed func(first bool) error) error {
+	ch, stop, err := b.watch(caller, anyRequest)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if err := changed(true); err != nil {
+		return err
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		case <-t.C:
+		}
+		if err := changed(false); err != nil {
+			return err
+		}
+	}
+}
+
+// Watch calls send with the request now and after every change until the
+// request is final, ctx ends or send fails. Deadlines count as changes.
+func (b *Broker) Watch(ctx context.Context, caller, id string, send func(*request.Request) error) error {
+	if id == anyRequest {
+		return notFound(id)
+	}
+	ch, stop, err := b.watch(caller, id)
+	if err != nil {
+		return err
+	}
+	defer stop()
 
 	var lastVersion int64 = -1
 	var lastState request.State

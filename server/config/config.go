@@ -51,6 +51,8 @@ type Config struct {
 	// Certificates configures the SSH and X.509 certificate authorities
 	// (their keys are named under keys:).
 	Certificates Certificates `yaml:"certificates"`
+	// Console configures the approver console (listen.console).
+	Console Console `yaml:"console"`
 
 	path string
 }
@@ -188,6 +190,22 @@ type Listen struct {
 	// activity, without TLS or authentication: loopback by default, for a
 	// local scraper or an authenticating proxy.
 	Metrics string `yaml:"metrics"`
+	// Console serves the approver console (HTTPS, client certificates from
+	// the client CA required); off unless set, on in dev mode.
+	Console string `yaml:"console"`
+}
+
+// Console configures the approver console served on listen.console.
+type Console struct {
+	// Origin is the address browsers use, https://host[:port]: passkeys
+	// are bound to it, and every state change must come from it. By
+	// default https://localhost:PORT for a loopback listener; required
+	// otherwise. The server certificate (tls.cert) must name its host.
+	Origin string `yaml:"origin"`
+	// RPID is the WebAuthn relying party ID passkeys are scoped to: the
+	// origin's host (the default) or a domain it is under. Changing it
+	// makes every bound passkey useless.
+	RPID string `yaml:"rp_id"`
 }
 
 // TLS is the server certificate.

@@ -40,6 +40,11 @@ func TestParseResolvesPathsAndValidates(t *testing.T) {
 		{"URI prefix without a trailing slash", "identity: {client_ca: ca.crt, uri_prefix: \"spiffe://x/user\"}", `must end in "/"`},
 		{"URI prefix with an uppercase scheme", "identity: {client_ca: ca.crt, uri_prefix: \"SPIFFE://x/user/\"}", "lowercase"},
 		{"unknown identity mode", "identity: {client_ca: ca.crt, mode: email}", "must be uri or cn"},
+		{"console off loopback without an origin", "listen: {grpc: \"127.0.0.1:1\", https: \"127.0.0.1:2\", console: \"0.0.0.0:7446\"}", "set console.origin"},
+		{"console origin without the listener", "console: {origin: \"https://b.example\"}", "need listen.console"},
+		{"console origin over http", "listen: {grpc: \"127.0.0.1:1\", https: \"127.0.0.1:2\", console: \"0.0.0.0:7446\"}\nconsole: {origin: \"http://b.example\"}", "not an https origin"},
+		{"console RP ID an IP", "listen: {grpc: \"127.0.0.1:1\", https: \"127.0.0.1:2\", console: \"0.0.0.0:7446\"}\nconsole: {origin: \"https://10.0.0.1:7446\"}", "never an IP"},
+		{"console origin off its RP ID", "listen: {grpc: \"127.0.0.1:1\", https: \"127.0.0.1:2\", console: \"0.0.0.0:7446\"}\nconsole: {origin: \"https://b.example\", rp_id: other.example}", "not on the RP ID"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -61,6 +66,11 @@ func TestParseResolvesPathsAndValidates(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
+	}
+	cons, err := Parse([]byte(strings.Replace(minimal, `https: "127.0.0.1:2"}`, `https: "127.0.0.1:2", console: "0.0.0.0:7446"}`, 1)+
+		"\nconsole: {origin: \"https://console.b.example:7446\", rp_id: b.example}\n"), "c.yaml")
+	if err != nil || cons.Console.RPID != "b.example" {
+		t.Errorf("a console under its RP ID refused: %v", err)
 	}
 	lo, err := Parse([]byte(strings.Replace(minimal, `https: "127.0.0.1:2"}`, `https: "127.0.0.1:2", plain_http: "[::1]:8080"}`, 1)), "c.yaml")
 	if err != nil || lo.Listen.PlainHTTP != "[::1]:8080" {

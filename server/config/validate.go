@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/format/cosignature"
+	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/principal"
 )
 
@@ -52,8 +53,40 @@ func (c *Config) Validate() error {
 	}
 	add(onLoopback("debug.pprof", c.Debug.Pprof, "profiles are only served on loopback"))
 	add(onLoopback("listen.plain_http", c.Listen.PlainHTTP, "plain HTTP is only allowed on loopback"))
+	add(c.validateConsole())
 	if len(errs) > 0 {
 		return fmt.Errorf("%s: %w", c.path, errors.Join(errs...))
+	}
+	return nil
+}
+
+// validateConsole checks the console's origin and RP ID when it is on.
+func (c *Config) validateConsole() error {
+	if c.Listen.Console == "" {
+		if c.Console.Origin != "" || c.Console.RPID != "" {
+			return errors.New("console.origin and console.rp_id need listen.console")
+		}
+		return nil
+	}
+	if c.Console.Origin == "" {
+		if !loopback(c.Listen.Console) {
+			return fmt.Errorf("listen.console %q is not on loopback: set console.origin to the https://host[:port] browsers use", c.Listen.Console)
+		}
+		return nil // https://localhost:PORT, once the port is known
+	}
+	u, err := url.Parse(c.Console.Origin)
+	if err != nil {
+		return fmt.Errorf("console.origin %q is not a URL", c.Console.Origin)
+	}
+	rp := c.Console.RPID
+	if rp == "" {
+		rp = u.Hostname()
+	}
+	if err := passkey.CheckRPID(rp); err != nil {
+		return fmt.Errorf("console.rp_id: %w", err)
+	}
+	if err := passkey.CheckWebOrigin(c.Console.Origin, rp); err != nil {
+		return fmt.Errorf("console.origin: %w", err)
 	}
 	return nil
 }

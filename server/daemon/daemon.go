@@ -56,6 +56,8 @@ type Ready struct {
 	// Metrics is the metrics listener (plain HTTP, its own address).
 	Metrics string `json:"metrics"`
 	Pprof   string `json:"pprof,omitempty"`
+	// Console is the approver console's origin (https://host:port), when on.
+	Console string `json:"console,omitempty"`
 	Issuer  string `json:"issuer"`
 	PID     int    `json:"pid"`
 }
@@ -129,7 +131,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}()
 	steps := []func(context.Context) error{
 		d.openHSM, d.openStore, d.listen, d.loadKeys, d.newAuthorities, d.newCheckpointer,
-		d.newBroker, d.signFirstCRL, d.newDispatcher, d.newGRPC, d.newHTTP,
+		d.newBroker, d.signFirstCRL, d.newDispatcher, d.newGRPC, d.newHTTP, d.newConsole,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -141,7 +143,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		d.Close()
 		return nil, err
 	}
-	d.log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "metrics", d.Ready.Metrics, "issuer", d.Ready.Issuer,
+	d.log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "metrics", d.Ready.Metrics, "console", d.Ready.Console, "issuer", d.Ready.Issuer,
 		"policy", d.policy.Hash(), "token_kid", d.ring.Minter("").KID(), "audit_kid", d.Broker.AuditKID(), "origin", d.origin)
 	return d, nil
 }

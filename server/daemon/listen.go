@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -8,22 +9,24 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"time"
 
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/config"
+	"github.com/bgbroker/breakglass/server/console"
 	"github.com/bgbroker/breakglass/server/httpapi"
 )
 
 // listeners are the daemon's sockets, opened before anything serves so that
 // a taken port fails the start before the broker writes to its log.
 type listeners struct {
-	grpc, https, metrics, plain, pprof net.Listener
+	grpc, https, metrics, plain, pprof, console net.Listener
 }
 
 func (l *listeners) close() {
-	for _, x := range []net.Listener{l.grpc, l.https, l.metrics, l.plain, l.pprof} {
+	for _, x := range []net.Listener{l.grpc, l.https, l.metrics, l.plain, l.pprof, l.console} {
 		if x != nil {
 			_ = x.Close()
 		}
@@ -48,7 +51,7 @@ func (d *Daemon) listen(context.Context) error {
 		name, addr string
 		into       *net.Listener
 	}{{"listen.grpc", c.GRPC, &l.grpc}, {"listen.https", c.HTTPS, &l.https}, {"listen.metrics", c.Metrics, &l.metrics},
-		{"listen.plain_http", c.PlainHTTP, &l.plain}, {"debug.pprof", d.cfg.Debug.Pprof, &l.pprof}} {
+		{"listen.plain_http", c.PlainHTTP, &l.plain}, {"debug.pprof", d.cfg.Debug.Pprof, &l.pprof}, {"listen.console", c.Console, &l.console}} {
 		if err := open(x.name, x.addr, x.into); err != nil {
 			return err
 		}
@@ -67,6 +70,44 @@ func (d *Daemon) listen(context.Context) error {
 	if l.pprof != nil {
 		d.Ready.Pprof = l.pprof.Addr().String()
 	}
+	if l.console != nil {
+		d.Ready.Console = d.consoleOrigin()
+	}
+	return nil
+}
+
+// consoleOrigin is the console's origin: console.origin, or
+// https://localhost:PORT for a loopback listener (WebAuthn needs a
+// domain, and browsers treat localhost as secure).
+func (d *Daemon) consoleOrigin() string {
+	if o := d.cfg.Console.Origin; o != "" {
+		return o
+	}
+	_, port, _ := net.SplitHostPort(d.listeners.console.Addr().String())
+	return "https://localhost:" + port
+}
+
+// newConsole builds the approver console on its own listener, when
+// listen.console is set.
+func (d *Daemon) newConsole(context.Context) error {
+	if d.listeners.console == nil {
+		return nil
+	}
+	origin := d.consoleOrigin()
+	u, err := url.Parse(origin)
+	if err != nil {
+		return fmt.Errorf("console.origin: %w", err)
+	}
+	rp := cmp.Or(d.cfg.Console.RPID, u.Hostname())
+	if err := d.serverCert.VerifyHostname(u.Hostname()); err != nil {
+		return fmt.Errorf("listen.console: the server certificate (tls.cert) does not name %s, the console's host: %w", u.Hostname(), err)
+	}
+	c, err := console.New(console.Config{Broker: d.Broker, Identity: d.ident, Origin: origin, RPID: rp, Store: d.store, Checkpoint: d.servedCheckpoint,
+		RatePerSecond: d.cfg.Limits.RatePerSecond, Burst: d.cfg.Limits.Burst, Log: d.log.With("component", "console")})
+	if err != nil {
+		return err
+	}
+	d.addServer(c.Server(d.cert), d.listeners.console, func(s *http.Server, l net.Listener) error { return s.ServeTLS(l, "", "") })
 	return nil
 }
 

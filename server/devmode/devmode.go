@@ -99,6 +99,9 @@ type Options struct {
 	HTTPAddr string
 	// MetricsAddr is the metrics listener; a free loopback port when empty.
 	MetricsAddr string
+	// ConsoleAddr is the approver console's listener; a free loopback
+	// port when empty.
+	ConsoleAddr string
 	// Webhooks are Standard Webhooks receivers to announce events to.
 	Webhooks []string
 }
@@ -175,6 +178,7 @@ listen:
   grpc: %s
   https: %s
   metrics: %s
+  console: %s
 tls:
   cert: tls/server.crt
   key: tls/server.key
@@ -195,7 +199,7 @@ store:
   driver: sqlite
   sqlite:
     path: broker.db
-`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, SSHCAKeyLabel, X509CAKeyLabel, o.GRPCAddr, o.HTTPAddr, cmp.Or(o.MetricsAddr, "127.0.0.1:0"), URIPrefix, "breakglass.dev/"+randHex(8))
+`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, SSHCAKeyLabel, X509CAKeyLabel, o.GRPCAddr, o.HTTPAddr, cmp.Or(o.MetricsAddr, "127.0.0.1:0"), cmp.Or(o.ConsoleAddr, "127.0.0.1:0"), URIPrefix, "breakglass.dev/"+randHex(8))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", false, err
 	}

@@ -173,3 +173,29 @@ func (a *Authenticator) Assert(statement []byte, o Options) passkey.Assertion {
 	ad := AuthData(rp, flags, n)
 	return passkey.Assertion{Credential: a.ID, AuthenticatorData: ad, ClientDataJSON: cd, Signature: Sign(k, ad, cd)}
 }
+
+// Attest makes what navigator.credentials.create returns for a
+// registration's challenge: its client data (webauthn.create on the
+// authenticator's origin) and an attestation object of format "none"
+// whose authenticator data carries the credential (flags UP, UV and AT
+// unless flags says otherwise).
+func (a *Authenticator) Attest(challenge []byte, flags byte) (clientData, attestationObject []byte) {
+	if flags == 0 {
+		flags = FlagUP | FlagUV
+	}
+	flags |= FlagAT
+	ad := AuthData(a.RPID, flags, a.Counter)
+	ad = append(ad, make([]byte, 16)...) // AAGUID: none
+	ad = binary.BigEndian.AppendUint16(ad, uint16(len(a.ID)))
+	ad = append(ad, a.ID...)
+	ad = append(ad, a.COSE()...)
+	obj, err := webauthncbor.Marshal(struct {
+		Fmt      string         `cbor:"fmt"`
+		AttStmt  map[string]any `cbor:"attStmt"`
+		AuthData []byte         `cbor:"authData"`
+	}{"none", map[string]any{}, ad})
+	if err != nil {
+		panic(err)
+	}
+	return ClientData("webauthn.create", challenge, a.Origin, false), obj
+}
