@@ -2,8 +2,10 @@ package test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,4 +104,49 @@ func TestX509CACeremonies(t *testing.T) {
 		t.Fatalf("serve with a CA certificate of another key: %d %s", r.code, r.stderr)
 	}
 	write(t, caFile, b)
+}
+
+// bgctl ssh's ephemeral key does not outlive the command: interrupted,
+// terminated, or hung up on (the terminal closed) while ssh runs, it
+// removes the key and certificate before it exits.
+func TestBGCTLSSHLeavesNoKeyWhenInterrupted(t *testing.T) {
+	d := startDev(t)
+	id := d.grantFor("30m")
+	fake := filepath.Join(t.TempDir(), "ssh")
+	write(t, fake, []byte("#!/bin/sh\nexec sleep 60\n"))
+	if err := os.Chmod(fake, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+		t.Run(sig.String(), func(t *testing.T) {
+			tmp := t.TempDir()
+			cmd := exec.Command(bin.bgctl, "ssh", id, devmode.SSHPrincipal+"@127.0.0.1", "--ssh", fake)
+			cmd.Env = append(d.env("alice"), "TMPDIR="+tmp)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			// The key and its certificate are there while ssh runs.
+			if !eventually(30*time.Second, func() bool {
+				m, _ := filepath.Glob(filepath.Join(tmp, "bgctl-ssh-*", "id_ed25519-cert.pub"))
+				return len(m) == 1
+			}) {
+				_ = cmd.Process.Kill()
+				t.Fatal("bgctl ssh never wrote its certificate")
+			}
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Fatalf("bgctl ssh did not exit on %s", sig)
+			}
+			if left, _ := os.ReadDir(tmp); len(left) != 0 {
+				t.Fatalf("after %s bgctl ssh left %v behind", sig, left)
+			}
+		})
+	}
 }

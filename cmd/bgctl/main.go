@@ -42,7 +42,10 @@ type exitCode int
 func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// A hang-up (the terminal closed) ends the command like an interrupt,
+	// so what it cleans up on the way out (bgctl ssh's ephemeral key) is
+	// cleaned up then too.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, isTerminal: func() bool { return stdinIsTerminal(stdin) }}
 	root := a.root()
