@@ -43,9 +43,11 @@ examples: examples-deps build
 vet:
 	$(GO) vet ./...
 
-# The SDK must build without cgo, so anyone can import it.
+# The SDK must build without cgo, so anyone can import it; so must bgctl,
+# for approvers without a C toolchain (its PKCS#11 keys need cgo).
 purego:
 	CGO_ENABLED=0 $(GO) build ./client/... ./proto/...
+	CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bgctl
 
 tools:
 	@mkdir -p $(BIN)

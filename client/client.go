@@ -8,6 +8,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -87,6 +88,50 @@ func TLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 		return nil, fmt.Errorf("loading the client certificate: %w", err)
 	}
 	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}, nil
+}
+
+// TLSConfigSigner builds the mTLS client configuration from the broker's
+// CA and the client certificate's PEM files, with its private key held
+// elsewhere (a PKCS#11 token, an agent) behind a crypto.Signer, which must
+// be the certificate's key.
+func TLSConfigSigner(caFile, certFile string, key crypto.Signer) (*tls.Config, error) {
+	if caFile == "" || certFile == "" || key == nil {
+		return nil, errors.New("the broker CA, a client certificate and its key are required (--ca, --cert, --key or BGCTL_CA, BGCTL_CERT, BGCTL_KEY)")
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading the client certificate: %w", err)
+	}
+	var chain [][]byte
+	for rest := certPEM; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" {
+			chain = append(chain, blk.Bytes)
+		}
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate", certFile)
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("the client certificate: %w", err)
+	}
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	if pub, ok := leaf.PublicKey.(equaler); !ok || !pub.Equal(key.Public()) {
+		return nil, fmt.Errorf("the key given is not the key of the client certificate %s (subject %q): check --key", certFile, leaf.Subject)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: key, Leaf: leaf}}}, nil
 }
 
 // Dial connects to the broker. The connection is made lazily; the first

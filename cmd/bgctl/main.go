@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bgbroker/breakglass/client"
+	"github.com/bgbroker/breakglass/cmd/bgctl/internal/pkcs11key"
+	bgv1 "github.com/bgbroker/breakglass/proto/breakglass/v1"
 )
 
 func main() {
@@ -34,6 +36,9 @@ type app struct {
 	stdout, stderr      io.Writer
 	// isTerminal reports whether stdin is a terminal (confirmations).
 	isTerminal func() bool
+	// token is the PKCS#11 session of a --key pkcs11: URI, closed when
+	// the command ends.
+	token io.Closer
 }
 
 // exitCode ends the command with a code after it has printed what happened.
@@ -51,6 +56,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := a.root()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	if a.token != nil {
+		_ = a.token.Close()
+	}
 	if err == nil {
 		return 0
 	}
@@ -85,7 +93,9 @@ BGCTL_CERT, BGCTL_KEY, BGCTL_OUTPUT ...).`,
 	pf.StringVar(&a.addr, "addr", "", "broker gRPC address host:port, or several replicas' separated by commas, tried in turn when one is unavailable (BGCTL_ADDR)")
 	pf.StringVar(&a.ca, "ca", "", "CA certificate that signed the broker's certificate (BGCTL_CA)")
 	pf.StringVar(&a.cert, "cert", "", "your client certificate (BGCTL_CERT)")
-	pf.StringVar(&a.key, "key", "", "your client key (BGCTL_KEY)")
+	pf.StringVar(&a.key, "key", "", "your client key: a PEM file, or a key on a PKCS#11 token as an RFC 7512 URI such as "+
+		"'pkcs11:token=PIV;object=PIV AUTH key?module-path=/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so&pin-source=file:/home/me/.pin' "+
+		"(PIN from pin-source or BGCTL_PKCS11_PIN, never a flag; library from module-path or BGCTL_PKCS11_MODULE) (BGCTL_KEY)")
 	pf.StringVarP(&a.output, "output", "o", "table", "table or json")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call")
 	root.AddCommand(a.policyCmd(), a.requestCmd(), a.listCmd(), a.showCmd(), a.reviewCmd("approve"), a.reviewCmd("deny"),
@@ -117,7 +127,34 @@ func (a *app) dial() (*client.Client, error) {
 	if a.output != "table" && a.output != "json" {
 		return nil, fmt.Errorf("-o %q: want table or json", a.output)
 	}
+	if pkcs11key.IsURI(a.key) {
+		return a.dialToken()
+	}
 	return client.Dial(client.Options{Addr: a.addr, CAFile: a.ca, CertFile: a.cert, KeyFile: a.key})
+}
+
+// dialToken dials with the client certificate's key on a PKCS#11 token:
+// the handshake and every statement are signed there, and reviews say so
+// (key_store pkcs11).
+func (a *app) dialToken() (*client.Client, error) {
+	u, err := pkcs11key.ParseURI(a.key)
+	if err != nil {
+		return nil, fmt.Errorf("--key: %w", err)
+	}
+	if a.token != nil {
+		_ = a.token.Close()
+		a.token = nil
+	}
+	key, closer, err := pkcs11key.Open(u, os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("--key: %w", err)
+	}
+	a.token = closer
+	tc, err := client.TLSConfigSigner(a.ca, a.cert, key)
+	if err != nil {
+		return nil, err
+	}
+	return client.Dial(client.Options{Addr: a.addr, TLS: tc, KeyStore: bgv1.KeyStore_KEY_STORE_PKCS11})
 }
 
 func (a *app) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {

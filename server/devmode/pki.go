@@ -84,12 +84,15 @@ type LeafOptions struct {
 	// second certificate for a key, naming someone else, for the cases
 	// where one key is logged under two names.
 	Key *ecdsa.PrivateKey
+	// Public, when set, is the certificate's public key, whose private
+	// half is held elsewhere (a PKCS#11 token); Issue then returns no key.
+	Public crypto.PublicKey
 }
 
 // Issue signs a leaf certificate for a fresh P-256 key (or o.Key).
 func (ca *CA) Issue(o LeafOptions) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	key := o.Key
-	if key == nil {
+	if key == nil && o.Public == nil {
 		var err error
 		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 			return nil, nil, err
@@ -143,7 +146,11 @@ func (ca *CA) Issue(o LeafOptions) (*x509.Certificate, *ecdsa.PrivateKey, error)
 		}
 		tmpl.URIs = append(tmpl.URIs, pu)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	pub := o.Public
+	if pub == nil {
+		pub = &key.PublicKey
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {
 		return nil, nil, err
 	}
