@@ -78,6 +78,9 @@ type Config struct {
 	Witnesses *Witnessing
 	// Authorities sign SSH and X.509 certificates; nil issues none.
 	Authorities Authorities
+	// Checkpoints are the log's checkpoints, served to auditors; nil
+	// serves none.
+	Checkpoints Checkpoints
 }
 
 // Observer hears what the broker has committed: the components that act on

@@ -97,7 +97,7 @@ func (d *Daemon) newBroker(ctx context.Context) (err error) {
 	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: d.policy, PolicySource: d.policySource, Keys: d.ring,
 		Now: d.now, Log: d.log, SweepInterval: d.cfg.SweepInterval, OutboxRetention: d.cfg.Notify.Retention, Origin: d.origin, Certs: d.ident,
 		Routes: notify.NewRouter(sinkConfigs(d.cfg.Notify.Sinks)), Observer: observer{d},
-		Witnesses: d.witnessing(d.ctx, d.Checkpoints), Authorities: d.brokerAuthorities()})
+		Witnesses: d.witnessing(d.ctx, d.Checkpoints), Authorities: d.brokerAuthorities(), Checkpoints: d.Checkpoints})
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (d *Daemon) newGRPC(context.Context) (err error) {
 	}
 	d.grpc, err = grpcapi.New(grpcapi.Config{Broker: d.Broker, Identity: d.ident, TLS: credentials.NewTLS(d.ident.ServerTLS(d.cert)),
 		Limits: limits(d.cfg.Limits), Log: d.log, Metrics: d.metrics.GRPC, StatsHandler: statsHandler, ReloadPolicy: d.ReloadPolicy,
-		Audit: grpcapi.AuditConfig{Checkpoints: d.Checkpoints, LogKeys: d.logKeys, Store: d.store, Witnesses: d.witnessIDs()}, Authorities: grpcAuthorities(d.cas)})
+		Audit: grpcapi.AuditConfig{Origin: d.origin, LogKeys: d.logKeys}, Authorities: grpcAuthorities(d.cas)})
 	if err != nil {
 		return err
 	}

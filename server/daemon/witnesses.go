@@ -10,7 +10,6 @@ import (
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/checkpoint"
 	"github.com/bgbroker/breakglass/server/config"
-	"github.com/bgbroker/breakglass/server/grpcapi"
 	"github.com/bgbroker/breakglass/server/httpapi"
 	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/witness"
@@ -79,13 +78,6 @@ func (d *Daemon) witnessing(ctx context.Context, cps *checkpoint.Checkpointer) *
 				wc.Notify()
 			}()
 		}}
-}
-
-func (d *Daemon) witnessIDs() *grpcapi.Witnesses {
-	if d.witnesses == nil {
-		return nil
-	}
-	return &grpcapi.Witnesses{IDs: d.witnesses.IDs(), Quorum: d.witnesses.Quorum()}
 }
 
 // servedCheckpoint is what GET /checkpoint serves: with witnesses, the
