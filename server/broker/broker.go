@@ -155,6 +155,8 @@ type Broker struct {
 	// every stored approval before an issuance costs a hash, not a
 	// signature verification.
 	sigs *statement.Cache
+	// policySeen is the last policy entry read (policyInForce).
+	policySeen atomic.Pointer[policySeen]
 }
 
 // New builds a broker and records the policy in the audit log when it
@@ -314,7 +316,7 @@ func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source, actor 
 	res := &PolicyReload{Hash: p.Hash()}
 	err := b.update(ctx, func(tx store.Tx) error {
 		var old *policy.Policy
-		pl, _, err := policyInForce(ctx, tx)
+		pl, _, err := b.policyInForce(ctx, tx)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/server/store"
@@ -11,7 +12,18 @@ import (
 
 // policyInForce reads the policy the log last recorded: its hash, and
 // the index of its entry.
-func policyInForce(ctx context.Context, r store.Reader) (audit.PolicyLoaded, uint64, error) {
+func (b *Broker) policyInForce(ctx context.Context, r store.Reader) (audit.PolicyLoaded, uint64, error) {
+	// Entries never change: the last policy entry read is known again by
+	// its index and time (a restored log that differs there differs in
+	// time too), without reading and decoding the whole policy on every
+	// write that grants.
+	idx, at, err := r.LastOfTypeAt(ctx, audit.TypePolicyLoaded)
+	if err != nil {
+		return audit.PolicyLoaded{}, 0, err
+	}
+	if seen := b.policySeen.Load(); seen != nil && seen.index == idx && seen.at.Equal(at) {
+		return seen.pl, idx, nil
+	}
 	last, err := r.LastOfType(ctx, audit.TypePolicyLoaded)
 	if err != nil {
 		return audit.PolicyLoaded{}, 0, err
@@ -24,7 +36,17 @@ func policyInForce(ctx context.Context, r store.Reader) (audit.PolicyLoaded, uin
 	if err := jsonUnmarshal(e.Payload, &pl); err != nil {
 		return audit.PolicyLoaded{}, 0, fmt.Errorf("reading the last policy entry: %w", err)
 	}
+	if last.Index == idx {
+		b.policySeen.Store(&policySeen{index: idx, at: at, pl: pl})
+	}
 	return pl, last.Index, nil
+}
+
+// policySeen is the last policy entry policyInForce read.
+type policySeen struct {
+	index uint64
+	at    time.Time
+	pl    audit.PolicyLoaded
 }
 
 // checkPolicyInForce refuses to grant from a replica whose policy is not
@@ -32,7 +54,7 @@ func policyInForce(ctx context.Context, r store.Reader) (audit.PolicyLoaded, uin
 // older) policy, and until they agree, a grant here would follow rules the
 // log does not say were in force. Taking access away does not call it.
 func (b *Broker) checkPolicyInForce(ctx context.Context, r store.Reader) error {
-	pl, idx, err := policyInForce(ctx, r)
+	pl, idx, err := b.policyInForce(ctx, r)
 	if errors.Is(err, store.ErrNotFound) {
 		return &Error{Kind: KindUnavailable, Msg: "no policy is recorded in the log yet; nothing can be granted"}
 	}

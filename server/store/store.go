@@ -122,6 +122,10 @@ type Reader interface {
 	UnsignedCount(ctx context.Context) (int, error)
 	// LastOfType returns the newest entry of a type, or ErrNotFound.
 	LastOfType(ctx context.Context, t audit.Type) (audit.Record, error)
+	// LastOfTypeAt returns the index and time of the newest entry of a
+	// type, or ErrNotFound, without reading the entry: for callers that
+	// keep what they read of it last time.
+	LastOfTypeAt(ctx context.Context, t audit.Type) (uint64, time.Time, error)
 	// TreeHash returns the RFC 6962 root of the first size entries.
 	TreeHash(ctx context.Context, size uint64) ([]byte, error)
 	// InclusionProof proves entry index is in the tree of the first size

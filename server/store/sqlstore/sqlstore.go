@@ -456,13 +456,35 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := t.exec(ctx, `UPDATE requests SET state = ?, approved_at = ?, grant_expires_at = ?, activation_deadline = ?,
-		approvers_json = ?, issued = ?, first_issued_at = ?, final_at = ?, final_reason = ?, final_by = ?,
-		solo_acked_at = ?, grant_acked_at = ?, token_kid = ?, approved_entry = ?, version = version + 1
-		WHERE id = ? AND version = ?`,
-		string(r.State), nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline),
-		string(approvers), r.Issued, nullNanos(r.FirstIssuedAt), nullNanos(r.FinalAt), r.FinalReason, r.FinalBy,
-		nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, nullIndex(r.ApprovedEntry), r.ID, r.Version)
+	vals := []any{string(r.State), nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline),
+		string(approvers), int64(r.Issued), nullNanos(r.FirstIssuedAt), nullNanos(r.FinalAt), r.FinalReason, r.FinalBy,
+		nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, nullIndex(r.ApprovedEntry)}
+	// Only the columns that change are written: SQLite rewrites the
+	// entries of every index over a column an UPDATE sets, changed or not,
+	// and requests have an index per list filter and per deadline (an
+	// issuance rewrote eight index entries to change a count).
+	stored := make([]any, len(saveCols))
+	ptrs := make([]any, len(saveCols))
+	for i := range stored {
+		ptrs[i] = &stored[i]
+	}
+	err = t.Q.QueryRowContext(ctx, t.q(`SELECT `+strings.Join(saveCols, ", ")+` FROM requests WHERE id = ? AND version = ?`), r.ID, r.Version).Scan(ptrs...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w: request %s changed underneath (version %d)", store.ErrConflict, r.ID, r.Version)
+	}
+	if err != nil {
+		return err
+	}
+	var set []string
+	var args []any
+	for i, v := range vals {
+		if !sameValue(stored[i], v) {
+			set = append(set, saveCols[i]+" = ?")
+			args = append(args, v)
+		}
+	}
+	res, err := t.exec(ctx, `UPDATE requests SET `+strings.Join(append(set, "version = version + 1"), ", ")+` WHERE id = ? AND version = ?`,
+		append(args, r.ID, r.Version)...)
 	if err != nil {
 		return err
 	}
@@ -479,6 +501,32 @@ func (t *Tx) SaveRequest(ctx context.Context, r *request.Request) error {
 		}
 	}
 	return nil
+}
+
+// saveCols are the columns SaveRequest may change, in the order of its
+// values.
+var saveCols = []string{"state", "approved_at", "grant_expires_at", "activation_deadline", "approvers_json", "issued", "first_issued_at",
+	"final_at", "final_reason", "final_by", "solo_acked_at", "grant_acked_at", "token_kid", "approved_entry"}
+
+// sameValue reports whether a value read back from the database equals one
+// about to be written, across the drivers' representations (NULL, integers
+// of any width, text as string or bytes).
+func sameValue(stored, v any) bool {
+	if n, ok := v.(sql.NullInt64); ok {
+		if !n.Valid {
+			return stored == nil
+		}
+		v = n.Int64
+	}
+	switch x := stored.(type) {
+	case int32:
+		stored = int64(x)
+	case int:
+		stored = int64(x)
+	case []byte:
+		stored = string(x)
+	}
+	return stored == v
 }
 
 // AddReview implements store.Tx.
@@ -597,6 +645,19 @@ func (t *Tx) LastOfType(ctx context.Context, typ audit.Type) (audit.Record, erro
 		return audit.Record{}, store.ErrNotFound
 	}
 	return rs[0], nil
+}
+
+// LastOfTypeAt implements store.Reader.
+func (t *Tx) LastOfTypeAt(ctx context.Context, typ audit.Type) (uint64, time.Time, error) {
+	var idx, at int64
+	err := t.Q.QueryRowContext(ctx, t.q(`SELECT idx, time FROM entries WHERE type = ? ORDER BY idx DESC LIMIT 1`), string(typ)).Scan(&idx, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, time.Time{}, store.ErrNotFound
+	}
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	return uint64(idx), fromNanos(at), nil
 }
 
 // Append implements store.Tx.

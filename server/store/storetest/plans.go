@@ -102,6 +102,22 @@ func testQueryPlans(t *testing.T, s store.Store) {
 			}
 			return nil
 		}},
+		{name: "LastOfTypeAt", fn: func(ctx context.Context, tx store.Tx) error {
+			_, _, err := tx.LastOfTypeAt(ctx, audit.TypePolicyLoaded)
+			if err != nil && err != store.ErrNotFound { //nolint:errorlint // the store's own sentinel, unwrapped
+				return err
+			}
+			return nil
+		}},
+		// Only the columns that change are written, by the primary key.
+		{name: "SaveRequest", fn: func(ctx context.Context, tx store.Tx) error {
+			r, err := tx.Request(ctx, "r1")
+			if err != nil {
+				return err
+			}
+			r.Issued++
+			return tx.SaveRequest(ctx, r)
+		}},
 		{name: "LastTokenExpiry", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.LastTokenExpiry(ctx, "k"); return err }},
 		{name: "PostReviewsOpen", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.PostReviews(ctx, true); return err },
 			scans: []string{"post_reviews_open"}},

@@ -151,6 +151,12 @@ func testAppend(t *testing.T, s store.Store) {
 		if _, err := r.LastOfType(ctx, audit.TypePolicyLoaded); !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("LastOfType(absent) = %w", err)
 		}
+		if idx, at, err := r.LastOfTypeAt(ctx, audit.TypeRequestCreated); err != nil || idx != 4 || !at.Equal(last.Time) {
+			return fmt.Errorf("LastOfTypeAt = %d, %s, %w; the entry is at %s", idx, at, err, last.Time)
+		}
+		if _, _, err := r.LastOfTypeAt(ctx, audit.TypePolicyLoaded); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("LastOfTypeAt(absent) = %w", err)
+		}
 		return nil
 	})
 	if err != nil {
