@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/server/broker"
+	"github.com/bgbroker/breakglass/server/event"
+	"github.com/bgbroker/breakglass/server/store"
 	"github.com/bgbroker/breakglass/server/store/storetest"
 )
 
@@ -51,8 +53,22 @@ func TestScaleManyActiveGrants(t *testing.T) {
 	if err != nil || !st["prod-db"].LastUse.Equal(now.Add(-30*time.Second)) {
 		t.Fatalf("account statuses %+v, %v", st, err)
 	}
+	// One post-use review past due among them: the overdue job alerts it,
+	// and the report lists it, whatever the number of grants.
+	overdue := store.PostReview{ID: "pr-overdue", RequestID: "grant-7", Account: "prod-db", Requester: "alice", Excluded: []string{"alice", "bob"},
+		OpenedAt: now.Add(-48 * time.Hour), DueAt: now.Add(-time.Hour)}
+	if err := h.store.Update(h.ctx, func(tx store.Tx) error { return tx.AddPostReview(h.ctx, overdue) }); err != nil {
+		t.Fatal(err)
+	}
 	if err := h.b.Overdue(h.ctx); err != nil {
 		t.Fatalf("overdue job: %v", err)
+	}
+	if rows := h.outbox("grant-7", event.ReviewOverdue); len(rows) == 0 {
+		t.Fatal("the overdue job raised no alert for the overdue review among 40,000 active grants")
+	}
+	rep, err := h.b.Report(h.ctx, "dave", broker.ReportPage{})
+	if err != nil || len(rep.OverdueReviews) != 1 || rep.OverdueReviews[0].ID != overdue.ID {
+		t.Fatalf("the report's overdue reviews: %+v, %v", rep.OverdueReviews, err)
 	}
 
 }
