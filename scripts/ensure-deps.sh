@@ -9,7 +9,9 @@
 # checks its KRLs), and Node.js with the npm packages of test/node (the
 # relying party written with openid-client and jose) and of examples/node
 # (the client written with @grpc/grpc-js, @grpc/proto-loader and jose),
-# each from its lock file. With the argument "examples" (make examples),
+# each from its lock file; and Debian's Chromium with the npm package of
+# test/browser (playwright-core, which drives that Chromium and downloads no
+# browser of its own). With the argument "examples" (make examples),
 # Node.js and those npm packages only.
 set -euo pipefail
 need=()
@@ -26,6 +28,8 @@ if [ "${1:-}" = test ]; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   # ssh-keygen checks KRLs; the witnesses the tests run keep their keys in ssh-agent.
   { command -v ssh-agent >/dev/null && command -v ssh-keygen >/dev/null && command -v ssh-add >/dev/null; } || need+=(openssh-client)
+  # The approver console's browser tests run in Debian's Chromium.
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 if [ "${1:-}" = test ] || [ "${1:-}" = examples ]; then
   command -v node >/dev/null || need+=(nodejs)
@@ -79,7 +83,9 @@ if [ "${1:-}" = test ] || [ "${1:-}" = examples ]; then
     echo "Node.js $(node --version) is too old for test/node and examples/node: they need 20.18 or later" >&2
     exit 1
   fi
-  for project in test/node examples/node; do
+  projects=(test/node examples/node)
+  [ "${1:-}" = test ] && projects+=(test/browser)
+  for project in "${projects[@]}"; do
     stamp="$root/$project/node_modules/.package-lock.json"
     if [ ! -e "$stamp" ] || [ "$root/$project/package-lock.json" -nt "$stamp" ]; then
       echo "installing: npm packages of $project" >&2
