@@ -229,7 +229,13 @@ func (cs *CertificateSection) marshal() ([]byte, error) {
 	if state != 0 {
 		flush()
 	}
-	ids := slices.Clone(cs.KeyIDs)
+	return appendKeyIDs(buf, cs.KeyIDs)
+}
+
+// appendKeyIDs appends the key ID subsection of a certificate section, in
+// strcmp order without repeats, when there are key IDs.
+func appendKeyIDs(buf []byte, keyIDs []string) ([]byte, error) {
+	ids := slices.Clone(keyIDs)
 	slices.Sort(ids) // strcmp order: bytes
 	ids = slices.Compact(ids)
 	var idSect []byte

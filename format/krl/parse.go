@@ -33,80 +33,96 @@ func Parse(b []byte) (*KRL, error) {
 	}
 	r := reader(b[len(Magic):])
 	k := &KRL{}
+	if err := parseHeader(&r, k); err != nil {
+		return nil, err
+	}
+	p := sections{byCA: map[string]*CertificateSection{}}
+	for len(r) > 0 {
+		if err := p.parse(&r, k); err != nil {
+			return nil, err
+		}
+	}
+	return p.finish(k)
+}
+
+// parseHeader reads the header after the magic into k.
+func parseHeader(r *reader, k *KRL) error {
 	ver, err := r.u32()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if ver != FormatVersion {
-		return nil, fmt.Errorf("%w: unsupported format version %d", ErrFormat, ver)
+		return fmt.Errorf("%w: unsupported format version %d", ErrFormat, ver)
 	}
-	var flags uint64
 	if k.Version, err = r.u64(); err != nil {
-		return nil, err
+		return err
 	}
 	if k.GeneratedDate, err = r.u64(); err != nil {
-		return nil, err
+		return err
 	}
-	if flags, err = r.u64(); err != nil {
-		return nil, err
+	if _, err = r.u64(); err != nil { // flags: none are defined; OpenSSH ignores them
+		return err
 	}
-	_ = flags // no flags are defined; OpenSSH ignores them
 	if _, err = r.str(); err != nil {
-		return nil, err
+		return err
 	}
-	if k.Comment, err = r.cstring(); err != nil {
-		return nil, err
+	k.Comment, err = r.cstring()
+	return err
+}
+
+// sections is what Parse gathers across sections before sorting it.
+type sections struct {
+	byCA                 map[string]*CertificateSection
+	keys, sha1s, sha256s [][]byte
+}
+
+// parse reads one section.
+func (p *sections) parse(r *reader, k *KRL) error {
+	typ, err := r.u8()
+	if err != nil {
+		return err
 	}
-	byCA := map[string]*CertificateSection{}
-	var keys, sha1s, sha256s [][]byte
-	for len(r) > 0 {
-		typ, err := r.u8()
-		if err != nil {
-			return nil, err
-		}
-		if typ == sectionSignature {
-			return nil, fmt.Errorf("%w: signed KRLs are not supported (OpenSSH 9.4 and later refuse them too)", ErrFormat)
-		}
-		data, err := r.str()
-		if err != nil {
-			return nil, err
-		}
-		sect := reader(data)
-		switch typ {
-		case sectionCertificates:
-			if err := parseCertificates(&sect, k, byCA); err != nil {
-				return nil, err
-			}
-		case sectionExplicitKey:
-			if keys, err = blobs(&sect, keys, 0); err != nil {
-				return nil, err
-			}
-		case sectionFingerprintSHA1:
-			if sha1s, err = blobs(&sect, sha1s, sha1.Size); err != nil {
-				return nil, err
-			}
-		case sectionFingerprintSHA25:
-			if sha256s, err = blobs(&sect, sha256s, sha256.Size); err != nil {
-				return nil, err
-			}
-		case sectionExtension:
-			if err := extension(&sect, "extension section"); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, fmt.Errorf("%w: unsupported section type %d", ErrFormat, typ)
-		}
-		if len(sect) > 0 {
-			return nil, fmt.Errorf("%w: section %d has trailing data", ErrFormat, typ)
-		}
+	if typ == sectionSignature {
+		return fmt.Errorf("%w: signed KRLs are not supported (OpenSSH 9.4 and later refuse them too)", ErrFormat)
 	}
+	data, err := r.str()
+	if err != nil {
+		return err
+	}
+	sect := reader(data)
+	switch typ {
+	case sectionCertificates:
+		err = parseCertificates(&sect, k, p.byCA)
+	case sectionExplicitKey:
+		p.keys, err = blobs(&sect, p.keys, 0)
+	case sectionFingerprintSHA1:
+		p.sha1s, err = blobs(&sect, p.sha1s, sha1.Size)
+	case sectionFingerprintSHA25:
+		p.sha256s, err = blobs(&sect, p.sha256s, sha256.Size)
+	case sectionExtension:
+		err = extension(&sect, "extension section")
+	default:
+		return fmt.Errorf("%w: unsupported section type %d", ErrFormat, typ)
+	}
+	if err != nil {
+		return err
+	}
+	if len(sect) > 0 {
+		return fmt.Errorf("%w: section %d has trailing data", ErrFormat, typ)
+	}
+	return nil
+}
+
+// finish sorts and de-duplicates what the sections listed, and parses the
+// revoked keys.
+func (p *sections) finish(k *KRL) (*KRL, error) {
 	for _, cs := range k.Certificates {
 		cs.Serials, _ = coalesce(cs.Serials) // every range was checked non-empty and non-zero
 		slices.Sort(cs.KeyIDs)
 		cs.KeyIDs = slices.Compact(cs.KeyIDs)
 	}
-	slices.SortFunc(keys, bytes.Compare)
-	for _, kb := range slices.CompactFunc(keys, bytes.Equal) {
+	slices.SortFunc(p.keys, bytes.Compare)
+	for _, kb := range slices.CompactFunc(p.keys, bytes.Equal) {
 		pk, err := ssh.ParsePublicKey(kb)
 		if err != nil {
 			return nil, fmt.Errorf("%w: a revoked key does not parse: %w", ErrFormat, err)
@@ -116,35 +132,18 @@ func Parse(b []byte) (*KRL, error) {
 		}
 		k.Keys = append(k.Keys, pk)
 	}
-	for _, h := range []*[][]byte{&sha1s, &sha256s} {
+	for _, h := range []*[][]byte{&p.sha1s, &p.sha256s} {
 		slices.SortFunc(*h, bytes.Compare)
 		*h = slices.CompactFunc(*h, bytes.Equal)
 	}
-	k.SHA1, k.SHA256 = sha1s, sha256s
+	k.SHA1, k.SHA256 = p.sha1s, p.sha256s
 	return k, nil
 }
 
 func parseCertificates(r *reader, k *KRL, byCA map[string]*CertificateSection) error {
-	caBlob, err := r.str()
+	cs, err := certificateSection(r, k, byCA)
 	if err != nil {
 		return err
-	}
-	if _, err := r.str(); err != nil { // reserved
-		return err
-	}
-	cs := byCA[string(caBlob)]
-	if cs == nil {
-		cs = &CertificateSection{}
-		if len(caBlob) > 0 {
-			if cs.CA, err = ssh.ParsePublicKey(caBlob); err != nil {
-				return fmt.Errorf("%w: the CA key does not parse: %w", ErrFormat, err)
-			}
-			if isCert(cs.CA) {
-				return fmt.Errorf("%w: the CA key is a certificate", ErrFormat)
-			}
-		}
-		byCA[string(caBlob)] = cs
-		k.Certificates = append(k.Certificates, cs)
 	}
 	for len(*r) > 0 {
 		typ, err := r.u8()
@@ -156,69 +155,107 @@ func parseCertificates(r *reader, k *KRL, byCA map[string]*CertificateSection) e
 			return err
 		}
 		sub := reader(data)
-		switch typ {
-		case certSerialList:
-			for len(sub) > 0 {
-				s, err := sub.u64()
-				if err != nil {
-					return err
-				}
-				if s == 0 {
-					return fmt.Errorf("%w: serial 0 in a serial list", ErrFormat)
-				}
-				cs.Serials = append(cs.Serials, Serial(s))
-			}
-		case certSerialRange:
-			lo, err := sub.u64()
-			if err != nil {
-				return err
-			}
-			hi, err := sub.u64()
-			if err != nil {
-				return err
-			}
-			if lo == 0 || lo > hi {
-				return fmt.Errorf("%w: invalid serial range %d-%d", ErrFormat, lo, hi)
-			}
-			cs.Serials = append(cs.Serials, Range{lo, hi})
-		case certSerialBitmap:
-			off, err := sub.u64()
-			if err != nil {
-				return err
-			}
-			bits, err := sub.mpint()
-			if err != nil {
-				return err
-			}
-			if len(bits) > maxBitmapBytes {
-				return fmt.Errorf("%w: a serial bitmap of %d bytes", ErrFormat, len(bits))
-			}
-			if cs.Serials, err = bitmapRanges(cs.Serials, off, bits); err != nil {
-				return err
-			}
-		case certKeyID:
-			if len(sub) == 0 {
-				return fmt.Errorf("%w: an empty key ID section", ErrFormat)
-			}
-			for len(sub) > 0 {
-				id, err := sub.cstring()
-				if err != nil {
-					return err
-				}
-				cs.KeyIDs = append(cs.KeyIDs, id)
-			}
-		case certExtension:
-			if err := extension(&sub, "certificate extension subsection"); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("%w: unsupported certificate section type 0x%02x", ErrFormat, typ)
+		if err := parseCertSubsection(&sub, typ, cs); err != nil {
+			return err
 		}
 		if len(sub) > 0 {
 			return fmt.Errorf("%w: certificate section 0x%02x has trailing data", ErrFormat, typ)
 		}
 	}
 	return nil
+}
+
+// certificateSection reads a certificate section's CA and returns the
+// section of that CA, new when it is the first one seen.
+func certificateSection(r *reader, k *KRL, byCA map[string]*CertificateSection) (*CertificateSection, error) {
+	caBlob, err := r.str()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := r.str(); err != nil { // reserved
+		return nil, err
+	}
+	if cs := byCA[string(caBlob)]; cs != nil {
+		return cs, nil
+	}
+	cs := &CertificateSection{}
+	if len(caBlob) > 0 {
+		if cs.CA, err = ssh.ParsePublicKey(caBlob); err != nil {
+			return nil, fmt.Errorf("%w: the CA key does not parse: %w", ErrFormat, err)
+		}
+		if isCert(cs.CA) {
+			return nil, fmt.Errorf("%w: the CA key is a certificate", ErrFormat)
+		}
+	}
+	byCA[string(caBlob)] = cs
+	k.Certificates = append(k.Certificates, cs)
+	return cs, nil
+}
+
+// parseCertSubsection reads one subsection of a certificate section into
+// cs.
+func parseCertSubsection(sub *reader, typ byte, cs *CertificateSection) error {
+	switch typ {
+	case certSerialList:
+		for len(*sub) > 0 {
+			s, err := sub.u64()
+			if err != nil {
+				return err
+			}
+			if s == 0 {
+				return fmt.Errorf("%w: serial 0 in a serial list", ErrFormat)
+			}
+			cs.Serials = append(cs.Serials, Serial(s))
+		}
+	case certSerialRange:
+		lo, err := sub.u64()
+		if err != nil {
+			return err
+		}
+		hi, err := sub.u64()
+		if err != nil {
+			return err
+		}
+		if lo == 0 || lo > hi {
+			return fmt.Errorf("%w: invalid serial range %d-%d", ErrFormat, lo, hi)
+		}
+		cs.Serials = append(cs.Serials, Range{lo, hi})
+	case certSerialBitmap:
+		return parseSerialBitmap(sub, cs)
+	case certKeyID:
+		if len(*sub) == 0 {
+			return fmt.Errorf("%w: an empty key ID section", ErrFormat)
+		}
+		for len(*sub) > 0 {
+			id, err := sub.cstring()
+			if err != nil {
+				return err
+			}
+			cs.KeyIDs = append(cs.KeyIDs, id)
+		}
+	case certExtension:
+		return extension(sub, "certificate extension subsection")
+	default:
+		return fmt.Errorf("%w: unsupported certificate section type 0x%02x", ErrFormat, typ)
+	}
+	return nil
+}
+
+// parseSerialBitmap reads a serial bitmap subsection into cs.
+func parseSerialBitmap(sub *reader, cs *CertificateSection) error {
+	off, err := sub.u64()
+	if err != nil {
+		return err
+	}
+	bits, err := sub.mpint()
+	if err != nil {
+		return err
+	}
+	if len(bits) > maxBitmapBytes {
+		return fmt.Errorf("%w: a serial bitmap of %d bytes", ErrFormat, len(bits))
+	}
+	cs.Serials, err = bitmapRanges(cs.Serials, off, bits)
+	return err
 }
 
 // bitmapRanges appends the runs of set bits of a big-endian bitmap whose
