@@ -414,9 +414,7 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func newRotateCmd(f *hsmFlags, stdout, stderr io.Writer) *cobra.Command {
-	var purpose, account, label, operator, subject, reason string
-	var days int
-	var revokeOld bool
+	var r rotateFlags
 	cmd := &cobra.Command{
 		Use:   "rotate --config FILE --purpose token|audit|checkpoint|ssh-ca|x509-ca [--account NAME] [--label LABEL] [--subject DN --days N] [--revoke-old --reason TEXT]",
 		Short: "Make a new key active and retire the old one, audited in the broker's log",
@@ -439,73 +437,87 @@ signed); an X.509 CA key's certificate leaves /x509/ca.pem and its CRL,
 signed while the key is still in the HSM, lists every certificate it
 signed. --reason is required and logged.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if f.config == "" {
-				return fmt.Errorf("--config is required: rotation records the key in the broker's store")
-			}
-			p, err := hsm.ParsePurpose(purpose)
-			if err != nil {
-				return err
-			}
-			cfg, err := config.Load(f.config)
-			if err != nil {
-				return err
-			}
-			h, _, err := f.hsmConfig()
-			if err != nil {
-				return err
-			}
-			cfg.HSM = h
-			if err := cfg.Validate(); err != nil {
-				return err
-			}
-			if revokeOld != (reason != "") {
-				return errors.New("--revoke-old and --reason go together: a CA key is revoked for a reason, which is logged")
-			}
-			if revokeOld && p != hsm.PurposeSSHCA && p != hsm.PurposeX509CA {
-				return fmt.Errorf("--revoke-old is for CA keys (ssh-ca, x509-ca); a %s key is rotated and retired", p)
-			}
-			revokeReason := ""
-			if revokeOld {
-				revokeReason = reason
-			}
-			log := slog.New(slog.NewTextHandler(stderr, nil))
-			var rec store.KeyRecord
-			if p == hsm.PurposeX509CA {
-				name, err := x509ca.ParseName(subject)
-				if err != nil {
-					return fmt.Errorf("--subject (the new X.509 CA certificate's): %w", err)
-				}
-				if days < 1 || days > 3650 {
-					return fmt.Errorf("--days must be between 1 and 3650")
-				}
-				rec, err = daemon.RotateX509CA(cmd.Context(), cfg, label, name, time.Duration(days)*24*time.Hour, revokeReason, log)
-				if err != nil {
-					return err
-				}
-			} else if revokeOld {
-				if rec, err = daemon.RotateRevoking(cmd.Context(), cfg, p, label, revokeReason, log); err != nil {
-					return err
-				}
-			} else if rec, err = daemon.Rotate(cmd.Context(), cfg, p, account, label, log); err != nil {
-				return err
-			}
-			out := map[string]any{"ceremony": "rotate", "time": time.Now().UTC(), "operator": operatorName(operator),
-				"purpose": rec.Purpose, "account": rec.Account, "label": rec.Label, "kid": rec.KID, "id": rec.KeyID, "public_key_pem": rec.PublicPEM}
-			if revokeOld {
-				out["revoked_previous"], out["reason"] = true, reason
-			}
-			return writeJSON(stdout, out)
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return rotate(cmd.Context(), f, &r, stdout, stderr) },
 	}
-	cmd.Flags().StringVar(&purpose, "purpose", "", "token, audit, checkpoint, ssh-ca or x509-ca (required)")
-	cmd.Flags().StringVar(&account, "account", "", "the account whose own token key to rotate")
-	cmd.Flags().StringVar(&label, "label", "", "label of the new key (default: purpose, account and time)")
-	cmd.Flags().StringVar(&operator, "operator", "", "name recorded as the operator")
-	cmd.Flags().StringVar(&subject, "subject", "", "x509-ca: the new CA certificate's distinguished name")
-	cmd.Flags().IntVar(&days, "days", 365, "x509-ca: the new CA certificate's validity in days")
-	cmd.Flags().BoolVar(&revokeOld, "revoke-old", false, "ssh-ca, x509-ca: revoke the old CA key with every certificate it signed (a key that may be compromised)")
-	cmd.Flags().StringVar(&reason, "reason", "", "with --revoke-old: why, logged and announced")
+	cmd.Flags().StringVar(&r.purpose, "purpose", "", "token, audit, checkpoint, ssh-ca or x509-ca (required)")
+	cmd.Flags().StringVar(&r.account, "account", "", "the account whose own token key to rotate")
+	cmd.Flags().StringVar(&r.label, "label", "", "label of the new key (default: purpose, account and time)")
+	cmd.Flags().StringVar(&r.operator, "operator", "", "name recorded as the operator")
+	cmd.Flags().StringVar(&r.subject, "subject", "", "x509-ca: the new CA certificate's distinguished name")
+	cmd.Flags().IntVar(&r.days, "days", 365, "x509-ca: the new CA certificate's validity in days")
+	cmd.Flags().BoolVar(&r.revokeOld, "revoke-old", false, "ssh-ca, x509-ca: revoke the old CA key with every certificate it signed (a key that may be compromised)")
+	cmd.Flags().StringVar(&r.reason, "reason", "", "with --revoke-old: why, logged and announced")
 	_ = cmd.MarkFlagRequired("purpose")
 	return cmd
+}
+
+// rotateFlags are breakglassd hsm rotate's flags.
+type rotateFlags struct {
+	purpose, account, label, operator, subject, reason string
+	days                                               int
+	revokeOld                                          bool
+}
+
+// rotate checks the flags against the configuration, rotates and prints
+// the ceremony's record.
+func rotate(ctx context.Context, f *hsmFlags, r *rotateFlags, stdout, stderr io.Writer) error {
+	if f.config == "" {
+		return fmt.Errorf("--config is required: rotation records the key in the broker's store")
+	}
+	p, err := hsm.ParsePurpose(r.purpose)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(f.config)
+	if err != nil {
+		return err
+	}
+	h, _, err := f.hsmConfig()
+	if err != nil {
+		return err
+	}
+	cfg.HSM = h
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if r.revokeOld != (r.reason != "") {
+		return errors.New("--revoke-old and --reason go together: a CA key is revoked for a reason, which is logged")
+	}
+	if r.revokeOld && p != hsm.PurposeSSHCA && p != hsm.PurposeX509CA {
+		return fmt.Errorf("--revoke-old is for CA keys (ssh-ca, x509-ca); a %s key is rotated and retired", p)
+	}
+	rec, err := rotateKey(ctx, cfg, p, r, slog.New(slog.NewTextHandler(stderr, nil)))
+	if err != nil {
+		return err
+	}
+	out := map[string]any{"ceremony": "rotate", "time": time.Now().UTC(), "operator": operatorName(r.operator),
+		"purpose": rec.Purpose, "account": rec.Account, "label": rec.Label, "kid": rec.KID, "id": rec.KeyID, "public_key_pem": rec.PublicPEM}
+	if r.revokeOld {
+		out["revoked_previous"], out["reason"] = true, r.reason
+	}
+	return writeJSON(stdout, out)
+}
+
+// rotateKey rotates the key of purpose p: an X.509 CA key with its new CA
+// certificate, a CA key revoking the old one, any other key retiring it.
+func rotateKey(ctx context.Context, cfg *config.Config, p hsm.Purpose, r *rotateFlags, log *slog.Logger) (store.KeyRecord, error) {
+	revokeReason := ""
+	if r.revokeOld {
+		revokeReason = r.reason
+	}
+	switch {
+	case p == hsm.PurposeX509CA:
+		name, err := x509ca.ParseName(r.subject)
+		if err != nil {
+			return store.KeyRecord{}, fmt.Errorf("--subject (the new X.509 CA certificate's): %w", err)
+		}
+		if r.days < 1 || r.days > 3650 {
+			return store.KeyRecord{}, fmt.Errorf("--days must be between 1 and 3650")
+		}
+		return daemon.RotateX509CA(ctx, cfg, r.label, name, time.Duration(r.days)*24*time.Hour, revokeReason, log)
+	case r.revokeOld:
+		return daemon.RotateRevoking(ctx, cfg, p, r.label, revokeReason, log)
+	default:
+		return daemon.Rotate(ctx, cfg, p, r.account, r.label, log)
+	}
 }
