@@ -188,36 +188,9 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 		return nil, b.hsmFailure(ctx, err)
 	}
 	var out IssuedSSHCert
-	err = b.update(ctx, func(tx store.Tx) error {
-		r, err := b.certificateGrant(ctx, tx, caller, in.RequestID, approvers, rq.KeyID)
-		if err != nil {
-			return err
-		}
-		if err := checkCAInForce(ctx, tx, purposeSSHCA, caKID); err != nil {
-			return err
-		}
-		now := b.now().UTC()
-		if err := sshCertStillAllowed(b.Policy(), r, in.Principals, rq, now); err != nil {
-			return err
-		}
-		if time.Unix(int64(cert.ValidBefore), 0).After(r.GrantExpiresAt) {
-			return errors.New("certificate would outlive its grant") // cannot happen: valid-before is at most the grant end
-		}
-		serial := strconv.FormatUint(cert.Serial, 10)
-		payload := audit.SSHCertificateIssued{Serial: serial, KeyID: cert.KeyId, CAKID: caKID, Principals: cert.ValidPrincipals,
-			ValidAfter: rq.ValidAfter, ValidBefore: rq.ValidBefore, CriticalOptions: rq.CriticalOptions, Extensions: rq.Extensions,
-			SubjectKeySHA256: ssh.FingerprintSHA256(subject), Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(cert))),
-			Approvers: approvers, Issuance: r.Issued + 1}
-		rec, err := b.recordCertificate(ctx, tx, r, caller, now, audit.TypeSSHCertIssued, payload, &store.CertRecord{Kind: store.CertSSH, CAKID: caKID,
-			Serial: serial, RequestID: r.ID, Account: r.Account, Subject: r.Requester, IssuedAt: now, NotBefore: rq.ValidAfter, ExpiresAt: rq.ValidBefore,
-			Fingerprint: payload.SubjectKeySHA256},
-			fmt.Sprintf("%s received SSH certificate %d of %d on %s for %s (serial %s, expires %s)", caller, r.Issued+1, r.MaxIssuances, r.Account,
-				strings.Join(cert.ValidPrincipals, ","), serial, rq.ValidBefore.Format(time.RFC3339)))
-		if err != nil {
-			return err
-		}
-		out = IssuedSSHCert{Cert: cert, CAKID: caKID, IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
-		return nil
+	err = b.update(ctx, func(tx store.Tx) (err error) {
+		out, err = b.recordSSHCert(ctx, tx, caller, in, approvers, rq, cert, caKID)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -226,6 +199,40 @@ func (b *Broker) IssueSSHCertificate(ctx context.Context, caller string, in SSHC
 	b.log.Info("ssh certificate issued", "request", in.RequestID, "requester", caller, "serial", cert.Serial, "key_id", cert.KeyId,
 		"principals", cert.ValidPrincipals, "entry", out.Entry.Index)
 	return &out, nil
+}
+
+// recordSSHCert checks, in the transaction that records it, that the grant
+// and the CA key still allow a signed SSH certificate, and logs it.
+func (b *Broker) recordSSHCert(ctx context.Context, tx store.Tx, caller string, in SSHCertInput, approvers []string, rq sshca.Request,
+	cert *ssh.Certificate, caKID string) (IssuedSSHCert, error) {
+	r, err := b.certificateGrant(ctx, tx, caller, in.RequestID, approvers, rq.KeyID)
+	if err != nil {
+		return IssuedSSHCert{}, err
+	}
+	if err := checkCAInForce(ctx, tx, purposeSSHCA, caKID); err != nil {
+		return IssuedSSHCert{}, err
+	}
+	now := b.now().UTC()
+	if err := sshCertStillAllowed(b.Policy(), r, in.Principals, rq, now); err != nil {
+		return IssuedSSHCert{}, err
+	}
+	if time.Unix(int64(cert.ValidBefore), 0).After(r.GrantExpiresAt) {
+		return IssuedSSHCert{}, errors.New("certificate would outlive its grant") // cannot happen: valid-before is at most the grant end
+	}
+	serial := strconv.FormatUint(cert.Serial, 10)
+	payload := audit.SSHCertificateIssued{Serial: serial, KeyID: cert.KeyId, CAKID: caKID, Principals: cert.ValidPrincipals,
+		ValidAfter: rq.ValidAfter, ValidBefore: rq.ValidBefore, CriticalOptions: rq.CriticalOptions, Extensions: rq.Extensions,
+		SubjectKeySHA256: ssh.FingerprintSHA256(rq.Key), Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(cert))),
+		Approvers: approvers, Issuance: r.Issued + 1}
+	rec, err := b.recordCertificate(ctx, tx, r, caller, now, audit.TypeSSHCertIssued, payload, &store.CertRecord{Kind: store.CertSSH, CAKID: caKID,
+		Serial: serial, RequestID: r.ID, Account: r.Account, Subject: r.Requester, IssuedAt: now, NotBefore: rq.ValidAfter, ExpiresAt: rq.ValidBefore,
+		Fingerprint: payload.SubjectKeySHA256},
+		fmt.Sprintf("%s received SSH certificate %d of %d on %s for %s (serial %s, expires %s)", caller, r.Issued+1, r.MaxIssuances, r.Account,
+			strings.Join(cert.ValidPrincipals, ","), serial, rq.ValidBefore.Format(time.RFC3339)))
+	if err != nil {
+		return IssuedSSHCert{}, err
+	}
+	return IssuedSSHCert{Cert: cert, CAKID: caKID, IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}, nil
 }
 
 // IssueX509Certificate signs an X.509 client certificate for an approved
@@ -287,40 +294,10 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 		return nil, b.hsmFailure(ctx, err)
 	}
 	var out IssuedX509Cert
-	err = b.update(ctx, func(tx store.Tx) error {
-		r, err := b.certificateGrant(ctx, tx, caller, in.RequestID, approvers, "")
-		if err != nil {
-			return err
-		}
-		if err := checkCAInForce(ctx, tx, purposeX509CA, caKID); err != nil {
-			return err
-		}
-		now := b.now().UTC()
-		if err := x509CertStillAllowed(b.Policy(), r, rq, now); err != nil {
-			return err
-		}
-		if cert.NotAfter.After(r.GrantExpiresAt) {
-			return errors.New("certificate would outlive its grant") // cannot happen: not-after is at most the grant end
-		}
-		spki := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-		var uris []string
-		for _, u := range cert.URIs {
-			uris = append(uris, u.String())
-		}
-		serial := cert.SerialNumber.String()
-		payload := audit.X509CertificateIssued{Serial: serial, CAKID: caKID, CommonName: cert.Subject.CommonName, DNSNames: cert.DNSNames, URIs: uris,
-			NotBefore: cert.NotBefore.UTC(), NotAfter: cert.NotAfter.UTC(), SubjectKeySHA256: hex.EncodeToString(spki[:]), Certificate: cert.Raw,
-			Approvers: approvers, Issuance: r.Issued + 1}
-		rec, err := b.recordCertificate(ctx, tx, r, caller, now, audit.TypeX509CertIssued, payload, &store.CertRecord{Kind: store.CertX509, CAKID: caKID,
-			Serial: serial, RequestID: r.ID, Account: r.Account, Subject: r.Requester, IssuedAt: now, NotBefore: cert.NotBefore, ExpiresAt: cert.NotAfter,
-			Fingerprint: payload.SubjectKeySHA256},
-			fmt.Sprintf("%s received X.509 certificate %d of %d on %s for CN=%s (serial %s, expires %s)", caller, r.Issued+1, r.MaxIssuances, r.Account,
-				cert.Subject.CommonName, serial, cert.NotAfter.UTC().Format(time.RFC3339)))
-		if err != nil {
-			return err
-		}
-		out = IssuedX509Cert{Cert: cert, CACert: ca.Certificate(), CAKID: caKID, IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
-		return nil
+	err = b.update(ctx, func(tx store.Tx) (err error) {
+		out, err = b.recordX509Cert(ctx, tx, caller, in, approvers, rq, cert, caKID)
+		out.CACert = ca.Certificate()
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -329,6 +306,45 @@ func (b *Broker) IssueX509Certificate(ctx context.Context, caller string, in X50
 	b.log.Info("x509 certificate issued", "request", in.RequestID, "requester", caller, "serial", cert.SerialNumber.String(),
 		"common_name", cert.Subject.CommonName, "entry", out.Entry.Index)
 	return &out, nil
+}
+
+// recordX509Cert checks, in the transaction that records it, that the
+// grant and the CA key still allow an issued X.509 certificate, and logs
+// it.
+func (b *Broker) recordX509Cert(ctx context.Context, tx store.Tx, caller string, in X509CertInput, approvers []string, rq x509ca.Request,
+	cert *x509.Certificate, caKID string) (IssuedX509Cert, error) {
+	r, err := b.certificateGrant(ctx, tx, caller, in.RequestID, approvers, "")
+	if err != nil {
+		return IssuedX509Cert{}, err
+	}
+	if err := checkCAInForce(ctx, tx, purposeX509CA, caKID); err != nil {
+		return IssuedX509Cert{}, err
+	}
+	now := b.now().UTC()
+	if err := x509CertStillAllowed(b.Policy(), r, rq, now); err != nil {
+		return IssuedX509Cert{}, err
+	}
+	if cert.NotAfter.After(r.GrantExpiresAt) {
+		return IssuedX509Cert{}, errors.New("certificate would outlive its grant") // cannot happen: not-after is at most the grant end
+	}
+	spki := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	var uris []string
+	for _, u := range cert.URIs {
+		uris = append(uris, u.String())
+	}
+	serial := cert.SerialNumber.String()
+	payload := audit.X509CertificateIssued{Serial: serial, CAKID: caKID, CommonName: cert.Subject.CommonName, DNSNames: cert.DNSNames, URIs: uris,
+		NotBefore: cert.NotBefore.UTC(), NotAfter: cert.NotAfter.UTC(), SubjectKeySHA256: hex.EncodeToString(spki[:]), Certificate: cert.Raw,
+		Approvers: approvers, Issuance: r.Issued + 1}
+	rec, err := b.recordCertificate(ctx, tx, r, caller, now, audit.TypeX509CertIssued, payload, &store.CertRecord{Kind: store.CertX509, CAKID: caKID,
+		Serial: serial, RequestID: r.ID, Account: r.Account, Subject: r.Requester, IssuedAt: now, NotBefore: cert.NotBefore, ExpiresAt: cert.NotAfter,
+		Fingerprint: payload.SubjectKeySHA256},
+		fmt.Sprintf("%s received X.509 certificate %d of %d on %s for CN=%s (serial %s, expires %s)", caller, r.Issued+1, r.MaxIssuances, r.Account,
+			cert.Subject.CommonName, serial, cert.NotAfter.UTC().Format(time.RFC3339)))
+	if err != nil {
+		return IssuedX509Cert{}, err
+	}
+	return IssuedX509Cert{Cert: cert, CAKID: caKID, IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}, nil
 }
 
 // sshCertFor is what the policy gives a grant's SSH certificate now:
