@@ -131,67 +131,9 @@ func (b *Broker) IssueToken(ctx context.Context, caller, id, audience string) (*
 		return nil, b.hsmFailure(ctx, err)
 	}
 	var out Issued
-	err = b.update(ctx, func(tx store.Tx) error {
-		r, err := b.loadRequest(ctx, tx, id, caller)
-		if err != nil {
-			return err
-		}
-		if err := b.checkPolicyInForce(ctx, tx); err != nil {
-			return err
-		}
-		// The key that signed must still be in force when the issuance
-		// is logged: a rotation meanwhile retired it.
-		if m, err := b.minter(ctx, tx, r.Account); err != nil {
-			return err
-		} else if m.KID() != minted.KID {
-			return &Error{Kind: KindState, Msg: "the token key was rotated while the token was being made; try again"}
-		}
-		now := b.now().UTC()
-		if _, o, err := b.checkIssuable(b.Policy(), r, caller, audience, now); err != nil {
-			return err
-		} else if !slices.Equal(o.Approvers(), claims.Approvers) {
-			return &Error{Kind: KindState, Msg: "the request's approvals changed while the token was being made; try again"}
-		}
-		if err := b.checkWitnessed(ctx, tx, r); err != nil {
-			return err
-		}
-		if claims.Expiry.Time().After(r.GrantExpiresAt) {
-			return errors.New("token would outlive its grant") // cannot happen: exp is the grant end
-		}
-		r.Issued++
-		first := r.FirstIssuedAt.IsZero()
-		if first {
-			r.FirstIssuedAt = now
-		}
-		r.TokenKID = minted.KID
-		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
-			Type: audit.TypeTokenIssued, Actor: caller, Request: r.ID, Account: r.Account,
-			Payload: audit.TokenIssued{JTI: jti, KID: minted.KID, Audience: audience, IssuedAt: claims.IssuedAt.Time().UTC(),
-				ExpiresAt: claims.Expiry.Time().UTC(), TokenSHA256: minted.SHA256, Claims: minted.ClaimsJSON, Issuance: r.Issued},
-		}, true)
-		if err != nil {
-			return err
-		}
-		if err := tx.AddToken(ctx, &store.TokenRecord{
-			JTI: jti, RequestID: r.ID, Account: r.Account, Subject: r.Requester, Audience: audience, KID: minted.KID,
-			IssuedAt: claims.IssuedAt.Time().UTC(), ExpiresAt: claims.Expiry.Time().UTC(), TokenSHA256: minted.SHA256,
-			Drill: r.Drill, EntryIndex: rec.Index,
-		}); err != nil {
-			return err
-		}
-		if err := tx.SaveRequest(ctx, r); err != nil {
-			return err
-		}
-		out = Issued{Token: minted.Token, JTI: jti, KID: minted.KID, ExpiresAt: claims.Expiry.Time().UTC(), SHA256: minted.SHA256,
-			IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
-		if err := b.emit(ctx, tx, requestEvent(event.TokenIssued, r, caller, fmt.Sprintf("%s received token %d of %d for %s on %s (expires %s)",
-			caller, r.Issued, r.MaxIssuances, audience, r.Account, out.ExpiresAt.Format(time.RFC3339)), &rec), nil); err != nil {
-			return err
-		}
-		if first && !r.SoloGrant() { // a solo grant's review opened at its approval
-			return b.openPostReview(ctx, tx, r, now)
-		}
-		return nil
+	err = b.update(ctx, func(tx store.Tx) (err error) {
+		out, err = b.recordToken(ctx, tx, caller, id, audience, claims, minted)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -209,6 +151,74 @@ type MinterResolver interface {
 
 // purposeToken is the token keys' purpose in the key registry.
 const purposeToken = "token"
+
+// recordToken checks again, in the transaction that logs it, everything
+// that allowed a minted token (policy and token key in force, the same
+// approvals, the witnesses), and records it; nothing is kept when a check
+// fails.
+func (b *Broker) recordToken(ctx context.Context, tx store.Tx, caller, id, audience string, claims token.Claims, minted *token.Minted) (Issued, error) {
+	jti := claims.ID
+	r, err := b.loadRequest(ctx, tx, id, caller)
+	if err != nil {
+		return Issued{}, err
+	}
+	if err := b.checkPolicyInForce(ctx, tx); err != nil {
+		return Issued{}, err
+	}
+	// The key that signed must still be in force when the issuance
+	// is logged: a rotation meanwhile retired it.
+	if m, err := b.minter(ctx, tx, r.Account); err != nil {
+		return Issued{}, err
+	} else if m.KID() != minted.KID {
+		return Issued{}, &Error{Kind: KindState, Msg: "the token key was rotated while the token was being made; try again"}
+	}
+	now := b.now().UTC()
+	if _, o, err := b.checkIssuable(b.Policy(), r, caller, audience, now); err != nil {
+		return Issued{}, err
+	} else if !slices.Equal(o.Approvers(), claims.Approvers) {
+		return Issued{}, &Error{Kind: KindState, Msg: "the request's approvals changed while the token was being made; try again"}
+	}
+	if err := b.checkWitnessed(ctx, tx, r); err != nil {
+		return Issued{}, err
+	}
+	if claims.Expiry.Time().After(r.GrantExpiresAt) {
+		return Issued{}, errors.New("token would outlive its grant") // cannot happen: exp is the grant end
+	}
+	r.Issued++
+	first := r.FirstIssuedAt.IsZero()
+	if first {
+		r.FirstIssuedAt = now
+	}
+	r.TokenKID = minted.KID
+	rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+		Type: audit.TypeTokenIssued, Actor: caller, Request: r.ID, Account: r.Account,
+		Payload: audit.TokenIssued{JTI: jti, KID: minted.KID, Audience: audience, IssuedAt: claims.IssuedAt.Time().UTC(),
+			ExpiresAt: claims.Expiry.Time().UTC(), TokenSHA256: minted.SHA256, Claims: minted.ClaimsJSON, Issuance: r.Issued},
+	}, true)
+	if err != nil {
+		return Issued{}, err
+	}
+	if err := tx.AddToken(ctx, &store.TokenRecord{
+		JTI: jti, RequestID: r.ID, Account: r.Account, Subject: r.Requester, Audience: audience, KID: minted.KID,
+		IssuedAt: claims.IssuedAt.Time().UTC(), ExpiresAt: claims.Expiry.Time().UTC(), TokenSHA256: minted.SHA256,
+		Drill: r.Drill, EntryIndex: rec.Index,
+	}); err != nil {
+		return Issued{}, err
+	}
+	if err := tx.SaveRequest(ctx, r); err != nil {
+		return Issued{}, err
+	}
+	out := Issued{Token: minted.Token, JTI: jti, KID: minted.KID, ExpiresAt: claims.Expiry.Time().UTC(), SHA256: minted.SHA256,
+		IssuancesLeft: r.MaxIssuances - r.Issued, Entry: rec}
+	if err := b.emit(ctx, tx, requestEvent(event.TokenIssued, r, caller, fmt.Sprintf("%s received token %d of %d for %s on %s (expires %s)",
+		caller, r.Issued, r.MaxIssuances, audience, r.Account, out.ExpiresAt.Format(time.RFC3339)), &rec), nil); err != nil {
+		return Issued{}, err
+	}
+	if first && !r.SoloGrant() { // a solo grant's review opened at its approval
+		return out, b.openPostReview(ctx, tx, r, now)
+	}
+	return out, nil
+}
 
 // minter is the minter of the token key in force for account, as the key
 // registry names it in rd: the account's own key, else the broker's. A key
