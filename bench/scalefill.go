@@ -120,7 +120,7 @@ func runFill(cfgPath string, target uint64, workers int) error {
 	defer d.Close()
 	f := &filler{b: d.Broker, keys: map[string]principalKey{}}
 	dir := filepath.Dir(cfgPath)
-	for _, p := range []string{"bob", "erin", "carol"} {
+	for _, p := range []string{"alice", "bob", "erin", "carol"} {
 		kp, err := tls.LoadX509KeyPair(filepath.Join(dir, "identities", p+".crt"), filepath.Join(dir, "identities", p+".key"))
 		if err != nil {
 			return err
@@ -204,8 +204,20 @@ func (f *filler) review(ctx context.Context, who string, r *request.Request, d r
 }
 
 func (f *filler) create(ctx context.Context, account string, k int64) (*request.Request, error) {
-	res, err := f.b.CreateRequest(ctx, "alice", broker.CreateInput{Account: account, Ticket: fmt.Sprintf("INC-%d", k),
-		Justification: fmt.Sprintf("primary database unreachable, failover needs superuser (scale fill %d)", k), IdempotencyKey: uuid.NewString()})
+	in := broker.CreateInput{Account: account, Ticket: fmt.Sprintf("INC-%d", k),
+		Justification: fmt.Sprintf("primary database unreachable, failover needs superuser (scale fill %d)", k), IdempotencyKey: uuid.NewString()}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, err
+	}
+	st := statement.Request{Origin: f.b.Origin(), ID: id.String(), Account: account, Ticket: in.Ticket, Justification: in.Justification,
+		Time: f.b.Now().UTC().Truncate(time.Second)}
+	in.Statement = st.Marshal()
+	if in.Signature, err = statement.Sign(f.keys["alice"].key, in.Statement); err != nil {
+		return nil, err
+	}
+	in.Cert = f.keys["alice"].cert
+	res, err := f.b.CreateRequest(ctx, "alice", in)
 	if err != nil {
 		return nil, err
 	}

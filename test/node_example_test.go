@@ -130,7 +130,7 @@ func TestNodeClientFlow(t *testing.T) {
 		}
 	}
 	a := got.Audit
-	if !a.Pinned || a.Statements != 4 || a.Requests != 1 || a.Entries != a.CheckpointSize || a.Entries < 10 {
+	if !a.Pinned || a.Statements != 5 || a.Requests != 1 || a.Entries != a.CheckpointSize || a.Entries < 10 {
 		t.Errorf("the Node auditor: %+v", a)
 	}
 	// The Go offline verifier accepts the log with the Node client's

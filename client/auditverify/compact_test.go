@@ -20,6 +20,7 @@ import (
 // verifier does once signatures and the tree are checked.
 type replayer struct {
 	t    *testing.T
+	l    *fuzzLog
 	r    *replay
 	head audit.Head
 	at   time.Time
@@ -27,7 +28,7 @@ type replayer struct {
 }
 
 func newReplayer(t *testing.T, l *fuzzLog) *replayer {
-	p := &replayer{t: t, at: fuzzT0.Add(time.Minute)}
+	p := &replayer{t: t, l: l, at: fuzzT0.Add(time.Minute)}
 	p.r = newReplay(fuzzOrigin, l.cas, nil, statement.NewCache(64), func(v *Violation) { p.vs = append(p.vs, v) })
 	return p
 }
@@ -72,10 +73,10 @@ func (p *replayer) created(id string, pol *policy.Policy) *Violation {
 	acct, _ := pol.Account("prod-db")
 	at := p.at.Add(time.Millisecond)
 	c := statement.Content{Version: statement.CurrentContent, ID: id, Account: "prod-db", Requester: "alice", Justification: "db down", Ticket: "INC-1", TTLSeconds: 1800, CreatedAt: at}
-	return p.next(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: audit.RequestCreated{
+	return p.next(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: p.l.signedRequest(audit.RequestCreated{
 		Justification: c.Justification, Ticket: c.Ticket, TTLSeconds: c.TTLSeconds, CreatedAt: at, ApprovalDeadline: at.Add(acct.ApprovalWindow.D()),
 		Quorum: acct.Quorum, DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: int64(acct.ActivationWindow.D() / time.Second),
-		PolicyHash: pol.Hash(), ContentDigest: c.Digest(), ContentVersion: int(statement.CurrentContent)}})
+		PolicyHash: pol.Hash(), ContentDigest: c.Digest(), ContentVersion: int(statement.CurrentContent)}, id, "prod-db", at)})
 }
 
 // The replay keeps a request whole only while something may still happen

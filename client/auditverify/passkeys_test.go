@@ -104,10 +104,12 @@ func (p *passkeyLog) request() string {
 	acct, _ := p.pol.Account("prod-db")
 	c := statement.Content{Version: statement.ContentV2, ID: id, Account: "prod-db", Requester: "alice", Justification: "db down", TTLSeconds: 1800, CreatedAt: created}
 	p.content[id] = c
-	p.add(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: audit.RequestCreated{
+	rc := audit.RequestCreated{
 		Justification: c.Justification, TTLSeconds: c.TTLSeconds, CreatedAt: created, ApprovalDeadline: created.Add(30 * time.Minute), Quorum: acct.Quorum,
 		DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: 600, PolicyHash: p.pol.Hash(), ContentDigest: c.Digest(),
-		ContentVersion: int(statement.ContentV2)}})
+		ContentVersion: int(statement.ContentV2)}
+	rc.Signed = signRequest(p.keys["alice"], p.certs["alice"], rc, id, "prod-db", created)
+	p.add(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: rc})
 	return id
 }
 

@@ -401,13 +401,62 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 	if c.Digest() != p.ContentDigest {
 		return violation(i, "the content digest does not match the request's content (version %d text)", v.Norm())
 	}
+	defaultTTL := acct.MaxTTL.D()
+	if p.Solo {
+		defaultTTL = acct.Solo.MaxTTL.D()
+	}
+	cert, reason := r.checkRequestStatement(e, p, defaultTTL)
+	if reason != "" {
+		return violation(i, "request %s was not signed by its requester %s: %s", e.Request, e.Actor, reason)
+	}
 	r.nRequests++
 	r.requests[e.Request] = &reqState{
 		id: e.Request, account: e.Account, requester: e.Actor, digest: p.ContentDigest, rule: p.Quorum, ttl: ttl, drill: p.Drill,
 		denyThreshold: p.DenyThreshold, maxIssuances: p.MaxIssuances, activationWindow: time.Duration(p.ActivationWindow) * time.Second,
 		identity: r.identity, createdAt: p.CreatedAt, approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{}, solo: p.Solo, content: c,
+		requesterKey: keyOf(cert), requesterCert: cert,
 	}
 	return nil
+}
+
+// checkRequestStatement verifies the request statement a request_created
+// entry carries the way the broker must have: it says exactly this
+// request (its id, account, TTL, drill and solo flags, ticket and
+// justification, in this log, within MaxSkew of the entry), and is signed
+// by the key of a certificate that chained to the client CA then, was not
+// revoked, and names the requester under the identity rule in force. It
+// returns the certificate, or why the request was not signed.
+func (r *replay) checkRequestStatement(e *audit.Entry, p audit.RequestCreated, defaultTTL time.Duration) (*x509.Certificate, string) {
+	if len(p.Statement) == 0 {
+		return nil, "the entry carries no request statement: every request is signed by its requester, so this one was made by someone else (the broker refuses unsigned requests)"
+	}
+	st, err := statement.ParseRequest(p.Statement)
+	if err != nil {
+		return nil, err.Error()
+	}
+	asked := statement.Asked{Origin: r.origin, ID: e.Request, Account: e.Account, Ticket: p.Ticket, Justification: p.Justification,
+		TTLSeconds: p.TTLSeconds, DefaultTTLSeconds: int64(defaultTTL / time.Second), Drill: p.Drill, Solo: p.Solo}
+	if err := statement.CheckRequest(st, asked, e.Time); err != nil {
+		return nil, err.Error()
+	}
+	cert, err := r.sigs.ParseCertificate(p.Certificate)
+	if err != nil {
+		return nil, "the certificate does not parse: " + err.Error()
+	}
+	if reason := r.certHeld(cert, e.Time); reason != "" {
+		return nil, reason
+	}
+	who, err := principalOf(cert, r.identity)
+	if err != nil {
+		return nil, err.Error()
+	}
+	if who != e.Actor {
+		return nil, fmt.Sprintf("the certificate belongs to %s, not %s", who, e.Actor)
+	}
+	if err := r.sigs.Verify(cert, p.Statement, p.Signature); err != nil {
+		return nil, err.Error()
+	}
+	return cert, ""
 }
 
 func (r *replay) request(i int64, e *audit.Entry) (*reqState, *Violation) {

@@ -170,7 +170,7 @@ func prepare(raw []byte, cands *candidates, sigs *statement.Cache) prepared {
 	// finds them in the cache.
 	if e != nil {
 		switch e.Type {
-		case audit.TypeRequestReviewed, audit.TypeReviewClosed, audit.TypeAccountAttested:
+		case audit.TypeRequestCreated, audit.TypeRequestReviewed, audit.TypeReviewClosed, audit.TypeAccountAttested:
 			var s audit.Signed
 			if json.Unmarshal(e.Payload, &s) == nil {
 				if cert, err := sigs.ParseCertificate(s.Certificate); err == nil {

@@ -101,9 +101,29 @@ type fuzzLog struct {
 	nextAudit rfc6979
 	nextNote  ed25519.PrivateKey
 	notePriv  ed25519.PrivateKey
-	// bob approves requests with the key of his client certificate.
-	bobKey ed25519.PrivateKey
-	bobDER []byte
+	// bob approves requests with the key of his client certificate, and
+	// alice signs hers with hers.
+	bobKey   ed25519.PrivateKey
+	bobDER   []byte
+	aliceKey ed25519.PrivateKey
+	aliceDER []byte
+}
+
+// signedRequest is p signed by alice as request id on account, at t.
+func (l *fuzzLog) signedRequest(p audit.RequestCreated, id, account string, t time.Time) audit.RequestCreated {
+	p.Signed = signRequest(l.aliceKey, l.aliceDER, p, id, account, t)
+	return p
+}
+
+// signRequest signs the request statement of p with key, whose
+// certificate is der.
+func signRequest(key crypto.Signer, der []byte, p audit.RequestCreated, id, account string, t time.Time) audit.Signed {
+	st := statement.Request{Origin: fuzzOrigin, ID: id, Account: account, TTLSeconds: p.TTLSeconds, Drill: p.Drill, Solo: p.Solo,
+		Ticket: p.Ticket, Justification: p.Justification, Time: t.Truncate(time.Second)}
+	b := st.Marshal()
+	sig, err := statement.Sign(key, b)
+	must(err)
+	return audit.Signed{Statement: b, Signature: sig, Certificate: der}
 }
 
 var (
@@ -149,6 +169,12 @@ func buildFuzzLog() *fuzzLog {
 	l.bobDER, err = x509.CreateCertificate(nil, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "bob"},
 		NotBefore: caTmpl.NotBefore, NotAfter: caTmpl.NotAfter, URIs: []*url.URL{bobURI}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
 		ca, l.bobKey.Public(), caKey)
+	must(err)
+	l.aliceKey = ed25519.NewKeyFromSeed(fuzzSeed("alice"))
+	aliceURI, _ := url.Parse(fuzzURIPrefix + "alice")
+	l.aliceDER, err = x509.CreateCertificate(nil, &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "alice"},
+		NotBefore: caTmpl.NotBefore, NotAfter: caTmpl.NotAfter, URIs: []*url.URL{aliceURI}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+		ca, l.aliceKey.Public(), caKey)
 	must(err)
 
 	l.entries = l.build(1800)
@@ -214,9 +240,10 @@ accounts:
 			Count: 2, WindowStart: fuzzT0, WindowEnd: fuzzT0.Add(time.Minute), Methods: map[string]int{"/breakglass.v1.AccessService/Approve": 2}}}},
 		{fuzzT0.Add(2 * time.Second), audit.Draft{Type: audit.TypeKeyActivated, Actor: "breakglass", Payload: audit.KeyChange{Purpose: "token",
 			KID: fuzzTokenKID, Label: "token"}}},
-		{created, req(audit.TypeRequestCreated, "alice", audit.RequestCreated{Justification: content.Justification, Ticket: content.Ticket,
+		{created, req(audit.TypeRequestCreated, "alice", l.signedRequest(audit.RequestCreated{Justification: content.Justification, Ticket: content.Ticket,
 			TTLSeconds: content.TTLSeconds, CreatedAt: created, ApprovalDeadline: created.Add(30 * time.Minute), Quorum: acct.Quorum,
-			DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: 600, PolicyHash: pol.Hash(), ContentDigest: content.Digest()})},
+			DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: 600, PolicyHash: pol.Hash(), ContentDigest: content.Digest()},
+			fuzzRequest, "prod-db", created))},
 		{reviewed, req(audit.TypeRequestReviewed, "bob", audit.RequestReviewed{Decision: statement.TypeApprove, Comment: "ok", Groups: []string{"db"},
 			Statement: stmt, Signature: stmtSig, Certificate: l.bobDER})},
 		{reviewed, req(audit.TypeRequestApproved, "breakglass", audit.RequestApproved{ApprovedAt: reviewed, GrantExpiresAt: grantEnd,

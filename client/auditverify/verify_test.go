@@ -284,7 +284,7 @@ func TestIdentityChangeWithOpenWork(t *testing.T) {
 	entries := l.chain(review+1, loaded)
 	cp, _ := l.checkpoint(entries)
 	_, err = Verify(l.options(l.exportOf(entries), cp, nil))
-	if vs := violationsOf(t, err); !has(vs, int64(review+1), "would name reviewer bob of open request "+fuzzRequest+" nobody") {
+	if vs := violationsOf(t, err); !has(vs, int64(review+1), "would name requester alice of open request "+fuzzRequest+" nobody") {
 		t.Fatalf("an identity change under an open request: %s", vs)
 	}
 	entries = l.chain(len(l.entries), loaded)

@@ -94,6 +94,17 @@ function signed(p, fields) {
   return { text, signature };
 }
 
+// requestStatement signs, with p's key, the request statement of a
+// CreateRequestRequest (docs/signing.md, "Request statements"): the request
+// under a fresh id of p's choosing, which becomes the request's id.
+function requestStatement(p, origin, req) {
+  const text = s.requestStatementText({
+    origin, request: randomUUID(), account: req.account, ttlSeconds: req.requested_ttl ? Number(req.requested_ttl.seconds) : 0,
+    drill: Boolean(req.drill), solo: Boolean(req.solo), ticket: req.ticket ?? '', justification: req.justification, time: new Date(),
+  });
+  return { statement: text, signature: s.signStatement(p.key, text), signer: 'REVIEW_SIGNER_CERTIFICATE' };
+}
+
 // refused expects a call to fail with InvalidArgument and returns its
 // message.
 async function refused(what, call) {
@@ -229,6 +240,13 @@ async function audit(dave) {
         if (d !== p.content_digest) throw new Error(`entry ${i}: content_digest ${p.content_digest} is not the content's ${d}`);
         digests[e.request] = d;
         counts.requests++;
+        // Signed by the requester (a ttl_seconds of 0 asks for the
+        // account's longest, which the entry records resolved).
+        s.verifyRequestStatement(signer().publicKey, Buffer.from(p.statement, 'base64'), Buffer.from(p.signature, 'base64'), {
+          origin: info.origin, request: e.request, account: e.account, ttlSeconds: p.ttl_seconds, defaultTTLSeconds: p.ttl_seconds,
+          drill: Boolean(p.drill), solo: Boolean(p.solo), ticket: p.ticket ?? '', justification: p.justification ?? '',
+        }, at);
+        counts.statements++;
         break;
       }
       case 'request_reviewed':
@@ -285,10 +303,13 @@ async function main() {
     // alice asks. The justification has a newline and non-ASCII text:
     // the content text carries the base64 of its UTF-8 bytes.
     const justification = 'primary is down, INC-4711\nreplica lag 40 s — primärer Knoten ✓';
-    const created = await alice.api.RequestService.CreateRequest({
-      account: ACCOUNT, justification, ticket: 'INC-4711', requested_ttl: { seconds: '1800', nanos: 0 }, idempotency_key: randomUUID(),
-    });
+    const ask = { account: ACCOUNT, justification, ticket: 'INC-4711', requested_ttl: { seconds: '1800', nanos: 0 }, idempotency_key: randomUUID() };
+    // The request is signed by alice: its statement names the id she
+    // chose, which the broker gives the request.
+    const requestSt = requestStatement(alice, origin, ask);
+    const created = await alice.api.RequestService.CreateRequest({ ...ask, request_statement: requestSt });
     const id = created.request.id;
+    if (id !== s.parseRequestStatement(requestSt.statement).request) throw new Error(`the broker named the request ${id}, not the id alice signed`);
     const c = content(created.request);
     log(`alice created ${id}: content v${created.request.content_version}, digest ${c.digest} matches`);
 

@@ -57,6 +57,12 @@ type RequestCreated struct {
 	// ContentVersion is the version of that text; absent in entries
 	// written before version 2, which are version 1.
 	ContentVersion int `json:"content_version,omitempty"`
+	// Signed is the request statement (format/statement) the requester
+	// signed, its signature and the requester's certificate (DER), so
+	// that the requester is known by their key; KeyStore is where their
+	// client said the key lives, declared and not signed.
+	Signed
+	KeyStore string `json:"key_store,omitempty"`
 }
 
 // RequestReviewed records one review. The reviewer is the entry's actor.

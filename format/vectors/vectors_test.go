@@ -655,18 +655,21 @@ func (s noteSigner) KeyHash() uint32 {
 }
 func (s noteSigner) Sign(msg []byte) ([]byte, error) { return ed25519.Sign(s.key, msg), nil }
 
-func entryVectors(t *testing.T, kf *keyFile, reviews []statementVector) ([]entryVector, []checkpointVector) {
+func entryVectors(t *testing.T, kf *keyFile, reviews []statementVector, requests []requestVector) ([]entryVector, []checkpointVector) {
 	t.Helper()
 	ak := kf.key(t, "audit-1")
 	c := baseContent()
 	approve := reviews[0]
 	bob := kf.key(t, approve.Key)
 	sig, _ := base64.StdEncoding.DecodeString(approve.Signature)
+	asked := requests[0]
+	askedSig, _ := base64.StdEncoding.DecodeString(asked.Signature)
 	drafts := []audit.Draft{
 		{Type: audit.TypeRequestCreated, Actor: c.Requester, Request: c.ID, Account: c.Account, Payload: audit.RequestCreated{
 			Justification: c.Justification, Ticket: c.Ticket, TTLSeconds: c.TTLSeconds, Drill: c.Drill, CreatedAt: c.CreatedAt,
 			ApprovalDeadline: c.CreatedAt.Add(30 * time.Minute), Quorum: policy.Rule{{{Group: "db-admins", Approvals: 1}, {Group: "security", Approvals: 1}}},
-			DenyThreshold: 1, MaxIssuances: 3, ActivationWindow: 900, PolicyHash: policyHash, ContentDigest: c.Digest(), ContentVersion: int(c.Version)}},
+			DenyThreshold: 1, MaxIssuances: 3, ActivationWindow: 900, PolicyHash: policyHash, ContentDigest: c.Digest(), ContentVersion: int(c.Version),
+			Signed: audit.Signed{Statement: []byte(asked.Text), Signature: askedSig, Certificate: kf.key(t, asked.Key).cert.Raw}}},
 		{Type: audit.TypeRequestReviewed, Actor: bob.Principal, Request: c.ID, Account: c.Account, Payload: audit.RequestReviewed{
 			Decision: statement.TypeApprove, Comment: approve.Inputs.Comment, Groups: []string{"db-admins"},
 			Statement: []byte(approve.Text), Signature: sig, Certificate: bob.cert.Raw}},
@@ -691,7 +694,7 @@ func entryVectors(t *testing.T, kf *keyFile, reviews []statementVector) ([]entry
 			Key: ak.Name, KeyID: ak.KID, Signature: b64(sign(t, ak, rec.Bytes)), Verdict: "accept"})
 		head = rec.Next()
 	}
-	out[0].Description = "the first entry (prev is 64 zeros): a request_created whose payload's content_digest a verifier recomputes from the payload, the entry's request, account and actor (content_version 2)"
+	out[0].Description = "the first entry (prev is 64 zeros): a request_created whose payload's content_digest a verifier recomputes from the payload, the entry's request, account and actor (content_version 2), carrying alice's signed request statement (request-ecdsa-p256) and her certificate"
 	out[1].Description = "the next entry, naming the first's leaf hash: a request_reviewed carrying the approve-ecdsa-p256 statement, its signature and bob's certificate"
 	flipped := out[1]
 	eb, _ := base64.StdEncoding.DecodeString(flipped.Entry)
@@ -743,8 +746,10 @@ const specRef = "docs/signing.md"
 func generate(t *testing.T, kf *keyFile) map[string][]byte {
 	t.Helper()
 	ensurePasskeys(t, kf)
+	ensureRequester(t, kf)
 	reviews := statementVectors(t, kf)
-	entries, cps := entryVectors(t, kf, reviews)
+	requests := requestVectors(t, kf)
+	entries, cps := entryVectors(t, kf, reviews, requests)
 	return map[string][]byte{
 		"passkey-binding.json": encode(t, file[bindingVector]{Spec: specRef + "#passkey-bindings",
 			Description: "Passkey binding statements: an approver binds a WebAuthn credential (its ID and COSE public key, the RP ID and the console's origin) with the key of their client certificate. Verification order: parse, signature with the presented certificate's key, the certificate names the principal line, then origin and time against expect.",
@@ -758,6 +763,9 @@ func generate(t *testing.T, kf *keyFile) map[string][]byte {
 			Vectors:     contentVectors()}),
 		"account-attestation.json": encode(t, file[accountVector]{Spec: specRef + "#attest",
 			Description: "The account text whose SHA-256 an attest statement binds.", Vectors: accountVectors()}),
+		"request-statement.json": encode(t, file[requestVector]{Spec: specRef + "#request-statements",
+			Description: "Request statements: a request as its requester asks for it, under the id they chose, signed with the key of their client certificate (alice's in keys.json), and the verdict of a verifier that checks it against the request the log records (expect). Verification order: parse, signature, then each line against expect.",
+			Vectors:     requests}),
 		"review-statement.json": encode(t, file[statementVector]{Spec: specRef + "#review-statements",
 			Description: "Review statements (approve, deny, review-close, attest): the text from its inputs, its signature by a key of keys.json (the certificate key of a principal), and the verdict of a verifier that checks it against expect. Verification order: parse, signature, then each line against expect.",
 			Vectors:     reviews}),

@@ -22,8 +22,6 @@ import (
 	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/server/event"
 
-	"github.com/google/uuid"
-
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/server/request"
@@ -580,13 +578,4 @@ func (b *Broker) canSee(p *policy.Policy, r *request.Request, caller string) boo
 		return true
 	}
 	return false
-}
-
-// newID returns a time-ordered UUID (v7) for a request.
-func newID() (string, error) {
-	id, err := uuid.NewV7()
-	if err != nil {
-		return "", err
-	}
-	return id.String(), nil
 }

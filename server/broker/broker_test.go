@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -20,8 +21,10 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/google/uuid"
 
 	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/hsm"
@@ -267,7 +270,7 @@ func (h *harness) restart(policyYAML string) {
 
 func (h *harness) create(caller, account string) *request.Request {
 	h.t.Helper()
-	res, err := h.b.CreateRequest(h.ctx, caller, broker.CreateInput{Account: account, Justification: "primary is down, INC-42", Ticket: "INC-42", TTL: 30 * time.Minute})
+	res, err := h.b.CreateRequest(h.ctx, caller, h.signedCreate(caller, broker.CreateInput{Account: account, Justification: "primary is down, INC-42", Ticket: "INC-42", TTL: 30 * time.Minute}))
 	if err != nil {
 		h.t.Fatalf("create: %v", err)
 	}
@@ -593,7 +596,7 @@ func TestOneKeyIsOneApprover(t *testing.T) {
 func TestDenyThreshold(t *testing.T) {
 	h := newHarness(t, testPolicy)
 	// ledger needs two denials.
-	res, err := h.b.CreateRequest(h.ctx, "mallory", broker.CreateInput{Account: "ledger", Justification: "close the books", Ticket: "CHG-9"})
+	res, err := h.b.CreateRequest(h.ctx, "mallory", h.signedCreate("mallory", broker.CreateInput{Account: "ledger", Justification: "close the books", Ticket: "CHG-9"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -635,7 +638,7 @@ func TestCreateValidation(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := h.snap()
-			_, err := h.b.CreateRequest(h.ctx, tc.caller, tc.in)
+			_, err := h.b.CreateRequest(h.ctx, tc.caller, h.signedCreate(tc.caller, tc.in))
 			wantKind(t, err, tc.kind, tc.msg)
 			if h.snap() != before {
 				t.Fatal("a refused request changed the store")
@@ -643,7 +646,7 @@ func TestCreateValidation(t *testing.T) {
 		})
 	}
 	// A TTL left out asks for the account's max_ttl.
-	res, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+	res, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x"}))
 	if err != nil || res.Request.TTL != time.Hour {
 		t.Fatalf("default TTL: %v %v", err, res)
 	}
@@ -790,7 +793,7 @@ func TestHSMDown(t *testing.T) {
 	wantKind(t, err, broker.KindUnavailable, "HSM")
 	_, err = h.b.IssueToken(h.ctx, "frank", g.ID, "db.prod.example")
 	wantKind(t, err, broker.KindUnavailable, "HSM")
-	_, err = h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+	_, err = h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x"}))
 	wantKind(t, err, broker.KindUnavailable, "HSM")
 	if h.snap() != before {
 		t.Fatal("a granting call wrote while the HSM was down")
@@ -836,7 +839,7 @@ func TestVisibilityAndListing(t *testing.T) {
 	h := newHarness(t, testPolicy)
 	a := h.create("alice", "prod-db")
 	f := h.create("frank", "prod-db")
-	l, err := h.b.CreateRequest(h.ctx, "mallory", broker.CreateInput{Account: "ledger", Justification: "x", Ticket: "T-1"})
+	l, err := h.b.CreateRequest(h.ctx, "mallory", h.signedCreate("mallory", broker.CreateInput{Account: "ledger", Justification: "x", Ticket: "T-1"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -937,6 +940,101 @@ func TestPolicyLoggedOncePerChange(t *testing.T) {
 	}
 }
 
+// A request is signed by its requester: the broker refuses one that is
+// not, or whose statement says anything else, or reuses an id, and keeps
+// the statement and the certificate with the request; a review signed by
+// the requester's key, under whatever name, is refused.
+func TestSignedRequests(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	in := broker.CreateInput{Account: "prod-db", Justification: "primary is down", Ticket: "INC-1", TTL: 30 * time.Minute}
+	good := h.signedCreate("alice", in)
+	before := h.snap()
+	tests := []struct {
+		name string
+		in   broker.CreateInput
+		kind broker.Kind
+		why  string
+	}{
+		{"unsigned", in, broker.KindInvalid, "a request must carry a request statement"},
+		{"signed by someone else", func() broker.CreateInput { x := h.signedCreate("mallory", in); return x }(), broker.KindUnauthenticated, "names mallory, not alice"},
+		{"another key's signature", func() broker.CreateInput { x := good; x.Signature = h.signedCreate("alice", in).Signature; return x }(), broker.KindInvalid, "signature does not verify"},
+		{"for another account", func() broker.CreateInput { x := good; x.Account = "ledger"; return x }(), broker.KindPermission, "requester group"},
+		{"a longer grant than signed", func() broker.CreateInput { x := good; x.TTL = time.Hour; return x }(), broker.KindInvalid, "asks for 1800 seconds, not 3600"},
+		{"another justification", func() broker.CreateInput { x := good; x.Justification = "something else"; return x }(), broker.KindInvalid, "justification is not the request's"},
+		{"a solo request signed as an ordinary one", func() broker.CreateInput { x := good; x.Solo = true; return x }(), broker.KindState, "solo"},
+		{"another ticket", func() broker.CreateInput { x := good; x.Ticket = "INC-2"; return x }(), broker.KindInvalid, "ticket is not the request's"},
+		{"the account's longest grant, signed as 30 minutes", func() broker.CreateInput { x := good; x.TTL = 0; return x }(), broker.KindInvalid, "asks for 1800 seconds, not 3600"},
+		{"another log", func() broker.CreateInput {
+			x := good
+			st, _ := statement.ParseRequest(x.Statement)
+			st.Origin = "other.example/log"
+			x.Statement = st.Marshal()
+			x.Signature, _ = statement.Sign(h.cert("alice").key, x.Statement)
+			return x
+		}(), broker.KindInvalid, "is for log"},
+		{"a stale statement", func() broker.CreateInput { return signedBy(h.cert("alice"), h.clock.Now().Add(-10*time.Minute), in) }(), broker.KindInvalid, "from the broker's clock"},
+		{"garbage", func() broker.CreateInput {
+			x := good
+			x.Statement = []byte("breakglass request statement v1\n")
+			return x
+		}(), broker.KindInvalid, "malformed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.b.CreateRequest(h.ctx, "alice", tc.in)
+			wantKind(t, err, tc.kind, tc.why)
+			if h.snap() != before {
+				t.Fatal("a refused request changed something")
+			}
+		})
+	}
+	res, err := h.b.CreateRequest(h.ctx, "alice", good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := statement.ParseRequest(good.Statement)
+	if res.Request.ID != st.ID || res.Request.RequesterKey() != keyid.SPKI(h.cert("alice").cert.RawSubjectPublicKeyInfo) {
+		t.Fatalf("request %s, key %s: not the signed id and key", res.Request.ID, res.Request.RequesterKey())
+	}
+	var stored *request.Request
+	if err := h.store.View(h.ctx, func(r store.Reader) error {
+		var err error
+		stored, err = r.Request(h.ctx, res.Request.ID)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(stored.Signed.Statement, good.Statement) || !bytes.Equal(stored.Signed.Cert, h.cert("alice").cert.Raw) {
+		t.Fatal("the statement and certificate are not stored with the request")
+	}
+	before = h.snap()
+	_, err = h.b.CreateRequest(h.ctx, "alice", good)
+	wantKind(t, err, broker.KindExists, "already exists")
+	if h.snap() != before {
+		t.Fatal("a reused statement changed something")
+	}
+	// alice's key in a certificate naming carol, an approver.
+	c, _, err := h.ca.Issue(devmode.LeafOptions{CommonName: "carol", URIs: []string{"spiffe://test/user/carol"}, Key: h.cert("alice").key,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.certs["carol"] = principalKey{c, h.cert("alice").key}
+	_, err = h.review("carol", res.Request.ID, request.Approve)
+	wantKind(t, err, broker.KindPermission, "signed request "+res.Request.ID+" as its requester (alice)")
+	if h.snap() != before {
+		t.Fatal("a refused review changed something")
+	}
+	// And the quorum rule never counts it, were it stored.
+	p := h.b.Policy()
+	a, _ := p.Account("prod-db")
+	o := policy.EvaluateSigned(p, a.Quorum, policy.Approval{Principal: "alice", Key: res.Request.RequesterKey()},
+		[]policy.Approval{{Principal: "carol", Key: res.Request.RequesterKey()}, {Principal: "erin", Key: "sha256:e"}})
+	if o.Met || len(o.Counted) != 1 {
+		t.Fatalf("the requester's key counted: %+v", o)
+	}
+}
+
 // The identity rule is part of the policy: a reload that would name
 // anyone with open work differently is refused and the rule in force
 // stays; once the work has ended, the new rule is logged with the policy
@@ -958,7 +1056,7 @@ func TestIdentityRuleChangeWaitsForOpenWork(t *testing.T) {
 	before := h.snap()
 	_, err = h.b.ReloadPolicy(h.ctx, "", p, "policy.yaml")
 	wantKind(t, err, broker.KindState, "would name people with open work differently")
-	for _, want := range []string{"reviewer bob of request " + r.ID + " would be nobody", "request " + r.ID + " was made by alice before requests were signed"} {
+	for _, want := range []string{"reviewer bob of request " + r.ID + " would be nobody", "requester alice of request " + r.ID + " would be nobody"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the refusal does not say %q: %v", want, err)
 		}
@@ -1181,7 +1279,7 @@ func TestReplicaWithAnotherPolicyRefusesToGrant(t *testing.T) {
 	wantKind(t, err, broker.KindUnavailable, "policy in force")
 
 	before := h.snap()
-	_, err = oldB.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x", Ticket: "INC-1", TTL: time.Minute})
+	_, err = oldB.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x", Ticket: "INC-1", TTL: time.Minute}))
 	wantKind(t, err, broker.KindUnavailable, "policy in force")
 	_, err = oldB.IssueToken(h.ctx, "alice", grant.ID, "db.prod.example")
 	wantKind(t, err, broker.KindUnavailable, "policy in force")
@@ -1206,7 +1304,7 @@ func TestReplicaWithAnotherPolicyRefusesToGrant(t *testing.T) {
 		t.Fatalf("deny: %v", err)
 	}
 	// The replica with the policy in force grants.
-	res, err := newB.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x", Ticket: "INC-1", TTL: time.Minute})
+	res, err := newB.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x", Ticket: "INC-1", TTL: time.Minute}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1231,12 +1329,12 @@ func reviewInput(h *harness, caller, id string, d request.Decision) broker.Revie
 func TestIdempotencyKeys(t *testing.T) {
 	h := newHarness(t, testPolicy)
 	in := broker.CreateInput{Account: "prod-db", Justification: "primary is down", Ticket: "INC-7", TTL: 30 * time.Minute, IdempotencyKey: "k-1"}
-	first, err := h.b.CreateRequest(h.ctx, "alice", in)
+	first, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", in))
 	if err != nil || first.Replayed {
 		t.Fatalf("first create: %+v %v", first, err)
 	}
 	before := h.snap()
-	again, err := h.b.CreateRequest(h.ctx, "alice", in)
+	again, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", in))
 	if err != nil || !again.Replayed || again.Request.ID != first.Request.ID || again.Entry.Index != first.Entry.Index {
 		t.Fatalf("retried create: %+v %v", again, err)
 	}
@@ -1245,10 +1343,10 @@ func TestIdempotencyKeys(t *testing.T) {
 	}
 	changed := in
 	changed.Justification = "something else"
-	_, err = h.b.CreateRequest(h.ctx, "alice", changed)
+	_, err = h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", changed))
 	wantKind(t, err, broker.KindInvalid, "already used idempotency key")
 	// Another principal's key space is their own.
-	if _, err := h.b.CreateRequest(h.ctx, "frank", in); err != nil {
+	if _, err := h.b.CreateRequest(h.ctx, "frank", h.signedCreate("frank", in)); err != nil {
 		t.Fatalf("same key, another principal: %v", err)
 	}
 
@@ -1285,11 +1383,11 @@ func TestHSMBackoff(t *testing.T) {
 	h := newHarness(t, testPolicy)
 	g := h.approved("frank")
 	h.audit.down.Store(true)
-	_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+	_, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x"}))
 	wantKind(t, err, broker.KindUnavailable, "HSM")
 	tries := h.audit.tries.Load()
 	for range 5 {
-		_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
+		_, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x"}))
 		wantKind(t, err, broker.KindUnavailable, "HSM")
 	}
 	if _, err := h.b.RevokeGrant(h.ctx, "frank", g.ID, "done"); err != nil {
@@ -1301,15 +1399,43 @@ func TestHSMBackoff(t *testing.T) {
 	// After the backoff the HSM is tried again, and works.
 	h.audit.down.Store(false)
 	h.clock.Advance(time.Second + time.Millisecond)
-	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"}); err != nil {
+	if _, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x"})); err != nil {
 		t.Fatalf("after the backoff: %v", err)
 	}
 	// A caller who hangs up mid-signature does not start a backoff.
 	cctx, cancel := context.WithCancel(h.ctx)
 	cancel()
-	_, _ = h.b.CreateRequest(cctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"})
-	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "x"}); err != nil {
+	_, _ = h.b.CreateRequest(cctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x"}))
+	if _, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "x"})); err != nil {
 		t.Fatalf("after a cancelled caller: %v", err)
 	}
 	h.verifyChain()
+}
+
+// signedBy is in with its request statement signed by pk, dated now: what
+// bgctl and the SDK send.
+func signedBy(pk principalKey, now time.Time, in broker.CreateInput) broker.CreateInput {
+	id, err := uuid.NewV7()
+	if err != nil {
+		panic(err)
+	}
+	st := statement.Request{Origin: testOrigin, ID: id.String(), Account: in.Account, TTLSeconds: int64(in.TTL / time.Second), Drill: in.Drill, Solo: in.Solo,
+		Ticket: in.Ticket, Justification: in.Justification, Time: now.UTC().Truncate(time.Second)}
+	in.Statement = st.Marshal()
+	sig, err := statement.Sign(pk.key, in.Statement)
+	if err != nil {
+		panic(err)
+	}
+	in.Signature, in.Cert = sig, pk.cert
+	return in
+}
+
+// signed is in as caller signs it.
+func (h *harness) signedCreate(caller string, in broker.CreateInput) broker.CreateInput {
+	return signedBy(h.cert(caller), h.clock.Now(), in)
+}
+
+// signed is in as caller signs it.
+func (w *world) signedCreate(caller string, in broker.CreateInput) broker.CreateInput {
+	return signedBy(w.cert(caller), w.clock.Now(), in)
 }

@@ -194,7 +194,7 @@ func TestSSHCertificateRefusals(t *testing.T) {
 	if _, err := h.b.RevokeGrant(h.ctx, "frank", revoked.ID, "done"); err != nil {
 		t.Fatal(err)
 	}
-	drill, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "quarterly drill", TTL: 10 * time.Minute, Drill: true})
+	drill, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "quarterly drill", TTL: 10 * time.Minute, Drill: true}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,9 +209,9 @@ func TestDeadLetterIsAuditedAndReported(t *testing.T) {
 
 func TestDrills(t *testing.T) {
 	h := newGovHarness(t)
-	_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "ledger", Justification: "drill", Drill: true})
+	_, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "ledger", Justification: "drill", Drill: true}))
 	wantKind(t, err, broker.KindState, "no drill_audience")
-	res, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "quarterly drill", Drill: true, TTL: 10 * time.Minute})
+	res, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "quarterly drill", Drill: true, TTL: 10 * time.Minute}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +314,7 @@ func TestPostUseReviews(t *testing.T) {
 	wantKind(t, err, broker.KindInvalid, "comment digest")
 	// Past due: alice may not open a new request (block_on_overdue_review).
 	h.clock.Advance(25*time.Hour + time.Hour)
-	_, err = h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "again"})
+	_, err = h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "again"}))
 	wantKind(t, err, broker.KindState, "must be closed before")
 	rep, _ := h.b.Report(h.ctx, "dave", broker.ReportPage{})
 	if len(rep.OverdueReviews) != 1 {
@@ -323,7 +323,7 @@ func TestPostUseReviews(t *testing.T) {
 	if _, _, err := h.b.ClosePostReview(h.ctx, "rita", pr.ID, "used to fix replication; access was right", h.signed("rita", statement.TypeReviewClose, g.ID, digest, "used to fix replication; access was right")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "again"}); err != nil {
+	if _, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "again"})); err != nil {
 		t.Fatalf("after closing the review: %v", err)
 	}
 	_, _, err = h.b.ClosePostReview(h.ctx, "rita", pr.ID, "again", h.signed("rita", statement.TypeReviewClose, g.ID, digest, "again"))
@@ -357,11 +357,11 @@ func TestAttestation(t *testing.T) {
 
 func TestSoloAccess(t *testing.T) {
 	h := newGovHarness(t)
-	_, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "ledger", Justification: "nobody answers", Solo: true})
+	_, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "ledger", Justification: "nobody answers", Solo: true}))
 	wantKind(t, err, broker.KindState, "does not allow")
-	_, err = h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "nobody answers", Solo: true, TTL: time.Hour})
+	_, err = h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "nobody answers", Solo: true, TTL: time.Hour}))
 	wantKind(t, err, broker.KindInvalid, "solo max_ttl")
-	res, err := h.b.CreateRequest(h.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "nobody answers", Solo: true})
+	res, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "nobody answers", Solo: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,7 +401,7 @@ func TestSoloAccess(t *testing.T) {
 	}
 
 	// A solo request vetoed by one eligible approver.
-	v, err := h.b.CreateRequest(h.ctx, "frank", broker.CreateInput{Account: "prod-db", Justification: "solo", Solo: true})
+	v, err := h.b.CreateRequest(h.ctx, "frank", h.signedCreate("frank", broker.CreateInput{Account: "prod-db", Justification: "solo", Solo: true}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func TestRotatedKeysAreInForceAtOnce(t *testing.T) {
 	ctx := w.ctx
 	approved := func() *request.Request {
 		t.Helper()
-		res, err := w.b.CreateRequest(ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "primary is down", TTL: 15 * time.Minute})
+		res, err := w.b.CreateRequest(ctx, "alice", w.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "primary is down", TTL: 15 * time.Minute}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +116,7 @@ func TestRotatedKeysAreInForceAtOnce(t *testing.T) {
 	// The checkpoint key: the whole log verifies with the first keys only,
 	// which checks every entry and checkpoint key window.
 	w.ceremony(t, hsm.PurposeCheckpoint)
-	if _, err := w.b.CreateRequest(ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "after the rotation"}); err != nil {
+	if _, err := w.b.CreateRequest(ctx, "alice", w.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "after the rotation"})); err != nil {
 		t.Fatal(err)
 	}
 	sum := w.verify()
@@ -151,7 +151,7 @@ func TestRotatedKeysAreInForceAtOnce(t *testing.T) {
 func approved2(t *testing.T, w *world) *request.Request {
 	t.Helper()
 	w.down.Store(false)
-	res, err := w.b.CreateRequest(w.ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "primary is down", TTL: 15 * time.Minute})
+	res, err := w.b.CreateRequest(w.ctx, "alice", w.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "primary is down", TTL: 15 * time.Minute}))
 	if err != nil {
 		t.Fatal(err)
 	}

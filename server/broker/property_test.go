@@ -388,8 +388,8 @@ func (w *world) step(o *ops) {
 	}
 	switch o.pick(20) {
 	case 16, 17, 18: // a whole flow, as people make it
-		res, err := w.b.CreateRequest(ctx, "alice", broker.CreateInput{Account: "prod-db", Justification: "primary is down", Ticket: "INC-7",
-			TTL: 15 * time.Minute, Drill: o.pick(4) == 0})
+		res, err := w.b.CreateRequest(ctx, "alice", w.signedCreate("alice", broker.CreateInput{Account: "prod-db", Justification: "primary is down", Ticket: "INC-7",
+			TTL: 15 * time.Minute, Drill: o.pick(4) == 0}))
 		note("create", err)
 		if err != nil {
 			return
@@ -434,7 +434,7 @@ func (w *world) step(o *ops) {
 				TTL: []time.Duration{0, 15 * time.Minute, time.Second, 20 * time.Minute}[o.pick(4)], Drill: acct == "prod-db" && o.pick(5) == 0, Solo: acct == "solo-db" && o.pick(3) != 0}
 			requester = pick([]string{"alice", "carol", "frank"})
 		}
-		res, err := w.b.CreateRequest(ctx, requester, in)
+		res, err := w.b.CreateRequest(ctx, requester, w.signedCreate(requester, in))
 		note("create", err)
 		if err != nil && os.Getenv("PROPDEBUG") != "" {
 			w.t.Logf("create %+v: %v", in, err)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -40,6 +41,43 @@ type CreateInput struct {
 	Solo bool
 	// IdempotencyKey, when set, makes a retry return this call's result.
 	IdempotencyKey string
+	// Statement is the request statement the requester signed with the
+	// key of Cert, the client certificate of their connection, and
+	// Signature its signature; KeyStore is where the client said the key
+	// lives (audit.KeyStorePKCS11 or empty).
+	Statement []byte
+	Signature []byte
+	Cert      *x509.Certificate
+	KeyStore  string
+}
+
+// checkRequestStatement refuses a request whose signed statement is
+// missing, does not verify with the connection's certificate, or says
+// anything other than this request in this log; it returns the statement,
+// whose id becomes the request's.
+func (b *Broker) checkRequestStatement(in CreateInput, caller string, ttl, defaultTTL time.Duration, now time.Time) (statement.Request, error) {
+	if len(in.Statement) == 0 || len(in.Signature) == 0 || in.Cert == nil {
+		return statement.Request{}, invalid("a request must carry a request statement signed with your client certificate's key (bgctl and the Go SDK sign it for you; docs/signing.md)")
+	}
+	if err := b.checkSigner(in.Cert, caller, now); err != nil {
+		return statement.Request{}, err
+	}
+	st, err := statement.ParseRequest(in.Statement)
+	if err != nil {
+		return st, invalid("the signed request statement is malformed: %s", err)
+	}
+	if err := b.sigs.Verify(in.Cert, in.Statement, in.Signature); err != nil {
+		return st, signatureError("the request statement's", err)
+	}
+	if st.ID == "00000000-0000-0000-0000-000000000000" {
+		return st, invalid("the request statement's id is the nil UUID: choose a fresh random one")
+	}
+	asked := statement.Asked{Origin: b.cfg.Origin, ID: st.ID, Account: in.Account, Ticket: in.Ticket, Justification: in.Justification,
+		TTLSeconds: int64(ttl / time.Second), DefaultTTLSeconds: int64(defaultTTL / time.Second), Drill: in.Drill, Solo: in.Solo}
+	if err := statement.CheckRequest(st, asked, now); err != nil {
+		return st, invalid("the signed request statement does not match this request: %s", err)
+	}
+	return st, nil
 }
 
 // Result is a request after a change, with the entry that recorded it.
@@ -96,17 +134,22 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 	if err := request.Validate(acct, in.Justification, in.Ticket, in.TTL); err != nil {
 		return nil, invalid("%s", err)
 	}
-	id, err := newID()
-	if err != nil {
-		return nil, internal(err)
-	}
 	now := b.now().UTC()
+	// The requester signed this request, with the id they chose for it;
+	// the statement's ttl_seconds is what they asked for (zero: the
+	// longest the account allows).
+	st, err := b.checkRequestStatement(in, caller, in.TTL, maxTTL, now)
+	if err != nil {
+		return nil, err
+	}
+	id := st.ID
 	r := &request.Request{
 		ID: id, Account: acct.Name, Requester: caller, Justification: in.Justification, Ticket: in.Ticket,
 		TTL: in.TTL, Drill: in.Drill, Solo: in.Solo, State: request.Pending, CreatedAt: now,
 		ContentVersion:   statement.CurrentContent,
 		ApprovalDeadline: now.Add(acct.ApprovalWindow.D()), Rule: acct.Quorum, DenyThreshold: acct.DenyThreshold,
 		MaxIssuances: acct.MaxIssuances, PolicyHash: p.Hash(), ActivationWindow: acct.ActivationWindow.D(),
+		Signed: request.Signed{Statement: in.Statement, Signature: in.Signature, Cert: in.Cert.Raw},
 	}
 	var res Result
 	fp := fingerprint(acct.Name, in.Justification, in.Ticket, in.TTL.String(), fmt.Sprint(in.Drill), fmt.Sprint(in.Solo))
@@ -127,6 +170,12 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 				return err
 			}
 		}
+		// A statement makes one request: its id is taken once.
+		if _, err := tx.Request(ctx, r.ID); err == nil {
+			return newErr(KindExists, "request %s already exists: each request statement names a fresh id (sign a new one)", r.ID)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
 			Type: audit.TypeRequestCreated, Actor: caller, Request: r.ID, Account: r.Account,
 			Payload: audit.RequestCreated{
@@ -134,9 +183,13 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 				CreatedAt: r.CreatedAt, ApprovalDeadline: r.ApprovalDeadline, Quorum: r.Rule, DenyThreshold: r.DenyThreshold,
 				MaxIssuances: r.MaxIssuances, ActivationWindow: int64(r.ActivationWindow / time.Second), PolicyHash: r.PolicyHash,
 				ContentDigest: r.Content().Digest(), ContentVersion: int(r.ContentVersion), Solo: r.Solo,
+				Signed: audit.Signed{Statement: in.Statement, Signature: in.Signature, Certificate: in.Cert.Raw}, KeyStore: in.KeyStore,
 			},
 		}, true)
 		if err != nil {
+			return err
+		}
+		if err := b.checkSignerAtEntry(in.Cert, caller, now, rec); err != nil {
 			return err
 		}
 		r.CreatedEntry, r.CreatedLeaf = rec.Index, rec.LeafHash

@@ -74,8 +74,22 @@ func (s *Server) CreateRequest(ctx context.Context, in *bgv1.CreateRequestReques
 	if in.RequestedTtl != nil {
 		ttl = in.RequestedTtl.AsDuration()
 	}
-	res, err := s.b.CreateRequest(ctx, caller(ctx), broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket, TTL: ttl, Drill: in.Drill, Solo: in.Solo,
-		IdempotencyKey: in.IdempotencyKey})
+	p, ok := identity.PeerFrom(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
+	}
+	ci := broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket, TTL: ttl, Drill: in.Drill, Solo: in.Solo,
+		IdempotencyKey: in.IdempotencyKey, Cert: p.Leaf}
+	if st := in.GetRequestStatement(); st != nil {
+		if st.GetSigner() == bgv1.ReviewSigner_REVIEW_SIGNER_PASSKEY {
+			return nil, status.Error(codes.InvalidArgument, "request statements are signed with the key of your client certificate; passkey-signed requests are not accepted yet")
+		}
+		ci.Statement, ci.Signature = st.GetStatement(), st.GetSignature()
+		if st.GetKeyStore() == bgv1.KeyStore_KEY_STORE_PKCS11 {
+			ci.KeyStore = audit.KeyStorePKCS11
+		}
+	}
+	res, err := s.b.CreateRequest(ctx, caller(ctx), ci)
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/format/statement"
@@ -72,6 +73,12 @@ type PasskeyBinding struct {
 	Removed   bool
 }
 
+// Signed is a statement, its signature and the certificate (DER) whose
+// key made it.
+type Signed struct {
+	Statement, Signature, Cert []byte
+}
+
 // Request is a request and, once approved, its grant.
 type Request struct {
 	ID            string
@@ -94,6 +101,10 @@ type Request struct {
 	// ContentVersion is the version of the content text the request's
 	// content digest is computed in, fixed when it is created.
 	ContentVersion statement.ContentVersion
+	// Signed is the request statement its requester signed, the
+	// signature, and the requester's certificate (DER); empty for requests
+	// made before requests were signed.
+	Signed Signed
 	// Rule is the quorum rule in force when the request was created; it
 	// stays the rule of this request whatever later policies say.
 	Rule          policy.Rule
@@ -173,11 +184,21 @@ func (r *Request) Reviewed(principal string) bool {
 
 // RequesterKey names the key that signed the request (keyid.SPKI), ""
 // for a request made before requests were signed.
-func (r *Request) RequesterKey() string { return "" }
+func (r *Request) RequesterKey() string {
+	if len(r.Signed.Cert) == 0 {
+		return ""
+	}
+	return keyid.CertSPKI(r.Signed.Cert)
+}
 
 // RequesterCert is the certificate (DER) whose key signed the request,
 // nil for a request made before requests were signed.
-func (r *Request) RequesterCert() []byte { return nil }
+func (r *Request) RequesterCert() []byte {
+	if len(r.Signed.Cert) == 0 {
+		return nil
+	}
+	return r.Signed.Cert
+}
 
 // ApprovalsAndDenials splits the reviewers by decision.
 func (r *Request) ApprovalsAndDenials() (approvals, denials []string) {

@@ -1,5 +1,5 @@
 // docs/signing.md in JavaScript, with node:crypto alone: the request
-// content text and its digest, review statements (approve, deny,
+// content text and its digest, request statements, review statements (approve, deny,
 // review-close, attest) with their signatures per key type and the
 // verification rules, the account text of an attestation, key rotation
 // statements, audit entries and checkpoints. Written from the spec; the
@@ -300,6 +300,85 @@ export function verifyStatement(publicKey, bytes, sig, expect, nowSeconds) {
   const st = parseStatement(bytes);
   verifyStatementSignature(publicKey, bytes, sig);
   checkStatement(st, expect, nowSeconds);
+  return st;
+}
+
+// ---- request statements ----
+
+export const REQUEST_CONTEXT = 'breakglass request statement v1';
+export const MAX_REQUEST_BYTES = 4096;
+export const MAX_TTL_SECONDS = 31536000;
+
+// requestStatementText builds the statement a requester signs when they
+// ask for access (docs/signing.md, "Request statements"): r.request is a
+// fresh UUID they choose, which becomes the request's id; r.ttlSeconds is
+// requested_ttl.seconds, 0 when none is asked (the account's longest).
+export function requestStatementText(r) {
+  need(LOG_ORIGIN.test(r.origin), `origin ${JSON.stringify(r.origin)} is not a log origin`);
+  need(UUID.test(r.request), `request ${JSON.stringify(r.request)} is not a lower-case UUID`);
+  need(ACCOUNT.test(r.account), `account ${JSON.stringify(r.account)} is not an account name`);
+  need(Number.isSafeInteger(r.ttlSeconds) && r.ttlSeconds >= 0 && r.ttlSeconds <= MAX_TTL_SECONDS, `ttl_seconds ${r.ttlSeconds} out of range`);
+  need(typeof r.drill === 'boolean' && typeof r.solo === 'boolean', 'drill and solo must be booleans');
+  need(typeof r.ticket === 'string' && typeof r.justification === 'string', 'ticket and justification must be strings');
+  const time = typeof r.time === 'string' ? (parseTimeSec(r.time), r.time) : timeSec(r.time);
+  const b = Buffer.from(`${REQUEST_CONTEXT}\norigin ${r.origin}\nrequest ${r.request}\naccount ${r.account}\nttl_seconds ${r.ttlSeconds}\n` +
+    `drill ${r.drill}\nsolo ${r.solo}\nticket ${b64(r.ticket)}\njustification ${b64(r.justification)}\ntime ${time}\n`, 'ascii');
+  need(b.length <= MAX_REQUEST_BYTES, `the request statement is over ${MAX_REQUEST_BYTES} bytes`);
+  return b;
+}
+
+const B64 = '(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?';
+const REQUEST_RE = new RegExp('^' + REQUEST_CONTEXT + '\\n' +
+  'origin ([\\x21-\\x7E]{1,255})\\n' +
+  'request ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\\n' +
+  'account ([a-z0-9][a-z0-9._-]{0,63})\\n' +
+  'ttl_seconds (0|[1-9][0-9]{0,7})\\n' +
+  'drill (true|false)\\n' +
+  'solo (true|false)\\n' +
+  `ticket (${B64})\\n` +
+  `justification (${B64})\\n` +
+  'time ([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)\\n$');
+
+// parseRequestStatement reads a request statement exactly by its grammar.
+export function parseRequestStatement(bytes) {
+  const b = Buffer.from(bytes);
+  if (b.length > MAX_REQUEST_BYTES) refuse('malformed', `the request statement is ${b.length} bytes; at most ${MAX_REQUEST_BYTES}`);
+  if (!isASCII(b)) refuse('malformed', 'the request statement is not US-ASCII');
+  const m = REQUEST_RE.exec(b.toString('latin1'));
+  if (!m) refuse('malformed', 'the request statement does not match the grammar of docs/signing.md');
+  const ttlSeconds = Number(m[4]);
+  if (ttlSeconds > MAX_TTL_SECONDS) refuse('malformed', `ttl_seconds ${ttlSeconds} is more than ${MAX_TTL_SECONDS}`);
+  let seconds;
+  try { seconds = parseTimeSec(m[9]); } catch (e) { refuse('malformed', e.message); }
+  return {
+    origin: m[1], request: m[2], account: m[3], ttlSeconds, drill: m[5] === 'true', solo: m[6] === 'true',
+    ticket: Buffer.from(m[7], 'base64').toString('utf8'), justification: Buffer.from(m[8], 'base64').toString('utf8'), time: m[9], seconds,
+  };
+}
+
+// checkRequestStatement checks a parsed request statement against the
+// request as the log records it, in the spec's order; a ttl_seconds of 0
+// stands for expect.defaultTTLSeconds.
+export function checkRequestStatement(st, expect, nowSeconds) {
+  const ttl = st.ttlSeconds === 0 ? expect.defaultTTLSeconds : st.ttlSeconds;
+  if (st.origin !== expect.origin) refuse('origin', `the request statement is for log ${JSON.stringify(st.origin)}, not ${JSON.stringify(expect.origin)}`);
+  if (st.request !== expect.request) refuse('request', `the request statement is for ${st.request}, not ${expect.request}`);
+  if (st.account !== expect.account) refuse('account', `the request statement asks for ${st.account}, not ${expect.account}`);
+  if (ttl !== expect.ttlSeconds) refuse('ttl_seconds', `the request statement asks for ${ttl} seconds, not ${expect.ttlSeconds}`);
+  if (st.drill !== expect.drill) refuse('drill', `the request statement says drill ${st.drill}`);
+  if (st.solo !== expect.solo) refuse('solo', `the request statement says solo ${st.solo}`);
+  if (st.ticket !== expect.ticket) refuse('ticket', 'the request statement\'s ticket is not the request\'s');
+  if (st.justification !== expect.justification) refuse('justification', 'the request statement\'s justification is not the request\'s');
+  const skew = st.seconds - nowSeconds;
+  if (skew > MAX_SKEW_SECONDS || skew < -MAX_SKEW_SECONDS) refuse('time', `the request statement's time ${st.time} is ${skew} s from the verifier's clock; at most ${MAX_SKEW_SECONDS} s is allowed`);
+}
+
+// verifyRequestStatement is the whole judgement of a request statement:
+// parse, signature by the requester's certificate key, then each line.
+export function verifyRequestStatement(publicKey, bytes, sig, expect, nowSeconds) {
+  const st = parseRequestStatement(bytes);
+  verifyStatementSignature(publicKey, bytes, sig);
+  checkRequestStatement(st, expect, nowSeconds);
   return st;
 }
 

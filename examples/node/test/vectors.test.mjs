@@ -19,7 +19,7 @@ const URI_PREFIX = 'spiffe://breakglass.test/user/';
 
 // The files this client knows. A new kind of vector must be taught to it
 // (and to docs/signing.md) before the suite passes again.
-const KNOWN = ['keys.json', 'request-content.json', 'account-attestation.json', 'review-statement.json', 'key-rotation.json', 'audit-entry.json', 'checkpoint.json',
+const KNOWN = ['keys.json', 'request-content.json', 'account-attestation.json', 'request-statement.json', 'review-statement.json', 'key-rotation.json', 'audit-entry.json', 'checkpoint.json',
   'passkey-binding.json', 'passkey-review.json', 'policy-statement.json'];
 
 test('every vector file is one this client checks', () => {
@@ -124,6 +124,30 @@ test('account text of an attestation', () => {
   }
 });
 
+test('request statements: texts, signatures and verdicts', async () => {
+  for (const v of load('request-statement.json').vectors) {
+    const text = Buffer.from(v.text, 'utf8');
+    assert.equal(s.sha256(text).toString('hex'), v.sha256, `${v.name}: sha256`);
+    const k = keys[v.key];
+    assert.ok(k.cert.verify(keys.ca.pub), `${v.name}: the requester's certificate chains to the CA`);
+    assert.equal(principalOf(k.cert), k.principal);
+    if (v.inputs) {
+      const i = v.inputs;
+      const built = s.requestStatementText({ origin: i.origin, request: i.request, account: i.account, ttlSeconds: i.ttl_seconds, drill: i.drill,
+        solo: i.solo, ticket: i.ticket, justification: i.justification, time: i.time });
+      assert.equal(built.toString(), v.text, `${v.name}: the text from its inputs`);
+      const ours = s.signStatement(k.priv, built);
+      assert.doesNotThrow(() => s.verifyStatementSignature(k.cert.publicKey, built, ours), v.name);
+      if (k.type !== 'ecdsa-p256' && v.verdict === 'accept') assert.equal(ours.toString('base64'), v.signature, `${v.name}: our ${k.type} signature`);
+    }
+    const e = v.expect;
+    const reason = await judge(() => s.verifyRequestStatement(k.cert.publicKey, text, Buffer.from(v.signature, 'base64'),
+      { origin: e.origin, request: e.request, account: e.account, ttlSeconds: e.ttl_seconds, defaultTTLSeconds: e.default_ttl_seconds,
+        drill: e.drill, solo: e.solo, ticket: e.ticket, justification: e.justification }, s.parseTimeSec(e.now)));
+    verdictIs(v, reason);
+  }
+});
+
 test('review statements: texts, signatures and verdicts', async () => {
   for (const v of load('review-statement.json').vectors) {
     const text = Buffer.from(v.text, 'utf8');
@@ -184,6 +208,15 @@ test('audit entries: leaf hashes, signatures, the chain, and what they carry', a
       const content = s.contentOfEntry(entry);
       assert.equal(s.digest(s.contentText(content)), entry.payload.content_digest, `${v.name}: content_digest recomputed`);
       created[entry.request] = entry.payload.content_digest;
+      // The request is signed by its requester: the statement says this
+      // request, by the key of a certificate naming the entry's actor.
+      const p = entry.payload;
+      const cert = new X509Certificate(Buffer.from(p.certificate, 'base64'));
+      assert.ok(cert.verify(keys.ca.pub));
+      assert.equal(principalOf(cert), entry.actor);
+      s.verifyRequestStatement(cert.publicKey, Buffer.from(p.statement, 'base64'), Buffer.from(p.signature, 'base64'),
+        { origin: 'breakglass.test/vectors', request: entry.request, account: entry.account, ttlSeconds: p.ttl_seconds, defaultTTLSeconds: p.ttl_seconds,
+          drill: p.drill, solo: Boolean(p.solo), ticket: p.ticket, justification: p.justification }, s.parseRFC3339(entry.time).seconds);
     }
     if (entry.type === 'request_reviewed') {
       const p = entry.payload;

@@ -191,7 +191,7 @@ func (KeyStore) EnumDescriptor() ([]byte, []int) {
 	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{2}
 }
 
-// ReviewSigner is what signed a review statement.
+// ReviewSigner is what signed a statement: a review's, or a request's.
 type ReviewSigner int32
 
 const (
@@ -709,8 +709,16 @@ type CreateRequestRequest struct {
 	// instead of creating another (for 24 hours). The SDK and bgctl set a
 	// fresh one per request and keep it across retries.
 	IdempotencyKey string `protobuf:"bytes,7,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The request statement (docs/signing.md, "Request statements"): this
+	// request as the requester asks for it, with the id they chose for it,
+	// signed by the requester. The broker refuses a request without one,
+	// or whose statement says anything other than the fields above, and
+	// logs it with the certificate, so that an auditor knows the requester
+	// by their key and no review signed by that key counts. The SDK and
+	// bgctl sign it for you.
+	RequestStatement *SignedStatement `protobuf:"bytes,8,opt,name=request_statement,json=requestStatement,proto3" json:"request_statement,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateRequestRequest) Reset() {
@@ -792,6 +800,91 @@ func (x *CreateRequestRequest) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *CreateRequestRequest) GetRequestStatement() *SignedStatement {
+	if x != nil {
+		return x.RequestStatement
+	}
+	return nil
+}
+
+// SignedStatement is a statement of docs/signing.md and its signature by
+// the caller, with what signed it.
+type SignedStatement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The statement, byte for byte.
+	Statement []byte `protobuf:"bytes,1,opt,name=statement,proto3" json:"statement,omitempty"`
+	// Its signature, by the rules of docs/signing.md for the signer's key
+	// type (ECDSA over SHA-256 as ASN.1 DER; Ed25519; RSA PKCS #1 v1.5 with
+	// SHA-256).
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// What signed it: the key of the client certificate of this call
+	// (unspecified means the same). Other signers (a passkey's WebAuthn
+	// assertion) are refused for request statements for now.
+	Signer ReviewSigner `protobuf:"varint,3,opt,name=signer,proto3,enum=breakglass.v1.ReviewSigner" json:"signer,omitempty"`
+	// Where the client said the certificate's key lives.
+	KeyStore      KeyStore `protobuf:"varint,4,opt,name=key_store,json=keyStore,proto3,enum=breakglass.v1.KeyStore" json:"key_store,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignedStatement) Reset() {
+	*x = SignedStatement{}
+	mi := &file_breakglass_v1_requests_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedStatement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedStatement) ProtoMessage() {}
+
+func (x *SignedStatement) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_requests_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedStatement.ProtoReflect.Descriptor instead.
+func (*SignedStatement) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SignedStatement) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *SignedStatement) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *SignedStatement) GetSigner() ReviewSigner {
+	if x != nil {
+		return x.Signer
+	}
+	return ReviewSigner_REVIEW_SIGNER_UNSPECIFIED
+}
+
+func (x *SignedStatement) GetKeyStore() KeyStore {
+	if x != nil {
+		return x.KeyStore
+	}
+	return KeyStore_KEY_STORE_UNSPECIFIED
+}
+
 type CreateRequestResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Request *Request               `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -804,7 +897,7 @@ type CreateRequestResponse struct {
 
 func (x *CreateRequestResponse) Reset() {
 	*x = CreateRequestResponse{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[4]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +909,7 @@ func (x *CreateRequestResponse) String() string {
 func (*CreateRequestResponse) ProtoMessage() {}
 
 func (x *CreateRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[4]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +922,7 @@ func (x *CreateRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequestResponse.ProtoReflect.Descriptor instead.
 func (*CreateRequestResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{4}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateRequestResponse) GetRequest() *Request {
@@ -862,7 +955,7 @@ type GetRequestRequest struct {
 
 func (x *GetRequestRequest) Reset() {
 	*x = GetRequestRequest{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[5]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +967,7 @@ func (x *GetRequestRequest) String() string {
 func (*GetRequestRequest) ProtoMessage() {}
 
 func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[5]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +980,7 @@ func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequestRequest.ProtoReflect.Descriptor instead.
 func (*GetRequestRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{5}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetRequestRequest) GetId() string {
@@ -906,7 +999,7 @@ type GetRequestResponse struct {
 
 func (x *GetRequestResponse) Reset() {
 	*x = GetRequestResponse{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[6]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1011,7 @@ func (x *GetRequestResponse) String() string {
 func (*GetRequestResponse) ProtoMessage() {}
 
 func (x *GetRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[6]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1024,7 @@ func (x *GetRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequestResponse.ProtoReflect.Descriptor instead.
 func (*GetRequestResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{6}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetRequestResponse) GetRequest() *Request {
@@ -961,7 +1054,7 @@ type ListRequestsRequest struct {
 
 func (x *ListRequestsRequest) Reset() {
 	*x = ListRequestsRequest{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[7]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1066,7 @@ func (x *ListRequestsRequest) String() string {
 func (*ListRequestsRequest) ProtoMessage() {}
 
 func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[7]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1079,7 @@ func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
 func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{7}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListRequestsRequest) GetState() RequestState {
@@ -1042,7 +1135,7 @@ type ListRequestsResponse struct {
 
 func (x *ListRequestsResponse) Reset() {
 	*x = ListRequestsResponse{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[8]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1054,7 +1147,7 @@ func (x *ListRequestsResponse) String() string {
 func (*ListRequestsResponse) ProtoMessage() {}
 
 func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[8]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1067,7 +1160,7 @@ func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
 func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{8}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListRequestsResponse) GetRequests() []*Request {
@@ -1093,7 +1186,7 @@ type WatchRequestRequest struct {
 
 func (x *WatchRequestRequest) Reset() {
 	*x = WatchRequestRequest{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[9]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1198,7 @@ func (x *WatchRequestRequest) String() string {
 func (*WatchRequestRequest) ProtoMessage() {}
 
 func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[9]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1211,7 @@ func (x *WatchRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequestRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{9}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchRequestRequest) GetId() string {
@@ -1137,7 +1230,7 @@ type WatchRequestResponse struct {
 
 func (x *WatchRequestResponse) Reset() {
 	*x = WatchRequestResponse{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[10]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1242,7 @@ func (x *WatchRequestResponse) String() string {
 func (*WatchRequestResponse) ProtoMessage() {}
 
 func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[10]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1255,7 @@ func (x *WatchRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequestResponse.ProtoReflect.Descriptor instead.
 func (*WatchRequestResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{10}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchRequestResponse) GetRequest() *Request {
@@ -1182,7 +1275,7 @@ type CancelRequestRequest struct {
 
 func (x *CancelRequestRequest) Reset() {
 	*x = CancelRequestRequest{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[11]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1287,7 @@ func (x *CancelRequestRequest) String() string {
 func (*CancelRequestRequest) ProtoMessage() {}
 
 func (x *CancelRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[11]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1300,7 @@ func (x *CancelRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequestRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequestRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{11}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelRequestRequest) GetId() string {
@@ -1234,7 +1327,7 @@ type CancelRequestResponse struct {
 
 func (x *CancelRequestResponse) Reset() {
 	*x = CancelRequestResponse{}
-	mi := &file_breakglass_v1_requests_proto_msgTypes[12]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1339,7 @@ func (x *CancelRequestResponse) String() string {
 func (*CancelRequestResponse) ProtoMessage() {}
 
 func (x *CancelRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_requests_proto_msgTypes[12]
+	mi := &file_breakglass_v1_requests_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1352,7 @@ func (x *CancelRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequestResponse.ProtoReflect.Descriptor instead.
 func (*CancelRequestResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{12}
+	return file_breakglass_v1_requests_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CancelRequestResponse) GetRequest() *Request {
@@ -1327,7 +1420,7 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\x15solo_acknowledge_time\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\x13soloAcknowledgeTime\x12P\n" +
 	"\x16grant_acknowledge_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x14grantAcknowledgeTime\x12%\n" +
 	"\x0econtent_digest\x18\x1b \x01(\tR\rcontentDigest\x12'\n" +
-	"\x0fcontent_version\x18\x1c \x01(\rR\x0econtentVersion\"\xb9\x04\n" +
+	"\x0fcontent_version\x18\x1c \x01(\rR\x0econtentVersion\"\x86\x05\n" +
 	"\x14CreateRequestRequest\x12;\n" +
 	"\aaccount\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18@2\x16^[a-z0-9][a-z0-9._-]*$R\aaccount\x12p\n" +
 	"\rjustification\x18\x02 \x01(\tBJ\xbaHGrE\x10\x01\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\rjustification\x12D\n" +
@@ -1336,7 +1429,15 @@ const file_breakglass_v1_requests_proto_rawDesc = "" +
 	"\x1brequested_ttl.whole_seconds\x12/requested_ttl must be a whole number of seconds\x1a\x1bint(this) % 1000000000 == 0\xaa\x01\t\"\x05\b\x80\xe7\x84\x0f*\x00R\frequestedTtl\x12\x14\n" +
 	"\x05drill\x18\x05 \x01(\bR\x05drill\x12\x12\n" +
 	"\x04solo\x18\x06 \x01(\bR\x04solo\x12B\n" +
-	"\x0fidempotency_key\x18\a \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[A-Za-z0-9_-]*$R\x0eidempotencyKey\"\x94\x01\n" +
+	"\x0fidempotency_key\x18\a \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[A-Za-z0-9_-]*$R\x0eidempotencyKey\x12K\n" +
+	"\x11request_statement\x18\b \x01(\v2\x1e.breakglass.v1.SignedStatementR\x10requestStatement\"\xe4\x01\n" +
+	"\x0fSignedStatement\x12(\n" +
+	"\tstatement\x18\x01 \x01(\fB\n" +
+	"\xbaH\az\x05\x10\x01\x18\x80 R\tstatement\x12(\n" +
+	"\tsignature\x18\x02 \x01(\fB\n" +
+	"\xbaH\az\x05\x10\x01\x18\x80\bR\tsignature\x12=\n" +
+	"\x06signer\x18\x03 \x01(\x0e2\x1b.breakglass.v1.ReviewSignerB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06signer\x12>\n" +
+	"\tkey_store\x18\x04 \x01(\x0e2\x17.breakglass.v1.KeyStoreB\b\xbaH\x05\x82\x01\x02\x10\x01R\bkeyStore\"\x94\x01\n" +
 	"\x15CreateRequestResponse\x120\n" +
 	"\arequest\x18\x01 \x01(\v2\x16.breakglass.v1.RequestR\arequest\x12-\n" +
 	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\x12\x1a\n" +
@@ -1408,7 +1509,7 @@ func file_breakglass_v1_requests_proto_rawDescGZIP() []byte {
 }
 
 var file_breakglass_v1_requests_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_breakglass_v1_requests_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_breakglass_v1_requests_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_breakglass_v1_requests_proto_goTypes = []any{
 	(RequestState)(0),             // 0: breakglass.v1.RequestState
 	(ReviewDecision)(0),           // 1: breakglass.v1.ReviewDecision
@@ -1418,60 +1519,64 @@ var file_breakglass_v1_requests_proto_goTypes = []any{
 	(*Review)(nil),                // 5: breakglass.v1.Review
 	(*Request)(nil),               // 6: breakglass.v1.Request
 	(*CreateRequestRequest)(nil),  // 7: breakglass.v1.CreateRequestRequest
-	(*CreateRequestResponse)(nil), // 8: breakglass.v1.CreateRequestResponse
-	(*GetRequestRequest)(nil),     // 9: breakglass.v1.GetRequestRequest
-	(*GetRequestResponse)(nil),    // 10: breakglass.v1.GetRequestResponse
-	(*ListRequestsRequest)(nil),   // 11: breakglass.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil),  // 12: breakglass.v1.ListRequestsResponse
-	(*WatchRequestRequest)(nil),   // 13: breakglass.v1.WatchRequestRequest
-	(*WatchRequestResponse)(nil),  // 14: breakglass.v1.WatchRequestResponse
-	(*CancelRequestRequest)(nil),  // 15: breakglass.v1.CancelRequestRequest
-	(*CancelRequestResponse)(nil), // 16: breakglass.v1.CancelRequestResponse
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*SignedStatement)(nil),       // 8: breakglass.v1.SignedStatement
+	(*CreateRequestResponse)(nil), // 9: breakglass.v1.CreateRequestResponse
+	(*GetRequestRequest)(nil),     // 10: breakglass.v1.GetRequestRequest
+	(*GetRequestResponse)(nil),    // 11: breakglass.v1.GetRequestResponse
+	(*ListRequestsRequest)(nil),   // 12: breakglass.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),  // 13: breakglass.v1.ListRequestsResponse
+	(*WatchRequestRequest)(nil),   // 14: breakglass.v1.WatchRequestRequest
+	(*WatchRequestResponse)(nil),  // 15: breakglass.v1.WatchRequestResponse
+	(*CancelRequestRequest)(nil),  // 16: breakglass.v1.CancelRequestRequest
+	(*CancelRequestResponse)(nil), // 17: breakglass.v1.CancelRequestResponse
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
 }
 var file_breakglass_v1_requests_proto_depIdxs = []int32{
 	1,  // 0: breakglass.v1.Review.decision:type_name -> breakglass.v1.ReviewDecision
-	17, // 1: breakglass.v1.Review.create_time:type_name -> google.protobuf.Timestamp
+	18, // 1: breakglass.v1.Review.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 2: breakglass.v1.Review.entry:type_name -> breakglass.v1.AuditRef
 	3,  // 3: breakglass.v1.Review.signer:type_name -> breakglass.v1.ReviewSigner
 	2,  // 4: breakglass.v1.Review.key_store:type_name -> breakglass.v1.KeyStore
-	18, // 5: breakglass.v1.Request.requested_ttl:type_name -> google.protobuf.Duration
+	19, // 5: breakglass.v1.Request.requested_ttl:type_name -> google.protobuf.Duration
 	0,  // 6: breakglass.v1.Request.state:type_name -> breakglass.v1.RequestState
-	17, // 7: breakglass.v1.Request.create_time:type_name -> google.protobuf.Timestamp
-	17, // 8: breakglass.v1.Request.approval_deadline:type_name -> google.protobuf.Timestamp
-	17, // 9: breakglass.v1.Request.approve_time:type_name -> google.protobuf.Timestamp
-	17, // 10: breakglass.v1.Request.grant_expire_time:type_name -> google.protobuf.Timestamp
-	17, // 11: breakglass.v1.Request.activation_deadline:type_name -> google.protobuf.Timestamp
-	17, // 12: breakglass.v1.Request.final_time:type_name -> google.protobuf.Timestamp
+	18, // 7: breakglass.v1.Request.create_time:type_name -> google.protobuf.Timestamp
+	18, // 8: breakglass.v1.Request.approval_deadline:type_name -> google.protobuf.Timestamp
+	18, // 9: breakglass.v1.Request.approve_time:type_name -> google.protobuf.Timestamp
+	18, // 10: breakglass.v1.Request.grant_expire_time:type_name -> google.protobuf.Timestamp
+	18, // 11: breakglass.v1.Request.activation_deadline:type_name -> google.protobuf.Timestamp
+	18, // 12: breakglass.v1.Request.final_time:type_name -> google.protobuf.Timestamp
 	5,  // 13: breakglass.v1.Request.reviews:type_name -> breakglass.v1.Review
 	4,  // 14: breakglass.v1.Request.created_entry:type_name -> breakglass.v1.AuditRef
-	17, // 15: breakglass.v1.Request.solo_acknowledge_time:type_name -> google.protobuf.Timestamp
-	17, // 16: breakglass.v1.Request.grant_acknowledge_time:type_name -> google.protobuf.Timestamp
-	18, // 17: breakglass.v1.CreateRequestRequest.requested_ttl:type_name -> google.protobuf.Duration
-	6,  // 18: breakglass.v1.CreateRequestResponse.request:type_name -> breakglass.v1.Request
-	4,  // 19: breakglass.v1.CreateRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	6,  // 20: breakglass.v1.GetRequestResponse.request:type_name -> breakglass.v1.Request
-	0,  // 21: breakglass.v1.ListRequestsRequest.state:type_name -> breakglass.v1.RequestState
-	6,  // 22: breakglass.v1.ListRequestsResponse.requests:type_name -> breakglass.v1.Request
-	6,  // 23: breakglass.v1.WatchRequestResponse.request:type_name -> breakglass.v1.Request
-	6,  // 24: breakglass.v1.CancelRequestResponse.request:type_name -> breakglass.v1.Request
-	4,  // 25: breakglass.v1.CancelRequestResponse.entry:type_name -> breakglass.v1.AuditRef
-	7,  // 26: breakglass.v1.RequestService.CreateRequest:input_type -> breakglass.v1.CreateRequestRequest
-	9,  // 27: breakglass.v1.RequestService.GetRequest:input_type -> breakglass.v1.GetRequestRequest
-	11, // 28: breakglass.v1.RequestService.ListRequests:input_type -> breakglass.v1.ListRequestsRequest
-	13, // 29: breakglass.v1.RequestService.WatchRequest:input_type -> breakglass.v1.WatchRequestRequest
-	15, // 30: breakglass.v1.RequestService.CancelRequest:input_type -> breakglass.v1.CancelRequestRequest
-	8,  // 31: breakglass.v1.RequestService.CreateRequest:output_type -> breakglass.v1.CreateRequestResponse
-	10, // 32: breakglass.v1.RequestService.GetRequest:output_type -> breakglass.v1.GetRequestResponse
-	12, // 33: breakglass.v1.RequestService.ListRequests:output_type -> breakglass.v1.ListRequestsResponse
-	14, // 34: breakglass.v1.RequestService.WatchRequest:output_type -> breakglass.v1.WatchRequestResponse
-	16, // 35: breakglass.v1.RequestService.CancelRequest:output_type -> breakglass.v1.CancelRequestResponse
-	31, // [31:36] is the sub-list for method output_type
-	26, // [26:31] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	18, // 15: breakglass.v1.Request.solo_acknowledge_time:type_name -> google.protobuf.Timestamp
+	18, // 16: breakglass.v1.Request.grant_acknowledge_time:type_name -> google.protobuf.Timestamp
+	19, // 17: breakglass.v1.CreateRequestRequest.requested_ttl:type_name -> google.protobuf.Duration
+	8,  // 18: breakglass.v1.CreateRequestRequest.request_statement:type_name -> breakglass.v1.SignedStatement
+	3,  // 19: breakglass.v1.SignedStatement.signer:type_name -> breakglass.v1.ReviewSigner
+	2,  // 20: breakglass.v1.SignedStatement.key_store:type_name -> breakglass.v1.KeyStore
+	6,  // 21: breakglass.v1.CreateRequestResponse.request:type_name -> breakglass.v1.Request
+	4,  // 22: breakglass.v1.CreateRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	6,  // 23: breakglass.v1.GetRequestResponse.request:type_name -> breakglass.v1.Request
+	0,  // 24: breakglass.v1.ListRequestsRequest.state:type_name -> breakglass.v1.RequestState
+	6,  // 25: breakglass.v1.ListRequestsResponse.requests:type_name -> breakglass.v1.Request
+	6,  // 26: breakglass.v1.WatchRequestResponse.request:type_name -> breakglass.v1.Request
+	6,  // 27: breakglass.v1.CancelRequestResponse.request:type_name -> breakglass.v1.Request
+	4,  // 28: breakglass.v1.CancelRequestResponse.entry:type_name -> breakglass.v1.AuditRef
+	7,  // 29: breakglass.v1.RequestService.CreateRequest:input_type -> breakglass.v1.CreateRequestRequest
+	10, // 30: breakglass.v1.RequestService.GetRequest:input_type -> breakglass.v1.GetRequestRequest
+	12, // 31: breakglass.v1.RequestService.ListRequests:input_type -> breakglass.v1.ListRequestsRequest
+	14, // 32: breakglass.v1.RequestService.WatchRequest:input_type -> breakglass.v1.WatchRequestRequest
+	16, // 33: breakglass.v1.RequestService.CancelRequest:input_type -> breakglass.v1.CancelRequestRequest
+	9,  // 34: breakglass.v1.RequestService.CreateRequest:output_type -> breakglass.v1.CreateRequestResponse
+	11, // 35: breakglass.v1.RequestService.GetRequest:output_type -> breakglass.v1.GetRequestResponse
+	13, // 36: breakglass.v1.RequestService.ListRequests:output_type -> breakglass.v1.ListRequestsResponse
+	15, // 37: breakglass.v1.RequestService.WatchRequest:output_type -> breakglass.v1.WatchRequestResponse
+	17, // 38: breakglass.v1.RequestService.CancelRequest:output_type -> breakglass.v1.CancelRequestResponse
+	34, // [34:39] is the sub-list for method output_type
+	29, // [29:34] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_requests_proto_init() }
@@ -1485,7 +1590,7 @@ func file_breakglass_v1_requests_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_requests_proto_rawDesc), len(file_breakglass_v1_requests_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -122,7 +122,8 @@ func boolInt(b bool) int {
 const requestCols = `id, account, requester, justification, ticket, ttl_ns, drill, state, created_at,
 	approval_deadline, rule_json, deny_threshold, max_issuances, activation_window_ns, policy_hash,
 	approved_at, grant_expires_at, activation_deadline, approvers_json, issued, first_issued_at,
-	final_at, final_reason, final_by, created_entry, created_leaf, version, solo, solo_acked_at, grant_acked_at, token_kid, approved_entry, content_version`
+	final_at, final_reason, final_by, created_entry, created_leaf, version, solo, solo_acked_at, grant_acked_at, token_kid, approved_entry, content_version,
+	request_statement, request_signature, requester_cert`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -138,7 +139,8 @@ func scanRequest(s scanner) (*request.Request, error) {
 	if err := s.Scan(&r.ID, &r.Account, &r.Requester, &r.Justification, &r.Ticket, &ttl, &drill, &state, &created,
 		&deadline, &ruleJSON, &r.DenyThreshold, &r.MaxIssuances, &aw, &r.PolicyHash,
 		&approved, &grantEnd, &activation, &approversJSON, &r.Issued, &firstIssued,
-		&final, &r.FinalReason, &r.FinalBy, &r.CreatedEntry, &r.CreatedLeaf, &r.Version, &solo, &soloAcked, &grantAcked, &r.TokenKID, &approvedEntry, &r.ContentVersion); err != nil {
+		&final, &r.FinalReason, &r.FinalBy, &r.CreatedEntry, &r.CreatedLeaf, &r.Version, &solo, &soloAcked, &grantAcked, &r.TokenKID, &approvedEntry, &r.ContentVersion,
+		&r.Signed.Statement, &r.Signed.Signature, &r.Signed.Cert); err != nil {
 		return nil, err
 	}
 	r.TTL, r.ActivationWindow = time.Duration(ttl), time.Duration(aw)
@@ -424,11 +426,12 @@ func (t *Tx) CreateRequest(ctx context.Context, r *request.Request) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(ctx, `INSERT INTO requests (`+requestCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err = t.exec(ctx, `INSERT INTO requests (`+requestCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		r.ID, r.Account, r.Requester, r.Justification, r.Ticket, int64(r.TTL), boolInt(r.Drill), string(r.State), nanos(r.CreatedAt),
 		nanos(r.ApprovalDeadline), string(rule), r.DenyThreshold, r.MaxIssuances, int64(r.ActivationWindow), r.PolicyHash,
 		nullNanos(r.ApprovedAt), nullNanos(r.GrantExpiresAt), nullNanos(r.ActivationDeadline), string(approvers), r.Issued, nullNanos(r.FirstIssuedAt),
-		nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.CreatedEntry, r.CreatedLeaf, 1, boolInt(r.Solo), nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, nullIndex(r.ApprovedEntry), int(r.ContentVersion.Norm()))
+		nullNanos(r.FinalAt), r.FinalReason, r.FinalBy, r.CreatedEntry, r.CreatedLeaf, 1, boolInt(r.Solo), nullNanos(r.SoloAckedAt), nullNanos(r.GrantAckedAt), r.TokenKID, nullIndex(r.ApprovedEntry), int(r.ContentVersion.Norm()),
+		orEmptyBytes(r.Signed.Statement), orEmptyBytes(r.Signed.Signature), orEmptyBytes(r.Signed.Cert))
 	if err == nil {
 		r.Version = 1
 	}
