@@ -65,7 +65,8 @@ lint:
 proto: tools
 	$(BUF) generate
 
-# Regenerates into a scratch directory and fails if the committed code differs.
+# Regenerates into a scratch directory and fails if the committed code
+# differs (tests kept beside the generated code are not generated).
 proto-check: tools
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(BUF) generate -o $$tmp && \

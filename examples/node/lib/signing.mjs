@@ -254,10 +254,11 @@ export function verifyStatementSignature(publicKey, bytes, sig) {
   let ok;
   switch (key.asymmetricKeyType) {
     case 'ec': {
+      const n = CURVE_BYTES[key.asymmetricKeyDetails.namedCurve];
+      if (!n) refuse('signature', `ECDSA keys are P-256, P-384 or P-521, not ${key.asymmetricKeyDetails.namedCurve}`);
       const problem = checkDER(sig);
       if (problem) {
-        const n = CURVE_BYTES[key.asymmetricKeyDetails.namedCurve];
-        const hint = n && sig.length === 2 * n ? `; these ${sig.length} bytes look like a raw r||s signature (IEEE P1363, what WebCrypto returns): encode r and s as a DER SEQUENCE of two INTEGERs` : '';
+        const hint = sig.length === 2 * n ? `; these ${sig.length} bytes look like a raw r||s signature (IEEE P1363, what WebCrypto returns): encode r and s as a DER SEQUENCE of two INTEGERs` : '';
         refuse('signature-encoding', `expected an ASN.1 DER ECDSA signature (RFC 3279: SEQUENCE { r INTEGER, s INTEGER }) over SHA-256 of the statement, ${problem}${hint}`);
       }
       ok = cryptoVerify('sha256', bytes, { key, dsaEncoding: 'der' }, sig);
@@ -268,6 +269,7 @@ export function verifyStatementSignature(publicKey, bytes, sig) {
       ok = cryptoVerify(null, bytes, key, sig);
       break;
     case 'rsa': {
+      if (key.asymmetricKeyDetails.modulusLength < 1024) refuse('signature', `an RSA key of ${key.asymmetricKeyDetails.modulusLength} bits is below the 1024 bits verifiers accept`);
       const size = Math.ceil(key.asymmetricKeyDetails.modulusLength / 8);
       if (sig.length !== size) refuse('signature-encoding', `expected an RSA PKCS #1 v1.5 SHA-256 signature of ${size} bytes (the modulus size), got ${sig.length} bytes`);
       ok = cryptoVerify('sha256', bytes, { key, padding: constants.RSA_PKCS1_PADDING }, sig);
