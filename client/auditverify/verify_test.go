@@ -5,17 +5,20 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // signedBy is an export of entries, each signed by the key given for it
@@ -306,5 +309,34 @@ func TestIdentityChangeWithOpenWork(t *testing.T) {
 	_, err = Verify(l.options(l.exportOf(entries), cp, nil))
 	if vs := violationsOf(t, err); !has(vs, int64(len(l.entries)), "but its entry says") {
 		t.Fatalf("an entry naming another rule than its policy: %s", vs)
+	}
+}
+
+// The requester is known by the key that signed the request: a review
+// signed with that key never counts, whatever principal its certificate
+// names (here a second certificate for alice's key naming bob, as whoever
+// holds the client CA's key could make).
+func TestRequesterKeyNeverCounts(t *testing.T) {
+	l := theFuzzLog(nil)
+	i := indexOfType(l.entries, audit.TypeRequestReviewed)
+	e, _ := audit.Parse(l.entries[i])
+	var p audit.RequestReviewed
+	must(json.Unmarshal(e.Payload, &p))
+	bobURI, _ := url.Parse(fuzzURIPrefix + "bob")
+	der, err := x509.CreateCertificate(nil, &x509.Certificate{SerialNumber: big.NewInt(77), Subject: pkix.Name{CommonName: "bob"},
+		NotBefore: l.ca.NotBefore, NotAfter: l.ca.NotAfter, URIs: []*url.URL{bobURI}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+		l.ca, l.aliceKey.Public(), l.caKey)
+	must(err)
+	p.Certificate = der
+	p.Signature, err = statement.Sign(l.aliceKey, p.Statement)
+	must(err)
+	e.Payload, _ = json.Marshal(p)
+	entries := append([][]byte(nil), l.entries...)
+	entries[i], _ = json.Marshal(e)
+	entries = rechain(entries)
+	cp, _ := l.checkpoint(entries)
+	_, err = Verify(l.options(l.exportOf(entries), cp, nil))
+	if vs := violationsOf(t, err); !has(vs, int64(i), "is signed by the key that signed request "+fuzzRequest+" as its requester alice") {
+		t.Fatalf("a review by the requester's key under bob's name: %s", vs)
 	}
 }
