@@ -20,7 +20,8 @@ import (
 const consoleBrowser = "browser"
 
 // The approver console in Debian's Chromium (playwright-core, mTLS client
-// certificates, a CDP virtual authenticator): alice requests with bgctl;
+// certificates, a CDP virtual authenticator): alice requests with bgctl
+// (and later in the console, signed by her passkey);
 // bob sees it live, enrolls a passkey in the browser and binds it with
 // bgctl (erin cannot bind it for him); bob approves in the browser; erin
 // approves with bgctl and a key on a SoftHSM2 token through a PKCS#11 URI;
@@ -101,7 +102,8 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 	f := d.exportAudit(t)
 	v := f.verify(t)
-	if v.code != 0 || !strings.Contains(v.stdout, "1 passkey approval(s)") || !strings.Contains(v.stdout, "1 hardware-key approval(s)") {
+	if v.code != 0 || !strings.Contains(v.stdout, "1 passkey approval(s)") || !strings.Contains(v.stdout, "1 hardware-key approval(s)") ||
+		!strings.Contains(v.stdout, "requests 4") {
 		t.Fatalf("bgctl audit verify: %d\n%s\n%s", v.code, v.stdout, v.stderr)
 	}
 	t.Logf("bgctl audit verify:\n%s", v.stdout)

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/bgbroker/breakglass/client"
 	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/passkey/passkeytest"
@@ -241,9 +243,46 @@ func TestConsolePasskeyApproval(t *testing.T) {
 	if !strings.Contains(page, "passkey "+passkey.EncodeID(a.ID)) || strings.Contains(page, strings.TrimSpace(tok)) {
 		t.Fatalf("the request page does not say bob signed with a passkey, or shows the token:\n%s", page)
 	}
+
+	// alice asks for access in the console: her passkey signs the request
+	// statement her page builds.
+	alice := d.consoleAs("alice")
+	ap, acode, _ := alice.enroll("alice's laptop")
+	d.mustBgctl("alice", "passkey", "confirm", acode, "--yes")
+	origin, err := d.client("alice").Origin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := uuid.NewString()
+	rst := statement.Request{Origin: origin, ID: rid, Account: "prod-db", TTLSeconds: 900, Ticket: "INC-9", Justification: "replica lagging",
+		Time: time.Now().UTC().Truncate(time.Second)}
+	text := rst.Marshal()
+	x := ap.Assert(text, passkeytest.Options{})
+	assertion := map[string]any{"id": passkey.EncodeID(x.Credential), "rawId": passkey.EncodeID(x.Credential), "type": "public-key",
+		"response": map[string]string{"authenticatorData": base64.RawURLEncoding.EncodeToString(x.AuthenticatorData),
+			"clientDataJSON": base64.RawURLEncoding.EncodeToString(x.ClientDataJSON), "signature": base64.RawURLEncoding.EncodeToString(x.Signature)}}
+	alice.get("/mine")
+	body := map[string]any{"account": "prod-db", "justification": "replica lagging", "ticket": "INC-9", "ttl_seconds": 900, "statement": text, "assertion": assertion}
+	if code, out := alice.postJSON("/requests", body, nil); code != http.StatusOK || out["id"] != rid {
+		t.Fatalf("a passkey-signed request from the console: %d %v", code, out)
+	}
+	body["ticket"] = "INC-10"
+	if code, out := alice.postJSON("/requests", body, nil); code != http.StatusBadRequest {
+		t.Fatalf("a request other than the statement says: %d %v", code, out)
+	}
+	// The old form post, without the script, is refused with a reason.
+	form, _ := http.NewRequest(http.MethodPost, alice.origin+"/requests", strings.NewReader("csrf="+alice.csrf+"&account=prod-db&justification=x"))
+	form.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	form.Header.Set("Origin", alice.origin)
+	if res, err := alice.hc.Do(form); err != nil || res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("an unsigned form post: %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
+
 	f := d.exportAudit(t)
 	v := f.verify(t)
-	if v.code != 0 || !strings.Contains(v.stdout, "1 passkey approval(s)") {
+	if v.code != 0 || !strings.Contains(v.stdout, "1 passkey approval(s)") || !strings.Contains(v.stdout, "requests 2") {
 		t.Fatalf("bgctl audit verify: %d\n%s\n%s", v.code, v.stdout, v.stderr)
 	}
 }

@@ -117,28 +117,43 @@ func (r *replay) checkPasskeyReview(q *reqState, reviewer string, p audit.Reques
 	if err := statement.Check(st, p.Decision, r.origin, q.id, q.digest, p.Comment, at); err != nil {
 		return "", err.Error()
 	}
-	bp := r.passkeys[string(p.Passkey.Credential)]
+	bp, reason := r.checkPasskeyAssertion(reviewer, q.identity, p.Statement, *p.Passkey, at)
+	if reason != "" {
+		return "", reason
+	}
+	return keyOf(bp.cert), ""
+}
+
+// checkPasskeyAssertion verifies an assertion over a statement (a
+// review's or a request's) by signer's passkey: the credential is bound to
+// signer, by a binding whose certificate still holds at the statement's
+// entry (a binding lasts no longer than the certificate that made it) and
+// names signer under the identity rule id; the assertion is a
+// user-verified WebAuthn assertion over the statement on the bound origin;
+// its counter advanced. It returns the passkey, or why it did not sign.
+func (r *replay) checkPasskeyAssertion(signer string, id audit.Identity, stmt []byte, a passkey.Assertion, at time.Time) (*boundPasskey, string) {
+	bp := r.passkeys[string(a.Credential)]
 	switch {
 	case bp == nil:
-		return "", fmt.Sprintf("passkey %s was never bound: only bound passkeys sign reviews", passkey.EncodeID(p.Passkey.Credential))
+		return nil, fmt.Sprintf("passkey %s was never bound: only bound passkeys sign", passkey.EncodeID(a.Credential))
 	case bp.removed:
-		return "", fmt.Sprintf("passkey %s was removed before this review", passkey.EncodeID(p.Passkey.Credential))
-	case bp.principal != reviewer:
-		return "", fmt.Sprintf("passkey %s is bound to %s, not %s", passkey.EncodeID(p.Passkey.Credential), bp.principal, reviewer)
+		return nil, fmt.Sprintf("passkey %s was removed before this", passkey.EncodeID(a.Credential))
+	case bp.principal != signer:
+		return nil, fmt.Sprintf("passkey %s is bound to %s, not %s", passkey.EncodeID(a.Credential), bp.principal, signer)
 	}
 	if reason := r.certHeld(bp.cert, at); reason != "" {
-		return "", "the passkey's binding no longer holds: " + reason
+		return nil, "the passkey's binding no longer holds: " + reason
 	}
-	if who, err := principalOf(bp.cert, q.identity); err != nil || who != reviewer {
-		return "", fmt.Sprintf("the passkey's binding certificate names %q, not %s, under the identity rule in force", who, reviewer)
+	if who, err := principalOf(bp.cert, id); err != nil || who != signer {
+		return nil, fmt.Sprintf("the passkey's binding certificate names %q, not %s, under the identity rule in force", who, signer)
 	}
-	v, err := passkey.VerifyAssertion(bp.binding, p.Statement, *p.Passkey)
+	v, err := passkey.VerifyAssertion(bp.binding, stmt, a)
 	if err != nil {
-		return "", err.Error()
+		return nil, err.Error()
 	}
 	if !passkey.CounterAdvances(bp.counter, v.Counter) {
-		return "", fmt.Sprintf("the assertion's signature counter %d does not advance past %d, the last this passkey showed: a replayed assertion or a cloned authenticator", v.Counter, bp.counter)
+		return nil, fmt.Sprintf("the assertion's signature counter %d does not advance past %d, the last this passkey showed: a replayed assertion or a cloned authenticator", v.Counter, bp.counter)
 	}
 	bp.counter = v.Counter
-	return keyOf(bp.cert), ""
+	return bp, ""
 }

@@ -35,6 +35,10 @@ type passkeyLog struct {
 	content    map[string]statement.Content
 	nRequests  int
 	crlEntries []x509.RevocationListEntry
+	// requestPasskey, when set, signs the requests instead of alice's
+	// certificate key; lastRequest is the entry of the last request.
+	requestPasskey *passkeytest.Authenticator
+	lastRequest    int
 }
 
 const (
@@ -109,7 +113,12 @@ func (p *passkeyLog) request() string {
 		DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: 600, PolicyHash: p.pol.Hash(), ContentDigest: c.Digest(),
 		ContentVersion: int(statement.ContentV2)}
 	rc.Signed = signRequest(p.keys["alice"], p.certs["alice"], rc, id, "prod-db", created)
-	p.add(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: rc})
+	if p.requestPasskey != nil {
+		// Made in the console: alice's passkey signs the request statement.
+		x := p.requestPasskey.Assert(rc.Statement, passkeytest.Options{})
+		rc.Signed, rc.Passkey = audit.Signed{Statement: rc.Statement}, &x
+	}
+	p.lastRequest = p.add(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: rc})
 	return id
 }
 
@@ -308,5 +317,60 @@ func TestPasskeyAndCertificateAreOneApprover(t *testing.T) {
 	}
 	if !bytes.Equal(p.passkeys["bob"].ID, p.drafts[1].Payload.(audit.PasskeyBound).Credential) {
 		t.Fatal("the binding is not the first entry after the policy")
+	}
+}
+
+// A request made in the console is signed by the requester's bound
+// passkey: it verifies, and the requester is known by the key of the
+// certificate that bound it, so an approval signed by that certificate
+// (logged under another name) never counts. A request signed by a passkey
+// never bound, or bound to someone else, was not made by its requester.
+func TestPasskeySignedRequest(t *testing.T) {
+	p := newPasskeyLog(t)
+	p.bind("alice", "alice", p.passkeys["alice"], nil)
+	p.bind("bob", "bob", p.passkeys["bob"], nil)
+	p.requestPasskey = p.passkeys["alice"]
+	id := p.request()
+	p.review(id, "bob", p.passkeys["bob"], passkeytest.Options{}, nil)
+	p.certReview(id, "erin", "")
+	p.approved(id)
+	if _, err := p.verify(t); err != nil {
+		t.Fatalf("a passkey-signed request: %v", err)
+	}
+	for _, c := range []struct {
+		name   string
+		build  func(p *passkeyLog) int
+		reason string
+	}{
+		{"by a passkey never bound", func(p *passkeyLog) int {
+			p.requestPasskey = p.passkeys["alice"]
+			p.request()
+			return p.lastRequest
+		}, "was never bound"},
+		{"by bob's passkey, logged as alice's", func(p *passkeyLog) int {
+			p.bind("bob", "bob", p.passkeys["bob"], nil)
+			p.requestPasskey = p.passkeys["bob"]
+			p.request()
+			return p.lastRequest
+		}, "is bound to bob, not alice"},
+		{"with a certificate signature too", func(p *passkeyLog) int {
+			p.bind("alice", "alice", p.passkeys["alice"], nil)
+			p.requestPasskey = p.passkeys["alice"]
+			id := p.request()
+			rc := p.drafts[p.lastRequest].Payload.(audit.RequestCreated)
+			rc.Certificate = p.certs["alice"]
+			p.drafts[p.lastRequest].Payload = rc
+			_ = id
+			return p.lastRequest
+		}, "carries no certificate signature"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPasskeyLog(t)
+			at := c.build(p)
+			_, err := p.verify(t)
+			if vs := violationsOf(t, err); !has(vs, int64(at), c.reason) {
+				t.Fatalf("entry %d is not refused for %q:\n%s", at, c.reason, vs)
+			}
+		})
 	}
 }

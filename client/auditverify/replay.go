@@ -439,6 +439,18 @@ func (r *replay) checkRequestStatement(e *audit.Entry, p audit.RequestCreated, d
 	if err := statement.CheckRequest(st, asked, e.Time); err != nil {
 		return nil, err.Error()
 	}
+	if p.Passkey != nil {
+		// Made in the console: signed by the requester's bound passkey,
+		// who is known by the key of the certificate that bound it.
+		if len(p.Signature) > 0 || len(p.Certificate) > 0 {
+			return nil, "a passkey-signed request carries no certificate signature"
+		}
+		bp, reason := r.checkPasskeyAssertion(e.Actor, r.identity, p.Statement, *p.Passkey, e.Time)
+		if reason != "" {
+			return nil, reason
+		}
+		return bp.cert, ""
+	}
 	cert, err := r.sigs.ParseCertificate(p.Certificate)
 	if err != nil {
 		return nil, "the certificate does not parse: " + err.Error()

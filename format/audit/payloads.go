@@ -63,6 +63,10 @@ type RequestCreated struct {
 	// client said the key lives, declared and not signed.
 	Signed
 	KeyStore string `json:"key_store,omitempty"`
+	// Passkey is set for a request made in the console and signed by a
+	// bound passkey: the WebAuthn assertion whose challenge is the
+	// SHA-256 of the statement (Signature and Certificate are then empty).
+	Passkey *passkey.Assertion `json:"passkey,omitempty"`
 }
 
 // RequestReviewed records one review. The reviewer is the entry's actor.

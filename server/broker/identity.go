@@ -95,14 +95,22 @@ func (b *Broker) checkRemap(ctx context.Context, rd store.Reader, old, cur polic
 			if st, _, _ := r.Effective(now); st != request.Pending && st != request.Approved {
 				continue
 			}
+			if err := attachBindings(ctx, rd, r); err != nil {
+				return err
+			}
 			if c := r.RequesterCert(); c != nil {
 				check(r, "requester", r.Requester, c)
 			} else {
 				note("request %s was made by %s before requests were signed, so who they are under the new rule cannot be shown", r.ID, r.Requester)
 			}
 			for _, rv := range r.Reviews {
-				if len(rv.Cert) > 0 {
+				switch {
+				case len(rv.Cert) > 0:
 					check(r, "reviewer", rv.Reviewer, rv.Cert)
+				case rv.Binding != nil:
+					// A passkey review: its reviewer is whom the binding's
+					// certificate names.
+					check(r, "reviewer", rv.Reviewer, rv.Binding.Cert)
 				}
 			}
 		}

@@ -385,9 +385,24 @@ func (b *Broker) checkPasskeyReview(ctx context.Context, tx store.Tx, in ReviewI
 	if err := statement.Check(st, string(in.Decision), b.cfg.Origin, r.ID, r.Content().Digest(), in.Comment, now); err != nil {
 		return nil, invalid("the review statement does not match this review: %s%s", err, contentHint(st, r))
 	}
-	p, err := tx.Passkey(ctx, in.Passkey.Credential)
+	return b.checkPasskeyAssertion(ctx, tx, caller, in.Statement, *in.Passkey, now)
+}
+
+// checkPasskeyAssertion judges an assertion over a statement (a review's
+// or a request's) by one of caller's passkeys, inside the write
+// transaction: the credential is bound to the caller, by a binding whose
+// certificate still vouches for them; the assertion holds under
+// go-webauthn's verification of WebAuthn §7.2 (user verification
+// required, the bound origin and RP ID) and under format/passkey's, which
+// the verifier runs; its counter advances. It returns the passkey with its
+// counter moved on, to be saved with what it signed.
+func (b *Broker) checkPasskeyAssertion(ctx context.Context, tx store.Tx, caller string, stmt []byte, a passkey.Assertion, now time.Time) (*store.Passkey, error) {
+	if len(a.Credential) == 0 {
+		return nil, invalid("a passkey signature must carry the assertion over the statement")
+	}
+	p, err := tx.Passkey(ctx, a.Credential)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && (p.State != store.PasskeyBound || p.Principal != caller)) {
-		return nil, denied("this passkey is not bound to you: only passkeys you bound with bgctl passkey confirm sign reviews")
+		return nil, denied("this passkey is not bound to you: only passkeys you bound with bgctl passkey confirm sign")
 	}
 	if err != nil {
 		return nil, err
@@ -399,10 +414,10 @@ func (b *Broker) checkPasskeyReview(ctx context.Context, tx store.Tx, in ReviewI
 	if err := b.checkSigner(cert, caller, now); err != nil {
 		return nil, &Error{Kind: KindUnauthenticated, Err: err, Msg: "the certificate that bound this passkey no longer vouches for you (it expired or was revoked): bind the passkey again with your current certificate"}
 	}
-	if err := verifyWithWebAuthn(bd, in.Statement, *in.Passkey); err != nil {
+	if err := verifyWithWebAuthn(bd, stmt, a); err != nil {
 		return nil, invalid("the passkey assertion does not verify: %s", err)
 	}
-	v, err := passkey.VerifyAssertion(bd, in.Statement, *in.Passkey)
+	v, err := passkey.VerifyAssertion(bd, stmt, a)
 	if err != nil {
 		return nil, invalid("the passkey assertion does not hold: %s", err)
 	}
@@ -514,6 +529,23 @@ func attachBindings(ctx context.Context, rd store.Reader, r *request.Request) er
 		rv.Binding = &request.PasskeyBinding{Statement: p.Statement, Cert: p.Cert, Removed: p.State != store.PasskeyBound}
 	}
 	return nil
+}
+
+// passkeyStatementAtEntry checks a passkey-signed statement again at the
+// time its entry was given, when that is not now: the statement (by check)
+// and the binding certificate must hold then too.
+func (b *Broker) passkeyStatementAtEntry(p *store.Passkey, caller string, now time.Time, rec audit.Record, check func(at time.Time) error) error {
+	if rec.Time.Equal(now) {
+		return nil
+	}
+	if err := check(rec.Time); err != nil {
+		return err
+	}
+	_, cert, err := b.bindingOf(p.Statement, p.Cert)
+	if err != nil {
+		return err
+	}
+	return b.checkSigner(cert, caller, rec.Time)
 }
 
 // passkeyAtEntry checks a passkey review again at the time its entry was

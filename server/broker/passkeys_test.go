@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/passkey/passkeytest"
 	"github.com/bgbroker/breakglass/format/statement"
@@ -271,4 +272,62 @@ func TestPasskeyRemovalWithoutHSM(t *testing.T) {
 	if _, _, err := h.b.RemovePasskey(h.ctx, "bob", a.ID, "compromised"); err != nil {
 		t.Fatalf("removal with the HSM down: %v", err)
 	}
+}
+
+// passkeyCreate is in as caller's passkey a signs it in the console.
+func (h *harness) passkeyCreate(caller string, a *passkeytest.Authenticator, in broker.CreateInput) broker.CreateInput {
+	in = h.signedCreate(caller, in)
+	x := a.Assert(in.Statement, passkeytest.Options{})
+	in.Signature, in.Cert, in.Passkey = nil, nil, &x
+	return in
+}
+
+// A request made in the console is signed by the requester's bound
+// passkey; the requester is known by the key of the certificate that bound
+// it, so that key never reviews the request. A passkey not bound, or
+// bound to someone else, makes no request, nor does a statement that says
+// another request, nor the same assertion twice.
+func TestPasskeySignedRequest(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	a := h.bind("alice")
+	e := h.bind("erin")
+	in := broker.CreateInput{Account: "prod-db", Justification: "primary is down, INC-42", Ticket: "INC-42", TTL: 30 * time.Minute}
+	res, err := h.b.CreateRequest(h.ctx, "alice", h.passkeyCreate("alice", a, in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := res.Request.RequesterKey(); k == "" || k != keyid.SPKI(h.cert("alice").cert.RawSubjectPublicKeyInfo) {
+		t.Fatalf("the requester's key is %q, not her binding certificate's", k)
+	}
+	before := h.snap()
+	unbound, _ := h.enroll("alice")
+	_, err = h.b.CreateRequest(h.ctx, "alice", h.passkeyCreate("alice", unbound, in))
+	wantKind(t, err, broker.KindPermission, "not bound to you")
+	_, err = h.b.CreateRequest(h.ctx, "alice", h.passkeyCreate("alice", e, in))
+	wantKind(t, err, broker.KindPermission, "not bound to you")
+	other := h.passkeyCreate("alice", a, in)
+	other.Ticket = "INC-43"
+	_, err = h.b.CreateRequest(h.ctx, "alice", other)
+	wantKind(t, err, broker.KindInvalid, "ticket")
+	noUV := h.signedCreate("alice", in)
+	x := a.Assert(noUV.Statement, passkeytest.Options{Flags: passkeytest.FlagUP})
+	noUV.Signature, noUV.Cert, noUV.Passkey = nil, nil, &x
+	_, err = h.b.CreateRequest(h.ctx, "alice", noUV)
+	wantKind(t, err, broker.KindInvalid, "User verification required")
+	if h.snap() != before {
+		t.Fatal("a refused request changed the store")
+	}
+	again := h.passkeyCreate("alice", a, in)
+	if _, err := h.b.CreateRequest(h.ctx, "alice", again); err != nil {
+		t.Fatal(err)
+	}
+	before = h.snap()
+	_, err = h.b.CreateRequest(h.ctx, "alice", again)
+	if err == nil {
+		t.Fatal("the same passkey-signed request twice")
+	}
+	if h.snap() != before {
+		t.Fatal("a refused request changed the store")
+	}
+	h.verifyChain()
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/format/audit"
+	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/policy"
 	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/server/event"
@@ -49,6 +50,11 @@ type CreateInput struct {
 	Signature []byte
 	Cert      *x509.Certificate
 	KeyStore  string
+	// Passkey, for a request made in the console, is the WebAuthn
+	// assertion over Statement by a passkey bound to the caller, instead
+	// of Signature and Cert: the requester is then known by the key of the
+	// certificate that bound the passkey.
+	Passkey *passkey.Assertion
 }
 
 // checkRequestStatement refuses a request whose signed statement is
@@ -56,18 +62,28 @@ type CreateInput struct {
 // anything other than this request in this log; it returns the statement,
 // whose id becomes the request's.
 func (b *Broker) checkRequestStatement(in CreateInput, caller string, ttl, defaultTTL time.Duration, now time.Time) (statement.Request, error) {
-	if len(in.Statement) == 0 || len(in.Signature) == 0 || in.Cert == nil {
-		return statement.Request{}, invalid("a request must carry a request statement signed with your client certificate's key (bgctl and the Go SDK sign it for you; docs/signing.md)")
-	}
-	if err := b.checkSigner(in.Cert, caller, now); err != nil {
-		return statement.Request{}, err
+	if in.Passkey != nil {
+		// Its signature is the passkey's, checked in the write
+		// transaction with the binding (checkPasskeyAssertion).
+		if len(in.Statement) == 0 {
+			return statement.Request{}, invalid("a request must carry the request statement your passkey signed")
+		}
+	} else {
+		if len(in.Statement) == 0 || len(in.Signature) == 0 || in.Cert == nil {
+			return statement.Request{}, invalid("a request must carry a request statement signed with your client certificate's key (bgctl and the Go SDK sign it for you; docs/signing.md)")
+		}
+		if err := b.checkSigner(in.Cert, caller, now); err != nil {
+			return statement.Request{}, err
+		}
 	}
 	st, err := statement.ParseRequest(in.Statement)
 	if err != nil {
 		return st, invalid("the signed request statement is malformed: %s", err)
 	}
-	if err := b.sigs.Verify(in.Cert, in.Statement, in.Signature); err != nil {
-		return st, signatureError("the request statement's", err)
+	if in.Passkey == nil {
+		if err := b.sigs.Verify(in.Cert, in.Statement, in.Signature); err != nil {
+			return st, signatureError("the request statement's", err)
+		}
 	}
 	if st.ID == "00000000-0000-0000-0000-000000000000" {
 		return st, invalid("the request statement's id is the nil UUID: choose a fresh random one")
@@ -78,6 +94,16 @@ func (b *Broker) checkRequestStatement(in CreateInput, caller string, ttl, defau
 		return st, invalid("the signed request statement does not match this request: %s", err)
 	}
 	return st, nil
+}
+
+// signedOf is what a request_created entry records of the signature: the
+// statement with the certificate's signature, or the statement alone when
+// a passkey signed it (its assertion is recorded beside).
+func signedOf(in CreateInput) audit.Signed {
+	if in.Passkey != nil {
+		return audit.Signed{Statement: in.Statement}
+	}
+	return audit.Signed{Statement: in.Statement, Signature: in.Signature, Certificate: in.Cert.Raw}
 }
 
 // Result is a request after a change, with the entry that recorded it.
@@ -149,7 +175,9 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 		ContentVersion:   statement.CurrentContent,
 		ApprovalDeadline: now.Add(acct.ApprovalWindow.D()), Rule: acct.Quorum, DenyThreshold: acct.DenyThreshold,
 		MaxIssuances: acct.MaxIssuances, PolicyHash: p.Hash(), ActivationWindow: acct.ActivationWindow.D(),
-		Signed: request.Signed{Statement: in.Statement, Signature: in.Signature, Cert: in.Cert.Raw},
+	}
+	if in.Passkey == nil {
+		r.Signed = request.Signed{Statement: in.Statement, Signature: in.Signature, Cert: in.Cert.Raw}
 	}
 	var res Result
 	fp := fingerprint(acct.Name, in.Justification, in.Ticket, in.TTL.String(), fmt.Sprint(in.Drill), fmt.Sprint(in.Solo))
@@ -170,6 +198,16 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 				return err
 			}
 		}
+		var pk *store.Passkey
+		if in.Passkey != nil {
+			var err error
+			if pk, err = b.checkPasskeyAssertion(ctx, tx, caller, in.Statement, *in.Passkey, now); err != nil {
+				return err
+			}
+			// The requester is known by the key of the certificate that
+			// bound the passkey.
+			r.Signed = request.Signed{Statement: in.Statement, Cert: pk.Cert}
+		}
 		// A statement makes one request: its id is taken once.
 		if _, err := tx.Request(ctx, r.ID); err == nil {
 			return newErr(KindExists, "request %s already exists: each request statement names a fresh id (sign a new one)", r.ID)
@@ -183,13 +221,23 @@ func (b *Broker) CreateRequest(ctx context.Context, caller string, in CreateInpu
 				CreatedAt: r.CreatedAt, ApprovalDeadline: r.ApprovalDeadline, Quorum: r.Rule, DenyThreshold: r.DenyThreshold,
 				MaxIssuances: r.MaxIssuances, ActivationWindow: int64(r.ActivationWindow / time.Second), PolicyHash: r.PolicyHash,
 				ContentDigest: r.Content().Digest(), ContentVersion: int(r.ContentVersion), Solo: r.Solo,
-				Signed: audit.Signed{Statement: in.Statement, Signature: in.Signature, Certificate: in.Cert.Raw}, KeyStore: in.KeyStore,
+				Signed: signedOf(in), KeyStore: in.KeyStore, Passkey: in.Passkey,
 			},
 		}, true)
 		if err != nil {
 			return err
 		}
-		if err := b.checkSignerAtEntry(in.Cert, caller, now, rec); err != nil {
+		if pk != nil {
+			if err := b.passkeyStatementAtEntry(pk, caller, now, rec, func(at time.Time) error {
+				_, err := b.checkRequestStatement(in, caller, in.TTL, maxTTL, at)
+				return err
+			}); err != nil {
+				return err
+			}
+			if err := tx.SavePasskey(ctx, *pk); err != nil {
+				return err
+			}
+		} else if err := b.checkSignerAtEntry(in.Cert, caller, now, rec); err != nil {
 			return err
 		}
 		r.CreatedEntry, r.CreatedLeaf = rec.Index, rec.LeafHash

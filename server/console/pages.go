@@ -14,6 +14,7 @@ import (
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/passkey"
 	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/request"
 	"github.com/bgbroker/breakglass/server/store"
@@ -40,6 +41,8 @@ type page struct {
 	// Origin and RPID are the console's, for the script.
 	Origin string
 	RPID   string
+	// LogOrigin is the log's origin, which every statement names.
+	LogOrigin string
 	// Now is the broker's clock, which the script dates statements by.
 	Now  time.Time
 	Data any
@@ -48,7 +51,7 @@ type page struct {
 func (c *Console) page(v *viewer, title, nav string, data any) page {
 	b := c.cfg.Broker
 	return page{Title: title, Nav: nav, Viewer: v, Auditor: b.Policy().IsAuditor(v.Principal), Origin: c.cfg.Origin, RPID: c.cfg.RPID,
-		Now: b.Now().UTC(), Data: data}
+		LogOrigin: b.Origin(), Now: b.Now().UTC(), Data: data}
 }
 
 // requestView is a request as the pages show it.
@@ -293,6 +296,8 @@ type mineData struct {
 	Requests []requestView
 	Accounts []broker.AccountView
 	Error    string
+	// Credentials are the viewer's bound passkeys, which sign requests.
+	Credentials []string
 }
 
 // mine lists the viewer's own requests and the form to make one.
@@ -307,7 +312,12 @@ func (c *Console) renderMine(w http.ResponseWriter, r *http.Request, v *viewer, 
 		c.brokerError(w, r, v, err)
 		return
 	}
-	d := mineData{Error: problem}
+	creds, err := c.boundCredentials(r, v.Principal)
+	if err != nil {
+		c.brokerError(w, r, v, err)
+		return
+	}
+	d := mineData{Error: problem, Credentials: creds}
 	for _, x := range rs {
 		d.Requests = append(d.Requests, c.view(v, x, nil))
 	}
@@ -322,29 +332,49 @@ func (c *Console) renderMine(w http.ResponseWriter, r *http.Request, v *viewer, 
 	c.render(w, r, "mine.html", c.page(v, "My requests", "mine", d))
 }
 
-// create makes a request from the form on My requests.
+// createBody is what the console's script posts to ask for access: the
+// request, and the request statement the requester's passkey signed
+// (docs/signing.md, "Request statements"; the statement's SHA-256 is the
+// WebAuthn challenge).
+type createBody struct {
+	Account       string          `json:"account"`
+	Justification string          `json:"justification"`
+	Ticket        string          `json:"ticket"`
+	TTLSeconds    int64           `json:"ttl_seconds"`
+	Drill         bool            `json:"drill"`
+	Statement     []byte          `json:"statement"`
+	Assertion     json.RawMessage `json:"assertion"`
+}
+
+// create makes a request signed by the viewer's passkey: the script built
+// the request statement from the form, with an id of its choosing, and
+// the passkey signed it.
 func (c *Console) create(w http.ResponseWriter, r *http.Request, v *viewer) {
-	ttl := time.Duration(0)
-	if s := strings.TrimSpace(r.PostFormValue("ttl")); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			c.renderMine(w, r, v, fmt.Sprintf("TTL %q is not a duration such as 30m or 1h", s))
-			return
-		}
-		ttl = d
+	if !wantsJSON(r) {
+		c.renderMine(w, r, v, "requests made in the console are signed by your passkey, in the page's script: enable JavaScript, or use bgctl request")
+		return
 	}
-	res, err := c.cfg.Broker.CreateRequest(r.Context(), v.Principal, broker.CreateInput{Account: r.PostFormValue("account"),
-		Justification: r.PostFormValue("justification"), Ticket: r.PostFormValue("ticket"), TTL: ttl, Drill: r.PostFormValue("drill") == "on",
-		IdempotencyKey: r.PostFormValue("idempotency_key")})
+	var in createBody
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+		c.fail(w, r, http.StatusBadRequest, "the request is not JSON the console sent: "+err.Error())
+		return
+	}
+	if in.TTLSeconds < 0 || in.TTLSeconds > statement.MaxTTLSeconds {
+		c.fail(w, r, http.StatusBadRequest, "the TTL is out of range")
+		return
+	}
+	a, err := parseAssertion(in.Assertion)
 	if err != nil {
-		if code := statusOf(err); code == http.StatusBadRequest {
-			c.renderMine(w, r, v, broker.PublicMessage(err))
-			return
-		}
+		c.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	res, err := c.cfg.Broker.CreateRequest(r.Context(), v.Principal, broker.CreateInput{Account: in.Account, Justification: in.Justification, Ticket: in.Ticket,
+		TTL: time.Duration(in.TTLSeconds) * time.Second, Drill: in.Drill, Statement: in.Statement, Passkey: a})
+	if err != nil {
 		c.brokerError(w, r, v, err)
 		return
 	}
-	http.Redirect(w, r, "/requests/"+url.PathEscape(res.Request.ID), http.StatusSeeOther)
+	writeJSON(w, http.StatusOK, map[string]any{"id": res.Request.ID, "entry": res.Entry.Index})
 }
 
 // cancel withdraws the viewer's pending request.

@@ -209,6 +209,22 @@ try {
 
   // CSRF from another origin, and the console in a frame, as alice.
   const alice = await as('alice');
+  // alice asks for access in the console: her passkey, bound with bgctl,
+  // signs the request statement the page builds from the form.
+  await authenticator(alice.ctx, alice.page);
+  const aliceCode = await createPasskey(alice.page, "alice's laptop");
+  const aliceBound = bgctl('alice', 'passkey', 'confirm', aliceCode, '--yes');
+  check(aliceBound.code === 0, 'alice binds her passkey: ' + aliceBound.err);
+  await alice.page.goto(cfg.console + '/mine');
+  await alice.page.selectOption('#account', 'prod-db');
+  await alice.page.fill('#justification', 'ledger replica stuck, INC-4713');
+  await alice.page.fill('#ticket', 'INC-4713');
+  await alice.page.fill('#ttl', '20');
+  await alice.page.click('#create-form button[type="submit"]');
+  await alice.page.waitForURL(/\/requests\/[0-9a-f-]{36}$/);
+  const made2 = await alice.page.textContent('main');
+  check(made2.includes('PENDING') && made2.includes('ledger replica stuck, INC-4713') && made2.includes('20m0s'), 'alice\'s console request is pending as asked');
+  log('console-request', { url: alice.page.url() });
   await alice.page.goto(cfg.console + '/mine');
   await shot(alice.page, 'mine.png');
   await alice.page.goto(cfg.attacker + '/csrf.html');

@@ -83,6 +83,25 @@
     return out;
   }
 
+  // sign has one of the bound passkeys (credential IDs, space-separated)
+  // sign a statement: its SHA-256 is the WebAuthn challenge, with user
+  // verification required. It returns the assertion as JSON.
+  async function sign(stmt, credentials) {
+    const allow = credentials.split(' ').filter(Boolean).map((id) => ({ type: 'public-key', id: fromB64url(id) }));
+    const cred = await navigator.credentials.get({
+      publicKey: { challenge: await sha256(stmt), rpId: rpId, allowCredentials: allow, userVerification: 'required', timeout: 120000 },
+    });
+    const r = cred.response;
+    return {
+      id: cred.id, rawId: b64url(cred.rawId), type: cred.type,
+      response: {
+        authenticatorData: b64url(r.authenticatorData), clientDataJSON: b64url(r.clientDataJSON), signature: b64url(r.signature),
+        userHandle: r.userHandle ? b64url(r.userHandle) : undefined,
+      },
+      clientExtensionResults: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+    };
+  }
+
   // ---- reviews ----
 
   async function review(decision) {
@@ -108,19 +127,7 @@
       shown.textContent = statement;
       shown.hidden = false;
       const stmt = enc.encode(statement);
-      const allow = d.credentials.split(' ').filter(Boolean).map((id) => ({ type: 'public-key', id: fromB64url(id) }));
-      const cred = await navigator.credentials.get({
-        publicKey: { challenge: await sha256(stmt), rpId: rpId, allowCredentials: allow, userVerification: 'required', timeout: 120000 },
-      });
-      const r = cred.response;
-      const assertion = {
-        id: cred.id, rawId: b64url(cred.rawId), type: cred.type,
-        response: {
-          authenticatorData: b64url(r.authenticatorData), clientDataJSON: b64url(r.clientDataJSON), signature: b64url(r.signature),
-          userHandle: r.userHandle ? b64url(r.userHandle) : undefined,
-        },
-        clientExtensionResults: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
-      };
+      const assertion = await sign(stmt, d.credentials);
       const out = await post(location.pathname + '/review', { decision: decision, comment: comment, statement: b64(stmt), assertion: assertion });
       result.textContent = decision + ' recorded (audit entry ' + out.entry + '); the request is ' + out.state;
       result.className = 'ok';
@@ -137,6 +144,50 @@
     const button = document.getElementById(id);
     if (button) button.addEventListener('click', () => review(button.dataset.decision));
   }
+
+  // ---- requests ----
+
+  // A request made here is signed by the requester's passkey: the script
+  // builds the request statement of docs/signing.md from the form, with a
+  // fresh id, and the passkey signs its SHA-256.
+  async function createRequest(ev) {
+    ev.preventDefault();
+    const form = ev.target;
+    const result = document.getElementById('create-result');
+    result.textContent = '';
+    result.className = '';
+    try {
+      const account = form.account.value;
+      const justification = form.justification.value;
+      const ticket = form.ticket.value;
+      const minutes = form.ttl.value === '' ? 0 : Number(form.ttl.value);
+      if (!Number.isInteger(minutes) || minutes < 0) throw new Error('the TTL is a whole number of minutes');
+      const ttl = minutes * 60;
+      const drill = form.drill.checked;
+      const id = crypto.randomUUID();
+      const statement = 'breakglass request statement v1\n' +
+        'origin ' + body.dataset.logOrigin + '\n' +
+        'request ' + id + '\n' +
+        'account ' + account + '\n' +
+        'ttl_seconds ' + ttl + '\n' +
+        'drill ' + drill + '\n' +
+        'solo false\n' +
+        'ticket ' + b64(enc.encode(ticket)) + '\n' +
+        'justification ' + b64(enc.encode(justification)) + '\n' +
+        'time ' + brokerTime() + '\n';
+      const stmt = enc.encode(statement);
+      const assertion = await sign(stmt, form.dataset.credentials);
+      const out = await post('/requests', { account: account, justification: justification, ticket: ticket, ttl_seconds: ttl, drill: drill,
+        statement: b64(stmt), assertion: assertion });
+      location.assign('/requests/' + out.id);
+    } catch (e) {
+      result.textContent = 'Not requested: ' + e.message;
+      result.className = 'error';
+    }
+  }
+
+  const createForm = document.getElementById('create-form');
+  if (createForm) createForm.addEventListener('submit', createRequest);
 
   // ---- passkeys ----
 
