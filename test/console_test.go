@@ -244,6 +244,32 @@ func TestConsolePasskeyApproval(t *testing.T) {
 		t.Fatalf("the request page does not say bob signed with a passkey, or shows the token:\n%s", page)
 	}
 
+	// bob removes his passkey: it signs nothing more; alice revokes her
+	// grant from the console.
+	if out := d.mustBgctl("bob", "passkey", "remove", passkey.EncodeID(a.ID), "--reason", "laptop lost"); !strings.Contains(out, "removed") {
+		t.Fatalf("bgctl passkey remove: %s", out)
+	}
+	if list := d.mustBgctl("bob", "passkey", "list"); !strings.Contains(list, "removed") {
+		t.Fatalf("bgctl passkey list after the removal:\n%s", list)
+	}
+	r3 := getRequest(t, d, "bob", d.createRequest("alice"))
+	if code, out := bob.reviewWith(r3, "approve", "", a, passkeytest.Options{}); code != http.StatusForbidden {
+		t.Fatalf("an approval by a removed passkey: %d %v", code, out)
+	}
+	aliceGrant := d.consoleAs("alice")
+	aliceGrant.get("/requests/" + id)
+	revoke, _ := http.NewRequest(http.MethodPost, aliceGrant.origin+"/requests/"+id+"/revoke", strings.NewReader("csrf="+aliceGrant.csrf+"&reason=done"))
+	revoke.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	revoke.Header.Set("Origin", aliceGrant.origin)
+	if res, err := aliceGrant.hc.Do(revoke); err != nil || res.StatusCode != http.StatusSeeOther {
+		t.Fatalf("revoke from the console: %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
+	if show := d.mustBgctl("alice", "show", id); !strings.Contains(show, "REVOKED") {
+		t.Fatalf("after the console's revoke:\n%s", show)
+	}
+
 	// alice asks for access in the console: her passkey signs the request
 	// statement her page builds.
 	alice := d.consoleAs("alice")
@@ -282,7 +308,7 @@ func TestConsolePasskeyApproval(t *testing.T) {
 
 	f := d.exportAudit(t)
 	v := f.verify(t)
-	if v.code != 0 || !strings.Contains(v.stdout, "1 passkey approval(s)") || !strings.Contains(v.stdout, "requests 2") {
+	if v.code != 0 || !strings.Contains(v.stdout, "1 passkey approval(s)") || !strings.Contains(v.stdout, "requests 3") {
 		t.Fatalf("bgctl audit verify: %d\n%s\n%s", v.code, v.stdout, v.stderr)
 	}
 }

@@ -331,3 +331,15 @@ func TestPasskeySignedRequest(t *testing.T) {
 	}
 	h.verifyChain()
 }
+
+// A denial signed by a passkey denies like any other.
+func TestPasskeyDenial(t *testing.T) {
+	h := newHarness(t, testPolicy)
+	a := h.bind("bob")
+	r := h.create("alice", "prod-db")
+	res, err := h.b.Review(h.ctx, "bob", h.passkeyReview("bob", r.ID, request.Deny, a, passkeytest.Options{}))
+	if err != nil || res.Request.State != request.Denied {
+		t.Fatalf("a passkey denial: %v %+v", err, res)
+	}
+	h.verifyChain()
+}
