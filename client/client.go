@@ -68,6 +68,8 @@ type Client struct {
 	keyStore bgv1.KeyStore
 	mu       sync.Mutex
 	origin   string
+	// cert is the client certificate, which policy statements carry.
+	cert *x509.Certificate
 }
 
 // TLSConfig builds the mTLS client configuration from PEM files.
@@ -166,6 +168,10 @@ func Dial(o Options, opts ...grpc.DialOption) (*Client, error) {
 	c.keyStore = o.KeyStore
 	if len(tc.Certificates) > 0 {
 		c.key, _ = tc.Certificates[0].PrivateKey.(crypto.Signer)
+		c.cert = tc.Certificates[0].Leaf
+		if c.cert == nil && len(tc.Certificates[0].Certificate) > 0 {
+			c.cert, _ = x509.ParseCertificate(tc.Certificates[0].Certificate[0])
+		}
 	}
 	return c, nil
 }

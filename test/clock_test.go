@@ -49,7 +49,7 @@ func TestDeadlinesThroughTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk := &fakeClock{t: time.Now()}
-	d, err := daemon.Start(ctx, daemon.Options{Config: cfg, Now: clk.Now})
+	d, err := daemon.Start(ctx, daemon.Options{Config: cfg, Now: clk.Now, AcceptUnsignedGenesis: true, SignPolicy: devmode.PolicySigner(dir)})
 	if err != nil {
 		t.Fatal(err)
 	}

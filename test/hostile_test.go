@@ -108,7 +108,8 @@ func TestHostileInputMatrix(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "state", "policy.yaml"), []byte(hostilePolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := &devBroker{t: t, dir: dir, serve: true}
+	// A policy of its own from the first start: an unsigned genesis.
+	d := &devBroker{t: t, dir: dir, serve: true, extra: []string{"--accept-unsigned-genesis"}}
 	d.start()
 	t.Cleanup(d.stop)
 	d.exportAuditKey()

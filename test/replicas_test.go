@@ -216,8 +216,9 @@ func TestReplicasCrossReplicaFlow(t *testing.T) {
 		t.Fatalf("verify: %+v", r)
 	}
 
-	// B restarts with a changed policy and logs it; A, still on the old
-	// one, says so in health and refuses to grant, but still cancels.
+	// B restarts with an edited policy that no policy admin signed: it is
+	// set aside, and B runs the policy the log records, as A does.
+	hash0 := a.health(t).PolicyHash
 	pol := b.state("policy.yaml")
 	old, err := os.ReadFile(pol)
 	if err != nil {
@@ -227,22 +228,31 @@ func TestReplicasCrossReplicaFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.restart()
-	deadline := time.Now().Add(30 * time.Second)
-	for a.health(t).Status == "SERVING" && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+	if h := b.health(t); h.PolicyHash != hash0 || !strings.Contains(b.logs.String(), "is not put in force") {
+		t.Errorf("an unsigned policy on B: %+v", h)
 	}
-	if h := a.health(t); h.Status != "NOT_SERVING" || !strings.Contains(h.Checks["policy"], "policy in force") {
-		t.Errorf("health of the replica with the old policy: %+v", h)
+	// Signed by two policy admins, B puts it in force at its next start;
+	// A, whose file still holds the old policy, follows the log: a replica
+	// applies the policy the log records, and only that.
+	for _, who := range []string{"bob", "carol"} {
+		b.mustBgctl(who, "policy", "sign", "--file", pol, "--previous", hash0, "--out", b.state("policy.sigs"))
 	}
-	_, err = a.client("alice").CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "old policy"})
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "policy in force") {
-		t.Errorf("create on the replica with the old policy: %v", err)
+	b.restart()
+	hash1 := b.health(t).PolicyHash
+	if hash1 == hash0 {
+		t.Fatalf("the signed policy was not put in force on B:\n%s", b.logs)
+	}
+	if !eventually(30*time.Second, func() bool { h := a.health(t); return h.PolicyHash == hash1 && h.Status == "SERVING" }) {
+		t.Errorf("A did not follow the log: %+v", a.health(t))
+	}
+	if _, err := a.client("alice").CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "new policy, old file"}); err != nil {
+		t.Errorf("create on the replica that followed the log: %v", err)
 	}
 	if _, err := a.client("alice").CancelRequest(ctx, &bgv1.CancelRequestRequest{Id: first.GetRequest().GetId()}); err != nil {
-		t.Errorf("cancel on the replica with the old policy: %v", err)
+		t.Errorf("cancel: %v", err)
 	}
-	if _, err := b.client("alice").CreateRequest(ctx, &bgv1.CreateRequestRequest{Account: "prod-db", Justification: "new policy"}); err != nil {
-		t.Errorf("create on the replica with the policy in force: %v", err)
+	if r := a.exportAudit(t).verify(t); r.code != 0 || !strings.Contains(r.stdout, "signed by bob, carol") {
+		t.Fatalf("verify: %+v", r)
 	}
 }
 

@@ -57,7 +57,7 @@ func startInProcess(t *testing.T, policyYAML string, prepare func(cfg *config.Co
 	if prepare != nil {
 		prepare(cfg)
 	}
-	ip.d, err = daemon.Start(ctx, daemon.Options{Config: cfg, Now: ip.clk.Now})
+	ip.d, err = daemon.Start(ctx, daemon.Options{Config: cfg, Now: ip.clk.Now, AcceptUnsignedGenesis: true, SignPolicy: devmode.PolicySigner(ip.dir)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,7 @@ accounts:
 			must(err)
 			p.pol = pol
 			p.drafts[0].Payload = audit.PolicyLoaded{Hash: pol.Hash(), Source: "policy.yaml", Policy: pol.CanonicalJSON(),
-				Identity: audit.Identity{Mode: "uri", URIPrefix: fuzzURIPrefix}}
+				Identity: audit.Identity{Mode: "uri", URIPrefix: fuzzURIPrefix}, Genesis: audit.GenesisUnsigned}
 			id := p.request()
 			p.certReview(id, "bob", "")
 			p.certReview(id, "erin", "")

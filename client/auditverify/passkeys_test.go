@@ -76,7 +76,7 @@ accounts:
 		p.passkeys[who] = a
 	}
 	p.add(audit.Draft{Type: audit.TypePolicyLoaded, Actor: "breakglass", Payload: audit.PolicyLoaded{Hash: pol.Hash(), Source: "policy.yaml",
-		Policy: pol.CanonicalJSON(), Identity: audit.Identity{Mode: "uri", URIPrefix: fuzzURIPrefix}}})
+		Policy: pol.CanonicalJSON(), Identity: audit.Identity{Mode: "uri", URIPrefix: fuzzURIPrefix}, Genesis: audit.GenesisUnsigned}})
 	return p
 }
 

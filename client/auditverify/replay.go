@@ -34,6 +34,14 @@ type replay struct {
 	identity   audit.Identity
 	policies   []PolicyChange
 	weakening  int
+	// genesisPolicy, when set, is the hash the first policy must have.
+	genesisPolicy    string
+	unsignedGenesis  bool
+	resets           int
+	refusals         int
+	policyStatements int
+	proposals        map[string]*openProposal
+	proposalCount    int
 
 	// requests are the requests still open, or ended with a post-use
 	// review open; ended keeps the others small (compact.go).
@@ -127,7 +135,7 @@ type reqState struct {
 
 func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache, report func(*Violation)) *replay {
 	r := &replay{origin: origin, cas: cas, sigs: sigs, report: report, chains: map[string][][]*x509.Certificate{}, revoked: map[string]time.Time{},
-		requests: map[string]*reqState{}, ended: newIDSet[ended](), jtis: newIDSet[struct{}](), postReviews: map[string]string{}, postSeen: newIDSet[struct{}](),
+		requests: map[string]*reqState{}, ended: newIDSet[ended](), jtis: newIDSet[struct{}](), proposals: map[string]*openProposal{}, postReviews: map[string]string{}, postSeen: newIDSet[struct{}](),
 		tokenKeys: map[string]string{}, passkeys: map[string]*boundPasskey{}}
 	for _, crl := range crls {
 		for _, e := range crl.RevokedCertificateEntries {
@@ -148,6 +156,7 @@ func revocationKey(issuer []byte, serial *big.Int) string {
 func (r *replay) summary() *Summary {
 	return &Summary{Requests: r.nRequests, Grants: r.grants, Tokens: r.tokens, Reviews: r.reviews, Policies: r.policies, Restores: r.restores,
 		QuorumTokens: r.quorumTokens, SoloTokens: r.soloTokens, SoloGrants: r.solo, SoloGrantCount: r.soloCount, WeakeningPolicies: r.weakening,
+		UnsignedGenesis: r.unsignedGenesis, TrustResets: r.resets, PolicyRefusals: r.refusals, PolicyProposals: r.proposalCount, PolicyApprovals: r.policyStatements,
 		PasskeyBindings: r.passkeyBindings, PasskeyApprovals: r.passkeyApprovals, HardwareKeyApprovals: r.hardwareApprovals}
 }
 
@@ -164,6 +173,14 @@ func (r *replay) entry(i int64, e *audit.Entry) *Violation {
 	switch e.Type {
 	case audit.TypePolicyLoaded:
 		return r.policyLoaded(i, e)
+	case audit.TypePolicyProposed:
+		return r.policyProposed(i, e)
+	case audit.TypePolicyReviewed:
+		return r.policyReviewed(i, e)
+	case audit.TypePolicyProposalClosed:
+		return r.policyProposalClosed(i, e)
+	case audit.TypePolicyRefused:
+		return r.policyRefused(i, e)
 	case audit.TypeRequestCreated:
 		return r.created(i, e)
 	case audit.TypeRequestReviewed:
@@ -249,13 +266,22 @@ func (r *replay) policyLoaded(i int64, e *audit.Entry) *Violation {
 	if pl.Changes != nil && weakens && !pl.Weakens {
 		return violation(i, "the policy weakens the one before (%s) but the entry does not say so", strings.Join(weakening(changes), "; "))
 	}
+	ch := PolicyChange{Index: uint64(i), Hash: p.Hash(), Changes: changes, Weakens: weakens}
+	if v := r.policyApprovals(i, e, pl, p, &ch); v != nil {
+		return v
+	}
 	if weakens {
 		r.weakening++
 	}
 	if len(r.policies) < MaxListed {
-		r.policies = append(r.policies, PolicyChange{Index: uint64(i), Hash: p.Hash(), Changes: changes, Weakens: weakens})
+		r.policies = append(r.policies, ch)
 	}
 	r.policy, r.policyHash, r.identity = p, p.Hash(), pl.Identity
+	// Open proposals changed the policy that was in force: they are stale,
+	// and may only be closed.
+	for _, op := range r.proposals {
+		op.stale = true
+	}
 	return nil
 }
 

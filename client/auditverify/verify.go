@@ -86,6 +86,10 @@ type Options struct {
 	// MaxViolations bounds the violations listed (default 100); the rest
 	// are counted.
 	MaxViolations int
+	// GenesisPolicy, when set, is the hash the log's first policy must
+	// have: the auditor pins the genesis they accepted (an unsigned one
+	// above all) instead of trusting whatever the log starts with.
+	GenesisPolicy string
 	// SSHCAKeys and X509CACerts are the pinned certificate authorities:
 	// every logged certificate must be signed by one of them.
 	SSHCAKeys   []ssh.PublicKey
@@ -145,6 +149,17 @@ type PolicyChange struct {
 	// Weakens is set when the policy widened access or weakened
 	// oversight (policy.Weakens, or a change of the identity settings).
 	Weakens bool `json:"weakens,omitempty"`
+	// Signers are the policy admins whose statements put it in force,
+	// Proposal and Proposer the proposal they approved (none for a file
+	// applied with its bundle).
+	Signers  []string `json:"signers,omitempty"`
+	Proposal string   `json:"proposal,omitempty"`
+	Proposer string   `json:"proposer,omitempty"`
+	// Genesis is signed or unsigned for the first policy of the log.
+	Genesis string `json:"genesis,omitempty"`
+	// Reset is set for a trust reset: a policy the operator put in force
+	// without the admins' quorum.
+	Reset *audit.PolicyReset `json:"reset,omitempty"`
 }
 
 // SoloGrant is a grant approved by the passing of its veto window, with
@@ -178,6 +193,17 @@ type Summary struct {
 	SoloGrantCount int         `json:"solo_grant_count"`
 	// WeakeningPolicies counts the policy changes that weakened the policy.
 	WeakeningPolicies int `json:"weakening_policies"`
+	// UnsignedGenesis is set when the first policy was accepted without its
+	// admins' signatures; TrustResets counts policies put in force without
+	// the admins' quorum. Both are reported, for people to judge.
+	UnsignedGenesis bool `json:"unsigned_genesis,omitempty"`
+	TrustResets     int  `json:"trust_resets,omitempty"`
+	// PolicyProposals, PolicyApprovals and PolicyRefusals count proposals
+	// logged, admins' statements that put policies in force, and policy
+	// files refused for want of them.
+	PolicyProposals int `json:"policy_proposals,omitempty"`
+	PolicyApprovals int `json:"policy_approvals,omitempty"`
+	PolicyRefusals  int `json:"policy_refusals,omitempty"`
 	// AuditKeys and CheckpointKeys count the keys in the chains followed.
 	AuditKeys      int `json:"audit_keys"`
 	CheckpointKeys int `json:"checkpoint_keys"`
@@ -251,6 +277,7 @@ func Verify(o Options) (*Summary, error) {
 	}
 	v.sigs = statement.NewCache(1 << 16)
 	v.r = newReplay(v.origin, o.ClientCAs, o.CRLs, v.sigs, v.report)
+	v.r.genesisPolicy = o.GenesisPolicy
 	v.r.certs = newCertState(o)
 	v.prevLeaf = audit.ZeroPrev
 	if len(o.PreviousCheckpoint) > 0 {

@@ -235,7 +235,7 @@ accounts:
 	}
 	steps := []step{
 		{fuzzT0, audit.Draft{Type: audit.TypePolicyLoaded, Actor: "breakglass", Payload: audit.PolicyLoaded{Hash: pol.Hash(), Source: "policy.yaml",
-			Policy: pol.CanonicalJSON(), Identity: audit.Identity{Mode: "uri", URIPrefix: fuzzURIPrefix}}}},
+			Policy: pol.CanonicalJSON(), Identity: audit.Identity{Mode: "uri", URIPrefix: fuzzURIPrefix}, Genesis: audit.GenesisUnsigned}}},
 		{fuzzT0.Add(time.Second), audit.Draft{Type: audit.TypePermissionDenied, Actor: "mallory", Payload: audit.PermissionDenied{Principal: "mallory",
 			Count: 2, WindowStart: fuzzT0, WindowEnd: fuzzT0.Add(time.Minute), Methods: map[string]int{"/breakglass.v1.AccessService/Approve": 2}}}},
 		{fuzzT0.Add(2 * time.Second), audit.Draft{Type: audit.TypeKeyActivated, Actor: "breakglass", Payload: audit.KeyChange{Purpose: "token",

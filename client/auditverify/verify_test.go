@@ -202,7 +202,8 @@ accounts:
 	must(err)
 	loaded := func(weakens bool) audit.Draft {
 		return audit.Draft{Type: audit.TypePolicyLoaded, Actor: "operator", Payload: audit.PolicyLoaded{Hash: solo.Hash(), Previous: old.Hash(), Source: "policy.yaml",
-			Policy: solo.CanonicalJSON(), Identity: pl.Identity, Changes: policy.ChangeLines(old, solo), Weakens: weakens}}
+			Policy: solo.CanonicalJSON(), Identity: pl.Identity, Changes: policy.ChangeLines(old, solo), Weakens: weakens,
+			Reset: &audit.PolicyReset{Operator: "frank", Reason: "the policy admins' keys were lost"}}}
 	}
 	entries := l.chain(len(l.entries), loaded(true))
 	cp, _ := l.checkpoint(entries)
@@ -282,7 +283,7 @@ func TestIdentityChangeWithOpenWork(t *testing.T) {
 	must(err)
 	wider := old.WithIdentity(policy.Identity{Mode: "uri", URIPrefix: "spiffe://example.org/"})
 	loaded := audit.Draft{Type: audit.TypePolicyLoaded, Actor: "operator", Payload: audit.PolicyLoaded{Hash: wider.Hash(), Previous: old.Hash(), Source: "policy.yaml",
-		Policy: wider.CanonicalJSON(), Identity: *wider.Identity}}
+		Policy: wider.CanonicalJSON(), Identity: *wider.Identity, Reset: &audit.PolicyReset{Operator: "frank", Reason: "the fuzz policy has no policy admins"}}}
 	review := indexOfType(l.entries, audit.TypeRequestReviewed)
 	entries := l.chain(review+1, loaded)
 	cp, _ := l.checkpoint(entries)

@@ -294,6 +294,7 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 	var logFile, cpFile, prevFile, auditKey, cpKey, caFile string
 	var crlFiles, witnessKeys, sshCAFiles, x509CAFiles []string
 	var witnessQuorum, maxViolations int
+	var genesisPolicy string
 	cmd := &cobra.Command{
 		Use:   "verify --log FILE --checkpoint FILE --audit-key PEM --checkpoint-key VKEY --client-ca PEM",
 		Short: "Verify an exported log offline and prove every token had its quorum",
@@ -379,7 +380,7 @@ Needs no broker: only the files and public keys.`,
 			}
 			sum, err := auditverify.Verify(auditverify.Options{Log: f, Checkpoint: cp, CheckpointKey: vk, AuditKeys: []*ecdsa.PublicKey{ak},
 				ClientCAs: pool, CRLs: crls, PreviousCheckpoint: prev, Witnesses: witnessKeys, WitnessQuorum: witnessQuorum, MaxViolations: maxViolations,
-				SSHCAKeys: sshCAs, X509CACerts: x509CAs})
+				SSHCAKeys: sshCAs, X509CACerts: x509CAs, GenesisPolicy: genesisPolicy})
 			if err != nil {
 				var vs *auditverify.Violations
 				if !errors.As(err, &vs) || len(vs.List) == 0 {
@@ -435,12 +436,37 @@ Needs no broker: only the files and public keys.`,
 			if sum.WeakeningPolicies > 0 {
 				fmt.Fprintf(a.stdout, "  WEAKENED: %d policy change(s) widened access or weakened oversight (marked WEAKENS below)\n", sum.WeakeningPolicies)
 			}
+			if sum.TrustResets > 0 {
+				fmt.Fprintf(a.stdout, "  TRUST RESET: %d policy change(s) were put in force by an operator without the policy admins' quorum (marked below)\n", sum.TrustResets)
+			}
+			if sum.UnsignedGenesis {
+				if genesisPolicy != "" {
+					fmt.Fprintf(a.stdout, "  the first policy was accepted unsigned; it is the pinned genesis policy %s\n", genesisPolicy)
+				} else {
+					fmt.Fprintf(a.stdout, "  UNSIGNED GENESIS: the first policy was accepted without its admins' signatures; pin it with --genesis-policy HASH once you trust it\n")
+				}
+			}
+			if sum.PolicyRefusals > 0 {
+				fmt.Fprintf(a.stdout, "  %d policy file(s) refused for want of the policy admins' signatures (the policy in force stayed)\n", sum.PolicyRefusals)
+			}
 			for _, p := range sum.Policies {
 				mark := ""
 				if p.Weakens {
 					mark = " WEAKENS the policy before it"
 				}
 				fmt.Fprintf(a.stdout, "  policy at entry %d: %s%s\n", p.Index, p.Hash, mark)
+				switch {
+				case p.Reset != nil:
+					fmt.Fprintf(a.stdout, "    TRUST RESET by %s, without the policy admins' quorum: %s\n", p.Reset.Operator, p.Reset.Reason)
+				case p.Genesis == "unsigned":
+					fmt.Fprintf(a.stdout, "    genesis, UNSIGNED (accepted by the operator)\n")
+				case p.Genesis == "signed":
+					fmt.Fprintf(a.stdout, "    genesis, signed by its own policy admins %s\n", strings.Join(p.Signers, ", "))
+				case p.Proposal != "":
+					fmt.Fprintf(a.stdout, "    signed by %s, policy admins of the policy before it (proposal %s by %s)\n", strings.Join(p.Signers, ", "), p.Proposal, p.Proposer)
+				default:
+					fmt.Fprintf(a.stdout, "    signed by %s, policy admins of the policy before it\n", strings.Join(p.Signers, ", "))
+				}
 				for _, c := range p.Changes {
 					fmt.Fprintf(a.stdout, "    %s\n", c)
 				}
@@ -458,6 +484,7 @@ Needs no broker: only the files and public keys.`,
 	cmd.Flags().StringArrayVar(&witnessKeys, "witness", nil, "a witness's cosignature verifier key (repeat for each witness)")
 	cmd.Flags().IntVar(&witnessQuorum, "witness-quorum", 0, "how many of the --witness keys must have cosigned the checkpoint")
 	cmd.Flags().IntVar(&maxViolations, "max-violations", auditverify.DefaultMaxViolations, "list at most this many violations (the rest are counted)")
+	cmd.Flags().StringVar(&genesisPolicy, "genesis-policy", "", "the hash the log's first policy must have: the genesis you accepted")
 	cmd.Flags().StringVar(&logFile, "log", "", "export file (bgctl audit export)")
 	cmd.Flags().StringVar(&cpFile, "checkpoint", "", "signed checkpoint file (bgctl audit checkpoint)")
 	cmd.Flags().StringVar(&prevFile, "previous-checkpoint", "", "an older checkpoint the log must extend")

@@ -172,36 +172,6 @@ func (a *app) reportCmd() *cobra.Command {
 	}
 }
 
-func (a *app) policyCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "policy", Short: "The policy in force"}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "reload",
-		Short: "Make the broker read its policy again and put it in force (admins group; as SIGHUP does)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
-				res, err := c.ReloadPolicy(ctx, &bgv1.ReloadPolicyRequest{})
-				if err != nil {
-					return err
-				}
-				if a.output == "json" {
-					return a.printJSON(res)
-				}
-				if !res.GetChanged() {
-					fmt.Fprintf(a.stdout, "policy %s is already in force; nothing changed\n", res.GetPolicyHash())
-					return nil
-				}
-				fmt.Fprintf(a.stdout, "policy %s in force (was %s), audit entry %d\n", res.GetPolicyHash(), orDash(res.GetPreviousHash()), res.GetEntry().GetIndex())
-				for _, ch := range res.GetChanges() {
-					fmt.Fprintf(a.stdout, "  %s\n", ch)
-				}
-				return nil
-			})
-		},
-	})
-	return cmd
-}
-
 // printWitnesses shows each witness's view of the log, a split view first
 // and loudest.
 func printWitnesses(out io.Writer, ws []*bgv1.WitnessStatus) {

@@ -79,7 +79,10 @@ func serveUntilDone(ctx context.Context, d *daemon.Daemon, log *slog.Logger) err
 }
 
 func newServeCmd(stderr io.Writer) *cobra.Command {
-	var cfgPath, readyFile, level string
+	var (
+		cfgPath, readyFile, level string
+		acceptGenesis             bool
+	)
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run the broker",
@@ -89,7 +92,7 @@ func newServeCmd(stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			d, err := daemon.Start(cmd.Context(), daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile})
+			d, err := daemon.Start(cmd.Context(), daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile, AcceptUnsignedGenesis: acceptGenesis})
 			if err != nil {
 				return err
 			}
@@ -97,6 +100,8 @@ func newServeCmd(stderr io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "configuration file (required)")
+	cmd.Flags().BoolVar(&acceptGenesis, "accept-unsigned-genesis", false,
+		"on a log without a policy, accept the configured policy without its admins' signatures (logged as an unsigned genesis the offline verifier reports; pin it with bgctl audit verify --genesis-policy)")
 	cmd.Flags().StringVar(&readyFile, "ready-file", "", "write the listening addresses as JSON to this file once serving")
 	cmd.Flags().StringVar(&level, "log-level", "", "debug, info, warn or error (overrides log.level)")
 	_ = cmd.MarkFlagRequired("config")
@@ -152,7 +157,10 @@ runs reuse DIR. NOT FOR PRODUCTION: the CA key and the HSM PIN are in DIR.`,
 			if err != nil {
 				return err
 			}
-			d, err := daemon.Start(ctx, daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile, Dev: true})
+			// Dev mode accepts its first policy unsigned only when its demo
+			// admins cannot sign it, and signs an edited policy at start.
+			d, err := daemon.Start(ctx, daemon.Options{Config: cfg, Log: log, ReadyFile: readyFile, Dev: true, AcceptUnsignedGenesis: true,
+				SignPolicy: devmode.PolicySigner(o.Dir)})
 			if err != nil {
 				return err
 			}
@@ -305,6 +313,57 @@ func newPolicyCmd(stdout io.Writer) *cobra.Command {
 	}
 	check.Flags().StringVar(&cfgPath, "config", "", "broker configuration naming the policy")
 	check.Flags().StringVar(&policyPath, "policy", "", "policy file")
-	cmd.AddCommand(check)
+	cmd.AddCommand(check, newPolicyResetCmd(stdout))
+	return cmd
+}
+
+func newPolicyResetCmd(stdout io.Writer) *cobra.Command {
+	var cfgPath, reason, operator string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "reset --config FILE --force --reason TEXT [--operator NAME]",
+		Short: "TRUST RESET: put the configured policy in force without the policy admins' quorum (when their keys are lost)",
+		Long: `Puts the policy the configuration names in force without the policy admins'
+signatures: the recovery when too many admins' keys are lost for any change to
+reach their quorum. Run it with the broker stopped, as the operator, on the
+broker's host (it needs the HSM PIN and the database). It is logged as a trust
+reset, which bgctl audit verify reports on every verification from then on,
+and announced to every sink. Everything the policy admins' quorum protects
+depends on this not happening unseen: tell your auditors.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !force {
+				return errors.New("a trust reset bypasses the policy admins' quorum and is reported by every audit from now on: say --force")
+			}
+			if strings.TrimSpace(reason) == "" {
+				return errors.New("--reason is required: say why the policy admins cannot sign")
+			}
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				return err
+			}
+			if operator == "" {
+				operator = os.Getenv("USER")
+			}
+			res, err := daemon.ResetPolicy(cmd.Context(), cfg, operator, reason, nil)
+			if err != nil {
+				return err
+			}
+			if !res.Changed {
+				fmt.Fprintf(stdout, "policy %s is already in force; nothing was reset\n", res.Hash)
+				return nil
+			}
+			fmt.Fprintf(stdout, "TRUST RESET: policy %s in force (was %s) without the policy admins' quorum, audit entry %d\n", res.Hash, res.Previous, res.Entry.Index)
+			for _, c := range res.Changes {
+				fmt.Fprintf(stdout, "  %s\n", c)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "broker configuration naming the policy (required)")
+	cmd.Flags().BoolVar(&force, "force", false, "yes, bypass the policy admins' quorum")
+	cmd.Flags().StringVar(&reason, "reason", "", "why the policy admins cannot sign (logged)")
+	cmd.Flags().StringVar(&operator, "operator", "", "who runs the reset (default $USER; logged)")
+	_ = cmd.MarkFlagRequired("config")
 	return cmd
 }

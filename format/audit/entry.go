@@ -48,6 +48,11 @@ const (
 	TypeStoreRestored    Type = "store_restored"
 	TypePasskeyBound     Type = "passkey_bound"
 	TypePasskeyRemoved   Type = "passkey_removed"
+	// Policy changes under the policy admins' quorum (docs/audit-log.md).
+	TypePolicyProposed       Type = "policy_proposed"
+	TypePolicyReviewed       Type = "policy_reviewed"
+	TypePolicyProposalClosed Type = "policy_proposal_closed"
+	TypePolicyRefused        Type = "policy_refused"
 )
 
 // Entry is the JSON object that is hashed and signed. Field order is fixed

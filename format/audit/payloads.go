@@ -30,6 +30,82 @@ type PolicyLoaded struct {
 	// logged policies and refuses an entry that hides a weakening.
 	Changes []string `json:"changes,omitempty"`
 	Weakens bool     `json:"weakens,omitempty"`
+	// Approvals are the policy admins' signed policy statements
+	// (format/statement) that put this policy in force: admins of the
+	// policy logged before it, or of this policy itself for a signed
+	// genesis. Proposal, Proposer and ProposerKey name the proposal they
+	// approved (empty for a file applied with its bundle of signatures);
+	// the proposer's statements never count.
+	Approvals   []Signed `json:"approvals,omitempty"`
+	Proposal    string   `json:"proposal,omitempty"`
+	Proposer    string   `json:"proposer,omitempty"`
+	ProposerKey string   `json:"proposer_key,omitempty"`
+	// Genesis marks the first policy of a log: GenesisSigned when its own
+	// admins signed it, GenesisUnsigned when the operator accepted it
+	// unsigned (breakglassd serve --accept-unsigned-genesis).
+	Genesis string `json:"genesis,omitempty"`
+	// Reset, when set, marks a trust reset: a policy put in force by the
+	// operator without the admins' quorum (breakglassd policy reset).
+	Reset *PolicyReset `json:"reset,omitempty"`
+}
+
+// Genesis kinds.
+const (
+	GenesisSigned   = "signed"
+	GenesisUnsigned = "unsigned"
+)
+
+// PolicyReset is the operator's account of a trust reset.
+type PolicyReset struct {
+	Operator string `json:"operator"`
+	Reason   string `json:"reason"`
+}
+
+// PolicyProposed records a proposed change of the policy, whole: the
+// proposed policy, its hash, the hash of the policy in force it changes
+// (the statements that approve it must name that one) and what it changes.
+// The proposer is the entry's actor.
+type PolicyProposed struct {
+	Proposal    string          `json:"proposal"`
+	Hash        string          `json:"hash"`
+	Previous    string          `json:"previous"`
+	Policy      json.RawMessage `json:"policy"`
+	Source      string          `json:"source,omitempty"`
+	Comment     string          `json:"comment"`
+	ProposerKey string          `json:"proposer_key"`
+	ExpiresAt   time.Time       `json:"expires_at"`
+	Changes     []string        `json:"changes"`
+	Weakens     bool            `json:"weakens,omitempty"`
+}
+
+// PolicyReviewed records a policy admin's signed decision on a proposal;
+// the admin is the entry's actor.
+type PolicyReviewed struct {
+	Proposal string `json:"proposal"`
+	Decision string `json:"decision"`
+	Comment  string `json:"comment"`
+	Signed
+}
+
+// PolicyProposalClosed records a proposal ending without being put in
+// force: denied, expired, or stale (another policy was put in force first).
+type PolicyProposalClosed struct {
+	Proposal string `json:"proposal"`
+	State    string `json:"state"`
+	Reason   string `json:"reason"`
+}
+
+// PolicyRefused records a policy file the broker refused to put in force
+// for want of the admins' signatures (SIGHUP, ReloadPolicy): the policy in
+// force stayed. Missing is how many more admins had to sign; Signers the
+// statements that counted and Problems why the others did not.
+type PolicyRefused struct {
+	Hash     string   `json:"hash"`
+	Previous string   `json:"previous"`
+	Source   string   `json:"source"`
+	Missing  int      `json:"missing"`
+	Signers  []string `json:"signers"`
+	Problems []string `json:"problems"`
 }
 
 // Identity is how the broker names the holder of a client certificate:

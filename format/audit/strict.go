@@ -57,6 +57,14 @@ func NewPayload(t Type) any {
 		return new(PasskeyBound)
 	case TypePasskeyRemoved:
 		return new(PasskeyRemoved)
+	case TypePolicyProposed:
+		return new(PolicyProposed)
+	case TypePolicyReviewed:
+		return new(PolicyReviewed)
+	case TypePolicyProposalClosed:
+		return new(PolicyProposalClosed)
+	case TypePolicyRefused:
+		return new(PolicyRefused)
 	case TypeSSHCertIssued:
 		return new(SSHCertificateIssued)
 	case TypeX509CertIssued:

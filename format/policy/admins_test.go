@@ -97,3 +97,32 @@ func TestPolicyAdminsFailClosed(t *testing.T) {
 		t.Fatalf("a rule only the proposer meets: %v", err)
 	}
 }
+
+func TestShortfall(t *testing.T) {
+	p := mustLoad(t, adminPolicy) // 1 of security (erin, carol) and 1 of db-admins (bob, carol)
+	who := func(names ...string) []Approval {
+		var out []Approval
+		for _, n := range names {
+			out = append(out, Approval{Principal: n, Key: "k-" + n})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		proposer  Approval
+		approvals []Approval
+		want      int
+	}{
+		{Approval{}, nil, 2},
+		{Approval{}, who("bob"), 1},
+		{Approval{}, who("bob", "erin"), 0},
+		{Approval{}, who("carol"), 1},                       // carol fills one requirement only
+		{Approval{Principal: "bob"}, who("bob", "erin"), 1}, // the proposer never counts
+		{Approval{}, who("alice", "mallory"), 2},            // nor do non-admins
+		{Approval{Key: "k-erin"}, who("bob", "erin"), 1},    // nor the proposer's key under another name
+		{Approval{}, []Approval{{Principal: "bob", Key: "k"}, {Principal: "erin", Key: "k"}}, 1}, // one key counts once
+	} {
+		if got := Shortfall(p, p.PolicyAdmins, tc.proposer, tc.approvals); got != tc.want {
+			t.Errorf("%+v by %+v: shortfall %d, want %d", tc.approvals, tc.proposer, got, tc.want)
+		}
+	}
+}

@@ -109,17 +109,47 @@ func match(p *Policy, alt Alternative, approvers []string) (map[string]string, b
 		}
 		need += max(req.Approvals, 0)
 	}
-	var slots []int // slot -> requirement
-	for r, req := range alt {
-		for range req.Approvals {
-			slots = append(slots, r)
-		}
-	}
-	if len(slots) == 0 {
+	assign, filled, slots := matchMost(p, alt, approvers)
+	if slots == 0 || filled < slots {
 		return nil, false // an alternative that needs nothing never counts
 	}
-	if len(approvers) < len(slots) {
-		return nil, false
+	return assign, true
+}
+
+// Shortfall is how many more approvals, at the least, the rule needs to be
+// met by approvals counted as EvaluateSigned counts them: 0 when it is
+// met, and for each alternative the slots that no matching of the counted
+// approvers fills, the smallest over the alternatives. It is what a
+// refusal tells people ("2 more admins must sign").
+func Shortfall(p *Policy, rule Rule, requester Approval, approvals []Approval) int {
+	counted := countable(p, rule, requester, approvals)
+	sort.Strings(counted)
+	best := -1
+	for _, alt := range rule {
+		slots := 0
+		for _, req := range alt {
+			slots += max(min(req.Approvals, MaxApprovals), 0)
+		}
+		if slots == 0 {
+			continue
+		}
+		_, filled, _ := matchMost(p, alt, counted)
+		if short := slots - filled; best < 0 || short < best {
+			best = short
+		}
+	}
+	return max(best, 0)
+}
+
+// matchMost fills as many slots of alt as a matching of approvers can and
+// returns the assignment, how many it filled and how many slots there are.
+// Approvals beyond MaxApprovals are never laid out (Load refuses them).
+func matchMost(p *Policy, alt Alternative, approvers []string) (map[string]string, int, int) {
+	var slots []int // slot -> requirement
+	for r, req := range alt {
+		for range min(req.Approvals, MaxApprovals) {
+			slots = append(slots, r)
+		}
 	}
 	// Membership is looked up once per approver and requirement, not at
 	// every step of the search.
@@ -157,14 +187,13 @@ func match(p *Policy, alt Alternative, approvers []string) (map[string]string, b
 			}
 		}
 	}
-	if filled < len(slots) {
-		return nil, false
-	}
 	assign := map[string]string{}
 	for s, a := range slotOwner {
-		assign[approvers[a]] = alt[slots[s]].Group
+		if a >= 0 {
+			assign[approvers[a]] = alt[slots[s]].Group
+		}
 	}
-	return assign, true
+	return assign, filled, len(slots)
 }
 
 // Denials counts the distinct eligible principals, other than the

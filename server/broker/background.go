@@ -35,6 +35,12 @@ func (b *Broker) Run(ctx context.Context) {
 		if _, err := b.RipenSolo(ctx); err != nil && ctx.Err() == nil {
 			b.log.Warn("solo requests not approved yet", "err", err)
 		}
+		if _, err := b.ExpireProposals(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn("expiring policy proposals failed", "err", err)
+		}
+		if err := b.FollowPolicy(ctx); err != nil && ctx.Err() == nil {
+			b.log.Error("the policy the log records is not in force here", "err", err)
+		}
 		// Overdue items change slowly: look once a minute.
 		if now := b.now(); now.Sub(lastOverdue) >= time.Minute {
 			lastOverdue = now

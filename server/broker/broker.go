@@ -79,6 +79,21 @@ type Config struct {
 	// Checkpoints are the log's checkpoints, served to auditors; nil
 	// serves none.
 	Checkpoints Checkpoints
+	// PolicySignatures are the policy admins' statements that come with
+	// Policy (policy.sigs): a policy that is not the one the log last
+	// recorded is put in force only when they meet the rule of the policy
+	// in force (for a first policy, its own rule).
+	PolicySignatures []statement.Signed
+	// AcceptUnsignedGenesis logs a first policy without its admins'
+	// signatures, as an unsigned genesis the offline verifier reports.
+	AcceptUnsignedGenesis bool
+	// SignPolicy, when set, makes statements for a change at start, beside
+	// PolicySignatures: dev mode signs with its demo admins' keys. Nothing
+	// else may set it.
+	SignPolicy func(previous, hash string) ([]statement.Signed, error)
+	// PolicyNotice hears, at start, that the configured policy was not put
+	// in force and why (the policy in force is the log's); nil logs it only.
+	PolicyNotice func(msg string)
 }
 
 // Observer hears what the broker has committed: the components that act on
@@ -206,14 +221,10 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := b.checkPolicySinks(cfg.Policy); err != nil {
 		return nil, err
 	}
-	p := b.withIdentity(cfg.Policy)
-	if _, err := b.logPolicy(ctx, p, cfg.PolicySource, "broker"); err != nil {
+	b.policy.Store(b.withIdentity(cfg.Policy))
+	if err := b.startPolicy(ctx); err != nil {
 		return nil, err
 	}
-	if err := b.applyIdentity(p); err != nil {
-		return nil, err
-	}
-	b.policy.Store(p)
 	return b, nil
 }
 
@@ -304,110 +315,111 @@ type PolicyReload struct {
 	// Weakens is set when the new policy widens access or weakens
 	// oversight; it is announced as policy.weakened.
 	Weakens bool
+	// Signers are the policy admins whose statements put it in force.
+	Signers []string
 	Entry   audit.Record
 }
 
-// logPolicy appends a policy_loaded entry, by actor, unless the last one
-// logged has the same hash and identity configuration, and announces it.
-func (b *Broker) logPolicy(ctx context.Context, p *policy.Policy, source, actor string) (*PolicyReload, error) {
+// logPolicyTx appends a policy_loaded entry for p by actor in tx, unless
+// the last one logged has the same hash and identity configuration, with
+// how it came to be in force (meta), announces it, and makes every
+// pending proposal of another policy stale. Callers have judged the
+// change: this writes it.
+func (b *Broker) logPolicyTx(ctx context.Context, tx store.Tx, p *policy.Policy, source, actor string, meta policyMeta) (*PolicyReload, error) {
+	p = b.withIdentity(p)
 	ident := *p.Identity
 	res := &PolicyReload{Hash: p.Hash()}
-	err := b.update(ctx, func(tx store.Tx) error {
-		var old *policy.Policy
-		pl, _, err := b.policyInForce(ctx, tx)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			return err
-		case pl.Hash == p.Hash() && pl.Identity == ident:
-			res.Previous = pl.Hash
-			return nil
-		default:
-			res.Previous = pl.Hash
-			if old, err = policy.FromCanonicalJSON(pl.Policy); err != nil {
-				return fmt.Errorf("reading the policy in force: %w", err)
-			}
-			// A policy logged before policies named their identity rule
-			// was judged by the one its entry names.
-			if old.Identity == nil {
-				old = old.WithIdentity(pl.Identity)
-			}
-			if err := b.checkRemap(ctx, tx, pl.Identity, ident, b.now()); err != nil {
-				return err
-			}
+	var old *policy.Policy
+	pl, _, err := b.policyInForce(ctx, tx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, err
+	case pl.Hash == p.Hash() && pl.Identity == ident:
+		res.Previous = pl.Hash
+		return res, nil
+	default:
+		res.Previous = pl.Hash
+		if old, err = policy.FromCanonicalJSON(pl.Policy); err != nil {
+			return nil, fmt.Errorf("reading the policy in force: %w", err)
 		}
-		now := b.now()
-		for _, a := range p.Accounts {
-			if err := tx.MarkAccountSeen(ctx, a.Name, now); err != nil {
-				return err
-			}
+		// A policy logged before policies named their identity rule
+		// was judged by the one its entry names.
+		if old.Identity == nil {
+			old = old.WithIdentity(pl.Identity)
 		}
-		// The identity rule is part of the policy: a change of it is one
-		// of the changes, and always weakening.
-		changes := policy.ChangeLines(old, p)
-		weakens := old != nil && policy.Weakens(policy.Diff(old, p))
-		rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
-			Type: audit.TypePolicyLoaded, Actor: actor,
-			Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: res.Previous, Source: source, Policy: p.CanonicalJSON(), Identity: ident,
-				Changes: changes, Weakens: weakens},
-		}, true)
-		if err != nil {
-			return err
+		if err := b.checkRemap(ctx, tx, pl.Identity, ident, b.now()); err != nil {
+			return nil, err
 		}
-		res.Changed, res.Entry, res.Changes, res.Weakens = true, rec, changes, weakens
-		details, err := json.Marshal(map[string]any{"hash": p.Hash(), "previous": res.Previous, "source": source, "changes": res.Changes, "weakens": weakens})
-		if err != nil {
-			return err
+	}
+	now := b.now()
+	for _, a := range p.Accounts {
+		if err := tx.MarkAccountSeen(ctx, a.Name, now); err != nil {
+			return nil, err
 		}
-		idx := rec.Index
-		typ, summary := event.PolicyLoaded, fmt.Sprintf("policy %s in force (was %s) by %s: %s", short(p.Hash()), short(res.Previous), actor, strings.Join(res.Changes, "; "))
-		if weakens {
-			typ, summary = event.PolicyWeakened, "POLICY WEAKENED: "+summary
-		}
-		return b.emit(ctx, tx, event.Event{Type: typ, Actor: actor, Time: now, AuditIndex: &idx, Summary: summary, Details: details}, nil)
-	})
+	}
+	// The identity rule is part of the policy: a change of it is one of
+	// the changes, and always weakening.
+	changes := policy.ChangeLines(old, p)
+	weakens := old != nil && policy.Weakens(policy.Diff(old, p))
+	rec, err := b.appendEntry(ctx, tx, now, audit.Draft{
+		Type: audit.TypePolicyLoaded, Actor: actor,
+		Payload: audit.PolicyLoaded{Hash: p.Hash(), Previous: res.Previous, Source: source, Policy: p.CanonicalJSON(), Identity: ident,
+			Changes: changes, Weakens: weakens, Approvals: meta.approvals, Proposal: meta.proposal, Proposer: meta.proposer, ProposerKey: meta.proposerKey,
+			Genesis: meta.genesis, Reset: meta.reset},
+	}, true)
 	if err != nil {
 		return nil, err
 	}
-	return res, nil
+	res.Changed, res.Entry, res.Changes, res.Weakens = true, rec, changes, weakens
+	for _, s := range meta.approvals {
+		if cert, err := b.sigs.ParseCertificate(s.Certificate); err == nil {
+			if who, err := b.cfg.Certs.VerifyAt(cert, now); err == nil {
+				res.Signers = append(res.Signers, who)
+			}
+		}
+	}
+	details, err := json.Marshal(map[string]any{"hash": p.Hash(), "previous": res.Previous, "source": source, "changes": res.Changes, "weakens": weakens,
+		"signers": nonNilStrings(res.Signers), "proposal": meta.proposal, "genesis": meta.genesis, "reset": meta.reset})
+	if err != nil {
+		return nil, err
+	}
+	idx := rec.Index
+	how := "signed by " + strings.Join(res.Signers, ", ")
+	switch {
+	case meta.reset != nil:
+		how = fmt.Sprintf("TRUST RESET by %s without the policy admins' quorum: %s", meta.reset.Operator, meta.reset.Reason)
+	case meta.genesis == audit.GenesisUnsigned:
+		how = "UNSIGNED GENESIS accepted by the operator"
+	case len(res.Signers) == 0:
+		how = "unsigned"
+	}
+	typ, summary := event.PolicyLoaded, fmt.Sprintf("policy %s in force (was %s) by %s, %s: %s", short(p.Hash()), short(res.Previous), actor, how, strings.Join(res.Changes, "; "))
+	switch {
+	case meta.reset != nil:
+		typ, summary = event.PolicyReset, "POLICY TRUST RESET: "+summary
+	case weakens:
+		typ, summary = event.PolicyWeakened, "POLICY WEAKENED: "+summary
+	}
+	if err := b.emit(ctx, tx, event.Event{Type: typ, Actor: actor, Time: now, AuditIndex: &idx, Summary: summary, Details: details}, nil); err != nil {
+		return nil, err
+	}
+	return res, b.closeStale(ctx, tx, now, p.Hash(), meta.proposal)
 }
 
-// RequireAdmin refuses a caller outside the admins group of the policy in
-// force.
+// RequireAdmin refuses a caller who may not reload or propose the policy:
+// a member of neither the admins group nor the policy admins.
 func (b *Broker) RequireAdmin(caller string) error {
-	if !b.Policy().IsAdmin(caller) {
-		return denied("only members of the policy's admins group may reload the policy")
+	if !b.Policy().MayPropose(caller) {
+		return denied("only members of the policy's admins group and its policy admins may reload or propose the policy")
 	}
 	return nil
 }
 
-// ReloadPolicy puts p in force: its ack sinks are checked, it is logged
-// with what it changes and announced, and only then used. caller is the
-// principal asking over the API (who must be in the admins group of the
-// policy in force), or "" for the operator (SIGHUP). Requests already
-// made keep the quorum rule they were created under.
+// ReloadPolicy is ApplyPolicy without a bundle of signatures: it succeeds
+// only for the policy already in force.
 func (b *Broker) ReloadPolicy(ctx context.Context, caller string, p *policy.Policy, source string) (*PolicyReload, error) {
-	actor := "operator"
-	if caller != "" {
-		if err := b.RequireAdmin(caller); err != nil {
-			return nil, err
-		}
-		actor = caller
-	}
-	if err := b.checkPolicySinks(p); err != nil {
-		return nil, invalid("the new policy is refused and the one in force stays: %s", err)
-	}
-	p = b.withIdentity(p)
-	res, err := b.logPolicy(ctx, p, source, actor)
-	if err != nil {
-		return nil, err
-	}
-	if err := b.applyIdentity(p); err != nil {
-		return nil, err
-	}
-	b.policy.Store(p)
-	b.log.Info("policy in force", "hash", p.Hash(), "previous", res.Previous, "changed", res.Changed, "by", actor, "changes", res.Changes)
-	return res, nil
+	return b.ApplyPolicy(ctx, caller, p, source, nil)
 }
 
 // checkPolicySinks refuses a policy whose ack_sinks name sinks the broker

@@ -43,6 +43,7 @@ func TestMain(m *testing.M) { os.Exit(hsmtest.Main(m)) }
 const testPolicy = `
 auditors: auditors
 relying_parties: relying
+policy_admins: [{require: [{group: db-admins, approvals: 2}]}]
 groups:
   sre: [alice, frank, carol]
   db-admins: [bob, carol, dual]
@@ -254,11 +255,32 @@ func (h *harness) start(policyYAML string) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", Keys: broker.StaticKeys{Audit: h.audit, Tokens: minter}, Now: h.clock.Now,
-		Origin: testOrigin, Certs: h.ident, Routes: h.routes, Authorities: h.authorities, Observer: h.observer, Witnesses: h.witnesses})
+	h.b, err = broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", AcceptUnsignedGenesis: true, Keys: broker.StaticKeys{Audit: h.audit, Tokens: minter}, Now: h.clock.Now,
+		Origin: testOrigin, Certs: h.ident, Routes: h.routes, Authorities: h.authorities, Observer: h.observer, Witnesses: h.witnesses,
+		SignPolicy: func(previous, hash string) ([]statement.Signed, error) {
+			return h.policySigs(previous, hash, "bob", "carol"), nil
+		}})
 	if err != nil {
 		h.t.Fatal(err)
 	}
+}
+
+// policySigs are who's approvals of the change from previous to hash,
+// as bgctl policy sign writes them: a restart with another policy is
+// signed by two policy admins of testPolicy (two of db-admins), as dev
+// mode signs its own.
+func (h *harness) policySigs(previous, hash string, who ...string) []statement.Signed {
+	var out []statement.Signed
+	for _, name := range who {
+		st := statement.PolicyStatement{Decision: statement.DecisionApprove, Origin: testOrigin, Previous: statement.PreviousLine(previous),
+			Policy: hash, Comment: statement.CommentDigest(""), Time: h.clock.Now().UTC().Truncate(time.Second)}
+		sig, err := statement.Sign(h.cert(name).key, st.Marshal())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		out = append(out, statement.Signed{Statement: st.Marshal(), Signature: sig, Certificate: h.cert(name).cert.Raw})
+	}
+	return out
 }
 
 // restart closes the store and builds a new broker on the same database.
@@ -1054,7 +1076,7 @@ func TestIdentityRuleChangeWaitsForOpenWork(t *testing.T) {
 		t.Fatal("the identity rule is not part of the policy's hash")
 	}
 	before := h.snap()
-	_, err = h.b.ReloadPolicy(h.ctx, "", p, "policy.yaml")
+	_, err = h.reload(p)
 	wantKind(t, err, broker.KindState, "would name people with open work differently")
 	for _, want := range []string{"reviewer bob of request " + r.ID + " would be nobody", "requester alice of request " + r.ID + " would be nobody"} {
 		if !strings.Contains(err.Error(), want) {
@@ -1070,7 +1092,7 @@ func TestIdentityRuleChangeWaitsForOpenWork(t *testing.T) {
 	if _, err := h.b.CancelRequest(h.ctx, "alice", r.ID, "done"); err != nil {
 		t.Fatal(err)
 	}
-	res, err := h.b.ReloadPolicy(h.ctx, "", p, "policy.yaml")
+	res, err := h.reload(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1256,19 +1278,17 @@ func TestReplicaWithAnotherPolicyRefusesToGrant(t *testing.T) {
 		t.Fatalf("agreement before the change: %v", err)
 	}
 
-	// Replica B starts with a changed policy and logs it.
+	// Replica B starts with a changed policy, signed by two policy admins,
+	// and logs it.
 	st, err := sqlite.Open(h.ctx, sqlite.Config{Path: h.dbPath})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	p, err := policy.Load([]byte(strings.Replace(testPolicy, "max_ttl: 1h", "max_ttl: 2h", 1)), "policy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := loadPolicy(t, strings.Replace(testPolicy, "max_ttl: 1h", "max_ttl: 2h", 1))
 	minter, _ := token.NewMinter(h.tokenKey, "https://broker.test")
 	newB, err := broker.New(h.ctx, broker.Config{Store: st, Policy: p, PolicySource: "policy.yaml", Keys: broker.StaticKeys{Audit: h.audit, Tokens: minter},
-		Now: h.clock.Now, Origin: testOrigin, Certs: h.ident})
+		Now: h.clock.Now, Origin: testOrigin, Certs: h.ident, PolicySignatures: h.policySigs(oldB.Policy().Hash(), p.Hash(), "carol", "dual")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1314,6 +1334,14 @@ func TestReplicaWithAnotherPolicyRefusesToGrant(t *testing.T) {
 	}
 	if r, err := h.review("erin", res.Request.ID, request.Approve); err != nil || r.Request.State != request.Approved {
 		t.Fatalf("approve on the agreeing replica: %v", err)
+	}
+	// The stale replica follows the log: it puts in force the policy the
+	// log recorded, whose statements it checks, and grants again.
+	if err := oldB.FollowPolicy(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if oldB.Policy().Hash() != p.Hash() || oldB.PolicyAgreement(h.ctx) != nil {
+		t.Fatalf("the old replica did not follow the log: %s", oldB.Policy().Hash())
 	}
 	h.verifyChain()
 }

@@ -594,7 +594,7 @@ func TestCertificatesAfterAPolicyReloadMidFlight(t *testing.T) {
 				t.Fatal(err)
 			}
 			reload := func() {
-				if _, err := h.b.ReloadPolicy(h.ctx, "", p, "policy.yaml"); err != nil {
+				if _, err := h.reload(p); err != nil {
 					t.Error(err)
 				}
 			}
@@ -609,7 +609,7 @@ func TestCertificatesAfterAPolicyReloadMidFlight(t *testing.T) {
 			if err := tc.issue(); err != nil && !strings.Contains(err.Error(), "not one of") {
 				t.Fatalf("after the reload: %v", err)
 			}
-			if _, err := h.b.ReloadPolicy(h.ctx, "", orig, "policy.yaml"); err != nil {
+			if _, err := h.reload(orig); err != nil {
 				t.Fatal(err)
 			}
 		})

@@ -46,8 +46,9 @@ func (b *Broker) emit(ctx context.Context, tx store.Tx, ev event.Event, ackSinks
 		return err
 	}
 	sinks := b.cfg.Routes.Sinks(ev.Type, ev.Account)
-	if ev.Type == event.SoloRequested || ev.Type == event.WitnessSplitView {
-		sinks = b.cfg.Routes.All() // a solo request or a split view alerts every sink at once
+	switch ev.Type {
+	case event.SoloRequested, event.WitnessSplitView, event.PolicyRefused, event.PolicyReset:
+		sinks = b.cfg.Routes.All() // a solo request, a split view, a refused policy or a trust reset alerts every sink at once
 	}
 	for _, s := range ackSinks {
 		if !slices.Contains(sinks, s) {

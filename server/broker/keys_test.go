@@ -27,7 +27,7 @@ func (w *world) ceremony(t *testing.T, p hsm.Purpose) store.KeyRecord {
 		t.Fatal(err)
 	}
 	pol, _ := policy.Load([]byte(propPolicies[w.policy]), "policy.yaml")
-	ob, err := broker.New(w.ctx, broker.Config{Store: w.store, Policy: pol, PolicySource: "policy.yaml", Keys: cer, Now: w.clock.Now, Origin: testOrigin, Certs: w.ident})
+	ob, err := broker.New(w.ctx, broker.Config{Store: w.store, Policy: pol, PolicySource: "policy.yaml", AcceptUnsignedGenesis: true, Keys: cer, Now: w.clock.Now, Origin: testOrigin, Certs: w.ident})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestRotatedKeysAreInForceAtOnce(t *testing.T) {
 	cer := keyring.New(keyring.Config{Module: w.module, Store: w.store, Issuer: "https://broker.test", Origin: testOrigin, Now: w.clock.Now})
 	_ = cer.Load(ctx)
 	pol, _ := policy.Load([]byte(propPolicies[w.policy]), "policy.yaml")
-	ob, err := broker.New(ctx, broker.Config{Store: w.store, Policy: pol, PolicySource: "policy.yaml", Keys: cer, Now: w.clock.Now, Origin: testOrigin, Certs: w.ident})
+	ob, err := broker.New(ctx, broker.Config{Store: w.store, Policy: pol, PolicySource: "policy.yaml", AcceptUnsignedGenesis: true, Keys: cer, Now: w.clock.Now, Origin: testOrigin, Certs: w.ident})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,7 @@ import (
 var propPolicies = []string{`
 auditors: auditors
 admins: admins
+policy_admins: [{require: [{group: security, approvals: 1}, {group: db-admins, approvals: 1}]}]
 groups:
   sre: [alice, carol, frank]
   db-admins: [bob, carol, dual]
@@ -173,7 +174,11 @@ type world struct {
 	certs  map[string]principalKey
 	down   atomic.Bool
 	policy int
-	ids    []string
+	// sigs are the policy admins' statements the next start is given;
+	// policyOps counts the reloads and restarts, which sign in turn.
+	sigs      []statement.Signed
+	policyOps int
+	ids       []string
 	// first keys, as an auditor pins them at the key ceremony.
 	firstAudit *ecdsa.PublicKey
 	firstCP    crypto.PublicKey
@@ -288,10 +293,17 @@ func (w *world) start() error {
 		w.t.Fatal(err)
 	}
 	routes := notify.NewRouter([]notify.SinkConfig{{Name: "soc"}, {Name: "slack", Route: event.Route{Events: []string{"grant.*"}}}})
-	b, err := broker.New(w.ctx, broker.Config{Store: w.store, Policy: p, PolicySource: "policy.yaml", Keys: downKeys{ring, &w.down}, Now: w.clock.Now,
-		Origin: testOrigin, Certs: w.ident, Routes: routes, HSMBackoff: time.Nanosecond, Authorities: cas})
+	b, err := broker.New(w.ctx, broker.Config{Store: w.store, Policy: p, PolicySource: "policy.yaml", AcceptUnsignedGenesis: true, Keys: downKeys{ring, &w.down}, Now: w.clock.Now,
+		Origin: testOrigin, Certs: w.ident, Routes: routes, HSMBackoff: time.Nanosecond, Authorities: cas, PolicySignatures: w.sigs})
 	if err != nil {
 		return err
+	}
+	// A policy without enough signatures is set aside at start: the one
+	// the log records stays in force.
+	for i, src := range propPolicies {
+		if q, _ := policy.Load([]byte(src), "policy.yaml"); q != nil && q.WithIdentity(*b.Policy().Identity).Hash() == b.Policy().Hash() {
+			w.policy = i
+		}
 	}
 	if err := ring.Bootstrap(w.ctx, b, wants); err != nil {
 		return err
@@ -316,6 +328,25 @@ func (w *world) reloadKeys() {
 	if err := w.cas.RefreshCRLs(w.ctx); err == nil {
 		w.counts["crls"]++
 	}
+}
+
+// signPolicy is the statements of who about the change from the policy
+// in force to p, as bgctl policy sign writes them.
+func (w *world) signPolicy(p *policy.Policy, who ...string) []statement.Signed {
+	if p.Identity == nil {
+		p = p.WithIdentity(policy.Identity{Mode: policy.IdentityURI, URIPrefix: "spiffe://test/user/"})
+	}
+	var out []statement.Signed
+	for _, name := range who {
+		st := statement.PolicyStatement{Decision: statement.DecisionApprove, Origin: testOrigin, Previous: statement.PreviousLine(w.b.Policy().Hash()),
+			Policy: p.Hash(), Comment: statement.CommentDigest(""), Time: w.clock.Now().UTC().Truncate(time.Second)}
+		sig, err := statement.Sign(w.cert(name).key, st.Marshal())
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		out = append(out, statement.Signed{Statement: st.Marshal(), Signature: sig, Certificate: w.cert(name).cert.Raw})
+	}
+	return out
 }
 
 func (w *world) cert(p string) principalKey {
@@ -560,15 +591,26 @@ func (w *world) step(o *ops) {
 		if err != nil {
 			w.t.Fatal(err)
 		}
+		// Signed by none, one or two admins, the proposer among them or
+		// not, or by someone who is no admin: only a quorum changes it.
+		// (Chosen in turn, not from the operations, so that a seed drives
+		// the same operations as before policies needed signatures.)
+		w.policyOps++
+		signers := [][]string{{"bob", "erin"}, nil, {"dual", "carol"}, {"bob"}, {"erin", "mallory"}, {"olivia", "bob"}}[w.policyOps%6]
 		if o.pick(2) == 0 {
-			_, err = w.b.ReloadPolicy(ctx, "", p, "policy.yaml")
+			_, err = w.b.ApplyPolicy(ctx, "", p, "policy.yaml", w.signPolicy(p, signers...))
 			note("reload", err)
+			if err != nil {
+				w.policy = was
+			}
 		} else {
+			w.sigs = w.signPolicy(p, signers...)
 			err = w.start()
+			w.sigs = nil
 			note("restart", err)
-		}
-		if err != nil {
-			w.policy = was
+			if err != nil {
+				w.policy = was
+			}
 		}
 	case 14, 19: // a key ceremony, or the HSM fails for a while
 		switch o.pick(4) {
@@ -589,7 +631,7 @@ func (w *world) step(o *ops) {
 				w.t.Fatal(err)
 			}
 			p, _ := policy.Load([]byte(propPolicies[w.policy]), "policy.yaml")
-			ob, err := broker.New(ctx, broker.Config{Store: w.store, Policy: p, PolicySource: "policy.yaml", Keys: cer, Now: w.clock.Now, Origin: testOrigin, Certs: w.ident})
+			ob, err := broker.New(ctx, broker.Config{Store: w.store, Policy: p, PolicySource: "policy.yaml", AcceptUnsignedGenesis: true, Keys: cer, Now: w.clock.Now, Origin: testOrigin, Certs: w.ident})
 			label := fmt.Sprintf("%s-%d", purpose, w.clock.Now().UnixNano())
 			var prepare func(*hsm.Key) error
 			if purpose == hsm.PurposeX509CA {

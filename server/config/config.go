@@ -11,11 +11,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // Config is the whole configuration file. Relative paths are relative to
@@ -35,11 +37,17 @@ type Config struct {
 	// PolicyFile names the policy; Policy holds it inline instead.
 	PolicyFile string    `yaml:"policy_file"`
 	Policy     yaml.Node `yaml:"policy"`
-	Store      Store     `yaml:"store"`
-	Audit      Audit     `yaml:"audit"`
-	Notify     Notify    `yaml:"notify"`
-	Limits     Limits    `yaml:"limits"`
-	Log        Log       `yaml:"log"`
+	// PolicySignatures names the bundle of policy admins' statements that
+	// comes with the policy (JSON Lines, docs/signing.md): by default the
+	// policy file with its extension replaced by .sigs (policy.yaml ->
+	// policy.sigs), or policy.sigs beside the configuration for an inline
+	// policy. A missing file is an empty bundle.
+	PolicySignatures string `yaml:"policy_signatures"`
+	Store            Store  `yaml:"store"`
+	Audit            Audit  `yaml:"audit"`
+	Notify           Notify `yaml:"notify"`
+	Limits           Limits `yaml:"limits"`
+	Log              Log    `yaml:"log"`
 	// HealthInterval is how often the HSM keys are test-signed.
 	HealthInterval time.Duration `yaml:"health_interval"`
 	// SweepInterval is how often deadlines are recorded.
@@ -373,6 +381,7 @@ func (c *Config) resolve() {
 	c.Certificates.X509CACert = c.rel(c.Certificates.X509CACert)
 	c.Identity.ClientCA, c.Identity.CRL = c.rel(c.Identity.ClientCA), c.rel(c.Identity.CRL)
 	c.PolicyFile = c.rel(c.PolicyFile)
+	c.PolicySignatures = c.rel(c.PolicySignatures)
 	c.Store.SQLite.Path = c.rel(c.Store.SQLite.Path)
 	for i := range c.Notify.Sinks {
 		sk := &c.Notify.Sinks[i]
@@ -383,6 +392,39 @@ func (c *Config) resolve() {
 			c.HSM.Env[k] = c.rel(v)
 		}
 	}
+}
+
+// PolicySignaturesPath is where the bundle of statements that comes with
+// the policy is read from.
+func (c *Config) PolicySignaturesPath() string {
+	switch {
+	case c.PolicySignatures != "":
+		return c.PolicySignatures
+	case c.PolicyFile != "":
+		return strings.TrimSuffix(c.PolicyFile, filepath.Ext(c.PolicyFile)) + ".sigs"
+	case c.path != "":
+		return filepath.Join(filepath.Dir(c.path), "policy.sigs")
+	}
+	return "policy.sigs"
+}
+
+// LoadPolicySignatures reads the bundle that comes with the policy; a
+// missing file is an empty bundle.
+func (c *Config) LoadPolicySignatures() ([]statement.Signed, string, error) {
+	path := c.PolicySignaturesPath()
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, path, nil
+	}
+	if err != nil {
+		return nil, path, fmt.Errorf("reading the policy signatures: %w", err)
+	}
+	defer f.Close()
+	sigs, err := statement.ParseBundle(f)
+	if err != nil {
+		return nil, path, fmt.Errorf("%s: %w", path, err)
+	}
+	return sigs, path, nil
 }
 
 // LoadPolicy reads and validates the policy the configuration names. A

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/bgbroker/breakglass/format/statement"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc/credentials"
@@ -97,11 +98,23 @@ func (d *Daemon) newBroker(ctx context.Context) (err error) {
 	d.Broker, err = broker.New(ctx, broker.Config{Store: d.store, Policy: d.policy, PolicySource: d.policySource, Keys: d.ring,
 		Now: d.now, Log: d.log, SweepInterval: d.cfg.SweepInterval, OutboxRetention: d.cfg.Notify.Retention, Origin: d.origin, Certs: d.ident,
 		Routes: notify.NewRouter(sinkConfigs(d.cfg.Notify.Sinks)), Observer: observer{d},
-		Witnesses: d.witnessing(d.ctx, d.Checkpoints), Authorities: d.brokerAuthorities(), Checkpoints: d.Checkpoints})
+		Witnesses: d.witnessing(d.ctx, d.Checkpoints), Authorities: d.brokerAuthorities(), Checkpoints: d.Checkpoints,
+		PolicySignatures: d.policySigs, AcceptUnsignedGenesis: d.acceptGenesis, SignPolicy: d.policySigner()})
 	if err != nil {
 		return err
 	}
 	return d.ring.Bootstrap(ctx, d.Broker, d.wants)
+}
+
+// policySigner is dev mode's signer of the configured policy, with the
+// log's origin bound in.
+func (d *Daemon) policySigner() func(previous, hash string) ([]statement.Signed, error) {
+	if d.signPolicy == nil {
+		return nil
+	}
+	return func(previous, hash string) ([]statement.Signed, error) {
+		return d.signPolicy(d.origin, previous, hash, d.now())
+	}
 }
 
 func (d *Daemon) newDispatcher(context.Context) (err error) {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 	"github.com/bgbroker/breakglass/hsm"
 	"github.com/bgbroker/breakglass/server/authority"
 	"github.com/bgbroker/breakglass/server/broker"
@@ -46,6 +47,14 @@ type Options struct {
 	ReadyFile string
 	// Dev is breakglassd dev: an http issuer on loopback is allowed.
 	Dev bool
+	// AcceptUnsignedGenesis lets a log without a policy start with one its
+	// admins did not sign, logged as an unsigned genesis
+	// (breakglassd serve --accept-unsigned-genesis).
+	AcceptUnsignedGenesis bool
+	// SignPolicy signs, at start, a configured policy that comes without
+	// enough signatures: dev mode signs with its demo admins. Never set
+	// outside dev mode.
+	SignPolicy func(origin, previous, hash string, at time.Time) ([]statement.Signed, error)
 }
 
 // Ready is what the ready file holds.
@@ -73,12 +82,15 @@ type Daemon struct {
 	now func() time.Time
 
 	// What the configuration names, loaded before anything is opened.
-	policy       *policy.Policy
-	policySource string
-	ident        *identity.Verifier
-	dev          bool
-	cert         tls.Certificate
-	serverCert   *x509.Certificate
+	policy        *policy.Policy
+	policySource  string
+	policySigs    []statement.Signed
+	acceptGenesis bool
+	signPolicy    func(origin, previous, hash string, at time.Time) ([]statement.Signed, error)
+	ident         *identity.Verifier
+	dev           bool
+	cert          tls.Certificate
+	serverCert    *x509.Certificate
 
 	module     *hsm.Module
 	store      store.Store
@@ -144,7 +156,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.log.Info("broker serving", "grpc", d.Ready.GRPC, "https", d.Ready.HTTPS, "metrics", d.Ready.Metrics, "console", d.Ready.Console, "issuer", d.Ready.Issuer,
-		"policy", d.policy.Hash(), "token_kid", d.ring.Minter("").KID(), "audit_kid", d.Broker.AuditKID(), "origin", d.origin)
+		"policy", d.Broker.Policy().Hash(), "token_kid", d.ring.Minter("").KID(), "audit_kid", d.Broker.AuditKID(), "origin", d.origin)
 	return d, nil
 }
 
@@ -165,11 +177,16 @@ func newDaemon(ctx context.Context, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	sigs, _, err := cfg.LoadPolicySignatures()
+	if err != nil {
+		return nil, err
+	}
 	cert, serverCert, err := loadServerCert(cfg.TLS)
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{log: log, cfg: cfg, now: now, dev: opts.Dev, policy: pol, policySource: source, ident: ident, cert: cert, serverCert: serverCert,
+	d := &Daemon{log: log, cfg: cfg, now: now, dev: opts.Dev, policy: pol, policySource: source, policySigs: sigs, acceptGenesis: opts.AcceptUnsignedGenesis,
+		signPolicy: opts.SignPolicy, ident: ident, cert: cert, serverCert: serverCert,
 		rotating: make(chan struct{}, 1), errc: make(chan error, 4), crlKick: make(chan struct{}, 1)}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return d, nil
@@ -254,9 +271,12 @@ func Version() string {
 }
 
 // ReloadPolicy reads the policy again from where the configuration names it
-// (the configuration file is read again for an inline policy) and puts it
-// in force. A policy that does not load is refused with its problems, and
-// the one in force stays. caller is "" for the operator (SIGHUP).
+// (the configuration file is read again for an inline policy), with the
+// bundle of policy admins' statements beside it (policy.sigs), and puts it
+// in force when they meet the rule of the policy in force. A policy that
+// does not load is refused with its problems, one without enough
+// signatures with how many are missing (audited); either way the one in
+// force stays. caller is "" for the operator (SIGHUP).
 func (d *Daemon) ReloadPolicy(ctx context.Context, caller string) (*broker.PolicyReload, error) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -273,7 +293,11 @@ func (d *Daemon) ReloadPolicy(ctx context.Context, caller string) (*broker.Polic
 		return nil, broker.Invalid("the policy is refused and the one in force stays: %v", err)
 	}
 	logPolicyWarnings(d.log, p, source)
-	return d.Broker.ReloadPolicy(ctx, caller, p, source)
+	sigs, _, err := cfg.LoadPolicySignatures()
+	if err != nil {
+		return nil, broker.Invalid("the policy is refused and the one in force stays: %v", err)
+	}
+	return d.Broker.ApplyPolicy(ctx, caller, p, source, sigs)
 }
 
 // logPolicyWarnings logs what the policy holds that is valid but likely

@@ -80,8 +80,12 @@ func openOffline(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 		return nil, err
 	}
 	router := notify.NewRouter(sinkConfigs(cfg.Notify.Sinks))
+	sigs, _, err := cfg.LoadPolicySignatures()
+	if err != nil {
+		return nil, err
+	}
 	if o.broker, err = broker.New(ctx, broker.Config{Store: o.store, Policy: pol, PolicySource: source, Keys: o.ring, Log: log, Origin: o.origin, Certs: ident,
-		Routes: router}); err != nil {
+		Routes: router, PolicySignatures: sigs}); err != nil {
 		return nil, err
 	}
 	if err := o.ring.Bootstrap(ctx, o.broker, wants); err != nil {
@@ -175,4 +179,20 @@ func RecordRestore(ctx context.Context, cfg *config.Config, e audit.StoreRestore
 		return 0, fmt.Errorf("recording the restore in the audit log, so nothing was restored: %w", err)
 	}
 	return rec.Index, nil
+}
+
+// ResetPolicy is the trust reset for when the policy admins' keys are lost:
+// the configured policy is put in force without their quorum, offline (no
+// broker serves), logged as a reset the offline verifier reports and
+// announced to every sink (delivered once the broker serves again).
+func ResetPolicy(ctx context.Context, cfg *config.Config, operator, reason string, log *slog.Logger) (*broker.PolicyReload, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	o, err := openOffline(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	return o.broker.ResetPolicy(ctx, operator, reason, o.policy, cfg.PolicyFile)
 }

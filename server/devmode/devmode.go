@@ -60,6 +60,11 @@ auditors: auditors
 # Relying parties may check tokens (CheckToken over gRPC, introspection
 # over HTTPS) with their client certificate.
 relying_parties: relying-parties
+# Changing this policy takes two of the policy admins, the proposer never
+# counting (bgctl policy propose / approve, or bgctl policy sign into
+# policy.sigs). Dev mode signs an edited file with the demo keys at start.
+policy_admins:
+  - require: [{group: policy-admins, approvals: 2}]
 groups:
   sre: [alice]
   db-admins: [bob, carol]
@@ -67,6 +72,7 @@ groups:
   db-owners: [carol]
   auditors: [dave]
   relying-parties: [svc-db]
+  policy-admins: [bob, carol, erin]
 accounts:
   - name: prod-db
     description: Superuser on the production database
@@ -158,6 +164,7 @@ func Setup(ctx context.Context, o Options) (path string, created bool, err error
 	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(demoPolicy), 0o600); err != nil {
 		return "", false, err
 	}
+	origin := "breakglass.dev/" + randHex(8)
 	cfg := fmt.Sprintf(`# Written by breakglassd dev. Run it again with:
 #   breakglassd serve --config %s
 hsm:
@@ -199,9 +206,14 @@ store:
   driver: sqlite
   sqlite:
     path: broker.db
-`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, SSHCAKeyLabel, X509CAKeyLabel, o.GRPCAddr, o.HTTPAddr, cmp.Or(o.MetricsAddr, "127.0.0.1:0"), cmp.Or(o.ConsoleAddr, "127.0.0.1:0"), URIPrefix, "breakglass.dev/"+randHex(8))
+`, path, tokenLabel, TokenKeyLabel, AuditKeyLabel, CheckpointKeyLabel, SSHCAKeyLabel, X509CAKeyLabel, o.GRPCAddr, o.HTTPAddr, cmp.Or(o.MetricsAddr, "127.0.0.1:0"), cmp.Or(o.ConsoleAddr, "127.0.0.1:0"), URIPrefix, origin)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", false, err
+	}
+	// The demo admins sign the first policy, as admins sign a genesis with
+	// bgctl policy sign --genesis: the log starts with a signed genesis.
+	if err := writeGenesisSignatures(dir, origin); err != nil {
+		return "", false, fmt.Errorf("dev mode: signing the first policy: %w", err)
 	}
 	return path, true, nil
 }

@@ -5,12 +5,14 @@ import "strings"
 // The dev identities in their roles, as every policy built by Policy has
 // them.
 const policyGroups = `auditors: auditors
+policy_admins: [{require: [{group: policy-admins, approvals: 2}]}]
 groups:
   sre: [alice]
   db-admins: [bob, carol]
   security: [erin]
   db-owners: [carol]
   auditors: [dave]
+  policy-admins: [bob, carol, erin]
 `
 
 // policyWindows are prod-db's bounds unless fields set them.

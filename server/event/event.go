@@ -43,7 +43,16 @@ const (
 	// access or weakens oversight (policy.Weakens), so the SOC can page
 	// on it alone.
 	PolicyWeakened = "policy.weakened"
-	StoreRestored  = "store.restored"
+	// Policy changes under the policy admins' quorum: a proposal, a
+	// review of one, its end without being put in force, a policy file
+	// refused for want of signatures, and a trust reset (the last two go
+	// to every sink).
+	PolicyProposed       = "policy.proposed"
+	PolicyReviewed       = "policy.reviewed"
+	PolicyProposalClosed = "policy.proposal_closed"
+	PolicyRefused        = "policy.refused"
+	PolicyReset          = "policy.reset"
+	StoreRestored        = "store.restored"
 )
 
 // Event is the JSON body every sink receives (the Slack sink renders it as

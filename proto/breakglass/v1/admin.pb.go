@@ -7,8 +7,10 @@
 package breakglassv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -20,6 +22,66 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+type PolicyProposalState int32
+
+const (
+	PolicyProposalState_POLICY_PROPOSAL_STATE_UNSPECIFIED PolicyProposalState = 0
+	PolicyProposalState_POLICY_PROPOSAL_STATE_PENDING     PolicyProposalState = 1
+	// Put in force: closed_entry is its policy_loaded entry.
+	PolicyProposalState_POLICY_PROPOSAL_STATE_APPLIED PolicyProposalState = 2
+	PolicyProposalState_POLICY_PROPOSAL_STATE_DENIED  PolicyProposalState = 3
+	PolicyProposalState_POLICY_PROPOSAL_STATE_EXPIRED PolicyProposalState = 4
+	// Another policy was put in force first.
+	PolicyProposalState_POLICY_PROPOSAL_STATE_STALE PolicyProposalState = 5
+)
+
+// Enum value maps for PolicyProposalState.
+var (
+	PolicyProposalState_name = map[int32]string{
+		0: "POLICY_PROPOSAL_STATE_UNSPECIFIED",
+		1: "POLICY_PROPOSAL_STATE_PENDING",
+		2: "POLICY_PROPOSAL_STATE_APPLIED",
+		3: "POLICY_PROPOSAL_STATE_DENIED",
+		4: "POLICY_PROPOSAL_STATE_EXPIRED",
+		5: "POLICY_PROPOSAL_STATE_STALE",
+	}
+	PolicyProposalState_value = map[string]int32{
+		"POLICY_PROPOSAL_STATE_UNSPECIFIED": 0,
+		"POLICY_PROPOSAL_STATE_PENDING":     1,
+		"POLICY_PROPOSAL_STATE_APPLIED":     2,
+		"POLICY_PROPOSAL_STATE_DENIED":      3,
+		"POLICY_PROPOSAL_STATE_EXPIRED":     4,
+		"POLICY_PROPOSAL_STATE_STALE":       5,
+	}
+)
+
+func (x PolicyProposalState) Enum() *PolicyProposalState {
+	p := new(PolicyProposalState)
+	*p = x
+	return p
+}
+
+func (x PolicyProposalState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PolicyProposalState) Descriptor() protoreflect.EnumDescriptor {
+	return file_breakglass_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (PolicyProposalState) Type() protoreflect.EnumType {
+	return &file_breakglass_v1_admin_proto_enumTypes[0]
+}
+
+func (x PolicyProposalState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PolicyProposalState.Descriptor instead.
+func (PolicyProposalState) EnumDescriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{0}
+}
 
 type ReloadPolicyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -68,7 +130,9 @@ type ReloadPolicyResponse struct {
 	// What changed, for people.
 	Changes []string `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
 	// The policy_loaded entry, when changed.
-	Entry         *AuditRef `protobuf:"bytes,5,opt,name=entry,proto3" json:"entry,omitempty"`
+	Entry *AuditRef `protobuf:"bytes,5,opt,name=entry,proto3" json:"entry,omitempty"`
+	// The policy admins whose statements put it in force.
+	Signers       []string `protobuf:"bytes,6,rep,name=signers,proto3" json:"signers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -138,21 +202,939 @@ func (x *ReloadPolicyResponse) GetEntry() *AuditRef {
 	return nil
 }
 
+func (x *ReloadPolicyResponse) GetSigners() []string {
+	if x != nil {
+		return x.Signers
+	}
+	return nil
+}
+
+type GetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+type GetPolicyResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	PolicyHash string                 `protobuf:"bytes,1,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	// The canonical JSON that is hashed and logged.
+	Canonical []byte `protobuf:"bytes,2,opt,name=canonical,proto3" json:"canonical,omitempty"`
+	// A policy file (YAML) that loads to this very policy.
+	Source []byte `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	// Who must agree to change it, in words, and who may sign.
+	AdminRule    string   `protobuf:"bytes,4,opt,name=admin_rule,json=adminRule,proto3" json:"admin_rule,omitempty"`
+	PolicyAdmins []string `protobuf:"bytes,5,rep,name=policy_admins,json=policyAdmins,proto3" json:"policy_admins,omitempty"`
+	// The log's origin, which statements name.
+	Origin string `protobuf:"bytes,6,opt,name=origin,proto3" json:"origin,omitempty"`
+	// The policy_loaded entry that put it in force.
+	EntryIndex    uint64 `protobuf:"varint,7,opt,name=entry_index,json=entryIndex,proto3" json:"entry_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetPolicyResponse) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *GetPolicyResponse) GetCanonical() []byte {
+	if x != nil {
+		return x.Canonical
+	}
+	return nil
+}
+
+func (x *GetPolicyResponse) GetSource() []byte {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *GetPolicyResponse) GetAdminRule() string {
+	if x != nil {
+		return x.AdminRule
+	}
+	return ""
+}
+
+func (x *GetPolicyResponse) GetPolicyAdmins() []string {
+	if x != nil {
+		return x.PolicyAdmins
+	}
+	return nil
+}
+
+func (x *GetPolicyResponse) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *GetPolicyResponse) GetEntryIndex() uint64 {
+	if x != nil {
+		return x.EntryIndex
+	}
+	return 0
+}
+
+type ProposePolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The proposed policy file, YAML, as breakglassd policy check reads it.
+	Policy []byte `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// A name for people, such as the file's name.
+	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Comment       string `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposePolicyRequest) Reset() {
+	*x = ProposePolicyRequest{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposePolicyRequest) ProtoMessage() {}
+
+func (x *ProposePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposePolicyRequest.ProtoReflect.Descriptor instead.
+func (*ProposePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ProposePolicyRequest) GetPolicy() []byte {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *ProposePolicyRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ProposePolicyRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type ProposePolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Proposal      *PolicyProposal        `protobuf:"bytes,1,opt,name=proposal,proto3" json:"proposal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposePolicyResponse) Reset() {
+	*x = ProposePolicyResponse{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposePolicyResponse) ProtoMessage() {}
+
+func (x *ProposePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposePolicyResponse.ProtoReflect.Descriptor instead.
+func (*ProposePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ProposePolicyResponse) GetProposal() *PolicyProposal {
+	if x != nil {
+		return x.Proposal
+	}
+	return nil
+}
+
+// PolicyProposal is a proposed change of the policy.
+type PolicyProposal struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Proposer string                 `protobuf:"bytes,2,opt,name=proposer,proto3" json:"proposer,omitempty"`
+	Comment  string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	Source   string                 `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// The policy in force it changes (a statement's previous line) and the
+	// proposed policy's hash (its policy line).
+	PreviousHash string `protobuf:"bytes,5,opt,name=previous_hash,json=previousHash,proto3" json:"previous_hash,omitempty"`
+	PolicyHash   string `protobuf:"bytes,6,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	// The proposed policy's canonical JSON.
+	Canonical  []byte                 `protobuf:"bytes,7,opt,name=canonical,proto3" json:"canonical,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	State      PolicyProposalState    `protobuf:"varint,10,opt,name=state,proto3,enum=breakglass.v1.PolicyProposalState" json:"state,omitempty"`
+	CloseTime  *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=close_time,json=closeTime,proto3" json:"close_time,omitempty"`
+	Reason     string                 `protobuf:"bytes,12,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What it changes, weakening changes first and marked WEAKENS.
+	Changes []string `protobuf:"bytes,13,rep,name=changes,proto3" json:"changes,omitempty"`
+	Weakens bool     `protobuf:"varint,14,opt,name=weakens,proto3" json:"weakens,omitempty"`
+	// The rule that judges it, in words; the admins whose approvals count
+	// now, and how many more must approve.
+	Rule    string                  `protobuf:"bytes,15,opt,name=rule,proto3" json:"rule,omitempty"`
+	Signers []string                `protobuf:"bytes,16,rep,name=signers,proto3" json:"signers,omitempty"`
+	Missing int32                   `protobuf:"varint,17,opt,name=missing,proto3" json:"missing,omitempty"`
+	Reviews []*PolicyProposalReview `protobuf:"bytes,18,rep,name=reviews,proto3" json:"reviews,omitempty"`
+	// Its policy_proposed entry, and the entry that closed it.
+	EntryIndex       uint64 `protobuf:"varint,19,opt,name=entry_index,json=entryIndex,proto3" json:"entry_index,omitempty"`
+	ClosedEntryIndex uint64 `protobuf:"varint,20,opt,name=closed_entry_index,json=closedEntryIndex,proto3" json:"closed_entry_index,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PolicyProposal) Reset() {
+	*x = PolicyProposal{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyProposal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyProposal) ProtoMessage() {}
+
+func (x *PolicyProposal) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyProposal.ProtoReflect.Descriptor instead.
+func (*PolicyProposal) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PolicyProposal) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetProposer() string {
+	if x != nil {
+		return x.Proposer
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetPreviousHash() string {
+	if x != nil {
+		return x.PreviousHash
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetCanonical() []byte {
+	if x != nil {
+		return x.Canonical
+	}
+	return nil
+}
+
+func (x *PolicyProposal) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *PolicyProposal) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *PolicyProposal) GetState() PolicyProposalState {
+	if x != nil {
+		return x.State
+	}
+	return PolicyProposalState_POLICY_PROPOSAL_STATE_UNSPECIFIED
+}
+
+func (x *PolicyProposal) GetCloseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CloseTime
+	}
+	return nil
+}
+
+func (x *PolicyProposal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetChanges() []string {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *PolicyProposal) GetWeakens() bool {
+	if x != nil {
+		return x.Weakens
+	}
+	return false
+}
+
+func (x *PolicyProposal) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *PolicyProposal) GetSigners() []string {
+	if x != nil {
+		return x.Signers
+	}
+	return nil
+}
+
+func (x *PolicyProposal) GetMissing() int32 {
+	if x != nil {
+		return x.Missing
+	}
+	return 0
+}
+
+func (x *PolicyProposal) GetReviews() []*PolicyProposalReview {
+	if x != nil {
+		return x.Reviews
+	}
+	return nil
+}
+
+func (x *PolicyProposal) GetEntryIndex() uint64 {
+	if x != nil {
+		return x.EntryIndex
+	}
+	return 0
+}
+
+func (x *PolicyProposal) GetClosedEntryIndex() uint64 {
+	if x != nil {
+		return x.ClosedEntryIndex
+	}
+	return 0
+}
+
+type PolicyProposalReview struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reviewer      string                 `protobuf:"bytes,1,opt,name=reviewer,proto3" json:"reviewer,omitempty"`
+	Decision      ReviewDecision         `protobuf:"varint,2,opt,name=decision,proto3,enum=breakglass.v1.ReviewDecision" json:"decision,omitempty"`
+	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	EntryIndex    uint64                 `protobuf:"varint,5,opt,name=entry_index,json=entryIndex,proto3" json:"entry_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyProposalReview) Reset() {
+	*x = PolicyProposalReview{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyProposalReview) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyProposalReview) ProtoMessage() {}
+
+func (x *PolicyProposalReview) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyProposalReview.ProtoReflect.Descriptor instead.
+func (*PolicyProposalReview) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PolicyProposalReview) GetReviewer() string {
+	if x != nil {
+		return x.Reviewer
+	}
+	return ""
+}
+
+func (x *PolicyProposalReview) GetDecision() ReviewDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return ReviewDecision_REVIEW_DECISION_UNSPECIFIED
+}
+
+func (x *PolicyProposalReview) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *PolicyProposalReview) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *PolicyProposalReview) GetEntryIndex() uint64 {
+	if x != nil {
+		return x.EntryIndex
+	}
+	return 0
+}
+
+type GetPolicyProposalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyProposalRequest) Reset() {
+	*x = GetPolicyProposalRequest{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyProposalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyProposalRequest) ProtoMessage() {}
+
+func (x *GetPolicyProposalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyProposalRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyProposalRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetPolicyProposalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type GetPolicyProposalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Proposal      *PolicyProposal        `protobuf:"bytes,1,opt,name=proposal,proto3" json:"proposal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyProposalResponse) Reset() {
+	*x = GetPolicyProposalResponse{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyProposalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyProposalResponse) ProtoMessage() {}
+
+func (x *GetPolicyProposalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyProposalResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyProposalResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetPolicyProposalResponse) GetProposal() *PolicyProposal {
+	if x != nil {
+		return x.Proposal
+	}
+	return nil
+}
+
+type ListPolicyProposalsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPolicyProposalsRequest) Reset() {
+	*x = ListPolicyProposalsRequest{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPolicyProposalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPolicyProposalsRequest) ProtoMessage() {}
+
+func (x *ListPolicyProposalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPolicyProposalsRequest.ProtoReflect.Descriptor instead.
+func (*ListPolicyProposalsRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+type ListPolicyProposalsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Proposals     []*PolicyProposal      `protobuf:"bytes,1,rep,name=proposals,proto3" json:"proposals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPolicyProposalsResponse) Reset() {
+	*x = ListPolicyProposalsResponse{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPolicyProposalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPolicyProposalsResponse) ProtoMessage() {}
+
+func (x *ListPolicyProposalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPolicyProposalsResponse.ProtoReflect.Descriptor instead.
+func (*ListPolicyProposalsResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListPolicyProposalsResponse) GetProposals() []*PolicyProposal {
+	if x != nil {
+		return x.Proposals
+	}
+	return nil
+}
+
+// ReviewPolicyProposalRequest carries a policy admin's decision and the
+// statement they signed with the private key of their client certificate
+// (docs/signing.md, "Policy statements"):
+//
+//	breakglass policy statement v1
+//	decision approve|deny
+//	origin <log origin, GetLogInfo.origin>
+//	previous <PolicyProposal.previous_hash>
+//	policy <PolicyProposal.policy_hash, recomputed by the client>
+//	comment sha256:<lowercase hex SHA-256 of the comment's UTF-8 bytes>
+//	time <RFC 3339 UTC to the second>
+type ReviewPolicyProposalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Decision      ReviewDecision         `protobuf:"varint,2,opt,name=decision,proto3,enum=breakglass.v1.ReviewDecision" json:"decision,omitempty"`
+	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	Statement     []byte                 `protobuf:"bytes,4,opt,name=statement,proto3" json:"statement,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReviewPolicyProposalRequest) Reset() {
+	*x = ReviewPolicyProposalRequest{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReviewPolicyProposalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReviewPolicyProposalRequest) ProtoMessage() {}
+
+func (x *ReviewPolicyProposalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReviewPolicyProposalRequest.ProtoReflect.Descriptor instead.
+func (*ReviewPolicyProposalRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReviewPolicyProposalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReviewPolicyProposalRequest) GetDecision() ReviewDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return ReviewDecision_REVIEW_DECISION_UNSPECIFIED
+}
+
+func (x *ReviewPolicyProposalRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *ReviewPolicyProposalRequest) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *ReviewPolicyProposalRequest) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type ReviewPolicyProposalResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The proposal after the review: APPLIED when this approval met the rule.
+	Proposal *PolicyProposal `protobuf:"bytes,1,opt,name=proposal,proto3" json:"proposal,omitempty"`
+	// Set when the policy was put in force.
+	Loaded        *ReloadPolicyResponse `protobuf:"bytes,2,opt,name=loaded,proto3" json:"loaded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReviewPolicyProposalResponse) Reset() {
+	*x = ReviewPolicyProposalResponse{}
+	mi := &file_breakglass_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReviewPolicyProposalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReviewPolicyProposalResponse) ProtoMessage() {}
+
+func (x *ReviewPolicyProposalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReviewPolicyProposalResponse.ProtoReflect.Descriptor instead.
+func (*ReviewPolicyProposalResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReviewPolicyProposalResponse) GetProposal() *PolicyProposal {
+	if x != nil {
+		return x.Proposal
+	}
+	return nil
+}
+
+func (x *ReviewPolicyProposalResponse) GetLoaded() *ReloadPolicyResponse {
+	if x != nil {
+		return x.Loaded
+	}
+	return nil
+}
+
 var File_breakglass_v1_admin_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19breakglass/v1/admin.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\"\x15\n" +
-	"\x13ReloadPolicyRequest\"\xbf\x01\n" +
+	"\x19breakglass/v1/admin.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x15\n" +
+	"\x13ReloadPolicyRequest\"\xd9\x01\n" +
 	"\x14ReloadPolicyResponse\x12\x1f\n" +
 	"\vpolicy_hash\x18\x01 \x01(\tR\n" +
 	"policyHash\x12#\n" +
 	"\rprevious_hash\x18\x02 \x01(\tR\fpreviousHash\x12\x18\n" +
 	"\achanged\x18\x03 \x01(\bR\achanged\x12\x18\n" +
 	"\achanges\x18\x04 \x03(\tR\achanges\x12-\n" +
-	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry2g\n" +
+	"\x05entry\x18\x05 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\x12\x18\n" +
+	"\asigners\x18\x06 \x03(\tR\asigners\"\x12\n" +
+	"\x10GetPolicyRequest\"\xe7\x01\n" +
+	"\x11GetPolicyResponse\x12\x1f\n" +
+	"\vpolicy_hash\x18\x01 \x01(\tR\n" +
+	"policyHash\x12\x1c\n" +
+	"\tcanonical\x18\x02 \x01(\fR\tcanonical\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\fR\x06source\x12\x1d\n" +
+	"\n" +
+	"admin_rule\x18\x04 \x01(\tR\tadminRule\x12#\n" +
+	"\rpolicy_admins\x18\x05 \x03(\tR\fpolicyAdmins\x12\x16\n" +
+	"\x06origin\x18\x06 \x01(\tR\x06origin\x12\x1f\n" +
+	"\ventry_index\x18\a \x01(\x04R\n" +
+	"entryIndex\"\xd6\x01\n" +
+	"\x14ProposePolicyRequest\x12#\n" +
+	"\x06policy\x18\x01 \x01(\fB\v\xbaH\bz\x06\x10\x01\x18\x80\x80@R\x06policy\x125\n" +
+	"\x06source\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\x80\x022\x13^[^\\x00-\\x1F\\x7F]*$R\x06source\x12b\n" +
+	"\acomment\x18\x03 \x01(\tBH\xbaHErC\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\acomment\"R\n" +
+	"\x15ProposePolicyResponse\x129\n" +
+	"\bproposal\x18\x01 \x01(\v2\x1d.breakglass.v1.PolicyProposalR\bproposal\"\xe3\x05\n" +
+	"\x0ePolicyProposal\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bproposer\x18\x02 \x01(\tR\bproposer\x12\x18\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12#\n" +
+	"\rprevious_hash\x18\x05 \x01(\tR\fpreviousHash\x12\x1f\n" +
+	"\vpolicy_hash\x18\x06 \x01(\tR\n" +
+	"policyHash\x12\x1c\n" +
+	"\tcanonical\x18\a \x01(\fR\tcanonical\x12;\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vexpire_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x128\n" +
+	"\x05state\x18\n" +
+	" \x01(\x0e2\".breakglass.v1.PolicyProposalStateR\x05state\x129\n" +
+	"\n" +
+	"close_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tcloseTime\x12\x16\n" +
+	"\x06reason\x18\f \x01(\tR\x06reason\x12\x18\n" +
+	"\achanges\x18\r \x03(\tR\achanges\x12\x18\n" +
+	"\aweakens\x18\x0e \x01(\bR\aweakens\x12\x12\n" +
+	"\x04rule\x18\x0f \x01(\tR\x04rule\x12\x18\n" +
+	"\asigners\x18\x10 \x03(\tR\asigners\x12\x18\n" +
+	"\amissing\x18\x11 \x01(\x05R\amissing\x12=\n" +
+	"\areviews\x18\x12 \x03(\v2#.breakglass.v1.PolicyProposalReviewR\areviews\x12\x1f\n" +
+	"\ventry_index\x18\x13 \x01(\x04R\n" +
+	"entryIndex\x12,\n" +
+	"\x12closed_entry_index\x18\x14 \x01(\x04R\x10closedEntryIndex\"\xe5\x01\n" +
+	"\x14PolicyProposalReview\x12\x1a\n" +
+	"\breviewer\x18\x01 \x01(\tR\breviewer\x129\n" +
+	"\bdecision\x18\x02 \x01(\x0e2\x1d.breakglass.v1.ReviewDecisionR\bdecision\x12\x18\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\x12;\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x1f\n" +
+	"\ventry_index\x18\x05 \x01(\x04R\n" +
+	"entryIndex\"4\n" +
+	"\x18GetPolicyProposalRequest\x12\x18\n" +
+	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\"V\n" +
+	"\x19GetPolicyProposalResponse\x129\n" +
+	"\bproposal\x18\x01 \x01(\v2\x1d.breakglass.v1.PolicyProposalR\bproposal\"\x1c\n" +
+	"\x1aListPolicyProposalsRequest\"Z\n" +
+	"\x1bListPolicyProposalsResponse\x12;\n" +
+	"\tproposals\x18\x01 \x03(\v2\x1d.breakglass.v1.PolicyProposalR\tproposals\"\xb2\x02\n" +
+	"\x1bReviewPolicyProposalRequest\x12\x18\n" +
+	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x12E\n" +
+	"\bdecision\x18\x02 \x01(\x0e2\x1d.breakglass.v1.ReviewDecisionB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\bdecision\x12b\n" +
+	"\acomment\x18\x03 \x01(\tBH\xbaHErC\x18\xd0\x0f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\acomment\x12&\n" +
+	"\tstatement\x18\x04 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tstatement\x12&\n" +
+	"\tsignature\x18\x05 \x01(\fB\b\xbaH\x05z\x03\x18\x80\bR\tsignature\"\x96\x01\n" +
+	"\x1cReviewPolicyProposalResponse\x129\n" +
+	"\bproposal\x18\x01 \x01(\v2\x1d.breakglass.v1.PolicyProposalR\bproposal\x12;\n" +
+	"\x06loaded\x18\x02 \x01(\v2#.breakglass.v1.ReloadPolicyResponseR\x06loaded*\xe8\x01\n" +
+	"\x13PolicyProposalState\x12%\n" +
+	"!POLICY_PROPOSAL_STATE_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dPOLICY_PROPOSAL_STATE_PENDING\x10\x01\x12!\n" +
+	"\x1dPOLICY_PROPOSAL_STATE_APPLIED\x10\x02\x12 \n" +
+	"\x1cPOLICY_PROPOSAL_STATE_DENIED\x10\x03\x12!\n" +
+	"\x1dPOLICY_PROPOSAL_STATE_EXPIRED\x10\x04\x12\x1f\n" +
+	"\x1bPOLICY_PROPOSAL_STATE_STALE\x10\x052\xda\x04\n" +
 	"\fAdminService\x12W\n" +
-	"\fReloadPolicy\x12\".breakglass.v1.ReloadPolicyRequest\x1a#.breakglass.v1.ReloadPolicyResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
+	"\fReloadPolicy\x12\".breakglass.v1.ReloadPolicyRequest\x1a#.breakglass.v1.ReloadPolicyResponse\x12N\n" +
+	"\tGetPolicy\x12\x1f.breakglass.v1.GetPolicyRequest\x1a .breakglass.v1.GetPolicyResponse\x12Z\n" +
+	"\rProposePolicy\x12#.breakglass.v1.ProposePolicyRequest\x1a$.breakglass.v1.ProposePolicyResponse\x12f\n" +
+	"\x11GetPolicyProposal\x12'.breakglass.v1.GetPolicyProposalRequest\x1a(.breakglass.v1.GetPolicyProposalResponse\x12l\n" +
+	"\x13ListPolicyProposals\x12).breakglass.v1.ListPolicyProposalsRequest\x1a*.breakglass.v1.ListPolicyProposalsResponse\x12o\n" +
+	"\x14ReviewPolicyProposal\x12*.breakglass.v1.ReviewPolicyProposalRequest\x1a+.breakglass.v1.ReviewPolicyProposalResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
 
 var (
 	file_breakglass_v1_admin_proto_rawDescOnce sync.Once
@@ -166,21 +1148,60 @@ func file_breakglass_v1_admin_proto_rawDescGZIP() []byte {
 	return file_breakglass_v1_admin_proto_rawDescData
 }
 
-var file_breakglass_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_breakglass_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_breakglass_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_breakglass_v1_admin_proto_goTypes = []any{
-	(*ReloadPolicyRequest)(nil),  // 0: breakglass.v1.ReloadPolicyRequest
-	(*ReloadPolicyResponse)(nil), // 1: breakglass.v1.ReloadPolicyResponse
-	(*AuditRef)(nil),             // 2: breakglass.v1.AuditRef
+	(PolicyProposalState)(0),             // 0: breakglass.v1.PolicyProposalState
+	(*ReloadPolicyRequest)(nil),          // 1: breakglass.v1.ReloadPolicyRequest
+	(*ReloadPolicyResponse)(nil),         // 2: breakglass.v1.ReloadPolicyResponse
+	(*GetPolicyRequest)(nil),             // 3: breakglass.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),            // 4: breakglass.v1.GetPolicyResponse
+	(*ProposePolicyRequest)(nil),         // 5: breakglass.v1.ProposePolicyRequest
+	(*ProposePolicyResponse)(nil),        // 6: breakglass.v1.ProposePolicyResponse
+	(*PolicyProposal)(nil),               // 7: breakglass.v1.PolicyProposal
+	(*PolicyProposalReview)(nil),         // 8: breakglass.v1.PolicyProposalReview
+	(*GetPolicyProposalRequest)(nil),     // 9: breakglass.v1.GetPolicyProposalRequest
+	(*GetPolicyProposalResponse)(nil),    // 10: breakglass.v1.GetPolicyProposalResponse
+	(*ListPolicyProposalsRequest)(nil),   // 11: breakglass.v1.ListPolicyProposalsRequest
+	(*ListPolicyProposalsResponse)(nil),  // 12: breakglass.v1.ListPolicyProposalsResponse
+	(*ReviewPolicyProposalRequest)(nil),  // 13: breakglass.v1.ReviewPolicyProposalRequest
+	(*ReviewPolicyProposalResponse)(nil), // 14: breakglass.v1.ReviewPolicyProposalResponse
+	(*AuditRef)(nil),                     // 15: breakglass.v1.AuditRef
+	(*timestamppb.Timestamp)(nil),        // 16: google.protobuf.Timestamp
+	(ReviewDecision)(0),                  // 17: breakglass.v1.ReviewDecision
 }
 var file_breakglass_v1_admin_proto_depIdxs = []int32{
-	2, // 0: breakglass.v1.ReloadPolicyResponse.entry:type_name -> breakglass.v1.AuditRef
-	0, // 1: breakglass.v1.AdminService.ReloadPolicy:input_type -> breakglass.v1.ReloadPolicyRequest
-	1, // 2: breakglass.v1.AdminService.ReloadPolicy:output_type -> breakglass.v1.ReloadPolicyResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	15, // 0: breakglass.v1.ReloadPolicyResponse.entry:type_name -> breakglass.v1.AuditRef
+	7,  // 1: breakglass.v1.ProposePolicyResponse.proposal:type_name -> breakglass.v1.PolicyProposal
+	16, // 2: breakglass.v1.PolicyProposal.create_time:type_name -> google.protobuf.Timestamp
+	16, // 3: breakglass.v1.PolicyProposal.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 4: breakglass.v1.PolicyProposal.state:type_name -> breakglass.v1.PolicyProposalState
+	16, // 5: breakglass.v1.PolicyProposal.close_time:type_name -> google.protobuf.Timestamp
+	8,  // 6: breakglass.v1.PolicyProposal.reviews:type_name -> breakglass.v1.PolicyProposalReview
+	17, // 7: breakglass.v1.PolicyProposalReview.decision:type_name -> breakglass.v1.ReviewDecision
+	16, // 8: breakglass.v1.PolicyProposalReview.create_time:type_name -> google.protobuf.Timestamp
+	7,  // 9: breakglass.v1.GetPolicyProposalResponse.proposal:type_name -> breakglass.v1.PolicyProposal
+	7,  // 10: breakglass.v1.ListPolicyProposalsResponse.proposals:type_name -> breakglass.v1.PolicyProposal
+	17, // 11: breakglass.v1.ReviewPolicyProposalRequest.decision:type_name -> breakglass.v1.ReviewDecision
+	7,  // 12: breakglass.v1.ReviewPolicyProposalResponse.proposal:type_name -> breakglass.v1.PolicyProposal
+	2,  // 13: breakglass.v1.ReviewPolicyProposalResponse.loaded:type_name -> breakglass.v1.ReloadPolicyResponse
+	1,  // 14: breakglass.v1.AdminService.ReloadPolicy:input_type -> breakglass.v1.ReloadPolicyRequest
+	3,  // 15: breakglass.v1.AdminService.GetPolicy:input_type -> breakglass.v1.GetPolicyRequest
+	5,  // 16: breakglass.v1.AdminService.ProposePolicy:input_type -> breakglass.v1.ProposePolicyRequest
+	9,  // 17: breakglass.v1.AdminService.GetPolicyProposal:input_type -> breakglass.v1.GetPolicyProposalRequest
+	11, // 18: breakglass.v1.AdminService.ListPolicyProposals:input_type -> breakglass.v1.ListPolicyProposalsRequest
+	13, // 19: breakglass.v1.AdminService.ReviewPolicyProposal:input_type -> breakglass.v1.ReviewPolicyProposalRequest
+	2,  // 20: breakglass.v1.AdminService.ReloadPolicy:output_type -> breakglass.v1.ReloadPolicyResponse
+	4,  // 21: breakglass.v1.AdminService.GetPolicy:output_type -> breakglass.v1.GetPolicyResponse
+	6,  // 22: breakglass.v1.AdminService.ProposePolicy:output_type -> breakglass.v1.ProposePolicyResponse
+	10, // 23: breakglass.v1.AdminService.GetPolicyProposal:output_type -> breakglass.v1.GetPolicyProposalResponse
+	12, // 24: breakglass.v1.AdminService.ListPolicyProposals:output_type -> breakglass.v1.ListPolicyProposalsResponse
+	14, // 25: breakglass.v1.AdminService.ReviewPolicyProposal:output_type -> breakglass.v1.ReviewPolicyProposalResponse
+	20, // [20:26] is the sub-list for method output_type
+	14, // [14:20] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_admin_proto_init() }
@@ -194,13 +1215,14 @@ func file_breakglass_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_admin_proto_rawDesc), len(file_breakglass_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      1,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_breakglass_v1_admin_proto_goTypes,
 		DependencyIndexes: file_breakglass_v1_admin_proto_depIdxs,
+		EnumInfos:         file_breakglass_v1_admin_proto_enumTypes,
 		MessageInfos:      file_breakglass_v1_admin_proto_msgTypes,
 	}.Build()
 	File_breakglass_v1_admin_proto = out.File

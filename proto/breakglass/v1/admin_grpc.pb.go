@@ -19,26 +19,69 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ReloadPolicy_FullMethodName = "/breakglass.v1.AdminService/ReloadPolicy"
+	AdminService_ReloadPolicy_FullMethodName         = "/breakglass.v1.AdminService/ReloadPolicy"
+	AdminService_GetPolicy_FullMethodName            = "/breakglass.v1.AdminService/GetPolicy"
+	AdminService_ProposePolicy_FullMethodName        = "/breakglass.v1.AdminService/ProposePolicy"
+	AdminService_GetPolicyProposal_FullMethodName    = "/breakglass.v1.AdminService/GetPolicyProposal"
+	AdminService_ListPolicyProposals_FullMethodName  = "/breakglass.v1.AdminService/ListPolicyProposals"
+	AdminService_ReviewPolicyProposal_FullMethodName = "/breakglass.v1.AdminService/ReviewPolicyProposal"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService is for the policy's admins group. Like every service it
-// needs a client certificate from the client CA naming a principal in the
-// policy (see AccountService).
+// AdminService changes the policy. A new policy takes effect only with
+// statements signed by enough policy admins of the policy in force (its
+// policy_admins rule, the proposer never counting): over this API, a
+// proposal that admins approve one by one; or a policy file applied with
+// its bundle of statements (policy.sigs). docs/signing.md defines the
+// statement. Like every service it needs a client certificate from the
+// client CA naming a principal in the policy (see AccountService).
 type AdminServiceClient interface {
 	// ReloadPolicy reads the policy again from where the broker's
-	// configuration names it (as SIGHUP does), validates it, and puts it in
-	// force: logged as a policy_loaded entry with what changed, and
-	// announced as a policy.loaded event. An invalid policy is refused and
-	// the one in force stays. Pending requests keep the quorum rule they
-	// were created under.
-	// Who may call: members of the policy's admins group only, checked
-	// before the file is read.
+	// configuration names it (as SIGHUP does), with the bundle of policy
+	// admins' statements beside it (policy.sigs), validates it, and puts it
+	// in force when the statements meet the rule of the policy in force:
+	// logged as a policy_loaded entry carrying them, with what changed, and
+	// announced as a policy.loaded event. A policy that does not load is
+	// refused with its problems (InvalidArgument); one without enough valid
+	// statements with how many are missing (FailedPrecondition), the refusal
+	// audited and announced to every sink. Either way the one in force stays.
+	// Pending requests keep the quorum rule they were created under.
+	// Who may call: members of the policy's admins group and its policy
+	// admins, checked before the file is read; the caller's own statement
+	// does not count.
 	ReloadPolicy(ctx context.Context, in *ReloadPolicyRequest, opts ...grpc.CallOption) (*ReloadPolicyResponse, error)
+	// GetPolicy returns the policy in force: its hash (what a statement's
+	// previous line names), its canonical JSON and its source, a policy file
+	// that loads to the same policy.
+	// Who may call: members of the admins group, policy admins and auditors.
+	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
+	// ProposePolicy validates a policy file (every problem reported, as
+	// breakglassd policy check does), stores the proposal and logs it whole
+	// in a policy_proposed entry: the canonical policy, its hash, the hash of
+	// the policy in force and what it changes, weakening changes marked. The
+	// policy admins are alerted (policy.proposed). It expires after the
+	// policy in force's policy_change_window, and becomes stale when another
+	// policy is put in force first.
+	// Who may call: members of the admins group and policy admins.
+	ProposePolicy(ctx context.Context, in *ProposePolicyRequest, opts ...grpc.CallOption) (*ProposePolicyResponse, error)
+	// GetPolicyProposal returns a proposal with its reviews, what it
+	// changes, the rule that judges it and how many approvals it lacks.
+	// Who may call: members of the admins group, policy admins and auditors.
+	GetPolicyProposal(ctx context.Context, in *GetPolicyProposalRequest, opts ...grpc.CallOption) (*GetPolicyProposalResponse, error)
+	// ListPolicyProposals returns the pending proposals, oldest first.
+	// Who may call: members of the admins group, policy admins and auditors.
+	ListPolicyProposals(ctx context.Context, in *ListPolicyProposalsRequest, opts ...grpc.CallOption) (*ListPolicyProposalsResponse, error)
+	// ReviewPolicyProposal records a policy admin's signed decision. The
+	// approval that meets the rule puts the policy in force in the same
+	// transaction (policy_loaded, carrying the statements); denials that
+	// leave too few admins to meet it deny the proposal.
+	// Who may call: policy admins of the policy in force, never the
+	// proposer, each principal and each key once; the statement must be
+	// signed with the key of the certificate the call is made with.
+	ReviewPolicyProposal(ctx context.Context, in *ReviewPolicyProposalRequest, opts ...grpc.CallOption) (*ReviewPolicyProposalResponse, error)
 }
 
 type adminServiceClient struct {
@@ -59,23 +102,111 @@ func (c *adminServiceClient) ReloadPolicy(ctx context.Context, in *ReloadPolicyR
 	return out, nil
 }
 
+func (c *adminServiceClient) GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ProposePolicy(ctx context.Context, in *ProposePolicyRequest, opts ...grpc.CallOption) (*ProposePolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProposePolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_ProposePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetPolicyProposal(ctx context.Context, in *GetPolicyProposalRequest, opts ...grpc.CallOption) (*GetPolicyProposalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPolicyProposalResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetPolicyProposal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListPolicyProposals(ctx context.Context, in *ListPolicyProposalsRequest, opts ...grpc.CallOption) (*ListPolicyProposalsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPolicyProposalsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListPolicyProposals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ReviewPolicyProposal(ctx context.Context, in *ReviewPolicyProposalRequest, opts ...grpc.CallOption) (*ReviewPolicyProposalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReviewPolicyProposalResponse)
+	err := c.cc.Invoke(ctx, AdminService_ReviewPolicyProposal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService is for the policy's admins group. Like every service it
-// needs a client certificate from the client CA naming a principal in the
-// policy (see AccountService).
+// AdminService changes the policy. A new policy takes effect only with
+// statements signed by enough policy admins of the policy in force (its
+// policy_admins rule, the proposer never counting): over this API, a
+// proposal that admins approve one by one; or a policy file applied with
+// its bundle of statements (policy.sigs). docs/signing.md defines the
+// statement. Like every service it needs a client certificate from the
+// client CA naming a principal in the policy (see AccountService).
 type AdminServiceServer interface {
 	// ReloadPolicy reads the policy again from where the broker's
-	// configuration names it (as SIGHUP does), validates it, and puts it in
-	// force: logged as a policy_loaded entry with what changed, and
-	// announced as a policy.loaded event. An invalid policy is refused and
-	// the one in force stays. Pending requests keep the quorum rule they
-	// were created under.
-	// Who may call: members of the policy's admins group only, checked
-	// before the file is read.
+	// configuration names it (as SIGHUP does), with the bundle of policy
+	// admins' statements beside it (policy.sigs), validates it, and puts it
+	// in force when the statements meet the rule of the policy in force:
+	// logged as a policy_loaded entry carrying them, with what changed, and
+	// announced as a policy.loaded event. A policy that does not load is
+	// refused with its problems (InvalidArgument); one without enough valid
+	// statements with how many are missing (FailedPrecondition), the refusal
+	// audited and announced to every sink. Either way the one in force stays.
+	// Pending requests keep the quorum rule they were created under.
+	// Who may call: members of the policy's admins group and its policy
+	// admins, checked before the file is read; the caller's own statement
+	// does not count.
 	ReloadPolicy(context.Context, *ReloadPolicyRequest) (*ReloadPolicyResponse, error)
+	// GetPolicy returns the policy in force: its hash (what a statement's
+	// previous line names), its canonical JSON and its source, a policy file
+	// that loads to the same policy.
+	// Who may call: members of the admins group, policy admins and auditors.
+	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
+	// ProposePolicy validates a policy file (every problem reported, as
+	// breakglassd policy check does), stores the proposal and logs it whole
+	// in a policy_proposed entry: the canonical policy, its hash, the hash of
+	// the policy in force and what it changes, weakening changes marked. The
+	// policy admins are alerted (policy.proposed). It expires after the
+	// policy in force's policy_change_window, and becomes stale when another
+	// policy is put in force first.
+	// Who may call: members of the admins group and policy admins.
+	ProposePolicy(context.Context, *ProposePolicyRequest) (*ProposePolicyResponse, error)
+	// GetPolicyProposal returns a proposal with its reviews, what it
+	// changes, the rule that judges it and how many approvals it lacks.
+	// Who may call: members of the admins group, policy admins and auditors.
+	GetPolicyProposal(context.Context, *GetPolicyProposalRequest) (*GetPolicyProposalResponse, error)
+	// ListPolicyProposals returns the pending proposals, oldest first.
+	// Who may call: members of the admins group, policy admins and auditors.
+	ListPolicyProposals(context.Context, *ListPolicyProposalsRequest) (*ListPolicyProposalsResponse, error)
+	// ReviewPolicyProposal records a policy admin's signed decision. The
+	// approval that meets the rule puts the policy in force in the same
+	// transaction (policy_loaded, carrying the statements); denials that
+	// leave too few admins to meet it deny the proposal.
+	// Who may call: policy admins of the policy in force, never the
+	// proposer, each principal and each key once; the statement must be
+	// signed with the key of the certificate the call is made with.
+	ReviewPolicyProposal(context.Context, *ReviewPolicyProposalRequest) (*ReviewPolicyProposalResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -88,6 +219,21 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) ReloadPolicy(context.Context, *ReloadPolicyRequest) (*ReloadPolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReloadPolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) ProposePolicy(context.Context, *ProposePolicyRequest) (*ProposePolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProposePolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) GetPolicyProposal(context.Context, *GetPolicyProposalRequest) (*GetPolicyProposalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPolicyProposal not implemented")
+}
+func (UnimplementedAdminServiceServer) ListPolicyProposals(context.Context, *ListPolicyProposalsRequest) (*ListPolicyProposalsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPolicyProposals not implemented")
+}
+func (UnimplementedAdminServiceServer) ReviewPolicyProposal(context.Context, *ReviewPolicyProposalRequest) (*ReviewPolicyProposalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReviewPolicyProposal not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -128,6 +274,96 @@ func _AdminService_ReloadPolicy_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetPolicy(ctx, req.(*GetPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ProposePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProposePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ProposePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ProposePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ProposePolicy(ctx, req.(*ProposePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetPolicyProposal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPolicyProposalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetPolicyProposal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetPolicyProposal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetPolicyProposal(ctx, req.(*GetPolicyProposalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListPolicyProposals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPolicyProposalsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListPolicyProposals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListPolicyProposals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListPolicyProposals(ctx, req.(*ListPolicyProposalsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ReviewPolicyProposal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReviewPolicyProposalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ReviewPolicyProposal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ReviewPolicyProposal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ReviewPolicyProposal(ctx, req.(*ReviewPolicyProposalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -138,6 +374,26 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReloadPolicy",
 			Handler:    _AdminService_ReloadPolicy_Handler,
+		},
+		{
+			MethodName: "GetPolicy",
+			Handler:    _AdminService_GetPolicy_Handler,
+		},
+		{
+			MethodName: "ProposePolicy",
+			Handler:    _AdminService_ProposePolicy_Handler,
+		},
+		{
+			MethodName: "GetPolicyProposal",
+			Handler:    _AdminService_GetPolicyProposal_Handler,
+		},
+		{
+			MethodName: "ListPolicyProposals",
+			Handler:    _AdminService_ListPolicyProposals_Handler,
+		},
+		{
+			MethodName: "ReviewPolicyProposal",
+			Handler:    _AdminService_ReviewPolicyProposal_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
