@@ -38,7 +38,7 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Err != nil {
+	if e.Err != nil && e.Err.Error() != e.Msg { // a cause that is its own public message is said once
 		return e.Msg + ": " + e.Err.Error()
 	}
 	return e.Msg
