@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -186,8 +187,20 @@ func runScale(o scaleOpts) error {
 		Fill: "in a process of its own, the daemon built in process as breakglassd serve builds it and driven through the broker's methods (no TLS or gRPC): " +
 			"per ten cycles seven whole uses of prod-db (request, two signed approvals, token, revocation, post-use review closed), one cancellation, " +
 			"one denial and one expiry on ops-db; then every open request ended and the same open work made at each size " +
-			"(5 pending requests, 5 live grants with a token); events delivered to the dev file sink"}}
-	if err := s.setup(); err != nil {
+			"(5 pending requests, 5 live grants with a token); events delivered to a Standard Webhooks receiver in the benchmark process"}}
+	// The receiver of the broker's events: it answers at once, as a SOC's
+	// collector would, so the outbox holds what a real one holds.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hooks := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go func() { _ = hooks.Serve(ln) }()
+	defer hooks.Close()
+	if err := s.setup("http://" + ln.Addr().String() + "/events"); err != nil {
 		return err
 	}
 	for _, n := range o.sizes {
@@ -214,9 +227,11 @@ func runScale(o scaleOpts) error {
 }
 
 // setup makes the dev broker directory with the scale policy and a
-// configuration for measuring: no rate limit worth the name and profiles
-// on loopback; the dev file sink stays, so the outbox fills as it would.
-func (s *scaleRun) setup() error {
+// configuration for measuring: no rate limit worth the name, profiles on
+// loopback, and every event sent to the webhook receiver at hookURL, so
+// the outbox fills as it would (the dev file sink syncs the disk for every
+// event and fell tens of minutes behind a fill).
+func (s *scaleRun) setup(hookURL string) error {
 	s.dir = filepath.Join(s.work, "state")
 	path, _, err := devmode.Setup(context.Background(), devmode.Options{Dir: s.dir, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"})
 	if err != nil {
@@ -236,6 +251,11 @@ func (s *scaleRun) setup() error {
 	}
 	doc["limits"] = map[string]any{"rate_per_second": 1e6, "burst": 1000000}
 	doc["debug"] = map[string]any{"pprof": "127.0.0.1:0"}
+	sinks, err := devmode.WebhookSinks(s.dir, []string{hookURL})
+	if err != nil {
+		return err
+	}
+	doc["notify"] = map[string]any{"sinks": []any{map[string]any{"name": "soc", "type": "webhook", "url": hookURL, "secret_file": sinks[0].SecretFile}}}
 	out, err := yaml.Marshal(doc)
 	if err != nil {
 		return err
@@ -275,16 +295,12 @@ func (s *scaleRun) measureSize(n uint64) (*ScaleSize, error) {
 	ctx := context.Background()
 	sz := &ScaleSize{Values: map[string]float64{}}
 	v := sz.Values
-	before := uint64(0)
-	if k := len(s.res.Sizes); k > 0 {
-		before = s.res.Sizes[k-1].Entries
-	}
 	fr, err := s.fill(n)
 	if err != nil {
 		return nil, err
 	}
 	sz.Entries, sz.FillS = fr.Size, fr.Seconds
-	v["fill_per_s"] = float64(fr.Size-before) / fr.Seconds
+	v["fill_per_s"] = float64(fr.Appended) / fr.Seconds
 	logf("%d entries (%d cycles, %d errors) in %.0f s; starting the daemon", fr.Size, fr.Cycles, fr.Errors, fr.Seconds)
 
 	d, took, err := s.start(ctx)

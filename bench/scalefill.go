@@ -21,6 +21,7 @@ import (
 	"github.com/bgbroker/breakglass/server/broker"
 	"github.com/bgbroker/breakglass/server/config"
 	"github.com/bgbroker/breakglass/server/daemon"
+	"github.com/bgbroker/breakglass/server/devmode"
 	"github.com/bgbroker/breakglass/server/request"
 )
 
@@ -37,18 +38,21 @@ import (
 // post-use review closed by the owner: eight entries), one request
 // cancelled, and on ops-db one denied and one left to expire (its
 // approval window is a second). Every request ends final; the open work
-// is then set to the same few requests and grants at every size.
+// is then set to the same few requests and grants at every size. Events go
+// to a webhook receiver in the benchmark process (runScale).
 
 // scalePolicy is the benchmark policy of the scale runs: the dev
 // identities' groups, prod-db for the history and the loads, ops-db for the
 // denials and expiries.
 const scalePolicy = `auditors: auditors
+policy_admins: [{require: [{group: policy-admins, approvals: 2}]}]
 groups:
   sre: [alice]
   db-admins: [bob, carol]
   security: [erin]
   db-owners: [carol]
   auditors: [dave]
+  policy-admins: [bob, carol, erin]
 accounts:
   - name: prod-db
     owner: db-owners
@@ -81,10 +85,12 @@ const openWork = 5
 
 // FillResult is what the fill process reports on stdout.
 type FillResult struct {
-	Size    uint64  `json:"size"`
-	Seconds float64 `json:"seconds"`
-	Cycles  int64   `json:"cycles"`
-	Errors  int64   `json:"errors"`
+	Size uint64 `json:"size"`
+	// Appended is how many entries the fill wrote.
+	Appended uint64  `json:"appended"`
+	Seconds  float64 `json:"seconds"`
+	Cycles   int64   `json:"cycles"`
+	Errors   int64   `json:"errors"`
 }
 
 type principalKey struct {
@@ -95,8 +101,10 @@ type principalKey struct {
 type filler struct {
 	b    *broker.Broker
 	keys map[string]principalKey
-	// size is one past the highest entry index seen.
+	// size is one past the highest entry index seen, low one past the
+	// lowest.
 	size   atomic.Uint64
+	low    atomic.Uint64
 	cycles atomic.Int64
 	errs   atomic.Int64
 	first  atomic.Pointer[error]
@@ -113,7 +121,9 @@ func runFill(cfgPath string, target uint64, workers int) error {
 	// A commit that survives a crash of the process but not of the
 	// machine: the rows are the same, the fill needs fewer fsyncs.
 	cfg.Store.SQLite.Synchronous = "NORMAL"
-	d, err := daemon.Start(ctx, daemon.Options{Config: cfg})
+	// The first fill logs the policy signed by the demo policy admins, as
+	// dev mode does; the daemon measured later finds it in force.
+	d, err := daemon.Start(ctx, daemon.Options{Config: cfg, SignPolicy: devmode.PolicySigner(filepath.Dir(cfgPath))})
 	if err != nil {
 		return err
 	}
@@ -162,11 +172,17 @@ func runFill(cfgPath string, target uint64, workers int) error {
 	if err := waitOutbox(ctx, d.Ready.Metrics); err != nil {
 		return err
 	}
-	res := FillResult{Size: f.size.Load(), Seconds: time.Since(start).Seconds(), Cycles: f.cycles.Load(), Errors: f.errs.Load()}
+	res := FillResult{Size: f.size.Load(), Appended: f.size.Load() - max(f.low.Load(), 1) + 1, Seconds: time.Since(start).Seconds(), Cycles: f.cycles.Load(), Errors: f.errs.Load()}
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
 func (f *filler) saw(r audit.Record) {
+	for {
+		cur := f.low.Load()
+		if (cur != 0 && r.Index+1 >= cur) || f.low.CompareAndSwap(cur, r.Index+1) {
+			break
+		}
+	}
 	for {
 		cur := f.size.Load()
 		if r.Index+1 <= cur || f.size.CompareAndSwap(cur, r.Index+1) {
@@ -373,8 +389,8 @@ func (f *filler) openWork(ctx context.Context) error {
 // waitOutbox waits until the daemon's outbox has delivered everything.
 func waitOutbox(ctx context.Context, metricsAddr string) error {
 	d := &runningDaemon{ready: daemon.Ready{Metrics: metricsAddr}, http: httpClient(nil)}
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
+	deadline := time.Now().Add(30 * time.Minute)
+	for said := time.Now(); ; {
 		n, err := d.metricSum("breakglass_outbox_pending")
 		if err != nil {
 			return err
@@ -384,6 +400,10 @@ func waitOutbox(ctx context.Context, metricsAddr string) error {
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("the outbox still holds %.0f pending events", n)
+		}
+		if time.Since(said) > time.Minute {
+			fmt.Fprintf(os.Stderr, "bench fill: %.0f events still to deliver\n", n)
+			said = time.Now()
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
