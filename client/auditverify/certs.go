@@ -17,6 +17,7 @@ import (
 	"github.com/bgbroker/breakglass/format/audit"
 	"github.com/bgbroker/breakglass/format/keyid"
 	"github.com/bgbroker/breakglass/format/policy"
+	"github.com/bgbroker/breakglass/format/statement"
 )
 
 // certState is what the replay keeps of the certificates it has seen.
@@ -25,7 +26,8 @@ type certState struct {
 	x509CAs []*x509.Certificate
 	ssh     int
 	x509    int
-	// sshSeen and x509Seen hold "CA kid/serial" of every certificate.
+	// sshSeen and x509Seen hold "CA kid/serial" of every certificate not
+	// yet expired: a serial is unique among those a KRL or CRL may name.
 	sshSeen  digestSet
 	x509Seen digestSet
 }
@@ -196,7 +198,9 @@ func (r *replay) checkSSHCert(i int64, q *reqState, acct *policy.Account, p audi
 			return nil, violation(i, "the SSH certificate names principal %q, which is not one of account %s's %s in the logged policy", pr, acct.Name, what)
 		}
 	}
-	r.certs.sshSeen.add(p.CAKID + "/" + p.Serial)
+	serial := p.CAKID + "/" + p.Serial
+	r.certs.sshSeen.add(serial)
+	r.forgetting.after(time.Unix(int64(cert.ValidBefore), 0).Add(statement.MaxSkew), func() { r.certs.sshSeen.forget(serial) })
 	return cert, nil
 }
 
@@ -287,7 +291,9 @@ func (r *replay) checkX509Cert(i int64, q *reqState, acct *policy.Account, p aud
 	case cert.IsCA || !slices.Equal(ekus, acct.X509.ExtKeyUsage) || cert.KeyUsage != x509.KeyUsageDigitalSignature:
 		return nil, violation(i, "the X.509 certificate's usages (CA %v, %v) are not the logged policy's %v", cert.IsCA, ekus, acct.X509.ExtKeyUsage)
 	}
-	r.certs.x509Seen.add(p.CAKID + "/" + p.Serial)
+	serial := p.CAKID + "/" + p.Serial
+	r.certs.x509Seen.add(serial)
+	r.forgetting.after(cert.NotAfter.Add(statement.MaxSkew), func() { r.certs.x509Seen.forget(serial) })
 	return cert, nil
 }
 

@@ -1,17 +1,25 @@
 package auditverify
 
 import (
+	"container/heap"
 	"crypto/sha256"
+	"time"
 
 	"github.com/google/uuid"
 )
 
-// What the replay must remember of everything ever logged is kept small:
-// the ids the broker makes (requests, tokens, post-use reviews) are UUIDs,
-// remembered as their 16 bytes, and a request that has ended is kept as
-// its final state, account and requester only (ended), once nothing more
-// may refer to it. The verifier's memory then grows by a few tens of bytes
-// per request, not by the request's whole state.
+// The replay holds what is still open, not the log's history: a request
+// whole while something may still happen to it, and an id only while the
+// log could still reuse it without being refused for another reason. A
+// request that has ended is kept as its final state, account and requester
+// (ended) until its signed statement could no longer be replayed (it is
+// checked against the entry's time within statement.MaxSkew), then
+// forgotten; a token's jti and a certificate's serial are kept until the
+// credential expires, which is as long as a relying party's replay cache
+// or a revocation list keeps them. Entries come in time order (the
+// verifier refuses time going backwards), so once the log's time passes
+// those times nothing more needs them, and the verifier's memory is bounded
+// by the work open at one time, at any length of log.
 
 // idSet remembers ids with a value. A canonical UUID is kept as its 16
 // bytes; any other string, which the broker never writes, as itself, so
@@ -47,6 +55,14 @@ func (s *idSet[V]) has(id string) bool {
 	return ok
 }
 
+func (s *idSet[V]) forget(id string) {
+	if k, ok := uuidKey(id); ok {
+		delete(s.uuids, k)
+		return
+	}
+	delete(s.other, id)
+}
+
 func (s *idSet[V]) put(id string, v V) {
 	if k, ok := uuidKey(id); ok {
 		s.uuids[k] = v
@@ -72,6 +88,38 @@ func (d digestSet) has(s string) bool {
 }
 
 func (d digestSet) add(s string) { d[digestKey(s)] = struct{}{} }
+
+func (d digestSet) forget(s string) { delete(d, digestKey(s)) }
+
+// forgetting is what the replay will forget, and when: a min-heap by time.
+type forgetting []later
+
+type later struct {
+	at     time.Time
+	forget func()
+}
+
+func (f forgetting) Len() int           { return len(f) }
+func (f forgetting) Less(i, j int) bool { return f[i].at.Before(f[j].at) }
+func (f forgetting) Swap(i, j int)      { f[i], f[j] = f[j], f[i] }
+func (f *forgetting) Push(x any)        { *f = append(*f, x.(later)) }
+func (f *forgetting) Pop() any {
+	old := *f
+	x := old[len(old)-1]
+	old[len(old)-1] = later{}
+	*f = old[:len(old)-1]
+	return x
+}
+
+// after arranges for forget to run once the log's time is past at.
+func (f *forgetting) after(at time.Time, forget func()) { heap.Push(f, later{at: at, forget: forget}) }
+
+// until runs, in time order, everything due before now.
+func (f *forgetting) until(now time.Time) {
+	for f.Len() > 0 && (*f)[0].at.Before(now) {
+		heap.Pop(f).(later).forget()
+	}
+}
 
 // ended is what is kept of a request once it is final and its post-use
 // reviews are closed: enough for any later entry about it to be refused

@@ -70,13 +70,19 @@ func (p *replayer) mustRefuse(v *Violation, reason string) {
 }
 
 func (p *replayer) created(id string, pol *policy.Policy) *Violation {
+	return p.next(p.createdDraft(id, pol))
+}
+
+// createdDraft is a request_created entry for id, signed by alice, dated
+// a millisecond after the replay's time.
+func (p *replayer) createdDraft(id string, pol *policy.Policy) audit.Draft {
 	acct, _ := pol.Account("prod-db")
 	at := p.at.Add(time.Millisecond)
 	c := statement.Content{Version: statement.CurrentContent, ID: id, Account: "prod-db", Requester: "alice", Justification: "db down", Ticket: "INC-1", TTLSeconds: 1800, CreatedAt: at}
-	return p.next(audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: p.l.signedRequest(audit.RequestCreated{
+	return audit.Draft{Type: audit.TypeRequestCreated, Actor: "alice", Request: id, Account: "prod-db", Payload: p.l.signedRequest(audit.RequestCreated{
 		Justification: c.Justification, Ticket: c.Ticket, TTLSeconds: c.TTLSeconds, CreatedAt: at, ApprovalDeadline: at.Add(acct.ApprovalWindow.D()),
 		Quorum: acct.Quorum, DenyThreshold: acct.DenyThreshold, MaxIssuances: acct.MaxIssuances, ActivationWindow: int64(acct.ActivationWindow.D() / time.Second),
-		PolicyHash: pol.Hash(), ContentDigest: c.Digest(), ContentVersion: int(statement.CurrentContent)}, id, "prod-db", at)})
+		PolicyHash: pol.Hash(), ContentDigest: c.Digest(), ContentVersion: int(statement.CurrentContent)}, id, "prod-db", at)}
 }
 
 // The replay keeps a request whole only while something may still happen
@@ -166,15 +172,80 @@ func TestUsedGrantEndsWithItsReview(t *testing.T) {
 	if v := p.next(closing); v != nil {
 		t.Fatalf("closing the review: %v", v)
 	}
-	if len(p.r.requests) != 0 || len(p.r.postReviews) != 0 || !p.r.ended.has(fuzzRequest) {
+	// Its request was created long before: nothing of it is kept, and
+	// every later entry about it is refused as about a request not open.
+	if len(p.r.requests) != 0 || len(p.r.postReviews) != 0 || p.r.ended.has(fuzzRequest) {
 		t.Fatalf("after its review closed the grant is still held: %d requests, %d open reviews", len(p.r.requests), len(p.r.postReviews))
 	}
-	p.mustRefuse(p.next(closing), "post-use review review-1 is not open")
+	p.mustRefuse(p.next(closing), "which was never created or had ended before")
 	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeReviewOpened, Actor: "breakglass", Request: fuzzRequest, Account: "prod-db",
-		Payload: audit.PostReviewOpened{ID: "review-1"}}), "malformed or reused post_review_opened")
+		Payload: audit.PostReviewOpened{ID: "review-1"}}), "which was never created or had ended before")
 	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeTokenIssued, Actor: "alice", Request: fuzzRequest, Account: "prod-db",
-		Payload: audit.TokenIssued{JTI: "jti-2"}}), "which is EXPIRED, not an approved grant")
-	if !p.r.jtis.has("jti-1") {
-		t.Error("the ended grant's jti was forgotten")
+		Payload: audit.TokenIssued{JTI: "jti-2"}}), "which was never created or had ended before")
+	// Its token's jti stays taken until the token has expired.
+	if !p.r.jtis.has("jti-1") || len(p.r.forgetting) != 1 {
+		t.Errorf("the token's jti was forgotten before it expired (%d things to forget)", len(p.r.forgetting))
 	}
+	p.at = p.at.Add(statement.MaxSkew + time.Second)
+	if v := p.next(audit.Draft{Type: audit.TypePermissionDenied, Actor: "mallory", Payload: audit.PermissionDenied{Principal: "mallory", Count: 1}}); v != nil {
+		t.Fatal(v)
+	}
+	if p.r.jtis.has("jti-1") || len(p.r.forgetting) != 0 {
+		t.Errorf("the expired token's jti is still held (%d things to forget)", len(p.r.forgetting))
+	}
+}
+
+// What the replay holds does not grow with the log: an ended request is
+// kept small only while its signed statement could be replayed, a jti
+// until its token expires. A replayed statement is refused after that as
+// before, for its age, and a delivery report about a forgotten request is
+// no violation.
+func TestReplayForgetsWhatCanNoLongerBeReused(t *testing.T) {
+	l := theFuzzLog(t)
+	p := newReplayer(t, l)
+	for _, b := range l.entries[:3] { // the policy, a refusal, the token key
+		if v := p.raw(b); v != nil {
+			t.Fatal(v)
+		}
+	}
+	pol := p.r.policy
+	id := func(k int) string { return fmt.Sprintf("01890000-0000-7000-8000-%012x", 0x100+k) }
+	var first audit.Draft
+	for round := range 3 {
+		if round > 0 {
+			p.at = p.at.Add(2*statement.MaxSkew + time.Second)
+		}
+		for k := range 1000 {
+			d := p.createdDraft(id(round*1000+k), pol)
+			if round == 0 && k == 0 {
+				first = d
+			}
+			if v := p.next(d); v != nil {
+				t.Fatalf("request %d: %v", k, v)
+			}
+			if v := p.next(audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: d.Request, Account: "prod-db",
+				Payload: audit.RequestFinal{Reason: "restored", At: p.at.Add(time.Millisecond)}}); v != nil {
+				t.Fatalf("cancelling %d: %v", k, v)
+			}
+		}
+		held := len(p.r.ended.uuids) + len(p.r.ended.other)
+		if held != 1000 || len(p.r.forgetting) != 1000 {
+			t.Fatalf("round %d: %d ended requests held, %d to forget; want only this round's 1000", round, held, len(p.r.forgetting))
+		}
+	}
+	if p.r.nRequests != 3000 {
+		t.Fatalf("%d requests counted", p.r.nRequests)
+	}
+	// Within the window the id is refused as reused; past it, the same
+	// entry is refused for its age.
+	p.mustRefuse(p.created(id(2999), pol), "is empty or reused")
+	p.mustRefuse(p.next(first), "was created at")
+	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: id(5), Account: "prod-db",
+		Payload: audit.RequestFinal{At: p.at.Add(time.Millisecond)}}), "which was never created or had ended before")
+	if v := p.next(audit.Draft{Type: audit.TypeAlertDead, Actor: "breakglass", Request: id(5), Account: "prod-db",
+		Payload: audit.AlertDelivery{EventID: "e", Sink: "soc"}}); v != nil {
+		t.Errorf("a dead letter about a forgotten request: %v", v)
+	}
+	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeSoloAcked, Actor: "breakglass", Request: id(5), Account: "prod-db",
+		Payload: audit.AlertDelivery{EventID: "e", Sink: "soc"}}), "which was never created or had ended before")
 }

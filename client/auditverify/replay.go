@@ -44,16 +44,20 @@ type replay struct {
 	proposalCount    int
 
 	// requests are the requests still open, or ended with a post-use
-	// review open; ended keeps the others small (compact.go).
+	// review open; ended keeps the others small while their ids may still
+	// be reused (compact.go).
 	requests  map[string]*reqState
 	ended     *idSet[ended]
 	names     names
 	nRequests int
-	jtis      *idSet[struct{}]
-	// postReviews maps an open post-use review to its request; postSeen
-	// holds every post-use review ever opened.
+	// jtis are the tokens not yet expired.
+	jtis *idSet[struct{}]
+	// postReviews maps an open post-use review to its request.
 	postReviews map[string]string
-	postSeen    *idSet[struct{}]
+	// forgetting is when ended requests, jtis and serials are forgotten;
+	// now is the time of the entry replayed.
+	forgetting forgetting
+	now        time.Time
 	// tokenKeys maps an account ("" for the broker) to its active token kid.
 	tokenKeys    map[string]string
 	grants       int
@@ -128,6 +132,10 @@ type reqState struct {
 	// set once one was opened.
 	openReviews int
 	reviewed    bool
+	// forgetAt is when its id may be forgotten once it has ended: its
+	// statement, checked within MaxSkew of the entry that carried it and
+	// dated within MaxSkew of that entry, can no longer be replayed.
+	forgetAt time.Time
 	// gone marks what request() makes of an ended request: its id,
 	// account, requester and final state, nothing else.
 	gone bool
@@ -135,7 +143,7 @@ type reqState struct {
 
 func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache, report func(*Violation)) *replay {
 	r := &replay{origin: origin, cas: cas, sigs: sigs, report: report, chains: map[string][][]*x509.Certificate{}, revoked: map[string]time.Time{},
-		requests: map[string]*reqState{}, ended: newIDSet[ended](), jtis: newIDSet[struct{}](), proposals: map[string]*openProposal{}, postReviews: map[string]string{}, postSeen: newIDSet[struct{}](),
+		requests: map[string]*reqState{}, ended: newIDSet[ended](), jtis: newIDSet[struct{}](), proposals: map[string]*openProposal{}, postReviews: map[string]string{},
 		tokenKeys: map[string]string{}, passkeys: map[string]*boundPasskey{}}
 	for _, crl := range crls {
 		for _, e := range crl.RevokedCertificateEntries {
@@ -167,6 +175,8 @@ func decode(raw json.RawMessage, v any) error { return json.Unmarshal(raw, v) }
 
 // entry replays one linked entry.
 func (r *replay) entry(i int64, e *audit.Entry) *Violation {
+	r.now = e.Time
+	r.forgetting.until(e.Time)
 	if e.Type != audit.TypePolicyLoaded && r.policy == nil && e.Type != audit.TypePermissionDenied {
 		return violation(i, "%s before any policy was logged", e.Type)
 	}
@@ -440,7 +450,7 @@ func (r *replay) created(i int64, e *audit.Entry) *Violation {
 		id: e.Request, account: e.Account, requester: e.Actor, digest: p.ContentDigest, rule: p.Quorum, ttl: ttl, drill: p.Drill,
 		denyThreshold: p.DenyThreshold, maxIssuances: p.MaxIssuances, activationWindow: time.Duration(p.ActivationWindow) * time.Second,
 		identity: r.identity, createdAt: p.CreatedAt, approvalDeadline: p.ApprovalDeadline, state: "PENDING", reviews: map[string]reviewState{}, solo: p.Solo, content: c,
-		requesterKey: keyOf(cert), requesterCert: cert,
+		requesterKey: keyOf(cert), requesterCert: cert, forgetAt: e.Time.Add(2 * statement.MaxSkew),
 	}
 	return nil
 }
@@ -502,7 +512,7 @@ func (r *replay) request(i int64, e *audit.Entry) (*reqState, *Violation) {
 	if q == nil {
 		end, ok := r.ended.get(e.Request)
 		if !ok {
-			return nil, violation(i, "%s for request %q, which was never created", e.Type, e.Request)
+			return nil, violation(i, "%s for request %q, which was never created or had ended before", e.Type, e.Request)
 		}
 		// Every check an entry about it meets refuses it by its final
 		// state, as the whole state would have.
@@ -812,7 +822,9 @@ func (r *replay) final(i int64, e *audit.Entry) *Violation {
 
 // endIfDone keeps only what ended holds of a request that is final and
 // owes no post-use review (none was due, or every one opened was closed):
-// nothing later in the log may use more.
+// nothing later in the log may use more. Once its statement can no longer
+// be replayed even that is forgotten, and a later entry about it is
+// refused as about a request not open.
 func (r *replay) endIfDone(q *reqState) {
 	used := q.issued > 0 || q.soloGrant
 	switch {
@@ -820,7 +832,12 @@ func (r *replay) endIfDone(q *reqState) {
 		return
 	}
 	delete(r.requests, q.id)
+	if !q.forgetAt.After(r.now) {
+		return
+	}
 	r.ended.put(q.id, ended{state: r.names.id(q.state), account: r.names.id(q.account), requester: r.names.id(q.requester)})
+	id := q.id
+	r.forgetting.after(q.forgetAt, func() { r.ended.forget(id) })
 }
 
 func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
@@ -911,6 +928,8 @@ func (r *replay) tokenIssued(i int64, e *audit.Entry) *Violation {
 		}
 	}
 	r.jtis.put(c.ID, struct{}{})
+	jti := c.ID
+	r.forgetting.after(exp.Add(statement.MaxSkew), func() { r.jtis.forget(jti) })
 	q.issued++
 	r.tokens++
 	if q.soloGrant {
@@ -1012,6 +1031,11 @@ func (r *replay) alert(i int64, e *audit.Entry) *Violation {
 	if e.Request == "" {
 		return nil
 	}
+	if e.Type != audit.TypeSoloAcked && r.requests[e.Request] == nil && !r.ended.has(e.Request) {
+		// A delivery report may come long after its request ended and was
+		// forgotten; it grants nothing and changes no request.
+		return nil
+	}
 	q, v := r.request(i, e)
 	if v != nil {
 		return v
@@ -1036,7 +1060,7 @@ func (r *replay) reviewOpened(i int64, e *audit.Entry) *Violation {
 		return v
 	}
 	var p audit.PostReviewOpened
-	if err := decode(e.Payload, &p); err != nil || p.ID == "" || r.postSeen.has(p.ID) {
+	if err := decode(e.Payload, &p); err != nil || p.ID == "" || r.postReviews[p.ID] != "" {
 		return violation(i, "malformed or reused post_review_opened")
 	}
 	if q.gone {
@@ -1046,7 +1070,6 @@ func (r *replay) reviewOpened(i int64, e *audit.Entry) *Violation {
 		return violation(i, "post-use review opened for %s, which issued no token", q.id)
 	}
 	r.postReviews[p.ID] = q.id
-	r.postSeen.put(p.ID, struct{}{})
 	q.openReviews++
 	q.reviewed = true
 	return nil
