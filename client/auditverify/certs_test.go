@@ -38,9 +38,16 @@ func TestCertificateWithinItsMaxTTL(t *testing.T) {
 		name string
 		ttl  time.Duration // the certificate's validity from its issuance
 		want string        // "" when it verifies
+		// before, when set, is the certificate's valid_before as written.
+		before uint64
 	}{
-		{"within ssh.max_ttl", 10 * time.Minute, ""},
-		{"beyond ssh.max_ttl, inside the grant", 20 * time.Minute, "more than account prod-db's ssh.max_ttl"},
+		{"within ssh.max_ttl", 10 * time.Minute, "", 0},
+		{"beyond ssh.max_ttl, inside the grant", 20 * time.Minute, "more than account prod-db's ssh.max_ttl", 0},
+		// Forever reads as a time before 1970 once converted: it must not
+		// pass for one before the grant's end, nor be forgotten at once
+		// so that its serial could be issued again.
+		{"valid forever", 0, "the certificate's validity is empty", ssh.CertTimeInfinity},
+		{"valid until past what int64 holds", 0, "is not signed by a pinned SSH CA key", ^uint64(0) - 1_000_000_000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPasskeyLog(t)
@@ -70,6 +77,9 @@ accounts:
 			cert := &ssh.Certificate{Key: subjectPub, Serial: 7, CertType: ssh.UserCert, KeyId: "breakglass:" + id + ":1:alice",
 				ValidPrincipals: []string{"breakglass"}, ValidAfter: uint64(from.Unix()), ValidBefore: uint64(issued.Add(tc.ttl).Truncate(time.Second).Unix()),
 				Permissions: ssh.Permissions{CriticalOptions: map[string]string{}, Extensions: map[string]string{"permit-pty": ""}}}
+			if tc.before != 0 {
+				cert.ValidBefore = tc.before
+			}
 			must(cert.SignCert(rand.Reader, caSigner))
 			p.add(audit.Draft{Type: audit.TypeSSHCertIssued, Actor: "alice", Request: id, Account: "prod-db", Payload: audit.SSHCertificateIssued{
 				Serial: strconv.FormatUint(cert.Serial, 10), KeyID: cert.KeyId, CAKID: caKID, Principals: cert.ValidPrincipals,
