@@ -249,3 +249,71 @@ func TestReplayForgetsWhatCanNoLongerBeReused(t *testing.T) {
 	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeSoloAcked, Actor: "breakglass", Request: id(5), Account: "prod-db",
 		Payload: audit.AlertDelivery{EventID: "e", Sink: "soc"}}), "which was never created or had ended before")
 }
+
+// nextAt replays a new entry dated t.
+func (p *replayer) nextAt(t time.Time, d audit.Draft) *Violation {
+	p.t.Helper()
+	p.at = t.Add(-time.Millisecond)
+	return p.next(d)
+}
+
+// createdAt is a request_created entry for id created at created, whose
+// statement alice signed at signed.
+func (p *replayer) createdAt(id string, pol *policy.Policy, created, signed time.Time) audit.Draft {
+	d := p.createdDraft(id, pol)
+	rc := d.Payload.(audit.RequestCreated)
+	acct, _ := pol.Account("prod-db")
+	c := statement.Content{Version: statement.CurrentContent, ID: id, Account: "prod-db", Requester: "alice", Justification: rc.Justification, Ticket: rc.Ticket,
+		TTLSeconds: rc.TTLSeconds, CreatedAt: created}
+	rc.CreatedAt, rc.ApprovalDeadline, rc.ContentDigest = created, created.Add(acct.ApprovalWindow.D()), c.Digest()
+	d.Payload = p.l.signedRequest(rc, id, "prod-db", signed)
+	return d
+}
+
+// A request statement may be dated up to MaxSkew after its entry and be
+// replayed up to MaxSkew after its own time: an ended request is kept
+// until then, inclusive. At the window's last instant, equal to the time
+// of the entry that ends the request, the statement is refused as a
+// reused id; an instant later, for its age. Entries may share one time,
+// so this is a log the broker's clock can write.
+func TestReplayedStatementAtTheWindowsEdge(t *testing.T) {
+	l := theFuzzLog(t)
+	for _, tc := range []struct {
+		name string
+		// ends and replayed are when the request ends and when its
+		// statement is logged again, after the window opened at T.
+		ends, replayed time.Duration
+		want           string
+	}{
+		{"ended at the edge, replayed at the edge", 2 * statement.MaxSkew, 2 * statement.MaxSkew, "is empty or reused"},
+		{"ended before, replayed at the edge", time.Minute, 2 * statement.MaxSkew, "is empty or reused"},
+		{"ended at the edge, replayed after", 2 * statement.MaxSkew, 2*statement.MaxSkew + time.Nanosecond, "the request statement's time"},
+		{"ended after, replayed after", 2*statement.MaxSkew + time.Nanosecond, 2*statement.MaxSkew + time.Nanosecond, "the request statement's time"},
+		{"ended before, replayed after", time.Minute, 2*statement.MaxSkew + time.Nanosecond, "the request statement's time"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newReplayer(t, l)
+			for _, b := range l.entries[:3] { // the policy, a refusal, the token key
+				if v := p.raw(b); v != nil {
+					t.Fatal(v)
+				}
+			}
+			pol := p.r.policy
+			const id = "01890000-0000-7000-8000-0000000000aa"
+			// Created at T, a whole second, its statement signed MaxSkew
+			// later: the latest the broker accepts.
+			t0 := fuzzT0.Add(10 * time.Minute)
+			signed := t0.Add(statement.MaxSkew)
+			if v := p.nextAt(t0, p.createdAt(id, pol, t0, signed)); v != nil {
+				t.Fatal(v)
+			}
+			end := t0.Add(tc.ends)
+			if v := p.nextAt(end, audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: id, Account: "prod-db",
+				Payload: audit.RequestFinal{Reason: "restored", At: end}}); v != nil {
+				t.Fatal(v)
+			}
+			again := t0.Add(tc.replayed)
+			p.mustRefuse(p.nextAt(again, p.createdAt(id, pol, again, signed)), tc.want)
+		})
+	}
+}

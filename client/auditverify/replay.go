@@ -832,7 +832,10 @@ func (r *replay) endIfDone(q *reqState) {
 		return
 	}
 	delete(r.requests, q.id)
-	if !q.forgetAt.After(r.now) {
+	// Forgotten only once the log's time is past forgetAt, as the
+	// forgetting heap does: at forgetAt itself, which an entry ending the
+	// request may share with the next, its statement is still in time.
+	if q.forgetAt.Before(r.now) {
 		return
 	}
 	r.ended.put(q.id, ended{state: r.names.id(q.state), account: r.names.id(q.account), requester: r.names.id(q.requester)})
