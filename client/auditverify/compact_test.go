@@ -150,25 +150,7 @@ func TestUsedGrantEndsWithItsReview(t *testing.T) {
 	if q == nil || q.state != "EXPIRED" || q.openReviews != 1 {
 		t.Fatalf("the used grant after its review opened: %+v", q)
 	}
-	// olivia, an owner, closes the review with a signed statement.
-	oKey := ed25519.NewKeyFromSeed(fuzzSeed("olivia"))
-	oURI, _ := url.Parse(fuzzURIPrefix + "olivia")
-	der, err := x509.CreateCertificate(nil, &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "olivia"},
-		NotBefore: l.ca.NotBefore, NotAfter: l.ca.NotAfter, URIs: []*url.URL{oURI}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
-		l.ca, oKey.Public(), l.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	at := p.at.Add(time.Second)
-	st := statement.Statement{Type: statement.TypeReviewClose, Origin: fuzzOrigin, Request: fuzzRequest, Content: q.digest,
-		Comment: statement.CommentDigest("fine"), Time: at.Truncate(time.Second)}.Marshal()
-	sig, err := statement.Sign(oKey, st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.at = at
-	closing := audit.Draft{Type: audit.TypeReviewClosed, Actor: "olivia", Request: fuzzRequest, Account: "prod-db",
-		Payload: audit.PostReviewClosed{ID: "review-1", Notes: "fine", Signed: audit.Signed{Statement: st, Signature: sig, Certificate: der}}}
+	closing := p.oliviaCloses(q, "review-1")
 	if v := p.next(closing); v != nil {
 		t.Fatalf("closing the review: %v", v)
 	}
@@ -314,6 +296,67 @@ func TestReplayedStatementAtTheWindowsEdge(t *testing.T) {
 			}
 			again := t0.Add(tc.replayed)
 			p.mustRefuse(p.nextAt(again, p.createdAt(id, pol, again, signed)), tc.want)
+		})
+	}
+}
+
+// oliviaCloses is olivia, an owner and reviewer, closing post-use review
+// id of q with a signed statement dated a second after the replay's time.
+func (p *replayer) oliviaCloses(q *reqState, id string) audit.Draft {
+	p.t.Helper()
+	oKey := ed25519.NewKeyFromSeed(fuzzSeed("olivia"))
+	oURI, _ := url.Parse(fuzzURIPrefix + "olivia")
+	der, err := x509.CreateCertificate(nil, &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "olivia"},
+		NotBefore: p.l.ca.NotBefore, NotAfter: p.l.ca.NotAfter, URIs: []*url.URL{oURI}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+		p.l.ca, oKey.Public(), p.l.caKey)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	at := p.at.Add(time.Second)
+	st := statement.Statement{Type: statement.TypeReviewClose, Origin: fuzzOrigin, Request: q.id, Content: q.digest,
+		Comment: statement.CommentDigest("fine"), Time: at.Truncate(time.Second)}.Marshal()
+	sig, err := statement.Sign(oKey, st)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.at = at
+	return audit.Draft{Type: audit.TypeReviewClosed, Actor: "olivia", Request: q.id, Account: q.account,
+		Payload: audit.PostReviewClosed{ID: id, Notes: "fine", Signed: audit.Signed{Statement: st, Signature: sig, Certificate: der}}}
+}
+
+// The broker opens one post-use review per grant, at its first token (at
+// its approval for a solo grant): a second, under a fresh id or under the
+// id of one closed and no longer remembered, would let one reviewer's
+// signed closing, which names the request and not the review, be counted
+// as the closing of two.
+func TestPostUseReviewOpensOnce(t *testing.T) {
+	l := theFuzzLog(t)
+	for _, again := range []string{"review-1", "review-2"} {
+		t.Run(again, func(t *testing.T) {
+			p := newReplayer(t, l)
+			for i, b := range l.entries[:7] { // up to the grant's token
+				if v := p.raw(b); v != nil {
+					t.Fatalf("entry %d: %v", i, v)
+				}
+			}
+			q := p.r.requests[fuzzRequest]
+			opened := audit.Draft{Type: audit.TypeReviewOpened, Actor: "breakglass", Request: fuzzRequest, Account: "prod-db",
+				Payload: audit.PostReviewOpened{ID: "review-1", Reviewers: "owners", Excluded: []string{"alice", "bob"}}}
+			if v := p.next(opened); v != nil {
+				t.Fatal(v)
+			}
+			// Closed while the grant is still in force: the request stays.
+			closing := p.oliviaCloses(q, "review-1")
+			if v := p.next(closing); v != nil {
+				t.Fatalf("closing the review: %v", v)
+			}
+			if p.r.requests[fuzzRequest] == nil || len(p.r.postReviews) != 0 {
+				t.Fatalf("the grant in force was dropped, or its review is still open")
+			}
+			opened.Payload = audit.PostReviewOpened{ID: again, Reviewers: "owners", Excluded: []string{"alice", "bob"}}
+			p.mustRefuse(p.next(opened), "already had its post-use review")
+			closing.Payload = audit.PostReviewClosed{ID: again, Notes: "fine", Signed: closing.Payload.(audit.PostReviewClosed).Signed}
+			p.mustRefuse(p.next(closing), "is not open for request")
 		})
 	}
 }

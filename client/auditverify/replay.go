@@ -1072,6 +1072,13 @@ func (r *replay) reviewOpened(i int64, e *audit.Entry) *Violation {
 	if q.issued == 0 && !(q.soloGrant && q.state == "APPROVED") {
 		return violation(i, "post-use review opened for %s, which issued no token", q.id)
 	}
+	// The broker opens one review per grant. A closing statement names
+	// the request, not the review, so a second review (under a fresh id,
+	// or a closed one's, which is no longer remembered) would count one
+	// reviewer's closing twice.
+	if q.reviewed {
+		return violation(i, "post-use review %s opened for %s, which already had its post-use review", p.ID, q.id)
+	}
 	r.postReviews[p.ID] = q.id
 	q.openReviews++
 	q.reviewed = true
