@@ -293,6 +293,26 @@ func TestForgeryCorpus(t *testing.T) {
 			e.Request = pending
 			return appended(es, e, time.Millisecond)
 		}, "which is PENDING, not an approved grant"},
+		// ---- the verifier forgets an ended request once its statement
+		// could no longer be replayed (its entry + 2×MaxSkew) ----
+		{"f1. the revoked request's statement logged again at the last instant it is remembered", func() ([]*audit.Entry, int) {
+			es := fresh()
+			e := *es[at(es, audit.TypeRequestCreated, revoked, 0)]
+			return appended(es, relogged(t, e, e.Time.Add(2*statement.MaxSkew)), e.Time.Add(2*statement.MaxSkew).Sub(last(es)))
+		}, "is empty or reused"},
+		{"f2. the revoked request's statement logged again once it is forgotten", func() ([]*audit.Entry, int) {
+			es := fresh()
+			e := *es[at(es, audit.TypeRequestCreated, revoked, 0)]
+			again := e.Time.Add(2*statement.MaxSkew + time.Nanosecond)
+			return appended(es, relogged(t, e, again), again.Sub(last(es)))
+		}, "the request statement's time"},
+		{"f3. a token for the revoked grant once it is forgotten", func() ([]*audit.Entry, int) {
+			es := fresh()
+			created := es[at(es, audit.TypeRequestCreated, revoked, 0)].Time
+			e := *es[at(es, audit.TypeTokenIssued, granted, 0)]
+			e.Request = revoked
+			return appended(es, e, created.Add(2*statement.MaxSkew+time.Second).Sub(last(es)))
+		}, "which was never created or had ended before"},
 	}
 	// 1b needs the entry's bytes as written, which the forger's
 	// re-encoding would normalise: it is built below.
@@ -456,6 +476,20 @@ func contentOf(e audit.Entry, p audit.RequestCreated) statement.Content {
 }
 
 // genuineCreated is when request id was created.
+// relogged is request_created entry e logged again at at, with the
+// creation time, deadline and content digest the broker would write then:
+// only the requester's signed statement is kept.
+func relogged(t *testing.T, e audit.Entry, at time.Time) audit.Entry {
+	t.Helper()
+	var p audit.RequestCreated
+	decodeInto(t, &e, &p)
+	p.ApprovalDeadline = at.Add(p.ApprovalDeadline.Sub(p.CreatedAt))
+	p.CreatedAt = at
+	p.ContentDigest = contentOf(e, p).Digest()
+	e.Payload = encodeJSON(t, p)
+	return e
+}
+
 func genuineCreated(t *testing.T, es []*audit.Entry, id string) time.Time {
 	t.Helper()
 	for _, e := range es {
