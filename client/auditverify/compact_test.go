@@ -360,3 +360,34 @@ func TestPostUseReviewOpensOnce(t *testing.T) {
 		})
 	}
 }
+
+// A token's jti is held up to and including its expiry + MaxSkew, the
+// latest a relying party allowing that skew accepts it, and forgotten
+// only once the log's time is past that.
+func TestJTIHeldUntilPastItsExpiry(t *testing.T) {
+	l := theFuzzLog(t)
+	p := newReplayer(t, l)
+	for i, b := range l.entries {
+		if v := p.raw(b); v != nil {
+			t.Fatalf("entry %d: %v", i, v)
+		}
+	}
+	q := p.r.requests[fuzzRequest]
+	if v := p.next(p.oliviaCloses(q, "review-1")); v != nil {
+		t.Fatalf("closing the review: %v", v)
+	}
+	edge := q.grantEnd.Truncate(time.Second).Add(statement.MaxSkew)
+	denied := audit.Draft{Type: audit.TypePermissionDenied, Actor: "mallory", Payload: audit.PermissionDenied{Principal: "mallory", Count: 1}}
+	if v := p.nextAt(edge, denied); v != nil {
+		t.Fatal(v)
+	}
+	if !p.r.jtis.has("jti-1") {
+		t.Fatal("the jti was forgotten at its expiry + MaxSkew, while a relying party may still accept its token")
+	}
+	if v := p.nextAt(edge.Add(time.Nanosecond), denied); v != nil {
+		t.Fatal(v)
+	}
+	if p.r.jtis.has("jti-1") || len(p.r.forgetting) != 0 {
+		t.Errorf("the jti is still held past its expiry + MaxSkew (%d things to forget)", len(p.r.forgetting))
+	}
+}
