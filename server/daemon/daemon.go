@@ -141,16 +141,28 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			d.closeResources()
 		}
 	}()
-	steps := []func(context.Context) error{
-		d.openHSM, d.openStore, d.listen, d.loadKeys, d.newAuthorities, d.newCheckpointer,
-		d.newBroker, d.signFirstCRL, d.newDispatcher, d.newGRPC, d.newHTTP, d.newConsole,
+	// Each step's time is logged (debug): start-up must not grow with the
+	// store, and this says which step does when one does.
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"openHSM", d.openHSM}, {"openStore", d.openStore}, {"listen", d.listen}, {"loadKeys", d.loadKeys},
+		{"newAuthorities", d.newAuthorities}, {"newCheckpointer", d.newCheckpointer}, {"newBroker", d.newBroker},
+		{"signFirstCRL", d.signFirstCRL}, {"newDispatcher", d.newDispatcher}, {"newGRPC", d.newGRPC},
+		{"newHTTP", d.newHTTP}, {"newConsole", d.newConsole},
 	}
+	began := time.Now()
 	for _, step := range steps {
-		if err := step(ctx); err != nil {
+		t := time.Now()
+		if err := step.run(ctx); err != nil {
 			return nil, err
 		}
+		d.log.Debug("start step done", "step", step.name, "took", time.Since(t))
 	}
+	t := time.Now()
 	d.serve()
+	d.log.Debug("start step done", "step", "serve", "took", time.Since(t), "total", time.Since(began))
 	if err := d.writeReady(opts.ReadyFile); err != nil {
 		d.Close()
 		return nil, err
