@@ -292,3 +292,74 @@ func TestWritesDoNotWaitForTheCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Open reads only the ends of the log and of its tree: a tree that stops
+// short of the log is refused, and one never kept (an older store) is
+// rebuilt with the hashes appending would have stored.
+func TestOpenChecksTheTreeByItsEnds(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s := open(t, path)
+	err := s.Update(ctx, func(tx store.Tx) error {
+		head := audit.Head{}
+		for i := range 5 {
+			rec, err := audit.Build(head, storetestTime, audit.Draft{Type: audit.TypeGrantRevoked, Actor: "a", Payload: i})
+			if err != nil {
+				return err
+			}
+			rec.Signature, rec.KeyID = []byte("s"), "k"
+			if err := tx.Append(ctx, rec); err != nil {
+				return err
+			}
+			head = audit.Head{Size: rec.Index + 1, LeafHash: rec.LeafHash, Time: rec.Time}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	hashes := func() map[int64]string {
+		rows, err := db.Query(`SELECT idx, hex(hash) FROM tree_hashes`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		m := map[int64]string{}
+		for rows.Next() {
+			var i int64
+			var h string
+			if err := rows.Scan(&i, &h); err != nil {
+				t.Fatal(err)
+			}
+			m[i] = h
+		}
+		return m
+	}
+	want := hashes()
+	// Around the append-only trigger, as damage (or a hand) would.
+	if _, err := db.Exec(`DROP TRIGGER tree_hashes_no_delete; DELETE FROM tree_hashes WHERE idx = (SELECT MAX(idx) FROM tree_hashes)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlite.Open(ctx, sqlite.Config{Path: path}); err == nil || !strings.Contains(err.Error(), "the store is damaged") {
+		t.Fatalf("open with the tree short of the log: %v", err)
+	}
+	if _, err := db.Exec(`DELETE FROM tree_hashes`); err != nil {
+		t.Fatal(err)
+	}
+	open(t, path).Close()
+	if got := hashes(); len(got) != len(want) {
+		t.Fatalf("rebuilt %d hashes, want %d", len(got), len(want))
+	} else {
+		for i, h := range want {
+			if got[i] != h {
+				t.Fatalf("rebuilt hash %d is %s, want %s", i, got[i], h)
+			}
+		}
+	}
+}
