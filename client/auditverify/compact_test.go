@@ -33,6 +33,22 @@ func newReplayer(t *testing.T, l *fuzzLog) *replayer {
 	return p
 }
 
+// newPolicyReplayer is a replayer past the fuzz log's first entries (the
+// policy, a refusal, the token key), with the policy they put in force.
+func newPolicyReplayer(t *testing.T, l *fuzzLog) (*replayer, *policy.Policy) {
+	t.Helper()
+	p := newReplayer(t, l)
+	for _, b := range l.entries[:3] {
+		if v := p.raw(b); v != nil {
+			t.Fatal(v)
+		}
+	}
+	return p, p.r.policy
+}
+
+// nthRequest is the id of the kth request a test makes.
+func nthRequest(k int) string { return fmt.Sprintf("01890000-0000-7000-8000-%012x", 0x100+k) }
+
 // raw replays entry bytes as they are.
 func (p *replayer) raw(b []byte) *Violation {
 	p.t.Helper()
@@ -90,32 +106,24 @@ func (p *replayer) createdDraft(id string, pol *policy.Policy) audit.Draft {
 // account and requester stay, and every later entry about it is refused
 // for the reason its whole state gave.
 func TestEndedRequestsKeepLittle(t *testing.T) {
-	l := theFuzzLog(t)
-	p := newReplayer(t, l)
-	for _, b := range l.entries[:3] { // the policy, a refusal, the token key
-		if v := p.raw(b); v != nil {
-			t.Fatal(v)
-		}
-	}
-	pol := p.r.policy
+	p, pol := newPolicyReplayer(t, theFuzzLog(t))
 	const n = 5000
-	id := func(k int) string { return fmt.Sprintf("01890000-0000-7000-8000-%012x", 0x100+k) }
 	for k := range n {
-		if v := p.created(id(k), pol); v != nil {
+		if v := p.created(nthRequest(k), pol); v != nil {
 			t.Fatalf("request %d: %v", k, v)
 		}
 		if k == n-1 {
 			break // the last stays pending
 		}
-		if v := p.next(audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: id(k), Account: "prod-db",
+		if v := p.next(audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: nthRequest(k), Account: "prod-db",
 			Payload: audit.RequestFinal{Reason: "restored", At: p.at.Add(time.Millisecond)}}); v != nil {
 			t.Fatalf("cancelling %d: %v", k, v)
 		}
 	}
-	if len(p.r.requests) != 1 || p.r.requests[id(n-1)] == nil || len(p.r.ended.uuids) != n-1 || len(p.r.ended.other) != 0 || p.r.nRequests != n {
+	if len(p.r.requests) != 1 || p.r.requests[nthRequest(n-1)] == nil || len(p.r.ended.uuids) != n-1 || len(p.r.ended.other) != 0 || p.r.nRequests != n {
 		t.Fatalf("after %d requests, %d cancelled: %d held whole, %d ended, %d counted", n, n-1, len(p.r.requests), len(p.r.ended.uuids), p.r.nRequests)
 	}
-	old := id(7)
+	old := nthRequest(7)
 	entry := func(typ audit.Type, actor, account string, payload any) audit.Draft {
 		return audit.Draft{Type: typ, Actor: actor, Request: old, Account: account, Payload: payload}
 	}
@@ -183,22 +191,14 @@ func TestUsedGrantEndsWithItsReview(t *testing.T) {
 // before, for its age, and a delivery report about a forgotten request is
 // no violation.
 func TestReplayForgetsWhatCanNoLongerBeReused(t *testing.T) {
-	l := theFuzzLog(t)
-	p := newReplayer(t, l)
-	for _, b := range l.entries[:3] { // the policy, a refusal, the token key
-		if v := p.raw(b); v != nil {
-			t.Fatal(v)
-		}
-	}
-	pol := p.r.policy
-	id := func(k int) string { return fmt.Sprintf("01890000-0000-7000-8000-%012x", 0x100+k) }
+	p, pol := newPolicyReplayer(t, theFuzzLog(t))
 	var first audit.Draft
 	for round := range 3 {
 		if round > 0 {
 			p.at = p.at.Add(2*statement.MaxSkew + time.Second)
 		}
 		for k := range 1000 {
-			d := p.createdDraft(id(round*1000+k), pol)
+			d := p.createdDraft(nthRequest(round*1000+k), pol)
 			if round == 0 && k == 0 {
 				first = d
 			}
@@ -220,15 +220,15 @@ func TestReplayForgetsWhatCanNoLongerBeReused(t *testing.T) {
 	}
 	// Within the window the id is refused as reused; past it, the same
 	// entry is refused for its age.
-	p.mustRefuse(p.created(id(2999), pol), "is empty or reused")
+	p.mustRefuse(p.created(nthRequest(2999), pol), "is empty or reused")
 	p.mustRefuse(p.next(first), "was created at")
-	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: id(5), Account: "prod-db",
+	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeRequestCancelled, Actor: "alice", Request: nthRequest(5), Account: "prod-db",
 		Payload: audit.RequestFinal{At: p.at.Add(time.Millisecond)}}), "which was never created or had ended before")
-	if v := p.next(audit.Draft{Type: audit.TypeAlertDead, Actor: "breakglass", Request: id(5), Account: "prod-db",
+	if v := p.next(audit.Draft{Type: audit.TypeAlertDead, Actor: "breakglass", Request: nthRequest(5), Account: "prod-db",
 		Payload: audit.AlertDelivery{EventID: "e", Sink: "soc"}}); v != nil {
 		t.Errorf("a dead letter about a forgotten request: %v", v)
 	}
-	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeSoloAcked, Actor: "breakglass", Request: id(5), Account: "prod-db",
+	p.mustRefuse(p.next(audit.Draft{Type: audit.TypeSoloAcked, Actor: "breakglass", Request: nthRequest(5), Account: "prod-db",
 		Payload: audit.AlertDelivery{EventID: "e", Sink: "soc"}}), "which was never created or had ended before")
 }
 
@@ -274,13 +274,7 @@ func TestReplayedStatementAtTheWindowsEdge(t *testing.T) {
 		{"ended before, replayed after", time.Minute, 2*statement.MaxSkew + time.Nanosecond, "the request statement's time"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newReplayer(t, l)
-			for _, b := range l.entries[:3] { // the policy, a refusal, the token key
-				if v := p.raw(b); v != nil {
-					t.Fatal(v)
-				}
-			}
-			pol := p.r.policy
+			p, pol := newPolicyReplayer(t, l)
 			const id = "01890000-0000-7000-8000-0000000000aa"
 			// Created at T, a whole second, its statement signed MaxSkew
 			// later: the latest the broker accepts.

@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,26 +39,7 @@ func TestConformance(t *testing.T) {
 // The append-only rules hold in the database itself, not only in our code:
 // an operator with the sqlite3 shell cannot quietly edit or delete entries.
 func TestEntriesAreAppendOnlyInTheDatabase(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "broker.db")
-	s := open(t, path)
-	ctx := context.Background()
-	err := s.Update(ctx, func(tx store.Tx) error {
-		rec, err := audit.Build(audit.Head{}, storetestTime, audit.Draft{Type: audit.TypeGrantRevoked, Actor: "a", Payload: 1})
-		if err != nil {
-			return err
-		}
-		rec.Signature, rec.KeyID = []byte("s"), "k"
-		return tx.Append(ctx, rec)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := storeWithEntries(t, 1)
 	for _, stmt := range []string{
 		`UPDATE entries SET body = 'x' WHERE idx = 0`,
 		`UPDATE entries SET leaf_hash = x'00' WHERE idx = 0`,
@@ -298,32 +280,8 @@ func TestWritesDoNotWaitForTheCheck(t *testing.T) {
 // rebuilt with the hashes appending would have stored.
 func TestOpenChecksTheTreeByItsEnds(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "broker.db")
-	s := open(t, path)
-	err := s.Update(ctx, func(tx store.Tx) error {
-		head := audit.Head{}
-		for i := range 5 {
-			rec, err := audit.Build(head, storetestTime, audit.Draft{Type: audit.TypeGrantRevoked, Actor: "a", Payload: i})
-			if err != nil {
-				return err
-			}
-			rec.Signature, rec.KeyID = []byte("s"), "k"
-			if err := tx.Append(ctx, rec); err != nil {
-				return err
-			}
-			head = audit.Head{Size: rec.Index + 1, LeafHash: rec.LeafHash, Time: rec.Time}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := storeWithEntries(t, 5)
+	path := db.path
 	hashes := func() map[int64]string {
 		rows, err := db.Query(`SELECT idx, hex(hash) FROM tree_hashes`)
 		if err != nil {
@@ -353,13 +311,47 @@ func TestOpenChecksTheTreeByItsEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	open(t, path).Close()
-	if got := hashes(); len(got) != len(want) {
-		t.Fatalf("rebuilt %d hashes, want %d", len(got), len(want))
-	} else {
-		for i, h := range want {
-			if got[i] != h {
-				t.Fatalf("rebuilt hash %d is %s, want %s", i, got[i], h)
-			}
-		}
+	if got := hashes(); !maps.Equal(got, want) {
+		t.Fatalf("rebuilt tree hashes %v, want %v", got, want)
 	}
+}
+
+// rawDB is a store's file opened with database/sql, bypassing the store.
+type rawDB struct {
+	*sql.DB
+	path string
+}
+
+// storeWithEntries makes a store holding n audit entries, closes it and
+// opens its file as it is, as damage (or a hand) would reach it.
+func storeWithEntries(t *testing.T, n int) rawDB {
+	t.Helper()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s := open(t, path)
+	err := s.Update(ctx, func(tx store.Tx) error {
+		head := audit.Head{}
+		for i := range n {
+			rec, err := audit.Build(head, storetestTime, audit.Draft{Type: audit.TypeGrantRevoked, Actor: "a", Payload: i + 1})
+			if err != nil {
+				return err
+			}
+			rec.Signature, rec.KeyID = []byte("s"), "k"
+			if err := tx.Append(ctx, rec); err != nil {
+				return err
+			}
+			head = audit.Head{Size: rec.Index + 1, LeafHash: rec.LeafHash, Time: rec.Time}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return rawDB{DB: db, path: path}
 }

@@ -184,13 +184,13 @@ func (t *Tx) checkpoint(ctx context.Context, query string, args ...any) (store.C
 	return cp, nil
 }
 
-// QueryTreeHashesStored is how many tree hashes are stored, read as one
+// queryTreeHashesStored is how many tree hashes are stored, read as one
 // past the highest index: the hashes are written in index order, from 0,
 // and never deleted, so that is their count, found at the end of the
 // primary key. COUNT(*) read the whole table (two rows per entry, 79 MB at
 // a million entries) at every start: most of two seconds when those pages
 // were not in the page cache.
-const QueryTreeHashesStored = `SELECT COALESCE(MAX(idx) + 1, 0) FROM tree_hashes`
+const queryTreeHashesStored = `SELECT COALESCE(MAX(idx) + 1, 0) FROM tree_hashes`
 
 // BackfillTree stores the tree hashes of entries written before the tree
 // was kept (a store created by an earlier version). It runs at open, so it
@@ -202,7 +202,7 @@ func (t *Tx) BackfillTree(ctx context.Context) error {
 		return err
 	}
 	var stored int64
-	if err := t.Q.QueryRowContext(ctx, QueryTreeHashesStored).Scan(&stored); err != nil {
+	if err := t.Q.QueryRowContext(ctx, queryTreeHashesStored).Scan(&stored); err != nil {
 		return err
 	}
 	want := tlog.StoredHashCount(int64(head.Size))
