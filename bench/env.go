@@ -86,6 +86,11 @@ func setup(ctx context.Context, work string) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The demo admins sign the benchmark policy as the log's first, as dev
+	// mode signs its own.
+	if err := devmode.SignGenesis(dir, cfg.Audit.Origin, benchPolicy); err != nil {
+		return nil, err
+	}
 	m, err := hsm.Open(ctx, daemon.HSMConfig(cfg.HSM), nil)
 	if err != nil {
 		return nil, err

@@ -50,7 +50,15 @@ func PolicySigner(dir string) func(origin, previous, hash string, at time.Time) 
 // writeGenesisSignatures writes policy.sigs with the demo identities'
 // statements approving the demo policy as the first policy of the log.
 func writeGenesisSignatures(dir, origin string) error {
-	p, err := policy.Load([]byte(demoPolicy), "policy.yaml")
+	return SignGenesis(dir, origin, demoPolicy)
+}
+
+// SignGenesis writes policy.sigs in a dev directory with the demo
+// identities' statements approving text as the first policy of the log
+// named origin, for tools that replace the demo policy before the broker
+// first starts (the benchmarks).
+func SignGenesis(dir, origin, text string) error {
+	p, err := policy.Load([]byte(text), "policy.yaml")
 	if err != nil {
 		return err
 	}
