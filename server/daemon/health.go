@@ -96,7 +96,7 @@ func (d *Daemon) checkOutbox(ctx context.Context, checks map[string]string) {
 	now := d.now()
 	for _, sk := range sinks {
 		if sk.Dead > 0 {
-			checks["notify:"+sk.Sink] = fmt.Sprintf("%d alerts dead-lettered (see bgctl report)", sk.Dead)
+			checks["notify:"+sk.Sink] = fmt.Sprintf("%d alerts dead-lettered (see bgctl report; bgctl alert ack once dealt with)", sk.Dead)
 		} else if sk.Pending > 0 && now.Sub(sk.OldestPending) > time.Minute {
 			checks["notify:"+sk.Sink] = fmt.Sprintf("%d alerts waiting, oldest since %s", sk.Pending, sk.OldestPending.Format(time.RFC3339))
 		}
@@ -211,7 +211,9 @@ func readOutboxAndCerts(ctx context.Context, r store.Reader, now time.Time, st *
 		return err
 	}
 	for _, s := range sinks {
-		st.Outbox[s.Sink] = metrics.OutboxState{Pending: s.Pending, Dead: s.Dead, OldestPending: s.OldestPending}
+		// The metric counts every dead letter kept, acknowledged or not, so
+		// that an acknowledgement does not make a counter go down.
+		st.Outbox[s.Sink] = metrics.OutboxState{Pending: s.Pending, Dead: s.Dead + s.Acked, OldestPending: s.OldestPending}
 	}
 	seen, err := r.CertsSeen(ctx, now.Add(-30*24*time.Hour))
 	if err != nil {

@@ -154,6 +154,9 @@ type Reader interface {
 	OutboxSummary(ctx context.Context) ([]SinkSummary, error)
 	// DeadLetters returns the dead rows nobody acknowledged, newest first.
 	DeadLetters(ctx context.Context, limit int) ([]OutboxItem, error)
+	// DeadLetter returns the outbox row of one event and sink, whatever
+	// its state; ErrNotFound when there is none (never enqueued, or pruned).
+	DeadLetter(ctx context.Context, eventID, sink string) (*OutboxItem, error)
 
 	// SoloAcknowledged returns pending solo requests whose alert was
 	// acknowledged (their veto windows are running).
@@ -384,15 +387,19 @@ type OutboxItem struct {
 	State       string
 	LastError   string
 	DeliveredAt time.Time
+	// AckedAt is when someone acknowledged a dead row (zero while not).
+	AckedAt time.Time
 }
 
 // SinkSummary is the outbox's state for one sink: rows pending, rows
-// delivered and not yet pruned, rows dead (acknowledged or not).
+// delivered and not yet pruned, rows dead that nobody acknowledged, and
+// dead rows acknowledged and not yet pruned.
 type SinkSummary struct {
 	Sink          string
 	Pending       int
 	Delivered     int
 	Dead          int
+	Acked         int
 	OldestPending time.Time
 }
 

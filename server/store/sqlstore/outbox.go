@@ -10,7 +10,7 @@ import (
 	"github.com/bgbroker/breakglass/server/store"
 )
 
-const outboxCols = `event_id, sink, type, account, request_id, body, ack, created_at, next_attempt_at, attempts, state, last_error, delivered_at`
+const outboxCols = `event_id, sink, type, account, request_id, body, ack, created_at, next_attempt_at, attempts, state, last_error, delivered_at, acked_at`
 
 func scanOutbox(rows *sql.Rows) ([]store.OutboxItem, error) {
 	defer rows.Close()
@@ -21,12 +21,13 @@ func scanOutbox(rows *sql.Rows) ([]store.OutboxItem, error) {
 			ack           int
 			created, next int64
 			delivered     sql.NullInt64
+			acked         sql.NullInt64
 		)
 		if err := rows.Scan(&it.EventID, &it.Sink, &it.Type, &it.Account, &it.RequestID, &it.Body, &ack, &created, &next,
-			&it.Attempts, &it.State, &it.LastError, &delivered); err != nil {
+			&it.Attempts, &it.State, &it.LastError, &delivered, &acked); err != nil {
 			return nil, err
 		}
-		it.Ack, it.CreatedAt, it.NextAttempt, it.DeliveredAt = ack != 0, fromNanos(created), fromNanos(next), fromNull(delivered)
+		it.Ack, it.CreatedAt, it.NextAttempt, it.DeliveredAt, it.AckedAt = ack != 0, fromNanos(created), fromNanos(next), fromNull(delivered), fromNull(acked)
 		out = append(out, it)
 	}
 	return out, rows.Err()
@@ -90,14 +91,32 @@ func (t *Tx) DeadLetters(ctx context.Context, limit int) ([]store.OutboxItem, er
 	return scanOutbox(rows)
 }
 
+// DeadLetter implements store.Reader, by the primary key.
+func (t *Tx) DeadLetter(ctx context.Context, eventID, sink string) (*store.OutboxItem, error) {
+	rows, err := t.Q.QueryContext(ctx, t.q(`SELECT `+outboxCols+` FROM outbox WHERE event_id = ? AND sink = ?`), eventID, sink)
+	if err != nil {
+		return nil, err
+	}
+	items, err := scanOutbox(rows)
+	if err != nil {
+		return nil, err
+	}
+	if len(items) == 0 {
+		return nil, fmt.Errorf("%w: no outbox row %s for sink %s", store.ErrNotFound, eventID, sink)
+	}
+	return &items[0], nil
+}
+
 // OutboxSummary implements store.Reader from the counters the write
-// transactions keep (outbox_counts), and the oldest pending row of each
+// transactions keep (outbox_counts, where an acknowledged dead row counts
+// as 'acked'), and the oldest pending row of each
 // sink from the partial index of pending rows.
 func (t *Tx) OutboxSummary(ctx context.Context) ([]store.SinkSummary, error) {
 	rows, err := t.Q.QueryContext(ctx, `SELECT c.sink,
 		SUM(CASE WHEN c.state = 'pending' THEN c.n ELSE 0 END),
 		SUM(CASE WHEN c.state = 'delivered' THEN c.n ELSE 0 END),
 		SUM(CASE WHEN c.state = 'dead' THEN c.n ELSE 0 END),
+		SUM(CASE WHEN c.state = 'acked' THEN c.n ELSE 0 END),
 		COALESCE((SELECT MIN(o.created_at) FROM outbox o WHERE o.state = 'pending' AND o.sink = c.sink), 0)
 		FROM outbox_counts c GROUP BY c.sink HAVING SUM(c.n) > 0 ORDER BY c.sink`)
 	if err != nil {
@@ -108,7 +127,7 @@ func (t *Tx) OutboxSummary(ctx context.Context) ([]store.SinkSummary, error) {
 	for rows.Next() {
 		var s store.SinkSummary
 		var oldest int64
-		if err := rows.Scan(&s.Sink, &s.Pending, &s.Delivered, &s.Dead, &oldest); err != nil {
+		if err := rows.Scan(&s.Sink, &s.Pending, &s.Delivered, &s.Dead, &s.Acked, &oldest); err != nil {
 			return nil, err
 		}
 		if oldest != 0 {

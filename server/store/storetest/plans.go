@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -90,6 +91,16 @@ func testQueryPlans(t *testing.T, s store.Store) {
 		{name: "OutboxSummary", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.OutboxSummary(ctx); return err }},
 		{name: "DeadLetters", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.DeadLetters(ctx, 100); return err },
 			scans: []string{"outbox_dead"}, ordered: true},
+		// By the primary key. The acknowledgement may also walk the
+		// partial index of dead rows, which holds dead letters only: those
+		// nobody acknowledged, and those acknowledged within the retention.
+		{name: "DeadLetter", fn: func(ctx context.Context, tx store.Tx) error { _, err := tx.DeadLetter(ctx, "e1", "soc"); return err }},
+		{name: "AckDeadLetter", fn: func(ctx context.Context, tx store.Tx) error {
+			if err := tx.AckDeadLetter(ctx, "e1", "soc", now); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			return nil
+		}, scans: []string{"outbox_dead"}},
 		{name: "ClaimOutbox", fn: func(ctx context.Context, tx store.Tx) error {
 			_, err := tx.ClaimOutbox(ctx, now, time.Minute, 10)
 			return err

@@ -249,15 +249,52 @@ func testOutboxPrune(t *testing.T, s store.Store, reopen func() store.Store) {
 		if dead, _ := r.DeadLetters(ctx, 100); len(dead) != 4 {
 			t.Errorf("%d unacknowledged dead letters, want 4", len(dead))
 		}
+		// The row itself says when, and the others say not yet.
+		if it, err := r.DeadLetter(ctx, "e20", "soc"); err != nil || it.State != store.OutboxDead || !it.AckedAt.Equal(t0.Add(time.Minute)) {
+			t.Errorf("acknowledged row: %+v, %v", it, err)
+		}
+		if it, err := r.DeadLetter(ctx, "e21", "soc"); err != nil || !it.AckedAt.IsZero() {
+			t.Errorf("unacknowledged row: %+v, %v", it, err)
+		}
+		if it, err := r.DeadLetter(ctx, "e27", "soc"); err != nil || it.State != store.OutboxPending {
+			t.Errorf("pending row: %+v, %v", it, err)
+		}
+		for _, k := range [][2]string{{"nope", "soc"}, {"e20", "other"}} {
+			if _, err := r.DeadLetter(ctx, k[0], k[1]); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("row %v: %v", k, err)
+			}
+		}
 		return nil
 	})
+	// The counters leave it out of the dead at once, and keep it apart.
+	if got := summary(o); got.Dead != 4 || got.Acked != 1 || got.Pending != 5 {
+		t.Fatalf("after acknowledging: %+v", got)
+	}
+	// An acknowledgement rolled back changes nothing.
+	if err := o.Update(ctx, func(tx store.Tx) error {
+		if err := tx.AckDeadLetter(ctx, "e21", "soc", t0.Add(time.Minute)); err != nil {
+			return err
+		}
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	if got := summary(o); got.Dead != 4 || got.Acked != 1 {
+		t.Fatalf("after a failed acknowledgement: %+v", got)
+	}
 	if n := prune(o, t0.Add(time.Minute), 100); n != 0 {
 		t.Fatalf("pruned %d rows acknowledged at the cut-off", n)
 	}
 	if n := prune(o, t0.Add(2*time.Minute), 100); n != 1 {
 		t.Fatalf("pruned %d acknowledged dead letters, want 1", n)
 	}
-	if got := summary(o); got.Delivered != 0 || got.Dead != 4 || got.Pending != 5 {
+	if got := summary(o); got.Delivered != 0 || got.Dead != 4 || got.Acked != 0 || got.Pending != 5 {
 		t.Fatalf("at the end: %+v", got)
 	}
+	_ = o.View(ctx, func(r store.Reader) error {
+		if _, err := r.DeadLetter(ctx, "e20", "soc"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("pruned dead letter still read: %v", err)
+		}
+		return nil
+	})
 }
