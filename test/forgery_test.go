@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -313,6 +314,26 @@ func TestForgeryCorpus(t *testing.T) {
 			e.Request = revoked
 			return appended(es, e, created.Add(2*statement.MaxSkew+time.Second).Sub(last(es)))
 		}, "which was never created or had ended before"},
+		// ---- dead letters: an acknowledgement takes one out of the
+		// report and the health, so it must be an auditor's, of one the log
+		// dead-lettered, once ----
+		{"d1. a dead letter acknowledged by the operator", func() ([]*audit.Entry, int) {
+			es, _ := appended(fresh(), deadLettered(t, pending, "e-1"), time.Millisecond)
+			return appended(es, deadLetterAck(t, "operator", pending, "e-1"), time.Millisecond)
+		}, "operator acknowledged the dead letter " + deadLetterEvent("e-1") + " for sink soc without being an auditor"},
+		{"d2. an acknowledgement of an alert never dead-lettered", func() ([]*audit.Entry, int) {
+			es, _ := appended(fresh(), deadLettered(t, pending, "e-1"), time.Millisecond)
+			return appended(es, deadLetterAck(t, "dave", pending, "e-2"), time.Millisecond)
+		}, "was never dead-lettered, or was acknowledged already"},
+		{"d3. a dead letter acknowledged under another request", func() ([]*audit.Entry, int) {
+			es, _ := appended(fresh(), deadLettered(t, pending, "e-1"), time.Millisecond)
+			return appended(es, deadLetterAck(t, "dave", granted, "e-1"), time.Millisecond)
+		}, "was never dead-lettered, or was acknowledged already"},
+		{"d4. a dead letter acknowledged twice", func() ([]*audit.Entry, int) {
+			es, _ := appended(fresh(), deadLettered(t, pending, "e-1"), time.Millisecond)
+			es, _ = appended(es, deadLetterAck(t, "dave", pending, "e-1"), time.Millisecond)
+			return appended(es, deadLetterAck(t, "dave", pending, "e-1"), time.Millisecond)
+		}, "was never dead-lettered, or was acknowledged already"},
 	}
 	// 1b needs the entry's bytes as written, which the forger's
 	// re-encoding would normalise: it is built below.
@@ -506,4 +527,22 @@ func genuineCreated(t *testing.T, es []*audit.Entry, id string) time.Time {
 func hexSHA256(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// deadLetterEvent is a fixed event id for a forged dead letter.
+func deadLetterEvent(name string) string {
+	return uuid.NewSHA1(uuid.NameSpaceOID, []byte(name)).String()
+}
+
+// deadLettered is the broker's entry for an alert about request given up
+// on at sink soc.
+func deadLettered(t *testing.T, request, name string) audit.Entry {
+	return audit.Entry{V: audit.Version, Type: audit.TypeAlertDead, Actor: "broker", Request: request, Account: "prod-db",
+		Payload: encodeJSON(t, audit.AlertDelivery{EventID: deadLetterEvent(name), EventType: "request.created", Sink: "soc", Attempts: 10, LastError: "503"})}
+}
+
+// deadLetterAck is an acknowledgement of it by actor.
+func deadLetterAck(t *testing.T, actor, request, name string) audit.Entry {
+	return audit.Entry{V: audit.Version, Type: audit.TypeAlertDeadAcked, Actor: actor, Request: request, Account: "prod-db",
+		Payload: encodeJSON(t, audit.DeadLetterAcknowledged{EventID: deadLetterEvent(name), EventType: "request.created", Sink: "soc", Notes: "passed on"})}
 }

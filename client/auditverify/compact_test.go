@@ -385,3 +385,71 @@ func TestJTIHeldUntilPastItsExpiry(t *testing.T) {
 		t.Errorf("the jti is still held past its expiry + MaxSkew (%d things to forget)", len(p.r.forgetting))
 	}
 }
+
+// A dead letter is held until it is acknowledged, and no longer: an
+// acknowledgement must be an auditor's, with notes, and repeat the event,
+// sink, event type, request and account of a dead letter still open.
+func TestDeadLetterAcknowledgements(t *testing.T) {
+	p, _ := newPolicyReplayer(t, theFuzzLog(t))
+	pol, err := policy.Load([]byte(`
+auditors: auditors
+groups: {sre: [alice], db: [bob], owners: [olivia], auditors: [dave]}
+accounts:
+  - name: prod-db
+    owner: owners
+    requesters: [sre]
+    audiences: [db.example]
+    max_ttl: 1h
+    approval_window: 30m
+    activation_window: 10m
+    quorum: [{require: [{group: db, approvals: 1}]}]
+`), "policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.r.policy = pol // as a policy_loaded entry would put it in force
+	const n = 1000
+	event := func(k int) string { return nthRequest(100000 + k) }
+	for k := range n {
+		if v := p.next(audit.Draft{Type: audit.TypeAlertDead, Actor: "breakglass", Request: nthRequest(k), Account: "prod-db",
+			Payload: audit.AlertDelivery{EventID: event(k), EventType: "request.created", Sink: "soc", Attempts: 10, LastError: "500"}}); v != nil {
+			t.Fatalf("dead letter %d: %v", k, v)
+		}
+	}
+	// Logged twice, it is one dead letter.
+	if v := p.next(audit.Draft{Type: audit.TypeAlertDead, Actor: "breakglass", Request: nthRequest(0), Account: "prod-db",
+		Payload: audit.AlertDelivery{EventID: event(0), EventType: "request.created", Sink: "soc", Attempts: 10}}); v != nil {
+		t.Fatal(v)
+	}
+	if len(p.r.deadLetters) != n {
+		t.Fatalf("%d dead letters held, want %d", len(p.r.deadLetters), n)
+	}
+	ack := func(actor, request, account string, pl audit.DeadLetterAcknowledged) *Violation {
+		return p.next(audit.Draft{Type: audit.TypeAlertDeadAcked, Actor: actor, Request: request, Account: account, Payload: pl})
+	}
+	good := audit.DeadLetterAcknowledged{EventID: event(0), EventType: "request.created", Sink: "soc", Notes: "passed on by phone"}
+	with := func(f func(*audit.DeadLetterAcknowledged)) audit.DeadLetterAcknowledged { c := good; f(&c); return c }
+	p.mustRefuse(ack("olivia", nthRequest(0), "prod-db", good), "olivia acknowledged the dead letter")
+	p.mustRefuse(ack("breakglass", nthRequest(0), "prod-db", good), "without being an auditor")
+	p.mustRefuse(ack("dave", nthRequest(0), "prod-db", with(func(a *audit.DeadLetterAcknowledged) { a.EventID = nthRequest(999999) })), "was never dead-lettered")
+	p.mustRefuse(ack("dave", nthRequest(0), "prod-db", with(func(a *audit.DeadLetterAcknowledged) { a.Sink = "slack" })), "was never dead-lettered")
+	p.mustRefuse(ack("dave", nthRequest(0), "prod-db", with(func(a *audit.DeadLetterAcknowledged) { a.EventType = "grant.approved" })), "was never dead-lettered")
+	p.mustRefuse(ack("dave", nthRequest(1), "prod-db", good), "was never dead-lettered")
+	p.mustRefuse(ack("dave", nthRequest(0), "other-db", good), "was never dead-lettered")
+	p.mustRefuse(ack("dave", nthRequest(0), "prod-db", with(func(a *audit.DeadLetterAcknowledged) { a.Notes = " " })), "malformed")
+	p.mustRefuse(ack("dave", nthRequest(0), "prod-db", with(func(a *audit.DeadLetterAcknowledged) { a.Notes = strings.Repeat("x", 4001) })), "malformed")
+	p.mustRefuse(ack("dave", nthRequest(0), "prod-db", with(func(a *audit.DeadLetterAcknowledged) { a.Sink = "" })), "malformed")
+	if len(p.r.deadLetters) != n {
+		t.Fatalf("refused acknowledgements changed what is held: %d", len(p.r.deadLetters))
+	}
+	for k := range n {
+		if v := ack("dave", nthRequest(k), "prod-db", with(func(a *audit.DeadLetterAcknowledged) { a.EventID = event(k) })); v != nil {
+			t.Fatalf("acknowledging %d: %v", k, v)
+		}
+	}
+	p.mustRefuse(ack("dave", nthRequest(0), "prod-db", good), "or was acknowledged already")
+	// Acknowledged, nothing of them is held.
+	if len(p.r.deadLetters) != 0 {
+		t.Fatalf("%d dead letters held after all were acknowledged", len(p.r.deadLetters))
+	}
+}

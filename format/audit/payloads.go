@@ -245,6 +245,16 @@ type AlertDelivery struct {
 	LastError string `json:"last_error,omitempty"`
 }
 
+// DeadLetterAcknowledged records that an auditor dealt with a dead letter
+// (an alert_dead_lettered entry of the same event and sink): it leaves the
+// report and the health, and the outbox after the retention.
+type DeadLetterAcknowledged struct {
+	EventID   string `json:"event_id"`
+	EventType string `json:"event_type"`
+	Sink      string `json:"sink"`
+	Notes     string `json:"notes"`
+}
+
 // Signed is a statement signed with a principal's client certificate key
 // (format/statement), with the certificate (DER). Base64 in JSON.
 type Signed struct {

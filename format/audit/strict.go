@@ -43,6 +43,8 @@ func NewPayload(t Type) any {
 		return new(PermissionDenied)
 	case TypeAlertAcked, TypeAlertDead, TypeSoloAcked:
 		return new(AlertDelivery)
+	case TypeAlertDeadAcked:
+		return new(DeadLetterAcknowledged)
 	case TypeReviewOpened:
 		return new(PostReviewOpened)
 	case TypeReviewClosed:

@@ -31,6 +31,7 @@ func TestStrictReadingAcceptsWhatBuildWrites(t *testing.T) {
 		TypeTokenIssued:          TokenIssued{JTI: "j", Claims: json.RawMessage(`{"iss":"x"}`), IssuedAt: t0},
 		TypePermissionDenied:     PermissionDenied{Principal: "m", Count: 1, Methods: map[string]int{"/b": 1, "/a": 2}},
 		TypeAlertAcked:           AlertDelivery{EventID: "e", Sink: "s"},
+		TypeAlertDeadAcked:       DeadLetterAcknowledged{EventID: "e", EventType: "t", Sink: "s", Notes: "n"},
 		TypeReviewOpened:         PostReviewOpened{ID: "i", Excluded: nil},
 		TypeReviewClosed:         PostReviewClosed{ID: "i", Signed: Signed{Statement: []byte("x")}},
 		TypeAccountAttested:      AccountAttested{ID: "i"},
