@@ -8,17 +8,18 @@ import (
 
 func TestRetryable(t *testing.T) {
 	for method, want := range map[string]bool{
-		"/breakglass.v1.RequestService/GetRequest":         true,
-		"/breakglass.v1.RequestService/ListRequests":       true,
-		"/breakglass.v1.RequestService/WatchRequest":       true,
-		"/breakglass.v1.TokenService/CheckToken":           true,
-		"/breakglass.v1.RequestService/CreateRequest":      true,
-		"/breakglass.v1.ReviewService/ReviewRequest":       true,
-		"/breakglass.v1.TokenService/IssueToken":           true,
-		"/breakglass.v1.TokenService/RevokeGrant":          false,
-		"/breakglass.v1.RequestService/CancelRequest":      false,
-		"/breakglass.v1.GovernanceService/ClosePostReview": false,
-		"/breakglass.v1.AccountService/AttestAccount":      false,
+		"/breakglass.v1.RequestService/GetRequest":               true,
+		"/breakglass.v1.RequestService/ListRequests":             true,
+		"/breakglass.v1.RequestService/WatchRequest":             true,
+		"/breakglass.v1.TokenService/CheckToken":                 true,
+		"/breakglass.v1.RequestService/CreateRequest":            true,
+		"/breakglass.v1.ReviewService/ReviewRequest":             true,
+		"/breakglass.v1.TokenService/IssueToken":                 true,
+		"/breakglass.v1.TokenService/RevokeGrant":                false,
+		"/breakglass.v1.RequestService/CancelRequest":            false,
+		"/breakglass.v1.GovernanceService/ClosePostReview":       false,
+		"/breakglass.v1.GovernanceService/AcknowledgeDeadLetter": false,
+		"/breakglass.v1.AccountService/AttestAccount":            false,
 	} {
 		if got := retryable(method); got != want {
 			t.Errorf("retryable(%s) = %v", method, got)

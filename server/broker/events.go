@@ -174,3 +174,66 @@ func (b *Broker) acknowledged(ctx context.Context, tx store.Tx, it store.OutboxI
 	}
 	return b.emit(ctx, tx, requestEvent(evType, r, "broker", summary, &rec), nil)
 }
+
+// MaxDeadLetterNotes bounds what an acknowledgement of a dead letter says.
+const MaxDeadLetterNotes = 4000
+
+// AcknowledgeDeadLetter records that caller, an auditor, dealt with the
+// dead letter of event eventID at sink: in one transaction the row is
+// marked, so that it leaves the report and the health and is pruned after
+// the retention, the acknowledgement is audited with the notes, and
+// announced. Only auditors may: a dead letter is an alert nobody received,
+// perhaps the only notice of a use of an account, so neither the account's
+// owners nor anyone whose work it announced may make it go away.
+func (b *Broker) AcknowledgeDeadLetter(ctx context.Context, caller, eventID, sink, notes string) (*store.OutboxItem, audit.Record, error) {
+	if err := validateText("notes", notes, MaxDeadLetterNotes, true); err != nil {
+		return nil, audit.Record{}, err
+	}
+	if eventID == "" || sink == "" {
+		return nil, audit.Record{}, invalid("name the dead letter by its event id and sink (bgctl report lists them)")
+	}
+	var (
+		out *store.OutboxItem
+		rec audit.Record
+	)
+	err := b.update(ctx, func(tx store.Tx) error {
+		// Who may acknowledge is judged by the policy in force, as the log
+		// says.
+		if err := b.checkPolicyInForce(ctx, tx); err != nil {
+			return err
+		}
+		p := b.Policy()
+		if !p.IsAuditor(caller) {
+			return denied("only members of the auditors group (%s) may acknowledge dead letters", p.Auditors)
+		}
+		it, err := tx.DeadLetter(ctx, eventID, sink)
+		if errors.Is(err, store.ErrNotFound) {
+			return newErr(KindNotFound, "no alert %s for sink %s is kept (check the event id and sink in bgctl report; an acknowledged one is pruned after the retention)", eventID, sink)
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case it.State != store.OutboxDead:
+			return wrongState("alert %s for sink %s is %s, not dead-lettered: there is nothing to acknowledge", eventID, sink, it.State)
+		case !it.AckedAt.IsZero():
+			return wrongState("the dead letter %s for sink %s was already acknowledged at %s", eventID, sink, it.AckedAt.UTC().Format(time.RFC3339))
+		}
+		now := b.now().UTC()
+		rec, err = b.appendEntry(ctx, tx, now, audit.Draft{Type: audit.TypeAlertDeadAcked, Actor: caller, Request: it.RequestID, Account: it.Account,
+			Payload: audit.DeadLetterAcknowledged{EventID: it.EventID, EventType: it.Type, Sink: it.Sink, Notes: notes}}, false)
+		if err != nil {
+			return err
+		}
+		// The entry's time, which never goes back, is the acknowledgement's.
+		if err := tx.AckDeadLetter(ctx, it.EventID, it.Sink, rec.Time); err != nil {
+			return err
+		}
+		it.AckedAt = rec.Time
+		out = it
+		idx := rec.Index
+		return b.emit(ctx, tx, event.Event{Type: event.AlertDeadLetterAcked, Account: it.Account, Request: it.RequestID, Actor: caller, AuditIndex: &idx,
+			Summary: caller + " acknowledged the dead letter of an alert (" + it.Type + ") to sink " + it.Sink + ": " + oneLine(notes)}, nil)
+	})
+	return out, rec, err
+}

@@ -207,6 +207,126 @@ func TestDeadLetterIsAuditedAndReported(t *testing.T) {
 	}
 }
 
+// An auditor acknowledges a dead letter: it leaves the report and the
+// outbox summary's dead count at once, is audited and announced, and is
+// refused a second time; nobody else may, and a wrong name changes nothing.
+func TestDeadLetterAcknowledgement(t *testing.T) {
+	h := newGovHarness(t)
+	r := h.create("alice", "prod-db")
+	var dead store.OutboxItem
+	for _, it := range h.outbox(r.ID, event.RequestCreated) {
+		if it.Sink == "slack" {
+			it.Attempts, it.State, it.LastError = 10, store.OutboxDead, "receiver answered 500"
+			if err := h.b.FinishDelivery(h.ctx, it); err != nil {
+				t.Fatal(err)
+			}
+			dead = it
+		}
+	}
+	pending := h.outbox(r.ID, event.RequestCreated)[0]
+	if pending.Sink == "slack" {
+		pending = h.outbox(r.ID, event.RequestCreated)[1]
+	}
+	size := func() uint64 {
+		var n uint64
+		_ = h.store.View(h.ctx, func(r store.Reader) error { hd, err := r.Head(h.ctx); n = hd.Size; return err })
+		return n
+	}
+	before := size()
+	for _, c := range []struct {
+		who, id, sink, notes string
+		kind                 broker.Kind
+		msg                  string
+	}{
+		{"olivia", dead.EventID, "slack", "seen", broker.KindPermission, "only members of the auditors group"}, // an owner of the account
+		{"alice", dead.EventID, "slack", "seen", broker.KindPermission, "auditors"},                            // whose request it announced
+		{"mallory", dead.EventID, "slack", "seen", broker.KindPermission, "auditors"},
+		{"dave", uuid.NewString(), "slack", "seen", broker.KindNotFound, "bgctl report"},
+		{"dave", dead.EventID, "soc", "seen", broker.KindState, "not dead-lettered"}, // same event, another sink, still pending
+		{"dave", dead.EventID, "nope", "seen", broker.KindNotFound, "for sink nope"},
+		{"dave", pending.EventID, pending.Sink, "seen", broker.KindState, "nothing to acknowledge"},
+		{"dave", dead.EventID, "slack", "", broker.KindInvalid, "notes"},
+		{"dave", dead.EventID, "slack", strings.Repeat("x", broker.MaxDeadLetterNotes+1), broker.KindInvalid, "notes"},
+		{"dave", dead.EventID, "slack", "bad\x00byte", broker.KindInvalid, "notes"},
+		{"dave", "", "slack", "seen", broker.KindInvalid, "event id and sink"},
+	} {
+		_, _, err := h.b.AcknowledgeDeadLetter(h.ctx, c.who, c.id, c.sink, c.notes)
+		wantKind(t, err, c.kind, c.msg)
+	}
+	if got := size(); got != before {
+		t.Fatalf("refused acknowledgements wrote %d entries", got-before)
+	}
+	if rep, err := h.b.Report(h.ctx, "dave", broker.ReportPage{}); err != nil || len(rep.DeadLetters) != 1 {
+		t.Fatalf("dead letters before: %+v, %v", rep, err)
+	}
+
+	it, rec, err := h.b.AcknowledgeDeadLetter(h.ctx, "dave", dead.EventID, "slack", "slack webhook rotated; SOC told by phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.AckedAt.IsZero() || !it.AckedAt.Equal(rec.Time) || rec.Type != audit.TypeAlertDeadAcked {
+		t.Fatalf("acknowledged %+v, entry %+v", it, rec)
+	}
+	e, err := audit.Decode(rec.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.DecodePayload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &audit.DeadLetterAcknowledged{EventID: dead.EventID, EventType: event.RequestCreated, Sink: "slack", Notes: "slack webhook rotated; SOC told by phone"}
+	if e.Actor != "dave" || e.Request != r.ID || e.Account != "prod-db" || *p.(*audit.DeadLetterAcknowledged) != *want {
+		t.Fatalf("entry %s", rec.Bytes)
+	}
+	h.verifyChain()
+	rep, err := h.b.Report(h.ctx, "dave", broker.ReportPage{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.DeadLetters) != 0 {
+		t.Fatalf("acknowledged dead letter still reported: %+v", rep.DeadLetters)
+	}
+	for _, s := range rep.Outbox {
+		if s.Sink == "slack" && (s.Dead != 0 || s.Acked != 1) {
+			t.Fatalf("slack outbox %+v", s)
+		}
+	}
+	// Announced, to the sinks that route it.
+	found := false
+	_ = h.store.View(h.ctx, func(r store.Reader) error {
+		rows, err := r.OutboxFor(h.ctx, e.Request, event.AlertDeadLetterAcked)
+		found = len(rows) > 0
+		return err
+	})
+	if !found {
+		t.Fatal("the acknowledgement was not announced")
+	}
+	// Twice is refused, and writes nothing.
+	before = size()
+	_, _, err = h.b.AcknowledgeDeadLetter(h.ctx, "dave", dead.EventID, "slack", "again")
+	wantKind(t, err, broker.KindState, "already acknowledged")
+	if size() != before {
+		t.Fatal("a second acknowledgement wrote an entry")
+	}
+	// Kept for the retention, then pruned: it is no more to be found.
+	gone := func() bool {
+		var err error
+		_ = h.store.View(h.ctx, func(r store.Reader) error { _, err = r.DeadLetter(h.ctx, dead.EventID, "slack"); return nil })
+		return err != nil
+	}
+	h.clock.Advance(6 * 24 * time.Hour)
+	if _, err := h.b.PruneOutbox(h.ctx); err != nil || gone() {
+		t.Fatalf("pruned within the retention: %v", err)
+	}
+	h.clock.Advance(24*time.Hour + time.Second)
+	if _, err := h.b.PruneOutbox(h.ctx); err != nil || !gone() {
+		t.Fatalf("not pruned after the retention: %v", err)
+	}
+	_, _, err = h.b.AcknowledgeDeadLetter(h.ctx, "dave", dead.EventID, "slack", "again")
+	wantKind(t, err, broker.KindNotFound, "is kept")
+}
+
 func TestDrills(t *testing.T) {
 	h := newGovHarness(t)
 	_, err := h.b.CreateRequest(h.ctx, "alice", h.signedCreate("alice", broker.CreateInput{Account: "ledger", Justification: "drill", Drill: true}))

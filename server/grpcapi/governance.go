@@ -87,3 +87,14 @@ func (g *governanceServer) GetReport(ctx context.Context, in *bgv1.GetReportRequ
 	}
 	return out, nil
 }
+
+func (g *governanceServer) AcknowledgeDeadLetter(ctx context.Context, in *bgv1.AcknowledgeDeadLetterRequest) (*bgv1.AcknowledgeDeadLetterResponse, error) {
+	who := caller(ctx)
+	d, rec, err := g.s.b.AcknowledgeDeadLetter(ctx, who, in.EventId, in.Sink, in.Notes)
+	if err != nil {
+		return nil, g.s.toStatus(ctx, err)
+	}
+	return &bgv1.AcknowledgeDeadLetterResponse{Entry: ref(rec), DeadLetter: &bgv1.DeadLetter{EventId: d.EventID, Sink: d.Sink, Type: d.Type,
+		Account: d.Account, RequestId: d.RequestID, Attempts: int32(d.Attempts), LastError: d.LastError, CreateTime: ts(d.CreatedAt),
+		AckTime: ts(d.AckedAt), AckedBy: who}}, nil
+}

@@ -24,6 +24,119 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AcknowledgeDeadLetterRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Sink    string                 `protobuf:"bytes,2,opt,name=sink,proto3" json:"sink,omitempty"`
+	// What was done about it (the alert passed on by hand, the sink fixed).
+	Notes         string `protobuf:"bytes,3,opt,name=notes,proto3" json:"notes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcknowledgeDeadLetterRequest) Reset() {
+	*x = AcknowledgeDeadLetterRequest{}
+	mi := &file_breakglass_v1_governance_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcknowledgeDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcknowledgeDeadLetterRequest) ProtoMessage() {}
+
+func (x *AcknowledgeDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_governance_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcknowledgeDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*AcknowledgeDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AcknowledgeDeadLetterRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *AcknowledgeDeadLetterRequest) GetSink() string {
+	if x != nil {
+		return x.Sink
+	}
+	return ""
+}
+
+func (x *AcknowledgeDeadLetterRequest) GetNotes() string {
+	if x != nil {
+		return x.Notes
+	}
+	return ""
+}
+
+type AcknowledgeDeadLetterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetter    *DeadLetter            `protobuf:"bytes,1,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	Entry         *AuditRef              `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcknowledgeDeadLetterResponse) Reset() {
+	*x = AcknowledgeDeadLetterResponse{}
+	mi := &file_breakglass_v1_governance_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcknowledgeDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcknowledgeDeadLetterResponse) ProtoMessage() {}
+
+func (x *AcknowledgeDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_breakglass_v1_governance_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcknowledgeDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*AcknowledgeDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AcknowledgeDeadLetterResponse) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *AcknowledgeDeadLetterResponse) GetEntry() *AuditRef {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
 // PostReview is the review of a grant after use.
 type PostReview struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -45,7 +158,7 @@ type PostReview struct {
 
 func (x *PostReview) Reset() {
 	*x = PostReview{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[0]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -57,7 +170,7 @@ func (x *PostReview) String() string {
 func (*PostReview) ProtoMessage() {}
 
 func (x *PostReview) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[0]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -70,7 +183,7 @@ func (x *PostReview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostReview.ProtoReflect.Descriptor instead.
 func (*PostReview) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{0}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PostReview) GetId() string {
@@ -160,7 +273,7 @@ type ListPostReviewsRequest struct {
 
 func (x *ListPostReviewsRequest) Reset() {
 	*x = ListPostReviewsRequest{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[1]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -172,7 +285,7 @@ func (x *ListPostReviewsRequest) String() string {
 func (*ListPostReviewsRequest) ProtoMessage() {}
 
 func (x *ListPostReviewsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[1]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -185,7 +298,7 @@ func (x *ListPostReviewsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPostReviewsRequest.ProtoReflect.Descriptor instead.
 func (*ListPostReviewsRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{1}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListPostReviewsRequest) GetAll() bool {
@@ -204,7 +317,7 @@ type ListPostReviewsResponse struct {
 
 func (x *ListPostReviewsResponse) Reset() {
 	*x = ListPostReviewsResponse{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[2]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -216,7 +329,7 @@ func (x *ListPostReviewsResponse) String() string {
 func (*ListPostReviewsResponse) ProtoMessage() {}
 
 func (x *ListPostReviewsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[2]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -229,7 +342,7 @@ func (x *ListPostReviewsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPostReviewsResponse.ProtoReflect.Descriptor instead.
 func (*ListPostReviewsResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{2}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListPostReviewsResponse) GetReviews() []*PostReview {
@@ -251,7 +364,7 @@ type ClosePostReviewRequest struct {
 
 func (x *ClosePostReviewRequest) Reset() {
 	*x = ClosePostReviewRequest{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[3]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +376,7 @@ func (x *ClosePostReviewRequest) String() string {
 func (*ClosePostReviewRequest) ProtoMessage() {}
 
 func (x *ClosePostReviewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[3]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +389,7 @@ func (x *ClosePostReviewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosePostReviewRequest.ProtoReflect.Descriptor instead.
 func (*ClosePostReviewRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{3}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ClosePostReviewRequest) GetId() string {
@@ -317,7 +430,7 @@ type ClosePostReviewResponse struct {
 
 func (x *ClosePostReviewResponse) Reset() {
 	*x = ClosePostReviewResponse{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[4]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +442,7 @@ func (x *ClosePostReviewResponse) String() string {
 func (*ClosePostReviewResponse) ProtoMessage() {}
 
 func (x *ClosePostReviewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[4]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +455,7 @@ func (x *ClosePostReviewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosePostReviewResponse.ProtoReflect.Descriptor instead.
 func (*ClosePostReviewResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{4}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ClosePostReviewResponse) GetReview() *PostReview {
@@ -376,7 +489,7 @@ type GetReportRequest struct {
 
 func (x *GetReportRequest) Reset() {
 	*x = GetReportRequest{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[5]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +501,7 @@ func (x *GetReportRequest) String() string {
 func (*GetReportRequest) ProtoMessage() {}
 
 func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[5]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +514,7 @@ func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReportRequest.ProtoReflect.Descriptor instead.
 func (*GetReportRequest) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{5}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetReportRequest) GetPageSize() int32 {
@@ -434,7 +547,7 @@ type OutstandingToken struct {
 
 func (x *OutstandingToken) Reset() {
 	*x = OutstandingToken{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[6]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +559,7 @@ func (x *OutstandingToken) String() string {
 func (*OutstandingToken) ProtoMessage() {}
 
 func (x *OutstandingToken) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[6]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +572,7 @@ func (x *OutstandingToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutstandingToken.ProtoReflect.Descriptor instead.
 func (*OutstandingToken) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{6}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OutstandingToken) GetJti() string {
@@ -530,7 +643,7 @@ type AccountStatus struct {
 
 func (x *AccountStatus) Reset() {
 	*x = AccountStatus{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[7]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +655,7 @@ func (x *AccountStatus) String() string {
 func (*AccountStatus) ProtoMessage() {}
 
 func (x *AccountStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[7]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +668,7 @@ func (x *AccountStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountStatus.ProtoReflect.Descriptor instead.
 func (*AccountStatus) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{7}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AccountStatus) GetAccount() string {
@@ -623,22 +736,26 @@ func (x *AccountStatus) GetUnused() bool {
 
 // DeadLetter is an alert given up on after its attempts.
 type DeadLetter struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EventId       string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	Sink          string                 `protobuf:"bytes,2,opt,name=sink,proto3" json:"sink,omitempty"`
-	Type          string                 `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
-	Account       string                 `protobuf:"bytes,4,opt,name=account,proto3" json:"account,omitempty"`
-	RequestId     string                 `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Attempts      int32                  `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
-	LastError     string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	EventId    string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Sink       string                 `protobuf:"bytes,2,opt,name=sink,proto3" json:"sink,omitempty"`
+	Type       string                 `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	Account    string                 `protobuf:"bytes,4,opt,name=account,proto3" json:"account,omitempty"`
+	RequestId  string                 `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Attempts   int32                  `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	LastError  string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When it was acknowledged (AcknowledgeDeadLetter's answer only: the
+	// report lists the others).
+	AckTime       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ack_time,json=ackTime,proto3" json:"ack_time,omitempty"`
+	AckedBy       string                 `protobuf:"bytes,10,opt,name=acked_by,json=ackedBy,proto3" json:"acked_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[8]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +767,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[8]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +780,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{8}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeadLetter) GetEventId() string {
@@ -722,6 +839,20 @@ func (x *DeadLetter) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *DeadLetter) GetAckTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AckTime
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetAckedBy() string {
+	if x != nil {
+		return x.AckedBy
+	}
+	return ""
+}
+
 // SinkStatus is the outbox of one sink.
 type SinkStatus struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -736,7 +867,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[9]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +879,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[9]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +892,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{9}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SinkStatus) GetSink() string {
@@ -811,7 +942,7 @@ type ExpiringCert struct {
 
 func (x *ExpiringCert) Reset() {
 	*x = ExpiringCert{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[10]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +954,7 @@ func (x *ExpiringCert) String() string {
 func (*ExpiringCert) ProtoMessage() {}
 
 func (x *ExpiringCert) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[10]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +967,7 @@ func (x *ExpiringCert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpiringCert.ProtoReflect.Descriptor instead.
 func (*ExpiringCert) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{10}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExpiringCert) GetPrincipal() string {
@@ -882,7 +1013,7 @@ type GetReportResponse struct {
 
 func (x *GetReportResponse) Reset() {
 	*x = GetReportResponse{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[11]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1025,7 @@ func (x *GetReportResponse) String() string {
 func (*GetReportResponse) ProtoMessage() {}
 
 func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[11]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1038,7 @@ func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReportResponse.ProtoReflect.Descriptor instead.
 func (*GetReportResponse) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{11}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetReportResponse) GetTime() *timestamppb.Timestamp {
@@ -1007,7 +1138,7 @@ type WitnessStatus struct {
 
 func (x *WitnessStatus) Reset() {
 	*x = WitnessStatus{}
-	mi := &file_breakglass_v1_governance_proto_msgTypes[12]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1150,7 @@ func (x *WitnessStatus) String() string {
 func (*WitnessStatus) ProtoMessage() {}
 
 func (x *WitnessStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_breakglass_v1_governance_proto_msgTypes[12]
+	mi := &file_breakglass_v1_governance_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1163,7 @@ func (x *WitnessStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WitnessStatus.ProtoReflect.Descriptor instead.
 func (*WitnessStatus) Descriptor() ([]byte, []int) {
-	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{12}
+	return file_breakglass_v1_governance_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WitnessStatus) GetName() string {
@@ -1088,7 +1219,15 @@ var File_breakglass_v1_governance_proto protoreflect.FileDescriptor
 
 const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\n" +
-	"\x1ebreakglass/v1/governance.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x03\n" +
+	"\x1ebreakglass/v1/governance.proto\x12\rbreakglass.v1\x1a\x1cbreakglass/v1/requests.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n" +
+	"\x1cAcknowledgeDeadLetterRequest\x12#\n" +
+	"\bevent_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aeventId\x123\n" +
+	"\x04sink\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a\x10\x01\x18\x80\x012\x13^[^\\x00-\\x1F\\x7F]*$R\x04sink\x12`\n" +
+	"\x05notes\x18\x03 \x01(\tBJ\xbaHGrE\x10\x01\x18\xa0\x1f2>^[^\\x00-\\x08\\x0B-\\x1F\\x7F\\x{202A}-\\x{202E}\\x{2066}-\\x{2069}]*$R\x05notes\"\x8a\x01\n" +
+	"\x1dAcknowledgeDeadLetterResponse\x12:\n" +
+	"\vdead_letter\x18\x01 \x01(\v2\x19.breakglass.v1.DeadLetterR\n" +
+	"deadLetter\x12-\n" +
+	"\x05entry\x18\x02 \x01(\v2\x17.breakglass.v1.AuditRefR\x05entry\"\x87\x03\n" +
 	"\n" +
 	"PostReview\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -1142,7 +1281,7 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\x15last_attestation_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x13lastAttestationTime\x12/\n" +
 	"\x13attestation_overdue\x18\a \x01(\bR\x12attestationOverdue\x12>\n" +
 	"\rlast_use_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vlastUseTime\x12\x16\n" +
-	"\x06unused\x18\t \x01(\bR\x06unused\"\x80\x02\n" +
+	"\x06unused\x18\t \x01(\bR\x06unused\"\xd2\x02\n" +
 	"\n" +
 	"DeadLetter\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x12\n" +
@@ -1155,7 +1294,10 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\a \x01(\tR\tlastError\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xb8\x01\n" +
+	"createTime\x125\n" +
+	"\back_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aackTime\x12\x19\n" +
+	"\backed_by\x18\n" +
+	" \x01(\tR\aackedBy\"\xb8\x01\n" +
 	"\n" +
 	"SinkStatus\x12\x12\n" +
 	"\x04sink\x18\x01 \x01(\tR\x04sink\x12\x18\n" +
@@ -1190,11 +1332,12 @@ const file_breakglass_v1_governance_proto_rawDesc = "" +
 	"last_error\x18\x05 \x01(\tR\tlastError\x12\x1a\n" +
 	"\bfailures\x18\x06 \x01(\rR\bfailures\x12\x1d\n" +
 	"\n" +
-	"split_view\x18\a \x01(\tR\tsplitView2\xa7\x02\n" +
+	"split_view\x18\a \x01(\tR\tsplitView2\x9b\x03\n" +
 	"\x11GovernanceService\x12`\n" +
 	"\x0fListPostReviews\x12%.breakglass.v1.ListPostReviewsRequest\x1a&.breakglass.v1.ListPostReviewsResponse\x12`\n" +
 	"\x0fClosePostReview\x12%.breakglass.v1.ClosePostReviewRequest\x1a&.breakglass.v1.ClosePostReviewResponse\x12N\n" +
-	"\tGetReport\x12\x1f.breakglass.v1.GetReportRequest\x1a .breakglass.v1.GetReportResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
+	"\tGetReport\x12\x1f.breakglass.v1.GetReportRequest\x1a .breakglass.v1.GetReportResponse\x12r\n" +
+	"\x15AcknowledgeDeadLetter\x12+.breakglass.v1.AcknowledgeDeadLetterRequest\x1a,.breakglass.v1.AcknowledgeDeadLetterResponseBAZ?github.com/bgbroker/breakglass/proto/breakglass/v1;breakglassv1b\x06proto3"
 
 var (
 	file_breakglass_v1_governance_proto_rawDescOnce sync.Once
@@ -1208,64 +1351,71 @@ func file_breakglass_v1_governance_proto_rawDescGZIP() []byte {
 	return file_breakglass_v1_governance_proto_rawDescData
 }
 
-var file_breakglass_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_breakglass_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_breakglass_v1_governance_proto_goTypes = []any{
-	(*PostReview)(nil),              // 0: breakglass.v1.PostReview
-	(*ListPostReviewsRequest)(nil),  // 1: breakglass.v1.ListPostReviewsRequest
-	(*ListPostReviewsResponse)(nil), // 2: breakglass.v1.ListPostReviewsResponse
-	(*ClosePostReviewRequest)(nil),  // 3: breakglass.v1.ClosePostReviewRequest
-	(*ClosePostReviewResponse)(nil), // 4: breakglass.v1.ClosePostReviewResponse
-	(*GetReportRequest)(nil),        // 5: breakglass.v1.GetReportRequest
-	(*OutstandingToken)(nil),        // 6: breakglass.v1.OutstandingToken
-	(*AccountStatus)(nil),           // 7: breakglass.v1.AccountStatus
-	(*DeadLetter)(nil),              // 8: breakglass.v1.DeadLetter
-	(*SinkStatus)(nil),              // 9: breakglass.v1.SinkStatus
-	(*ExpiringCert)(nil),            // 10: breakglass.v1.ExpiringCert
-	(*GetReportResponse)(nil),       // 11: breakglass.v1.GetReportResponse
-	(*WitnessStatus)(nil),           // 12: breakglass.v1.WitnessStatus
-	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
-	(*AuditRef)(nil),                // 14: breakglass.v1.AuditRef
-	(*durationpb.Duration)(nil),     // 15: google.protobuf.Duration
-	(*Request)(nil),                 // 16: breakglass.v1.Request
+	(*AcknowledgeDeadLetterRequest)(nil),  // 0: breakglass.v1.AcknowledgeDeadLetterRequest
+	(*AcknowledgeDeadLetterResponse)(nil), // 1: breakglass.v1.AcknowledgeDeadLetterResponse
+	(*PostReview)(nil),                    // 2: breakglass.v1.PostReview
+	(*ListPostReviewsRequest)(nil),        // 3: breakglass.v1.ListPostReviewsRequest
+	(*ListPostReviewsResponse)(nil),       // 4: breakglass.v1.ListPostReviewsResponse
+	(*ClosePostReviewRequest)(nil),        // 5: breakglass.v1.ClosePostReviewRequest
+	(*ClosePostReviewResponse)(nil),       // 6: breakglass.v1.ClosePostReviewResponse
+	(*GetReportRequest)(nil),              // 7: breakglass.v1.GetReportRequest
+	(*OutstandingToken)(nil),              // 8: breakglass.v1.OutstandingToken
+	(*AccountStatus)(nil),                 // 9: breakglass.v1.AccountStatus
+	(*DeadLetter)(nil),                    // 10: breakglass.v1.DeadLetter
+	(*SinkStatus)(nil),                    // 11: breakglass.v1.SinkStatus
+	(*ExpiringCert)(nil),                  // 12: breakglass.v1.ExpiringCert
+	(*GetReportResponse)(nil),             // 13: breakglass.v1.GetReportResponse
+	(*WitnessStatus)(nil),                 // 14: breakglass.v1.WitnessStatus
+	(*AuditRef)(nil),                      // 15: breakglass.v1.AuditRef
+	(*timestamppb.Timestamp)(nil),         // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 17: google.protobuf.Duration
+	(*Request)(nil),                       // 18: breakglass.v1.Request
 }
 var file_breakglass_v1_governance_proto_depIdxs = []int32{
-	13, // 0: breakglass.v1.PostReview.open_time:type_name -> google.protobuf.Timestamp
-	13, // 1: breakglass.v1.PostReview.due_time:type_name -> google.protobuf.Timestamp
-	13, // 2: breakglass.v1.PostReview.close_time:type_name -> google.protobuf.Timestamp
-	0,  // 3: breakglass.v1.ListPostReviewsResponse.reviews:type_name -> breakglass.v1.PostReview
-	0,  // 4: breakglass.v1.ClosePostReviewResponse.review:type_name -> breakglass.v1.PostReview
-	14, // 5: breakglass.v1.ClosePostReviewResponse.entry:type_name -> breakglass.v1.AuditRef
-	13, // 6: breakglass.v1.OutstandingToken.expire_time:type_name -> google.protobuf.Timestamp
-	15, // 7: breakglass.v1.AccountStatus.drill_every:type_name -> google.protobuf.Duration
-	13, // 8: breakglass.v1.AccountStatus.last_drill_time:type_name -> google.protobuf.Timestamp
-	15, // 9: breakglass.v1.AccountStatus.review_every:type_name -> google.protobuf.Duration
-	13, // 10: breakglass.v1.AccountStatus.last_attestation_time:type_name -> google.protobuf.Timestamp
-	13, // 11: breakglass.v1.AccountStatus.last_use_time:type_name -> google.protobuf.Timestamp
-	13, // 12: breakglass.v1.DeadLetter.create_time:type_name -> google.protobuf.Timestamp
-	13, // 13: breakglass.v1.SinkStatus.oldest_pending_time:type_name -> google.protobuf.Timestamp
-	13, // 14: breakglass.v1.ExpiringCert.expire_time:type_name -> google.protobuf.Timestamp
-	13, // 15: breakglass.v1.GetReportResponse.time:type_name -> google.protobuf.Timestamp
-	16, // 16: breakglass.v1.GetReportResponse.active_grants:type_name -> breakglass.v1.Request
-	6,  // 17: breakglass.v1.GetReportResponse.tokens:type_name -> breakglass.v1.OutstandingToken
-	0,  // 18: breakglass.v1.GetReportResponse.overdue_reviews:type_name -> breakglass.v1.PostReview
-	0,  // 19: breakglass.v1.GetReportResponse.open_reviews:type_name -> breakglass.v1.PostReview
-	7,  // 20: breakglass.v1.GetReportResponse.accounts:type_name -> breakglass.v1.AccountStatus
-	8,  // 21: breakglass.v1.GetReportResponse.dead_letters:type_name -> breakglass.v1.DeadLetter
-	9,  // 22: breakglass.v1.GetReportResponse.outbox:type_name -> breakglass.v1.SinkStatus
-	10, // 23: breakglass.v1.GetReportResponse.expiring_certs:type_name -> breakglass.v1.ExpiringCert
-	12, // 24: breakglass.v1.GetReportResponse.witnesses:type_name -> breakglass.v1.WitnessStatus
-	13, // 25: breakglass.v1.WitnessStatus.cosigned_time:type_name -> google.protobuf.Timestamp
-	1,  // 26: breakglass.v1.GovernanceService.ListPostReviews:input_type -> breakglass.v1.ListPostReviewsRequest
-	3,  // 27: breakglass.v1.GovernanceService.ClosePostReview:input_type -> breakglass.v1.ClosePostReviewRequest
-	5,  // 28: breakglass.v1.GovernanceService.GetReport:input_type -> breakglass.v1.GetReportRequest
-	2,  // 29: breakglass.v1.GovernanceService.ListPostReviews:output_type -> breakglass.v1.ListPostReviewsResponse
-	4,  // 30: breakglass.v1.GovernanceService.ClosePostReview:output_type -> breakglass.v1.ClosePostReviewResponse
-	11, // 31: breakglass.v1.GovernanceService.GetReport:output_type -> breakglass.v1.GetReportResponse
-	29, // [29:32] is the sub-list for method output_type
-	26, // [26:29] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	10, // 0: breakglass.v1.AcknowledgeDeadLetterResponse.dead_letter:type_name -> breakglass.v1.DeadLetter
+	15, // 1: breakglass.v1.AcknowledgeDeadLetterResponse.entry:type_name -> breakglass.v1.AuditRef
+	16, // 2: breakglass.v1.PostReview.open_time:type_name -> google.protobuf.Timestamp
+	16, // 3: breakglass.v1.PostReview.due_time:type_name -> google.protobuf.Timestamp
+	16, // 4: breakglass.v1.PostReview.close_time:type_name -> google.protobuf.Timestamp
+	2,  // 5: breakglass.v1.ListPostReviewsResponse.reviews:type_name -> breakglass.v1.PostReview
+	2,  // 6: breakglass.v1.ClosePostReviewResponse.review:type_name -> breakglass.v1.PostReview
+	15, // 7: breakglass.v1.ClosePostReviewResponse.entry:type_name -> breakglass.v1.AuditRef
+	16, // 8: breakglass.v1.OutstandingToken.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 9: breakglass.v1.AccountStatus.drill_every:type_name -> google.protobuf.Duration
+	16, // 10: breakglass.v1.AccountStatus.last_drill_time:type_name -> google.protobuf.Timestamp
+	17, // 11: breakglass.v1.AccountStatus.review_every:type_name -> google.protobuf.Duration
+	16, // 12: breakglass.v1.AccountStatus.last_attestation_time:type_name -> google.protobuf.Timestamp
+	16, // 13: breakglass.v1.AccountStatus.last_use_time:type_name -> google.protobuf.Timestamp
+	16, // 14: breakglass.v1.DeadLetter.create_time:type_name -> google.protobuf.Timestamp
+	16, // 15: breakglass.v1.DeadLetter.ack_time:type_name -> google.protobuf.Timestamp
+	16, // 16: breakglass.v1.SinkStatus.oldest_pending_time:type_name -> google.protobuf.Timestamp
+	16, // 17: breakglass.v1.ExpiringCert.expire_time:type_name -> google.protobuf.Timestamp
+	16, // 18: breakglass.v1.GetReportResponse.time:type_name -> google.protobuf.Timestamp
+	18, // 19: breakglass.v1.GetReportResponse.active_grants:type_name -> breakglass.v1.Request
+	8,  // 20: breakglass.v1.GetReportResponse.tokens:type_name -> breakglass.v1.OutstandingToken
+	2,  // 21: breakglass.v1.GetReportResponse.overdue_reviews:type_name -> breakglass.v1.PostReview
+	2,  // 22: breakglass.v1.GetReportResponse.open_reviews:type_name -> breakglass.v1.PostReview
+	9,  // 23: breakglass.v1.GetReportResponse.accounts:type_name -> breakglass.v1.AccountStatus
+	10, // 24: breakglass.v1.GetReportResponse.dead_letters:type_name -> breakglass.v1.DeadLetter
+	11, // 25: breakglass.v1.GetReportResponse.outbox:type_name -> breakglass.v1.SinkStatus
+	12, // 26: breakglass.v1.GetReportResponse.expiring_certs:type_name -> breakglass.v1.ExpiringCert
+	14, // 27: breakglass.v1.GetReportResponse.witnesses:type_name -> breakglass.v1.WitnessStatus
+	16, // 28: breakglass.v1.WitnessStatus.cosigned_time:type_name -> google.protobuf.Timestamp
+	3,  // 29: breakglass.v1.GovernanceService.ListPostReviews:input_type -> breakglass.v1.ListPostReviewsRequest
+	5,  // 30: breakglass.v1.GovernanceService.ClosePostReview:input_type -> breakglass.v1.ClosePostReviewRequest
+	7,  // 31: breakglass.v1.GovernanceService.GetReport:input_type -> breakglass.v1.GetReportRequest
+	0,  // 32: breakglass.v1.GovernanceService.AcknowledgeDeadLetter:input_type -> breakglass.v1.AcknowledgeDeadLetterRequest
+	4,  // 33: breakglass.v1.GovernanceService.ListPostReviews:output_type -> breakglass.v1.ListPostReviewsResponse
+	6,  // 34: breakglass.v1.GovernanceService.ClosePostReview:output_type -> breakglass.v1.ClosePostReviewResponse
+	13, // 35: breakglass.v1.GovernanceService.GetReport:output_type -> breakglass.v1.GetReportResponse
+	1,  // 36: breakglass.v1.GovernanceService.AcknowledgeDeadLetter:output_type -> breakglass.v1.AcknowledgeDeadLetterResponse
+	33, // [33:37] is the sub-list for method output_type
+	29, // [29:33] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_breakglass_v1_governance_proto_init() }
@@ -1280,7 +1430,7 @@ func file_breakglass_v1_governance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_breakglass_v1_governance_proto_rawDesc), len(file_breakglass_v1_governance_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

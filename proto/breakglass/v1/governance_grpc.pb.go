@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GovernanceService_ListPostReviews_FullMethodName = "/breakglass.v1.GovernanceService/ListPostReviews"
-	GovernanceService_ClosePostReview_FullMethodName = "/breakglass.v1.GovernanceService/ClosePostReview"
-	GovernanceService_GetReport_FullMethodName       = "/breakglass.v1.GovernanceService/GetReport"
+	GovernanceService_ListPostReviews_FullMethodName       = "/breakglass.v1.GovernanceService/ListPostReviews"
+	GovernanceService_ClosePostReview_FullMethodName       = "/breakglass.v1.GovernanceService/ClosePostReview"
+	GovernanceService_GetReport_FullMethodName             = "/breakglass.v1.GovernanceService/GetReport"
+	GovernanceService_AcknowledgeDeadLetter_FullMethodName = "/breakglass.v1.GovernanceService/AcknowledgeDeadLetter"
 )
 
 // GovernanceServiceClient is the client API for GovernanceService service.
@@ -50,6 +51,16 @@ type GovernanceServiceClient interface {
 	// Who may call: auditors, and owners of at least one account (for
 	// their accounts only).
 	GetReport(ctx context.Context, in *GetReportRequest, opts ...grpc.CallOption) (*GetReportResponse, error)
+	// AcknowledgeDeadLetter records that a dead letter (an alert given up on,
+	// listed in the report by event id and sink) was dealt with: it leaves
+	// the report and the health, is audited (alert_dead_letter_acknowledged)
+	// with the notes, and is pruned after notify.retention. A dead letter
+	// not kept is NotFound; one not dead, or already acknowledged,
+	// FailedPrecondition.
+	// Who may call: auditors only. A dead letter may be the only notice of a
+	// use of an account, so its owners, who see it in their report, may not
+	// make it go away; anyone else gets PermissionDenied.
+	AcknowledgeDeadLetter(ctx context.Context, in *AcknowledgeDeadLetterRequest, opts ...grpc.CallOption) (*AcknowledgeDeadLetterResponse, error)
 }
 
 type governanceServiceClient struct {
@@ -90,6 +101,16 @@ func (c *governanceServiceClient) GetReport(ctx context.Context, in *GetReportRe
 	return out, nil
 }
 
+func (c *governanceServiceClient) AcknowledgeDeadLetter(ctx context.Context, in *AcknowledgeDeadLetterRequest, opts ...grpc.CallOption) (*AcknowledgeDeadLetterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AcknowledgeDeadLetterResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_AcknowledgeDeadLetter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GovernanceServiceServer is the server API for GovernanceService service.
 // All implementations must embed UnimplementedGovernanceServiceServer
 // for forward compatibility.
@@ -116,6 +137,16 @@ type GovernanceServiceServer interface {
 	// Who may call: auditors, and owners of at least one account (for
 	// their accounts only).
 	GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error)
+	// AcknowledgeDeadLetter records that a dead letter (an alert given up on,
+	// listed in the report by event id and sink) was dealt with: it leaves
+	// the report and the health, is audited (alert_dead_letter_acknowledged)
+	// with the notes, and is pruned after notify.retention. A dead letter
+	// not kept is NotFound; one not dead, or already acknowledged,
+	// FailedPrecondition.
+	// Who may call: auditors only. A dead letter may be the only notice of a
+	// use of an account, so its owners, who see it in their report, may not
+	// make it go away; anyone else gets PermissionDenied.
+	AcknowledgeDeadLetter(context.Context, *AcknowledgeDeadLetterRequest) (*AcknowledgeDeadLetterResponse, error)
 	mustEmbedUnimplementedGovernanceServiceServer()
 }
 
@@ -134,6 +165,9 @@ func (UnimplementedGovernanceServiceServer) ClosePostReview(context.Context, *Cl
 }
 func (UnimplementedGovernanceServiceServer) GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetReport not implemented")
+}
+func (UnimplementedGovernanceServiceServer) AcknowledgeDeadLetter(context.Context, *AcknowledgeDeadLetterRequest) (*AcknowledgeDeadLetterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AcknowledgeDeadLetter not implemented")
 }
 func (UnimplementedGovernanceServiceServer) mustEmbedUnimplementedGovernanceServiceServer() {}
 func (UnimplementedGovernanceServiceServer) testEmbeddedByValue()                           {}
@@ -210,6 +244,24 @@ func _GovernanceService_GetReport_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GovernanceService_AcknowledgeDeadLetter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AcknowledgeDeadLetterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).AcknowledgeDeadLetter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_AcknowledgeDeadLetter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).AcknowledgeDeadLetter(ctx, req.(*AcknowledgeDeadLetterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GovernanceService_ServiceDesc is the grpc.ServiceDesc for GovernanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -228,6 +280,10 @@ var GovernanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetReport",
 			Handler:    _GovernanceService_GetReport_Handler,
+		},
+		{
+			MethodName: "AcknowledgeDeadLetter",
+			Handler:    _GovernanceService_AcknowledgeDeadLetter_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
