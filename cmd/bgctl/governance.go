@@ -151,16 +151,7 @@ func (a *app) reportCmd() *cobra.Command {
 						fmtOptTime(s.GetLastAttestationTime()), orDash(strings.Join(flags, "; ")))
 				}
 				_ = w.Flush()
-				fmt.Fprintf(out, "\nDEAD-LETTERED ALERTS (%d)\n", len(rep.GetDeadLetters()))
-				for _, d := range rep.GetDeadLetters() {
-					fmt.Fprintf(out, "  %s %s to %s after %d attempts: %s\n", d.GetEventId(), d.GetType(), d.GetSink(), d.GetAttempts(), d.GetLastError())
-				}
-				if len(rep.GetOutbox()) > 0 {
-					fmt.Fprintf(out, "\nALERT SINKS\n")
-					for _, s := range rep.GetOutbox() {
-						fmt.Fprintf(out, "  %s: %d delivered, %d pending, %d dead\n", s.GetSink(), s.GetDelivered(), s.GetPending(), s.GetDead())
-					}
-				}
+				printDeadLetters(out, rep)
 				fmt.Fprintf(out, "\nCLIENT CERTIFICATES EXPIRING WITHIN 30 DAYS (%d)\n", len(rep.GetExpiringCerts()))
 				for _, c := range rep.GetExpiringCerts() {
 					fmt.Fprintf(out, "  %s serial %s expires %s\n", c.GetPrincipal(), c.GetSerial(), fmtTime(c.GetExpireTime()))
@@ -218,4 +209,62 @@ func fetchReport(ctx context.Context, c *client.Client) (*bgv1.GetReportResponse
 	}
 	rep.NextPageToken = ""
 	return rep, nil
+}
+
+func (a *app) alertCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "alert", Short: "Alerts the broker gave up on (dead letters)"}
+	var sink, notes string
+	ack := &cobra.Command{
+		Use:   "ack EVENT_ID --sink NAME --notes TEXT",
+		Short: "Acknowledge a dead letter once dealt with: it leaves the report and the health (auditors)",
+		Long: "Acknowledge a dead-lettered alert, named by its event id and sink as bgctl report lists them, once " +
+			"what it announced reached the people it was for some other way, or the sink was fixed. The acknowledgement " +
+			"is audited with your notes; the dead letter leaves the report and the health, and the outbox after notify.retention.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.AcknowledgeDeadLetter(ctx, &bgv1.AcknowledgeDeadLetterRequest{EventId: args[0], Sink: sink, Notes: notes})
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(resp)
+				}
+				d := resp.GetDeadLetter()
+				fmt.Fprintf(a.stdout, "dead letter %s (%s) for sink %s acknowledged (audit entry %d)\n", d.GetEventId(), d.GetType(), d.GetSink(),
+					resp.GetEntry().GetIndex())
+				return nil
+			})
+		},
+	}
+	ack.Flags().StringVar(&sink, "sink", "", "the sink it was dead-lettered at, as bgctl report lists it (required)")
+	ack.Flags().StringVar(&notes, "notes", "", "what was done about it (required)")
+	_ = ack.MarkFlagRequired("sink")
+	_ = ack.MarkFlagRequired("notes")
+	cmd.AddCommand(ack)
+	return cmd
+}
+
+// printDeadLetters lists the dead letters nobody acknowledged, by the event
+// id and sink that bgctl alert ack takes, and the state of each sink.
+func printDeadLetters(out io.Writer, rep *bgv1.GetReportResponse) {
+	fmt.Fprintf(out, "\nDEAD-LETTERED ALERTS (%d)\n", len(rep.GetDeadLetters()))
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	if len(rep.GetDeadLetters()) > 0 {
+		fmt.Fprintln(w, "  EVENT ID\tSINK\tEVENT\tACCOUNT\tSINCE\tATTEMPTS\tLAST ERROR")
+	}
+	for _, d := range rep.GetDeadLetters() {
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.GetEventId(), d.GetSink(), d.GetType(), orDash(d.GetAccount()),
+			fmtTime(d.GetCreateTime()), d.GetAttempts(), d.GetLastError())
+	}
+	_ = w.Flush()
+	if len(rep.GetDeadLetters()) > 0 {
+		fmt.Fprintln(out, "  once dealt with: bgctl alert ack EVENT_ID --sink SINK --notes TEXT (auditors)")
+	}
+	if len(rep.GetOutbox()) > 0 {
+		fmt.Fprintf(out, "\nALERT SINKS\n")
+		for _, s := range rep.GetOutbox() {
+			fmt.Fprintf(out, "  %s: %d delivered, %d pending, %d dead\n", s.GetSink(), s.GetDelivered(), s.GetPending(), s.GetDead())
+		}
+	}
 }

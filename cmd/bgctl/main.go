@@ -99,7 +99,7 @@ BGCTL_CERT, BGCTL_KEY, BGCTL_OUTPUT ...).`,
 	pf.StringVarP(&a.output, "output", "o", "table", "table or json")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "deadline for each call")
 	root.AddCommand(a.policyCmd(), a.requestCmd(), a.listCmd(), a.showCmd(), a.reviewCmd("approve"), a.reviewCmd("deny"),
-		a.cancelCmd(), a.tokenCmd(), a.revokeCmd(), a.checkCmd(), a.keysCmd(), a.verifyCmd(), a.accountsCmd(), a.auditCmd(), a.reviewsCmd(), a.reportCmd(),
+		a.cancelCmd(), a.tokenCmd(), a.revokeCmd(), a.checkCmd(), a.keysCmd(), a.verifyCmd(), a.accountsCmd(), a.auditCmd(), a.reviewsCmd(), a.reportCmd(), a.alertCmd(),
 		a.sshCertCmd(), a.sshCmd(), a.x509CertCmd(), a.passkeyCmd())
 	return root
 }
