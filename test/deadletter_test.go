@@ -132,8 +132,7 @@ func TestDeadLetterAcknowledgedWithBgctl(t *testing.T) {
 	}
 
 	// The receiver is back: acknowledge every dead letter (whatever else
-	// the start announced, and the alert.dead_lettered announcements that
-	// were refused in their turn while it was down) until none is left.
+	// was announced while it was down) until none is left.
 	down.Store(false)
 	acked := 0
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {

@@ -31,6 +31,21 @@ func (b *Broker) emit(ctx context.Context, tx store.Tx, ev event.Event, ackSinks
 	if b.cfg.Routes == nil {
 		return nil
 	}
+	sinks := b.cfg.Routes.Sinks(ev.Type, ev.Account)
+	switch ev.Type {
+	case event.SoloRequested, event.WitnessSplitView, event.PolicyRefused, event.PolicyReset:
+		sinks = b.cfg.Routes.All() // a solo request, a split view, a refused policy or a trust reset alerts every sink at once
+	}
+	for _, s := range ackSinks {
+		if !slices.Contains(sinks, s) {
+			sinks = append(sinks, s)
+		}
+	}
+	return b.enqueue(ctx, tx, ev, sinks, ackSinks)
+}
+
+// enqueue puts ev in the outbox for sinks.
+func (b *Broker) enqueue(ctx context.Context, tx store.Tx, ev event.Event, sinks, ackSinks []string) error {
 	if ev.ID == "" {
 		id, err := uuid.NewV7()
 		if err != nil {
@@ -44,16 +59,6 @@ func (b *Broker) emit(ctx context.Context, tx store.Tx, ev event.Event, ackSinks
 	body, err := json.Marshal(ev)
 	if err != nil {
 		return err
-	}
-	sinks := b.cfg.Routes.Sinks(ev.Type, ev.Account)
-	switch ev.Type {
-	case event.SoloRequested, event.WitnessSplitView, event.PolicyRefused, event.PolicyReset:
-		sinks = b.cfg.Routes.All() // a solo request, a split view, a refused policy or a trust reset alerts every sink at once
-	}
-	for _, s := range ackSinks {
-		if !slices.Contains(sinks, s) {
-			sinks = append(sinks, s)
-		}
 	}
 	items := make([]store.OutboxItem, 0, len(sinks))
 	for _, s := range sinks {
@@ -123,13 +128,26 @@ func (b *Broker) FinishDelivery(ctx context.Context, it store.OutboxItem) error 
 			if err != nil {
 				return err
 			}
-			idx := rec.Index
-			return b.emit(ctx, tx, event.Event{Type: event.AlertDeadLettered, Account: it.Account, Request: it.RequestID, AuditIndex: &idx,
-				Summary: "an alert (" + it.Type + ") could not be delivered to sink " + it.Sink + " and was given up: " + it.LastError}, nil)
+			return b.announceDeadLetter(ctx, tx, it, rec.Index)
 		}
 		return nil
 	})
 	return err
+}
+
+// announceDeadLetter tells the other sinks routed for dead letters that
+// one was given up. Not the sink that refused it, and not at all when the
+// event given up was itself such an announcement: while sinks are down,
+// each dead letter announced to them would dead-letter in turn, without
+// end. Every dead letter is audited and stays in the report and the health
+// until an auditor acknowledges it, announced or not.
+func (b *Broker) announceDeadLetter(ctx context.Context, tx store.Tx, it store.OutboxItem, idx uint64) error {
+	if b.cfg.Routes == nil || it.Type == event.AlertDeadLettered {
+		return nil
+	}
+	sinks := slices.DeleteFunc(b.cfg.Routes.Sinks(event.AlertDeadLettered, it.Account), func(s string) bool { return s == it.Sink })
+	return b.enqueue(ctx, tx, event.Event{Type: event.AlertDeadLettered, Account: it.Account, Request: it.RequestID, AuditIndex: &idx,
+		Summary: "an alert (" + it.Type + ") could not be delivered to sink " + it.Sink + " and was given up: " + it.LastError}, sinks, nil)
 }
 
 // acknowledged records that an ack sink accepted an alert: for a solo

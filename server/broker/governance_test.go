@@ -207,6 +207,58 @@ func TestDeadLetterIsAuditedAndReported(t *testing.T) {
 	}
 }
 
+// A dead letter is announced to the other sinks, not to the one that
+// refused it; an announcement given up in turn is audited and reported but
+// not announced again, so sinks that stay down do not feed each other dead
+// letters without end.
+func TestDeadLetterAnnouncedToTheOtherSinks(t *testing.T) {
+	h := newGovHarness(t)
+	r := h.create("alice", "prod-db")
+	giveUp := func(it store.OutboxItem) {
+		t.Helper()
+		it.Attempts, it.State, it.LastError = 10, store.OutboxDead, "receiver answered 500"
+		if err := h.b.FinishDelivery(h.ctx, it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, it := range h.outbox(r.ID, event.RequestCreated) {
+		if it.Sink == "slack" {
+			giveUp(it)
+		}
+	}
+	announced := h.outbox(r.ID, event.AlertDeadLettered)
+	if got := sinks(announced); got != "soc" {
+		t.Fatalf("the dead letter at slack was announced to %q, want soc alone", got)
+	}
+	giveUp(announced[0])
+	if got := sinks(h.outbox(r.ID, event.AlertDeadLettered)); got != "soc" {
+		t.Fatalf("a given-up announcement was announced again: %q", got)
+	}
+	var dead int
+	for _, e := range h.verifyChain() {
+		if e.Type == audit.TypeAlertDead {
+			dead++
+		}
+	}
+	rep, err := h.b.Report(h.ctx, "dave", broker.ReportPage{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dead != 2 || len(rep.DeadLetters) != 2 {
+		t.Fatalf("%d dead letters audited and %d reported, want 2 of each", dead, len(rep.DeadLetters))
+	}
+	// soc takes every event, dead letters too, but not news of its own.
+	r2 := h.create("alice", "prod-db")
+	for _, it := range h.outbox(r2.ID, event.RequestCreated) {
+		if it.Sink == "soc" {
+			giveUp(it)
+		}
+	}
+	if got := sinks(h.outbox(r2.ID, event.AlertDeadLettered)); got != "" {
+		t.Fatalf("the dead letter at soc was announced to %q, want no sink (slack takes no dead letters)", got)
+	}
+}
+
 // An auditor acknowledges a dead letter: it leaves the report and the
 // outbox summary's dead count at once, is audited and announced, and is
 // refused a second time; nobody else may, and a wrong name changes nothing.
