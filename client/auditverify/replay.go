@@ -54,10 +54,10 @@ type replay struct {
 	jtis *idSet[struct{}]
 	// postReviews maps an open post-use review to its request.
 	postReviews map[string]string
-	// deadLetters are the dead letters nobody acknowledged yet, by event,
-	// sink, event type, request and account (deadLetterKey): open work,
-	// forgotten at their acknowledgement.
-	deadLetters digestSet
+	// deadLetters are the dead letters nobody acknowledged yet: open work,
+	// forgotten at their acknowledgement. Kept whole, not as digests: a
+	// yes here accepts an entry.
+	deadLetters map[deadLetter]struct{}
 	// forgetting is when ended requests, jtis and serials are forgotten;
 	// now is the time of the entry replayed.
 	forgetting forgetting
@@ -148,7 +148,7 @@ type reqState struct {
 func newReplay(origin string, cas *x509.CertPool, crls []*x509.RevocationList, sigs *statement.Cache, report func(*Violation)) *replay {
 	r := &replay{origin: origin, cas: cas, sigs: sigs, report: report, chains: map[string][][]*x509.Certificate{}, revoked: map[string]time.Time{},
 		requests: map[string]*reqState{}, ended: newIDSet[ended](), jtis: newIDSet[struct{}](), proposals: map[string]*openProposal{}, postReviews: map[string]string{},
-		deadLetters: digestSet{},
+		deadLetters: map[deadLetter]struct{}{},
 		tokenKeys:   map[string]string{}, passkeys: map[string]*boundPasskey{}}
 	for _, crl := range crls {
 		for _, e := range crl.RevokedCertificateEntries {
@@ -1041,7 +1041,7 @@ func (r *replay) alert(i int64, e *audit.Entry) *Violation {
 	if e.Type == audit.TypeAlertDead {
 		// Logged again for the same row (two dispatchers finishing one
 		// lease) it is still one dead letter to acknowledge.
-		r.deadLetters.add(deadLetterKey(p.EventID, p.Sink, p.EventType, e.Request, e.Account))
+		r.deadLetters[deadLetter{p.EventID, p.Sink, p.EventType, e.Request, e.Account}] = struct{}{}
 	}
 	if e.Request == "" {
 		return nil
@@ -1069,33 +1069,27 @@ func (r *replay) alert(i int64, e *audit.Entry) *Violation {
 	return nil
 }
 
-// maxDeadLetterNotes is the broker's bound on an acknowledgement's notes,
-// in bytes.
-const maxDeadLetterNotes = 4000
-
-// deadLetterKey names a dead letter by everything its acknowledgement
-// must repeat.
-func deadLetterKey(eventID, sink, eventType, request, account string) string {
-	return strings.Join([]string{eventID, sink, eventType, request, account}, "\x00")
-}
+// deadLetter names a dead letter by everything its acknowledgement must
+// repeat.
+type deadLetter struct{ eventID, sink, eventType, request, account string }
 
 // deadLetterAcked checks an acknowledgement of a dead letter: by an
 // auditor of the policy in force, with notes, of a dead letter the log
 // holds and nothing acknowledged before.
 func (r *replay) deadLetterAcked(i int64, e *audit.Entry) *Violation {
 	var p audit.DeadLetterAcknowledged
-	if err := decode(e.Payload, &p); err != nil || p.EventID == "" || p.Sink == "" || strings.TrimSpace(p.Notes) == "" || len(p.Notes) > maxDeadLetterNotes {
+	if err := decode(e.Payload, &p); err != nil || p.EventID == "" || p.Sink == "" || strings.TrimSpace(p.Notes) == "" || len(p.Notes) > audit.MaxDeadLetterNotes {
 		return violation(i, "malformed %s payload", e.Type)
 	}
 	if !r.policy.IsAuditor(e.Actor) {
 		return violation(i, "%s acknowledged the dead letter %s for sink %s without being an auditor", e.Actor, p.EventID, p.Sink)
 	}
-	k := deadLetterKey(p.EventID, p.Sink, p.EventType, e.Request, e.Account)
-	if !r.deadLetters.has(k) {
+	k := deadLetter{p.EventID, p.Sink, p.EventType, e.Request, e.Account}
+	if _, open := r.deadLetters[k]; !open {
 		return violation(i, "acknowledgement of a dead letter the log does not hold open: event %s (%s) for sink %s, request %q, account %q was never dead-lettered, or was acknowledged already",
 			p.EventID, p.EventType, p.Sink, e.Request, e.Account)
 	}
-	r.deadLetters.forget(k)
+	delete(r.deadLetters, k)
 	return nil
 }
 

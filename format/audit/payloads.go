@@ -255,6 +255,11 @@ type DeadLetterAcknowledged struct {
 	Notes     string `json:"notes"`
 }
 
+// MaxDeadLetterNotes bounds, in bytes, what an acknowledgement of a dead
+// letter says: the broker refuses longer notes and the verifier reports
+// them.
+const MaxDeadLetterNotes = 4000
+
 // Signed is a statement signed with a principal's client certificate key
 // (format/statement), with the certificate (DER). Base64 in JSON.
 type Signed struct {

@@ -194,7 +194,7 @@ func (b *Broker) acknowledged(ctx context.Context, tx store.Tx, it store.OutboxI
 }
 
 // MaxDeadLetterNotes bounds what an acknowledgement of a dead letter says.
-const MaxDeadLetterNotes = 4000
+const MaxDeadLetterNotes = audit.MaxDeadLetterNotes
 
 // AcknowledgeDeadLetter records that caller, an auditor, dealt with the
 // dead letter of event eventID at sink: in one transaction the row is
